@@ -1,0 +1,217 @@
+//! The command line: flags are parsed by clap into raw structs, then each
+//! command loads what it needs and runs. Exit codes: 0 success, 1 runtime
+//! failure (I/O), 2 bad usage, configuration or lexicon.
+
+use crate::engine::{Engine, EngineConfig};
+use crate::event::Speaker;
+use crate::lexicon::{self, RuleKind};
+use crate::matcher::{Scanner, Scratch, Suppression, default_segmenter};
+use crate::normalize::char_offset;
+use crate::scan;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::{self, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "zhijian", version, about = "质检: live compliance scanning of Chinese contact-centre conversations")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Judge a JSONL file of input events offline; output events go to
+    /// stdout as JSONL, bad lines to stderr.
+    Scan {
+        /// Lexicon directory.
+        #[arg(long, default_value = "lexicons")]
+        lexicons: PathBuf,
+        /// Input file, or - for standard input.
+        #[arg(default_value = "-")]
+        file: String,
+    },
+    /// Lexicon tools.
+    Lexicon {
+        #[command(subcommand)]
+        command: LexiconCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LexiconCommand {
+    /// Validate a lexicon directory and print counts per category.
+    Check {
+        #[arg(default_value = "lexicons")]
+        dir: PathBuf,
+    },
+    /// Show how one utterance is normalised, segmented and judged.
+    Test {
+        #[arg(long, default_value = "lexicons")]
+        lexicons: PathBuf,
+        #[arg(long, value_enum, default_value = "agent")]
+        speaker: SpeakerArg,
+        /// The utterance.
+        text: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SpeakerArg {
+    Agent,
+    Customer,
+    System,
+}
+
+impl From<SpeakerArg> for Speaker {
+    fn from(s: SpeakerArg) -> Speaker {
+        match s {
+            SpeakerArg::Agent => Speaker::Agent,
+            SpeakerArg::Customer => Speaker::Customer,
+            SpeakerArg::System => Speaker::System,
+        }
+    }
+}
+
+/// Entry point of the `zhijian` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Scan { lexicons, file } => cmd_scan(&lexicons, &file),
+        Command::Lexicon {
+            command: LexiconCommand::Check { dir },
+        } => cmd_check(&dir),
+        Command::Lexicon {
+            command:
+                LexiconCommand::Test {
+                    lexicons,
+                    speaker,
+                    text,
+                },
+        } => cmd_test(&lexicons, speaker.into(), &text),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(msg)) => {
+            eprintln!("zhijian: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(msg)) => {
+            eprintln!("zhijian: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Why a command failed, which decides the exit code.
+pub enum Failure {
+    /// Bad configuration or lexicon: exit 2.
+    Config(String),
+    /// Anything else: exit 1.
+    Runtime(String),
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Failure {
+        Failure::Runtime(e.to_string())
+    }
+}
+
+/// Loads and compiles a lexicon directory.
+pub fn load_scanner(dir: &Path) -> Result<Scanner, Failure> {
+    let lexicon = lexicon::load_dir(dir)
+        .map_err(|e| Failure::Config(format!("invalid lexicon {}:\n{e}", dir.display())))?;
+    Scanner::new(lexicon, default_segmenter())
+        .map_err(|e| Failure::Config(format!("cannot compile lexicon {}: {e}", dir.display())))
+}
+
+fn cmd_scan(lexicons: &Path, file: &str) -> Result<(), Failure> {
+    let scanner = Arc::new(load_scanner(lexicons)?);
+    let mut engine = Engine::new(scanner, EngineConfig::default());
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let stderr = io::stderr();
+    let mut err = stderr.lock();
+    let stats = if file == "-" {
+        scan::scan(&mut engine, io::stdin().lock(), &mut out, &mut err)?
+    } else {
+        let f = std::fs::File::open(file)
+            .map_err(|e| Failure::Runtime(format!("cannot open {file}: {e}")))?;
+        scan::scan(&mut engine, BufReader::with_capacity(1 << 16, f), &mut out, &mut err)?
+    };
+    writeln!(
+        err,
+        "zhijian scan: {} lines, {} bad, {} segments judged, {} violations, {} summaries",
+        stats.lines, stats.bad_lines, stats.judged, stats.violations, stats.summaries
+    )?;
+    Ok(())
+}
+
+fn cmd_check(dir: &Path) -> Result<(), Failure> {
+    let scanner = load_scanner(dir)?;
+    let lex = scanner.lexicon();
+    println!("lexicon {:?} version {}", lex.name, lex.version);
+    for kind in [RuleKind::Forbidden, RuleKind::Filler, RuleKind::Greeting, RuleKind::Closing] {
+        let (rules, phrases) = lex.count(kind);
+        println!("  {:<10} {rules:>3} rules {phrases:>5} phrases", kind.as_str());
+    }
+    for s in &lex.sections {
+        println!("  section {} ({}) max deduct {}", s.id, s.name, s.max_deduct);
+    }
+    println!("  {} distinct patterns in the automaton", scanner.pattern_count());
+    Ok(())
+}
+
+fn cmd_test(lexicons: &Path, speaker: Speaker, text: &str) -> Result<(), Failure> {
+    let scanner = load_scanner(lexicons)?;
+    let mut scratch = Scratch::default();
+    let suppressed = scanner.scan_explained(text, speaker, &mut scratch);
+    let norm = &scratch.norm;
+    let mut out = io::stdout().lock();
+    writeln!(out, "lexicon:    {}", scanner.version())?;
+    writeln!(out, "text:       {text}")?;
+    writeln!(out, "normalised: {}", norm.text)?;
+    writeln!(out, "tokens:     {}", scanner.tokens(norm).join(" / "))?;
+    if !scanner.judges(speaker) {
+        writeln!(out, "no rule judges speaker {}", speaker.as_str())?;
+    }
+    let span = |(s, e): (usize, usize)| {
+        let start = char_offset(text, s);
+        (start, start + char_offset(&text[s..], e - s))
+    };
+    writeln!(out, "hits:       {}", scratch.hits.len())?;
+    for h in &scratch.hits {
+        let r = scanner.rule(h.rule);
+        let (s, e) = span(h.orig);
+        writeln!(
+            out,
+            "  HIT  {:<28} {:<9} {:<8} chars {s}..{e} {:?}",
+            r.id,
+            r.kind.as_str(),
+            r.severity.as_str(),
+            &text[h.orig.0..h.orig.1]
+        )?;
+    }
+    for x in &suppressed {
+        let r = scanner.rule(x.rule);
+        let (s, e) = span(x.orig);
+        let why = match x.why {
+            Suppression::Exception { norm: (a, b) } => {
+                format!("inside exception {:?}", &norm.text[a..b])
+            }
+            Suppression::WordBoundary => "inside a longer word (jieba)".to_string(),
+            Suppression::Position => "not at the start of a clause (sentence-final particle or mid-clause)".to_string(),
+            Suppression::Overlap => "covered by another hit of the same rule".to_string(),
+        };
+        writeln!(
+            out,
+            "  DROP {:<28} {:<9} chars {s}..{e} {:?}: {why}",
+            r.id,
+            r.kind.as_str(),
+            &text[x.orig.0..x.orig.1]
+        )?;
+    }
+    Ok(())
+}

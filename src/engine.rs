@@ -1,0 +1,529 @@
+//! The judging engine: conversation state and verdicts. Synchronous, no I/O:
+//! every call takes the clock (`now_ms`) as an argument and appends the
+//! events it produces to a caller-owned `Vec`.
+//!
+//! One [`Engine`] owns a set of conversations (the daemon runs one per
+//! shard, the offline scanner one in total) and shares the compiled lexicon
+//! ([`Scanner`]) behind an `Arc`.
+//!
+//! Semantics, in order of application to an input event:
+//! 1. Provisional segments (`final: false`) change nothing and yield
+//!    nothing: the final segment with the same seq is judged instead.
+//! 2. Events for a conversation closed recently (a tombstone) are late and
+//!    ignored, so a redelivered segment cannot reopen a closed conversation.
+//! 3. A segment whose seq was already seen is a duplicate and ignored.
+//! 4. Agent segments are scanned: forbidden and filler hits become
+//!    violations; greeting and closing hits feed the window verdicts.
+//! 5. `end` (or idle, or end of input) closes the conversation: the closing
+//!    verdict, then the summary with the score.
+
+use crate::event::{
+    Channel, CloseReason, Counts, Event, Input, InputKind, Segment, Speaker, Summary,
+    Violation, event_id,
+};
+use crate::lexicon::RuleKind;
+use crate::matcher::{Scanner, Scratch};
+use crate::normalize::char_offset;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// What the engine did with one input event (for counting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A final segment of a judged speaker, scanned.
+    Judged,
+    /// A final segment of a speaker no rule judges (customer, system).
+    Recorded,
+    /// A provisional ASR hypothesis: ignored.
+    Provisional,
+    /// A segment seq already seen in this conversation: ignored.
+    Duplicate,
+    /// An event for a conversation that was already closed: ignored.
+    Late,
+    /// An `end` event closed the conversation.
+    Closed,
+    /// An `end` event for a conversation never seen: nothing to close.
+    UnknownEnd,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Judged => "judged",
+            Outcome::Recorded => "recorded",
+            Outcome::Provisional => "provisional",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Late => "late",
+            Outcome::Closed => "closed",
+            Outcome::UnknownEnd => "unknown_end",
+        }
+    }
+}
+
+/// Engine settings that are not part of the lexicon.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// How long a closed conversation is remembered, so that late or
+    /// redelivered events for it are ignored instead of reopening it.
+    pub tombstone_ttl_ms: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            tombstone_ttl_ms: 30 * 60 * 1000,
+        }
+    }
+}
+
+/// The state of one open conversation. Serializable so the daemon can save
+/// open conversations across a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conversation {
+    /// Arrival order of the conversation (deterministic close order).
+    pub order: u64,
+    pub channel: Option<Channel>,
+    pub agent_id: Option<String>,
+    pub last_activity_ms: u64,
+    /// Seqs seen (final segments only), for idempotence.
+    pub seen: HashSet<u64>,
+    /// The most recent seq seen.
+    pub last_seq: u64,
+    /// The first event seen was not the first of the conversation (seq > 0),
+    /// e.g. after a restart without saved state: no greeting verdict.
+    pub midway: bool,
+    pub segments: u32,
+    pub agent_segments: u32,
+    /// The greeting verdict: None while undecided.
+    pub greeted: Option<bool>,
+    /// Bit i set: the agent's i-th most recent segment held a closing.
+    pub closing_bits: u32,
+    /// The most recent agent segment (where close-time verdicts point).
+    pub last_agent_seq: u64,
+    pub last_agent_text: String,
+    pub counts: Counts,
+    /// Deductions per scorecard section id (capped when the score is
+    /// computed, so a lexicon reload that changes caps applies cleanly).
+    pub deducted: Vec<(String, f64)>,
+}
+
+impl Conversation {
+    fn new(order: u64, first_seq: Option<u64>) -> Conversation {
+        Conversation {
+            order,
+            channel: None,
+            agent_id: None,
+            last_activity_ms: 0,
+            seen: HashSet::new(),
+            last_seq: 0,
+            midway: first_seq.is_some_and(|s| s > 0),
+            segments: 0,
+            agent_segments: 0,
+            greeted: None,
+            closing_bits: 0,
+            last_agent_seq: 0,
+            last_agent_text: String::new(),
+            counts: Counts::default(),
+            deducted: Vec::new(),
+        }
+    }
+
+    fn deduct(&mut self, section: &str, points: f64) {
+        match self.deducted.iter_mut().find(|(s, _)| s == section) {
+            Some((_, d)) => *d += points,
+            None => self.deducted.push((section.to_string(), points)),
+        }
+    }
+}
+
+/// Judges conversations.
+pub struct Engine {
+    scanner: Arc<Scanner>,
+    config: EngineConfig,
+    /// tenant → conversation id → state. Two levels so lookups borrow the
+    /// input's strings instead of allocating a key per segment.
+    open: HashMap<String, HashMap<String, Conversation>>,
+    /// tenant → conversation id → when it closed.
+    closed: HashMap<String, HashMap<String, u64>>,
+    open_count: usize,
+    next_order: u64,
+    scratch: Scratch,
+}
+
+impl Engine {
+    pub fn new(scanner: Arc<Scanner>, config: EngineConfig) -> Engine {
+        Engine {
+            scanner,
+            config,
+            open: HashMap::new(),
+            closed: HashMap::new(),
+            open_count: 0,
+            next_order: 0,
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// Swaps in a new compiled lexicon; conversations keep their state.
+    pub fn set_scanner(&mut self, scanner: Arc<Scanner>) {
+        self.scanner = scanner;
+    }
+
+    pub fn scanner(&self) -> &Arc<Scanner> {
+        &self.scanner
+    }
+
+    /// Number of open conversations.
+    pub fn open_conversations(&self) -> usize {
+        self.open_count
+    }
+
+    /// Handles one input event.
+    pub fn handle(&mut self, input: &Input<'_>, now_ms: u64, out: &mut Vec<Event>) -> Outcome {
+        let tenant = input.tenant.as_ref();
+        let id = input.conversation_id.as_ref();
+        let segment = match &input.kind {
+            InputKind::Segment(s) if !s.is_final => return Outcome::Provisional,
+            InputKind::Segment(s) => s,
+            InputKind::End => {
+                if self.is_tombstoned(tenant, id) {
+                    return Outcome::Late;
+                }
+                let Some(conv) = self.open.get_mut(tenant).and_then(|m| m.remove(id)) else {
+                    return Outcome::UnknownEnd;
+                };
+                self.open_count -= 1;
+                self.finish(tenant, id, conv, CloseReason::End, now_ms, out);
+                return Outcome::Closed;
+            }
+        };
+        if self.is_tombstoned(tenant, id) {
+            return Outcome::Late;
+        }
+
+        let convs = self.open.entry_ref_or_default(tenant);
+        let conv = match convs.get_mut(id) {
+            Some(c) => c,
+            None => {
+                let order = self.next_order;
+                self.next_order += 1;
+                self.open_count += 1;
+                convs
+                    .entry(id.to_string())
+                    .or_insert_with(|| Conversation::new(order, Some(segment.seq)))
+            }
+        };
+        if !conv.seen.insert(segment.seq) {
+            return Outcome::Duplicate;
+        }
+        conv.segments += 1;
+        conv.last_seq = segment.seq;
+        conv.last_activity_ms = now_ms;
+        if input.channel.is_some() {
+            conv.channel = input.channel;
+        }
+        if segment.speaker == Speaker::Agent
+            && let Some(a) = &input.agent_id
+            && conv.agent_id.as_deref() != Some(a.as_ref())
+        {
+            conv.agent_id = Some(a.to_string());
+        }
+        if !self.scanner.judges(segment.speaker) {
+            return Outcome::Recorded;
+        }
+        judge_segment(
+            &self.scanner,
+            &mut self.scratch,
+            Ctx {
+                tenant,
+                id,
+                input,
+                segment,
+                now_ms,
+            },
+            conv,
+            out,
+        );
+        Outcome::Judged
+    }
+
+    /// Closes conversations idle for at least `idle_ms` (oldest first) and
+    /// forgets tombstones older than the configured TTL.
+    pub fn close_idle(&mut self, now_ms: u64, idle_ms: u64, out: &mut Vec<Event>) -> usize {
+        let mut due: Vec<(u64, u64, String, String)> = Vec::new();
+        for (tenant, convs) in &self.open {
+            for (id, c) in convs {
+                if now_ms.saturating_sub(c.last_activity_ms) >= idle_ms {
+                    due.push((c.last_activity_ms, c.order, tenant.clone(), id.clone()));
+                }
+            }
+        }
+        due.sort_unstable();
+        let n = due.len();
+        for (_, _, tenant, id) in due {
+            self.close(&tenant, &id, CloseReason::Idle, now_ms, out);
+        }
+        let ttl = self.config.tombstone_ttl_ms;
+        for m in self.closed.values_mut() {
+            m.retain(|_, at| now_ms.saturating_sub(*at) < ttl);
+        }
+        self.closed.retain(|_, m| !m.is_empty());
+        n
+    }
+
+    /// Closes every open conversation in arrival order.
+    pub fn close_all(&mut self, reason: CloseReason, now_ms: u64, out: &mut Vec<Event>) {
+        let mut all: Vec<(u64, String, String)> = self
+            .open
+            .iter()
+            .flat_map(|(t, m)| m.iter().map(move |(id, c)| (c.order, t.clone(), id.clone())))
+            .collect();
+        all.sort_unstable();
+        for (_, tenant, id) in all {
+            self.close(&tenant, &id, reason, now_ms, out);
+        }
+    }
+
+    fn close(&mut self, tenant: &str, id: &str, reason: CloseReason, now_ms: u64, out: &mut Vec<Event>) {
+        if let Some(conv) = self.open.get_mut(tenant).and_then(|m| m.remove(id)) {
+            self.open_count -= 1;
+            self.finish(tenant, id, conv, reason, now_ms, out);
+        }
+    }
+
+    fn is_tombstoned(&self, tenant: &str, id: &str) -> bool {
+        self.closed.get(tenant).is_some_and(|m| m.contains_key(id))
+    }
+
+    /// Close-time verdicts, the summary, and the tombstone.
+    fn finish(
+        &mut self,
+        tenant: &str,
+        id: &str,
+        mut conv: Conversation,
+        reason: CloseReason,
+        now_ms: u64,
+        out: &mut Vec<Event>,
+    ) {
+        let scanner = Arc::clone(&self.scanner);
+        if self.open.get(tenant).is_some_and(HashMap::is_empty) {
+            self.open.remove(tenant);
+        }
+        // Greeting: the agent spoke fewer times than the window and never
+        // greeted.
+        if let Some(g) = scanner.windowed_rule(RuleKind::Greeting)
+            && conv.greeted.is_none()
+            && conv.agent_segments > 0
+            && !conv.midway
+        {
+            conv.greeted = Some(false);
+            push_missing(&scanner, g, tenant, id, &mut conv, now_ms, out);
+        }
+        let mut closed = None;
+        if let Some(c) = scanner.windowed_rule(RuleKind::Closing)
+            && conv.agent_segments > 0
+        {
+            let window = scanner.rule(c).window.min(32);
+            let mask = if window >= 32 { u32::MAX } else { (1u32 << window) - 1 };
+            let ok = conv.closing_bits & mask != 0;
+            closed = Some(ok);
+            if !ok {
+                push_missing(&scanner, c, tenant, id, &mut conv, now_ms, out);
+            }
+        }
+        let lexicon = scanner.lexicon();
+        let deducted: f64 = conv
+            .deducted
+            .iter()
+            .map(|(section, d)| {
+                let cap = lexicon
+                    .sections
+                    .iter()
+                    .find(|s| &s.id == section)
+                    .map_or(f64::INFINITY, |s| s.max_deduct);
+                d.min(cap)
+            })
+            .sum();
+        let score = ((100.0 - deducted) * 1e6).round() / 1e6;
+        out.push(Event::Summary(Summary {
+            id: event_id(&[tenant.as_bytes(), id.as_bytes(), b"summary"]),
+            conversation_id: id.to_string(),
+            tenant: tenant.to_string(),
+            channel: conv.channel,
+            agent_id: conv.agent_id.clone(),
+            reason,
+            segments: conv.segments,
+            agent_segments: conv.agent_segments,
+            counts: conv.counts,
+            greeted: conv.greeted,
+            closed,
+            score,
+            lexicon_version: scanner.version().to_string(),
+            ts_ms: now_ms,
+        }));
+        self.closed
+            .entry_ref_or_default(tenant)
+            .insert(id.to_string(), now_ms);
+    }
+
+    /// Open conversations, for saving across a restart:
+    /// `(tenant, conversation id, state)`.
+    pub fn export(&self) -> impl Iterator<Item = (&str, &str, &Conversation)> {
+        self.open
+            .iter()
+            .flat_map(|(t, m)| m.iter().map(move |(id, c)| (t.as_str(), id.as_str(), c)))
+    }
+
+    /// Restores a saved conversation (replacing any state under that key).
+    pub fn import(&mut self, tenant: &str, id: &str, mut conv: Conversation) {
+        conv.order = self.next_order;
+        self.next_order += 1;
+        let convs = self.open.entry_ref_or_default(tenant);
+        if convs.insert(id.to_string(), conv).is_none() {
+            self.open_count += 1;
+        }
+    }
+}
+
+/// Borrowed context of the segment being judged.
+struct Ctx<'a, 'i> {
+    tenant: &'a str,
+    id: &'a str,
+    input: &'a Input<'i>,
+    segment: &'a Segment<'i>,
+    now_ms: u64,
+}
+
+fn judge_segment(
+    scanner: &Scanner,
+    scratch: &mut Scratch,
+    cx: Ctx<'_, '_>,
+    conv: &mut Conversation,
+    out: &mut Vec<Event>,
+) {
+    let text = cx.segment.text.as_ref();
+    scanner.scan(text, cx.segment.speaker, scratch);
+    let mut has_greeting = false;
+    let mut has_closing = false;
+    for hit in &scratch.hits {
+        let rule = scanner.rule(hit.rule);
+        match rule.kind {
+            RuleKind::Greeting => has_greeting = true,
+            RuleKind::Closing => has_closing = true,
+            RuleKind::Forbidden | RuleKind::Filler => {
+                let start = char_offset(text, hit.orig.0);
+                let end = start + char_offset(&text[hit.orig.0..], hit.orig.1 - hit.orig.0);
+                let (s, e) = (start.to_string(), end.to_string());
+                let seq = cx.segment.seq.to_string();
+                let id = event_id(&[
+                    cx.tenant.as_bytes(),
+                    cx.id.as_bytes(),
+                    seq.as_bytes(),
+                    rule.id.as_bytes(),
+                    s.as_bytes(),
+                    e.as_bytes(),
+                ]);
+                let category = rule.kind.violation_category();
+                conv.counts.add(category);
+                conv.deduct(&scanner.lexicon().sections[rule.section].id, rule.deduct);
+                out.push(Event::Violation(Violation {
+                    id,
+                    conversation_id: cx.id.to_string(),
+                    tenant: cx.tenant.to_string(),
+                    channel: cx.input.channel.or(conv.channel),
+                    agent_id: cx.input.agent_id.as_deref().map(str::to_string),
+                    seq: cx.segment.seq,
+                    rule_id: rule.id.clone(),
+                    category,
+                    severity: rule.severity,
+                    deduct: rule.deduct,
+                    matched: Some(text[hit.orig.0..hit.orig.1].to_string()),
+                    start: Some(start),
+                    end: Some(end),
+                    text: text.to_string(),
+                    lexicon_version: scanner.version().to_string(),
+                    ts_ms: cx.input.ts_ms.unwrap_or(cx.now_ms),
+                }));
+            }
+        }
+    }
+    if cx.segment.speaker != Speaker::Agent {
+        return;
+    }
+    conv.agent_segments += 1;
+    conv.last_agent_seq = cx.segment.seq;
+    conv.last_agent_text.clear();
+    conv.last_agent_text.push_str(text);
+    conv.closing_bits = (conv.closing_bits << 1) | u32::from(has_closing);
+    if conv.midway || conv.greeted.is_some() {
+        return;
+    }
+    let Some(g) = scanner.windowed_rule(RuleKind::Greeting) else {
+        return;
+    };
+    if has_greeting {
+        conv.greeted = Some(true);
+    } else if conv.agent_segments as usize >= scanner.rule(g).window {
+        conv.greeted = Some(false);
+        let ts = cx.input.ts_ms.unwrap_or(cx.now_ms);
+        push_missing(scanner, g, cx.tenant, cx.id, conv, ts, out);
+    }
+}
+
+/// A missing_greeting / missing_closing violation, pointing at the most
+/// recent agent segment.
+fn push_missing(
+    scanner: &Scanner,
+    rule_ix: u16,
+    tenant: &str,
+    id: &str,
+    conv: &mut Conversation,
+    ts_ms: u64,
+    out: &mut Vec<Event>,
+) {
+    let rule = scanner.rule(rule_ix);
+    let category = rule.kind.violation_category();
+    conv.counts.add(category);
+    conv.deduct(&scanner.lexicon().sections[rule.section].id, rule.deduct);
+    out.push(Event::Violation(Violation {
+        // One verdict per category per conversation: the id does not depend
+        // on where it was reached.
+        id: event_id(&[
+            tenant.as_bytes(),
+            id.as_bytes(),
+            rule.id.as_bytes(),
+            category.as_str().as_bytes(),
+        ]),
+        conversation_id: id.to_string(),
+        tenant: tenant.to_string(),
+        channel: conv.channel,
+        agent_id: conv.agent_id.clone(),
+        seq: conv.last_agent_seq,
+        rule_id: rule.id.clone(),
+        category,
+        severity: rule.severity,
+        deduct: rule.deduct,
+        matched: None,
+        start: None,
+        end: None,
+        text: conv.last_agent_text.clone(),
+        lexicon_version: scanner.version().to_string(),
+        ts_ms,
+    }));
+}
+
+/// `entry()` for a `HashMap<String, V>` that only allocates the key when
+/// the entry is missing.
+trait EntryRef<V> {
+    fn entry_ref_or_default(&mut self, key: &str) -> &mut V;
+}
+
+impl<V: Default> EntryRef<V> for HashMap<String, V> {
+    fn entry_ref_or_default(&mut self, key: &str) -> &mut V {
+        if !self.contains_key(key) {
+            self.insert(key.to_string(), V::default());
+        }
+        // Present: inserted above if it was missing.
+        self.get_mut(key).expect("key present")
+    }
+}

@@ -1,0 +1,531 @@
+//! The event contract, v1: decoding and validating input events, and the
+//! output events (violations and summaries).
+//!
+//! Error policy: bad input is data, not a failure. [`decode`] never panics;
+//! it returns an [`InputError`] whose [`InputError::code`] is a stable
+//! snake_case string used as a metric label and in logs, and whose message
+//! says what is wrong in words a person can act on.
+
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+/// Longest accepted segment text, in bytes. A transcript segment is a
+/// sentence or two; anything this large is a producer bug, and rejecting it
+/// bounds the work one message can cause.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+/// Longest conversation id, in characters.
+pub const MAX_CONVERSATION_ID_CHARS: usize = 128;
+/// Longest tenant, in characters (it becomes a NATS subject token).
+pub const MAX_TENANT_CHARS: usize = 64;
+/// Longest agent id, in characters.
+pub const MAX_AGENT_ID_CHARS: usize = 128;
+
+/// Who spoke a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Speaker {
+    Agent,
+    Customer,
+    /// IVR prompts, system notices: accepted, counted, never judged.
+    System,
+}
+
+impl Speaker {
+    pub const ALL: [Speaker; 3] = [Speaker::Agent, Speaker::Customer, Speaker::System];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Speaker::Agent => "agent",
+            Speaker::Customer => "customer",
+            Speaker::System => "system",
+        }
+    }
+}
+
+/// The medium of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    /// Phone call, text from ASR.
+    Call,
+    /// Typed online chat.
+    Chat,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Call => "call",
+            Channel::Chat => "chat",
+        }
+    }
+}
+
+/// What a violation is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    Forbidden,
+    Filler,
+    MissingGreeting,
+    MissingClosing,
+}
+
+impl Category {
+    pub const ALL: [Category; 4] = [
+        Category::Forbidden,
+        Category::Filler,
+        Category::MissingGreeting,
+        Category::MissingClosing,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Forbidden => "forbidden",
+            Category::Filler => "filler",
+            Category::MissingGreeting => "missing_greeting",
+            Category::MissingClosing => "missing_closing",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How serious a rule's violation is (set per rule in the lexicon).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// One decoded, validated input event. Strings borrow from the input buffer
+/// where JSON escapes allow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Input<'a> {
+    pub conversation_id: Cow<'a, str>,
+    pub tenant: Cow<'a, str>,
+    pub channel: Option<Channel>,
+    pub agent_id: Option<Cow<'a, str>>,
+    pub ts_ms: Option<u64>,
+    pub kind: InputKind<'a>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputKind<'a> {
+    Segment(Segment<'a>),
+    /// The conversation is over: run the closing check, emit the summary.
+    End,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment<'a> {
+    pub seq: u64,
+    pub speaker: Speaker,
+    pub text: Cow<'a, str>,
+    /// `false`: a provisional ASR hypothesis, which never changes state.
+    pub is_final: bool,
+}
+
+/// Why an input event was rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InputError {
+    #[error("not valid UTF-8: {0}")]
+    Utf8(String),
+    #[error("not a JSON object: {0}")]
+    Json(String),
+    #[error("missing required field `{0}`")]
+    MissingField(&'static str),
+    #[error("invalid field `{field}`: {reason}")]
+    InvalidField { field: &'static str, reason: String },
+    #[error("text is {0} bytes, over the limit of {MAX_TEXT_BYTES}")]
+    TextTooLong(usize),
+}
+
+impl InputError {
+    /// Stable code for metrics labels and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            InputError::Utf8(_) => "invalid_utf8",
+            InputError::Json(_) => "invalid_json",
+            InputError::MissingField(_) => "missing_field",
+            InputError::InvalidField { .. } => "invalid_field",
+            InputError::TextTooLong(_) => "text_too_long",
+        }
+    }
+
+    /// Every code [`InputError::code`] can return (to pre-register metrics).
+    pub const CODES: [&'static str; 5] = [
+        "invalid_utf8",
+        "invalid_json",
+        "missing_field",
+        "invalid_field",
+        "text_too_long",
+    ];
+}
+
+/// The wire form. Field types are loose on purpose (`serde_json::Value` for
+/// the enums and numbers would be slower): what serde cannot type-check
+/// becomes an `invalid_json` error naming the field and column; everything
+/// else is checked in [`decode_str`] with a specific message.
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    conversation_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(borrow, default)]
+    speaker: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tenant: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    agent_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    ts_ms: Option<u64>,
+    #[serde(default, rename = "final")]
+    is_final: Option<bool>,
+}
+
+/// Decodes one input event from raw bytes (a NATS payload).
+pub fn decode(bytes: &[u8]) -> Result<Input<'_>, InputError> {
+    let s = std::str::from_utf8(bytes).map_err(|e| InputError::Utf8(e.to_string()))?;
+    decode_str(s)
+}
+
+/// Decodes one input event from a JSON string (a JSONL line).
+pub fn decode_str(s: &str) -> Result<Input<'_>, InputError> {
+    let w: Wire<'_> = serde_json::from_str(s).map_err(|e| InputError::Json(e.to_string()))?;
+
+    let conversation_id = w
+        .conversation_id
+        .ok_or(InputError::MissingField("conversation_id"))?;
+    check_token("conversation_id", &conversation_id, MAX_CONVERSATION_ID_CHARS, false)?;
+
+    let tenant = w.tenant.unwrap_or(Cow::Borrowed("default"));
+    check_token("tenant", &tenant, MAX_TENANT_CHARS, true)?;
+
+    let agent_id = match w.agent_id {
+        Some(a) => {
+            check_token("agent_id", &a, MAX_AGENT_ID_CHARS, false)?;
+            Some(a)
+        }
+        None => None,
+    };
+
+    let channel = match w.channel.as_deref() {
+        None => None,
+        Some("call") => Some(Channel::Call),
+        Some("chat") => Some(Channel::Chat),
+        Some(other) => {
+            return Err(InputError::InvalidField {
+                field: "channel",
+                reason: format!("{other:?} is not \"call\" or \"chat\""),
+            });
+        }
+    };
+
+    let kind = match w.kind.as_deref() {
+        None | Some("segment") => {
+            let seq = w.seq.ok_or(InputError::MissingField("seq"))?;
+            let speaker = match w.speaker.as_deref() {
+                None => return Err(InputError::MissingField("speaker")),
+                Some("agent") => Speaker::Agent,
+                Some("customer") => Speaker::Customer,
+                Some("system") => Speaker::System,
+                Some(other) => {
+                    return Err(InputError::InvalidField {
+                        field: "speaker",
+                        reason: format!("{other:?} is not \"agent\", \"customer\" or \"system\""),
+                    });
+                }
+            };
+            let text = w.text.ok_or(InputError::MissingField("text"))?;
+            if text.len() > MAX_TEXT_BYTES {
+                return Err(InputError::TextTooLong(text.len()));
+            }
+            InputKind::Segment(Segment {
+                seq,
+                speaker,
+                text,
+                is_final: w.is_final.unwrap_or(true),
+            })
+        }
+        Some("end") => InputKind::End,
+        Some(other) => {
+            return Err(InputError::InvalidField {
+                field: "type",
+                reason: format!("{other:?} is not \"segment\" or \"end\""),
+            });
+        }
+    };
+
+    Ok(Input {
+        conversation_id,
+        tenant,
+        channel,
+        agent_id,
+        ts_ms: w.ts_ms,
+        kind,
+    })
+}
+
+/// Ids and tenants: non-empty, bounded, no whitespace or control characters.
+/// A tenant also becomes a NATS subject token, so it may not hold `.`, `*`
+/// or `>`.
+fn check_token(
+    field: &'static str,
+    value: &str,
+    max_chars: usize,
+    subject_token: bool,
+) -> Result<(), InputError> {
+    let invalid = |reason: String| InputError::InvalidField { field, reason };
+    if value.is_empty() {
+        return Err(invalid("must not be empty".into()));
+    }
+    let chars = value.chars().count();
+    if chars > max_chars {
+        return Err(invalid(format!("{chars} characters, over the limit of {max_chars}")));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(format!("contains whitespace or control character {c:?}")));
+    }
+    if subject_token && let Some(c) = value.chars().find(|c| matches!(c, '.' | '*' | '>')) {
+        return Err(invalid(format!("contains {c:?}, which is not allowed in a NATS subject token")));
+    }
+    Ok(())
+}
+
+/// An output event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Violation(Violation),
+    Summary(Summary),
+}
+
+impl Event {
+    pub fn id(&self) -> &str {
+        match self {
+            Event::Violation(v) => &v.id,
+            Event::Summary(s) => &s.id,
+        }
+    }
+
+    pub fn tenant(&self) -> &str {
+        match self {
+            Event::Violation(v) => &v.tenant,
+            Event::Summary(s) => &s.tenant,
+        }
+    }
+}
+
+/// One rule broken once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Violation {
+    /// Deterministic: a hash of tenant, conversation, seq, rule and span (see
+    /// [`event_id`]), so a replayed input yields the same id.
+    pub id: String,
+    pub conversation_id: String,
+    pub tenant: String,
+    pub channel: Option<Channel>,
+    pub agent_id: Option<String>,
+    pub seq: u64,
+    pub rule_id: String,
+    pub category: Category,
+    pub severity: Severity,
+    pub deduct: f64,
+    /// The slice of the original text that matched (null for missing_*).
+    pub matched: Option<String>,
+    /// Unicode-scalar offsets into `text` (null for missing_*).
+    pub start: Option<usize>,
+    pub end: Option<usize>,
+    /// The original text of segment `seq`.
+    pub text: String,
+    pub lexicon_version: String,
+    /// The segment's `ts_ms`, or the engine clock when it had none.
+    pub ts_ms: u64,
+}
+
+/// Per-category violation counts of one conversation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub forbidden: u32,
+    pub filler: u32,
+    pub missing_greeting: u32,
+    pub missing_closing: u32,
+}
+
+impl Counts {
+    pub fn add(&mut self, category: Category) {
+        let slot = match category {
+            Category::Forbidden => &mut self.forbidden,
+            Category::Filler => &mut self.filler,
+            Category::MissingGreeting => &mut self.missing_greeting,
+            Category::MissingClosing => &mut self.missing_closing,
+        };
+        *slot += 1;
+    }
+}
+
+/// Why a conversation was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    /// An `end` event arrived.
+    End,
+    /// No event for the idle timeout.
+    Idle,
+    /// End of the offline input.
+    Eof,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 3] = [CloseReason::End, CloseReason::Idle, CloseReason::Eof];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::End => "end",
+            CloseReason::Idle => "idle",
+            CloseReason::Eof => "eof",
+        }
+    }
+}
+
+/// Once per conversation, when it closes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Deterministic: a hash of tenant and conversation.
+    pub id: String,
+    pub conversation_id: String,
+    pub tenant: String,
+    pub channel: Option<Channel>,
+    /// The last agent id seen in the conversation.
+    pub agent_id: Option<String>,
+    pub reason: CloseReason,
+    /// Distinct segments seen (all speakers, final or not).
+    pub segments: u32,
+    /// Agent segments judged (final only).
+    pub agent_segments: u32,
+    pub counts: Counts,
+    /// Whether the agent greeted; null when not judged (the agent never
+    /// spoke, the conversation was first seen mid-way, or the lexicon has no
+    /// greeting rule).
+    pub greeted: Option<bool>,
+    /// Whether the agent closed politely; null when not judged.
+    pub closed: Option<bool>,
+    /// 100 minus the deductions, each scorecard section capped.
+    pub score: f64,
+    pub lexicon_version: String,
+    /// The engine clock when the conversation closed.
+    pub ts_ms: u64,
+}
+
+/// A deterministic event id: FNV-1a (128-bit) over the parts, each followed
+/// by a 0xFF separator byte (which never occurs in UTF-8), as 32 hex digits.
+/// Not cryptographic: it only has to be stable and collision-free in
+/// practice within a de-duplication window.
+pub fn event_id(parts: &[&[u8]]) -> String {
+    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const PRIME: u128 = 0x0000000001000000000000000000013B;
+    let mut h = OFFSET;
+    for part in parts {
+        for &b in part.iter().chain(std::iter::once(&0xFF)) {
+            h ^= u128::from(b);
+            h = h.wrapping_mul(PRIME);
+        }
+    }
+    format!("{h:032x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_a_minimal_segment_with_defaults() {
+        let i = decode_str(r#"{"conversation_id":"c1","seq":3,"speaker":"agent","text":"您好"}"#)
+            .expect("valid");
+        assert_eq!(i.tenant, "default");
+        assert_eq!(i.channel, None);
+        let InputKind::Segment(s) = i.kind else {
+            panic!("not a segment")
+        };
+        assert_eq!((s.seq, s.speaker, s.is_final), (3, Speaker::Agent, true));
+        assert_eq!(s.text, "您好");
+    }
+
+    #[test]
+    fn ignores_unknown_fields_and_decodes_end() {
+        let i = decode_str(r#"{"conversation_id":"c1","type":"end","x":{"y":[1]},"tenant":"t1"}"#)
+            .expect("valid");
+        assert_eq!(i.kind, InputKind::End);
+        assert_eq!(i.tenant, "t1");
+    }
+
+    #[test]
+    fn bad_input_table() {
+        let long_id = format!(r#"{{"conversation_id":"{}","type":"end"}}"#, "x".repeat(129));
+        let long_text = format!(
+            r#"{{"conversation_id":"c","seq":1,"speaker":"agent","text":"{}"}}"#,
+            "啊".repeat(MAX_TEXT_BYTES / 3 + 1)
+        );
+        let cases: Vec<(&str, &str, &str)> = vec![
+            ("not_json", "hello", "invalid_json"),
+            ("array", "[1,2]", "invalid_json"),
+            ("truncated", r#"{"conversation_id":"c""#, "invalid_json"),
+            ("missing_id", r#"{"seq":1,"speaker":"agent","text":""}"#, "missing_field"),
+            ("empty_id", r#"{"conversation_id":"","type":"end"}"#, "invalid_field"),
+            ("id_with_space", r#"{"conversation_id":"a b","type":"end"}"#, "invalid_field"),
+            ("long_id", &long_id, "invalid_field"),
+            ("missing_seq", r#"{"conversation_id":"c","speaker":"agent","text":""}"#, "missing_field"),
+            ("negative_seq", r#"{"conversation_id":"c","seq":-1,"speaker":"agent","text":""}"#, "invalid_json"),
+            ("string_seq", r#"{"conversation_id":"c","seq":"1","speaker":"agent","text":""}"#, "invalid_json"),
+            ("missing_speaker", r#"{"conversation_id":"c","seq":1,"text":""}"#, "missing_field"),
+            ("bad_speaker", r#"{"conversation_id":"c","seq":1,"speaker":"bot","text":""}"#, "invalid_field"),
+            ("missing_text", r#"{"conversation_id":"c","seq":1,"speaker":"agent"}"#, "missing_field"),
+            ("null_text", r#"{"conversation_id":"c","seq":1,"speaker":"agent","text":null}"#, "missing_field"),
+            ("bad_type", r#"{"conversation_id":"c","type":"start"}"#, "invalid_field"),
+            ("bad_channel", r#"{"conversation_id":"c","type":"end","channel":"sms"}"#, "invalid_field"),
+            ("tenant_with_dot", r#"{"conversation_id":"c","type":"end","tenant":"a.b"}"#, "invalid_field"),
+            ("bad_final", r#"{"conversation_id":"c","seq":1,"speaker":"agent","text":"","final":"no"}"#, "invalid_json"),
+            ("text_too_long", &long_text, "text_too_long"),
+        ];
+        for (name, input, code) in cases {
+            match decode_str(input) {
+                Ok(i) => panic!("case {name}: accepted {i:?}"),
+                Err(e) => assert_eq!(e.code(), code, "case {name}: {e}"),
+            }
+        }
+        assert_eq!(decode(b"\xff\xfe").map_err(|e| e.code()), Err("invalid_utf8"));
+    }
+
+    #[test]
+    fn event_ids_are_stable_and_separated() {
+        let a = event_id(&[b"t", b"c1", b"2"]);
+        assert_eq!(a, event_id(&[b"t", b"c1", b"2"]));
+        assert_eq!(a.len(), 32);
+        // The separator keeps ("c1","2") and ("c","12") apart.
+        assert_ne!(a, event_id(&[b"t", b"c", b"12"]));
+    }
+}

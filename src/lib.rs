@@ -1,0 +1,43 @@
+//! zhijian (质检, "quality inspection") judges live Chinese contact-centre
+//! conversations against a service standard: forbidden phrases (服务忌语),
+//! filler words used as interjections (语气词), and missing greetings
+//! (开头语) and closings (结束语), with a QA score per conversation.
+//!
+//! # Data flow
+//!
+//! ```text
+//! JSON input ─▶ event::decode ─▶ engine::Engine::handle ─▶ Vec<event::Event>
+//!                                  │
+//!                                  ├─ normalize  fold width/case/script, drop punctuation, keep offsets
+//!                                  ├─ matcher    one Aho-Corasick pass + exceptions, jieba boundaries, position
+//!                                  └─ engine     per-conversation state, windows, score
+//! ```
+//!
+//! The middle is synchronous and does no I/O: it takes the clock as an
+//! argument, which is what makes it testable without servers and fast
+//! without locks. The edges (`scan` for files, the daemon for NATS) are thin.
+//!
+//! # Modules
+//!
+//! - [`event`]: the input/output contract (v1), decoding and validation.
+//! - [`normalize`]: the text fold shared by lexicon phrases and utterances.
+//! - [`lexicon`]: the TOML lexicon format and its strict validation.
+//! - [`matcher`]: the compiled lexicon ([`matcher::Scanner`]) and hit filters.
+//! - [`engine`]: conversation state, verdicts and events.
+//! - [`scan`]: the offline JSONL runner behind `zhijian scan`.
+//! - [`cli`]: the command line.
+//!
+//! # Errors
+//!
+//! Configuration and lexicon errors stop start-up with a message naming
+//! file, line and entry (exit code 2). Bad input is data: it is rejected with
+//! a stable error code, counted, reported with its line or message, and
+//! processing goes on. Nothing on the input path panics.
+
+pub mod cli;
+pub mod engine;
+pub mod event;
+pub mod lexicon;
+pub mod matcher;
+pub mod normalize;
+pub mod scan;

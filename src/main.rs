@@ -1,0 +1,5 @@
+//! The `zhijian` binary: everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    zhijian::cli::main()
+}

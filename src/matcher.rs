@@ -1,0 +1,358 @@
+//! Matching: one Aho-Corasick automaton over every phrase and exception of
+//! the lexicon, then per-rule filters (exceptions, word boundaries, clause
+//! position) and overlap resolution.
+//!
+//! [`Scanner`] is immutable and shared behind an `Arc`; a lexicon reload
+//! builds a new one. Per-utterance buffers live in [`Scratch`], owned by the
+//! caller, so scanning does not allocate unless something hits.
+//!
+//! Cost model: normalise + automaton on every utterance; jieba only when a
+//! hit belongs to a rule with `boundary = "word"` (running jieba on every
+//! utterance would cost 3–4× the whole pipeline).
+
+use crate::event::Speaker;
+use crate::lexicon::{Boundary, Lexicon, Position, Rule, RuleKind};
+use crate::normalize::{Normalized, normalize};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use jieba_rs::Jieba;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+
+/// The jieba segmenter with its default dictionary, built once per process
+/// (≈0.13 s, ≈32 MiB) and shared by every lexicon.
+pub fn default_segmenter() -> Arc<Jieba> {
+    static JIEBA: LazyLock<Arc<Jieba>> = LazyLock::new(|| Arc::new(Jieba::new()));
+    Arc::clone(&JIEBA)
+}
+
+/// Up to this many patterns the DFA is used: ≈30% faster than the default
+/// NFA for a lexicon of a few hundred phrases. With tens of thousands of
+/// patterns the DFA is slower and large, so the crate picks.
+const DFA_MAX_PATTERNS: usize = 2_000;
+
+/// What one automaton pattern means for one rule.
+#[derive(Debug, Clone, Copy)]
+struct Use {
+    rule: u16,
+    exception: bool,
+}
+
+/// A compiled lexicon.
+pub struct Scanner {
+    lexicon: Lexicon,
+    automaton: AhoCorasick,
+    /// Pattern id → the rules that use it (one normalised string may be a
+    /// phrase of one rule and an exception of another).
+    uses: Vec<Vec<Use>>,
+    /// Pattern id → the normalised pattern.
+    patterns: Vec<String>,
+    /// Bit per [`Speaker`]: whether any rule judges that speaker.
+    judged_speakers: u8,
+    /// Rule index → bit per [`Speaker`] it judges.
+    rule_speakers: Vec<u8>,
+    segmenter: Arc<Jieba>,
+}
+
+/// A hit that survived every filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    /// Index into [`Scanner::rules`].
+    pub rule: u16,
+    /// Byte range in the normalised text.
+    pub norm: (usize, usize),
+    /// Byte range in the original text.
+    pub orig: (usize, usize),
+}
+
+/// Why a candidate hit was dropped (reported by [`Scanner::scan_explained`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suppression {
+    /// It lies inside an occurrence of one of the rule's exceptions.
+    Exception { norm: (usize, usize) },
+    /// It starts or ends inside a word (jieba).
+    WordBoundary,
+    /// The rule needs a clause start and the hit is mid-clause.
+    Position,
+    /// A longer or earlier hit of the same rule covers it.
+    Overlap,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Suppressed {
+    pub rule: u16,
+    pub norm: (usize, usize),
+    pub orig: (usize, usize),
+    pub why: Suppression,
+}
+
+/// Per-caller reusable buffers.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    pub norm: Normalized,
+    candidates: Vec<Candidate>,
+    /// Word boundaries of `norm.text` (byte offsets), valid when
+    /// `boundaries_ready`.
+    boundaries: Vec<bool>,
+    boundaries_ready: bool,
+    pub hits: Vec<Hit>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    rule: u16,
+    exception: bool,
+    start: usize,
+    end: usize,
+}
+
+impl Scanner {
+    /// Compiles a validated lexicon.
+    pub fn new(lexicon: Lexicon, segmenter: Arc<Jieba>) -> Result<Scanner, String> {
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut patterns: Vec<String> = Vec::new();
+        let mut uses: Vec<Vec<Use>> = Vec::new();
+        let rule_speakers: Vec<u8> = lexicon
+            .rules
+            .iter()
+            .map(|r| r.speakers.iter().fold(0, |m, s| m | speaker_bit(*s)))
+            .collect();
+        let judged_speakers = rule_speakers.iter().fold(0, |m, b| m | b);
+        for (ri, rule) in lexicon.rules.iter().enumerate() {
+            let rule_ix = u16::try_from(ri).map_err(|_| "too many rules".to_string())?;
+            let all = rule
+                .phrases
+                .iter()
+                .map(|p| (p, false))
+                .chain(rule.exceptions.iter().map(|x| (x, true)));
+            for (text, exception) in all {
+                let n = normalize(text);
+                let pid = *index.entry(n.clone()).or_insert_with(|| {
+                    patterns.push(n);
+                    uses.push(Vec::new());
+                    patterns.len() - 1
+                });
+                uses[pid].push(Use {
+                    rule: rule_ix,
+                    exception,
+                });
+            }
+        }
+        let mut builder = AhoCorasick::builder();
+        builder.match_kind(MatchKind::Standard);
+        if patterns.len() <= DFA_MAX_PATTERNS {
+            builder.kind(Some(AhoCorasickKind::DFA));
+        }
+        let automaton = builder.build(&patterns).map_err(|e| e.to_string())?;
+        Ok(Scanner {
+            lexicon,
+            automaton,
+            uses,
+            patterns,
+            judged_speakers,
+            rule_speakers,
+            segmenter,
+        })
+    }
+
+    pub fn lexicon(&self) -> &Lexicon {
+        &self.lexicon
+    }
+
+    pub fn version(&self) -> &str {
+        &self.lexicon.version
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.lexicon.rules
+    }
+
+    pub fn rule(&self, ix: u16) -> &Rule {
+        &self.lexicon.rules[usize::from(ix)]
+    }
+
+    /// Number of distinct normalised patterns in the automaton.
+    pub fn pattern_count(&self) -> usize {
+        self.patterns.len()
+    }
+
+    /// Whether any rule judges this speaker's segments.
+    pub fn judges(&self, speaker: Speaker) -> bool {
+        self.judged_speakers & speaker_bit(speaker) != 0
+    }
+
+    /// The index of the enabled rule of this kind, for greeting/closing.
+    pub fn windowed_rule(&self, kind: RuleKind) -> Option<u16> {
+        self.lexicon
+            .rules
+            .iter()
+            .position(|r| r.kind == kind)
+            .and_then(|i| u16::try_from(i).ok())
+    }
+
+    /// The segmenter (for tools that show tokens).
+    pub fn segmenter(&self) -> &Jieba {
+        &self.segmenter
+    }
+
+    /// Scans `text` spoken by `speaker`; the surviving hits are left in
+    /// `scratch.hits`, ordered by start, then rule.
+    pub fn scan(&self, text: &str, speaker: Speaker, scratch: &mut Scratch) {
+        self.scan_inner(text, speaker, scratch, None);
+    }
+
+    /// Like [`Scanner::scan`], and also reports every dropped candidate and
+    /// why (for `zhijian lexicon test`).
+    pub fn scan_explained(
+        &self,
+        text: &str,
+        speaker: Speaker,
+        scratch: &mut Scratch,
+    ) -> Vec<Suppressed> {
+        let mut out = Vec::new();
+        self.scan_inner(text, speaker, scratch, Some(&mut out));
+        out
+    }
+
+    fn scan_inner(
+        &self,
+        text: &str,
+        speaker: Speaker,
+        scratch: &mut Scratch,
+        mut explain: Option<&mut Vec<Suppressed>>,
+    ) {
+        scratch.hits.clear();
+        scratch.candidates.clear();
+        scratch.boundaries_ready = false;
+        scratch.norm.fill(text);
+        let bit = speaker_bit(speaker);
+
+        let mut any_phrase = false;
+        for m in self.automaton.find_overlapping_iter(&scratch.norm.text) {
+            for u in &self.uses[m.pattern().as_usize()] {
+                if self.rule_speakers[usize::from(u.rule)] & bit != 0 {
+                    any_phrase |= !u.exception;
+                    scratch.candidates.push(Candidate {
+                        rule: u.rule,
+                        exception: u.exception,
+                        start: m.start(),
+                        end: m.end(),
+                    });
+                }
+            }
+        }
+        if !any_phrase {
+            return;
+        }
+        // Group by rule; within a rule exceptions first, then phrases
+        // leftmost-longest, which is the order overlap resolution wants.
+        scratch.candidates.sort_unstable_by(|a, b| {
+            (a.rule, !a.exception, a.start, std::cmp::Reverse(a.end)).cmp(&(
+                b.rule,
+                !b.exception,
+                b.start,
+                std::cmp::Reverse(b.end),
+            ))
+        });
+
+        let candidates = std::mem::take(&mut scratch.candidates);
+        let mut i = 0;
+        while i < candidates.len() {
+            let rule_ix = candidates[i].rule;
+            let mut j = i;
+            while j < candidates.len() && candidates[j].rule == rule_ix {
+                j += 1;
+            }
+            let group = &candidates[i..j];
+            let n_exceptions = group.iter().take_while(|c| c.exception).count();
+            let (exceptions, phrases) = group.split_at(n_exceptions);
+            let rule = &self.lexicon.rules[usize::from(rule_ix)];
+            // End of the last accepted hit of this rule (overlap resolution).
+            let mut covered_to = 0usize;
+            for c in phrases {
+                let why = if let Some(x) = exceptions
+                    .iter()
+                    .find(|x| x.start <= c.start && c.end <= x.end)
+                {
+                    Some(Suppression::Exception {
+                        norm: (x.start, x.end),
+                    })
+                } else if rule.boundary == Boundary::Word && !self.on_word_boundaries(scratch, c) {
+                    Some(Suppression::WordBoundary)
+                } else if rule.position == Position::ClauseStart
+                    && !scratch.norm.is_clause_start(c.start)
+                {
+                    Some(Suppression::Position)
+                } else if c.start < covered_to {
+                    Some(Suppression::Overlap)
+                } else {
+                    None
+                };
+                let orig = scratch.norm.original_range(text, c.start, c.end);
+                match why {
+                    None => {
+                        covered_to = c.end;
+                        scratch.hits.push(Hit {
+                            rule: rule_ix,
+                            norm: (c.start, c.end),
+                            orig,
+                        });
+                    }
+                    Some(why) => {
+                        if let Some(out) = explain.as_deref_mut() {
+                            out.push(Suppressed {
+                                rule: rule_ix,
+                                norm: (c.start, c.end),
+                                orig,
+                                why,
+                            });
+                        }
+                    }
+                }
+            }
+            i = j;
+        }
+        scratch.candidates = candidates;
+        scratch.hits.sort_unstable_by_key(|h| (h.orig.0, h.rule, h.orig.1));
+    }
+
+    fn on_word_boundaries(&self, scratch: &mut Scratch, c: &Candidate) -> bool {
+        if !scratch.boundaries_ready {
+            self.fill_boundaries(scratch);
+        }
+        scratch.boundaries[c.start] && scratch.boundaries[c.end]
+    }
+
+    /// Segments each clause separately (punctuation is gone from the
+    /// normalised text, but clause breaks are remembered) and marks token
+    /// edges.
+    fn fill_boundaries(&self, scratch: &mut Scratch) {
+        let norm = &scratch.norm;
+        let b = &mut scratch.boundaries;
+        b.clear();
+        b.resize(norm.text.len() + 1, false);
+        for (start, end) in norm.clauses() {
+            for t in self.segmenter.cut(&norm.text[start..end], false) {
+                b[start + t.byte_start] = true;
+                b[start + t.byte_end] = true;
+            }
+        }
+        scratch.boundaries_ready = true;
+    }
+
+    /// The jieba tokens of each clause of the normalised text (for tools).
+    pub fn tokens<'t>(&self, norm: &'t Normalized) -> Vec<&'t str> {
+        norm.clauses()
+            .flat_map(|(s, e)| {
+                self.segmenter
+                    .cut(&norm.text[s..e], false)
+                    .into_iter()
+                    .map(|t| t.word)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+fn speaker_bit(s: Speaker) -> u8 {
+    1 << (s as u8)
+}
