@@ -15,7 +15,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "zhijian", version, about = "质检: live compliance scanning of Chinese contact-centre conversations")]
+#[command(
+    name = "zhijian",
+    version,
+    about = "质检: live compliance scanning of Chinese contact-centre conversations"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -139,7 +143,12 @@ fn cmd_scan(lexicons: &Path, file: &str) -> Result<(), Failure> {
     } else {
         let f = std::fs::File::open(file)
             .map_err(|e| Failure::Runtime(format!("cannot open {file}: {e}")))?;
-        scan::scan(&mut engine, BufReader::with_capacity(1 << 16, f), &mut out, &mut err)?
+        scan::scan(
+            &mut engine,
+            BufReader::with_capacity(1 << 16, f),
+            &mut out,
+            &mut err,
+        )?
     };
     writeln!(
         err,
@@ -153,14 +162,28 @@ fn cmd_check(dir: &Path) -> Result<(), Failure> {
     let scanner = load_scanner(dir)?;
     let lex = scanner.lexicon();
     println!("lexicon {:?} version {}", lex.name, lex.version);
-    for kind in [RuleKind::Forbidden, RuleKind::Filler, RuleKind::Greeting, RuleKind::Closing] {
+    for kind in [
+        RuleKind::Forbidden,
+        RuleKind::Filler,
+        RuleKind::Greeting,
+        RuleKind::Closing,
+    ] {
         let (rules, phrases) = lex.count(kind);
-        println!("  {:<10} {rules:>3} rules {phrases:>5} phrases", kind.as_str());
+        println!(
+            "  {:<10} {rules:>3} rules {phrases:>5} phrases",
+            kind.as_str()
+        );
     }
     for s in &lex.sections {
-        println!("  section {} ({}) max deduct {}", s.id, s.name, s.max_deduct);
+        println!(
+            "  section {} ({}) max deduct {}",
+            s.id, s.name, s.max_deduct
+        );
     }
-    println!("  {} distinct patterns in the automaton", scanner.pattern_count());
+    println!(
+        "  {} distinct patterns in the automaton",
+        scanner.pattern_count()
+    );
     Ok(())
 }
 
@@ -202,7 +225,9 @@ fn cmd_test(lexicons: &Path, speaker: Speaker, text: &str) -> Result<(), Failure
                 format!("inside exception {:?}", &norm.text[a..b])
             }
             Suppression::WordBoundary => "inside a longer word (jieba)".to_string(),
-            Suppression::Position => "not at the start of a clause (sentence-final particle or mid-clause)".to_string(),
+            Suppression::Position => {
+                "not at the start of a clause (sentence-final particle or mid-clause)".to_string()
+            }
             Suppression::Overlap => "covered by another hit of the same rule".to_string(),
         };
         writeln!(

@@ -18,8 +18,8 @@
 //!    verdict, then the summary with the score.
 
 use crate::event::{
-    Channel, CloseReason, Counts, Event, Input, InputKind, Segment, Speaker, Summary,
-    Violation, event_id,
+    Channel, CloseReason, Counts, Event, Input, InputKind, Segment, Speaker, Summary, Violation,
+    event_id,
 };
 use crate::lexicon::RuleKind;
 use crate::matcher::{Scanner, Scratch};
@@ -276,7 +276,10 @@ impl Engine {
         let mut all: Vec<(u64, String, String)> = self
             .open
             .iter()
-            .flat_map(|(t, m)| m.iter().map(move |(id, c)| (c.order, t.clone(), id.clone())))
+            .flat_map(|(t, m)| {
+                m.iter()
+                    .map(move |(id, c)| (c.order, t.clone(), id.clone()))
+            })
             .collect();
         all.sort_unstable();
         for (_, tenant, id) in all {
@@ -284,7 +287,14 @@ impl Engine {
         }
     }
 
-    fn close(&mut self, tenant: &str, id: &str, reason: CloseReason, now_ms: u64, out: &mut Vec<Event>) {
+    fn close(
+        &mut self,
+        tenant: &str,
+        id: &str,
+        reason: CloseReason,
+        now_ms: u64,
+        out: &mut Vec<Event>,
+    ) {
         if let Some(conv) = self.open.get_mut(tenant).and_then(|m| m.remove(id)) {
             self.open_count -= 1;
             self.finish(tenant, id, conv, reason, now_ms, out);
@@ -324,7 +334,11 @@ impl Engine {
             && conv.agent_segments > 0
         {
             let window = scanner.rule(c).window.min(32);
-            let mask = if window >= 32 { u32::MAX } else { (1u32 << window) - 1 };
+            let mask = if window >= 32 {
+                u32::MAX
+            } else {
+                (1u32 << window) - 1
+            };
             let ok = conv.closing_bits & mask != 0;
             closed = Some(ok);
             if !ok {

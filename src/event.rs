@@ -147,7 +147,7 @@ pub struct Segment<'a> {
 pub enum InputError {
     #[error("not valid UTF-8: {0}")]
     Utf8(String),
-    #[error("not a JSON object: {0}")]
+    #[error("invalid JSON or field type: {0}")]
     Json(String),
     #[error("missing required field `{0}`")]
     MissingField(&'static str),
@@ -220,7 +220,12 @@ pub fn decode_str(s: &str) -> Result<Input<'_>, InputError> {
     let conversation_id = w
         .conversation_id
         .ok_or(InputError::MissingField("conversation_id"))?;
-    check_token("conversation_id", &conversation_id, MAX_CONVERSATION_ID_CHARS, false)?;
+    check_token(
+        "conversation_id",
+        &conversation_id,
+        MAX_CONVERSATION_ID_CHARS,
+        false,
+    )?;
 
     let tenant = w.tenant.unwrap_or(Cow::Borrowed("default"));
     check_token("tenant", &tenant, MAX_TENANT_CHARS, true)?;
@@ -305,13 +310,19 @@ fn check_token(
     }
     let chars = value.chars().count();
     if chars > max_chars {
-        return Err(invalid(format!("{chars} characters, over the limit of {max_chars}")));
+        return Err(invalid(format!(
+            "{chars} characters, over the limit of {max_chars}"
+        )));
     }
     if let Some(c) = value.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid(format!("contains whitespace or control character {c:?}")));
+        return Err(invalid(format!(
+            "contains whitespace or control character {c:?}"
+        )));
     }
     if subject_token && let Some(c) = value.chars().find(|c| matches!(c, '.' | '*' | '>')) {
-        return Err(invalid(format!("contains {c:?}, which is not allowed in a NATS subject token")));
+        return Err(invalid(format!(
+            "contains {c:?}, which is not allowed in a NATS subject token"
+        )));
     }
     Ok(())
 }
@@ -485,7 +496,10 @@ mod tests {
 
     #[test]
     fn bad_input_table() {
-        let long_id = format!(r#"{{"conversation_id":"{}","type":"end"}}"#, "x".repeat(129));
+        let long_id = format!(
+            r#"{{"conversation_id":"{}","type":"end"}}"#,
+            "x".repeat(129)
+        );
         let long_text = format!(
             r#"{{"conversation_id":"c","seq":1,"speaker":"agent","text":"{}"}}"#,
             "啊".repeat(MAX_TEXT_BYTES / 3 + 1)
@@ -494,21 +508,77 @@ mod tests {
             ("not_json", "hello", "invalid_json"),
             ("array", "[1,2]", "invalid_json"),
             ("truncated", r#"{"conversation_id":"c""#, "invalid_json"),
-            ("missing_id", r#"{"seq":1,"speaker":"agent","text":""}"#, "missing_field"),
-            ("empty_id", r#"{"conversation_id":"","type":"end"}"#, "invalid_field"),
-            ("id_with_space", r#"{"conversation_id":"a b","type":"end"}"#, "invalid_field"),
+            (
+                "missing_id",
+                r#"{"seq":1,"speaker":"agent","text":""}"#,
+                "missing_field",
+            ),
+            (
+                "empty_id",
+                r#"{"conversation_id":"","type":"end"}"#,
+                "invalid_field",
+            ),
+            (
+                "id_with_space",
+                r#"{"conversation_id":"a b","type":"end"}"#,
+                "invalid_field",
+            ),
             ("long_id", &long_id, "invalid_field"),
-            ("missing_seq", r#"{"conversation_id":"c","speaker":"agent","text":""}"#, "missing_field"),
-            ("negative_seq", r#"{"conversation_id":"c","seq":-1,"speaker":"agent","text":""}"#, "invalid_json"),
-            ("string_seq", r#"{"conversation_id":"c","seq":"1","speaker":"agent","text":""}"#, "invalid_json"),
-            ("missing_speaker", r#"{"conversation_id":"c","seq":1,"text":""}"#, "missing_field"),
-            ("bad_speaker", r#"{"conversation_id":"c","seq":1,"speaker":"bot","text":""}"#, "invalid_field"),
-            ("missing_text", r#"{"conversation_id":"c","seq":1,"speaker":"agent"}"#, "missing_field"),
-            ("null_text", r#"{"conversation_id":"c","seq":1,"speaker":"agent","text":null}"#, "missing_field"),
-            ("bad_type", r#"{"conversation_id":"c","type":"start"}"#, "invalid_field"),
-            ("bad_channel", r#"{"conversation_id":"c","type":"end","channel":"sms"}"#, "invalid_field"),
-            ("tenant_with_dot", r#"{"conversation_id":"c","type":"end","tenant":"a.b"}"#, "invalid_field"),
-            ("bad_final", r#"{"conversation_id":"c","seq":1,"speaker":"agent","text":"","final":"no"}"#, "invalid_json"),
+            (
+                "missing_seq",
+                r#"{"conversation_id":"c","speaker":"agent","text":""}"#,
+                "missing_field",
+            ),
+            (
+                "negative_seq",
+                r#"{"conversation_id":"c","seq":-1,"speaker":"agent","text":""}"#,
+                "invalid_json",
+            ),
+            (
+                "string_seq",
+                r#"{"conversation_id":"c","seq":"1","speaker":"agent","text":""}"#,
+                "invalid_json",
+            ),
+            (
+                "missing_speaker",
+                r#"{"conversation_id":"c","seq":1,"text":""}"#,
+                "missing_field",
+            ),
+            (
+                "bad_speaker",
+                r#"{"conversation_id":"c","seq":1,"speaker":"bot","text":""}"#,
+                "invalid_field",
+            ),
+            (
+                "missing_text",
+                r#"{"conversation_id":"c","seq":1,"speaker":"agent"}"#,
+                "missing_field",
+            ),
+            (
+                "null_text",
+                r#"{"conversation_id":"c","seq":1,"speaker":"agent","text":null}"#,
+                "missing_field",
+            ),
+            (
+                "bad_type",
+                r#"{"conversation_id":"c","type":"start"}"#,
+                "invalid_field",
+            ),
+            (
+                "bad_channel",
+                r#"{"conversation_id":"c","type":"end","channel":"sms"}"#,
+                "invalid_field",
+            ),
+            (
+                "tenant_with_dot",
+                r#"{"conversation_id":"c","type":"end","tenant":"a.b"}"#,
+                "invalid_field",
+            ),
+            (
+                "bad_final",
+                r#"{"conversation_id":"c","seq":1,"speaker":"agent","text":"","final":"no"}"#,
+                "invalid_json",
+            ),
             ("text_too_long", &long_text, "text_too_long"),
         ];
         for (name, input, code) in cases {
@@ -517,7 +587,10 @@ mod tests {
                 Err(e) => assert_eq!(e.code(), code, "case {name}: {e}"),
             }
         }
-        assert_eq!(decode(b"\xff\xfe").map_err(|e| e.code()), Err("invalid_utf8"));
+        assert_eq!(
+            decode(b"\xff\xfe").map_err(|e| e.code()),
+            Err("invalid_utf8")
+        );
     }
 
     #[test]

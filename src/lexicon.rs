@@ -252,7 +252,11 @@ struct SourceFile {
 impl SourceFile {
     fn line(&self, span: Range<usize>) -> usize {
         let end = span.start.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
     }
 }
 
@@ -266,8 +270,8 @@ pub fn load_dir(dir: &Path) -> Result<Lexicon, LexiconError> {
             message,
         }],
     };
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| whole(format!("cannot read lexicon directory: {e}")))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| whole(format!("cannot read lexicon directory: {e}")))?;
     let mut paths = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| whole(format!("cannot read lexicon directory: {e}")))?;
@@ -319,7 +323,9 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Lexicon, LexiconErr
         }
     }
     if !v.problems.is_empty() {
-        return Err(LexiconError { problems: v.problems });
+        return Err(LexiconError {
+            problems: v.problems,
+        });
     }
 
     // Metadata: exactly one [lexicon] table.
@@ -334,7 +340,12 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Lexicon, LexiconErr
                     files[*first].path.display(),
                     files[*first].line(first_meta.span())
                 );
-                v.at(&files[i], m.span(), None, format!("a second [lexicon] table (the first is at {first_at})"));
+                v.at(
+                    &files[i],
+                    m.span(),
+                    None,
+                    format!("a second [lexicon] table (the first is at {first_at})"),
+                );
             } else {
                 meta = Some((i, m));
             }
@@ -350,13 +361,20 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Lexicon, LexiconErr
             entry: None,
             message: "no [lexicon] table (name and version) in any file".into(),
         });
-        return Err(LexiconError { problems: v.problems });
+        return Err(LexiconError {
+            problems: v.problems,
+        });
     };
     let meta_span = meta.span();
     let meta = meta.into_inner();
     let declared_version = meta.version.get_ref().trim().to_string();
     if declared_version.is_empty() || declared_version.chars().any(char::is_whitespace) {
-        v.at(&files[meta_file], meta.version.span(), Some("[lexicon]".into()), "version must be non-empty without whitespace".into());
+        v.at(
+            &files[meta_file],
+            meta.version.span(),
+            Some("[lexicon]".into()),
+            "version must be non-empty without whitespace".into(),
+        );
     }
     let _ = (meta_span, meta.language, meta.description);
 
@@ -374,12 +392,22 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Lexicon, LexiconErr
             v.at(f, s.id.span(), entry.clone(), ID_RULE.into());
         }
         if let Some((_, first)) = section_index.get(&id) {
-            v.at(f, s.id.span(), entry.clone(), format!("duplicate section id (first defined at {first})"));
+            v.at(
+                f,
+                s.id.span(),
+                entry.clone(),
+                format!("duplicate section id (first defined at {first})"),
+            );
             continue;
         }
         let max = *s.max_deduct.get_ref();
         if !(max.is_finite() && max > 0.0) {
-            v.at(f, s.max_deduct.span(), entry, format!("max_deduct must be a positive number, got {max}"));
+            v.at(
+                f,
+                s.max_deduct.span(),
+                entry,
+                format!("max_deduct must be a positive number, got {max}"),
+            );
         }
         section_index.insert(id.clone(), (sections.len(), here));
         sections.push(Section {
@@ -404,20 +432,38 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Lexicon, LexiconErr
             v.at(f, r.id.span(), entry.clone(), ID_RULE.into());
         }
         if let Some(first) = rule_ids.get(&id) {
-            v.at(f, r.id.span(), entry.clone(), format!("duplicate rule id (first defined at {first})"));
+            v.at(
+                f,
+                r.id.span(),
+                entry.clone(),
+                format!("duplicate rule id (first defined at {first})"),
+            );
             continue;
         }
         rule_ids.insert(id.clone(), here.clone());
 
         let deduct = *r.deduct.get_ref();
         if !(deduct.is_finite() && deduct >= 0.0) {
-            v.at(f, r.deduct.span(), entry.clone(), format!("deduct must be a number >= 0, got {deduct}"));
+            v.at(
+                f,
+                r.deduct.span(),
+                entry.clone(),
+                format!("deduct must be a number >= 0, got {deduct}"),
+            );
         }
         let section = match section_index.get(r.section.get_ref()) {
             Some((i, _)) => *i,
             None => {
                 let known: Vec<&str> = sections.iter().map(|s| s.id.as_str()).collect();
-                v.at(f, r.section.span(), entry.clone(), format!("unknown section {:?} (defined: {known:?})", r.section.get_ref()));
+                v.at(
+                    f,
+                    r.section.span(),
+                    entry.clone(),
+                    format!(
+                        "unknown section {:?} (defined: {known:?})",
+                        r.section.get_ref()
+                    ),
+                );
                 0
             }
         };
@@ -444,12 +490,22 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Lexicon, LexiconErr
             (RuleKind::Greeting | RuleKind::Closing, Some(w)) => {
                 let n = *w.get_ref();
                 if n < 1 || n > MAX_WINDOW as i64 {
-                    v.at(f, w.span(), entry.clone(), format!("window must be 1..={MAX_WINDOW}, got {n}"));
+                    v.at(
+                        f,
+                        w.span(),
+                        entry.clone(),
+                        format!("window must be 1..={MAX_WINDOW}, got {n}"),
+                    );
                 }
                 n.clamp(1, MAX_WINDOW as i64) as usize
             }
             (_, Some(w)) => {
-                v.at(f, w.span(), entry.clone(), "window only applies to greeting and closing rules".into());
+                v.at(
+                    f,
+                    w.span(),
+                    entry.clone(),
+                    "window only applies to greeting and closing rules".into(),
+                );
                 0
             }
             (_, None) => 0,
@@ -458,18 +514,39 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Lexicon, LexiconErr
         let phrases_span = r.phrases.span();
         let phrases = r.phrases.into_inner();
         if phrases.is_empty() {
-            v.at(f, phrases_span, entry.clone(), "phrases must not be empty".into());
+            v.at(
+                f,
+                phrases_span,
+                entry.clone(),
+                "phrases must not be empty".into(),
+            );
         }
         let mut seen: HashMap<String, String> = HashMap::new();
         let mut norm_phrases = Vec::new();
         for p in &phrases {
             let n = normalize(p.get_ref());
             if n.is_empty() {
-                v.at(f, p.span(), entry.clone(), format!("phrase {:?} is empty after normalisation (only spaces or punctuation)", p.get_ref()));
+                v.at(
+                    f,
+                    p.span(),
+                    entry.clone(),
+                    format!(
+                        "phrase {:?} is empty after normalisation (only spaces or punctuation)",
+                        p.get_ref()
+                    ),
+                );
                 continue;
             }
             if let Some(first) = seen.get(&n) {
-                v.at(f, p.span(), entry.clone(), format!("phrase {:?} duplicates {first:?} after normalisation", p.get_ref()));
+                v.at(
+                    f,
+                    p.span(),
+                    entry.clone(),
+                    format!(
+                        "phrase {:?} duplicates {first:?} after normalisation",
+                        p.get_ref()
+                    ),
+                );
                 continue;
             }
             seen.insert(n.clone(), p.get_ref().clone());
@@ -478,9 +555,22 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Lexicon, LexiconErr
         for x in &r.exceptions {
             let n = normalize(x.get_ref());
             if n.is_empty() {
-                v.at(f, x.span(), entry.clone(), format!("exception {:?} is empty after normalisation", x.get_ref()));
+                v.at(
+                    f,
+                    x.span(),
+                    entry.clone(),
+                    format!("exception {:?} is empty after normalisation", x.get_ref()),
+                );
             } else if !norm_phrases.iter().any(|p| n.contains(p.as_str())) {
-                v.at(f, x.span(), entry.clone(), format!("exception {:?} contains none of the rule's phrases, so it can never apply", x.get_ref()));
+                v.at(
+                    f,
+                    x.span(),
+                    entry.clone(),
+                    format!(
+                        "exception {:?} contains none of the rule's phrases, so it can never apply",
+                        x.get_ref()
+                    ),
+                );
             }
         }
 
@@ -522,7 +612,9 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Lexicon, LexiconErr
         });
     }
     if !v.problems.is_empty() {
-        return Err(LexiconError { problems: v.problems });
+        return Err(LexiconError {
+            problems: v.problems,
+        });
     }
 
     Ok(Lexicon {
@@ -539,9 +631,9 @@ const ID_RULE: &str = "ids are 1-64 characters of a-z, 0-9, '.', '_' or '-'";
 /// them short and plain.
 fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+        && id.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
 }
 
 /// First 8 hex digits of the FNV-1a hash of every file's name and contents.
@@ -549,7 +641,12 @@ fn digest(files: &[SourceFile]) -> String {
     let mut parts: Vec<&[u8]> = Vec::new();
     let names: Vec<String> = files
         .iter()
-        .map(|f| f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+        .map(|f| {
+            f.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
         .collect();
     for (f, name) in files.iter().zip(&names) {
         parts.push(name.as_bytes());
@@ -625,38 +722,104 @@ exceptions = ["暂时不知道您的问题"]
     #[test]
     fn version_digest_changes_with_content() {
         let a = load(GOOD).expect("valid").version;
-        let b = load(&GOOD.replace("不知道", "不清楚")).expect("valid").version;
+        let b = load(&GOOD.replace("不知道", "不清楚"))
+            .expect("valid")
+            .version;
         assert_ne!(a, b);
     }
 
     #[test]
     fn validation_errors_name_file_line_and_entry() {
         let cases: &[(&str, &str, &str)] = &[
-            ("unknown_key", &GOOD.replace("severity", "severty"), "t.toml:14: unknown field `severty`"),
-            ("bad_category", &GOOD.replace("\"forbidden\"", "\"forbiden\""), "t.toml:14: unknown variant `forbiden`"),
-            ("bad_severity", &GOOD.replace("\"high\"", "\"urgent\""), "t.toml:15: unknown variant `urgent`"),
-            ("negative_deduct", &GOOD.replace("deduct = 1", "deduct = -1"), "t.toml:16: rule \"forbidden.a\": deduct must be a number >= 0"),
-            ("unknown_section", &GOOD.replace("section = \"lang\"", "section = \"x\""), "t.toml:17: rule \"forbidden.a\": unknown section \"x\""),
-            ("punctuation_phrase", &GOOD.replace("\"不知道\"", "\"，。！\""), "t.toml:18: rule \"forbidden.a\": phrase \"，。！\" is empty after normalisation"),
-            ("empty_phrase", &GOOD.replace("\"不知道\"", "\"\""), "t.toml:18: rule \"forbidden.a\": phrase \"\" is empty"),
-            ("duplicate_phrase", &GOOD.replace("\"你问我/我问谁\"", "\"不 知道\""), "t.toml:18: rule \"forbidden.a\": phrase \"不 知道\" duplicates \"不知道\""),
-            ("no_phrases", &GOOD.replace("phrases = [\"不知道\", \"你问我/我问谁\"]", "phrases = []"), "t.toml:18: rule \"forbidden.a\": phrases must not be empty"),
-            ("useless_exception", &GOOD.replace("暂时不知道您的问题", "您好"), "t.toml:19: rule \"forbidden.a\": exception \"您好\" contains none"),
-            ("bad_id", &GOOD.replace("forbidden.a", "Forbidden A"), "t.toml:12: rule \"Forbidden A\": ids are"),
-            ("window_on_forbidden", &GOOD.replace("deduct = 1", "deduct = 1\nwindow = 2"), "t.toml:17: rule \"forbidden.a\": window only applies"),
-            ("missing_field", &GOOD.replace("severity = \"high\"\n", ""), "missing field `severity`"),
-            ("toml_syntax", "[[rule]\n", "t.toml:11:"),
+            (
+                "unknown_key",
+                &GOOD.replace("severity", "severty"),
+                "t.toml:14: unknown field `severty`",
+            ),
+            (
+                "bad_category",
+                &GOOD.replace("\"forbidden\"", "\"forbiden\""),
+                "t.toml:13: unknown variant `forbiden`",
+            ),
+            (
+                "bad_severity",
+                &GOOD.replace("\"high\"", "\"urgent\""),
+                "t.toml:14: unknown variant `urgent`",
+            ),
+            (
+                "negative_deduct",
+                &GOOD.replace("deduct = 1", "deduct = -1"),
+                "t.toml:15: rule \"forbidden.a\": deduct must be a number >= 0",
+            ),
+            (
+                "unknown_section",
+                &GOOD.replace("section = \"lang\"", "section = \"x\""),
+                "t.toml:16: rule \"forbidden.a\": unknown section \"x\"",
+            ),
+            (
+                "punctuation_phrase",
+                &GOOD.replace("\"不知道\"", "\"，。！\""),
+                "t.toml:17: rule \"forbidden.a\": phrase \"，。！\" is empty after normalisation",
+            ),
+            (
+                "empty_phrase",
+                &GOOD.replace("\"不知道\"", "\"\""),
+                "t.toml:17: rule \"forbidden.a\": phrase \"\" is empty",
+            ),
+            (
+                "duplicate_phrase",
+                &GOOD.replace("\"你问我/我问谁\"", "\"不 知道\""),
+                "t.toml:17: rule \"forbidden.a\": phrase \"不 知道\" duplicates \"不知道\"",
+            ),
+            (
+                "no_phrases",
+                &GOOD.replace("phrases = [\"不知道\", \"你问我/我问谁\"]", "phrases = []"),
+                "t.toml:17: rule \"forbidden.a\": phrases must not be empty",
+            ),
+            (
+                "useless_exception",
+                &GOOD.replace("暂时不知道您的问题", "您好"),
+                "t.toml:18: rule \"forbidden.a\": exception \"您好\" contains none",
+            ),
+            (
+                "bad_id",
+                &GOOD.replace("forbidden.a", "Forbidden A"),
+                "t.toml:12: rule \"Forbidden A\": ids are",
+            ),
+            (
+                "window_on_forbidden",
+                &GOOD.replace("deduct = 1", "deduct = 1\nwindow = 2"),
+                "t.toml:16: rule \"forbidden.a\": window only applies",
+            ),
+            (
+                "missing_field",
+                &GOOD.replace("severity = \"high\"\n", ""),
+                "missing field `severity`",
+            ),
+            (
+                "toml_syntax",
+                "[[rule]\n",
+                "t.toml:10: unclosed array table",
+            ),
         ];
         for (name, body, want) in cases {
             let got = first_problem(body);
-            assert!(got.contains(want), "case {name}:\n want substring {want:?}\n got {got:?}");
+            assert!(
+                got.contains(want),
+                "case {name}:\n want substring {want:?}\n got {got:?}"
+            );
         }
     }
 
     #[test]
     fn duplicate_rule_ids_name_the_first() {
         let got = first_problem(&format!("{GOOD}{GOOD}"));
-        assert!(got.contains("t.toml:21: rule \"forbidden.a\": duplicate rule id (first defined at t.toml:11)"), "{got}");
+        assert!(
+            got.contains(
+                "t.toml:21: rule \"forbidden.a\": duplicate rule id (first defined at t.toml:11)"
+            ),
+            "{got}"
+        );
     }
 
     #[test]
@@ -672,7 +835,10 @@ phrases = ["您好"]
 "#;
         let lex = load(greeting).expect("valid");
         assert_eq!(lex.rules[0].window, DEFAULT_GREETING_WINDOW);
-        let twice = format!("{greeting}{}", greeting.replace("greeting.std", "greeting.b"));
+        let twice = format!(
+            "{greeting}{}",
+            greeting.replace("greeting.std", "greeting.b")
+        );
         assert!(first_problem(&twice).contains("only one enabled greeting rule"));
         let wide = greeting.replace("deduct = 0.5", "deduct = 0.5\nwindow = 40");
         assert!(first_problem(&wide).contains("window must be 1..=32"));
@@ -680,13 +846,21 @@ phrases = ["您好"]
 
     #[test]
     fn missing_or_duplicate_metadata() {
-        let no_meta = load_sources(vec![(PathBuf::from("a.toml"), GOOD.into())]).expect_err("no meta");
+        let no_meta =
+            load_sources(vec![(PathBuf::from("a.toml"), GOOD.into())]).expect_err("no meta");
         assert!(no_meta.to_string().contains("no [lexicon] table"));
         let two = load_sources(vec![
             (PathBuf::from("a.toml"), HEAD.into()),
-            (PathBuf::from("b.toml"), "[lexicon]\nname = \"x\"\nversion = \"2\"\n".into()),
+            (
+                PathBuf::from("b.toml"),
+                "[lexicon]\nname = \"x\"\nversion = \"2\"\n".into(),
+            ),
         ])
         .expect_err("two metas");
-        assert!(two.to_string().contains("b.toml:1: a second [lexicon] table (the first is at a.toml:2)"), "{two}");
+        assert!(
+            two.to_string()
+                .contains("b.toml:1: a second [lexicon] table (the first is at a.toml:2)"),
+            "{two}"
+        );
     }
 }

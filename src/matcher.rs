@@ -93,6 +93,8 @@ pub struct Scratch {
     /// Word boundaries of `norm.text` (byte offsets), valid when
     /// `boundaries_ready`.
     boundaries: Vec<bool>,
+    /// The jieba tokens of `norm.text` as byte ranges, in order.
+    tokens: Vec<(usize, usize)>,
     boundaries_ready: bool,
     pub hits: Vec<Hit>,
 }
@@ -276,7 +278,9 @@ impl Scanner {
                     Some(Suppression::Exception {
                         norm: (x.start, x.end),
                     })
-                } else if rule.boundary == Boundary::Word && !self.on_word_boundaries(scratch, c) {
+                } else if rule.boundary == Boundary::Word
+                    && !self.on_word_boundaries(scratch, c.start, c.end)
+                {
                     Some(Suppression::WordBoundary)
                 } else if rule.position == Position::ClauseStart
                     && !scratch.norm.is_clause_start(c.start)
@@ -312,14 +316,35 @@ impl Scanner {
             i = j;
         }
         scratch.candidates = candidates;
-        scratch.hits.sort_unstable_by_key(|h| (h.orig.0, h.rule, h.orig.1));
+        scratch
+            .hits
+            .sort_unstable_by_key(|h| (h.orig.0, h.rule, h.orig.1));
     }
 
-    fn on_word_boundaries(&self, scratch: &mut Scratch, c: &Candidate) -> bool {
+    /// Whether `start..end` starts and ends on jieba word boundaries. A hit
+    /// inside a token that is only the hit repeated (啊啊啊, 喂喂) also
+    /// passes: reduplication repeats the interjection, it is not a longer
+    /// word.
+    fn on_word_boundaries(&self, scratch: &mut Scratch, start: usize, end: usize) -> bool {
         if !scratch.boundaries_ready {
             self.fill_boundaries(scratch);
         }
-        scratch.boundaries[c.start] && scratch.boundaries[c.end]
+        if scratch.boundaries[start] && scratch.boundaries[end] {
+            return true;
+        }
+        let i = scratch.tokens.partition_point(|t| t.1 <= start);
+        let Some(&(ts, te)) = scratch.tokens.get(i) else {
+            return false;
+        };
+        let text = &scratch.norm.text;
+        let unit = &text[start..end];
+        ts <= start && end <= te && text[ts..te].len().is_multiple_of(unit.len()) && {
+            let token = &text[ts..te];
+            token
+                .as_bytes()
+                .chunks(unit.len())
+                .all(|c| c == unit.as_bytes())
+        }
     }
 
     /// Segments each clause separately (punctuation is gone from the
@@ -330,10 +355,14 @@ impl Scanner {
         let b = &mut scratch.boundaries;
         b.clear();
         b.resize(norm.text.len() + 1, false);
+        scratch.tokens.clear();
         for (start, end) in norm.clauses() {
             for t in self.segmenter.cut(&norm.text[start..end], false) {
                 b[start + t.byte_start] = true;
                 b[start + t.byte_end] = true;
+                scratch
+                    .tokens
+                    .push((start + t.byte_start, start + t.byte_end));
             }
         }
         scratch.boundaries_ready = true;

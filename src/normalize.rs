@@ -158,9 +158,7 @@ fn base_class(c: char) -> Class {
         0x302A..=0x302F => Class::Invisible,
         // Vertical forms, CJK compatibility forms, small form variants,
         // half-width CJK punctuation and full-width currency signs.
-        0xFE10..=0xFE1F | 0xFE30..=0xFE6F | 0xFF5F..=0xFF65 | 0xFFE0..=0xFFEE => {
-            Class::Separator
-        }
+        0xFE10..=0xFE1F | 0xFE30..=0xFE6F | 0xFF5F..=0xFF65 | 0xFFE0..=0xFFEE => Class::Separator,
         // Emoji and pictographs (chat agents use them as punctuation).
         0x1F000..=0x1FAFF => Class::Separator,
         // Tag characters and supplementary variation selectors.
@@ -273,14 +271,26 @@ mod tests {
             ("ascii_lowercase", "VIP会员", "vip会员"),
             ("ideographic_space", "不\u{3000}知道", "不知道"),
             ("zero_width", "不\u{200B}知\u{FEFF}道", "不知道"),
-            ("asr_pause_marker", "您好_很高兴为您服务", "您好很高兴为您服务"),
-            ("cjk_punctuation", "「急什么」、《别催我》。", "急什么别催我"),
+            (
+                "asr_pause_marker",
+                "您好_很高兴为您服务",
+                "您好很高兴为您服务",
+            ),
+            (
+                "cjk_punctuation",
+                "「急什么」、《别催我》。",
+                "急什么别催我",
+            ),
             ("quotes_and_ellipsis", "“你听我说”……", "你听我说"),
             ("emoji", "好的😊再见", "好的再见"),
             ("circled_digit", "①号", "1号"),
             ("ling_kept", "二〇二六", "二〇二六"),
             ("control", "你好\u{0007}", "你好"),
-            ("mixed_traditional_sentence", "這個問題我處理不了", "这个问题我处理不了"),
+            (
+                "mixed_traditional_sentence",
+                "這個問題我處理不了",
+                "这个问题我处理不了",
+            ),
             ("empty", "", ""),
             ("only_punctuation", "，。？！…", ""),
         ];

@@ -79,7 +79,11 @@ pub fn scan<R: BufRead, W: Write, E: Write>(
     Ok(stats)
 }
 
-fn write_events<W: Write>(events: &mut Vec<Event>, out: &mut W, stats: &mut ScanStats) -> io::Result<()> {
+fn write_events<W: Write>(
+    events: &mut Vec<Event>,
+    out: &mut W,
+    stats: &mut ScanStats,
+) -> io::Result<()> {
     for e in events.drain(..) {
         match e {
             Event::Violation(_) => stats.violations += 1,

@@ -1,0 +1,113 @@
+//! The `zhijian` binary: exit codes and messages a person sees.
+
+use crate::support::fixtures;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn zhijian() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_zhijian"))
+}
+
+#[test]
+fn scan_reports_bad_lines_and_exits_zero() {
+    let mut child = zhijian()
+        .args(["scan", "--lexicons"])
+        .arg(fixtures().join("lexicon"))
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let input = "{\"conversation_id\":\"c\",\"seq\":0,\"speaker\":\"agent\",\"text\":\"急什么\"}\nnot json\n\u{1}{}\n";
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 2: invalid_json:"), "{stderr}");
+    assert!(stderr.contains("line 3: invalid_json:"), "{stderr}");
+    assert!(
+        stderr.contains("3 lines, 2 bad, 1 segments judged"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().count(),
+        4,
+        "forbidden, missing greeting, missing closing, summary:\n{stdout}"
+    );
+}
+
+#[test]
+fn bad_lexicon_exits_2_naming_file_and_line() {
+    let dir = tempdir("badlex");
+    std::fs::write(
+        dir.join("a.toml"),
+        "[lexicon]\nname = \"x\"\nversion = \"1\"\n[[section]]\nid = \"s\"\nname = \"s\"\nmax_deduct = 1\n[[rule]]\nid = \"r\"\ncategory = \"forbidden\"\nseverity = \"low\"\ndeduct = 1\nsection = \"s\"\nphrases = [\"。。\"]\n",
+    )
+    .expect("write");
+    for args in [vec!["lexicon", "check"], vec!["scan", "--lexicons"]] {
+        let out = zhijian().args(&args).arg(&dir).output().expect("run");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("a.toml:14: rule \"r\": phrase \"。。\" is empty after normalisation"),
+            "{stderr}"
+        );
+    }
+    let out = zhijian()
+        .args(["lexicon", "check"])
+        .arg(dir.join("missing"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn lexicon_check_and_test_explain_the_default_lexicon() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = zhijian()
+        .current_dir(root)
+        .args(["lexicon", "check"])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("forbidden") && stdout.contains("version 2026."),
+        "{stdout}"
+    );
+
+    let out = zhijian()
+        .current_dir(root)
+        .args([
+            "lexicon",
+            "test",
+            "好的啊，宝宝喂养，暂时不知道您的问题我是否为您解决完毕",
+        ])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "normalised: 好的啊宝宝喂养暂时不知道您的问题我是否为您解决完毕",
+        "hits:       0",
+        "\"啊\": not at the start of a clause",
+        "\"喂\": inside a longer word (jieba)",
+        "\"不知道\": inside exception \"暂时不知道您的问题\"",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("zhijian-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}

@@ -1,0 +1,127 @@
+//! The shipped lexicon (`lexicons/`): it covers the service standards and
+//! judges typical agent utterances as a QA lead would.
+
+use crate::support::{default_scanner, fixtures};
+use std::collections::HashSet;
+use zhijian::event::Speaker;
+use zhijian::lexicon::RuleKind;
+use zhijian::matcher::Scratch;
+use zhijian::normalize::normalize;
+
+#[test]
+fn every_seed_forbidden_phrase_is_in_a_forbidden_rule() {
+    let scanner = default_scanner();
+    let phrases: HashSet<String> = scanner
+        .rules()
+        .iter()
+        .filter(|r| r.kind == RuleKind::Forbidden)
+        .flat_map(|r| r.phrases.iter().map(|p| normalize(p)))
+        .collect();
+    let seeds = std::fs::read_to_string(fixtures().join("seed-forbidden.txt")).expect("seed list");
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    for line in seeds
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        for alt in line.split(['/', '？', '?', '！', '!', '、']) {
+            let n = normalize(alt);
+            if n.is_empty() {
+                continue;
+            }
+            checked += 1;
+            if !phrases.contains(&n) {
+                missing.push(alt.to_string());
+            }
+        }
+    }
+    assert!(checked > 70, "only {checked} seed phrases read");
+    assert!(
+        missing.is_empty(),
+        "seed phrases missing from lexicons/: {missing:?}"
+    );
+}
+
+#[test]
+fn seed_fillers_greetings_and_closings_are_present() {
+    let scanner = default_scanner();
+    let has = |kind: RuleKind, phrase: &str| {
+        scanner
+            .rules()
+            .iter()
+            .any(|r| r.kind == kind && r.phrases.iter().any(|p| p == phrase))
+    };
+    for f in ["啊", "喂", "哎"] {
+        assert!(has(RuleKind::Filler, f), "filler {f}");
+    }
+    for g in ["您好", "你好", "上午好", "下午好", "晚上好"] {
+        assert!(has(RuleKind::Greeting, g), "greeting {g}");
+    }
+    for c in ["再见", "感谢您的来电"] {
+        assert!(has(RuleKind::Closing, c), "closing {c}");
+    }
+}
+
+#[test]
+fn typical_agent_utterances() {
+    // (name, utterance, expected rule ids of the hits, in order)
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "scripted_jd_closing",
+            "暂时不知道您的问题我是否为您解决完毕，请您对我的服务做出评价",
+            &[],
+        ),
+        (
+            "genuine_ignorance",
+            "这个小妹也不知道呢",
+            &["forbidden.ignorance"],
+        ),
+        (
+            "polite_question_to_customer",
+            "不知道您是否方便接听电话",
+            &[],
+        ),
+        ("blurred_screen", "亮度过高会看不清楚的", &[]),
+        ("impatience", "急什么，别催我", &["forbidden.impatience"]),
+        (
+            "shirking_traditional",
+            "這不關我的事",
+            &["forbidden.shirking"],
+        ),
+        (
+            "confrontation",
+            "你問我，我問誰？",
+            &["forbidden.confrontation"],
+        ),
+        ("clarifying_question", "您是什么意思呢", &[]),
+        (
+            "curt_wei_on_answering",
+            "喂，讲",
+            &["filler.interjection", "forbidden.wei"],
+        ),
+        ("feeding", "宝宝喂养要注意", &[]),
+        ("chat_particles", "好的哦，亲，稍等呢，是的啊", &[]),
+        ("acknowledgement", "嗯嗯 好的", &[]),
+        (
+            "greeting",
+            "您好，很高兴为您服务",
+            &["greeting.standard", "greeting.standard"],
+        ),
+        (
+            "closing",
+            "请问还有其他还可以帮到您的吗?",
+            &["closing.standard"],
+        ),
+    ];
+    let scanner = default_scanner();
+    let mut scratch = Scratch::default();
+    for (name, text, want) in cases {
+        scanner.scan(text, Speaker::Agent, &mut scratch);
+        let got: Vec<&str> = scratch
+            .hits
+            .iter()
+            .map(|h| scanner.rule(h.rule).id.as_str())
+            .collect();
+        assert_eq!(got, *want, "case {name}: {text}");
+    }
+}

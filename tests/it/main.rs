@@ -1,0 +1,9 @@
+//! The integration tests, as one binary (one link step instead of one per
+//! file). They use only fixtures under `tests/fixtures/`, never `../shared`.
+
+mod cli;
+mod default_lexicon;
+mod golden;
+mod properties;
+mod semantics;
+mod support;

@@ -1,0 +1,435 @@
+//! Engine semantics, case by case, on the fixture lexicon.
+
+use crate::support::{end, engine, scan_jsonl, seg, summaries, violations};
+use zhijian::engine::{Engine, EngineConfig, Outcome};
+use zhijian::event::{CloseReason, Event, decode_str};
+
+type V = (String, String, Option<String>, u64);
+/// (name, input lines, expected missing_greeting violations, greeted)
+type GreetingCase = (&'static str, Vec<String>, Vec<V>, Option<bool>);
+
+fn v(cat: &str, rule: &str, matched: Option<&str>, seq: u64) -> V {
+    (cat.into(), rule.into(), matched.map(str::to_string), seq)
+}
+
+fn run(lines: &[String]) -> Vec<Event> {
+    scan_jsonl(&mut engine(), &lines.join("\n")).0
+}
+
+#[test]
+fn greeting_windows() {
+    let greeting = |seq| v("missing_greeting", "greeting.std", None, seq);
+    let cases: Vec<GreetingCase> = vec![
+        (
+            "greeted_in_first",
+            vec![
+                seg("c", 0, "agent", "您好"),
+                seg("c", 1, "agent", "好的"),
+                seg("c", 2, "agent", "再见"),
+            ],
+            vec![],
+            Some(true),
+        ),
+        (
+            "greeted_in_second",
+            vec![
+                seg("c", 0, "customer", "在吗"),
+                seg("c", 1, "agent", "在的"),
+                seg("c", 2, "agent", "您好，请讲"),
+                seg("c", 3, "agent", "再见"),
+            ],
+            vec![],
+            Some(true),
+        ),
+        (
+            "verdict_at_second_agent_segment",
+            vec![
+                seg("c", 0, "agent", "在的"),
+                seg("c", 1, "customer", "嗯"),
+                seg("c", 2, "agent", "说吧"),
+                seg("c", 3, "agent", "您好 再见"),
+            ],
+            vec![greeting(2)],
+            Some(false),
+        ),
+        (
+            "agent_spoke_once_verdict_at_close",
+            vec![
+                seg("c", 0, "customer", "在吗"),
+                seg("c", 1, "agent", "在的，再见"),
+            ],
+            vec![greeting(1)],
+            Some(false),
+        ),
+        (
+            "agent_never_spoke",
+            vec![
+                seg("c", 0, "customer", "在吗"),
+                seg("c", 1, "customer", "人呢"),
+            ],
+            vec![],
+            None,
+        ),
+        (
+            "first_seen_midway_after_restart",
+            vec![
+                seg("c", 7, "agent", "好的"),
+                seg("c", 8, "agent", "已处理"),
+                seg("c", 9, "agent", "再见"),
+            ],
+            vec![],
+            None,
+        ),
+        (
+            "greeting_in_third_is_too_late",
+            vec![
+                seg("c", 0, "agent", "嗯"),
+                seg("c", 1, "agent", "好"),
+                seg("c", 2, "agent", "您好 再见"),
+            ],
+            vec![greeting(1)],
+            Some(false),
+        ),
+    ];
+    for (name, lines, want, greeted) in cases {
+        let events = run(&lines);
+        let got: Vec<V> = violations(&events)
+            .into_iter()
+            .filter(|v| v.0 == "missing_greeting")
+            .collect();
+        assert_eq!(got, want, "case {name}");
+        assert_eq!(summaries(&events)[0].greeted, greeted, "case {name}");
+    }
+}
+
+#[test]
+fn closing_windows() {
+    let cases: Vec<(&str, Vec<&str>, Option<bool>)> = vec![
+        ("closing_last", vec!["您好", "好的", "再见"], Some(true)),
+        (
+            "closing_then_rating_request",
+            vec!["您好", "还有什么可以帮您", "请评价", "谢谢"],
+            Some(true),
+        ),
+        (
+            "closing_fourth_from_last",
+            vec!["您好", "再见", "a", "b", "c"],
+            Some(false),
+        ),
+        ("no_closing", vec!["您好", "好的"], Some(false)),
+    ];
+    for (name, agent, closed) in cases {
+        let mut lines: Vec<String> = agent
+            .iter()
+            .enumerate()
+            .map(|(i, t)| seg("c", i as u64, "agent", t))
+            .collect();
+        lines.push(end("c"));
+        let events = run(&lines);
+        let s = summaries(&events);
+        assert_eq!(s[0].closed, closed, "case {name}");
+        assert_eq!(s[0].reason, CloseReason::End, "case {name}");
+        let missing: Vec<V> = violations(&events)
+            .into_iter()
+            .filter(|v| v.0 == "missing_closing")
+            .collect();
+        let want = if closed == Some(false) {
+            vec![v(
+                "missing_closing",
+                "closing.std",
+                None,
+                agent.len() as u64 - 1,
+            )]
+        } else {
+            vec![]
+        };
+        assert_eq!(missing, want, "case {name}");
+    }
+}
+
+#[test]
+fn fillers_are_interjections_not_particles() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("standing_alone_twice", "喂？喂？", &["喂", "喂"]),
+        ("clause_start", "啊，这个我查一下", &["啊"]),
+        ("utterance_start_no_punctuation", "啊这个我查一下", &["啊"]),
+        ("sentence_final_particle", "好的啊", &[]),
+        ("particle_before_comma", "好的啊，您稍等", &[]),
+        ("inside_a_word", "宝宝喂养要注意", &[]),
+        ("after_space_asr_pause", "好的 哎 您说", &["哎"]),
+        ("repeated_counts_once", "啊啊啊", &["啊"]),
+    ];
+    for (name, text, want) in cases {
+        let events = run(&[seg("c", 0, "agent", text)]);
+        let got: Vec<String> = violations(&events)
+            .into_iter()
+            .filter(|v| v.0 == "filler")
+            .filter_map(|v| v.2)
+            .collect();
+        assert_eq!(got, *want, "case {name}: {text}");
+    }
+}
+
+#[test]
+fn forbidden_hits_exceptions_and_overlaps() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "traditional_spaced_punctuated",
+            "你問我，我 問誰？",
+            &["你問我，我 問誰"],
+        ),
+        ("full_width_space", "不\u{3000}知道", &["不\u{3000}知道"]),
+        ("zero_width_inside", "不\u{200B}知道", &["不\u{200B}知道"]),
+        (
+            "exception_scripted_closing",
+            "暂时不知道您的问题是否已为您解决",
+            &[],
+        ),
+        (
+            "exception_does_not_cover_second_hit",
+            "暂时不知道您的问题，我也不知道",
+            &["不知道"],
+        ),
+        (
+            "longest_of_overlapping_phrases_in_one_rule",
+            "急什么，别催我",
+            &["急什么，别催我"],
+        ),
+        (
+            "two_separate_hits",
+            "急什么？不关我的事",
+            &["急什么", "不关我的事"],
+        ),
+        ("customer_is_not_judged", "", &[]),
+    ];
+    for (name, text, want) in cases {
+        let events = run(&[
+            seg("c", 0, "agent", text),
+            seg("c", 1, "customer", "你问我我问谁"),
+        ]);
+        let got: Vec<String> = violations(&events)
+            .into_iter()
+            .filter(|v| v.0 == "forbidden")
+            .filter_map(|v| v.2)
+            .collect();
+        assert_eq!(got, *want, "case {name}: {text}");
+    }
+}
+
+#[test]
+fn rules_overlapping_the_same_text_each_hit() {
+    // The forbidden phrase 喂你听不听得到 contains the filler 喂.
+    let events = run(&[seg("c", 0, "agent", "喂，你听不听得到")]);
+    let got: Vec<(String, Option<String>)> = violations(&events)
+        .into_iter()
+        .map(|v| (v.0, v.2))
+        .collect();
+    let want = vec![
+        (
+            "forbidden".to_string(),
+            Some("喂，你听不听得到".to_string()),
+        ),
+        ("filler".to_string(), Some("喂".to_string())),
+        ("missing_greeting".to_string(), None),
+        ("missing_closing".to_string(), None),
+    ];
+    assert_eq!(got, want);
+}
+
+#[test]
+fn offsets_are_unicode_scalars_into_the_original() {
+    let events = run(&[seg("c", 0, "agent", "您好😊！你問我，我 問誰？")]);
+    let Event::Violation(v) = &events[0] else {
+        panic!("first event is not a violation")
+    };
+    assert_eq!((v.start, v.end), (Some(4), Some(12)));
+    let chars: Vec<char> = v.text.chars().collect();
+    let slice: String = chars[4..12].iter().collect();
+    assert_eq!(Some(slice), v.matched);
+}
+
+#[test]
+fn processing_is_idempotent() {
+    let lines = vec![
+        seg("c", 0, "agent", "您好"),
+        seg("c", 1, "agent", "急什么"),
+        seg("c", 1, "agent", "急什么"),
+        seg("c", 2, "agent", "不知道 再见"),
+        seg("c", 1, "agent", "急什么"),
+    ];
+    let once = run(&lines[..2]
+        .iter()
+        .chain(&lines[3..4])
+        .cloned()
+        .collect::<Vec<_>>());
+    let with_duplicates = run(&lines);
+    assert_eq!(once, with_duplicates);
+    assert_eq!(violations(&once).len(), 2);
+}
+
+#[test]
+fn provisional_segments_change_nothing() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    let provisional =
+        r#"{"conversation_id":"c","seq":0,"speaker":"agent","text":"急什么","final":false}"#;
+    let input = decode_str(provisional).expect("valid");
+    assert_eq!(e.handle(&input, 0, &mut out), Outcome::Provisional);
+    assert!(out.is_empty());
+    assert_eq!(
+        e.open_conversations(),
+        0,
+        "a provisional segment must not open a conversation"
+    );
+    let fin = seg("c", 0, "agent", "急什么");
+    assert_eq!(
+        e.handle(&decode_str(&fin).expect("valid"), 0, &mut out),
+        Outcome::Judged
+    );
+    assert_eq!(violations(&out).len(), 1);
+}
+
+#[test]
+fn late_events_after_close_are_ignored_until_the_tombstone_expires() {
+    let mut e = Engine::new(
+        crate::support::test_scanner(),
+        EngineConfig {
+            tombstone_ttl_ms: 1000,
+        },
+    );
+    let mut out = Vec::new();
+    let s0 = seg("c", 0, "agent", "您好");
+    let s1 = seg("c", 1, "agent", "急什么");
+    let fin = end("c");
+    assert_eq!(
+        e.handle(&decode_str(&s0).expect("valid"), 0, &mut out),
+        Outcome::Judged
+    );
+    assert_eq!(
+        e.handle(&decode_str(&fin).expect("valid"), 10, &mut out),
+        Outcome::Closed
+    );
+    assert_eq!(
+        e.handle(&decode_str(&fin).expect("valid"), 20, &mut out),
+        Outcome::Late
+    );
+    assert_eq!(
+        e.handle(&decode_str(&s1).expect("valid"), 30, &mut out),
+        Outcome::Late
+    );
+    assert_eq!(summaries(&out).len(), 1);
+    e.close_idle(2000, 60_000, &mut out);
+    assert_eq!(
+        e.handle(&decode_str(&s1).expect("valid"), 2001, &mut out),
+        Outcome::Judged
+    );
+    let unknown = end("never-seen");
+    assert_eq!(
+        e.handle(&decode_str(&unknown).expect("valid"), 2002, &mut out),
+        Outcome::UnknownEnd
+    );
+}
+
+#[test]
+fn idle_conversations_close_oldest_first_and_free_state() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    for (conv, at) in [("b", 100u64), ("a", 50), ("c", 900)] {
+        let s = seg(conv, 0, "agent", "您好");
+        e.handle(&decode_str(&s).expect("valid"), at, &mut out);
+    }
+    assert_eq!(e.open_conversations(), 3);
+    let closed = e.close_idle(1000, 500, &mut out);
+    assert_eq!(closed, 2);
+    let ids: Vec<(&str, CloseReason)> = summaries(&out)
+        .iter()
+        .map(|s| (s.conversation_id.as_str(), s.reason))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![("a", CloseReason::Idle), ("b", CloseReason::Idle)]
+    );
+    assert_eq!(e.open_conversations(), 1);
+}
+
+#[test]
+fn score_caps_deductions_per_section() {
+    // Six 有本事你去告 at 1.5 points each = 9, capped at the section's 2.
+    let text = "有本事你去告！".repeat(6);
+    let lines = vec![
+        seg("c", 0, "agent", "您好"),
+        seg("c", 1, "agent", &text),
+        seg("c", 2, "agent", "再见"),
+    ];
+    let events = run(&lines);
+    let s = summaries(&events);
+    assert_eq!(s[0].counts.forbidden, 6);
+    assert_eq!(s[0].score, 98.0);
+    // 40 fillers at 1 point: capped at 30.
+    let lines: Vec<String> = (0..40)
+        .map(|i| seg("d", i, "agent", "啊，您好，再见"))
+        .collect();
+    let events = run(&lines);
+    assert_eq!(summaries(&events)[0].score, 70.0);
+    // Half points.
+    let events = run(&[seg("e", 0, "agent", "嗯"), seg("e", 1, "agent", "好")]);
+    assert_eq!(summaries(&events)[0].score, 99.0);
+}
+
+#[test]
+fn ids_are_deterministic_and_distinct() {
+    let lines = vec![
+        seg("c", 0, "agent", "急什么？急什么"),
+        seg("c", 1, "agent", "急什么"),
+    ];
+    let a = run(&lines);
+    let b = run(&lines);
+    assert_eq!(a, b);
+    let mut ids: Vec<&str> = a.iter().map(Event::id).collect();
+    let n = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "ids collide: {a:?}");
+    // Another tenant, same conversation id: different ids.
+    let other = scan_jsonl(
+        &mut engine(),
+        &lines.join("\n").replace(
+            "\"conversation_id\"",
+            "\"tenant\":\"t2\",\"conversation_id\"",
+        ),
+    )
+    .0;
+    assert_ne!(a[0].id(), other[0].id());
+}
+
+#[test]
+fn lexicon_swap_keeps_state_and_stamps_the_new_version() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    e.handle(
+        &decode_str(&seg("c", 0, "agent", "您好")).expect("valid"),
+        0,
+        &mut out,
+    );
+    e.set_scanner(crate::support::default_scanner());
+    e.handle(
+        &decode_str(&seg("c", 1, "agent", "没办法")).expect("valid"),
+        1,
+        &mut out,
+    );
+    e.close_all(CloseReason::Eof, 2, &mut out);
+    let Event::Violation(v) = &out[0] else {
+        panic!("want a violation, got {out:?}")
+    };
+    assert_eq!(v.rule_id, "forbidden.shirking");
+    assert!(
+        v.lexicon_version.starts_with("2026."),
+        "{}",
+        v.lexicon_version
+    );
+    assert_eq!(
+        summaries(&out)[0].greeted,
+        Some(true),
+        "greeting state survived the swap"
+    );
+}
