@@ -115,6 +115,8 @@ pub struct Section {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lexicon {
     pub name: String,
+    pub language: Option<String>,
+    pub description: Option<String>,
     /// `<declared version>+<content digest>`: the digest changes whenever any
     /// file changes, so a forgotten version bump cannot hide an edit.
     pub version: String,
@@ -365,7 +367,6 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Lexicon, LexiconErr
             problems: v.problems,
         });
     };
-    let meta_span = meta.span();
     let meta = meta.into_inner();
     let declared_version = meta.version.get_ref().trim().to_string();
     if declared_version.is_empty() || declared_version.chars().any(char::is_whitespace) {
@@ -376,7 +377,6 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Lexicon, LexiconErr
             "version must be non-empty without whitespace".into(),
         );
     }
-    let _ = (meta_span, meta.language, meta.description);
 
     // Sections.
     let mut sections = Vec::new();
@@ -619,6 +619,8 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Lexicon, LexiconErr
 
     Ok(Lexicon {
         name: meta.name,
+        language: meta.language,
+        description: meta.description,
         version: format!("{declared_version}+{}", digest(&files)),
         sections,
         rules,

@@ -25,6 +25,7 @@
 //! - [`matcher`]: the compiled lexicon ([`matcher::Scanner`]) and hit filters.
 //! - [`engine`]: conversation state, verdicts and events.
 //! - [`scan`]: the offline JSONL runner behind `zhijian scan`.
+//! - [`synth`]: synthetic traffic for benchmarks, load tests and the demo.
 //! - [`cli`]: the command line.
 //!
 //! # Errors
@@ -41,3 +42,4 @@ pub mod lexicon;
 pub mod matcher;
 pub mod normalize;
 pub mod scan;
+pub mod synth;

@@ -237,6 +237,13 @@ impl Normalized {
         at == 0 || self.breaks.binary_search(&(at as u32)).is_ok()
     }
 
+    /// Whether a clause break lies strictly inside the normalised byte range
+    /// `start..end`.
+    pub fn spans_break(&self, start: usize, end: usize) -> bool {
+        let i = self.breaks.partition_point(|&b| (b as usize) <= start);
+        self.breaks.get(i).is_some_and(|&b| (b as usize) < end)
+    }
+
     /// Byte ranges of the clauses of `self.text` (split where separators were
     /// dropped).
     pub fn clauses(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
@@ -330,6 +337,9 @@ mod tests {
         assert_eq!(starts, vec![0, 3, 6]);
         let clauses: Vec<&str> = n.clauses().map(|(s, e)| &n.text[s..e]).collect();
         assert_eq!(clauses, vec!["喂", "喂", "好的啊嗯"]);
+        assert!(n.spans_break(0, 6));
+        assert!(!n.spans_break(6, n.text.len()));
+        assert!(!n.spans_break(3, 6), "a break at the start is not inside");
     }
 
     #[test]

@@ -125,3 +125,35 @@ fn typical_agent_utterances() {
         assert_eq!(got, *want, "case {name}: {text}");
     }
 }
+
+#[test]
+fn synthetic_traffic_hits_exactly_what_it_injected() {
+    use zhijian::synth::{Mix, conversations};
+    let scanner = default_scanner();
+    let mut scratch = Scratch::default();
+    let mix = Mix {
+        traditional: 0.2,
+        ..Mix::default()
+    };
+    let convs = conversations(7, 400, "c", &mix);
+    let (mut forbidden, mut fillers) = (0, 0);
+    for c in &convs {
+        for t in c.turns.iter().filter(|t| t.speaker == Speaker::Agent) {
+            scanner.scan(&t.text, Speaker::Agent, &mut scratch);
+            for h in &scratch.hits {
+                match scanner.rule(h.rule).kind {
+                    RuleKind::Forbidden => forbidden += 1,
+                    RuleKind::Filler => fillers += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let want_forbidden: usize = convs.iter().map(|c| c.injected_forbidden).sum();
+    let want_fillers: usize = convs.iter().map(|c| c.injected_fillers).sum();
+    assert!(
+        want_forbidden > 20 && want_fillers > 20,
+        "{want_forbidden} {want_fillers}"
+    );
+    assert_eq!((forbidden, fillers), (want_forbidden, want_fillers));
+}
