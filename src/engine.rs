@@ -25,8 +25,12 @@ use crate::lexicon::RuleKind;
 use crate::matcher::{Scanner, Scratch};
 use crate::normalize::char_offset;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
+
+/// Conversation ids come from outside: aHash is fast and keyed per process
+/// (no hash flooding), where std's SipHash cost a fifth of the pipeline.
+type Map<V> = HashMap<String, V, ahash::RandomState>;
 
 /// What the engine did with one input event (for counting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +91,7 @@ pub struct Conversation {
     pub agent_id: Option<String>,
     pub last_activity_ms: u64,
     /// Seqs seen (final segments only), for idempotence.
-    pub seen: HashSet<u64>,
+    pub seen: SeqSet,
     /// The most recent seq seen.
     pub last_seq: u64,
     /// The first event seen was not the first of the conversation (seq > 0),
@@ -115,7 +119,7 @@ impl Conversation {
             channel: None,
             agent_id: None,
             last_activity_ms: 0,
-            seen: HashSet::new(),
+            seen: SeqSet::default(),
             last_seq: 0,
             midway: first_seq.is_some_and(|s| s > 0),
             segments: 0,
@@ -143,9 +147,9 @@ pub struct Engine {
     config: EngineConfig,
     /// tenant → conversation id → state. Two levels so lookups borrow the
     /// input's strings instead of allocating a key per segment.
-    open: HashMap<String, HashMap<String, Conversation>>,
+    open: Map<Map<Conversation>>,
     /// tenant → conversation id → when it closed.
-    closed: HashMap<String, HashMap<String, u64>>,
+    closed: Map<Map<u64>>,
     open_count: usize,
     next_order: u64,
     scratch: Scratch,
@@ -156,8 +160,8 @@ impl Engine {
         Engine {
             scanner,
             config,
-            open: HashMap::new(),
-            closed: HashMap::new(),
+            open: Map::default(),
+            closed: Map::default(),
             open_count: 0,
             next_order: 0,
             scratch: Scratch::default(),
@@ -197,18 +201,19 @@ impl Engine {
                 return Outcome::Closed;
             }
         };
-        if self.is_tombstoned(tenant, id) {
-            return Outcome::Late;
-        }
-
-        let convs = self.open.entry_ref_or_default(tenant);
-        let conv = match convs.get_mut(id) {
+        // Hot path: an open conversation. Only a miss needs the tombstone
+        // check (open and closed are disjoint).
+        let conv = match self.open.get_mut(tenant).and_then(|m| m.get_mut(id)) {
             Some(c) => c,
             None => {
+                if self.is_tombstoned(tenant, id) {
+                    return Outcome::Late;
+                }
                 let order = self.next_order;
                 self.next_order += 1;
                 self.open_count += 1;
-                convs
+                self.open
+                    .entry_ref_or_default(tenant)
                     .entry(id.to_string())
                     .or_insert_with(|| Conversation::new(order, Some(segment.seq)))
             }
@@ -316,7 +321,7 @@ impl Engine {
         out: &mut Vec<Event>,
     ) {
         let scanner = Arc::clone(&self.scanner);
-        if self.open.get(tenant).is_some_and(HashMap::is_empty) {
+        if self.open.get(tenant).is_some_and(|m| m.is_empty()) {
             self.open.remove(tenant);
         }
         // Greeting: the agent spoke fewer times than the window and never
@@ -526,13 +531,51 @@ fn push_missing(
     }));
 }
 
+/// The set of seqs seen in a conversation. Seqs nearly always arrive in
+/// increasing order, so this is a sorted `Vec`: appending is the common case
+/// and lookups are a binary search (8 bytes per segment, no hashing).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SeqSet(Vec<u64>);
+
+impl SeqSet {
+    /// Adds `seq`; false if it was already present.
+    pub fn insert(&mut self, seq: u64) -> bool {
+        match self.0.last() {
+            None => {
+                self.0.push(seq);
+                true
+            }
+            Some(&last) if seq > last => {
+                self.0.push(seq);
+                true
+            }
+            _ => match self.0.binary_search(&seq) {
+                Ok(_) => false,
+                Err(at) => {
+                    self.0.insert(at, seq);
+                    true
+                }
+            },
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// `entry()` for a `HashMap<String, V>` that only allocates the key when
 /// the entry is missing.
 trait EntryRef<V> {
     fn entry_ref_or_default(&mut self, key: &str) -> &mut V;
 }
 
-impl<V: Default> EntryRef<V> for HashMap<String, V> {
+impl<V: Default> EntryRef<V> for Map<V> {
     fn entry_ref_or_default(&mut self, key: &str) -> &mut V {
         if !self.contains_key(key) {
             self.insert(key.to_string(), V::default());

@@ -280,19 +280,23 @@ impl Scanner {
                 // Exceptions are clause-local: 联系您，不知道 must not count as
                 // an occurrence of the exception 您不知道.
                 let why = if let Some(x) = exceptions.iter().find(|x| {
-                    x.start <= c.start && c.end <= x.end && !scratch.norm.spans_break(x.start, x.end)
+                    x.start <= c.start
+                        && c.end <= x.end
+                        && !scratch.norm.spans_break(x.start, x.end)
                 }) {
                     Some(Suppression::Exception {
                         norm: (x.start, x.end),
                     })
+                } else if rule.position == Position::ClauseStart
+                    && !scratch.norm.is_clause_start(c.start)
+                {
+                    // Before the boundary check: it is a binary search,
+                    // jieba is a segmentation (余额 holds the filler 额).
+                    Some(Suppression::Position)
                 } else if rule.boundary == Boundary::Word
                     && !self.on_word_boundaries(scratch, c.start, c.end)
                 {
                     Some(Suppression::WordBoundary)
-                } else if rule.position == Position::ClauseStart
-                    && !scratch.norm.is_clause_start(c.start)
-                {
-                    Some(Suppression::Position)
                 } else if c.start < covered_to {
                     Some(Suppression::Overlap)
                 } else {

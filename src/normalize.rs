@@ -201,22 +201,33 @@ impl Normalized {
         self.text.clear();
         self.orig.clear();
         self.breaks.clear();
+        self.text.reserve(src.len());
+        self.orig.reserve(src.len());
+        let table = &*TABLE;
         let mut pending_break = false;
         for (i, c) in src.char_indices() {
-            match classify(c) {
-                Class::Keep(k) => {
+            let v = match table.bmp.get(c as usize) {
+                Some(&v) => v,
+                None => encode(classify(c)),
+            };
+            match v {
+                SEPARATOR => pending_break = true,
+                INVISIBLE => {}
+                v => {
+                    let k = char::from_u32(v).unwrap_or(c);
                     if pending_break && !self.text.is_empty() {
                         self.breaks.push(self.text.len() as u32);
                     }
                     pending_break = false;
                     self.text.push(k);
-                    let n = k.len_utf8();
-                    // `src` is at most a few MiB (inputs are bounded), so
-                    // byte offsets fit in u32.
-                    self.orig.extend(std::iter::repeat_n(i as u32, n));
+                    // `src` is bounded (inputs are at most 64 KiB), so byte
+                    // offsets fit in u32.
+                    let at = i as u32;
+                    match k.len_utf8() {
+                        1 => self.orig.push(at),
+                        n => self.orig.extend_from_slice(&[at, at, at, at][..n]),
+                    }
                 }
-                Class::Separator => pending_break = true,
-                Class::Invisible => {}
             }
         }
     }

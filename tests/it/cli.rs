@@ -88,14 +88,14 @@ fn lexicon_check_and_test_explain_the_default_lexicon() {
         .args([
             "lexicon",
             "test",
-            "好的啊，宝宝喂养，暂时不知道您的问题我是否为您解决完毕",
+            "好的啊，喂养宝宝，暂时不知道您的问题我是否为您解决完毕",
         ])
         .output()
         .expect("run");
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     for want in [
-        "normalised: 好的啊宝宝喂养暂时不知道您的问题我是否为您解决完毕",
+        "normalised: 好的啊喂养宝宝暂时不知道您的问题我是否为您解决完毕",
         "hits:       0",
         "\"啊\": not at the start of a clause",
         "\"喂\": inside a longer word (jieba)",
