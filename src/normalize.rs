@@ -30,8 +30,10 @@ use std::sync::LazyLock;
 pub struct Normalized {
     /// The folded text that the automaton searches.
     pub text: String,
-    /// For every byte of `text`, the byte offset in the original text of the
-    /// character it came from.
+    /// For every character of `text`, the byte offset in the original text
+    /// of the character it came from. Per character, not per byte: one push
+    /// per character on the hot path; the few hits pay for the byte → char
+    /// conversion instead.
     orig: Vec<u32>,
     /// Byte offsets into `text` where a clause starts because a separator was
     /// dropped right before it (offset 0 is always a clause start and is not
@@ -50,12 +52,18 @@ pub enum Class {
     Invisible,
 }
 
-const SEPARATOR: u32 = u32::MAX;
-const INVISIBLE: u32 = u32::MAX - 1;
+/// Table codes: the character is kept unchanged, dropped as a separator,
+/// dropped as invisible, or replaced by `replacements[code - REPLACED]`.
+const IDENTITY: u16 = 0;
+const SEPARATOR: u16 = 1;
+const INVISIBLE: u16 = 2;
+const REPLACED: u16 = 3;
 
 struct FoldTable {
-    /// Indexed by BMP code point: the folded character, or a drop marker.
-    bmp: Box<[u32]>,
+    /// Indexed by BMP code point. u16 codes rather than chars: 128 KiB, and
+    /// the CJK block (42 KiB) mostly stays in L1 cache.
+    bmp: Box<[u16]>,
+    replacements: Vec<char>,
     /// Traditional → simplified for characters outside the BMP.
     astral: HashMap<char, char>,
 }
@@ -64,11 +72,25 @@ static TABLE: LazyLock<FoldTable> = LazyLock::new(FoldTable::build);
 
 impl FoldTable {
     fn build() -> FoldTable {
-        let mut bmp: Vec<u32> = (0..=0xFFFFu32)
+        let mut replacements: Vec<char> = Vec::new();
+        let mut code = |c: char, class: Class| -> u16 {
+            match class {
+                Class::Keep(k) if k == c => IDENTITY,
+                Class::Keep(k) => {
+                    replacements.push(k);
+                    // At most a few thousand replacements (OpenCC's table
+                    // plus the width fold): far below u16::MAX.
+                    REPLACED + (replacements.len() - 1) as u16
+                }
+                Class::Separator => SEPARATOR,
+                Class::Invisible => INVISIBLE,
+            }
+        };
+        let mut classes: Vec<Class> = (0..=0xFFFFu32)
             .map(|cp| match char::from_u32(cp) {
-                Some(c) => encode(base_class(c)),
+                Some(c) => base_class(c),
                 // Surrogates never occur in a `str`.
-                None => INVISIBLE,
+                None => Class::Invisible,
             })
             .collect();
         let mut astral = HashMap::new();
@@ -81,16 +103,36 @@ impl FoldTable {
             }
             let t_cp = t as usize;
             if t_cp <= 0xFFFF {
-                if bmp[t_cp] == t as u32 {
-                    bmp[t_cp] = s as u32;
+                if classes[t_cp] == Class::Keep(t) {
+                    classes[t_cp] = Class::Keep(s);
                 }
             } else {
                 astral.insert(t, s);
             }
         }
+        let bmp: Vec<u16> = classes
+            .iter()
+            .enumerate()
+            .map(|(cp, class)| code(char::from_u32(cp as u32).unwrap_or('\0'), *class))
+            .collect();
         FoldTable {
             bmp: bmp.into_boxed_slice(),
+            replacements,
             astral,
+        }
+    }
+
+    #[inline]
+    fn class(&self, c: char) -> Class {
+        match self.bmp.get(c as usize) {
+            Some(&IDENTITY) => Class::Keep(c),
+            Some(&SEPARATOR) => Class::Separator,
+            Some(&INVISIBLE) => Class::Invisible,
+            Some(&r) => Class::Keep(self.replacements[usize::from(r - REPLACED)]),
+            None => match base_class(c) {
+                Class::Keep(k) => Class::Keep(self.astral.get(&k).copied().unwrap_or(k)),
+                other => other,
+            },
         }
     }
 }
@@ -99,14 +141,6 @@ fn single_char(s: &str) -> Option<char> {
     let mut it = s.chars();
     let c = it.next()?;
     it.next().is_none().then_some(c)
-}
-
-fn encode(class: Class) -> u32 {
-    match class {
-        Class::Keep(c) => c as u32,
-        Class::Separator => SEPARATOR,
-        Class::Invisible => INVISIBLE,
-    }
 }
 
 /// The width/case/punctuation class of a character, before
@@ -171,20 +205,7 @@ fn base_class(c: char) -> Class {
 /// simplified).
 #[inline]
 pub fn classify(c: char) -> Class {
-    let table = &*TABLE;
-    let cp = c as usize;
-    if let Some(&v) = table.bmp.get(cp) {
-        return match v {
-            SEPARATOR => Class::Separator,
-            INVISIBLE => Class::Invisible,
-            // The table only holds valid scalar values.
-            v => Class::Keep(char::from_u32(v).unwrap_or(c)),
-        };
-    }
-    match base_class(c) {
-        Class::Keep(k) => Class::Keep(table.astral.get(&k).copied().unwrap_or(k)),
-        other => other,
-    }
+    TABLE.class(c)
 }
 
 /// Normalises `text` into a new string (used for lexicon phrases at load and
@@ -202,19 +223,14 @@ impl Normalized {
         self.orig.clear();
         self.breaks.clear();
         self.text.reserve(src.len());
-        self.orig.reserve(src.len());
+        self.orig.reserve(src.len() / 3 + 1);
         let table = &*TABLE;
         let mut pending_break = false;
         for (i, c) in src.char_indices() {
-            let v = match table.bmp.get(c as usize) {
-                Some(&v) => v,
-                None => encode(classify(c)),
-            };
-            match v {
-                SEPARATOR => pending_break = true,
-                INVISIBLE => {}
-                v => {
-                    let k = char::from_u32(v).unwrap_or(c);
+            match table.class(c) {
+                Class::Separator => pending_break = true,
+                Class::Invisible => {}
+                Class::Keep(k) => {
                     if pending_break && !self.text.is_empty() {
                         self.breaks.push(self.text.len() as u32);
                     }
@@ -222,11 +238,7 @@ impl Normalized {
                     self.text.push(k);
                     // `src` is bounded (inputs are at most 64 KiB), so byte
                     // offsets fit in u32.
-                    let at = i as u32;
-                    match k.len_utf8() {
-                        1 => self.orig.push(at),
-                        n => self.orig.extend_from_slice(&[at, at, at, at][..n]),
-                    }
+                    self.orig.push(i as u32);
                 }
             }
         }
@@ -236,8 +248,10 @@ impl Normalized {
     /// range `start..end` (both on character boundaries of `self.text`,
     /// `start < end`).
     pub fn original_range(&self, src: &str, start: usize, end: usize) -> (usize, usize) {
-        let o_start = self.orig[start] as usize;
-        let o_last = self.orig[end - 1] as usize;
+        let first = self.text[..start].chars().count();
+        let last = first + self.text[start..end].chars().count() - 1;
+        let o_start = self.orig[first] as usize;
+        let o_last = self.orig[last] as usize;
         let last_len = src[o_last..].chars().next().map_or(0, char::len_utf8);
         (o_start, o_last + last_len)
     }
