@@ -24,13 +24,43 @@ use crate::event::{
 use crate::lexicon::RuleKind;
 use crate::matcher::{Scanner, Scratch};
 use crate::normalize::char_offset;
+use hashbrown::{Equivalent, HashMap};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Conversation ids come from outside: aHash is fast and keyed per process
 /// (no hash flooding), where std's SipHash cost a fifth of the pipeline.
-type Map<V> = HashMap<String, V, ahash::RandomState>;
+type Map<V> = HashMap<Key, V, ahash::RandomState>;
+
+/// A conversation's identity: ids are unique within a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    tenant: Box<str>,
+    id: Box<str>,
+}
+
+/// The borrowed form of [`Key`], so a lookup hashes the input's strings once
+/// and allocates nothing. Field order and types hash exactly like `Key`.
+#[derive(Hash)]
+struct KeyRef<'a> {
+    tenant: &'a str,
+    id: &'a str,
+}
+
+impl Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        *self.tenant == *key.tenant && *self.id == *key.id
+    }
+}
+
+impl KeyRef<'_> {
+    fn to_key(&self) -> Key {
+        Key {
+            tenant: self.tenant.into(),
+            id: self.id.into(),
+        }
+    }
+}
 
 /// What the engine did with one input event (for counting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,12 +175,9 @@ impl Conversation {
 pub struct Engine {
     scanner: Arc<Scanner>,
     config: EngineConfig,
-    /// tenant → conversation id → state. Two levels so lookups borrow the
-    /// input's strings instead of allocating a key per segment.
-    open: Map<Map<Conversation>>,
-    /// tenant → conversation id → when it closed.
-    closed: Map<Map<u64>>,
-    open_count: usize,
+    open: Map<Conversation>,
+    /// Recently closed conversations → when they closed.
+    closed: Map<u64>,
     next_order: u64,
     scratch: Scratch,
 }
@@ -162,7 +189,6 @@ impl Engine {
             config,
             open: Map::default(),
             closed: Map::default(),
-            open_count: 0,
             next_order: 0,
             scratch: Scratch::default(),
         }
@@ -179,42 +205,41 @@ impl Engine {
 
     /// Number of open conversations.
     pub fn open_conversations(&self) -> usize {
-        self.open_count
+        self.open.len()
     }
 
     /// Handles one input event.
     pub fn handle(&mut self, input: &Input<'_>, now_ms: u64, out: &mut Vec<Event>) -> Outcome {
-        let tenant = input.tenant.as_ref();
-        let id = input.conversation_id.as_ref();
+        let key = KeyRef {
+            tenant: input.tenant.as_ref(),
+            id: input.conversation_id.as_ref(),
+        };
         let segment = match &input.kind {
             InputKind::Segment(s) if !s.is_final => return Outcome::Provisional,
             InputKind::Segment(s) => s,
             InputKind::End => {
-                if self.is_tombstoned(tenant, id) {
+                if self.closed.contains_key(&key) {
                     return Outcome::Late;
                 }
-                let Some(conv) = self.open.get_mut(tenant).and_then(|m| m.remove(id)) else {
+                let Some((key, conv)) = self.open.remove_entry(&key) else {
                     return Outcome::UnknownEnd;
                 };
-                self.open_count -= 1;
-                self.finish(tenant, id, conv, CloseReason::End, now_ms, out);
+                self.finish(key, conv, CloseReason::End, now_ms, out);
                 return Outcome::Closed;
             }
         };
         // Hot path: an open conversation. Only a miss needs the tombstone
         // check (open and closed are disjoint).
-        let conv = match self.open.get_mut(tenant).and_then(|m| m.get_mut(id)) {
+        let conv = match self.open.get_mut(&key) {
             Some(c) => c,
             None => {
-                if self.is_tombstoned(tenant, id) {
+                if self.closed.contains_key(&key) {
                     return Outcome::Late;
                 }
                 let order = self.next_order;
                 self.next_order += 1;
-                self.open_count += 1;
                 self.open
-                    .entry_ref_or_default(tenant)
-                    .entry(id.to_string())
+                    .entry(key.to_key())
                     .or_insert_with(|| Conversation::new(order, Some(segment.seq)))
             }
         };
@@ -240,8 +265,8 @@ impl Engine {
             &self.scanner,
             &mut self.scratch,
             Ctx {
-                tenant,
-                id,
+                tenant: key.tenant,
+                id: key.id,
                 input,
                 segment,
                 now_ms,
@@ -255,75 +280,44 @@ impl Engine {
     /// Closes conversations idle for at least `idle_ms` (oldest first) and
     /// forgets tombstones older than the configured TTL.
     pub fn close_idle(&mut self, now_ms: u64, idle_ms: u64, out: &mut Vec<Event>) -> usize {
-        let mut due: Vec<(u64, u64, String, String)> = Vec::new();
-        for (tenant, convs) in &self.open {
-            for (id, c) in convs {
-                if now_ms.saturating_sub(c.last_activity_ms) >= idle_ms {
-                    due.push((c.last_activity_ms, c.order, tenant.clone(), id.clone()));
-                }
+        let mut due: Vec<(u64, u64, Key)> = self
+            .open
+            .iter()
+            .filter(|(_, c)| now_ms.saturating_sub(c.last_activity_ms) >= idle_ms)
+            .map(|(k, c)| (c.last_activity_ms, c.order, k.clone()))
+            .collect();
+        due.sort_unstable_by_key(|d| (d.0, d.1));
+        let n = due.len();
+        for (_, _, key) in due {
+            if let Some(conv) = self.open.remove(&key) {
+                self.finish(key, conv, CloseReason::Idle, now_ms, out);
             }
         }
-        due.sort_unstable();
-        let n = due.len();
-        for (_, _, tenant, id) in due {
-            self.close(&tenant, &id, CloseReason::Idle, now_ms, out);
-        }
         let ttl = self.config.tombstone_ttl_ms;
-        for m in self.closed.values_mut() {
-            m.retain(|_, at| now_ms.saturating_sub(*at) < ttl);
-        }
-        self.closed.retain(|_, m| !m.is_empty());
+        self.closed.retain(|_, at| now_ms.saturating_sub(*at) < ttl);
         n
     }
 
     /// Closes every open conversation in arrival order.
     pub fn close_all(&mut self, reason: CloseReason, now_ms: u64, out: &mut Vec<Event>) {
-        let mut all: Vec<(u64, String, String)> = self
-            .open
-            .iter()
-            .flat_map(|(t, m)| {
-                m.iter()
-                    .map(move |(id, c)| (c.order, t.clone(), id.clone()))
-            })
-            .collect();
-        all.sort_unstable();
-        for (_, tenant, id) in all {
-            self.close(&tenant, &id, reason, now_ms, out);
+        let mut all: Vec<(Key, Conversation)> = self.open.drain().collect();
+        all.sort_unstable_by_key(|(_, c)| c.order);
+        for (key, conv) in all {
+            self.finish(key, conv, reason, now_ms, out);
         }
-    }
-
-    fn close(
-        &mut self,
-        tenant: &str,
-        id: &str,
-        reason: CloseReason,
-        now_ms: u64,
-        out: &mut Vec<Event>,
-    ) {
-        if let Some(conv) = self.open.get_mut(tenant).and_then(|m| m.remove(id)) {
-            self.open_count -= 1;
-            self.finish(tenant, id, conv, reason, now_ms, out);
-        }
-    }
-
-    fn is_tombstoned(&self, tenant: &str, id: &str) -> bool {
-        self.closed.get(tenant).is_some_and(|m| m.contains_key(id))
     }
 
     /// Close-time verdicts, the summary, and the tombstone.
     fn finish(
         &mut self,
-        tenant: &str,
-        id: &str,
+        key: Key,
         mut conv: Conversation,
         reason: CloseReason,
         now_ms: u64,
         out: &mut Vec<Event>,
     ) {
         let scanner = Arc::clone(&self.scanner);
-        if self.open.get(tenant).is_some_and(|m| m.is_empty()) {
-            self.open.remove(tenant);
-        }
+        let (tenant, id) = (&*key.tenant, &*key.id);
         // Greeting: the agent spoke fewer times than the window and never
         // greeted.
         if let Some(g) = scanner.windowed_rule(RuleKind::Greeting)
@@ -380,27 +374,20 @@ impl Engine {
             lexicon_version: scanner.version().to_string(),
             ts_ms: now_ms,
         }));
-        self.closed
-            .entry_ref_or_default(tenant)
-            .insert(id.to_string(), now_ms);
+        self.closed.insert(key, now_ms);
     }
 
     /// Open conversations, for saving across a restart:
     /// `(tenant, conversation id, state)`.
     pub fn export(&self) -> impl Iterator<Item = (&str, &str, &Conversation)> {
-        self.open
-            .iter()
-            .flat_map(|(t, m)| m.iter().map(move |(id, c)| (t.as_str(), id.as_str(), c)))
+        self.open.iter().map(|(k, c)| (&*k.tenant, &*k.id, c))
     }
 
     /// Restores a saved conversation (replacing any state under that key).
     pub fn import(&mut self, tenant: &str, id: &str, mut conv: Conversation) {
         conv.order = self.next_order;
         self.next_order += 1;
-        let convs = self.open.entry_ref_or_default(tenant);
-        if convs.insert(id.to_string(), conv).is_none() {
-            self.open_count += 1;
-        }
+        self.open.insert(KeyRef { tenant, id }.to_key(), conv);
     }
 }
 
@@ -566,21 +553,5 @@ impl SeqSet {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-}
-
-/// `entry()` for a `HashMap<String, V>` that only allocates the key when
-/// the entry is missing.
-trait EntryRef<V> {
-    fn entry_ref_or_default(&mut self, key: &str) -> &mut V;
-}
-
-impl<V: Default> EntryRef<V> for Map<V> {
-    fn entry_ref_or_default(&mut self, key: &str) -> &mut V {
-        if !self.contains_key(key) {
-            self.insert(key.to_string(), V::default());
-        }
-        // Present: inserted above if it was missing.
-        self.get_mut(key).expect("key present")
     }
 }
