@@ -466,7 +466,11 @@ pub fn event_id(parts: &[&[u8]]) -> String {
             h = h.wrapping_mul(PRIME);
         }
     }
-    format!("{h:032x}")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    (0..32)
+        .rev()
+        .map(|i| char::from(HEX[((h >> (i * 4)) & 0xF) as usize]))
+        .collect()
 }
 
 #[cfg(test)]

@@ -90,12 +90,14 @@ pub struct Suppressed {
 pub struct Scratch {
     pub norm: Normalized,
     candidates: Vec<Candidate>,
-    /// Word boundaries of `norm.text` (byte offsets), valid when
-    /// `boundaries_ready`.
+    /// Word boundaries of `norm.text` (byte offsets), valid inside the
+    /// clauses listed in `segmented`.
     boundaries: Vec<bool>,
-    /// The jieba tokens of `norm.text` as byte ranges, in order.
+    /// The jieba tokens of the segmented clauses, as byte ranges.
     tokens: Vec<(usize, usize)>,
-    boundaries_ready: bool,
+    /// Clauses (byte ranges) already segmented for this utterance: jieba
+    /// runs only on the clauses that hold a hit needing a boundary check.
+    segmented: Vec<(usize, usize)>,
     pub hits: Vec<Hit>,
 }
 
@@ -230,7 +232,7 @@ impl Scanner {
     ) {
         scratch.hits.clear();
         scratch.candidates.clear();
-        scratch.boundaries_ready = false;
+        scratch.segmented.clear();
         scratch.norm.fill(text);
         let bit = speaker_bit(speaker);
 
@@ -337,19 +339,20 @@ impl Scanner {
     /// passes: reduplication repeats the interjection, it is not a longer
     /// word.
     fn on_word_boundaries(&self, scratch: &mut Scratch, start: usize, end: usize) -> bool {
-        if !scratch.boundaries_ready {
-            self.fill_boundaries(scratch);
-        }
+        self.segment_clauses(scratch, start, end);
         if scratch.boundaries[start] && scratch.boundaries[end] {
             return true;
         }
-        let i = scratch.tokens.partition_point(|t| t.1 <= start);
-        let Some(&(ts, te)) = scratch.tokens.get(i) else {
+        let i = scratch
+            .tokens
+            .iter()
+            .position(|t| t.0 <= start && start < t.1);
+        let Some((ts, te)) = i.map(|i| scratch.tokens[i]) else {
             return false;
         };
         let text = &scratch.norm.text;
         let unit = &text[start..end];
-        ts <= start && end <= te && text[ts..te].len().is_multiple_of(unit.len()) && {
+        end <= te && text[ts..te].len().is_multiple_of(unit.len()) && {
             let token = &text[ts..te];
             token
                 .as_bytes()
@@ -358,25 +361,28 @@ impl Scanner {
         }
     }
 
-    /// Segments each clause separately (punctuation is gone from the
-    /// normalised text, but clause breaks are remembered) and marks token
-    /// edges.
-    fn fill_boundaries(&self, scratch: &mut Scratch) {
+    /// Segments (once per utterance) each clause that overlaps
+    /// `start..end`, marking token edges in `scratch.boundaries`. Clauses
+    /// are segmented separately: punctuation is gone from the normalised
+    /// text, but clause breaks are remembered.
+    fn segment_clauses(&self, scratch: &mut Scratch, start: usize, end: usize) {
         let norm = &scratch.norm;
-        let b = &mut scratch.boundaries;
-        b.clear();
-        b.resize(norm.text.len() + 1, false);
-        scratch.tokens.clear();
-        for (start, end) in norm.clauses() {
-            for t in self.segmenter.cut(&norm.text[start..end], false) {
-                b[start + t.byte_start] = true;
-                b[start + t.byte_end] = true;
-                scratch
-                    .tokens
-                    .push((start + t.byte_start, start + t.byte_end));
-            }
+        if scratch.segmented.is_empty() {
+            scratch.boundaries.clear();
+            scratch.boundaries.resize(norm.text.len() + 1, false);
+            scratch.tokens.clear();
         }
-        scratch.boundaries_ready = true;
+        for (cs, ce) in norm.clauses() {
+            if ce <= start || cs >= end || scratch.segmented.contains(&(cs, ce)) {
+                continue;
+            }
+            for t in self.segmenter.cut(&norm.text[cs..ce], false) {
+                scratch.boundaries[cs + t.byte_start] = true;
+                scratch.boundaries[cs + t.byte_end] = true;
+                scratch.tokens.push((cs + t.byte_start, cs + t.byte_end));
+            }
+            scratch.segmented.push((cs, ce));
+        }
     }
 
     /// The jieba tokens of each clause of the normalised text (for tools).
