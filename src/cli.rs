@@ -207,14 +207,15 @@ fn cmd_test(lexicons: &Path, speaker: Speaker, text: &str) -> Result<(), Failure
     writeln!(out, "hits:       {}", scratch.hits.len())?;
     for h in &scratch.hits {
         let r = scanner.rule(h.rule);
-        let (s, e) = span(h.orig);
+        let orig = norm.original_range(text, h.norm.0, h.norm.1);
+        let (s, e) = span(orig);
         writeln!(
             out,
             "  HIT  {:<28} {:<9} {:<8} chars {s}..{e} {:?}",
             r.id,
             r.kind.as_str(),
             r.severity.as_str(),
-            &text[h.orig.0..h.orig.1]
+            &text[orig.0..orig.1]
         )?;
     }
     for x in &suppressed {

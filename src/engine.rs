@@ -419,8 +419,9 @@ fn judge_segment(
             RuleKind::Greeting => has_greeting = true,
             RuleKind::Closing => has_closing = true,
             RuleKind::Forbidden | RuleKind::Filler => {
-                let start = char_offset(text, hit.orig.0);
-                let end = start + char_offset(&text[hit.orig.0..], hit.orig.1 - hit.orig.0);
+                let (os, oe) = scratch.norm.original_range(text, hit.norm.0, hit.norm.1);
+                let start = char_offset(text, os);
+                let end = start + char_offset(&text[os..], oe - os);
                 let (s, e) = (start.to_string(), end.to_string());
                 let seq = cx.segment.seq.to_string();
                 let id = event_id(&[
@@ -445,7 +446,7 @@ fn judge_segment(
                     category,
                     severity: rule.severity,
                     deduct: rule.deduct,
-                    matched: Some(text[hit.orig.0..hit.orig.1].to_string()),
+                    matched: Some(text[os..oe].to_string()),
                     start: Some(start),
                     end: Some(end),
                     text: text.to_string(),

@@ -467,10 +467,11 @@ pub fn event_id(parts: &[&[u8]]) -> String {
         }
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    (0..32)
-        .rev()
-        .map(|i| char::from(HEX[((h >> (i * 4)) & 0xF) as usize]))
-        .collect()
+    let mut out = String::with_capacity(32);
+    for i in (0..32).rev() {
+        out.push(char::from(HEX[((h >> (i * 4)) & 0xF) as usize]));
+    }
+    out
 }
 
 #[cfg(test)]

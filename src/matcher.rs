@@ -58,10 +58,9 @@ pub struct Scanner {
 pub struct Hit {
     /// Index into [`Scanner::rules`].
     pub rule: u16,
-    /// Byte range in the normalised text.
+    /// Byte range in the normalised text; `Normalized::original_range`
+    /// maps it back (only callers that need it pay for it).
     pub norm: (usize, usize),
-    /// Byte range in the original text.
-    pub orig: (usize, usize),
 }
 
 /// Why a candidate hit was dropped (reported by [`Scanner::scan_explained`]).
@@ -304,14 +303,12 @@ impl Scanner {
                 } else {
                     None
                 };
-                let orig = scratch.norm.original_range(text, c.start, c.end);
                 match why {
                     None => {
                         covered_to = c.end;
                         scratch.hits.push(Hit {
                             rule: rule_ix,
                             norm: (c.start, c.end),
-                            orig,
                         });
                     }
                     Some(why) => {
@@ -319,7 +316,7 @@ impl Scanner {
                             out.push(Suppressed {
                                 rule: rule_ix,
                                 norm: (c.start, c.end),
-                                orig,
+                                orig: scratch.norm.original_range(text, c.start, c.end),
                                 why,
                             });
                         }
@@ -331,7 +328,7 @@ impl Scanner {
         scratch.candidates = candidates;
         scratch
             .hits
-            .sort_unstable_by_key(|h| (h.orig.0, h.rule, h.orig.1));
+            .sort_unstable_by_key(|h| (h.norm.0, h.rule, h.norm.1));
     }
 
     /// Whether `start..end` starts and ends on jieba word boundaries. A hit
