@@ -2,6 +2,7 @@
 //! command loads what it needs and runs. Exit codes: 0 success, 1 runtime
 //! failure (I/O), 2 bad usage, configuration or lexicon.
 
+use crate::config::{Config, Overrides, RawConfig};
 use crate::engine::{Engine, EngineConfig};
 use crate::event::Speaker;
 use crate::lexicon::{self, RuleKind};
@@ -42,6 +43,48 @@ enum Command {
         #[command(subcommand)]
         command: LexiconCommand,
     },
+    /// Run the daemon: NATS JetStream in, violations and summaries out,
+    /// Prometheus metrics on HTTP.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        lexicons: Option<PathBuf>,
+        #[arg(long)]
+        metrics_addr: Option<String>,
+        /// Log format: text or json.
+        #[arg(long)]
+        log_format: Option<String>,
+    },
+    /// Replay a JSONL file of input events onto the input subjects.
+    Publish {
+        #[command(flatten)]
+        common: Common,
+        /// Lines per second (0: as fast as acks allow).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// JSONL file, or - for standard input.
+        file: PathBuf,
+    },
+    /// Print violations and summaries from NATS as they are published.
+    Tail {
+        #[command(flatten)]
+        common: Common,
+        /// Print raw JSON events.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Flags shared by the commands that talk to NATS.
+#[derive(clap::Args)]
+struct Common {
+    /// Config file (TOML); see deploy/zhijian.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// NATS server URL (overrides the config file and ZHIJIAN_NATS_URL).
+    #[arg(long)]
+    nats_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -95,6 +138,22 @@ pub fn main() -> ExitCode {
                     text,
                 },
         } => cmd_test(&lexicons, speaker.into(), &text),
+        Command::Run {
+            common,
+            lexicons,
+            metrics_addr,
+            log_format,
+        } => cmd_run(
+            &common,
+            Overrides {
+                nats_url: common.nats_url.clone(),
+                lexicons,
+                metrics_addr,
+                log_format,
+            },
+        ),
+        Command::Publish { common, rate, file } => cmd_publish(&common, rate, &file),
+        Command::Tail { common, json } => cmd_tail(&common, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -240,4 +299,93 @@ fn cmd_test(lexicons: &Path, speaker: Speaker, text: &str) -> Result<(), Failure
         )?;
     }
     Ok(())
+}
+
+/// File, then environment, then flags.
+fn load_config(common: &Common, flags: &Overrides) -> Result<Config, Failure> {
+    let mut raw = RawConfig::load(common.config.as_deref()).map_err(Failure::Config)?;
+    raw.apply_env(std::env::vars()).map_err(Failure::Config)?;
+    raw.validate(flags).map_err(Failure::Config)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(format!("cannot start the async runtime: {e}")))
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(io::stderr().is_terminal())
+        .with_writer(io::stderr);
+    if config.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn terminate_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            tracing::warn!("cannot listen for SIGTERM/SIGINT; only Ctrl-C stops the daemon");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn cmd_run(common: &Common, flags: Overrides) -> Result<(), Failure> {
+    let config = load_config(common, &flags)?;
+    init_logging(&config);
+    runtime()?.block_on(async {
+        crate::daemon::run(config, terminate_signal())
+            .await
+            .map_err(|e| match e {
+                crate::daemon::DaemonError::Config(m) => Failure::Config(m),
+                crate::daemon::DaemonError::Runtime(m) => Failure::Runtime(m),
+            })
+    })
+}
+
+fn cmd_publish(common: &Common, rate: f64, file: &Path) -> Result<(), Failure> {
+    let flags = Overrides {
+        nats_url: common.nats_url.clone(),
+        ..Overrides::default()
+    };
+    let config = load_config(common, &flags)?;
+    let sent = runtime()?
+        .block_on(crate::client::publish(&config, file, rate))
+        .map_err(Failure::Runtime)?;
+    eprintln!("zhijian publish: {sent} messages published and acknowledged");
+    Ok(())
+}
+
+fn cmd_tail(common: &Common, json: bool) -> Result<(), Failure> {
+    let flags = Overrides {
+        nats_url: common.nats_url.clone(),
+        ..Overrides::default()
+    };
+    let config = load_config(common, &flags)?;
+    runtime()?.block_on(async {
+        tokio::select! {
+            r = crate::client::tail(&config, json) => r.map_err(Failure::Runtime),
+            _ = terminate_signal() => Ok(()),
+        }
+    })
 }

@@ -36,10 +36,14 @@
 //! processing goes on. Nothing on the input path panics.
 
 pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod event;
 pub mod lexicon;
 pub mod matcher;
+pub mod metrics;
 pub mod normalize;
 pub mod scan;
 pub mod synth;

@@ -1,0 +1,152 @@
+//! `zhijian publish` and `zhijian tail`: the daemon from a terminal.
+
+use crate::config::Config;
+use crate::daemon::nats;
+use crate::event::{Event, decode_str};
+use crate::metrics::Metrics;
+use futures_util::StreamExt;
+use std::collections::VecDeque;
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+async fn connect(config: &Config) -> Result<async_nats::Client, String> {
+    nats::connect(
+        config,
+        Arc::new(nats::Status::default()),
+        Arc::new(Metrics::new()),
+    )
+    .await
+}
+
+/// Publishes a JSONL file onto the input subjects through JetStream, waiting
+/// for every ack. Lines that are not valid input are published too (to
+/// `<prefix>.invalid.line-N`), so the daemon's dead-lettering can be seen.
+pub async fn publish(config: &Config, file: &Path, rate: f64) -> Result<u64, String> {
+    let client = connect(config).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        let f = std::fs::File::open(file)
+            .map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let prefix = &config.streams.input_prefix;
+    let started = Instant::now();
+    let mut in_flight = VecDeque::new();
+    let mut sent = 0u64;
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let subject = match decode_str(&line) {
+            Ok(input) => format!("{prefix}.{}.{}", input.tenant, input.conversation_id),
+            Err(_) => format!("{prefix}.invalid.line-{}", i + 1),
+        };
+        if rate > 0.0 {
+            let due = started + Duration::from_secs_f64(sent as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let ack = js
+            .publish(subject, line.into_bytes().into())
+            .await
+            .map_err(|e| format!("publish failed: {e}"))?;
+        in_flight.push_back(ack);
+        sent += 1;
+        if in_flight.len() >= 1024
+            && let Some(a) = in_flight.pop_front()
+        {
+            a.await
+                .map_err(|e| format!("publish not acknowledged: {e}"))?;
+        }
+    }
+    for a in in_flight {
+        a.await
+            .map_err(|e| format!("publish not acknowledged: {e}"))?;
+    }
+    client.flush().await.map_err(|e| e.to_string())?;
+    Ok(sent)
+}
+
+/// Prints violations and summaries as they are published.
+pub async fn tail(config: &Config, json: bool) -> Result<(), String> {
+    let client = connect(config).await?;
+    let s = &config.streams;
+    let violations = client
+        .subscribe(format!("{}.>", s.violations_prefix))
+        .await
+        .map_err(|e| e.to_string())?;
+    let summaries = client
+        .subscribe(format!("{}.>", s.summaries_prefix))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut both = futures_util::stream::select(violations, summaries);
+    eprintln!(
+        "zhijian tail: listening on {}.> and {}.> (Ctrl-C to stop)",
+        s.violations_prefix, s.summaries_prefix
+    );
+    let stdout = std::io::stdout();
+    while let Some(msg) = both.next().await {
+        let text = String::from_utf8_lossy(&msg.payload);
+        let mut out = stdout.lock();
+        let line = if json {
+            text.into_owned()
+        } else {
+            match serde_json::from_str::<Event>(&text) {
+                Ok(e) => render(&e),
+                Err(_) => format!("? {text}"),
+            }
+        };
+        if writeln!(out, "{line}").is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// One readable line per event; the matched words in 【】.
+pub fn render(e: &Event) -> String {
+    match e {
+        Event::Violation(v) => {
+            let text = match (v.start, v.end) {
+                (Some(s), Some(en)) => {
+                    let chars: Vec<char> = v.text.chars().collect();
+                    let (s, en) = (s.min(chars.len()), en.min(chars.len()));
+                    format!(
+                        "{}【{}】{}",
+                        chars[..s].iter().collect::<String>(),
+                        chars[s..en].iter().collect::<String>(),
+                        chars[en..].iter().collect::<String>()
+                    )
+                }
+                _ => v.text.clone(),
+            };
+            format!(
+                "VIOLATION {:<8} {:<16} {:<10} seq={:<3} {:<16} {:<8} {:<24} | {}",
+                v.tenant,
+                v.conversation_id,
+                v.agent_id.as_deref().unwrap_or("-"),
+                v.seq,
+                v.category.as_str(),
+                v.severity.as_str(),
+                v.rule_id,
+                text
+            )
+        }
+        Event::Summary(s) => format!(
+            "SUMMARY   {:<8} {:<16} {:<10} score={:<5} reason={} greeted={} closed={} forbidden={} filler={}",
+            s.tenant,
+            s.conversation_id,
+            s.agent_id.as_deref().unwrap_or("-"),
+            s.score,
+            s.reason.as_str(),
+            s.greeted.map_or("-".to_string(), |g| g.to_string()),
+            s.closed.map_or("-".to_string(), |g| g.to_string()),
+            s.counts.forbidden,
+            s.counts.filler
+        ),
+    }
+}

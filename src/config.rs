@@ -1,0 +1,504 @@
+//! Daemon configuration: one TOML file (every key documented with its
+//! default in `deploy/zhijian.toml`), overridden by environment variables
+//! `ZHIJIAN_<SECTION>_<KEY>` (e.g. `ZHIJIAN_NATS_URL`), overridden by flags.
+//!
+//! The file is parsed into raw structs with `deny_unknown_fields` (a typo is
+//! an error naming the key), then validated once into [`Config`]. Secrets are
+//! wrapped in [`Secret`], whose `Debug` never prints them.
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A value that must never reach a log line.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated.
+    pub url: String,
+    /// Connection name shown by the server.
+    pub name: String,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub token: Option<Secret>,
+    /// A `.creds` file (JWT + nkey seed).
+    pub credentials_file: Option<PathBuf>,
+    /// PEM file of CA certificates to trust (custom CA).
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    pub tls_client_cert: Option<PathBuf>,
+    pub tls_client_key: Option<PathBuf>,
+    /// Refuse to connect without TLS.
+    pub tls_required: bool,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            name: "zhijian".into(),
+            user: None,
+            password: None,
+            token: None,
+            credentials_file: None,
+            tls_ca_file: None,
+            tls_client_cert: None,
+            tls_client_key: None,
+            tls_required: false,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// Create missing streams, consumer and state bucket (local use). Off in
+    /// production, where they are provisioned and start-up checks them.
+    pub create: bool,
+    pub input_stream: String,
+    /// Input subjects are `<input_prefix>.<tenant>.<conversation_id>`.
+    pub input_prefix: String,
+    /// Durable pull consumer on the input stream.
+    pub consumer: String,
+    pub output_stream: String,
+    /// Violations go to `<violations_prefix>.<tenant>.<category>`.
+    pub violations_prefix: String,
+    /// Summaries go to `<summaries_prefix>.<tenant>`.
+    pub summaries_prefix: String,
+    /// Bad input is republished here untouched, the reason in a header.
+    pub deadletter_subject: String,
+    /// Stream that keeps dead letters for a person to inspect.
+    pub deadletter_stream: String,
+    /// Key-value bucket holding open conversations across restarts.
+    pub state_bucket: String,
+    /// The output stream's de-duplication window (`Nats-Msg-Id`).
+    pub duplicate_window_s: u64,
+    /// Messages delivered but not yet acknowledged, at most.
+    pub max_ack_pending: i64,
+    /// Redeliver a message not acknowledged within this time.
+    pub ack_wait_s: u64,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        StreamsConfig {
+            create: true,
+            input_stream: "TRANSCRIPTS".into(),
+            input_prefix: "transcripts".into(),
+            consumer: "zhijian".into(),
+            output_stream: "VIOLATIONS".into(),
+            violations_prefix: "violations".into(),
+            summaries_prefix: "summaries".into(),
+            deadletter_subject: "zhijian.deadletter".into(),
+            deadletter_stream: "ZHIJIAN_DEADLETTER".into(),
+            state_bucket: "zhijian_state".into(),
+            duplicate_window_s: 600,
+            max_ack_pending: 20_000,
+            ack_wait_s: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    pub lexicons: PathBuf,
+    /// Worker tasks; a conversation always goes to the same one.
+    pub shards: usize,
+    /// Close a conversation after this long without an event.
+    pub idle_timeout_s: u64,
+    /// Remember closed conversations this long (late events are ignored).
+    pub tombstone_ttl_s: u64,
+    /// Poll the lexicon directory for changes this often (0: SIGHUP only).
+    pub reload_poll_ms: u64,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        EngineSection {
+            lexicons: PathBuf::from("lexicons"),
+            shards: 4,
+            idle_timeout_s: 300,
+            tombstone_ttl_s: 1800,
+            reload_poll_ms: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonSection {
+    /// After SIGTERM: finish, publish, ack and save state within this time.
+    pub shutdown_grace_s: u64,
+    /// Publish attempts per event before the input is Nak'ed.
+    pub publish_attempts: u32,
+    /// Redelivery delay asked for with a Nak.
+    pub nak_delay_ms: u64,
+    /// No message and no heartbeat for this long while messages are
+    /// pending: the pull stream is considered stalled and recreated.
+    pub stall_timeout_s: u64,
+    /// Messages buffered per shard.
+    pub shard_queue: usize,
+}
+
+impl Default for DaemonSection {
+    fn default() -> Self {
+        DaemonSection {
+            shutdown_grace_s: 20,
+            publish_attempts: 3,
+            nak_delay_ms: 1000,
+            stall_timeout_s: 15,
+            shard_queue: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    pub addr: String,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            addr: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `text` (human-readable) or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `zhijian=debug,async_nats=warn`.
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// The raw file, as written.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub nats: NatsConfig,
+    pub streams: StreamsConfig,
+    pub engine: EngineSection,
+    pub daemon: DaemonSection,
+    pub metrics: MetricsSection,
+    pub log: LogSection,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats: NatsConfig,
+    pub streams: StreamsConfig,
+    pub lexicons: PathBuf,
+    pub shards: usize,
+    pub idle_timeout: Duration,
+    pub tombstone_ttl: Duration,
+    pub reload_poll: Option<Duration>,
+    pub shutdown_grace: Duration,
+    pub publish_attempts: u32,
+    pub nak_delay: Duration,
+    pub stall_timeout: Duration,
+    pub shard_queue: usize,
+    pub metrics_addr: SocketAddr,
+    pub log_json: bool,
+    pub log_level: String,
+}
+
+/// Flags that override the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub nats_url: Option<String>,
+    pub lexicons: Option<PathBuf>,
+    pub metrics_addr: Option<String>,
+    pub log_format: Option<String>,
+}
+
+impl RawConfig {
+    /// Reads a config file (`None`: defaults only).
+    pub fn load(path: Option<&Path>) -> Result<RawConfig, String> {
+        let Some(path) = path else {
+            return Ok(RawConfig::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        RawConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<RawConfig, String> {
+        toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            match line {
+                Some(l) => format!("line {l}: {}", e.message().trim()),
+                None => e.message().trim().to_string(),
+            }
+        })
+    }
+
+    /// Applies `ZHIJIAN_<SECTION>_<KEY>` variables from `vars`.
+    pub fn apply_env<I: IntoIterator<Item = (String, String)>>(
+        &mut self,
+        vars: I,
+    ) -> Result<(), String> {
+        for (name, value) in vars {
+            let Some(rest) = name.strip_prefix("ZHIJIAN_") else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            let Some((section, key)) = rest.split_once('_') else {
+                return Err(format!(
+                    "environment variable {name}: expected ZHIJIAN_<SECTION>_<KEY>"
+                ));
+            };
+            self.set(section, key, &value)
+                .map_err(|e| format!("environment variable {name}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Sets one key from its string form (environment variables).
+    fn set(&mut self, section: &str, key: &str, v: &str) -> Result<(), String> {
+        fn num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
+            v.trim()
+                .parse()
+                .map_err(|_| format!("{v:?} is not a number"))
+        }
+        fn flag(v: &str) -> Result<bool, String> {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => Err(format!("{v:?} is not a boolean")),
+            }
+        }
+        let s = || v.to_string();
+        let path = || Some(PathBuf::from(v));
+        let (n, st, e, d) = (
+            &mut self.nats,
+            &mut self.streams,
+            &mut self.engine,
+            &mut self.daemon,
+        );
+        match (section, key) {
+            ("nats", "url") => n.url = s(),
+            ("nats", "name") => n.name = s(),
+            ("nats", "user") => n.user = Some(s()),
+            ("nats", "password") => n.password = Some(Secret(s())),
+            ("nats", "token") => n.token = Some(Secret(s())),
+            ("nats", "credentials_file") => n.credentials_file = path(),
+            ("nats", "tls_ca_file") => n.tls_ca_file = path(),
+            ("nats", "tls_client_cert") => n.tls_client_cert = path(),
+            ("nats", "tls_client_key") => n.tls_client_key = path(),
+            ("nats", "tls_required") => n.tls_required = flag(v)?,
+            ("nats", "connect_timeout_ms") => n.connect_timeout_ms = num(v)?,
+            ("streams", "create") => st.create = flag(v)?,
+            ("streams", "input_stream") => st.input_stream = s(),
+            ("streams", "input_prefix") => st.input_prefix = s(),
+            ("streams", "consumer") => st.consumer = s(),
+            ("streams", "output_stream") => st.output_stream = s(),
+            ("streams", "violations_prefix") => st.violations_prefix = s(),
+            ("streams", "summaries_prefix") => st.summaries_prefix = s(),
+            ("streams", "deadletter_subject") => st.deadletter_subject = s(),
+            ("streams", "deadletter_stream") => st.deadletter_stream = s(),
+            ("streams", "state_bucket") => st.state_bucket = s(),
+            ("streams", "duplicate_window_s") => st.duplicate_window_s = num(v)?,
+            ("streams", "max_ack_pending") => st.max_ack_pending = num(v)?,
+            ("streams", "ack_wait_s") => st.ack_wait_s = num(v)?,
+            ("engine", "lexicons") => e.lexicons = PathBuf::from(v),
+            ("engine", "shards") => e.shards = num(v)?,
+            ("engine", "idle_timeout_s") => e.idle_timeout_s = num(v)?,
+            ("engine", "tombstone_ttl_s") => e.tombstone_ttl_s = num(v)?,
+            ("engine", "reload_poll_ms") => e.reload_poll_ms = num(v)?,
+            ("daemon", "shutdown_grace_s") => d.shutdown_grace_s = num(v)?,
+            ("daemon", "publish_attempts") => d.publish_attempts = num(v)?,
+            ("daemon", "nak_delay_ms") => d.nak_delay_ms = num(v)?,
+            ("daemon", "stall_timeout_s") => d.stall_timeout_s = num(v)?,
+            ("daemon", "shard_queue") => d.shard_queue = num(v)?,
+            ("metrics", "addr") => self.metrics.addr = s(),
+            ("log", "format") => self.log.format = s(),
+            ("log", "level") => self.log.level = s(),
+            _ => return Err(format!("unknown key [{section}] {key}")),
+        }
+        Ok(())
+    }
+
+    /// Validates into the config the daemon uses.
+    pub fn validate(mut self, flags: &Overrides) -> Result<Config, String> {
+        if let Some(u) = &flags.nats_url {
+            self.nats.url = u.clone();
+        }
+        if let Some(l) = &flags.lexicons {
+            self.engine.lexicons = l.clone();
+        }
+        if let Some(a) = &flags.metrics_addr {
+            self.metrics.addr = a.clone();
+        }
+        if let Some(f) = &flags.log_format {
+            self.log.format = f.clone();
+        }
+        let metrics_addr: SocketAddr = self
+            .metrics
+            .addr
+            .parse()
+            .map_err(|_| format!("[metrics] addr {:?} is not host:port", self.metrics.addr))?;
+        let log_json = match self.log.format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(format!(
+                    "[log] format {other:?} is not \"text\" or \"json\""
+                ));
+            }
+        };
+        if self.engine.shards == 0 || self.engine.shards > 256 {
+            return Err(format!(
+                "[engine] shards must be 1..=256, got {}",
+                self.engine.shards
+            ));
+        }
+        if self.engine.idle_timeout_s == 0 {
+            return Err("[engine] idle_timeout_s must be > 0".into());
+        }
+        if self.daemon.publish_attempts == 0 {
+            return Err("[daemon] publish_attempts must be >= 1".into());
+        }
+        if self.daemon.shard_queue == 0 {
+            return Err("[daemon] shard_queue must be >= 1".into());
+        }
+        if self.nats.password.is_some() != self.nats.user.is_some() {
+            return Err("[nats] user and password go together".into());
+        }
+        if self.nats.tls_client_cert.is_some() != self.nats.tls_client_key.is_some() {
+            return Err("[nats] tls_client_cert and tls_client_key go together".into());
+        }
+        let st = &self.streams;
+        for (key, token) in [
+            ("input_prefix", &st.input_prefix),
+            ("violations_prefix", &st.violations_prefix),
+            ("summaries_prefix", &st.summaries_prefix),
+            ("deadletter_subject", &st.deadletter_subject),
+        ] {
+            if token.is_empty()
+                || token.contains(['*', '>', ' '])
+                || token.starts_with('.')
+                || token.ends_with('.')
+            {
+                return Err(format!("[streams] {key} {token:?} is not a valid subject"));
+            }
+        }
+        Ok(Config {
+            lexicons: self.engine.lexicons.clone(),
+            shards: self.engine.shards,
+            idle_timeout: Duration::from_secs(self.engine.idle_timeout_s),
+            tombstone_ttl: Duration::from_secs(self.engine.tombstone_ttl_s),
+            reload_poll: (self.engine.reload_poll_ms > 0)
+                .then(|| Duration::from_millis(self.engine.reload_poll_ms)),
+            shutdown_grace: Duration::from_secs(self.daemon.shutdown_grace_s),
+            publish_attempts: self.daemon.publish_attempts,
+            nak_delay: Duration::from_millis(self.daemon.nak_delay_ms),
+            stall_timeout: Duration::from_secs(self.daemon.stall_timeout_s.max(1)),
+            shard_queue: self.daemon.shard_queue,
+            metrics_addr,
+            log_json,
+            log_level: self.log.level,
+            nats: self.nats,
+            streams: self.streams,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let c = RawConfig::default()
+            .validate(&Overrides::default())
+            .expect("valid");
+        assert_eq!(c.metrics_addr.to_string(), "127.0.0.1:9464");
+        assert_eq!(c.idle_timeout, Duration::from_secs(300));
+        assert!(c.streams.create);
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let mut raw = RawConfig::parse("[nats]\nurl = \"nats://a:1\"\n[engine]\nshards = 2\n")
+            .expect("parses");
+        raw.apply_env([
+            ("ZHIJIAN_ENGINE_SHARDS".to_string(), "8".to_string()),
+            ("ZHIJIAN_NATS_PASSWORD".to_string(), "s3cret".to_string()),
+            ("ZHIJIAN_NATS_USER".to_string(), "qa".to_string()),
+            ("ZHIJIAN_STREAMS_CREATE".to_string(), "false".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ])
+        .expect("env applies");
+        let flags = Overrides {
+            nats_url: Some("nats://b:2".into()),
+            ..Overrides::default()
+        };
+        let c = raw.validate(&flags).expect("valid");
+        assert_eq!(c.nats.url, "nats://b:2");
+        assert_eq!(c.shards, 8);
+        assert!(!c.streams.create);
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("s3cret"),
+            "secret leaked into Debug: {shown}"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: &[(&str, &str)] = &[
+            ("[nats]\nurll = \"x\"\n", "line 2: unknown field `urll`"),
+            ("[engine]\nshards = \"four\"\n", "line 2: invalid type"),
+            ("[metrics]\naddr = \"nowhere\"\n", "[metrics] addr"),
+            ("[engine]\nshards = 0\n", "[engine] shards"),
+            ("[log]\nformat = \"xml\"\n", "[log] format"),
+            ("[nats]\nuser = \"u\"\n", "user and password go together"),
+            ("[streams]\ninput_prefix = \"a.>\"\n", "input_prefix"),
+        ];
+        for (text, want) in cases {
+            let got =
+                RawConfig::parse(text).and_then(|r| r.validate(&Overrides::default()).map(|_| ()));
+            let err = got.expect_err(text);
+            assert!(err.contains(want), "{text:?}: want {want:?} in {err:?}");
+        }
+        let mut raw = RawConfig::default();
+        let err = raw
+            .apply_env([("ZHIJIAN_ENGINE_SHARDZ".to_string(), "2".to_string())])
+            .expect_err("unknown key");
+        assert!(
+            err.contains("ZHIJIAN_ENGINE_SHARDZ: unknown key [engine] shardz"),
+            "{err}"
+        );
+    }
+}

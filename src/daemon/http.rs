@@ -1,0 +1,88 @@
+//! `/metrics` (Prometheus text format), `/healthz` (the process is alive)
+//! and `/readyz` (connected to NATS, lexicon loaded, consumer bound).
+
+use super::nats::Status;
+use crate::metrics::Metrics;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// A running HTTP server.
+pub struct Http {
+    pub addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+}
+
+impl Http {
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+}
+
+/// Binds `addr` (port 0 picks a free port; the bound address is logged) and
+/// serves until stopped.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+) -> Result<Http, String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(AppState { metrics, status });
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "metrics server failed");
+        }
+    });
+    Ok(Http { addr, stop })
+}
+
+async fn metrics_page(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+async fn ready(State(s): State<AppState>) -> impl IntoResponse {
+    let st = &s.status;
+    use std::sync::atomic::Ordering::Relaxed;
+    let body = format!(
+        "nats_connected {}\nlexicon_loaded {}\nconsumer_bound {}\n",
+        st.connected.load(Relaxed),
+        st.lexicon_loaded.load(Relaxed),
+        st.consumer_bound.load(Relaxed)
+    );
+    let code = if st.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body)
+}

