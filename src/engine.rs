@@ -9,8 +9,10 @@
 //! Semantics, in order of application to an input event:
 //! 1. Provisional segments (`final: false`) change nothing and yield
 //!    nothing: the final segment with the same seq is judged instead.
-//! 2. Events for a conversation closed recently (a tombstone) are late and
-//!    ignored, so a redelivered segment cannot reopen a closed conversation.
+//! 2. Events for a conversation closed recently (a tombstone) are late:
+//!    they cannot reopen it or change its verdicts, but a late segment not
+//!    seen before is still scanned, so its forbidden and filler violations
+//!    are never lost (an ASR result that arrives after the hang-up event).
 //! 3. A segment whose seq was already seen is a duplicate and ignored.
 //! 4. Agent segments are scanned: forbidden and filler hits become
 //!    violations; greeting and closing hits feed the window verdicts.
@@ -18,8 +20,8 @@
 //!    verdict, then the summary with the score.
 
 use crate::event::{
-    Channel, CloseReason, Counts, Event, Input, InputKind, Segment, Speaker, Summary, Violation,
-    event_id,
+    Category, Channel, CloseReason, Counts, Event, Input, InputKind, Segment, Speaker, Summary,
+    Violation, event_id,
 };
 use crate::lexicon::RuleKind;
 use crate::matcher::{Scanner, Scratch};
@@ -75,7 +77,8 @@ pub enum Outcome {
     Provisional,
     /// A segment seq already seen in this conversation: ignored.
     Duplicate,
-    /// An event for a conversation that was already closed: ignored.
+    /// An event for a conversation that was already closed: a new segment
+    /// is scanned for phrase violations, nothing else changes.
     Late,
     /// An `end` event closed the conversation.
     Closed,
@@ -173,13 +176,21 @@ impl Conversation {
     }
 }
 
+/// What is remembered of a closed conversation.
+struct Tombstone {
+    closed_at_ms: u64,
+    /// Seqs seen, so a redelivered segment stays a duplicate after close.
+    seen: SeqSet,
+    channel: Option<Channel>,
+}
+
 /// Judges conversations.
 pub struct Engine {
     scanner: Arc<Scanner>,
     config: EngineConfig,
     open: Map<Conversation>,
-    /// Recently closed conversations → when they closed.
-    closed: Map<u64>,
+    /// Recently closed conversations.
+    closed: Map<Tombstone>,
     next_order: u64,
     scratch: Scratch,
 }
@@ -235,7 +246,28 @@ impl Engine {
         let conv = match self.open.get_mut(&key) {
             Some(c) => c,
             None => {
-                if self.closed.contains_key(&key) {
+                if let Some(t) = self.closed.get_mut(&key) {
+                    if !t.seen.insert(segment.seq) {
+                        return Outcome::Duplicate;
+                    }
+                    if self.scanner.judges(segment.speaker) {
+                        let cx = Ctx {
+                            tenant: key.tenant,
+                            id: key.id,
+                            input,
+                            segment,
+                            now_ms,
+                        };
+                        let channel = input.channel.or(t.channel);
+                        phrase_violations(
+                            &self.scanner,
+                            &mut self.scratch,
+                            &cx,
+                            channel,
+                            out,
+                            |_, _, _| {},
+                        );
+                    }
                     return Outcome::Late;
                 }
                 let order = self.next_order;
@@ -296,7 +328,8 @@ impl Engine {
             }
         }
         let ttl = self.config.tombstone_ttl_ms;
-        self.closed.retain(|_, at| now_ms.saturating_sub(*at) < ttl);
+        self.closed
+            .retain(|_, t| now_ms.saturating_sub(t.closed_at_ms) < ttl);
         n
     }
 
@@ -376,7 +409,14 @@ impl Engine {
             lexicon_version: scanner.version().to_string(),
             ts_ms: now_ms,
         }));
-        self.closed.insert(key, now_ms);
+        self.closed.insert(
+            key,
+            Tombstone {
+                closed_at_ms: now_ms,
+                seen: std::mem::take(&mut conv.seen),
+                channel: conv.channel,
+            },
+        );
     }
 
     /// Open conversations, for saving across a restart:
@@ -409,6 +449,53 @@ fn judge_segment(
     conv: &mut Conversation,
     out: &mut Vec<Event>,
 ) {
+    let channel = cx.input.channel.or(conv.channel);
+    let (has_greeting, has_closing) = phrase_violations(
+        scanner,
+        scratch,
+        &cx,
+        channel,
+        out,
+        |category, section, deduct| {
+            conv.counts.add(category);
+            conv.deduct(section, deduct);
+        },
+    );
+    let text = cx.segment.text.as_ref();
+    if cx.segment.speaker != Speaker::Agent {
+        return;
+    }
+    conv.agent_segments += 1;
+    conv.last_agent_seq = cx.segment.seq;
+    conv.last_agent_text.clear();
+    conv.last_agent_text.push_str(text);
+    conv.closing_bits = (conv.closing_bits << 1) | u32::from(has_closing);
+    if conv.midway || conv.greeted.is_some() {
+        return;
+    }
+    let Some(g) = scanner.windowed_rule(RuleKind::Greeting) else {
+        return;
+    };
+    if has_greeting {
+        conv.greeted = Some(true);
+    } else if conv.agent_segments as usize >= scanner.rule(g).window {
+        conv.greeted = Some(false);
+        let ts = cx.input.ts_ms.unwrap_or(cx.now_ms);
+        push_missing(scanner, g, cx.tenant, cx.id, conv, ts, out);
+    }
+}
+
+/// Scans the segment and emits one violation per forbidden or filler hit,
+/// calling `counted(category, section id, deduct)` for each. Returns whether
+/// a greeting and a closing phrase occurred.
+fn phrase_violations(
+    scanner: &Scanner,
+    scratch: &mut Scratch,
+    cx: &Ctx<'_, '_>,
+    channel: Option<Channel>,
+    out: &mut Vec<Event>,
+    mut counted: impl FnMut(Category, &str, f64),
+) -> (bool, bool) {
     let text = cx.segment.text.as_ref();
     scanner.scan(text, cx.segment.speaker, scratch);
     let mut has_greeting = false;
@@ -433,13 +520,16 @@ fn judge_segment(
                     e.as_bytes(),
                 ]);
                 let category = rule.kind.violation_category();
-                conv.counts.add(category);
-                conv.deduct(&scanner.lexicon().sections[rule.section].id, rule.deduct);
+                counted(
+                    category,
+                    &scanner.lexicon().sections[rule.section].id,
+                    rule.deduct,
+                );
                 out.push(Event::Violation(Violation {
                     id,
                     conversation_id: cx.id.to_string(),
                     tenant: cx.tenant.to_string(),
-                    channel: cx.input.channel.or(conv.channel),
+                    channel,
                     agent_id: cx.input.agent_id.as_deref().map(str::to_string),
                     seq: cx.segment.seq,
                     rule_id: rule.id.clone(),
@@ -456,27 +546,7 @@ fn judge_segment(
             }
         }
     }
-    if cx.segment.speaker != Speaker::Agent {
-        return;
-    }
-    conv.agent_segments += 1;
-    conv.last_agent_seq = cx.segment.seq;
-    conv.last_agent_text.clear();
-    conv.last_agent_text.push_str(text);
-    conv.closing_bits = (conv.closing_bits << 1) | u32::from(has_closing);
-    if conv.midway || conv.greeted.is_some() {
-        return;
-    }
-    let Some(g) = scanner.windowed_rule(RuleKind::Greeting) else {
-        return;
-    };
-    if has_greeting {
-        conv.greeted = Some(true);
-    } else if conv.agent_segments as usize >= scanner.rule(g).window {
-        conv.greeted = Some(false);
-        let ts = cx.input.ts_ms.unwrap_or(cx.now_ms);
-        push_missing(scanner, g, cx.tenant, cx.id, conv, ts, out);
-    }
+    (has_greeting, has_closing)
 }
 
 /// A missing_greeting / missing_closing violation, pointing at the most

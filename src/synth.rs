@@ -284,3 +284,22 @@ pub fn large_rule_toml(n: usize, seed: u64) -> String {
     toml.push_str("]\n");
     toml
 }
+
+/// Like [`jsonl`], but conversations interleaved round-robin (each keeps its
+/// own order), as live traffic arrives.
+pub fn interleaved_jsonl(convs: &[Conversation], tenant: &str, channel: &str) -> Vec<String> {
+    let per: Vec<Vec<String>> = convs
+        .iter()
+        .map(|c| jsonl(std::slice::from_ref(c), tenant, channel))
+        .collect();
+    let longest = per.iter().map(Vec::len).max().unwrap_or(0);
+    let mut out = Vec::with_capacity(per.iter().map(Vec::len).sum());
+    for i in 0..longest {
+        for lines in &per {
+            if let Some(l) = lines.get(i) {
+                out.push(l.clone());
+            }
+        }
+    }
+    out
+}

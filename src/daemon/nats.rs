@@ -62,6 +62,7 @@ pub async fn connect(
                         status.connected.store(false, Ordering::Relaxed);
                         metrics.nats_connected.set(0);
                     }
+                    Event::Draining => tracing::info!("draining the NATS connection"),
                     other => tracing::warn!(event = %other, "NATS event"),
                 }
             }

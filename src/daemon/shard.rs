@@ -237,11 +237,14 @@ impl Shard {
             let mut failed = Vec::new();
             for (i, sent) in acks {
                 let stored = match sent {
-                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                    Ok(ack) => ack.await.map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
                 match stored {
-                    Ok(()) => self.count_stored(&events[i], arrived_ms),
+                    // A duplicate was stored before (a redelivery): count
+                    // each event once.
+                    Ok(ack) if ack.duplicate => {}
+                    Ok(_) => self.count_stored(&events[i], arrived_ms),
                     Err(e) => {
                         let kind = match events[i] {
                             Event::Violation(_) => "violation",

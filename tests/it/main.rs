@@ -2,8 +2,10 @@
 //! file). They use only fixtures under `tests/fixtures/`, never `../shared`.
 
 mod cli;
+mod daemon;
 mod default_lexicon;
 mod golden;
+mod nats_support;
 mod properties;
 mod semantics;
 mod support;

@@ -1,0 +1,129 @@
+//! A real `nats-server` (2.11+, JetStream) on free loopback ports, killed on
+//! drop, and helpers to run the daemon against it in-process or as a child
+//! process.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The nats-server binary: `$NATS_SERVER_BIN`, else the copy `./dev test`
+/// installs into `.local/nats`, else `nats-server` on PATH.
+pub fn nats_server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/nats/bin/nats-server");
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from("nats-server")
+}
+
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+pub fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "zhijian-{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A running nats-server with JetStream.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    pub monitor: u16,
+    pub store: PathBuf,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let store = tempdir("nats");
+        NatsServer::start_at(free_port(), free_port(), store)
+    }
+
+    /// Starts on given ports and store (a restart reuses both).
+    pub fn start_at(port: u16, monitor: u16, store: PathBuf) -> NatsServer {
+        let bin = nats_server_bin();
+        let child = Command::new(&bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor.to_string(), "-js", "-sd"])
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}): install nats-server 2.11+ (./dev test installs it into .local/nats)",
+                    bin.display()
+                )
+            });
+        let mut s = NatsServer {
+            child: Some(child),
+            port,
+            monitor,
+            store,
+        };
+        s.wait_ready();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if http_get(self.monitor, "/healthz?js-enabled-only=true")
+                .is_some_and(|(code, _)| code == 200)
+            {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("nats-server exited at start: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("nats-server not ready after 10 s");
+    }
+
+    /// Kills the server (the store stays for a restart).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A minimal HTTP/1.0 GET on loopback: (status code, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
