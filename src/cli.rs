@@ -66,6 +66,36 @@ enum Command {
         /// JSONL file, or - for standard input.
         file: PathBuf,
     },
+    /// Load generator: drive the daemon and a pass-through consumer through
+    /// a real nats-server and report throughput, latency, loss, duplicates.
+    Bench {
+        /// NATS server (JetStream) to use; its zhijian streams are reset.
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        #[arg(long, default_value = "lexicons")]
+        lexicons: PathBuf,
+        /// Conversations, all open at once (interleaved).
+        #[arg(long, default_value_t = 4000)]
+        conversations: usize,
+        /// Agent turns per conversation (plus as many customer turns).
+        #[arg(long, default_value_t = 6)]
+        agent_turns: usize,
+        /// Input segments per second (0: as fast as JetStream acks allow).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 2)]
+        shards: usize,
+        /// Comma-separated: passthrough, daemon.
+        #[arg(long, default_value = "passthrough,daemon")]
+        modes: String,
+    },
+    /// The pass-through consumer the bench compares against (consume,
+    /// publish one small event, ack; no scanning).
+    #[command(hide = true)]
+    Passthrough {
+        #[command(flatten)]
+        common: Common,
+    },
     /// Print violations and summaries from NATS as they are published.
     Tail {
         #[command(flatten)]
@@ -154,6 +184,24 @@ pub fn main() -> ExitCode {
         ),
         Command::Publish { common, rate, file } => cmd_publish(&common, rate, &file),
         Command::Tail { common, json } => cmd_tail(&common, json),
+        Command::Passthrough { common } => cmd_passthrough(&common),
+        Command::Bench {
+            nats_url,
+            lexicons,
+            conversations,
+            agent_turns,
+            rate,
+            shards,
+            modes,
+        } => cmd_bench(crate::loadgen::BenchOptions {
+            nats_url,
+            lexicons: std::fs::canonicalize(&lexicons).unwrap_or(lexicons),
+            conversations,
+            agent_turns,
+            rate,
+            shards,
+            modes: modes.split(',').map(|m| m.trim().to_string()).collect(),
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -388,4 +436,60 @@ fn cmd_tail(common: &Common, json: bool) -> Result<(), Failure> {
             _ = terminate_signal() => Ok(()),
         }
     })
+}
+
+fn cmd_passthrough(common: &Common) -> Result<(), Failure> {
+    let flags = Overrides {
+        nats_url: common.nats_url.clone(),
+        ..Overrides::default()
+    };
+    let config = load_config(common, &flags)?;
+    init_logging(&config);
+    runtime()?
+        .block_on(crate::loadgen::passthrough(config))
+        .map_err(Failure::Runtime)
+}
+
+fn cmd_bench(opts: crate::loadgen::BenchOptions) -> Result<(), Failure> {
+    let reports = runtime()?
+        .block_on(crate::loadgen::bench(&opts))
+        .map_err(Failure::Runtime)?;
+    println!(
+        "{} conversations x {} agent turns, rate {}, {} shards",
+        opts.conversations,
+        opts.agent_turns,
+        if opts.rate > 0.0 {
+            format!("{}/s", opts.rate)
+        } else {
+            "max".into()
+        },
+        opts.shards
+    );
+    println!("{}", crate::loadgen::ModeReport::HEADER);
+    for r in &reports {
+        println!("{}", r.row());
+    }
+    if let (Some(p), Some(d)) = (
+        reports.iter().find(|r| r.mode == "passthrough"),
+        reports.iter().find(|r| r.mode == "daemon"),
+    ) {
+        println!(
+            "daemon/passthrough throughput: {:.2}; p99 added: {:.2} ms; p99.9 added: {:.2} ms",
+            d.inputs_per_second / p.inputs_per_second,
+            d.latency_ms[2] - p.latency_ms[2],
+            d.latency_ms[3] - p.latency_ms[3]
+        );
+    }
+    let bad: Vec<&crate::loadgen::ModeReport> = reports
+        .iter()
+        .filter(|r| r.lost > 0 || r.duplicated_in_stream > 0)
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Runtime(format!(
+            "{} mode(s) lost or duplicated events",
+            bad.len()
+        )))
+    }
 }

@@ -25,6 +25,13 @@
 //! - [`matcher`]: the compiled lexicon ([`matcher::Scanner`]) and hit filters.
 //! - [`engine`]: conversation state, verdicts and events.
 //! - [`scan`]: the offline JSONL runner behind `zhijian scan`.
+//! - [`daemon`]: `zhijian run`: NATS JetStream in and out, shards, dead
+//!   letters, state across restarts, lexicon reload, metrics and health.
+//! - [`config`]: the daemon's TOML configuration and its overrides.
+//! - [`metrics`]: the Prometheus metrics.
+//! - [`client`]: `zhijian publish` and `zhijian tail`.
+//! - [`loadgen`]: `zhijian bench`, the load generator and its pass-through
+//!   baseline.
 //! - [`synth`]: synthetic traffic for benchmarks, load tests and the demo.
 //! - [`cli`]: the command line.
 //!
@@ -42,6 +49,7 @@ pub mod daemon;
 pub mod engine;
 pub mod event;
 pub mod lexicon;
+pub mod loadgen;
 pub mod matcher;
 pub mod metrics;
 pub mod normalize;

@@ -111,3 +111,60 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("mkdir");
     dir
 }
+
+#[test]
+fn the_documented_config_example_is_valid_and_complete() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/zhijian.toml");
+    let text = std::fs::read_to_string(&path).expect("deploy/zhijian.toml");
+    let raw = zhijian::config::RawConfig::parse(&text).expect("parses");
+    assert_eq!(
+        raw,
+        zhijian::config::RawConfig::default(),
+        "the example must show the defaults"
+    );
+    // Every key of every section is mentioned (commented-out secrets too).
+    for key in [
+        "url",
+        "name",
+        "user",
+        "password",
+        "token",
+        "credentials_file",
+        "tls_ca_file",
+        "tls_client_cert",
+        "tls_client_key",
+        "tls_required",
+        "connect_timeout_ms",
+        "create",
+        "input_stream",
+        "input_prefix",
+        "consumer",
+        "output_stream",
+        "violations_prefix",
+        "summaries_prefix",
+        "deadletter_subject",
+        "deadletter_stream",
+        "state_bucket",
+        "duplicate_window_s",
+        "max_ack_pending",
+        "ack_wait_s",
+        "lexicons",
+        "shards",
+        "idle_timeout_s",
+        "tombstone_ttl_s",
+        "reload_poll_ms",
+        "shutdown_grace_s",
+        "publish_attempts",
+        "nak_delay_ms",
+        "stall_timeout_s",
+        "shard_queue",
+        "addr",
+        "format",
+        "level",
+    ] {
+        assert!(
+            text.contains(&format!("{key} =")),
+            "deploy/zhijian.toml does not document {key}"
+        );
+    }
+}

@@ -1,0 +1,456 @@
+//! `zhijian bench`: a load generator that drives the real daemon through a
+//! real nats-server and, in the same run, a pass-through consumer (consume,
+//! publish one small event per input, ack; no scanning), so the scanner's
+//! cost is a ratio measured on the same noisy machine, not an absolute.
+//!
+//! For each mode it resets the streams, starts the consumer as a child
+//! process (`zhijian run` / `zhijian passthrough`), publishes interleaved
+//! synthetic conversations (thousands open at once) at a fixed rate or as
+//! fast as JetStream acks allow, receives the output events, and reports
+//! throughput, latency percentiles (input publish → output received),
+//! events lost and duplicated, and the child's peak RSS.
+
+use crate::config::Config;
+use crate::daemon::{self, nats};
+use crate::engine::{Engine, EngineConfig};
+use crate::event::Event;
+use crate::metrics::Metrics;
+use crate::synth::{self, Mix};
+use async_nats::jetstream::{self, AckKind};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// `zhijian passthrough`: the baseline consumer. Same streams, same batched
+/// pulls and sharding as the daemon; per input it publishes one small event
+/// through JetStream, waits for the ack, then acks the input.
+pub async fn passthrough(config: Config) -> Result<(), String> {
+    let status = Arc::new(nats::Status::default());
+    let client = nats::connect(&config, status, Arc::new(Metrics::new())).await?;
+    nats::check_server(&client)?;
+    let setup = nats::setup(&client, &config).await?;
+    let mut senders = Vec::new();
+    let mut workers = Vec::new();
+    for _ in 0..config.shards {
+        let (tx, mut rx) = mpsc::channel::<jetstream::Message>(config.shard_queue);
+        senders.push(tx);
+        let js = setup.js.clone();
+        let subject = format!("{}.bench.passthrough", config.streams.violations_prefix);
+        workers.push(tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", format!("pt.{seq}").as_str());
+                let payload = format!("{{\"type\":\"passthrough\",\"input_seq\":{seq}}}");
+                let stored = match js
+                    .publish_with_headers(subject.clone(), headers, payload.into())
+                    .await
+                {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                };
+                let kind = if stored {
+                    AckKind::Ack
+                } else {
+                    AckKind::Nak(None)
+                };
+                let _ = m.ack_with(kind).await;
+            }
+        }));
+    }
+    let prefix = format!("{}.", config.streams.input_prefix);
+    loop {
+        let mut batch = tokio::select! {
+            _ = terminate() => break,
+            b = setup.consumer.batch().max_messages(256).expires(Duration::from_millis(500)).messages() => {
+                b.map_err(|e| e.to_string())?
+            }
+        };
+        while let Some(Ok(msg)) = batch.next().await {
+            let subject = msg.message.subject.as_str();
+            let key = subject.strip_prefix(prefix.as_str()).unwrap_or(subject);
+            let (tenant, id) = key.split_once('.').unwrap_or(("", key));
+            let shard = daemon::shard::shard_of(tenant, id, senders.len());
+            if senders[shard].send(msg).await.is_err() {
+                break;
+            }
+        }
+    }
+    drop(senders);
+    for w in workers {
+        let _ = w.await;
+    }
+    let _ = client.drain().await;
+    Ok(())
+}
+
+async fn terminate() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// Settings of one bench run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub nats_url: String,
+    pub lexicons: PathBuf,
+    pub conversations: usize,
+    pub agent_turns: usize,
+    /// Segments per second; 0 = as fast as JetStream acks allow.
+    pub rate: f64,
+    pub shards: usize,
+    pub modes: Vec<String>,
+}
+
+/// What one mode measured.
+#[derive(Debug, Clone)]
+pub struct ModeReport {
+    pub mode: String,
+    pub inputs: usize,
+    pub seconds: f64,
+    pub inputs_per_second: f64,
+    pub latency_samples: usize,
+    /// p50, p90, p99, p99.9, max in milliseconds.
+    pub latency_ms: [f64; 5],
+    pub expected_events: usize,
+    pub received_unique: usize,
+    pub lost: usize,
+    pub duplicated_in_stream: usize,
+    pub peak_rss_mb: f64,
+}
+
+impl ModeReport {
+    pub fn row(&self) -> String {
+        let l = &self.latency_ms;
+        format!(
+            "| {} | {} | {:.2} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.1} |",
+            self.mode,
+            self.inputs,
+            self.seconds,
+            self.inputs_per_second,
+            self.latency_samples,
+            l[0],
+            l[1],
+            l[2],
+            l[3],
+            l[4],
+            self.lost,
+            self.duplicated_in_stream,
+            self.peak_rss_mb
+        )
+    }
+
+    pub const HEADER: &'static str = "| mode | inputs | seconds | inputs/s | latency samples | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | lost | duplicated | peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+}
+
+/// Runs every requested mode and returns their reports.
+pub async fn bench(opts: &BenchOptions) -> Result<Vec<ModeReport>, String> {
+    let mix = Mix {
+        agent_turns: opts.agent_turns,
+        ..Mix::default()
+    };
+    let convs = synth::conversations(7, opts.conversations, "bench-", &mix);
+    let lines = synth::interleaved_jsonl(&convs, "bench", "call");
+    let lexicon = Arc::new(daemon::load_scanner(&opts.lexicons)?);
+    let mut engine = Engine::new(Arc::clone(&lexicon), EngineConfig::default());
+    let mut expected = Vec::new();
+    crate::scan::scan(
+        &mut engine,
+        lines.join("\n").as_bytes(),
+        &mut ExpectSink(&mut expected),
+        &mut std::io::sink(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut reports = Vec::new();
+    for mode in &opts.modes {
+        reports.push(run_mode(opts, mode, &lines, &expected).await?);
+    }
+    Ok(reports)
+}
+
+/// Collects scan output lines as events.
+struct ExpectSink<'a>(&'a mut Vec<Event>);
+
+impl std::io::Write for ExpectSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            if let Ok(e) = serde_json::from_slice(line) {
+                self.0.push(e);
+            }
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn config_text(opts: &BenchOptions, metrics_port: u16) -> String {
+    format!(
+        "[nats]\nurl = \"{}\"\n[engine]\nlexicons = \"{}\"\nshards = {}\n[metrics]\naddr = \"127.0.0.1:{metrics_port}\"\n[log]\nlevel = \"warn\"\n",
+        opts.nats_url,
+        opts.lexicons.display(),
+        opts.shards
+    )
+}
+
+async fn run_mode(
+    opts: &BenchOptions,
+    mode: &str,
+    lines: &[String],
+    expected: &[Event],
+) -> Result<ModeReport, String> {
+    let client = async_nats::connect(opts.nats_url.as_str())
+        .await
+        .map_err(|e| e.to_string())?;
+    let js = jetstream::new(client.clone());
+    for s in ["TRANSCRIPTS", "VIOLATIONS", "ZHIJIAN_DEADLETTER"] {
+        let _ = js.delete_stream(s).await;
+    }
+    let _ = js.delete_key_value("zhijian_state").await;
+
+    let dir = std::env::temp_dir().join(format!("zhijian-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let metrics_port = free_port()?;
+    let cfg = dir.join(format!("{mode}.toml"));
+    std::fs::write(&cfg, config_text(opts, metrics_port)).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let sub = match mode {
+        "daemon" => "run",
+        "passthrough" => "passthrough",
+        other => return Err(format!("unknown mode {other:?} (daemon, passthrough)")),
+    };
+    let mut child = std::process::Command::new(exe)
+        .args([sub, "--config"])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start zhijian {sub}: {e}"))?;
+    let pid = child.id();
+    // Ready: the consumer exists (both modes create it at start).
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(s) = js.get_stream("TRANSCRIPTS").await
+            && s.get_consumer::<jetstream::consumer::pull::Config>("zhijian")
+                .await
+                .is_ok()
+        {
+            break;
+        }
+        if Instant::now() > ready_by {
+            let _ = child.kill();
+            return Err(format!("zhijian {sub} not ready after 30 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Which input line each output answers, to time it.
+    let mut line_of: HashMap<String, usize> = HashMap::new();
+    for (i, l) in lines.iter().enumerate() {
+        if let Ok(input) = crate::event::decode_str(l) {
+            let key = match &input.kind {
+                crate::event::InputKind::Segment(s) => {
+                    format!("{}#{}", input.conversation_id, s.seq)
+                }
+                crate::event::InputKind::End => format!("{}#end", input.conversation_id),
+            };
+            line_of.insert(key, i);
+        }
+    }
+    let published: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; lines.len()]));
+    let expected_events = if mode == "daemon" {
+        expected.len()
+    } else {
+        lines.len()
+    };
+
+    let mut outputs = client
+        .subscribe("violations.>")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut summaries = client
+        .subscribe("summaries.>")
+        .await
+        .map_err(|e| e.to_string())?;
+    let pubs = Arc::clone(&published);
+    let receiver = tokio::spawn(async move {
+        let mut latencies = Vec::new();
+        let mut seen: HashMap<String, u32> = HashMap::new();
+        let mut last = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while seen.len() < expected_events && Instant::now() < deadline {
+            let msg = tokio::select! {
+                m = outputs.next() => m,
+                m = summaries.next() => m,
+                _ = tokio::time::sleep(Duration::from_secs(20)) => break,
+            };
+            let Some(msg) = msg else { break };
+            let now = Instant::now();
+            last = now;
+            let (id, line) = match serde_json::from_slice::<Event>(&msg.payload) {
+                Ok(Event::Violation(v)) => {
+                    let k = format!("{}#{}", v.conversation_id, v.seq);
+                    (v.id, line_of.get(&k).copied())
+                }
+                Ok(Event::Summary(s)) => {
+                    let k = format!("{}#end", s.conversation_id);
+                    (s.id, line_of.get(&k).copied())
+                }
+                Err(_) => {
+                    // Pass-through: {"input_seq": N}, N = line + 1.
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&msg.payload).unwrap_or_default();
+                    let seq = v["input_seq"].as_u64().unwrap_or(0) as usize;
+                    (format!("pt.{seq}"), seq.checked_sub(1))
+                }
+            };
+            let first = {
+                let c = seen.entry(id).or_insert(0);
+                *c += 1;
+                *c == 1
+            };
+            if first
+                && let Some(i) = line
+                && let Ok(p) = pubs.lock()
+                && let Some(Some(t)) = p.get(i)
+            {
+                latencies.push(now.duration_since(*t).as_secs_f64() * 1000.0);
+            }
+        }
+        (latencies, seen, last)
+    });
+
+    // Publish.
+    let started = Instant::now();
+    let mut in_flight = std::collections::VecDeque::new();
+    for (i, l) in lines.iter().enumerate() {
+        if opts.rate > 0.0 {
+            let due = started + Duration::from_secs_f64(i as f64 / opts.rate);
+            if due > Instant::now() {
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
+        let subject = match crate::event::decode_str(l) {
+            Ok(input) => format!("transcripts.{}.{}", input.tenant, input.conversation_id),
+            Err(_) => "transcripts.invalid.x".to_string(),
+        };
+        if let Ok(mut p) = published.lock() {
+            p[i] = Some(Instant::now());
+        }
+        let ack = js
+            .publish(subject, l.clone().into_bytes().into())
+            .await
+            .map_err(|e| e.to_string())?;
+        in_flight.push_back(ack);
+        if in_flight.len() >= 4096
+            && let Some(a) = in_flight.pop_front()
+        {
+            a.await.map_err(|e| e.to_string())?;
+        }
+    }
+    for a in in_flight {
+        a.await.map_err(|e| e.to_string())?;
+    }
+    let published_in = started.elapsed().as_secs_f64();
+    let (mut latencies, seen, last) = receiver.await.map_err(|e| e.to_string())?;
+    let seconds = last.duration_since(started).as_secs_f64();
+    let peak_rss_mb = peak_rss_mb(pid);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = child.wait();
+
+    // Stored duplicates: messages in the output stream vs distinct ids.
+    let stored = stream_ids(&js, "VIOLATIONS").await?;
+    let distinct: std::collections::HashSet<&String> = stored.iter().collect();
+    let want: Vec<String> = if mode == "daemon" {
+        expected.iter().map(|e| e.id().to_string()).collect()
+    } else {
+        (1..=lines.len()).map(|s| format!("pt.{s}")).collect()
+    };
+    let lost = want.iter().filter(|id| !seen.contains_key(*id)).count();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+        latencies[i.min(latencies.len() - 1)]
+    };
+    eprintln!(
+        "{mode}: published {} inputs in {published_in:.2} s, last output after {seconds:.2} s",
+        lines.len()
+    );
+    Ok(ModeReport {
+        mode: mode.to_string(),
+        inputs: lines.len(),
+        seconds,
+        inputs_per_second: lines.len() as f64 / seconds,
+        latency_samples: latencies.len(),
+        latency_ms: [pct(0.5), pct(0.9), pct(0.99), pct(0.999), pct(1.0)],
+        expected_events: want.len(),
+        received_unique: seen.len(),
+        lost,
+        duplicated_in_stream: stored.len() - distinct.len(),
+        peak_rss_mb,
+    })
+}
+
+/// The `Nats-Msg-Id` of every message in a stream.
+async fn stream_ids(js: &jetstream::Context, stream: &str) -> Result<Vec<String>, String> {
+    let mut s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+    let n = s.info().await.map_err(|e| e.to_string())?.state.messages as usize;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let consumer = s
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(n);
+    let mut msgs = consumer.messages().await.map_err(|e| e.to_string())?;
+    while out.len() < n {
+        match tokio::time::timeout(Duration::from_secs(10), msgs.next()).await {
+            Ok(Some(Ok(m))) => {
+                let id = m
+                    .message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Msg-Id"))
+                    .map(|v| v.as_str().to_string())
+                    .unwrap_or_default();
+                out.push(id);
+            }
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+/// VmHWM of a process, in MB (0 if unreadable).
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))
+        .unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
