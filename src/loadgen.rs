@@ -62,9 +62,13 @@ pub async fn passthrough(config: Config) -> Result<(), String> {
         }));
     }
     let prefix = format!("{}.", config.streams.input_prefix);
+    // One signal stream for the whole run: a SIGTERM that arrives while a
+    // batch is being read must not be missed.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot listen for SIGTERM: {e}"))?;
     loop {
         let mut batch = tokio::select! {
-            _ = terminate() => break,
+            _ = term.recv() => break,
             b = setup.consumer.batch().max_messages(256).expires(Duration::from_millis(500)).messages() => {
                 b.map_err(|e| e.to_string())?
             }
@@ -85,16 +89,6 @@ pub async fn passthrough(config: Config) -> Result<(), String> {
     }
     let _ = client.drain().await;
     Ok(())
-}
-
-async fn terminate() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
-        }
-        Err(_) => std::future::pending().await,
-    }
 }
 
 /// Settings of one bench run.
@@ -161,36 +155,23 @@ pub async fn bench(opts: &BenchOptions) -> Result<Vec<ModeReport>, String> {
     let lines = synth::interleaved_jsonl(&convs, "bench", "call");
     let lexicon = Arc::new(daemon::load_scanner(&opts.lexicons)?);
     let mut engine = Engine::new(Arc::clone(&lexicon), EngineConfig::default());
-    let mut expected = Vec::new();
-    crate::scan::scan(
-        &mut engine,
-        lines.join("\n").as_bytes(),
-        &mut ExpectSink(&mut expected),
-        &mut std::io::sink(),
-    )
-    .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    crate::scan::scan(&mut engine, lines.join("\n").as_bytes(), &mut out, &mut std::io::sink())
+        .map_err(|e| e.to_string())?;
+    let expected: Vec<Event> = out
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(serde_json::from_slice)
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    if expected.is_empty() {
+        return Err("the generated traffic yields no expected events: nothing to measure".into());
+    }
     let mut reports = Vec::new();
     for mode in &opts.modes {
         reports.push(run_mode(opts, mode, &lines, &expected).await?);
     }
     Ok(reports)
-}
-
-/// Collects scan output lines as events.
-struct ExpectSink<'a>(&'a mut Vec<Event>);
-
-impl std::io::Write for ExpectSink<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            if let Ok(e) = serde_json::from_slice(line) {
-                self.0.push(e);
-            }
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 fn config_text(opts: &BenchOptions, metrics_port: u16) -> String {
@@ -228,13 +209,15 @@ async fn run_mode(
         "passthrough" => "passthrough",
         other => return Err(format!("unknown mode {other:?} (daemon, passthrough)")),
     };
-    let mut child = std::process::Command::new(exe)
+    let child = std::process::Command::new(exe)
         .args([sub, "--config"])
         .arg(&cfg)
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .map_err(|e| format!("cannot start zhijian {sub}: {e}"))?;
-    let pid = child.id();
+    let mut child = KillOnDrop(child);
+    let pid = child.0.id();
     // Ready: the consumer exists (both modes create it at start).
     let ready_by = Instant::now() + Duration::from_secs(30);
     loop {
@@ -246,7 +229,6 @@ async fn run_mode(
             break;
         }
         if Instant::now() > ready_by {
-            let _ = child.kill();
             return Err(format!("zhijian {sub} not ready after 30 s"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -366,7 +348,7 @@ async fn run_mode(
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
-    let _ = child.wait();
+    let _ = child.0.wait();
 
     // Stored duplicates: messages in the output stream vs distinct ids.
     let stored = stream_ids(&js, "VIOLATIONS").await?;
@@ -436,6 +418,18 @@ async fn stream_ids(js: &jetstream::Context, stream: &str) -> Result<Vec<String>
         }
     }
     Ok(out)
+}
+
+/// A child process killed when the bench returns early.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 fn free_port() -> Result<u16, String> {
