@@ -74,9 +74,13 @@ enum Command {
         nats_url: String,
         #[arg(long, default_value = "lexicons")]
         lexicons: PathBuf,
-        /// Conversations, all open at once (interleaved).
-        #[arg(long, default_value_t = 4000)]
+        /// Conversations in the run.
+        #[arg(long, default_value_t = 8000)]
         conversations: usize,
+        /// Conversations in progress at any time (a new one starts when
+        /// one ends).
+        #[arg(long, default_value_t = 2000)]
+        open: usize,
         /// Agent turns per conversation (plus as many customer turns).
         #[arg(long, default_value_t = 6)]
         agent_turns: usize,
@@ -189,6 +193,7 @@ pub fn main() -> ExitCode {
             nats_url,
             lexicons,
             conversations,
+            open,
             agent_turns,
             rate,
             shards,
@@ -197,6 +202,7 @@ pub fn main() -> ExitCode {
             nats_url,
             lexicons: std::fs::canonicalize(&lexicons).unwrap_or(lexicons),
             conversations,
+            open,
             agent_turns,
             rate,
             shards,
@@ -455,8 +461,9 @@ fn cmd_bench(opts: crate::loadgen::BenchOptions) -> Result<(), Failure> {
         .block_on(crate::loadgen::bench(&opts))
         .map_err(Failure::Runtime)?;
     println!(
-        "{} conversations x {} agent turns, rate {}, {} shards",
+        "{} conversations ({} open at once) x {} agent turns, rate {}, {} shards",
         opts.conversations,
+        opts.open,
         opts.agent_turns,
         if opts.rate > 0.0 {
             format!("{}/s", opts.rate)

