@@ -415,7 +415,7 @@ async fn a_nats_restart_mid_stream_loses_nothing() {
     let (first, second) = lines.split_at(lines.len() / 2);
     publish(&nats, first).await;
     let (port, monitor, store) = (nats.port, nats.monitor, nats.store.clone());
-    nats.stop();
+    nats.stop_gracefully();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let nats = NatsServer::start_at(port, monitor, store);
     wait_ready(daemon.metrics_port).await;

@@ -98,6 +98,19 @@ impl NatsServer {
         panic!("nats-server not ready after 10 s");
     }
 
+    /// Stops the server as an operator restarting it does (SIGTERM: it
+    /// flushes its store and exits). A SIGKILLed single server may lose
+    /// writes it acknowledged but had not yet flushed (JetStream's
+    /// `sync_interval`): that is the server's durability, not ours.
+    pub fn stop_gracefully(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
     /// Kills the server (the store stays for a restart).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
