@@ -133,7 +133,7 @@ impl Default for EngineSection {
             lexicons: PathBuf::from("lexicons"),
             shards: 4,
             idle_timeout_s: 300,
-            tombstone_ttl_s: 1800,
+            tombstone_ttl_s: 600,
             reload_poll_ms: 1000,
         }
     }

@@ -111,7 +111,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            tombstone_ttl_ms: 30 * 60 * 1000,
+            tombstone_ttl_ms: 10 * 60 * 1000,
         }
     }
 }
