@@ -151,43 +151,26 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
     let s = &config.streams;
     let js = jetstream::new(client.clone());
     let create = s.create;
+    let window = Duration::from_secs(s.duplicate_window_s);
     let input = ensure_stream(
         &js,
         create,
-        stream::Config {
-            name: s.input_stream.clone(),
-            subjects: vec![format!("{}.>", s.input_prefix)],
-            storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(s.duplicate_window_s),
-            ..Default::default()
-        },
+        &s.input_stream,
+        vec![format!("{}.>", s.input_prefix)],
+        window,
     )
     .await?;
+    let outputs = vec![
+        format!("{}.>", s.violations_prefix),
+        format!("{}.>", s.summaries_prefix),
+    ];
+    ensure_stream(&js, create, &s.output_stream, outputs, window).await?;
     ensure_stream(
         &js,
         create,
-        stream::Config {
-            name: s.output_stream.clone(),
-            subjects: vec![
-                format!("{}.>", s.violations_prefix),
-                format!("{}.>", s.summaries_prefix),
-            ],
-            storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(s.duplicate_window_s),
-            ..Default::default()
-        },
-    )
-    .await?;
-    ensure_stream(
-        &js,
-        create,
-        stream::Config {
-            name: s.deadletter_stream.clone(),
-            subjects: vec![s.deadletter_subject.clone()],
-            storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(s.duplicate_window_s),
-            ..Default::default()
-        },
+        &s.deadletter_stream,
+        vec![s.deadletter_subject.clone()],
+        window,
     )
     .await?;
 
@@ -245,18 +228,28 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
     })
 }
 
+/// Gets the stream, creating it (file storage, de-duplication window) when
+/// `create` is set.
 async fn ensure_stream(
     js: &jetstream::Context,
     create: bool,
-    config: stream::Config,
+    name: &str,
+    subjects: Vec<String>,
+    duplicate_window: Duration,
 ) -> Result<stream::Stream, String> {
-    let name = config.name.clone();
     if create {
+        let config = stream::Config {
+            name: name.to_string(),
+            subjects,
+            storage: stream::StorageType::File,
+            duplicate_window,
+            ..Default::default()
+        };
         js.get_or_create_stream(config)
             .await
             .map_err(|e| format!("cannot create stream {name:?}: {e}"))
     } else {
-        js.get_stream(&name).await.map_err(|e| {
+        js.get_stream(name).await.map_err(|e| {
             format!("stream {name:?} is missing ({e}); create it, or set [streams] create = true")
         })
     }
