@@ -679,3 +679,97 @@ async fn a_bad_lexicon_refuses_start_up_as_a_config_error() {
     assert!(matches!(err, DaemonError::Config(_)), "{err:?}");
     assert!(err.to_string().contains("a.toml"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_publish_naks_the_input_and_loses_nothing() {
+    let nats = NatsServer::start();
+    let daemon = Daemon::start(config(&nats, &lexicons(), "")).await;
+    let js = js(&nats).await;
+    // Take the output stream away: every publish of an event now fails.
+    js.delete_stream("VIOLATIONS")
+        .await
+        .expect("delete output stream");
+    let lines = vec![
+        r#"{"conversation_id":"c9","tenant":"acme","seq":0,"speaker":"agent","text":"您好，急什么"}"#.to_string(),
+        r#"{"conversation_id":"c9","tenant":"acme","seq":1,"speaker":"agent","text":"不关我的事，再见"}"#.to_string(),
+        r#"{"conversation_id":"c9","tenant":"acme","type":"end"}"#.to_string(),
+    ];
+    publish(&nats, &lines).await;
+    let deadline = Instant::now() + DEADLINE;
+    while !daemon
+        .metrics()
+        .contains("zhijian_naks_total{reason=\"publish_failed\"}")
+    {
+        assert!(Instant::now() < deadline, "no Nak after failed publishes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Bring it back: the redelivered inputs publish the kept events.
+    js.create_stream(jetstream::stream::Config {
+        name: "VIOLATIONS".into(),
+        subjects: vec!["violations.>".into(), "summaries.>".into()],
+        duplicate_window: Duration::from_secs(600),
+        ..Default::default()
+    })
+    .await
+    .expect("recreate output stream");
+    let got = wait_done(&js, 1).await;
+    assert_no_duplicate_ids(&got);
+    assert_same(&got, &scan(&lines), "after failed publishes");
+    assert!(
+        daemon
+            .metrics()
+            .contains("zhijian_publish_failures_total{kind=\"violation\"}")
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_password_authentication() {
+    let dir = tempdir("auth");
+    let (port, monitor) = (free_port(), free_port());
+    let mut child = Command::new(crate::nats_support::nats_server_bin())
+        .args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-m",
+            &monitor.to_string(),
+            "-js",
+            "-sd",
+        ])
+        .arg(dir.join("store"))
+        .args(["--user", "qa", "--pass", "s3cret-pw"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server");
+    let deadline = Instant::now() + DEADLINE;
+    while http_get(monitor, "/healthz?js-enabled-only=true").is_none_or(|(c, _)| c != 200) {
+        assert!(Instant::now() < deadline, "nats-server not ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let toml = |password: &str| {
+        format!(
+            "[nats]\nurl = \"nats://127.0.0.1:{port}\"\nuser = \"qa\"\npassword = \"{password}\"\nconnect_timeout_ms = 2000\n[engine]\nlexicons = \"{}\"\n[metrics]\naddr = \"127.0.0.1:{}\"\n",
+            lexicons().display(),
+            free_port()
+        )
+    };
+    let parse = |t: String| {
+        RawConfig::parse(&t)
+            .and_then(|r| r.validate(&Overrides::default()))
+            .expect("config")
+    };
+    let err = zhijian::daemon::run(parse(toml("wrong")), std::future::pending::<()>())
+        .await
+        .expect_err("a wrong password must fail");
+    assert!(
+        !err.to_string().contains("wrong"),
+        "the password leaked into the error: {err}"
+    );
+    let daemon = Daemon::start(parse(toml("s3cret-pw"))).await;
+    daemon.stop().await;
+    let _ = child.kill();
+    let _ = child.wait();
+}
