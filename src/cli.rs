@@ -100,6 +100,27 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Write generated conversations as input JSONL to stdout (for
+    /// benchmarks and peer comparisons).
+    #[command(hide = true)]
+    Synth {
+        #[arg(long, default_value_t = 2000)]
+        conversations: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Time `Scanner::scan` over the agent segments of a JSONL file (one
+    /// thread, no JSON in the timed loop): the engine side of the peer
+    /// comparison in benches/peers.py.
+    #[command(hide = true)]
+    ScanBench {
+        #[arg(long, default_value = "lexicons")]
+        lexicons: PathBuf,
+        /// Timed passes over the file.
+        #[arg(long, default_value_t = 20)]
+        passes: usize,
+        file: PathBuf,
+    },
     /// Print violations and summaries from NATS as they are published.
     Tail {
         #[command(flatten)]
@@ -189,6 +210,27 @@ pub fn main() -> ExitCode {
         Command::Publish { common, rate, file } => cmd_publish(&common, rate, &file),
         Command::Tail { common, json } => cmd_tail(&common, json),
         Command::Passthrough { common } => cmd_passthrough(&common),
+        Command::Synth {
+            conversations,
+            seed,
+        } => {
+            let convs = crate::synth::conversations(
+                seed,
+                conversations,
+                "synth-",
+                &crate::synth::Mix::default(),
+            );
+            let mut out = io::stdout().lock();
+            crate::synth::jsonl(&convs, "bench", "call")
+                .iter()
+                .try_for_each(|l| writeln!(out, "{l}"))
+                .map_err(Failure::from)
+        }
+        Command::ScanBench {
+            lexicons,
+            passes,
+            file,
+        } => cmd_scan_bench(&lexicons, passes, &file),
         Command::Bench {
             nats_url,
             lexicons,
@@ -499,4 +541,45 @@ fn cmd_bench(opts: crate::loadgen::BenchOptions) -> Result<(), Failure> {
             bad.len()
         )))
     }
+}
+
+fn cmd_scan_bench(lexicons: &Path, passes: usize, file: &Path) -> Result<(), Failure> {
+    let scanner = load_scanner(lexicons)?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", file.display())))?;
+    let agent: Vec<String> = text
+        .lines()
+        .filter_map(|l| crate::event::decode_str(l).ok())
+        .filter_map(|i| match i.kind {
+            crate::event::InputKind::Segment(s) if s.speaker == Speaker::Agent => {
+                Some(s.text.into_owned())
+            }
+            _ => None,
+        })
+        .collect();
+    let mut scratch = Scratch::default();
+    let mut hits = 0usize;
+    // One untimed pass warms the caches and the lazily built tables.
+    for t in &agent {
+        scanner.scan(t, Speaker::Agent, &mut scratch);
+    }
+    let started = std::time::Instant::now();
+    for _ in 0..passes {
+        for t in &agent {
+            scanner.scan(t, Speaker::Agent, &mut scratch);
+            hits += scratch
+                .hits
+                .iter()
+                .filter(|h| scanner.rule(h.rule).kind == RuleKind::Forbidden)
+                .count();
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let n = agent.len() * passes;
+    println!(
+        "{{\"segments\": {n}, \"seconds\": {secs:.6}, \"segments_per_second\": {:.0}, \"forbidden_hits_per_pass\": {}}}",
+        n as f64 / secs,
+        hits / passes.max(1)
+    );
+    Ok(())
 }
