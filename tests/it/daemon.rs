@@ -416,7 +416,24 @@ async fn a_nats_restart_mid_stream_loses_nothing() {
     publish(&nats, first).await;
     let (port, monitor, store) = (nats.port, nats.monitor, nats.store.clone());
     nats.stop_gracefully();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The outage shows on /readyz.
+    let metrics_port = daemon.metrics_port;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let r = tokio::task::spawn_blocking(move || http_get(metrics_port, "/readyz"))
+            .await
+            .ok()
+            .flatten();
+        if let Some((503, body)) = r {
+            assert!(body.contains("nats_connected false"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never reported the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let nats = NatsServer::start_at(port, monitor, store);
     wait_ready(daemon.metrics_port).await;
     publish(&nats, second).await;
