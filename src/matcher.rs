@@ -50,6 +50,10 @@ pub struct Scanner {
     judged_speakers: u8,
     /// Rule index → bit per [`Speaker`] it judges.
     rule_speakers: Vec<u8>,
+    /// The greeting and closing rules (at most one each), looked up on
+    /// every agent segment.
+    greeting: Option<u16>,
+    closing: Option<u16>,
     segmenter: Arc<Jieba>,
 }
 
@@ -146,7 +150,17 @@ impl Scanner {
             builder.kind(Some(AhoCorasickKind::DFA));
         }
         let automaton = builder.build(&patterns).map_err(|e| e.to_string())?;
+        let find = |kind: RuleKind| {
+            lexicon
+                .rules
+                .iter()
+                .position(|r| r.kind == kind)
+                .and_then(|i| u16::try_from(i).ok())
+        };
+        let (greeting, closing) = (find(RuleKind::Greeting), find(RuleKind::Closing));
         Ok(Scanner {
+            greeting,
+            closing,
             lexicon,
             automaton,
             uses,
@@ -191,11 +205,11 @@ impl Scanner {
 
     /// The index of the enabled rule of this kind, for greeting/closing.
     pub fn windowed_rule(&self, kind: RuleKind) -> Option<u16> {
-        self.lexicon
-            .rules
-            .iter()
-            .position(|r| r.kind == kind)
-            .and_then(|i| u16::try_from(i).ok())
+        match kind {
+            RuleKind::Greeting => self.greeting,
+            RuleKind::Closing => self.closing,
+            RuleKind::Forbidden | RuleKind::Filler => None,
+        }
     }
 
     /// The segmenter (for tools that show tokens).
