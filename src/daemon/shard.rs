@@ -210,11 +210,13 @@ impl Shard {
             .observe(received.elapsed().as_secs_f64());
         metrics.outcome(outcome);
         self.report_open();
-        let key = stash_key(&input);
         let mut events = std::mem::take(&mut self.events);
+        // A redelivery of an input whose events could not be stored: they
+        // are in the stash (the key is built only on this rare path).
         if events.is_empty()
             && matches!(outcome, Outcome::Duplicate | Outcome::Late)
-            && let Some(stashed) = self.stash.remove(&key)
+            && !self.stash.is_empty()
+            && let Some(stashed) = self.stash.remove(&stash_key(&input))
         {
             events = stashed;
         }
@@ -223,6 +225,7 @@ impl Shard {
             self.events = events;
             return;
         }
+        let key = stash_key(&input);
         let acks = send_all(&self.shared, &events).await;
         self.submit(InFlight {
             msg: Some(msg),

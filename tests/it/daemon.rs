@@ -452,7 +452,9 @@ async fn a_nats_restart_mid_stream_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_conversations_close_with_reason_idle() {
     let nats = NatsServer::start();
-    let daemon = Daemon::start(config(&nats, &lexicons(), "").tap_idle(1)).await;
+    let mut cfg = config(&nats, &lexicons(), "");
+    cfg.idle_timeout = Duration::from_secs(1);
+    let daemon = Daemon::start(cfg).await;
     let lines = vec![
         r#"{"conversation_id":"quiet","tenant":"acme","seq":0,"speaker":"agent","text":"您好"}"#
             .to_string(),
@@ -469,17 +471,6 @@ async fn idle_conversations_close_with_reason_idle() {
     assert_eq!(s.closed, Some(false));
     assert!(daemon.metrics().contains("zhijian_open_conversations 0"));
     daemon.stop().await;
-}
-
-trait TapIdle {
-    fn tap_idle(self, secs: u64) -> Self;
-}
-
-impl TapIdle for Config {
-    fn tap_idle(mut self, secs: u64) -> Config {
-        self.idle_timeout = Duration::from_secs(secs);
-        self
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
