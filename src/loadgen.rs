@@ -300,7 +300,13 @@ async fn run_mode(
             last = now;
             let (id, line) = match serde_json::from_slice::<Event>(&msg.payload) {
                 Ok(Event::Violation(v)) => {
-                    let k = format!("{}#{}", v.conversation_id, v.seq);
+                    // A missing closing is decided by the `end` event, though
+                    // it points at the last agent segment: time it from `end`.
+                    let k = if v.category == crate::event::Category::MissingClosing {
+                        format!("{}#end", v.conversation_id)
+                    } else {
+                        format!("{}#{}", v.conversation_id, v.seq)
+                    };
                     (v.id, line_of.get(&k).copied())
                 }
                 Ok(Event::Summary(s)) => {
