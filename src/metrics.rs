@@ -104,7 +104,10 @@ impl Metrics {
             "Input messages published to the dead-letter subject, by reason.",
             &["reason"],
         );
-        for code in InputError::CODES {
+        for code in InputError::CODES
+            .into_iter()
+            .chain([crate::daemon::shard::SUBJECT_MISMATCH])
+        {
             bad_messages.with_label_values(&[code]);
             deadlettered.with_label_values(&[code]);
         }

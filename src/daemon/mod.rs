@@ -176,7 +176,7 @@ pub async fn run(
 
     // Pull until shutdown.
     tokio::pin!(shutdown);
-    dispatch(
+    let shard_died = dispatch(
         &setup.consumer,
         &senders,
         &config,
@@ -190,25 +190,41 @@ pub async fn run(
     let _ = stop_tx.send(true);
     drop(senders);
 
-    let finish = async {
-        let mut remains = Vec::new();
-        for w in workers {
-            match w.await {
-                Ok(r) => remains.push(r),
-                Err(e) => tracing::error!(error = %e, "shard task failed"),
-            }
+    // Shards get most of the grace period to finish; whatever they hand
+    // back is saved even if another shard is stuck, with time kept for it.
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace.mul_f64(0.8);
+    let mut remains = Vec::new();
+    let mut problems = Vec::new();
+    for (i, w) in workers.into_iter().enumerate() {
+        match tokio::time::timeout_at(deadline, w).await {
+            Ok(Ok(r)) => remains.push(r),
+            Ok(Err(e)) => problems.push(format!("shard {i} failed: {e}")),
+            Err(_) => problems.push(format!("shard {i} did not finish within the grace period")),
         }
-        save_state(&setup.state, remains, &metrics).await;
-        if let Err(e) = client.flush().await {
-            tracing::warn!(error = %e, "flush at shutdown failed");
-        }
-    };
-    let result = match tokio::time::timeout(config.shutdown_grace, finish).await {
-        Ok(()) => Ok(()),
-        Err(_) => Err(DaemonError::Runtime(format!(
-            "shutdown did not finish within {:?}; unacked messages will be redelivered",
-            config.shutdown_grace
-        ))),
+    }
+    let save_budget = config
+        .shutdown_grace
+        .mul_f64(0.2)
+        .max(Duration::from_secs(1));
+    if tokio::time::timeout(save_budget, save_state(&setup.state, remains, &metrics))
+        .await
+        .is_err()
+    {
+        problems.push("saving open conversations did not finish in time".into());
+    }
+    if let Err(e) = client.flush().await {
+        tracing::warn!(error = %e, "flush at shutdown failed");
+    }
+    if shard_died {
+        problems.push("a shard stopped taking messages before shutdown".into());
+    }
+    let result = if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(DaemonError::Runtime(format!(
+            "unclean shutdown ({}); unacked messages will be redelivered",
+            problems.join("; ")
+        )))
     };
     if let Err(e) = client.drain().await {
         tracing::warn!(error = %e, "drain failed");
@@ -233,7 +249,7 @@ async fn dispatch(
     status: &nats::Status,
     metrics: &Metrics,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-) {
+) -> bool {
     const BATCH: usize = 256;
     const BATCH_EXPIRES: Duration = Duration::from_millis(500);
     let prefix = format!("{}.", config.streams.input_prefix);
@@ -242,7 +258,7 @@ async fn dispatch(
     loop {
         let batch = tokio::select! {
             biased;
-            _ = shutdown.as_mut() => return,
+            _ = shutdown.as_mut() => return false,
             b = consumer.batch().max_messages(BATCH).expires(BATCH_EXPIRES).messages() => b,
         };
         let mut batch = match batch {
@@ -251,7 +267,7 @@ async fn dispatch(
                 status.consumer_bound.store(false, Ordering::Relaxed);
                 tracing::warn!(error = %e, "cannot pull from the consumer; retrying");
                 tokio::select! {
-                    _ = shutdown.as_mut() => return,
+                    _ = shutdown.as_mut() => return false,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -272,7 +288,9 @@ async fn dispatch(
                     let (tenant, id) = key.split_once('.').unwrap_or(("", key));
                     let shard = shard_of(tenant, id, senders.len());
                     if senders[shard].send(msg).await.is_err() {
-                        return;
+                        // Only a shard that died drops its receiver.
+                        tracing::error!(shard, "a shard stopped; shutting down");
+                        return true;
                     }
                 }
                 Err(e) => {

@@ -48,11 +48,20 @@ struct InFlight {
     arrived_ms: Option<u64>,
 }
 
-/// Events that could not be stored: back to the shard (stash or retry).
-struct Failed {
+/// The outcome of a job, back to the shard: its input is no longer in
+/// flight, and what could not be stored goes to the stash (inputs) or the
+/// retry list (idle closes).
+struct Done {
     stash_key: Option<String>,
-    events: Vec<Event>,
+    failed: Option<Vec<Event>>,
 }
+
+/// Dead-letter reason: the subject does not name the payload's
+/// conversation.
+pub const SUBJECT_MISMATCH: &str = "subject_mismatch";
+
+/// Stash keys of saved idle-close events (no input will ask for them).
+const PENDING_KEY: &str = "\u{0}pending";
 
 pub struct Shard {
     shared: Arc<Shared>,
@@ -65,7 +74,11 @@ pub struct Shard {
     /// Open conversations last reported to the gauge.
     reported_open: i64,
     in_flight: Option<mpsc::Sender<InFlight>>,
-    failed: mpsc::UnboundedReceiver<Failed>,
+    /// Stash keys of inputs whose events are being stored: a redelivery
+    /// of one of them must not be acked before the first delivery's events
+    /// are stored.
+    in_flight_keys: std::collections::HashSet<String>,
+    done: mpsc::UnboundedReceiver<Done>,
     acker: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -95,18 +108,31 @@ impl Shard {
         stash: Stash,
     ) -> Shard {
         let (in_flight, rx) = mpsc::channel(shared.config.shard_queue);
-        let (failed_tx, failed) = mpsc::unbounded_channel();
-        let acker = tokio::spawn(acker(Arc::clone(&shared), rx, failed_tx));
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let acker = tokio::spawn(acker(Arc::clone(&shared), rx, done_tx));
+        // Saved idle-close events are retried like any pending ones.
+        let mut stash = stash;
+        let saved: Vec<String> = stash
+            .keys()
+            .filter(|k| k.starts_with(PENDING_KEY))
+            .cloned()
+            .collect();
+        let pending = saved
+            .iter()
+            .filter_map(|k| stash.remove(k))
+            .flatten()
+            .collect();
         Shard {
             shared,
             engine,
             scanner_rx,
             stash,
-            pending: Vec::new(),
+            pending,
             events: Vec::new(),
             reported_open: 0,
             in_flight: Some(in_flight),
-            failed,
+            in_flight_keys: std::collections::HashSet::new(),
+            done,
             acker: Some(acker),
         }
     }
@@ -133,11 +159,14 @@ impl Shard {
             let _ = a.await;
         }
         self.take_failures();
-        // Last chance for idle-close events that could not be stored.
+        // Last chance for idle-close events that could not be stored; if
+        // that fails too they are saved with the state.
         if !self.pending.is_empty() {
             let pending = std::mem::take(&mut self.pending);
             if let Err(e) = publish_all(&self.shared, &pending, None).await {
-                tracing::error!(events = pending.len(), error = %e, "events of idle closes lost at shutdown");
+                tracing::warn!(events = pending.len(), error = %e, "events of idle closes saved for the next start");
+                self.stash
+                    .insert(format!("{PENDING_KEY}\u{0}{}", now_ms()), pending);
             }
         }
         Remains {
@@ -169,12 +198,16 @@ impl Shard {
     /// Events the acker could not store: into the stash (inputs) or the
     /// retry list (idle closes).
     fn take_failures(&mut self) {
-        while let Ok(f) = self.failed.try_recv() {
-            match f.stash_key {
-                Some(key) => {
-                    self.stash.insert(key, f.events);
+        while let Ok(d) = self.done.try_recv() {
+            if let Some(key) = &d.stash_key {
+                self.in_flight_keys.remove(key);
+            }
+            match (d.stash_key, d.failed) {
+                (Some(key), Some(events)) => {
+                    self.stash.insert(key, events);
                 }
-                None => self.pending.extend(f.events),
+                (None, Some(events)) => self.pending.extend(events),
+                (_, None) => {}
             }
         }
     }
@@ -201,6 +234,28 @@ impl Shard {
                 return;
             }
         };
+        // Sharding (and restored state) follow the subject, the engine the
+        // payload: they must name the same conversation.
+        let subject_matches = msg
+            .message
+            .subject
+            .as_str()
+            .strip_prefix(self.shared.config.streams.input_prefix.as_str())
+            .and_then(|r| r.strip_prefix('.'))
+            .and_then(|r| r.strip_prefix(input.tenant.as_ref()))
+            .and_then(|r| r.strip_prefix('.'))
+            == Some(input.conversation_id.as_ref());
+        if !subject_matches {
+            metrics
+                .scan_seconds
+                .observe(received.elapsed().as_secs_f64());
+            let detail = format!(
+                "the subject must be {}.{}.{} (tenant and conversation_id of the payload)",
+                self.shared.config.streams.input_prefix, input.tenant, input.conversation_id
+            );
+            dead_letter(&self.shared, &msg, SUBJECT_MISMATCH, &detail).await;
+            return;
+        }
         if let InputKind::Segment(s) = &input.kind {
             metrics.segment(input.channel, s.speaker);
         }
@@ -211,13 +266,33 @@ impl Shard {
         metrics.outcome(outcome);
         self.report_open();
         let mut events = std::mem::take(&mut self.events);
-        // A redelivery of an input whose events could not be stored: they
-        // are in the stash (the key is built only on this rare path).
-        if events.is_empty()
-            && matches!(outcome, Outcome::Duplicate | Outcome::Late)
-            && !self.stash.is_empty()
-            && let Some(stashed) = self.stash.remove(&stash_key(&input))
+        // A redelivery while the first delivery's events are still being
+        // stored: acking it now could ack the input before its events are
+        // stored. Ask for it again later.
+        if matches!(
+            outcome,
+            Outcome::Duplicate | Outcome::Late | Outcome::UnknownEnd
+        ) && !self.in_flight_keys.is_empty()
+            && self.in_flight_keys.contains(&stash_key(&input))
         {
+            self.shared
+                .metrics
+                .naks
+                .with_label_values(&["in_flight"])
+                .inc();
+            ack(&msg, AckKind::Nak(Some(self.shared.config.nak_delay))).await;
+            events.clear();
+            self.events = events;
+            return;
+        }
+        // A redelivery of an input whose events could not be stored: they
+        // are in the stash. Stashed events go first: after a restart the
+        // engine may judge the input again from less state (no tombstone),
+        // and the first event stored under an id is the one that counts.
+        if !self.stash.is_empty()
+            && let Some(mut stashed) = self.stash.remove(&stash_key(&input))
+        {
+            stashed.append(&mut events);
             events = stashed;
         }
         if events.is_empty() {
@@ -226,6 +301,7 @@ impl Shard {
             return;
         }
         let key = stash_key(&input);
+        self.in_flight_keys.insert(key.clone());
         let acks = send_all(&self.shared, &events).await;
         self.submit(InFlight {
             msg: Some(msg),
@@ -291,7 +367,7 @@ async fn send_all(shared: &Shared, events: &[Event]) -> Vec<Result<PublishAckFut
 async fn acker(
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<InFlight>,
-    failed: mpsc::UnboundedSender<Failed>,
+    done: mpsc::UnboundedSender<Done>,
 ) {
     while let Some(job) = rx.recv().await {
         let mut retry = Vec::new();
@@ -313,17 +389,23 @@ async fn acker(
         } else {
             publish_all(&shared, &retry, job.arrived_ms).await
         };
+        let stash_key = job.msg.as_ref().map(|_| job.stash_key.clone());
         match (result, job.msg) {
-            (Ok(()), Some(msg)) => ack(&msg, AckKind::Ack).await,
+            (Ok(()), Some(msg)) => {
+                ack(&msg, AckKind::Ack).await;
+                let _ = done.send(Done {
+                    stash_key,
+                    failed: None,
+                });
+            }
             (Ok(()), None) => {}
             (Err(e), msg) => {
                 tracing::warn!(events = retry.len(), error = %e, "cannot store events; will retry");
-                let stash_key = msg.as_ref().map(|_| job.stash_key.clone());
                 // Send the whole job's events back: publishing them again is
                 // harmless (de-duplicated by id).
-                let _ = failed.send(Failed {
+                let _ = done.send(Done {
                     stash_key,
-                    events: job.events,
+                    failed: Some(job.events),
                 });
                 if let Some(msg) = msg {
                     shared

@@ -373,6 +373,16 @@ async fn garbage_goes_to_the_dead_letter_subject_and_the_next_message_is_process
     .expect("publish")
     .await
     .expect("ack");
+    // Valid, but on another conversation's subject.
+    js.publish(
+        "transcripts.acme.other",
+        r#"{"conversation_id":"c1","tenant":"acme","seq":5,"speaker":"agent","text":"不知道"}"#
+            .into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("ack");
     let good = vec![
         r#"{"conversation_id":"c1","tenant":"acme","seq":0,"speaker":"agent","text":"急什么"}"#
             .to_string(),
@@ -385,7 +395,7 @@ async fn garbage_goes_to_the_dead_letter_subject_and_the_next_message_is_process
             .any(|e| matches!(e, Event::Violation(v) if v.matched.as_deref() == Some("急什么")))
     );
     let dead = stream_messages(&js, "ZHIJIAN_DEADLETTER").await;
-    assert_eq!(dead.len(), 2);
+    assert_eq!(dead.len(), 3);
     assert_eq!(dead[0].payload.to_vec(), garbage, "payload untouched");
     let reason = |m: &async_nats::Message| {
         m.headers
@@ -395,6 +405,12 @@ async fn garbage_goes_to_the_dead_letter_subject_and_the_next_message_is_process
     };
     assert_eq!(reason(&dead[0]).as_deref(), Some("invalid_utf8"));
     assert_eq!(reason(&dead[1]).as_deref(), Some("missing_field"));
+    assert_eq!(reason(&dead[2]).as_deref(), Some("subject_mismatch"));
+    assert!(
+        !got.iter()
+            .any(|e| matches!(e, Event::Violation(v) if v.seq == 5)),
+        "a mismatched message was judged"
+    );
     let metrics = daemon.metrics();
     assert!(
         metrics.contains("zhijian_deadlettered_total{reason=\"invalid_utf8\"} 1"),
@@ -605,6 +621,15 @@ async fn sigterm_mid_stream_then_restart_loses_and_duplicates_nothing() {
     // Publish while the daemon works, and stop it half-way.
     let (first, second) = lines.split_at(lines.len() / 2);
     publish(&nats, first).await;
+    // Stop it while conversations are open, so saving them is exercised.
+    let deadline = Instant::now() + DEADLINE;
+    while metric(daemon.metrics_port, "zhijian_open_conversations").await <= 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never opened a conversation"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     daemon.signal("-TERM");
     let status = daemon.wait().await;
     assert!(status.success(), "exit status after SIGTERM: {status}");
@@ -614,6 +639,12 @@ async fn sigterm_mid_stream_then_restart_loses_and_duplicates_nothing() {
     let got = wait_done(&js, summaries_in(&lines)).await;
     assert_no_duplicate_ids(&got);
     assert_same(&got, &scan(&lines), "verdicts changed across the restart");
+    let restored = metric(
+        daemon.metrics_port,
+        "zhijian_state_restored_conversations_total",
+    )
+    .await;
+    assert!(restored > 0.0, "no conversation was saved and restored");
     daemon.signal("-TERM");
     assert!(daemon.wait().await.success());
 }
@@ -780,4 +811,20 @@ async fn user_and_password_authentication() {
     daemon.stop().await;
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The value of an unlabelled metric of the daemon on `port` (0 if absent).
+async fn metric(port: u16, name: &str) -> f64 {
+    let prefix = format!("{name} ");
+    tokio::task::spawn_blocking(move || http_get(port, "/metrics"))
+        .await
+        .ok()
+        .flatten()
+        .and_then(|(_, body)| {
+            body.lines().find_map(|l| {
+                l.strip_prefix(prefix.as_str())
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+        })
+        .unwrap_or(0.0)
 }
