@@ -16,7 +16,7 @@ use prometheus::{
 /// Every metric the daemon exports.
 pub struct Metrics {
     registry: Registry,
-    segments: IntCounterVec,
+    /// `zhijian_segments_received_total`, resolved per
     /// `[channel][speaker]`, channel index 2 = unknown.
     segments_resolved: [[IntCounter; 3]; 3],
     pub input_events: IntCounterVec,
@@ -192,7 +192,6 @@ impl Metrics {
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Metrics {
             segments_resolved,
-            segments,
             input_events,
             violations,
             bad_messages,
@@ -282,10 +281,5 @@ impl Metrics {
         // Encoding into a Vec cannot fail for the text format.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
-    }
-
-    /// The raw segments counter (tests).
-    pub fn segments_counter(&self) -> &IntCounterVec {
-        &self.segments
     }
 }
