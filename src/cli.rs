@@ -5,8 +5,8 @@
 use crate::config::{Config, Overrides, RawConfig};
 use crate::engine::{Engine, EngineConfig};
 use crate::event::Speaker;
-use crate::lexicon::{self, RuleKind};
-use crate::matcher::{Scanner, Scratch, Suppression, default_segmenter};
+use crate::lexicon::RuleKind;
+use crate::matcher::{Scanner, Scratch, Suppression};
 use crate::normalize::char_offset;
 use crate::scan;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -280,10 +280,7 @@ impl From<io::Error> for Failure {
 
 /// Loads and compiles a lexicon directory.
 pub fn load_scanner(dir: &Path) -> Result<Scanner, Failure> {
-    let lexicon = lexicon::load_dir(dir)
-        .map_err(|e| Failure::Config(format!("invalid lexicon {}:\n{e}", dir.display())))?;
-    Scanner::new(lexicon, default_segmenter())
-        .map_err(|e| Failure::Config(format!("cannot compile lexicon {}: {e}", dir.display())))
+    crate::daemon::load_scanner(dir).map_err(Failure::Config)
 }
 
 fn cmd_scan(lexicons: &Path, file: &str) -> Result<(), Failure> {

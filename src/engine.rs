@@ -87,6 +87,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, indexed by `outcome as usize` (metrics rely on it).
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Judged,
+        Outcome::Recorded,
+        Outcome::Provisional,
+        Outcome::Duplicate,
+        Outcome::Late,
+        Outcome::Closed,
+        Outcome::UnknownEnd,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Judged => "judged",
@@ -127,8 +138,6 @@ pub struct Conversation {
     pub last_activity_ms: u64,
     /// Seqs seen (final segments only), for idempotence.
     pub seen: SeqSet,
-    /// The most recent seq seen.
-    pub last_seq: u64,
     /// The first event seen was not the first of the conversation (seq > 0),
     /// e.g. after a restart without saved state: no greeting verdict.
     pub midway: bool,
@@ -155,7 +164,6 @@ impl Conversation {
             agent_id: None,
             last_activity_ms: 0,
             seen: SeqSet(Vec::with_capacity(16)),
-            last_seq: 0,
             midway: first_seq.is_some_and(|s| s > 0),
             segments: 0,
             agent_segments: 0,
@@ -210,10 +218,6 @@ impl Engine {
     /// Swaps in a new compiled lexicon; conversations keep their state.
     pub fn set_scanner(&mut self, scanner: Arc<Scanner>) {
         self.scanner = scanner;
-    }
-
-    pub fn scanner(&self) -> &Arc<Scanner> {
-        &self.scanner
     }
 
     /// Number of open conversations.
@@ -281,7 +285,6 @@ impl Engine {
             return Outcome::Duplicate;
         }
         conv.segments += 1;
-        conv.last_seq = segment.seq;
         conv.last_activity_ms = now_ms;
         if input.channel.is_some() {
             conv.channel = input.channel;
@@ -619,12 +622,23 @@ impl SeqSet {
             },
         }
     }
+}
 
-    pub fn len(&self) -> usize {
-        self.0.len()
+#[cfg(test)]
+mod tests {
+    use super::{Outcome, SeqSet};
+
+    #[test]
+    fn outcome_all_is_indexed_by_discriminant() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "{}", o.as_str());
+        }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    #[test]
+    fn seq_set_handles_out_of_order_and_repeats() {
+        let mut s = SeqSet::default();
+        let inserted: Vec<bool> = [3, 5, 4, 5, 3, 0, 6].iter().map(|&q| s.insert(q)).collect();
+        assert_eq!(inserted, vec![true, true, true, false, false, true, true]);
     }
 }

@@ -87,10 +87,6 @@ impl Category {
             Category::MissingClosing => "missing_closing",
         }
     }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
 }
 
 /// How serious a rule's violation is (set per rule in the lexicon).
@@ -340,13 +336,6 @@ impl Event {
         match self {
             Event::Violation(v) => &v.id,
             Event::Summary(s) => &s.id,
-        }
-    }
-
-    pub fn tenant(&self) -> &str {
-        match self {
-            Event::Violation(v) => &v.tenant,
-            Event::Summary(s) => &s.tenant,
         }
     }
 }

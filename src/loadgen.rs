@@ -88,10 +88,11 @@ pub async fn passthrough(config: Config) -> Result<(), String> {
             }
         };
         while let Some(Ok(msg)) = batch.next().await {
-            let subject = msg.message.subject.as_str();
-            let key = subject.strip_prefix(prefix.as_str()).unwrap_or(subject);
-            let (tenant, id) = key.split_once('.').unwrap_or(("", key));
-            let shard = daemon::shard::shard_of(tenant, id, senders.len());
+            let shard = daemon::shard::shard_of_subject(
+                msg.message.subject.as_str(),
+                &prefix,
+                senders.len(),
+            );
             if senders[shard].send(msg).await.is_err() {
                 break;
             }

@@ -212,11 +212,6 @@ impl Scanner {
         }
     }
 
-    /// The segmenter (for tools that show tokens).
-    pub fn segmenter(&self) -> &Jieba {
-        &self.segmenter
-    }
-
     /// Scans `text` spoken by `speaker`; the surviving hits are left in
     /// `scratch.hits`, ordered by start, then rule.
     pub fn scan(&self, text: &str, speaker: Speaker, scratch: &mut Scratch) {

@@ -19,7 +19,8 @@ pub struct Metrics {
     /// `zhijian_segments_received_total`, resolved per
     /// `[channel][speaker]`, channel index 2 = unknown.
     segments_resolved: [[IntCounter; 3]; 3],
-    pub input_events: IntCounterVec,
+    /// `zhijian_input_events_total`, resolved per [`Outcome`].
+    input_events: [IntCounter; 7],
     pub violations: IntCounterVec,
     pub bad_messages: IntCounterVec,
     pub deadlettered: IntCounterVec,
@@ -192,7 +193,7 @@ impl Metrics {
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Metrics {
             segments_resolved,
-            input_events,
+            input_events: Outcome::ALL.map(|o| input_events.with_label_values(&[o.as_str()])),
             violations,
             bad_messages,
             deadlettered,
@@ -264,9 +265,7 @@ impl Metrics {
     }
 
     pub fn outcome(&self, outcome: Outcome) {
-        self.input_events
-            .with_label_values(&[outcome.as_str()])
-            .inc();
+        self.input_events[outcome as usize].inc();
     }
 
     /// Marks `version` as the lexicon in use (and no other).

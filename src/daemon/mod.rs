@@ -35,7 +35,10 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use shard::{Remains, SavedConversation, SavedStash, Shard, Stash, shard_of, shard_of_stash};
+use shard::{
+    Remains, SavedConversation, SavedStash, Shard, Stash, shard_of, shard_of_stash,
+    shard_of_subject,
+};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -283,10 +286,8 @@ async fn dispatch(
             match item {
                 Ok(msg) => {
                     got += 1;
-                    let subject = msg.message.subject.as_str();
-                    let key = subject.strip_prefix(prefix.as_str()).unwrap_or(subject);
-                    let (tenant, id) = key.split_once('.').unwrap_or(("", key));
-                    let shard = shard_of(tenant, id, senders.len());
+                    let shard =
+                        shard_of_subject(msg.message.subject.as_str(), &prefix, senders.len());
                     if senders[shard].send(msg).await.is_err() {
                         // Only a shard that died drops its receiver.
                         tracing::error!(shard, "a shard stopped; shutting down");

@@ -605,6 +605,14 @@ pub fn shard_of(tenant: &str, conversation_id: &str, shards: usize) -> usize {
     (h % shards as u64) as usize
 }
 
+/// The shard of a message by its subject `<prefix>.<tenant>.<conversation_id>`
+/// (`prefix` includes the trailing dot).
+pub fn shard_of_subject(subject: &str, prefix: &str, shards: usize) -> usize {
+    let key = subject.strip_prefix(prefix).unwrap_or(subject);
+    let (tenant, id) = key.split_once('.').unwrap_or(("", key));
+    shard_of(tenant, id, shards)
+}
+
 /// The shard of a stash key (`tenant\0conversation\0…`).
 pub fn shard_of_stash(key: &str, shards: usize) -> usize {
     let mut parts = key.split('\u{0}');

@@ -1,6 +1,6 @@
 //! The `zhijian` binary: exit codes and messages a person sees.
 
-use crate::support::fixtures;
+use crate::support::{fixtures, tempdir};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -103,13 +103,6 @@ fn lexicon_check_and_test_explain_the_default_lexicon() {
     ] {
         assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
     }
-}
-
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("zhijian-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    dir
 }
 
 #[test]
