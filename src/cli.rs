@@ -125,10 +125,35 @@ enum Command {
     Tail {
         #[command(flatten)]
         common: Common,
-        /// Print raw JSON events.
+        /// Print raw JSON events (one per line, for scripts).
         #[arg(long)]
         json: bool,
+        /// Only these tenants (comma-separated).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only these agents (comma-separated).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only these categories: forbidden, filler, missing_greeting,
+        /// missing_closing (comma-separated; hides summaries).
+        #[arg(long)]
+        category: Option<String>,
+        /// Only these severities: low, medium, high, critical
+        /// (comma-separated; hides summaries).
+        #[arg(long)]
+        severity: Option<String>,
+        /// Colour by severity: auto (a terminal, and NO_COLOR unset),
+        /// always, never.
+        #[arg(long, value_enum, default_value = "auto")]
+        color: ColorChoice,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ColorChoice {
+    Auto,
+    Always,
+    Never,
 }
 
 /// Flags shared by the commands that talk to NATS.
@@ -208,7 +233,15 @@ pub fn main() -> ExitCode {
             },
         ),
         Command::Publish { common, rate, file } => cmd_publish(&common, rate, &file),
-        Command::Tail { common, json } => cmd_tail(&common, json),
+        Command::Tail {
+            common,
+            json,
+            tenant,
+            agent,
+            category,
+            severity,
+            color,
+        } => cmd_tail(&common, [tenant, agent, category, severity], json, color),
         Command::Passthrough { common } => cmd_passthrough(&common),
         Command::Synth {
             conversations,
@@ -469,7 +502,34 @@ fn cmd_publish(common: &Common, rate: f64, file: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-fn cmd_tail(common: &Common, json: bool) -> Result<(), Failure> {
+fn cmd_tail(
+    common: &Common,
+    [tenant, agent, category, severity]: [Option<String>; 4],
+    json: bool,
+    color: ColorChoice,
+) -> Result<(), Failure> {
+    let filter = &crate::filter::Filter::parse(
+        tenant.as_deref(),
+        agent.as_deref(),
+        category.as_deref(),
+        severity.as_deref(),
+    )
+    .map_err(Failure::Config)?;
+    let colour = match color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            use std::io::IsTerminal;
+            io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+        }
+    };
+    let style = if json {
+        crate::client::Style::Json
+    } else if colour {
+        crate::client::Style::Colour
+    } else {
+        crate::client::Style::Plain
+    };
     let flags = Overrides {
         nats_url: common.nats_url.clone(),
         ..Overrides::default()
@@ -477,7 +537,7 @@ fn cmd_tail(common: &Common, json: bool) -> Result<(), Failure> {
     let config = load_config(common, &flags)?;
     runtime()?.block_on(async {
         tokio::select! {
-            r = crate::client::tail(&config, json) => r.map_err(Failure::Runtime),
+            r = crate::client::tail(&config, filter, style) => r.map_err(Failure::Runtime),
             _ = terminate_signal() => Ok(()),
         }
     })

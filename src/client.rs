@@ -2,7 +2,8 @@
 
 use crate::config::Config;
 use crate::daemon::nats;
-use crate::event::{Event, decode_str};
+use crate::event::{Event, Severity, decode_str};
+use crate::filter::Filter;
 use crate::metrics::Metrics;
 use futures_util::StreamExt;
 use std::collections::VecDeque;
@@ -71,8 +72,20 @@ pub async fn publish(config: &Config, file: &Path, rate: f64) -> Result<u64, Str
     Ok(sent)
 }
 
-/// Prints violations and summaries as they are published.
-pub async fn tail(config: &Config, json: bool) -> Result<(), String> {
+/// How `zhijian tail` prints events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// The events' JSON, one per line, for scripts.
+    Json,
+    /// One readable line per event, the matched words in 【】.
+    Plain,
+    /// As `Plain`, coloured by severity (ANSI), the matched words bold.
+    Colour,
+}
+
+/// Prints violations and summaries as they are published, those `filter`
+/// lets through.
+pub async fn tail(config: &Config, filter: &Filter, style: Style) -> Result<(), String> {
     let client = connect(config).await?;
     let s = &config.streams;
     let violations = client
@@ -91,62 +104,84 @@ pub async fn tail(config: &Config, json: bool) -> Result<(), String> {
     let stdout = std::io::stdout();
     while let Some(msg) = both.next().await {
         let text = String::from_utf8_lossy(&msg.payload);
-        let mut out = stdout.lock();
-        let line = if json {
-            text.into_owned()
-        } else {
-            match serde_json::from_str::<Event>(&text) {
-                Ok(e) => render(&e),
-                Err(_) => format!("? {text}"),
-            }
+        let line = match serde_json::from_str::<Event>(&text) {
+            Ok(e) if !filter.matches(&e) => continue,
+            Ok(e) if style != Style::Json => render(&e, style == Style::Colour),
+            // Not an event: shown, never dropped silently.
+            Err(e) if style != Style::Json => format!("? {} ({e}): {text}", msg.subject),
+            _ => text.into_owned(),
         };
-        if writeln!(out, "{line}").is_err() {
+        if writeln!(stdout.lock(), "{line}").is_err() {
             break;
         }
     }
     Ok(())
 }
 
-/// One readable line per event; the matched words in 【】.
-pub fn render(e: &Event) -> String {
+const RESET: &str = "\x1b[0m";
+
+fn severity_colour(s: Severity) -> &'static str {
+    match s {
+        Severity::Critical => "\x1b[1;97;41m",
+        Severity::High => "\x1b[1;31m",
+        Severity::Medium => "\x1b[33m",
+        Severity::Low => "\x1b[36m",
+    }
+}
+
+/// One readable line per event; the matched words in 【】 (and bold, with
+/// colour).
+pub fn render(e: &Event, colour: bool) -> String {
+    let paint = |code: &str, s: &str| {
+        if colour {
+            format!("{code}{s}{RESET}")
+        } else {
+            s.to_string()
+        }
+    };
     match e {
         Event::Violation(v) => {
             let text = match (v.start, v.end) {
                 (Some(s), Some(en)) => {
                     let chars: Vec<char> = v.text.chars().collect();
-                    let (s, en) = (s.min(chars.len()), en.min(chars.len()));
+                    let en = en.min(chars.len());
+                    let s = s.min(en);
+                    let matched: String = chars[s..en].iter().collect();
                     format!(
-                        "{}【{}】{}",
+                        "{}{}{}",
                         chars[..s].iter().collect::<String>(),
-                        chars[s..en].iter().collect::<String>(),
+                        paint("\x1b[1;4m", &format!("【{matched}】")),
                         chars[en..].iter().collect::<String>()
                     )
                 }
                 _ => v.text.clone(),
             };
-            format!(
-                "VIOLATION {:<8} {:<16} {:<10} seq={:<3} {:<16} {:<8} {:<24} | {}",
+            let head = format!(
+                "VIOLATION {:<8} {:<8} {:<16} {:<10} seq={:<3} {:<16} {:<24}",
+                v.severity.as_str(),
                 v.tenant,
                 v.conversation_id,
                 v.agent_id.as_deref().unwrap_or("-"),
                 v.seq,
                 v.category.as_str(),
-                v.severity.as_str(),
                 v.rule_id,
-                text
-            )
+            );
+            format!("{} | {text}", paint(severity_colour(v.severity), &head))
         }
-        Event::Summary(s) => format!(
-            "SUMMARY   {:<8} {:<16} {:<10} score={:<5} reason={} greeted={} closed={} forbidden={} filler={}",
-            s.tenant,
-            s.conversation_id,
-            s.agent_id.as_deref().unwrap_or("-"),
-            s.score,
-            s.reason.as_str(),
-            s.greeted.map_or("-".to_string(), |g| g.to_string()),
-            s.closed.map_or("-".to_string(), |g| g.to_string()),
-            s.counts.forbidden,
-            s.counts.filler
+        Event::Summary(s) => paint(
+            "\x1b[32m",
+            &format!(
+                "SUMMARY   {:<8} {:<16} {:<10} score={:<5} reason={} greeted={} closed={} forbidden={} filler={}",
+                s.tenant,
+                s.conversation_id,
+                s.agent_id.as_deref().unwrap_or("-"),
+                s.score,
+                s.reason.as_str(),
+                s.greeted.map_or("-".to_string(), |g| g.to_string()),
+                s.closed.map_or("-".to_string(), |g| g.to_string()),
+                s.counts.forbidden,
+                s.counts.filler
+            ),
         ),
     }
 }

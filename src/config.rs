@@ -171,14 +171,59 @@ impl Default for DaemonSection {
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSection {
     pub addr: String,
+    /// Tenants with their own `zhijian_tenant_violations_total` series.
+    pub max_tenants: usize,
 }
 
 impl Default for MetricsSection {
     fn default() -> Self {
         MetricsSection {
             addr: "127.0.0.1:9464".into(),
+            max_tenants: crate::metrics::DEFAULT_MAX_TENANTS,
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleSection {
+    /// Serve the live-alerts console.
+    pub enabled: bool,
+    pub addr: String,
+    /// Bearer token (`Authorization: Bearer …`).
+    pub token: Option<Secret>,
+    /// HTTP basic auth.
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    /// Mask phone, ID and bank-card numbers in transcripts shown.
+    pub mask_digits: bool,
+    /// Recent events kept in memory for new and reconnecting browsers.
+    pub history: usize,
+}
+
+impl Default for ConsoleSection {
+    fn default() -> Self {
+        ConsoleSection {
+            enabled: true,
+            addr: "127.0.0.1:9465".into(),
+            token: None,
+            user: None,
+            password: None,
+            mask_digits: true,
+            history: 5000,
+        }
+    }
+}
+
+/// The validated console settings.
+#[derive(Debug, Clone)]
+pub struct ConsoleConfig {
+    pub addr: SocketAddr,
+    pub token: Option<Secret>,
+    /// User and password of HTTP basic auth.
+    pub basic: Option<(String, Secret)>,
+    pub mask_digits: bool,
+    pub history: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -208,6 +253,7 @@ pub struct RawConfig {
     pub engine: EngineSection,
     pub daemon: DaemonSection,
     pub metrics: MetricsSection,
+    pub console: ConsoleSection,
     pub log: LogSection,
 }
 
@@ -227,6 +273,9 @@ pub struct Config {
     pub stall_timeout: Duration,
     pub shard_queue: usize,
     pub metrics_addr: SocketAddr,
+    pub max_tenants: usize,
+    /// `None`: the console is off.
+    pub console: Option<ConsoleConfig>,
     pub log_json: bool,
     pub log_level: String,
 }
@@ -342,6 +391,14 @@ impl RawConfig {
             ("daemon", "stall_timeout_s") => d.stall_timeout_s = num(v)?,
             ("daemon", "shard_queue") => d.shard_queue = num(v)?,
             ("metrics", "addr") => self.metrics.addr = s(),
+            ("metrics", "max_tenants") => self.metrics.max_tenants = num(v)?,
+            ("console", "enabled") => self.console.enabled = flag(v)?,
+            ("console", "addr") => self.console.addr = s(),
+            ("console", "token") => self.console.token = Some(Secret(s())),
+            ("console", "user") => self.console.user = Some(s()),
+            ("console", "password") => self.console.password = Some(Secret(s())),
+            ("console", "mask_digits") => self.console.mask_digits = flag(v)?,
+            ("console", "history") => self.console.history = num(v)?,
             ("log", "format") => self.log.format = s(),
             ("log", "level") => self.log.level = s(),
             _ => return Err(format!("unknown key [{section}] {key}")),
@@ -413,6 +470,7 @@ impl RawConfig {
                 return Err(format!("[streams] {key} {token:?} is not a valid subject"));
             }
         }
+        let console = self.console.validate()?;
         Ok(Config {
             lexicons: self.engine.lexicons.clone(),
             shards: self.engine.shards,
@@ -426,11 +484,48 @@ impl RawConfig {
             stall_timeout: Duration::from_secs(self.daemon.stall_timeout_s.max(1)),
             shard_queue: self.daemon.shard_queue,
             metrics_addr,
+            max_tenants: self.metrics.max_tenants,
+            console,
             log_json,
             log_level: self.log.level,
             nats: self.nats,
             streams: self.streams,
         })
+    }
+}
+
+impl ConsoleSection {
+    fn validate(&self) -> Result<Option<ConsoleConfig>, String> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let addr: SocketAddr = self
+            .addr
+            .parse()
+            .map_err(|_| format!("[console] addr {:?} is not host:port", self.addr))?;
+        let basic = match (&self.user, &self.password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            (None, None) => None,
+            _ => return Err("[console] user and password go together".into()),
+        };
+        if self.token.as_ref().is_some_and(|t| t.0.is_empty()) {
+            return Err("[console] token is empty".into());
+        }
+        if !addr.ip().is_loopback() && self.token.is_none() && basic.is_none() {
+            return Err(format!(
+                "[console] addr {addr} is not loopback: set a token or user and password (transcripts are personal data)"
+            ));
+        }
+        if self.history == 0 {
+            return Err("[console] history must be >= 1".into());
+        }
+        Ok(Some(ConsoleConfig {
+            addr,
+            token: self.token.clone(),
+            basic,
+            mask_digits: self.mask_digits,
+            history: self.history,
+        }))
     }
 }
 
@@ -485,6 +580,11 @@ mod tests {
             ("[log]\nformat = \"xml\"\n", "[log] format"),
             ("[nats]\nuser = \"u\"\n", "user and password go together"),
             ("[streams]\ninput_prefix = \"a.>\"\n", "input_prefix"),
+            (
+                "[console]\naddr = \"0.0.0.0:9465\"\n",
+                "is not loopback: set a token",
+            ),
+            ("[console]\nuser = \"qa\"\n", "[console] user and password"),
         ];
         for (text, want) in cases {
             let got =

@@ -27,6 +27,8 @@
 //! - [`scan`]: the offline JSONL runner behind `zhijian scan`.
 //! - [`daemon`]: `zhijian run`: NATS JetStream in and out, shards, dead
 //!   letters, state across restarts, lexicon reload, metrics and health.
+//! - [`console`]: the live-alerts web console for QA supervisors.
+//! - [`filter`]: which output events a supervisor wants to see.
 //! - [`config`]: the daemon's TOML configuration and its overrides.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`client`]: `zhijian publish` and `zhijian tail`.
@@ -45,9 +47,11 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod engine;
 pub mod event;
+pub mod filter;
 pub mod lexicon;
 pub mod loadgen;
 pub mod matcher;

@@ -1,17 +1,27 @@
 //! Prometheus metrics of the daemon, named by Prometheus conventions with a
 //! `zhijian_` prefix. Labels come from bounded sets only (channel, speaker,
 //! category, rule id, severity, error code, close reason): never a
-//! conversation, tenant or agent id, which would grow without bound.
+//! conversation or agent id, which would grow without bound. Tenants label
+//! one counter, capped: the first `max_tenants` seen get their own series,
+//! later ones share [`OTHER_TENANT`].
 //!
 //! Per-segment counters are resolved to label handles once (a labelled
 //! lookup costs ≈25 ns, a resolved counter ≈3 ns).
 
 use crate::engine::Outcome;
-use crate::event::{Channel, CloseReason, InputError, Speaker};
+use crate::event::{Category, Channel, CloseReason, InputError, Speaker};
+use hashbrown::HashSet;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::sync::Mutex;
+
+/// The `tenant` label of tenants beyond the cap.
+pub const OTHER_TENANT: &str = "_other";
+
+/// Tenants with their own series by default (`[metrics] max_tenants`).
+pub const DEFAULT_MAX_TENANTS: usize = 100;
 
 /// Every metric the daemon exports.
 pub struct Metrics {
@@ -22,6 +32,11 @@ pub struct Metrics {
     /// `zhijian_input_events_total`, resolved per [`Outcome`].
     input_events: [IntCounter; 7],
     pub violations: IntCounterVec,
+    /// `zhijian_tenant_violations_total{tenant,category}`: use
+    /// [`Metrics::tenant_violation`], which caps the tenants.
+    tenant_violations: IntCounterVec,
+    tenants: Mutex<HashSet<String>>,
+    max_tenants: usize,
     pub bad_messages: IntCounterVec,
     pub deadlettered: IntCounterVec,
     pub publish_failures: IntCounterVec,
@@ -41,6 +56,10 @@ pub struct Metrics {
     pub stream_restarts: IntCounterVec,
     pub state_saved: IntCounter,
     pub state_restored: IntCounter,
+    pub console_clients: IntGauge,
+    pub console_events: IntCounter,
+    pub console_bad_events: IntCounter,
+    pub console_lagged: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -68,9 +87,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric (definitions are static: a failure here is a
-    /// programming error, caught by the tests).
+    /// Registers every metric, with the default tenant cap.
     pub fn new() -> Metrics {
+        Metrics::with_max_tenants(DEFAULT_MAX_TENANTS)
+    }
+
+    /// Registers every metric (definitions are static: a failure here is a
+    /// programming error, caught by the tests); at most `max_tenants`
+    /// tenants get their own `zhijian_tenant_violations_total` series.
+    pub fn with_max_tenants(max_tenants: usize) -> Metrics {
         let r = Registry::new();
         let segments = counter_vec(
             &r,
@@ -92,6 +117,12 @@ impl Metrics {
             "zhijian_violations_total",
             "Violations published, by category, rule and severity.",
             &["category", "rule", "severity"],
+        );
+        let tenant_violations = counter_vec(
+            &r,
+            "zhijian_tenant_violations_total",
+            "Violations published, by tenant (the first [metrics] max_tenants tenants; later ones as tenant=\"_other\") and category.",
+            &["tenant", "category"],
         );
         let bad_messages = counter_vec(
             &r,
@@ -124,6 +155,14 @@ impl Metrics {
             "Input messages negatively acknowledged for redelivery, by reason.",
             &["reason"],
         );
+        // Every series an alert or dashboard looks at exists from start-up
+        // (at 0), so `increase()` sees the first event.
+        for kind in ["violation", "summary", "deadletter"] {
+            publish_failures.with_label_values(&[kind]);
+        }
+        for reason in ["in_flight", "publish_failed", "deadletter_failed"] {
+            naks.with_label_values(&[reason]);
+        }
         let scan_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "zhijian_scan_duration_seconds",
@@ -149,6 +188,9 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(latency_seconds.clone()))
             .expect("unique metric name");
+        for event in ["violation", "summary"] {
+            latency_seconds.with_label_values(&[event]);
+        }
         let conversations_closed = counter_vec(
             &r,
             "zhijian_conversations_closed_total",
@@ -183,6 +225,9 @@ impl Metrics {
             "Pull-consumer message streams recreated, by reason (stall, error).",
             &["reason"],
         );
+        for reason in ["stall", "error"] {
+            stream_restarts.with_label_values(&[reason]);
+        }
         let build = IntGaugeVec::new(
             Opts::new("zhijian_build_info", "Build information (value 1)."),
             &["version"],
@@ -195,6 +240,9 @@ impl Metrics {
             segments_resolved,
             input_events: Outcome::ALL.map(|o| input_events.with_label_values(&[o.as_str()])),
             violations,
+            tenant_violations,
+            tenants: Mutex::new(HashSet::new()),
+            max_tenants,
             bad_messages,
             deadlettered,
             publish_failures,
@@ -250,6 +298,26 @@ impl Metrics {
                 "zhijian_state_restored_conversations_total",
                 "Open conversations restored from the key-value bucket at start.",
             ),
+            console_clients: gauge(
+                &r,
+                "zhijian_console_clients",
+                "Browsers connected to the console's live feed.",
+            ),
+            console_events: counter(
+                &r,
+                "zhijian_console_events_total",
+                "Output events the console read from the output stream.",
+            ),
+            console_bad_events: counter(
+                &r,
+                "zhijian_console_bad_events_total",
+                "Messages in the output stream that are not output events (skipped by the console, kept in the stream).",
+            ),
+            console_lagged: counter(
+                &r,
+                "zhijian_console_lagged_events_total",
+                "Live events a slow browser fell behind on; it is disconnected and catches up from the console's history on reconnect.",
+            ),
             registry: r,
         }
     }
@@ -262,6 +330,31 @@ impl Metrics {
             None => 2,
         };
         self.segments_resolved[c][speaker as usize].inc();
+    }
+
+    /// Counts a published violation of `tenant`, under [`OTHER_TENANT`]
+    /// once `max_tenants` other tenants have their own series.
+    pub fn tenant_violation(&self, tenant: &str, category: Category) {
+        let own = {
+            // A poisoned lock only means another thread panicked mid-insert;
+            // the set is still usable.
+            let mut seen = self
+                .tenants
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if seen.contains(tenant) {
+                true
+            } else if seen.len() < self.max_tenants {
+                seen.insert(tenant.to_owned());
+                true
+            } else {
+                false
+            }
+        };
+        let label = if own { tenant } else { OTHER_TENANT };
+        self.tenant_violations
+            .with_label_values(&[label, category.as_str()])
+            .inc();
     }
 
     pub fn outcome(&self, outcome: Outcome) {
@@ -280,5 +373,33 @@ impl Metrics {
         // Encoding into a Vec cannot fail for the text format.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_beyond_the_cap_share_one_series() {
+        let m = Metrics::with_max_tenants(2);
+        for tenant in ["acme", "globex", "acme", "initech", "umbrella"] {
+            m.tenant_violation(tenant, Category::Forbidden);
+        }
+        m.tenant_violation("globex", Category::Filler);
+        let text = m.render();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("zhijian_tenant_violations_total{"))
+            .collect();
+        assert_eq!(
+            series,
+            [
+                r#"zhijian_tenant_violations_total{category="filler",tenant="globex"} 1"#,
+                r#"zhijian_tenant_violations_total{category="forbidden",tenant="_other"} 2"#,
+                r#"zhijian_tenant_violations_total{category="forbidden",tenant="acme"} 2"#,
+                r#"zhijian_tenant_violations_total{category="forbidden",tenant="globex"} 1"#,
+            ]
+        );
     }
 }

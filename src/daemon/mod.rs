@@ -99,7 +99,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_max_tenants(config.max_tenants));
     let status = Arc::new(nats::Status::default());
 
     let scanner = Arc::new(load_scanner(&config.lexicons).map_err(DaemonError::Config)?);
@@ -132,6 +132,17 @@ pub async fn run(
         consumer = %config.streams.consumer,
         "JetStream ready"
     );
+
+    let console = match config.console.clone() {
+        Some(c) => {
+            let console = crate::console::start(&config, c, setup.js.clone(), Arc::clone(&metrics))
+                .await
+                .map_err(DaemonError::Runtime)?;
+            tracing::info!(url = %format!("http://{}/", console.addr), "console for QA supervisors");
+            Some(console)
+        }
+        None => None,
+    };
 
     let shared = Arc::new(Shared {
         config: config.clone(),
@@ -233,6 +244,9 @@ pub async fn run(
         tracing::warn!(error = %e, "drain failed");
     }
     http.stop();
+    if let Some(c) = console {
+        c.stop();
+    }
     tracing::info!("stopped");
     result
 }

@@ -492,6 +492,7 @@ fn count_stored(shared: &Shared, event: &Event, arrived_ms: Option<u64>) {
             m.violations
                 .with_label_values(&[v.category.as_str(), &v.rule_id, v.severity.as_str()])
                 .inc();
+            m.tenant_violation(&v.tenant, v.category);
             ("violation", arrived_ms)
         }
         Event::Summary(s) => {

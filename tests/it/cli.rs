@@ -152,6 +152,10 @@ fn the_documented_config_example_is_valid_and_complete() {
         "stall_timeout_s",
         "shard_queue",
         "addr",
+        "max_tenants",
+        "enabled",
+        "mask_digits",
+        "history",
         "format",
         "level",
     ] {

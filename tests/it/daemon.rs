@@ -17,9 +17,9 @@ use zhijian::engine::{Engine, EngineConfig};
 use zhijian::event::Event;
 use zhijian::synth::{self, Mix};
 
-const DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
 
-fn lexicons() -> PathBuf {
+pub(crate) fn lexicons() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("lexicons")
 }
 
@@ -27,27 +27,27 @@ fn lexicons() -> PathBuf {
 /// in-process runs alike).
 fn config_toml(nats: &NatsServer, lexicons: &Path, metrics_port: u16, extra: &str) -> String {
     format!(
-        "[nats]\nurl = \"{}\"\n[streams]\nack_wait_s = 2\nduplicate_window_s = 600\n[engine]\nlexicons = \"{}\"\nshards = 3\nreload_poll_ms = 100\n[daemon]\nshutdown_grace_s = 15\nnak_delay_ms = 200\nstall_timeout_s = 5\n[metrics]\naddr = \"127.0.0.1:{metrics_port}\"\n[log]\nlevel = \"warn\"\n{extra}",
+        "[nats]\nurl = \"{}\"\n[streams]\nack_wait_s = 2\nduplicate_window_s = 600\n[engine]\nlexicons = \"{}\"\nshards = 3\nreload_poll_ms = 100\n[daemon]\nshutdown_grace_s = 15\nnak_delay_ms = 200\nstall_timeout_s = 5\n[metrics]\naddr = \"127.0.0.1:{metrics_port}\"\n[console]\naddr = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n{extra}",
         nats.url(),
         lexicons.display()
     )
 }
 
-fn config(nats: &NatsServer, lexicons: &Path, extra: &str) -> Config {
+pub(crate) fn config(nats: &NatsServer, lexicons: &Path, extra: &str) -> Config {
     RawConfig::parse(&config_toml(nats, lexicons, free_port(), extra))
         .and_then(|r| r.validate(&Overrides::default()))
         .expect("test config")
 }
 
 /// The daemon running in-process, stopped through its shutdown future.
-struct Daemon {
+pub(crate) struct Daemon {
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), DaemonError>>,
-    metrics_port: u16,
+    pub(crate) metrics_port: u16,
 }
 
 impl Daemon {
-    async fn start(config: Config) -> Daemon {
+    pub(crate) async fn start(config: Config) -> Daemon {
         let metrics_port = config.metrics_addr.port();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(zhijian::daemon::run(config, async {
@@ -61,7 +61,7 @@ impl Daemon {
         }
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -72,7 +72,7 @@ impl Daemon {
         }
     }
 
-    fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         http_get(self.metrics_port, "/metrics")
             .expect("metrics answer")
             .1
@@ -95,7 +95,7 @@ async fn wait_ready(metrics_port: u16) {
 }
 
 /// Publishes input lines on their subjects (as `zhijian publish` does).
-async fn publish(nats: &NatsServer, lines: &[String]) {
+pub(crate) async fn publish(nats: &NatsServer, lines: &[String]) {
     let dir = tempdir("publish");
     let file = dir.join("input.jsonl");
     std::fs::write(&file, lines.join("\n")).expect("write input");
@@ -107,13 +107,16 @@ async fn publish(nats: &NatsServer, lines: &[String]) {
         .expect("publish");
 }
 
-async fn js(nats: &NatsServer) -> jetstream::Context {
+pub(crate) async fn js(nats: &NatsServer) -> jetstream::Context {
     let client = async_nats::connect(nats.url()).await.expect("connect");
     jetstream::new(client)
 }
 
 /// Every message stored in a stream, in order.
-async fn stream_messages(js: &jetstream::Context, stream: &str) -> Vec<async_nats::Message> {
+pub(crate) async fn stream_messages(
+    js: &jetstream::Context,
+    stream: &str,
+) -> Vec<async_nats::Message> {
     let mut s = js.get_stream(stream).await.expect("stream exists");
     let n = s.info().await.expect("stream info").state.messages as usize;
     if n == 0 {
@@ -144,7 +147,7 @@ async fn stream_messages(js: &jetstream::Context, stream: &str) -> Vec<async_nat
     out
 }
 
-async fn output_events(js: &jetstream::Context) -> Vec<Event> {
+pub(crate) async fn output_events(js: &jetstream::Context) -> Vec<Event> {
     stream_messages(js, "VIOLATIONS")
         .await
         .iter()
@@ -154,7 +157,7 @@ async fn output_events(js: &jetstream::Context) -> Vec<Event> {
 
 /// Waits until `n` summaries are stored and the consumer has nothing
 /// pending or unacknowledged.
-async fn wait_done(js: &jetstream::Context, summaries: usize) -> Vec<Event> {
+pub(crate) async fn wait_done(js: &jetstream::Context, summaries: usize) -> Vec<Event> {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let events = output_events(js).await;
@@ -253,13 +256,13 @@ fn assert_no_duplicate_ids(events: &[Event]) {
     assert!(dups.is_empty(), "duplicate event ids stored: {dups:?}");
 }
 
-fn scan(lines: &[String]) -> Vec<Event> {
+pub(crate) fn scan(lines: &[String]) -> Vec<Event> {
     let scanner = std::sync::Arc::new(crate::support::compile(&lexicons()));
     let mut engine = Engine::new(scanner, EngineConfig::default());
     scan_jsonl(&mut engine, &lines.join("\n")).0
 }
 
-fn traffic(n: usize, seed: u64) -> Vec<String> {
+pub(crate) fn traffic(n: usize, seed: u64) -> Vec<String> {
     let convs = synth::conversations(seed, n, &format!("conv-{seed}-"), &Mix::default());
     let mut lines = synth::interleaved_jsonl(&convs, "acme", "call");
     let examples = std::fs::read_to_string(
@@ -270,7 +273,7 @@ fn traffic(n: usize, seed: u64) -> Vec<String> {
     lines
 }
 
-fn summaries_in(lines: &[String]) -> usize {
+pub(crate) fn summaries_in(lines: &[String]) -> usize {
     lines
         .iter()
         .filter(|l| l.contains("\"type\":\"end\""))

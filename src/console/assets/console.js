@@ -1,0 +1,358 @@
+// zhijian console: the live feed of violations for QA supervisors.
+//
+// Transcript text is untrusted: it only ever reaches the page through
+// textContent / text nodes, never as HTML. The server's CSP allows no inline
+// script either.
+'use strict';
+
+(() => {
+  const MAX_ROWS = 1000;      // rows in the table
+  const MAX_KEPT = 20000;     // violations kept for filters, counters, ranking
+  const CATEGORIES = ['forbidden', 'filler', 'missing_greeting', 'missing_closing'];
+
+  const $ = (id) => document.getElementById(id);
+  const state = {
+    lastSeq: null,            // stream sequence of the last event received
+    seen: new Set(),          // sequences received (no duplicates, ever)
+    duplicates: 0,
+    violations: [],           // {seq, raised, v}, oldest first
+    summaries: new Map(),     // "tenant/conversation" -> summary
+    tenants: new Set(),
+    paused: false,
+    waiting: 0,               // alerts received while paused
+    token: sessionStorage.getItem('zhijian-token') || '',
+    detail: null,             // {tenant, id} shown in the detail panel
+  };
+
+  // ---- small DOM helpers (text only) ----
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  }
+
+  // `text` with the code points [start, end) in <mark>; offsets are Unicode
+  // scalar values, as in the event contract.
+  function highlighted(text, ranges) {
+    const cps = Array.from(text);
+    const on = new Array(cps.length).fill(false);
+    for (const [s, e] of ranges) {
+      for (let i = Math.max(0, s); i < Math.min(e, cps.length); i++) on[i] = true;
+    }
+    const out = document.createDocumentFragment();
+    let i = 0;
+    while (i < cps.length) {
+      let j = i;
+      while (j < cps.length && on[j] === on[i]) j++;
+      const piece = cps.slice(i, j).join('');
+      out.append(on[i] ? el('mark', null, piece) : document.createTextNode(piece));
+      i = j;
+    }
+    return out;
+  }
+
+  function timeOf(ms) {
+    return new Date(ms).toLocaleTimeString('zh-CN', { hour12: false });
+  }
+
+  function authHeaders() {
+    return state.token ? { Authorization: 'Bearer ' + state.token } : {};
+  }
+
+  function setStatus(s, text) {
+    const e = $('status');
+    e.dataset.state = s;
+    e.textContent = text || s;
+  }
+
+  // ---- filters ----
+  function filters() {
+    return {
+      tenant: $('f-tenant').value,
+      category: $('f-category').value,
+      severity: $('f-severity').value,
+      agent: $('f-agent').value.trim(),
+    };
+  }
+
+  function passes(v, f, ignoreCategory) {
+    return (!f.tenant || v.tenant === f.tenant)
+      && (ignoreCategory || !f.category || v.category === f.category)
+      && (!f.severity || v.severity === f.severity)
+      && (!f.agent || (v.agent_id || '') === f.agent);
+  }
+
+  // ---- rendering ----
+  function row(item) {
+    const v = item.v;
+    const tr = el('tr', 'sev-' + v.severity);
+    tr.dataset.id = v.id;
+    tr.dataset.seq = String(item.seq);
+    tr.dataset.category = v.category;
+    tr.dataset.tenant = v.tenant;
+    tr.dataset.agent = v.agent_id || '';
+    const time = el('td', 'time', timeOf(item.raised));
+    time.title = 'spoken ' + new Date(v.ts_ms).toLocaleString('zh-CN', { hour12: false });
+    const conv = el('td');
+    const link = el('button', 'conv', v.conversation_id);
+    link.type = 'button';
+    link.addEventListener('click', () => openDetail(v.tenant, v.conversation_id));
+    conv.append(link);
+    const text = el('td', 'text');
+    const ranges = v.start !== null && v.end !== null ? [[v.start, v.end]] : [];
+    text.append(highlighted(v.text, ranges));
+    tr.append(time, el('td', 'tenant', v.tenant), el('td', 'agent', v.agent_id || '–'), conv,
+      el('td', 'category', v.category), el('td', 'sev', v.severity), el('td', 'rule', v.rule_id), text);
+    return tr;
+  }
+
+  function renderFeed() {
+    const f = filters();
+    const body = $('feed');
+    const rows = [];
+    for (let i = state.violations.length - 1; i >= 0 && rows.length < MAX_ROWS; i--) {
+      if (passes(state.violations[i].v, f, false)) rows.push(row(state.violations[i]));
+    }
+    body.replaceChildren(...rows);
+    $('empty').hidden = rows.length > 0;
+    state.waiting = 0;
+    $('waiting').textContent = '';
+  }
+
+  function renderCounters() {
+    const f = filters();
+    const counts = Object.fromEntries(CATEGORIES.map((c) => [c, 0]));
+    for (const { v } of state.violations) {
+      if (passes(v, f, true)) counts[v.category] += 1;
+    }
+    for (const c of CATEGORIES) {
+      document.querySelector(`.counter[data-category="${c}"] b`).textContent = String(counts[c]);
+    }
+  }
+
+  function renderRanking() {
+    const f = filters();
+    const since = Date.now() - Number($('window').value) * 60000;
+    const byAgent = new Map();
+    for (const { v, raised } of state.violations) {
+      if (raised < since || !passes(v, f, false)) continue;
+      const key = v.agent_id || '–';
+      byAgent.set(key, (byAgent.get(key) || 0) + 1);
+    }
+    const ranked = [...byAgent.entries()].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
+    $('ranking').replaceChildren(...ranked.slice(0, 20).map(([agent, n]) => {
+      const li = el('li', null, `${agent} — ${n}`);
+      li.dataset.agent = agent;
+      li.dataset.count = String(n);
+      return li;
+    }));
+  }
+
+  function renderTenants() {
+    const select = $('f-tenant');
+    const have = new Set([...select.options].map((o) => o.value));
+    for (const t of [...state.tenants].sort()) {
+      if (!have.has(t)) select.append(new Option(t, t));
+    }
+  }
+
+  // Counters and ranking are recomputed at most once per frame, however
+  // many alerts arrive.
+  let talliesDue = false;
+  function scheduleTallies() {
+    if (talliesDue) return;
+    talliesDue = true;
+    requestAnimationFrame(() => {
+      talliesDue = false;
+      renderCounters();
+      renderRanking();
+    });
+  }
+
+  function renderAll() {
+    renderFeed();
+    renderCounters();
+    renderRanking();
+  }
+
+  // ---- events ----
+  function onEvent(seq, data) {
+    if (state.seen.has(seq)) {
+      // The server never resends; counted so a test (or a person) can see it.
+      state.duplicates += 1;
+      $('status').dataset.duplicates = String(state.duplicates);
+      return;
+    }
+    state.seen.add(seq);
+    state.lastSeq = state.lastSeq === null ? seq : Math.max(state.lastSeq, seq);
+    const ev = data.event;
+    if (ev.type === 'summary') {
+      state.summaries.set(ev.tenant + '/' + ev.conversation_id, ev);
+      refreshDetail(ev.tenant, ev.conversation_id);
+      return;
+    }
+    if (ev.type !== 'violation') return;
+    const item = { seq, raised: data.raised_ms || Date.now(), v: ev };
+    state.violations.push(item);
+    if (state.violations.length > MAX_KEPT) state.violations.splice(0, state.violations.length - MAX_KEPT);
+    if (!state.tenants.has(ev.tenant)) {
+      state.tenants.add(ev.tenant);
+      renderTenants();
+    }
+    scheduleTallies();
+    refreshDetail(ev.tenant, ev.conversation_id);
+    if (!passes(ev, filters(), false)) return;
+    if (state.paused) {
+      state.waiting += 1;
+      $('waiting').textContent = `${state.waiting} new while paused`;
+      return;
+    }
+    const body = $('feed');
+    body.prepend(row(item));
+    while (body.rows.length > MAX_ROWS) body.lastElementChild.remove();
+    $('empty').hidden = true;
+  }
+
+  // Server-sent events read with fetch (so a bearer token can be sent),
+  // resumed with Last-Event-ID after any disconnect.
+  async function follow() {
+    let delay = 500;
+    for (;;) {
+      setStatus(state.lastSeq === null ? 'connecting' : 'reconnecting');
+      try {
+        const headers = { Accept: 'text/event-stream', ...authHeaders() };
+        if (state.lastSeq !== null) headers['Last-Event-ID'] = String(state.lastSeq);
+        const res = await fetch('/api/events', { headers, cache: 'no-store' });
+        if (res.status === 401) {
+          setStatus('unauthorized', 'token needed');
+          $('login').hidden = false;
+          return;
+        }
+        if (!res.ok || !res.body) throw new Error('HTTP ' + res.status);
+        setStatus('live');
+        delay = 500;
+        await readEvents(res.body);
+      } catch (e) {
+        // Network error or server gone: retry below.
+      }
+      setStatus('reconnecting');
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 5000);
+    }
+  }
+
+  async function readEvents(body) {
+    const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buf += value;
+      let cut;
+      while ((cut = buf.indexOf('\n\n')) >= 0) {
+        const block = buf.slice(0, cut);
+        buf = buf.slice(cut + 2);
+        let id = null;
+        let name = 'message';
+        const data = [];
+        for (const line of block.split('\n')) {
+          if (line.startsWith(':')) continue;
+          const colon = line.indexOf(':');
+          const field = colon < 0 ? line : line.slice(0, colon);
+          const val = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+          if (field === 'id') id = val;
+          else if (field === 'event') name = val;
+          else if (field === 'data') data.push(val);
+        }
+        if (name === 'gap') {
+          $('notice').textContent = 'Some older alerts are no longer kept by the server.';
+        } else if (name === 'lagged') {
+          $('notice').textContent = 'Fell behind; catching up.';
+        } else if (name === 'message' && id !== null && data.length) {
+          onEvent(Number(id), JSON.parse(data.join('\n')));
+        }
+      }
+    }
+  }
+
+  // ---- conversation detail ----
+  async function openDetail(tenant, id) {
+    state.detail = { tenant, id };
+    $('detail').hidden = false;
+    $('detail-title').textContent = `${tenant} / ${id}`;
+    await loadDetail();
+  }
+
+  function refreshDetail(tenant, id) {
+    if (state.detail && state.detail.tenant === tenant && state.detail.id === id) loadDetail();
+  }
+
+  async function loadDetail() {
+    const { tenant, id } = state.detail;
+    let view;
+    try {
+      const res = await fetch(`/api/conversations/${encodeURIComponent(tenant)}/${encodeURIComponent(id)}`,
+        { headers: authHeaders(), cache: 'no-store' });
+      if (!res.ok) throw new Error('HTTP ' + res.status);
+      view = await res.json();
+    } catch (e) {
+      $('detail-summary').textContent = 'Cannot load the conversation: ' + e.message;
+      return;
+    }
+    if (!state.detail || state.detail.tenant !== tenant || state.detail.id !== id) return;
+    const ranges = new Map();
+    for (const v of view.violations) {
+      if (v.start === null || v.end === null) continue;
+      if (!ranges.has(v.seq)) ranges.set(v.seq, []);
+      ranges.get(v.seq).push([v.start, v.end]);
+    }
+    $('detail-segments').replaceChildren(...view.segments.map((s) => {
+      const li = el('li', s.speaker);
+      li.dataset.seq = String(s.seq);
+      li.append(el('span', 'who', `#${s.seq} ${s.speaker}`), highlighted(s.text, ranges.get(s.seq) || []));
+      return li;
+    }));
+    const summary = view.summary || state.summaries.get(tenant + '/' + id);
+    const box = $('detail-summary');
+    if (summary) {
+      const c = summary.counts;
+      box.replaceChildren(
+        el('span', 'score', summary.score),
+        document.createTextNode(` closed (${summary.reason}) · greeted ${summary.greeted ?? '–'} · closing ${summary.closed ?? '–'}`
+          + ` · forbidden ${c.forbidden} · filler ${c.filler}`),
+      );
+      box.dataset.score = String(summary.score);
+    } else {
+      box.replaceChildren(document.createTextNode(`in progress · ${view.violations.length} alerts so far`));
+      delete box.dataset.score;
+    }
+  }
+
+  // ---- controls ----
+  function init() {
+    for (const id of ['f-tenant', 'f-category', 'f-severity', 'window']) {
+      $(id).addEventListener('change', renderAll);
+    }
+    $('f-agent').addEventListener('input', renderAll);
+    $('pause').addEventListener('click', () => {
+      state.paused = !state.paused;
+      $('pause').textContent = state.paused ? 'Resume' : 'Pause';
+      if (!state.paused) renderFeed();
+    });
+    $('detail-close').addEventListener('click', () => {
+      state.detail = null;
+      $('detail').hidden = true;
+    });
+    $('token-ok').addEventListener('click', () => {
+      state.token = $('token').value;
+      sessionStorage.setItem('zhijian-token', state.token);
+      $('login').hidden = true;
+      follow();
+    });
+    setInterval(renderRanking, 30000);
+    follow();
+  }
+
+  init();
+})();

@@ -1,0 +1,694 @@
+//! The live-alerts console for QA supervisors: a page served by the daemon
+//! (`[console] addr`, loopback by default) with a feed of violations and
+//! summaries as they are published.
+//!
+//! ```text
+//! VIOLATIONS stream ─(ordered pull consumer)─▶ Feed: ring of the last
+//!   `history` events (masked) + broadcast ─▶ GET /api/events (SSE, one per browser)
+//! TRANSCRIPTS stream ─(per request, filtered by subject)─▶ GET /api/conversations/{tenant}/{id}
+//! ```
+//!
+//! The console reads what the shards already published, from the stream:
+//! it shares nothing with the scanning path, so a slow or stalled browser
+//! cannot slow the scanner. Every SSE event carries its stream sequence as
+//! `id`; a browser that reconnects (network blip, daemon restart) sends the
+//! last id it saw and gets exactly what it missed, from the ring, which a
+//! restarted daemon refills from the stream. A browser that falls more than
+//! the broadcast buffer behind is told `lagged`, counted, and disconnected:
+//! it reconnects and catches up from the ring like any other.
+//!
+//! Transcripts are untrusted text: the page only ever renders them with
+//! `textContent`, and the Content-Security-Policy allows no inline script.
+
+pub mod mask;
+
+use crate::config::{Config, ConsoleConfig};
+use crate::event::{Event, InputKind, decode};
+use crate::filter::Filter;
+use crate::metrics::Metrics;
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
+use axum::Router;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{self, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+/// Events a browser may fall behind the live feed before it is told to
+/// reconnect (and catch up from the ring).
+const BROADCAST_BUFFER: usize = 1024;
+/// Events a new browser starts with when it asks for no position.
+const INITIAL_EVENTS: usize = 500;
+/// Segments returned for one conversation.
+const MAX_SEGMENTS: usize = 2000;
+
+/// One published event as the console serves it.
+struct Item {
+    /// Its sequence number in the output stream.
+    seq: u64,
+    event: Event,
+    /// `{"seq":…,"event":…}`, serialized once for every browser.
+    json: String,
+}
+
+/// The recent events and the live broadcast.
+struct Feed {
+    ring: Mutex<VecDeque<Arc<Item>>>,
+    history: usize,
+    live: broadcast::Sender<Arc<Item>>,
+}
+
+impl Feed {
+    fn new(history: usize) -> Feed {
+        Feed {
+            ring: Mutex::new(VecDeque::with_capacity(history.min(65_536))),
+            history,
+            live: broadcast::channel(BROADCAST_BUFFER).0,
+        }
+    }
+
+    fn push(&self, item: Item) {
+        let item = Arc::new(item);
+        let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        if ring.back().is_some_and(|last| last.seq >= item.seq) {
+            return;
+        }
+        if ring.len() == self.history {
+            ring.pop_front();
+        }
+        ring.push_back(Arc::clone(&item));
+        // Sent under the lock: a browser subscribing takes its backlog and
+        // its receiver under the same lock, so it sees every event once.
+        let _ = self.live.send(item);
+    }
+
+    /// The backlog after `after` (or the last [`INITIAL_EVENTS`]), whether
+    /// events after `after` were already dropped from the ring, and a
+    /// receiver of what comes next.
+    fn subscribe(
+        &self,
+        after: Option<u64>,
+    ) -> (Vec<Arc<Item>>, bool, broadcast::Receiver<Arc<Item>>) {
+        let ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        let rx = self.live.subscribe();
+        let (backlog, gap) = match after {
+            Some(after) => {
+                let gap = ring.front().is_some_and(|first| first.seq > after + 1);
+                let from = ring.partition_point(|i| i.seq <= after);
+                (ring.range(from..).cloned().collect(), gap)
+            }
+            None => {
+                let from = ring.len().saturating_sub(INITIAL_EVENTS);
+                (ring.range(from..).cloned().collect(), false)
+            }
+        };
+        (backlog, gap, rx)
+    }
+
+    /// The events of one conversation still in the ring.
+    fn conversation(&self, tenant: &str, id: &str) -> Vec<Arc<Item>> {
+        let ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        ring.iter()
+            .filter(|i| {
+                let (t, c) = match &i.event {
+                    Event::Violation(v) => (&v.tenant, &v.conversation_id),
+                    Event::Summary(s) => (&s.tenant, &s.conversation_id),
+                };
+                t == tenant && c == id
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+fn masked(mut event: Event, on: bool) -> Event {
+    if on && let Event::Violation(v) = &mut event {
+        if let std::borrow::Cow::Owned(t) = mask::mask(&v.text) {
+            v.text = t;
+        }
+        if let Some(m) = &v.matched
+            && let std::borrow::Cow::Owned(t) = mask::mask(m)
+        {
+            v.matched = Some(t);
+        }
+    }
+    event
+}
+
+#[derive(Clone)]
+struct AppState {
+    feed: Arc<Feed>,
+    config: Arc<ConsoleConfig>,
+    js: jetstream::Context,
+    input_stream: String,
+    input_prefix: String,
+    metrics: Arc<Metrics>,
+    /// `Basic <base64(user:password)>`, precomputed.
+    basic: Option<String>,
+}
+
+/// A running console.
+pub struct Console {
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+impl Console {
+    pub fn stop(self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Binds the console's address, starts following the output stream and
+/// serves until stopped.
+pub async fn start(
+    config: &Config,
+    console: ConsoleConfig,
+    js: jetstream::Context,
+    metrics: Arc<Metrics>,
+) -> Result<Console, String> {
+    let listener = tokio::net::TcpListener::bind(console.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {} for the console: {e}", console.addr))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let feed = Arc::new(Feed::new(console.history));
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(follow(
+        js.clone(),
+        config.streams.output_stream.clone(),
+        Arc::clone(&feed),
+        console.mask_digits,
+        Arc::clone(&metrics),
+        stopped.clone(),
+    ));
+    let basic = console
+        .basic
+        .as_ref()
+        .map(|(u, p)| format!("Basic {}", base64(format!("{u}:{}", p.0).as_bytes())));
+    let state = AppState {
+        feed,
+        config: Arc::new(console),
+        js,
+        input_stream: config.streams.input_stream.clone(),
+        input_prefix: config.streams.input_prefix.clone(),
+        metrics,
+        basic,
+    };
+    let app = Router::new()
+        .route("/", get(page))
+        .route("/console.js", get(script))
+        .route("/console.css", get(style))
+        .route("/api/events", get(events))
+        .route("/api/conversations/{tenant}/{id}", get(conversation))
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .with_state(state);
+    let mut stopped_http = stopped;
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped_http.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "console server failed");
+        }
+    });
+    Ok(Console { addr, stop })
+}
+
+/// Follows the output stream into the feed, from the last `history`
+/// events, resuming after the last one seen when the consumer fails.
+async fn follow(
+    js: jetstream::Context,
+    stream: String,
+    feed: Arc<Feed>,
+    mask_digits: bool,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut next: Option<u64> = None;
+    loop {
+        let followed = tokio::select! {
+            r = follow_once(&js, &stream, &feed, mask_digits, &metrics, &mut next) => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        if let Err(e) = followed {
+            tracing::warn!(stream = %stream, error = %e, "console: following the output stream failed; retrying");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn follow_once(
+    js: &jetstream::Context,
+    stream: &str,
+    feed: &Feed,
+    mask_digits: bool,
+    metrics: &Metrics,
+    next: &mut Option<u64>,
+) -> Result<(), String> {
+    let mut s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+    let state = s.info().await.map_err(|e| e.to_string())?.state.clone();
+    let start = next.unwrap_or_else(|| {
+        state
+            .last_sequence
+            .saturating_sub(feed.history as u64 - 1)
+            .max(state.first_sequence)
+            .max(1)
+    });
+    let consumer = s
+        .create_consumer(pull::OrderedConfig {
+            description: Some("zhijian console".into()),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    while let Some(m) = messages.next().await {
+        let m = m.map_err(|e| e.to_string())?;
+        let info = m.info().map_err(|e| e.to_string())?;
+        let seq = info.stream_sequence;
+        let raised_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as u64;
+        *next = Some(seq + 1);
+        metrics.console_events.inc();
+        match serde_json::from_slice::<Event>(&m.payload) {
+            Ok(event) => {
+                let event = masked(event, mask_digits);
+                let json = serde_json::to_string(&Wire {
+                    seq,
+                    raised_ms,
+                    event: &event,
+                })
+                .map_err(|e| e.to_string())?;
+                feed.push(Item { seq, event, json });
+            }
+            Err(e) => {
+                metrics.console_bad_events.inc();
+                tracing::warn!(stream, seq, subject = %m.subject, error = %e, "console: not an output event; skipped (it stays in the stream)");
+            }
+        }
+    }
+    Err("the ordered consumer ended".into())
+}
+
+#[derive(Serialize)]
+struct Wire<'a> {
+    seq: u64,
+    /// When the event was stored in the output stream (the alert's time).
+    raised_ms: u64,
+    event: &'a Event,
+}
+
+const SECURITY_HEADERS: [(header::HeaderName, &str); 4] = [
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::REFERRER_POLICY, "no-referrer"),
+    (header::CACHE_CONTROL, "no-store"),
+];
+
+/// Bearer token or basic auth, when configured. With a token only, the
+/// page itself (which holds no data) is public so it can ask for the token.
+async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let c = &s.config;
+    if c.token.is_none() && s.basic.is_none() {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let token_ok = c.token.as_ref().is_some_and(|t| {
+        given
+            .strip_prefix("Bearer ")
+            .is_some_and(|g| constant_time_eq(g.as_bytes(), t.0.as_bytes()))
+    });
+    let basic_ok = s
+        .basic
+        .as_ref()
+        .is_some_and(|b| constant_time_eq(given.as_bytes(), b.as_bytes()));
+    let public = s.basic.is_none() && !req.uri().path().starts_with("/api/");
+    if token_ok || basic_ok || public {
+        return next.run(req).await;
+    }
+    let mut res = (StatusCode::UNAUTHORIZED, "authentication required\n").into_response();
+    if s.basic.is_some() {
+        res.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"zhijian console\", charset=\"UTF-8\""),
+        );
+    }
+    res
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut res = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    for (k, v) in SECURITY_HEADERS {
+        res.headers_mut().insert(k, HeaderValue::from_static(v));
+    }
+    res
+}
+
+async fn page() -> Response {
+    asset(
+        "text/html; charset=utf-8",
+        include_str!("assets/index.html"),
+    )
+}
+
+async fn script() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("assets/console.js"),
+    )
+}
+
+async fn style() -> Response {
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("assets/console.css"),
+    )
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    /// Resume after this stream sequence (the `Last-Event-ID` header wins).
+    after: Option<u64>,
+    tenant: Option<String>,
+    agent: Option<String>,
+    category: Option<String>,
+    severity: Option<String>,
+}
+
+/// `GET /api/events`: server-sent events, backlog first, then live.
+async fn events(
+    State(s): State<AppState>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<sse::Event, Infallible>>>, (StatusCode, String)> {
+    let filter = Filter::parse(
+        q.tenant.as_deref(),
+        q.agent.as_deref(),
+        q.category.as_deref(),
+        q.severity.as_deref(),
+    )
+    .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let (backlog, gap, rx) = s.feed.subscribe(last_id.or(q.after));
+    let client = Client::new(Arc::clone(&s.metrics));
+    let last = backlog.last().map(|i| i.seq);
+    let head = gap.then(|| {
+        sse::Event::default()
+            .event("gap")
+            .data("older events are no longer kept")
+    });
+    let backlog = futures_util::stream::iter(
+        head.into_iter()
+            .chain(
+                backlog
+                    .into_iter()
+                    .filter(|i| filter.matches(&i.event))
+                    .map(to_sse),
+            )
+            .collect::<Vec<_>>(),
+    );
+    let live = futures_util::stream::unfold(
+        (rx, filter, last, client, false),
+        |(mut rx, filter, last, client, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                match rx.recv().await {
+                    Ok(item) if last.is_some_and(|l| item.seq <= l) => continue,
+                    Ok(item) if !filter.matches(&item.event) => continue,
+                    Ok(item) => return Some((to_sse(item), (rx, filter, last, client, false))),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        client.metrics.console_lagged.inc_by(n);
+                        let e = sse::Event::default().event("lagged").data(n.to_string());
+                        return Some((e, (rx, filter, last, client, true)));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    let stream = backlog.chain(live).map(Ok);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn to_sse(item: Arc<Item>) -> sse::Event {
+    sse::Event::default()
+        .id(item.seq.to_string())
+        .data(item.json.as_str())
+}
+
+/// A connected browser, counted while its stream lives.
+struct Client {
+    metrics: Arc<Metrics>,
+}
+
+impl Client {
+    fn new(metrics: Arc<Metrics>) -> Client {
+        metrics.console_clients.inc();
+        Client { metrics }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.metrics.console_clients.dec();
+    }
+}
+
+#[derive(Serialize)]
+struct SegmentView {
+    seq: u64,
+    speaker: &'static str,
+    text: String,
+    agent_id: Option<String>,
+    ts_ms: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct ConversationView {
+    tenant: String,
+    conversation_id: String,
+    segments: Vec<SegmentView>,
+    /// Whether the conversation ended (an `end` event was seen).
+    ended: bool,
+    /// More than [`MAX_SEGMENTS`] segments: the rest is not shown.
+    truncated: bool,
+    violations: Vec<Event>,
+    summary: Option<Event>,
+}
+
+/// `GET /api/conversations/{tenant}/{id}`: the final segments of one
+/// conversation (from the input stream), its violations and its summary
+/// (from the feed).
+async fn conversation(
+    State(s): State<AppState>,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<axum::Json<ConversationView>, (StatusCode, String)> {
+    let token_ok = |t: &str| {
+        !t.is_empty()
+            && !t.contains(|c: char| c.is_whitespace() || c.is_control() || c == '*' || c == '>')
+    };
+    if !token_ok(&tenant) || tenant.contains('.') || !token_ok(&id) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "invalid tenant or conversation id\n".into(),
+        ));
+    }
+    let subject = format!("{}.{tenant}.{id}", s.input_prefix);
+    let (segments, ended, truncated) = read_segments(&s, &subject).await.map_err(|e| {
+        (
+            StatusCode::BAD_GATEWAY,
+            format!("cannot read {subject}: {e}\n"),
+        )
+    })?;
+    let mut violations = Vec::new();
+    let mut summary = None;
+    for item in s.feed.conversation(&tenant, &id) {
+        match &item.event {
+            Event::Violation(_) => violations.push(item.event.clone()),
+            Event::Summary(_) => summary = Some(item.event.clone()),
+        }
+    }
+    Ok(axum::Json(ConversationView {
+        tenant,
+        conversation_id: id,
+        segments,
+        ended,
+        truncated,
+        violations,
+        summary,
+    }))
+}
+
+async fn read_segments(
+    s: &AppState,
+    subject: &str,
+) -> Result<(Vec<SegmentView>, bool, bool), String> {
+    let stream =
+        s.js.get_stream(&s.input_stream)
+            .await
+            .map_err(|e| e.to_string())?;
+    let mut consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: subject.to_string(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut by_seq = BTreeMap::new();
+    let (mut ended, mut truncated) = (false, false);
+    let pending = consumer
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .num_pending;
+    if pending == 0 {
+        return Ok((Vec::new(), false, false));
+    }
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut seen = 0usize;
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, messages.next()).await {
+        let m = m.map_err(|e| e.to_string())?;
+        let left = m.info().map_err(|e| e.to_string())?.pending;
+        seen += 1;
+        if let Ok(input) = decode(&m.payload) {
+            match input.kind {
+                InputKind::End => ended = true,
+                InputKind::Segment(seg) if seg.is_final => {
+                    let text = if s.config.mask_digits {
+                        mask::mask(&seg.text).into_owned()
+                    } else {
+                        seg.text.into_owned()
+                    };
+                    by_seq.entry(seg.seq).or_insert(SegmentView {
+                        seq: seg.seq,
+                        speaker: seg.speaker.as_str(),
+                        text,
+                        agent_id: input.agent_id.map(|a| a.into_owned()),
+                        ts_ms: input.ts_ms,
+                    });
+                }
+                InputKind::Segment(_) => {}
+            }
+        }
+        if left == 0 {
+            break;
+        }
+        if seen >= MAX_SEGMENTS {
+            truncated = true;
+            break;
+        }
+    }
+    Ok((by_seq.into_values().collect(), ended, truncated))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_rfc_examples() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+            ("qa:秘密", "cWE656eY5a+G"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded, "{plain}");
+        }
+    }
+
+    fn item(seq: u64) -> Item {
+        let event: Event = serde_json::from_value(serde_json::json!({
+            "type": "summary", "id": "x", "conversation_id": format!("c{seq}"), "tenant": "t",
+            "channel": null, "agent_id": null, "reason": "end", "segments": 1,
+            "agent_segments": 1, "counts": {"forbidden": 0, "filler": 0,
+            "missing_greeting": 0, "missing_closing": 0}, "greeted": null,
+            "closed": null, "score": 100.0, "lexicon_version": "v", "ts_ms": 0
+        }))
+        .expect("a summary");
+        Item {
+            seq,
+            event,
+            json: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_reconnecting_browser_gets_exactly_what_it_missed() {
+        let feed = Feed::new(3);
+        for seq in [1, 2, 3, 4, 4, 3] {
+            feed.push(item(seq));
+        }
+        let seqs = |after| -> (Vec<u64>, bool) {
+            let (backlog, gap, _) = feed.subscribe(after);
+            (backlog.iter().map(|i| i.seq).collect(), gap)
+        };
+        assert_eq!(seqs(Some(2)), (vec![3, 4], false));
+        assert_eq!(seqs(Some(4)), (vec![], false));
+        // Event 1 fell out of the ring: the browser is told.
+        assert_eq!(seqs(Some(0)), (vec![2, 3, 4], true));
+        assert_eq!(seqs(None), (vec![2, 3, 4], false));
+        let (_, _, mut rx) = feed.subscribe(Some(4));
+        feed.push(item(5));
+        assert_eq!(rx.try_recv().map(|i| i.seq).ok(), Some(5));
+    }
+}

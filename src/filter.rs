@@ -1,0 +1,128 @@
+//! Which output events a supervisor wants to see: the filters of `zhijian
+//! tail` and of the console's event feed (`?tenant=…&category=…`).
+//!
+//! Each filter is a comma-separated list (any of); filters combine with
+//! "and"; an empty filter lets everything through. Category and severity
+//! belong to violations, so setting either hides summaries.
+
+use crate::event::{Category, Event, Severity};
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    pub tenants: Vec<String>,
+    pub agents: Vec<String>,
+    pub categories: Vec<Category>,
+    pub severities: Vec<Severity>,
+}
+
+fn list(s: Option<&str>) -> impl Iterator<Item = &str> {
+    s.unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+}
+
+impl Filter {
+    /// Parses the comma-separated lists; unknown categories and severities
+    /// are errors naming the accepted values.
+    pub fn parse(
+        tenants: Option<&str>,
+        agents: Option<&str>,
+        categories: Option<&str>,
+        severities: Option<&str>,
+    ) -> Result<Filter, String> {
+        let categories = list(categories)
+            .map(|c| {
+                Category::ALL
+                    .into_iter()
+                    .find(|k| k.as_str() == c)
+                    .ok_or_else(|| {
+                        format!("unknown category {c:?} (forbidden, filler, missing_greeting, missing_closing)")
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let severities = list(severities)
+            .map(|s| {
+                Severity::ALL
+                    .into_iter()
+                    .find(|k| k.as_str() == s)
+                    .ok_or_else(|| format!("unknown severity {s:?} (low, medium, high, critical)"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Filter {
+            tenants: list(tenants).map(str::to_string).collect(),
+            agents: list(agents).map(str::to_string).collect(),
+            categories,
+            severities,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Filter::default()
+    }
+
+    pub fn matches(&self, event: &Event) -> bool {
+        let (tenant, agent) = match event {
+            Event::Violation(v) => (&v.tenant, &v.agent_id),
+            Event::Summary(s) => (&s.tenant, &s.agent_id),
+        };
+        let any = |set: &[String], v: &str| set.is_empty() || set.iter().any(|x| x == v);
+        if !any(&self.tenants, tenant) || !any(&self.agents, agent.as_deref().unwrap_or("")) {
+            return false;
+        }
+        match event {
+            Event::Violation(v) => {
+                (self.categories.is_empty() || self.categories.contains(&v.category))
+                    && (self.severities.is_empty() || self.severities.contains(&v.severity))
+            }
+            Event::Summary(_) => self.categories.is_empty() && self.severities.is_empty(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn violation(tenant: &str, agent: &str, category: &str, severity: &str) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "type": "violation", "id": "x", "conversation_id": "c", "tenant": tenant,
+            "channel": "call", "agent_id": agent, "seq": 1, "rule_id": "r",
+            "category": category, "severity": severity, "deduct": 1.0, "matched": null,
+            "start": null, "end": null, "text": "", "lexicon_version": "v", "ts_ms": 0
+        }))
+        .expect("a violation")
+    }
+
+    #[test]
+    fn lists_are_any_of_and_filters_all_of() {
+        let f = Filter::parse(
+            Some("acme, globex"),
+            None,
+            Some("forbidden"),
+            Some("high,critical"),
+        )
+        .expect("parses");
+        assert!(f.matches(&violation("acme", "a1", "forbidden", "high")));
+        assert!(f.matches(&violation("globex", "a2", "forbidden", "critical")));
+        assert!(!f.matches(&violation("initech", "a1", "forbidden", "high")));
+        assert!(!f.matches(&violation("acme", "a1", "filler", "high")));
+        assert!(!f.matches(&violation("acme", "a1", "forbidden", "low")));
+        let by_agent = Filter::parse(None, Some("a2"), None, None).expect("parses");
+        assert!(!by_agent.matches(&violation("acme", "a1", "filler", "low")));
+        assert!(by_agent.matches(&violation("acme", "a2", "filler", "low")));
+        assert!(
+            Filter::parse(None, None, None, None)
+                .expect("parses")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn unknown_values_are_errors() {
+        let err = Filter::parse(None, None, Some("rude"), None).expect_err("unknown");
+        assert!(err.contains("unknown category \"rude\""), "{err}");
+        let err = Filter::parse(None, None, None, Some("severe")).expect_err("unknown");
+        assert!(err.contains("unknown severity \"severe\""), "{err}");
+    }
+}

@@ -1,0 +1,295 @@
+// End-to-end test of the console in headless Chromium: a real nats-server
+// (JetStream), the real daemon binary, conversations published through
+// `zhijian publish`, and the page driven by playwright-core.
+//
+// What it shows: alerts appear with the matched words highlighted (the same
+// violations, by id, as `zhijian scan` finds offline); counters, ranking,
+// filters, pause/resume and the conversation view work; transcripts with
+// <script> and <img onerror> render as text; phone numbers are masked; after
+// the daemon restarts the feed resumes with what was published meanwhile and
+// nothing twice. A screenshot is left in target/browser-artifacts/.
+//
+//   ZHIJIAN_BIN (target/debug/zhijian), NATS_SERVER_BIN (.local/nats/...),
+//   CHROMIUM_BIN (/usr/bin/chromium), ARTIFACTS_DIR (target/browser-artifacts)
+
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const ZHIJIAN = process.env.ZHIJIAN_BIN || path.join(ROOT, 'target/debug/zhijian');
+const NATS = process.env.NATS_SERVER_BIN || path.join(ROOT, '.local/nats/bin/nats-server');
+const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+const ARTIFACTS = process.env.ARTIFACTS_DIR || path.join(ROOT, 'target/browser-artifacts');
+const TIMEOUT = 30000;
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'zhijian-browser-'));
+const children = [];
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function start(name, bin, args) {
+  const log = fs.openSync(path.join(dir, `${name}.log`), 'a');
+  const child = spawn(bin, args, { stdio: ['ignore', log, log] });
+  child.exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  children.push(child);
+  return child;
+}
+
+async function waitHttp(url, what) {
+  const deadline = Date.now() + TIMEOUT;
+  for (;;) {
+    try {
+      const res = await fetch(url);
+      if (res.ok) return;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) throw new Error(`${what} not ready at ${url}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+// ---- the conversations ----
+const now = Date.now();
+function seg(tenant, conv, agent, seq, speaker, text) {
+  const e = { conversation_id: conv, tenant, channel: 'call', seq, speaker, text, ts_ms: now + seq * 1000 };
+  if (speaker === 'agent') e.agent_id = agent;
+  return JSON.stringify(e);
+}
+const end = (tenant, conv) => JSON.stringify({ conversation_id: conv, tenant, type: 'end' });
+
+const XSS_SCRIPT = '<script>window.__pwned = 1; alert("xss")</script>不关我的事';
+const XSS_IMG = '<img src=x onerror="window.__pwned = 2">你问我我问谁，你打13812345678去问';
+const batches = [
+  [
+    seg('acme', 'call-a1', 'agent-li', 0, 'agent', '您好，很高兴为您服务'),
+    seg('acme', 'call-a1', 'agent-li', 1, 'customer', '我家宽带又断了'),
+    seg('acme', 'call-a1', 'agent-li', 2, 'agent', '急什么，我这不是在查吗'),
+    seg('acme', 'call-a1', 'agent-li', 3, 'agent', XSS_SCRIPT),
+    seg('acme', 'call-a1', 'agent-li', 4, 'agent', XSS_IMG),
+    seg('acme', 'call-a1', 'agent-li', 5, 'agent', '感谢您的来电，再见'),
+    end('acme', 'call-a1'),
+    seg('globex', 'chat-g1', 'agent-wang', 0, 'agent', '啊，这个我看一下'),
+    seg('globex', 'chat-g1', 'agent-wang', 1, 'customer', '好的'),
+    seg('globex', 'chat-g1', 'agent-wang', 2, 'agent', '喂，还在吗'),
+    end('globex', 'chat-g1'),
+  ],
+  [ // published while the page is paused
+    seg('acme', 'call-a3', 'agent-zhao', 0, 'agent', '您好'),
+    seg('acme', 'call-a3', 'agent-zhao', 1, 'agent', '这不归我管'),
+    end('acme', 'call-a3'),
+  ],
+  [ // published while the daemon is down
+    seg('globex', 'chat-g2', 'agent-wang', 0, 'agent', '你问我我问谁'),
+    seg('globex', 'chat-g2', 'agent-wang', 1, 'agent', '不关我的事'),
+    end('globex', 'chat-g2'),
+  ],
+];
+
+function writeBatch(i) {
+  const file = path.join(dir, `batch-${i}.jsonl`);
+  fs.writeFileSync(file, batches[i].join('\n') + '\n');
+  return file;
+}
+
+// What `zhijian scan` finds offline: the violations the page must show.
+function expected(upTo) {
+  const file = path.join(dir, `expected-${upTo}.jsonl`);
+  fs.writeFileSync(file, batches.slice(0, upTo + 1).flat().join('\n') + '\n');
+  const out = execFileSync(ZHIJIAN, ['scan', '--lexicons', path.join(ROOT, 'lexicons'), file], { encoding: 'utf8' });
+  const events = out.trim().split('\n').map((l) => JSON.parse(l));
+  return {
+    violations: events.filter((e) => e.type === 'violation'),
+    summaries: events.filter((e) => e.type === 'summary'),
+  };
+}
+
+function publish(natsUrl, i) {
+  execFileSync(ZHIJIAN, ['publish', '--nats-url', natsUrl, writeBatch(i)], { stdio: 'ignore' });
+}
+
+async function main() {
+  for (const [what, p] of [['zhijian', ZHIJIAN], ['nats-server', NATS], ['chromium', CHROMIUM]]) {
+    assert.ok(fs.existsSync(p), `${what} not found at ${p}`);
+  }
+  const [natsPort, monitorPort, metricsPort, consolePort] =
+    [await freePort(), await freePort(), await freePort(), await freePort()];
+  const natsUrl = `nats://127.0.0.1:${natsPort}`;
+  start('nats', NATS, ['-a', '127.0.0.1', '-p', String(natsPort), '-m', String(monitorPort), '-js', '-sd', path.join(dir, 'store')]);
+  await waitHttp(`http://127.0.0.1:${monitorPort}/healthz?js-enabled-only=true`, 'nats-server');
+
+  const config = path.join(dir, 'zhijian.toml');
+  fs.writeFileSync(config, [
+    '[nats]', `url = "${natsUrl}"`,
+    '[engine]', `lexicons = "${path.join(ROOT, 'lexicons')}"`, 'shards = 2',
+    '[daemon]', 'shutdown_grace_s = 10',
+    '[metrics]', `addr = "127.0.0.1:${metricsPort}"`,
+    '[console]', `addr = "127.0.0.1:${consolePort}"`,
+    '[log]', 'level = "warn"', '',
+  ].join('\n'));
+  const startDaemon = async () => {
+    const d = start('daemon', ZHIJIAN, ['run', '--config', config]);
+    await waitHttp(`http://127.0.0.1:${metricsPort}/readyz`, 'zhijian');
+    return d;
+  };
+  let daemon = await startDaemon();
+
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  const page = await browser.newPage({ viewport: { width: 1500, height: 900 }, locale: 'zh-CN' });
+  page.setDefaultTimeout(TIMEOUT);
+  const dialogs = [];
+  page.on('dialog', (d) => {
+    dialogs.push(d.message());
+    d.dismiss();
+  });
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(String(e)));
+  try {
+    await page.goto(`http://127.0.0.1:${consolePort}/`);
+    await page.waitForSelector('#status[data-state="live"]');
+    const rows = () => page.locator('#feed tr');
+    const waitRows = (n) => page.waitForFunction((n) => document.querySelectorAll('#feed tr').length === n, n);
+
+    // 1. Alerts appear, exactly the offline verdicts, highlighted.
+    publish(natsUrl, 0);
+    const want0 = expected(0);
+    assert.ok(want0.violations.length >= 6, `fixture too thin: ${want0.violations.length} violations`);
+    await waitRows(want0.violations.length);
+    const shownIds = await rows().evaluateAll((trs) => trs.map((tr) => tr.dataset.id));
+    assert.deepEqual([...shownIds].sort(), want0.violations.map((v) => v.id).sort(), 'the page shows the offline verdicts');
+    for (const v of want0.violations) {
+      const marks = await page.locator(`#feed tr[data-id="${v.id}"] td.text mark`).allTextContents();
+      assert.deepEqual(marks, v.matched === null ? [] : [v.matched], `highlight of ${v.rule_id} in ${v.text}`);
+    }
+
+    // 2. Untrusted text stays text; phone numbers are masked.
+    const texts = await page.locator('#feed td.text').allTextContents();
+    assert.ok(texts.includes(XSS_SCRIPT), 'the <script> transcript is shown literally');
+    assert.ok(texts.some((t) => t.startsWith('<img src=x onerror=')), 'the <img> transcript is shown literally');
+    assert.equal(await page.locator('#feed script, #feed img, #detail script, #detail img').count(), 0);
+    assert.equal(await page.evaluate(() => window.__pwned), undefined, 'no transcript ran as code');
+    const body = await page.locator('body').innerText();
+    assert.ok(!body.includes('13812345678'), 'the phone number is masked');
+    assert.ok(body.includes('*******5678'), 'the masked phone number keeps its last four digits');
+
+    // 3. Counters and the agent ranking.
+    const byCategory = (vs, c) => vs.filter((v) => v.category === c).length;
+    for (const c of ['forbidden', 'filler', 'missing_greeting', 'missing_closing']) {
+      await page.waitForFunction(([c, n]) => document.querySelector(`.counter[data-category="${c}"] b`).textContent === String(n),
+        [c, byCategory(want0.violations, c)]);
+    }
+    const perAgent = new Map();
+    for (const v of want0.violations) perAgent.set(v.agent_id, (perAgent.get(v.agent_id) || 0) + 1);
+    const [topAgent, topCount] = [...perAgent.entries()].sort((a, b) => b[1] - a[1])[0];
+    const first = page.locator('#ranking li').first();
+    assert.equal(await first.getAttribute('data-agent'), topAgent);
+    assert.equal(await first.getAttribute('data-count'), String(topCount));
+
+    // 4. Filters.
+    const visible = () => rows().evaluateAll((trs) => trs.map((tr) => ({ ...tr.dataset })));
+    const checkFilter = async (select, value, field, wantCount) => {
+      await page.selectOption(select, value);
+      const shown = await visible();
+      assert.equal(shown.length, wantCount, `${select}=${value}`);
+      assert.ok(shown.every((r) => r[field] === value), `${select}=${value} shows only ${value}`);
+      await page.selectOption(select, '');
+    };
+    await checkFilter('#f-category', 'filler', 'category', byCategory(want0.violations, 'filler'));
+    await checkFilter('#f-tenant', 'globex', 'tenant', want0.violations.filter((v) => v.tenant === 'globex').length);
+    const sev = want0.violations[0].severity;
+    await page.selectOption('#f-severity', sev);
+    assert.equal((await visible()).length, want0.violations.filter((v) => v.severity === sev).length, `severity ${sev}`);
+    await page.selectOption('#f-severity', '');
+    await page.fill('#f-agent', 'agent-li');
+    const liRows = await visible();
+    assert.equal(liRows.length, perAgent.get('agent-li'));
+    assert.ok(liRows.every((r) => r.agent === 'agent-li'));
+    await page.fill('#f-agent', '');
+    await waitRows(want0.violations.length);
+
+    // 5. A conversation: its segments, highlighted, and its score.
+    await page.locator('#feed tr[data-tenant="acme"] button.conv', { hasText: 'call-a1' }).first().click();
+    await page.waitForFunction(() => document.querySelectorAll('#detail-segments li').length === 6);
+    const summary = want0.summaries.find((s) => s.conversation_id === 'call-a1');
+    await page.waitForSelector(`#detail-summary[data-score="${summary.score}"]`);
+    assert.ok(await page.locator('#detail-segments li[data-seq="2"] mark').count() >= 1, 'violations highlighted in the conversation');
+    const detailText = await page.locator('#detail').innerText();
+    assert.ok(detailText.includes('<script>'), 'the conversation view shows transcripts as text');
+    assert.ok(!detailText.includes('13812345678'), 'the conversation view masks numbers');
+
+    // 6. Pause holds new alerts back; resume shows them.
+    await page.click('#pause');
+    publish(natsUrl, 1);
+    const want1 = expected(1);
+    const newWhilePaused = want1.violations.length - want0.violations.length;
+    assert.ok(newWhilePaused > 0);
+    await page.waitForFunction((n) => document.getElementById('waiting').textContent.startsWith(`${n} new`), newWhilePaused);
+    assert.equal(await rows().count(), want0.violations.length, 'paused: the table does not move');
+    await page.click('#pause');
+    await waitRows(want1.violations.length);
+
+    // 7. The daemon restarts; what was published meanwhile appears, once.
+    daemon.kill('SIGTERM');
+    const exit = await daemon.exited;
+    assert.equal(exit.code, 0, 'the daemon stops cleanly on SIGTERM');
+    await page.waitForSelector('#status[data-state="reconnecting"]');
+    publish(natsUrl, 2);
+    daemon = await startDaemon();
+    await page.waitForSelector('#status[data-state="live"]');
+    const want2 = expected(2);
+    await waitRows(want2.violations.length);
+    await new Promise((r) => setTimeout(r, 1000)); // anything extra would show by now
+    const finalRows = await visible();
+    assert.equal(finalRows.length, want2.violations.length);
+    assert.equal(new Set(finalRows.map((r) => r.id)).size, finalRows.length, 'no alert shown twice');
+    assert.deepEqual(finalRows.map((r) => r.id).sort(), want2.violations.map((v) => v.id).sort());
+    assert.equal(await page.locator('#status').getAttribute('data-duplicates'), null, 'the server resent nothing');
+
+    assert.deepEqual(dialogs, [], 'no dialog opened');
+    assert.deepEqual(pageErrors, [], 'no script errors');
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'console.png'), fullPage: true });
+    console.log(`console e2e: ok (${want2.violations.length} alerts, restart resumed without duplicates); screenshot ${path.join(ARTIFACTS, 'console.png')}`);
+  } catch (e) {
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'console-failure.png'), fullPage: true }).catch(() => {});
+    throw e;
+  } finally {
+    await browser.close();
+  }
+}
+
+let failed = false;
+try {
+  await main();
+} catch (e) {
+  failed = true;
+  console.error('console e2e FAILED:', e);
+  for (const f of fs.readdirSync(dir).filter((f) => f.endsWith('.log'))) {
+    console.error(`--- ${f}\n${fs.readFileSync(path.join(dir, f), 'utf8').slice(-4000)}`);
+  }
+} finally {
+  for (const c of children) c.kill('SIGKILL');
+  fs.rmSync(dir, { recursive: true, force: true });
+}
+process.exit(failed ? 1 : 0);
