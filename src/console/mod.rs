@@ -458,29 +458,45 @@ async fn events(
             )
             .collect::<Vec<_>>(),
     );
-    let live = futures_util::stream::unfold(
-        (rx, filter, last, client, false),
-        |(mut rx, filter, last, client, done)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                match rx.recv().await {
-                    Ok(item) if last.is_some_and(|l| item.seq <= l) => continue,
-                    Ok(item) if !filter.matches(&item.event) => continue,
-                    Ok(item) => return Some((to_sse(item), (rx, filter, last, client, false))),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        client.metrics.console_lagged.inc_by(n);
-                        let e = sse::Event::default().event("lagged").data(n.to_string());
-                        return Some((e, (rx, filter, last, client, true)));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        },
-    );
+    let live = live(rx, filter, last, client).map(|l| match l {
+        Live::Item(item) => to_sse(item),
+        Live::Lagged(n) => sse::Event::default().event("lagged").data(n.to_string()),
+    });
     let stream = backlog.chain(live).map(Ok);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// What the live part of a browser's feed yields.
+enum Live {
+    Item(Arc<Item>),
+    /// The browser fell this many events behind: the feed ends here, the
+    /// browser reconnects and catches up from the ring.
+    Lagged(u64),
+}
+
+/// The events after `last` that pass `filter`, as they are published, until
+/// the browser falls behind.
+fn live(
+    rx: broadcast::Receiver<Arc<Item>>,
+    filter: Filter,
+    last: Option<u64>,
+    client: Client,
+) -> impl Stream<Item = Live> {
+    futures_util::stream::unfold(Some((rx, filter, last, client)), |state| async move {
+        let (mut rx, filter, last, client) = state?;
+        loop {
+            match rx.recv().await {
+                Ok(item) if last.is_some_and(|l| item.seq <= l) => continue,
+                Ok(item) if !filter.matches(&item.event) => continue,
+                Ok(item) => return Some((Live::Item(item), Some((rx, filter, last, client)))),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    client.metrics.console_lagged.inc_by(n);
+                    return Some((Live::Lagged(n), None));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
 }
 
 fn to_sse(item: Arc<Item>) -> sse::Event {
@@ -670,6 +686,32 @@ mod tests {
             event,
             json: String::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_browser_that_falls_behind_is_counted_and_told_to_reconnect() {
+        let metrics = Arc::new(Metrics::new());
+        let feed = Feed::new(10_000);
+        let (_, _, rx) = feed.subscribe(None);
+        let client = Client::new(Arc::clone(&metrics));
+        assert_eq!(metrics.console_clients.get(), 1);
+        // The browser reads nothing while more than the buffer is published:
+        // publishing never waits for it.
+        let n = BROADCAST_BUFFER as u64 + 100;
+        for seq in 1..=n {
+            feed.push(item(seq));
+        }
+        let got: Vec<Live> = live(rx, Filter::default(), None, client).collect().await;
+        assert!(
+            matches!(got.as_slice(), [Live::Lagged(100)]),
+            "{} items",
+            got.len()
+        );
+        assert_eq!(metrics.console_lagged.get(), 100);
+        assert_eq!(metrics.console_clients.get(), 0, "the stream ended");
+        // Reconnecting from the last event it saw, it gets the rest.
+        let (backlog, gap, _) = feed.subscribe(Some(0));
+        assert_eq!((backlog.len() as u64, gap), (n, false));
     }
 
     #[test]

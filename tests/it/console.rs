@@ -1,0 +1,203 @@
+//! The console over HTTP against a running daemon: authentication, security
+//! headers, the conversation view, and a stalled browser that must not slow
+//! the scanner. (The page itself is tested in headless Chromium by
+//! tests/browser/console.test.mjs.)
+
+use crate::daemon::{Daemon, config, js, lexicons, publish, summaries_in, traffic, wait_done};
+use crate::nats_support::{NatsServer, free_port};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+use zhijian::config::{ConsoleConfig, Secret};
+
+/// One HTTP/1.0 request: status, headers (lower-cased names) and body.
+fn request(port: u16, path: &str, auth: Option<&str>) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("console listens");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}\r\n").expect("send");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).expect("answer");
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head.to_ascii_lowercase(), body.to_string())
+}
+
+fn console(token: Option<&str>, basic: Option<(&str, &str)>) -> ConsoleConfig {
+    ConsoleConfig {
+        addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        token: token.map(|t| Secret(t.into())),
+        basic: basic.map(|(u, p)| (u.to_string(), Secret(p.into()))),
+        mask_digits: true,
+        history: 5000,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_asks_for_its_token_or_password() {
+    let nats = NatsServer::start();
+    let mut cfg = config(&nats, &lexicons(), "");
+    // Token only: the page (no data) is public, the API is not.
+    let c = console(Some("s3cret-token"), None);
+    let port = c.addr.port();
+    cfg.console = Some(c);
+    let daemon = Daemon::start(cfg).await;
+    let api = "/api/conversations/acme/call-1";
+    let (code, head, body) = tokio::task::spawn_blocking(move || request(port, "/", None))
+        .await
+        .expect("request");
+    assert_eq!(code, 200);
+    assert!(body.contains("/console.js"), "{body}");
+    assert!(
+        head.contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{head}"
+    );
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    for (auth, want) in [
+        (None, 401),
+        (Some("Bearer wrong-token"), 401),
+        (Some("Bearer s3cret-token"), 200),
+    ] {
+        let (code, _, body) = tokio::task::spawn_blocking(move || request(port, api, auth))
+            .await
+            .expect("request");
+        assert_eq!(code, want, "{auth:?}: {body}");
+    }
+    daemon.stop().await;
+
+    // Basic auth: everything asks, the browser prompts; the token works too.
+    let mut cfg = config(&nats, &lexicons(), "");
+    let c = console(Some("s3cret-token"), Some(("qa", "质检-pass")));
+    let port = c.addr.port();
+    cfg.console = Some(c);
+    let daemon = Daemon::start(cfg).await;
+    let basic = "Basic cWE66LSo5qOALXBhc3M="; // qa:质检-pass
+    for (path, auth, want) in [
+        ("/", None, 401),
+        ("/", Some("Basic cWE6d3Jvbmc="), 401),
+        ("/", Some(basic), 200),
+        (api, Some(basic), 200),
+        (api, Some("Bearer s3cret-token"), 200),
+    ] {
+        let (code, head, _) = tokio::task::spawn_blocking(move || request(port, path, auth))
+            .await
+            .expect("request");
+        assert_eq!(code, want, "{path} {auth:?}");
+        if code == 401 {
+            assert!(
+                head.contains("www-authenticate: basic realm=\"zhijian console\""),
+                "{head}"
+            );
+        }
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conversation_view_shows_segments_masked_and_rejects_wildcards() {
+    let nats = NatsServer::start();
+    let mut cfg = config(&nats, &lexicons(), "");
+    let c = console(None, None);
+    let port = c.addr.port();
+    cfg.console = Some(c);
+    let daemon = Daemon::start(cfg).await;
+    let lines: Vec<String> = [
+        r#"{"conversation_id":"c-1","tenant":"acme","seq":0,"speaker":"agent","agent_id":"a1","text":"您好"}"#,
+        r#"{"conversation_id":"c-1","tenant":"acme","seq":1,"speaker":"customer","text":"我的电话是13812345678"}"#,
+        r#"{"conversation_id":"c-1","tenant":"acme","seq":2,"speaker":"agent","agent_id":"a1","text":"急什么","final":false}"#,
+        r#"{"conversation_id":"c-1","tenant":"acme","seq":2,"speaker":"agent","agent_id":"a1","text":"急什么，<b>等着</b>"}"#,
+        r#"{"conversation_id":"c-1","tenant":"acme","type":"end"}"#,
+        r#"{"conversation_id":"c-2","tenant":"acme","seq":0,"speaker":"agent","text":"不关我的事"}"#,
+    ]
+    .map(String::from)
+    .to_vec();
+    publish(&nats, &lines).await;
+    let js = js(&nats).await;
+    wait_done(&js, 1).await;
+    // The console follows the stream asynchronously: wait for the summary.
+    let view = loop {
+        let (code, _, body) =
+            tokio::task::spawn_blocking(move || request(port, "/api/conversations/acme/c-1", None))
+                .await
+                .expect("request");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        if !v["summary"].is_null() {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let segments: Vec<(u64, &str, &str)> = view["segments"]
+        .as_array()
+        .expect("segments")
+        .iter()
+        .map(|s| {
+            (
+                s["seq"].as_u64().unwrap_or(99),
+                s["speaker"].as_str().unwrap_or_default(),
+                s["text"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        segments,
+        [
+            (0, "agent", "您好"),
+            (1, "customer", "我的电话是*******5678"),
+            (2, "agent", "急什么，<b>等着</b>"),
+        ]
+    );
+    assert_eq!(view["ended"], true);
+    assert_eq!(view["violations"][0]["matched"], "急什么");
+    assert_eq!(view["summary"]["conversation_id"], "c-1");
+    for bad in [
+        "/api/conversations/acme/*",
+        "/api/conversations/acme/%3E",
+        "/api/conversations/a.b/c-1",
+    ] {
+        let (code, _, _) = tokio::task::spawn_blocking(move || request(port, bad, None))
+            .await
+            .expect("request");
+        assert_eq!(code, 400, "{bad}");
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_browser_does_not_slow_the_scanner() {
+    let nats = NatsServer::start();
+    let mut cfg = config(&nats, &lexicons(), "");
+    let c = console(None, None);
+    let port = c.addr.port();
+    cfg.console = Some(c);
+    let daemon = Daemon::start(cfg).await;
+    // A browser that subscribes and then never reads again.
+    let mut stalled = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        stalled,
+        "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .expect("subscribe");
+    let mut first = [0u8; 64];
+    stalled.read_exact(&mut first).expect("the feed answers");
+    assert!(first.starts_with(b"HTTP/1.1 200"));
+
+    let lines = traffic(400, 9);
+    publish(&nats, &lines).await;
+    let js = js(&nats).await;
+    // Every conversation is judged and published while the browser sleeps.
+    let got = wait_done(&js, summaries_in(&lines)).await;
+    assert!(got.len() > 400, "{} events", got.len());
+    let metrics = daemon.metrics();
+    assert!(
+        metrics.contains("zhijian_console_clients 1"),
+        "the stalled browser is still connected"
+    );
+    drop(stalled);
+    daemon.stop().await;
+}
