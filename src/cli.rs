@@ -366,8 +366,9 @@ fn cmd_check(dir: &Path) -> Result<(), Failure> {
         );
     }
     println!(
-        "  {} distinct patterns in the automaton",
-        scanner.pattern_count()
+        "  {} distinct patterns; {}",
+        scanner.pattern_count(),
+        scanner.automaton_summary()
     );
     Ok(())
 }

@@ -23,6 +23,8 @@
 //! - [`normalize`]: the text fold shared by lexicon phrases and utterances.
 //! - [`lexicon`]: the TOML lexicon format and its strict validation.
 //! - [`matcher`]: the compiled lexicon ([`matcher::Scanner`]) and hit filters.
+//! - [`chardfa`]: the character-level automaton the matcher runs while
+//!   normalising.
 //! - [`engine`]: conversation state, verdicts and events.
 //! - [`scan`]: the offline JSONL runner behind `zhijian scan`.
 //! - [`daemon`]: `zhijian run`: NATS JetStream in and out, shards, dead
@@ -44,6 +46,7 @@
 //! a stable error code, counted, reported with its line or message, and
 //! processing goes on. Nothing on the input path panics.
 
+pub mod chardfa;
 pub mod cli;
 pub mod client;
 pub mod config;

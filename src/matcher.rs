@@ -10,6 +10,7 @@
 //! hit belongs to a rule with `boundary = "word"` (running jieba on every
 //! utterance would cost 3–4× the whole pipeline).
 
+use crate::chardfa::CharDfa;
 use crate::event::Speaker;
 use crate::lexicon::{Boundary, Lexicon, Position, Rule, RuleKind};
 use crate::normalize::{Normalized, normalize};
@@ -40,6 +41,10 @@ struct Use {
 /// A compiled lexicon.
 pub struct Scanner {
     lexicon: Lexicon,
+    /// The character automaton, run during normalisation; `None` when the
+    /// lexicon is too large for its dense table.
+    chars: Option<CharDfa>,
+    /// The byte automaton over the normalised text, used without `chars`.
     automaton: AhoCorasick,
     /// Pattern id → the rules that use it (one normalised string may be a
     /// phrase of one rule and an exception of another).
@@ -150,6 +155,7 @@ impl Scanner {
             builder.kind(Some(AhoCorasickKind::DFA));
         }
         let automaton = builder.build(&patterns).map_err(|e| e.to_string())?;
+        let chars = CharDfa::new(&patterns);
         let find = |kind: RuleKind| {
             lexicon
                 .rules
@@ -162,6 +168,7 @@ impl Scanner {
             greeting,
             closing,
             lexicon,
+            chars,
             automaton,
             uses,
             patterns,
@@ -185,6 +192,21 @@ impl Scanner {
 
     pub fn rule(&self, ix: u16) -> &Rule {
         &self.lexicon.rules[usize::from(ix)]
+    }
+
+    /// How the lexicon is matched, for people: the character automaton's
+    /// size, or that the byte automaton is used.
+    pub fn automaton_summary(&self) -> String {
+        match &self.chars {
+            Some(dfa) => {
+                let (states, symbols, bytes) = dfa.size();
+                format!(
+                    "character automaton: {states} states × {symbols} symbols ({} KiB)",
+                    bytes / 1024
+                )
+            }
+            None => "byte automaton (the character automaton's table would be too large)".into(),
+        }
     }
 
     /// Number of distinct normalised patterns in the automaton.
@@ -241,20 +263,40 @@ impl Scanner {
         scratch.hits.clear();
         scratch.candidates.clear();
         scratch.segmented.clear();
-        scratch.norm.fill(text);
         let bit = speaker_bit(speaker);
-
         let mut any_phrase = false;
-        for m in self.automaton.find_overlapping_iter(&scratch.norm.text) {
-            for u in &self.uses[m.pattern().as_usize()] {
+        let candidates = &mut scratch.candidates;
+        let mut found = |pattern: usize, start: usize, end: usize| {
+            for u in &self.uses[pattern] {
                 if self.rule_speakers[usize::from(u.rule)] & bit != 0 {
                     any_phrase |= !u.exception;
-                    scratch.candidates.push(Candidate {
+                    candidates.push(Candidate {
                         rule: u.rule,
                         exception: u.exception,
-                        start: m.start(),
-                        end: m.end(),
+                        start,
+                        end,
                     });
+                }
+            }
+        };
+        match &self.chars {
+            Some(dfa) => {
+                let mut state = dfa.start();
+                scratch.norm.fill_with(text, |c, end| {
+                    state = dfa.next(state, c);
+                    if CharDfa::is_match(state) {
+                        for &p in dfa.matches(state) {
+                            let p = p as usize;
+                            // A match is the pattern's own bytes.
+                            found(p, end - self.patterns[p].len(), end);
+                        }
+                    }
+                });
+            }
+            None => {
+                scratch.norm.fill(text);
+                for m in self.automaton.find_overlapping_iter(&scratch.norm.text) {
+                    found(m.pattern().as_usize(), m.start(), m.end());
                 }
             }
         }

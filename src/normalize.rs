@@ -30,11 +30,6 @@ use std::sync::LazyLock;
 pub struct Normalized {
     /// The folded text that the automaton searches.
     pub text: String,
-    /// For every character of `text`, the byte offset in the original text
-    /// of the character it came from. Per character, not per byte: one push
-    /// per character on the hot path; the few hits pay for the byte → char
-    /// conversion instead.
-    orig: Vec<u32>,
     /// Byte offsets into `text` where a clause starts because a separator was
     /// dropped right before it (offset 0 is always a clause start and is not
     /// stored). Sorted; usually a handful of entries.
@@ -60,8 +55,11 @@ const INVISIBLE: u16 = 2;
 const REPLACED: u16 = 3;
 
 struct FoldTable {
-    /// Indexed by BMP code point. u16 codes rather than chars: 128 KiB, and
-    /// the CJK block (42 KiB) mostly stays in L1 cache.
+    /// One bit per BMP code point: kept unchanged. 8 KiB, so it stays in L1
+    /// cache: most characters of simplified-Chinese text are answered here
+    /// (the full table is 128 KiB and was a quarter of normalising, perf).
+    identity: Box<[u64]>,
+    /// Indexed by BMP code point.
     bmp: Box<[u16]>,
     replacements: Vec<char>,
     /// Traditional → simplified for characters outside the BMP.
@@ -115,24 +113,44 @@ impl FoldTable {
             .enumerate()
             .map(|(cp, class)| code(char::from_u32(cp as u32).unwrap_or('\0'), *class))
             .collect();
+        let mut identity = vec![0u64; 0x10000 / 64].into_boxed_slice();
+        for (cp, code) in bmp.iter().enumerate() {
+            if *code == IDENTITY {
+                identity[cp / 64] |= 1 << (cp % 64);
+            }
+        }
         FoldTable {
+            identity,
             bmp: bmp.into_boxed_slice(),
             replacements,
             astral,
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn class(&self, c: char) -> Class {
-        match self.bmp.get(c as usize) {
+        let cp = c as usize;
+        if self
+            .identity
+            .get(cp / 64)
+            .is_some_and(|w| w & (1 << (cp % 64)) != 0)
+        {
+            return Class::Keep(c);
+        }
+        match self.bmp.get(cp) {
             Some(&IDENTITY) => Class::Keep(c),
             Some(&SEPARATOR) => Class::Separator,
             Some(&INVISIBLE) => Class::Invisible,
             Some(&r) => Class::Keep(self.replacements[usize::from(r - REPLACED)]),
-            None => match base_class(c) {
-                Class::Keep(k) => Class::Keep(self.astral.get(&k).copied().unwrap_or(k)),
-                other => other,
-            },
+            None => self.astral_class(c),
+        }
+    }
+
+    #[cold]
+    fn astral_class(&self, c: char) -> Class {
+        match base_class(c) {
+            Class::Keep(k) => Class::Keep(self.astral.get(&k).copied().unwrap_or(k)),
+            other => other,
         }
     }
 }
@@ -219,14 +237,20 @@ pub fn normalize(text: &str) -> String {
 impl Normalized {
     /// Replaces the contents with the normalisation of `src`.
     pub fn fill(&mut self, src: &str) {
+        self.fill_with(src, |_, _| {});
+    }
+
+    /// Like [`Normalized::fill`], calling `on_char(c, end)` for every kept
+    /// (folded) character `c` as it is appended, `end` being the byte length
+    /// of the text so far: the matcher runs its automaton in the same pass.
+    #[inline]
+    pub fn fill_with(&mut self, src: &str, mut on_char: impl FnMut(char, usize)) {
         self.text.clear();
-        self.orig.clear();
         self.breaks.clear();
         self.text.reserve(src.len());
-        self.orig.reserve(src.len() / 3 + 1);
         let table = &*TABLE;
         let mut pending_break = false;
-        for (i, c) in src.char_indices() {
+        for c in src.chars() {
             match table.class(c) {
                 Class::Separator => pending_break = true,
                 Class::Invisible => {}
@@ -236,9 +260,7 @@ impl Normalized {
                     }
                     pending_break = false;
                     self.text.push(k);
-                    // `src` is bounded (inputs are at most 64 KiB), so byte
-                    // offsets fit in u32.
-                    self.orig.push(i as u32);
+                    on_char(k, self.text.len());
                 }
             }
         }
@@ -250,10 +272,24 @@ impl Normalized {
     pub fn original_range(&self, src: &str, start: usize, end: usize) -> (usize, usize) {
         let first = self.text[..start].chars().count();
         let last = first + self.text[start..end].chars().count() - 1;
-        let o_start = self.orig[first] as usize;
-        let o_last = self.orig[last] as usize;
-        let last_len = src[o_last..].chars().next().map_or(0, char::len_utf8);
-        (o_start, o_last + last_len)
+        // The kept characters of `src`, in order, are the characters of
+        // `text`: walk them again rather than store an offset per character
+        // on the hot path (only hits pay, and hits are rare).
+        let table = &*TABLE;
+        let mut kept = 0;
+        let mut o_start = 0;
+        for (i, c) in src.char_indices() {
+            if let Class::Keep(_) = table.class(c) {
+                if kept == first {
+                    o_start = i;
+                }
+                if kept == last {
+                    return (o_start, i + c.len_utf8());
+                }
+                kept += 1;
+            }
+        }
+        (o_start, src.len())
     }
 
     /// Whether the normalised byte offset `at` starts a clause: the start of
