@@ -421,7 +421,10 @@ fn fingerprint(dir: &Path) -> Vec<(String, u64, SystemTime)> {
             rd.filter_map(Result::ok)
                 .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
                 .filter_map(|e| {
-                    let m = e.metadata().ok()?;
+                    // Follows symlinks: in a Kubernetes ConfigMap volume each
+                    // file is a link into a directory the kubelet swaps on
+                    // update, and the link itself never changes.
+                    let m = std::fs::metadata(e.path()).ok()?;
                     Some((
                         e.file_name().to_string_lossy().into_owned(),
                         m.len(),
@@ -543,5 +546,34 @@ async fn restore_state(
     metrics.state_restored.inc_by(restored);
     if restored > 0 {
         tracing::info!(conversations = restored, "open conversations restored");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fingerprint;
+
+    #[test]
+    fn a_configmap_style_symlink_swap_changes_the_fingerprint() {
+        // The kubelet's layout: a.toml -> ..data/a.toml, ..data -> ..v1;
+        // an update writes ..v2 and swaps the ..data link.
+        let dir = std::env::temp_dir().join(format!("zhijian-fp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (version, body) in [("..v1", "a = 1\n"), ("..v2", "a = 22\n")] {
+            std::fs::create_dir_all(dir.join(version)).expect("mkdir");
+            std::fs::write(dir.join(version).join("a.toml"), body).expect("write");
+        }
+        let link = |target: &str, name: &str| {
+            let tmp = dir.join(format!("{name}.tmp"));
+            std::os::unix::fs::symlink(target, &tmp).expect("symlink");
+            std::fs::rename(&tmp, dir.join(name)).expect("swap");
+        };
+        link("..v1", "..data");
+        link("..data/a.toml", "a.toml");
+        let before = fingerprint(&dir);
+        assert_eq!(before.len(), 1, "{before:?}");
+        link("..v2", "..data");
+        assert_ne!(fingerprint(&dir), before, "the swap must be seen");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -69,6 +69,12 @@ pub async fn connect(
         });
     if let (Some(user), Some(password)) = (&n.user, &n.password) {
         opts = opts.user_and_password(user.clone(), password.0.clone());
+    } else if n.token.is_none() && n.credentials_file.is_none() {
+        match url_credentials(&n.url) {
+            Some((user, Some(password))) => opts = opts.user_and_password(user, password),
+            Some((token, None)) => opts = opts.token(token),
+            None => {}
+        }
     }
     if let Some(token) = &n.token {
         opts = opts.token(token.0.clone());
@@ -136,6 +142,19 @@ pub fn check_version(version: &str, jetstream: bool) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Credentials written into the (first) URL, `nats://user:password@host`
+/// or `nats://token@host`: the client library does not send them by itself.
+fn url_credentials(url: &str) -> Option<(String, Option<String>)> {
+    let first = url.split(',').next()?.trim();
+    let rest = first.split_once("://").map_or(first, |(_, r)| r);
+    let authority = rest.split('/').next()?;
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    Some(match userinfo.split_once(':') {
+        Some((user, password)) => (user.to_string(), Some(password.to_string())),
+        None => (userinfo.to_string(), None),
+    })
 }
 
 /// Everything the daemon uses on the server.
@@ -257,7 +276,20 @@ async fn ensure_stream(
 
 #[cfg(test)]
 mod tests {
-    use super::{check_version, redact_url};
+    use super::{check_version, redact_url, url_credentials};
+
+    #[test]
+    fn credentials_in_the_url_are_used() {
+        assert_eq!(
+            url_credentials("nats://qa:s3cret@10.0.0.1:4222,nats://b:4222"),
+            Some(("qa".into(), Some("s3cret".into())))
+        );
+        assert_eq!(
+            url_credentials("tls://t0ken@nats.example:4222"),
+            Some(("t0ken".into(), None))
+        );
+        assert_eq!(url_credentials("nats://127.0.0.1:4222"), None);
+    }
 
     #[test]
     fn old_servers_and_servers_without_jetstream_are_refused() {
