@@ -2,10 +2,12 @@
 //! file). They use only fixtures under `tests/fixtures/`, never `../shared`.
 
 mod cli;
+mod console;
 mod daemon;
 mod default_lexicon;
 mod golden;
 mod nats_support;
+mod observability;
 mod properties;
 mod semantics;
 mod support;
