@@ -92,6 +92,14 @@ enum Command {
         /// Comma-separated: passthrough, daemon.
         #[arg(long, default_value = "passthrough,daemon")]
         modes: String,
+        /// Add a rule of this many generated phrases to (a copy of) the
+        /// lexicon.
+        #[arg(long, default_value_t = 0)]
+        extra_phrases: usize,
+        /// Daemon mode: change (a copy of) the lexicon this often during the
+        /// run, so the daemon reloads it under load (0: never).
+        #[arg(long, default_value_t = 0)]
+        reload_every_ms: u64,
     },
     /// The pass-through consumer the bench compares against (consume,
     /// publish one small event, ack; no scanning).
@@ -273,6 +281,8 @@ pub fn main() -> ExitCode {
             rate,
             shards,
             modes,
+            extra_phrases,
+            reload_every_ms,
         } => cmd_bench(crate::loadgen::BenchOptions {
             nats_url,
             lexicons: std::fs::canonicalize(&lexicons).unwrap_or(lexicons),
@@ -282,6 +292,9 @@ pub fn main() -> ExitCode {
             rate,
             shards,
             modes: modes.split(',').map(|m| m.trim().to_string()).collect(),
+            extra_phrases,
+            reload_every: (reload_every_ms > 0)
+                .then(|| std::time::Duration::from_millis(reload_every_ms)),
         }),
     };
     match result {

@@ -19,6 +19,7 @@ use crate::synth::{self, Mix};
 use async_nats::jetstream::{self, AckKind};
 use futures_util::StreamExt;
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -119,6 +120,10 @@ pub struct BenchOptions {
     pub rate: f64,
     pub shards: usize,
     pub modes: Vec<String>,
+    /// Phrases of an extra generated rule added to a copy of the lexicon.
+    pub extra_phrases: usize,
+    /// Daemon mode: rewrite a lexicon file this often during the run.
+    pub reload_every: Option<Duration>,
 }
 
 /// What one mode measured.
@@ -136,13 +141,15 @@ pub struct ModeReport {
     pub lost: usize,
     pub duplicated_in_stream: usize,
     pub peak_rss_mb: f64,
+    /// Successful lexicon reloads during the run (daemon mode).
+    pub reloads: u64,
 }
 
 impl ModeReport {
     pub fn row(&self) -> String {
         let l = &self.latency_ms;
         format!(
-            "| {} | {} | {:.2} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.1} |",
+            "| {} | {} | {:.2} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.1} | {} |",
             self.mode,
             self.inputs,
             self.seconds,
@@ -155,15 +162,45 @@ impl ModeReport {
             l[4],
             self.lost,
             self.duplicated_in_stream,
-            self.peak_rss_mb
+            self.peak_rss_mb,
+            self.reloads
         )
     }
 
-    pub const HEADER: &'static str = "| mode | inputs | seconds | inputs/s | latency samples | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | lost | duplicated | peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+    pub const HEADER: &'static str = "| mode | inputs | seconds | inputs/s | latency samples | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | lost | duplicated | peak RSS MB | lexicon reloads |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+}
+
+/// A private copy of the lexicon directory (plus the extra rule), so the
+/// run can add to it and change it without touching the original.
+fn lexicon_copy(opts: &BenchOptions) -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("zhijian-bench-lexicon-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    for entry in std::fs::read_dir(&opts.lexicons).map_err(|e| e.to_string())? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.extension().is_some_and(|x| x == "toml")
+            && let Some(name) = path.file_name()
+        {
+            std::fs::copy(&path, dir.join(name)).map_err(|e| e.to_string())?;
+        }
+    }
+    if opts.extra_phrases > 0 {
+        std::fs::write(
+            dir.join("zz-bench-extra.toml"),
+            synth::large_rule_toml(opts.extra_phrases, 1),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(dir)
 }
 
 /// Runs every requested mode and returns their reports.
 pub async fn bench(opts: &BenchOptions) -> Result<Vec<ModeReport>, String> {
+    let mut opts = opts.clone();
+    if opts.extra_phrases > 0 || opts.reload_every.is_some() {
+        opts.lexicons = lexicon_copy(&opts)?;
+    }
+    let opts = &opts;
     let mix = Mix {
         agent_turns: opts.agent_turns,
         ..Mix::default()
@@ -198,7 +235,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<Vec<ModeReport>, String> {
 
 fn config_text(opts: &BenchOptions, metrics_port: u16) -> String {
     format!(
-        "[nats]\nurl = \"{}\"\n[engine]\nlexicons = \"{}\"\nshards = {}\n[metrics]\naddr = \"127.0.0.1:{metrics_port}\"\n[log]\nlevel = \"warn\"\n",
+        "[nats]\nurl = \"{}\"\n[engine]\nlexicons = \"{}\"\nshards = {}\nreload_poll_ms = 100\n[metrics]\naddr = \"127.0.0.1:{metrics_port}\"\n[console]\naddr = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n",
         opts.nats_url,
         opts.lexicons.display(),
         opts.shards
@@ -338,6 +375,34 @@ async fn run_mode(
         (latencies, seen, last)
     });
 
+    // Lexicon changes during the run: a comment appended to one file, so
+    // the daemon's poll sees a change and rebuilds the whole lexicon.
+    let (stop_reloads, mut reloads_stopped) = tokio::sync::watch::channel(false);
+    let reloader = match (opts.reload_every, mode) {
+        (Some(every), "daemon") => {
+            let file = std::fs::read_dir(&opts.lexicons)
+                .map_err(|e| e.to_string())?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "toml"))
+                .ok_or("no lexicon file to change")?;
+            Some(tokio::spawn(async move {
+                let mut n = 0u64;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = reloads_stopped.changed() => return,
+                    }
+                    n += 1;
+                    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&file) {
+                        let _ = writeln!(f, "# bench reload {n}");
+                    }
+                }
+            }))
+        }
+        _ => None,
+    };
+
     // Publish.
     let started = Instant::now();
     let mut in_flight = std::collections::VecDeque::new();
@@ -373,6 +438,15 @@ async fn run_mode(
     let (mut latencies, seen, last) = receiver.await.map_err(|e| e.to_string())?;
     let seconds = last.duration_since(started).as_secs_f64();
     let peak_rss_mb = peak_rss_mb(pid);
+    let _ = stop_reloads.send(true);
+    if let Some(r) = reloader {
+        let _ = r.await;
+    }
+    let reloads = if mode == "daemon" {
+        reload_count(metrics_port).await
+    } else {
+        0
+    };
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
@@ -411,7 +485,32 @@ async fn run_mode(
         lost,
         duplicated_in_stream: stored.len() - distinct.len(),
         peak_rss_mb,
+        reloads,
     })
+}
+
+/// `zhijian_lexicon_reloads_total{result="success"}` of the daemon.
+async fn reload_count(metrics_port: u16) -> u64 {
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port))
+            .await
+            .ok()?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix("zhijian_lexicon_reloads_total{result=\"success\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0)
 }
 
 /// The `Nats-Msg-Id` of every message in a stream.

@@ -217,7 +217,20 @@ impl Scanner {
     /// Counts the raw automaton matches in already-normalised text, before
     /// any filter (benchmarks measure this stage alone).
     pub fn count_raw_matches(&self, normalised: &str) -> usize {
-        self.automaton.find_overlapping_iter(normalised).count()
+        match &self.chars {
+            Some(dfa) => {
+                let mut state = dfa.start();
+                let mut n = 0;
+                for c in normalised.chars() {
+                    state = dfa.next(state, c);
+                    if CharDfa::is_match(state) {
+                        n += dfa.matches(state).len();
+                    }
+                }
+                n
+            }
+            None => self.automaton.find_overlapping_iter(normalised).count(),
+        }
     }
 
     /// Whether any rule judges this speaker's segments.
