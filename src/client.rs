@@ -97,6 +97,8 @@ pub async fn tail(config: &Config, filter: &Filter, style: Style) -> Result<(), 
         .await
         .map_err(|e| e.to_string())?;
     let mut both = futures_util::stream::select(violations, summaries);
+    // The subscriptions are on the server before we say we listen.
+    client.flush().await.map_err(|e| e.to_string())?;
     eprintln!(
         "zhijian tail: listening on {}.> and {}.> (Ctrl-C to stop)",
         s.violations_prefix, s.summaries_prefix

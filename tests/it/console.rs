@@ -201,3 +201,104 @@ async fn a_stalled_browser_does_not_slow_the_scanner() {
     drop(stalled);
     daemon.stop().await;
 }
+
+/// Reads lines from a child's output until `n` arrived (or the deadline).
+fn read_lines_from<R: Read + Send + 'static>(out: R, n: usize) -> Vec<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + crate::daemon::DEADLINE;
+    let mut lines = Vec::new();
+    while lines.len() < n {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => lines.push(l),
+            Err(_) => break,
+        }
+    }
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_filters_and_colours() {
+    use std::process::{Command, Stdio};
+    let nats = NatsServer::start();
+    let daemon = Daemon::start(config(&nats, &lexicons(), "")).await;
+    let tail = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_zhijian"))
+            .args(["tail", "--nats-url", &nats.url()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("zhijian tail starts")
+    };
+    let mut json = tail(&["--json", "--tenant", "acme", "--category", "forbidden"]);
+    let mut coloured = tail(&["--color", "always", "--severity", "high,critical"]);
+    // Tails read live messages only: wait until both say they listen.
+    for child in [&mut json, &mut coloured] {
+        let stderr = child.stderr.take().expect("stderr");
+        let said = tokio::task::spawn_blocking(move || read_lines_from(stderr, 1))
+            .await
+            .expect("stderr read");
+        assert!(
+            said.first().is_some_and(|l| l.contains("listening")),
+            "{said:?}"
+        );
+    }
+    let lines: Vec<String> = [
+        r#"{"conversation_id":"c1","tenant":"acme","seq":0,"speaker":"agent","agent_id":"a1","text":"急什么，啊，我在查"}"#,
+        r#"{"conversation_id":"c2","tenant":"globex","seq":0,"speaker":"agent","agent_id":"a2","text":"急什么"}"#,
+        r#"{"conversation_id":"c1","tenant":"acme","type":"end"}"#,
+        r#"{"conversation_id":"c2","tenant":"globex","type":"end"}"#,
+    ]
+    .map(String::from)
+    .to_vec();
+    publish(&nats, &lines).await;
+    let want = crate::daemon::scan(&lines);
+    let forbidden_acme = want
+        .iter()
+        .filter(|e| matches!(e, zhijian::event::Event::Violation(v) if v.tenant == "acme" && v.category == zhijian::event::Category::Forbidden))
+        .count();
+    let high = want
+        .iter()
+        .filter(|e| matches!(e, zhijian::event::Event::Violation(v) if v.severity >= zhijian::event::Severity::High))
+        .count();
+    assert!(forbidden_acme >= 1 && high >= 2, "fixture: {want:?}");
+    let got = tokio::task::spawn_blocking(move || {
+        let j = read_lines_from(json.stdout.take().expect("stdout"), forbidden_acme);
+        let c = read_lines_from(coloured.stdout.take().expect("stdout"), high);
+        for mut child in [json, coloured] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        (j, c)
+    })
+    .await
+    .expect("tails");
+    let (json_lines, coloured_lines) = got;
+    assert_eq!(json_lines.len(), forbidden_acme, "{json_lines:?}");
+    for l in &json_lines {
+        let v: serde_json::Value = serde_json::from_str(l).expect("--json prints JSON");
+        assert_eq!(
+            (v["tenant"].as_str(), v["category"].as_str()),
+            (Some("acme"), Some("forbidden"))
+        );
+    }
+    assert_eq!(coloured_lines.len(), high, "{coloured_lines:?}");
+    for l in &coloured_lines {
+        assert!(l.starts_with("\u{1b}["), "coloured: {l:?}");
+        assert!(l.contains("【急什么】"), "matched words marked: {l:?}");
+        assert!(
+            !l.contains("SUMMARY"),
+            "a severity filter hides summaries: {l:?}"
+        );
+    }
+    daemon.stop().await;
+}
