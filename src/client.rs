@@ -110,7 +110,9 @@ pub async fn tail(config: &Config, filter: &Filter, style: Style) -> Result<(), 
             Ok(e) if !filter.matches(&e) => continue,
             Ok(e) if style != Style::Json => render(&e, style == Style::Colour),
             // Not an event: shown, never dropped silently.
-            Err(e) if style != Style::Json => format!("? {} ({e}): {text}", msg.subject),
+            Err(e) if style != Style::Json => {
+                format!("? {} ({e}): {}", msg.subject, printable(&text))
+            }
             _ => text.into_owned(),
         };
         if writeln!(stdout.lock(), "{line}").is_err() {
@@ -131,8 +133,27 @@ fn severity_colour(s: Severity) -> &'static str {
     }
 }
 
+/// Control characters of untrusted text shown as `\u{..}` escapes: a
+/// transcript must not move the cursor, retitle the window or reach the
+/// clipboard of a supervisor's terminal (ESC and OSC sequences).
+fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// One readable line per event; the matched words in 【】 (and bold, with
-/// colour).
+/// colour). Control characters in the text are escaped.
 pub fn render(e: &Event, colour: bool) -> String {
     let paint = |code: &str, s: &str| {
         if colour {
@@ -151,12 +172,12 @@ pub fn render(e: &Event, colour: bool) -> String {
                     let matched: String = chars[s..en].iter().collect();
                     format!(
                         "{}{}{}",
-                        chars[..s].iter().collect::<String>(),
-                        paint("\x1b[1;4m", &format!("【{matched}】")),
-                        chars[en..].iter().collect::<String>()
+                        printable(&chars[..s].iter().collect::<String>()),
+                        paint("\x1b[1;4m", &format!("【{}】", printable(&matched))),
+                        printable(&chars[en..].iter().collect::<String>())
                     )
                 }
-                _ => v.text.clone(),
+                _ => printable(&v.text).into_owned(),
             };
             let head = format!(
                 "VIOLATION {:<8} {:<8} {:<16} {:<10} seq={:<3} {:<16} {:<24}",
@@ -185,5 +206,34 @@ pub fn render(e: &Event, colour: bool) -> String {
                 s.counts.filler
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_control_sequences_in_transcripts_are_escaped() {
+        let v: Event = serde_json::from_value(serde_json::json!({
+            "type": "violation", "id": "x", "conversation_id": "c", "tenant": "t",
+            "channel": null, "agent_id": "a", "seq": 1, "rule_id": "r",
+            "category": "forbidden", "severity": "high", "deduct": 1.0,
+            "matched": "急什么", "start": 0, "end": 3,
+            "text": "急什么\u{1b}]52;c;cGF5bG9hZA==\u{7}\u{1b}[2J", "lexicon_version": "v", "ts_ms": 0
+        }))
+        .expect("a violation");
+        for colour in [false, true] {
+            let line = render(&v, colour);
+            let text = line.split(" | ").nth(1).expect("text part");
+            assert!(
+                !text.contains("\u{1b}]") && !text.contains("\u{7}"),
+                "{line:?}"
+            );
+            assert!(
+                text.contains("\\u{1b}]52;c;") && text.contains("急什么"),
+                "{line:?}"
+            );
+        }
     }
 }

@@ -508,16 +508,22 @@ impl ConsoleSection {
             (None, None) => None,
             _ => return Err("[console] user and password go together".into()),
         };
-        if self.token.as_ref().is_some_and(|t| t.0.is_empty()) {
-            return Err("[console] token is empty".into());
+        if self
+            .token
+            .as_ref()
+            .is_some_and(|t| t.0.is_empty() || !t.0.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(
+                "[console] token must be non-empty printable ASCII without spaces (it travels in an HTTP header)".into(),
+            );
         }
         if !addr.ip().is_loopback() && self.token.is_none() && basic.is_none() {
             return Err(format!(
                 "[console] addr {addr} is not loopback: set a token or user and password (transcripts are personal data)"
             ));
         }
-        if self.history == 0 {
-            return Err("[console] history must be >= 1".into());
+        if self.history == 0 || self.history > 1_000_000 {
+            return Err("[console] history must be 1..=1000000 events".into());
         }
         Ok(Some(ConsoleConfig {
             addr,

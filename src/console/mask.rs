@@ -1,17 +1,28 @@
 //! Masking of sensitive numbers (phone, ID card, bank card) in transcripts
 //! shown on the console.
 //!
-//! A number is a run of at least [`MIN_DIGITS`] digits — ASCII, full-width,
-//! or the Chinese numerals ASR writes for spoken digits (幺三八…) — that may
-//! contain single spaces or hyphens between groups of three or more digits, and may end in the `X`
-//! of an ID number. Every digit but the last four becomes `*`, one character
-//! for one character, so the offsets of highlighted words stay valid.
+//! A number is a run of digits — ASCII, full-width, or the Chinese numerals
+//! ASR writes for spoken digits (幺三八…) — possibly broken up by up to two
+//! separator characters at a time (spaces, hyphens, dots, commas, 、, /,
+//! 杠), and possibly ending in the `X` of an ID number. A run is masked when
+//! it holds at least [`LONG_DIGITS`] digits (a mobile number, however it was
+//! written down), or at least [`MIN_DIGITS`] digits in groups of three or
+//! more (a landline, a card in blocks); shorter runs and runs of short
+//! groups (dates, times, amounts) are left alone. Every digit but the last
+//! four becomes `*`, one character for one character, so the offsets of
+//! highlighted words stay valid.
 
-/// Shorter runs (amounts, order lines, "2 个") are left alone.
+/// Fewest digits of a masked run made of groups of 3+ (138-1234, 6222 0210).
 pub const MIN_DIGITS: usize = 7;
+
+/// Fewest digits of a masked run whatever its grouping (1 3 8 1 2 …).
+pub const LONG_DIGITS: usize = 11;
 
 /// Digits kept visible at the end of a masked number.
 const KEEP: usize = 4;
+
+/// Separators allowed in a row between two digits.
+const MAX_SEPARATORS: usize = 2;
 
 fn is_digit(c: char) -> bool {
     c.is_ascii_digit()
@@ -34,7 +45,10 @@ fn is_digit(c: char) -> bool {
 }
 
 fn is_separator(c: char) -> bool {
-    matches!(c, ' ' | '-' | '－' | '\u{3000}')
+    matches!(
+        c,
+        ' ' | '\u{3000}' | '-' | '－' | '—' | '.' | '．' | ',' | '，' | '、' | '/' | '／' | '杠'
+    )
 }
 
 /// `text` with every sensitive number masked; borrowed when nothing is.
@@ -47,38 +61,44 @@ pub fn mask(text: &str) -> std::borrow::Cow<'_, str> {
             i += 1;
             continue;
         }
-        // A run: digits, with single separators between groups of at least
-        // three digits (138-1234-5678, 6222 0210 …; not 2024-11-23).
-        let start = i;
+        // A run: digits, broken by at most MAX_SEPARATORS separators.
         let mut digits = vec![i];
-        let mut group = 1;
+        let mut groups = vec![1usize];
         let mut j = i + 1;
         while j < chars.len() {
             if is_digit(chars[j]) {
                 digits.push(j);
-                group += 1;
+                if let Some(g) = groups.last_mut() {
+                    *g += 1;
+                }
                 j += 1;
-            } else if is_separator(chars[j])
-                && group >= 3
-                && chars[j + 1..].iter().take_while(|c| is_digit(**c)).count() >= 3
+                continue;
+            }
+            let seps = chars[j..]
+                .iter()
+                .take(MAX_SEPARATORS + 1)
+                .take_while(|c| is_separator(**c))
+                .count();
+            if seps == 0
+                || seps > MAX_SEPARATORS
+                || !chars.get(j + seps).is_some_and(|c| is_digit(*c))
             {
-                group = 0;
-                j += 1;
-            } else {
                 break;
             }
+            groups.push(0);
+            j += seps;
         }
         if j < chars.len() && matches!(chars[j], 'X' | 'x' | 'Ｘ') && digits.len() == 17 {
             digits.push(j);
             j += 1;
         }
-        if digits.len() >= MIN_DIGITS {
+        let grouped = groups.iter().all(|g| *g >= 3);
+        if digits.len() >= LONG_DIGITS || (digits.len() >= MIN_DIGITS && grouped) {
             let o = out.get_or_insert_with(|| chars.clone());
             for &d in &digits[..digits.len() - KEEP] {
                 o[d] = '*';
             }
         }
-        debug_assert!(j > start);
         i = j;
     }
     match out {
@@ -103,6 +123,13 @@ mod tests {
             ),
             ("幺三八幺二三四五六七八", "*******五六七八"),
             ("１３８１２３４５６７８", "*******５６７８"),
+            ("1 3 8 1 2 3 4 5 6 7 8", "* * * * * * * 5 6 7 8"),
+            ("138 12 34 56 78", "*** ** ** 56 78"),
+            ("138，1234，5678", "***，****，5678"),
+            ("138.1234.5678", "***.****.5678"),
+            ("138  1234  5678", "***  ****  5678"),
+            ("幺三八杠幺二三四杠五六七八", "***杠****杠五六七八"),
+            ("卡 6222.0210.0112.3456", "卡 ****.****.****.3456"),
         ] {
             assert_eq!(mask(text), want, "{text}");
             assert_eq!(mask(text).chars().count(), text.chars().count());
@@ -116,6 +143,8 @@ mod tests {
             "一二三",
             "您好，请问有什么可以帮您",
             "2024-11-23 10:00",
+            "2024年11月23日 10:30",
+            "金额 1,280.50 元",
             "<script>alert(1)</script>",
             "",
         ] {

@@ -65,6 +65,13 @@ struct Feed {
     ring: Mutex<VecDeque<Arc<Item>>>,
     history: usize,
     live: broadcast::Sender<Arc<Item>>,
+    /// True once the ring holds what the stream held at start-up: before
+    /// that, a reconnecting browser would get its missed events late, as
+    /// live ones, and the gap would go unnoticed.
+    ready: watch::Sender<bool>,
+    /// Bumped when the output stream was recreated (its sequence restarted):
+    /// every browser is told to start over.
+    epoch: watch::Sender<u64>,
 }
 
 impl Feed {
@@ -73,7 +80,16 @@ impl Feed {
             ring: Mutex::new(VecDeque::with_capacity(history.min(65_536))),
             history,
             live: broadcast::channel(BROADCAST_BUFFER).0,
+            ready: watch::channel(false).0,
+            epoch: watch::channel(0).0,
         }
+    }
+
+    /// Forgets everything: the stream's sequence numbers start over.
+    fn reset(&self) {
+        let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        ring.clear();
+        self.epoch.send_modify(|e| *e += 1);
     }
 
     fn push(&self, item: Item) {
@@ -94,15 +110,24 @@ impl Feed {
     /// The backlog after `after` (or the last [`INITIAL_EVENTS`]), whether
     /// events after `after` were already dropped from the ring, and a
     /// receiver of what comes next.
+    ///
+    /// `None` when `after` is beyond the newest event: the stream was
+    /// recreated since the browser saw it, and it must start over.
+    #[allow(clippy::type_complexity)]
     fn subscribe(
         &self,
         after: Option<u64>,
-    ) -> (Vec<Arc<Item>>, bool, broadcast::Receiver<Arc<Item>>) {
+    ) -> Option<(Vec<Arc<Item>>, bool, broadcast::Receiver<Arc<Item>>)> {
         let ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        if after.is_some_and(|a| a > ring.back().map_or(0, |i| i.seq)) {
+            return None;
+        }
         let rx = self.live.subscribe();
         let (backlog, gap) = match after {
             Some(after) => {
-                let gap = ring.front().is_some_and(|first| first.seq > after + 1);
+                let gap = ring
+                    .front()
+                    .is_some_and(|first| first.seq > after.saturating_add(1));
                 let from = ring.partition_point(|i| i.seq <= after);
                 (ring.range(from..).cloned().collect(), gap)
             }
@@ -111,7 +136,7 @@ impl Feed {
                 (ring.range(from..).cloned().collect(), false)
             }
         };
-        (backlog, gap, rx)
+        Some((backlog, gap, rx))
     }
 
     /// The events of one conversation still in the ring.
@@ -130,16 +155,23 @@ impl Feed {
     }
 }
 
+/// The event with sensitive numbers masked in its text, and its `matched`
+/// words taken from the masked text (masking the words alone could miss a
+/// number the text as a whole reveals).
 fn masked(mut event: Event, on: bool) -> Event {
-    if on && let Event::Violation(v) = &mut event {
-        if let std::borrow::Cow::Owned(t) = mask::mask(&v.text) {
-            v.text = t;
+    if on
+        && let Event::Violation(v) = &mut event
+        && let std::borrow::Cow::Owned(t) = mask::mask(&v.text)
+    {
+        if let (Some(start), Some(end)) = (v.start, v.end) {
+            v.matched = Some(
+                t.chars()
+                    .skip(start)
+                    .take(end.saturating_sub(start))
+                    .collect(),
+            );
         }
-        if let Some(m) = &v.matched
-            && let std::borrow::Cow::Owned(t) = mask::mask(m)
-        {
-            v.matched = Some(t);
-        }
+        v.text = t;
     }
     event
 }
@@ -210,6 +242,7 @@ pub async fn start(
         .route("/api/events", get(events))
         .route("/api/conversations/{tenant}/{id}", get(conversation))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn(security_headers))
         .with_state(state);
     let mut stopped_http = stopped;
     tokio::spawn(async move {
@@ -261,6 +294,19 @@ async fn follow_once(
 ) -> Result<(), String> {
     let mut s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
     let state = s.info().await.map_err(|e| e.to_string())?.state.clone();
+    if next.is_some_and(|n| n > state.last_sequence.saturating_add(1)) {
+        tracing::warn!(
+            stream,
+            "console: the output stream was recreated; starting over"
+        );
+        feed.reset();
+        *next = None;
+    }
+    // Ready once the events the stream holds now are in the ring.
+    let loaded_at = state.last_sequence;
+    if next.is_some() || loaded_at == 0 {
+        feed.ready.send_replace(true);
+    }
     let start = next.unwrap_or_else(|| {
         state
             .last_sequence
@@ -285,6 +331,9 @@ async fn follow_once(
         let seq = info.stream_sequence;
         let raised_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as u64;
         *next = Some(seq + 1);
+        if seq >= loaded_at {
+            feed.ready.send_replace(true);
+        }
         metrics.console_events.inc();
         match serde_json::from_slice::<Event>(&m.payload) {
             Ok(event) => {
@@ -326,9 +375,25 @@ const SECURITY_HEADERS: [(header::HeaderName, &str); 4] = [
 
 /// Bearer token or basic auth, when configured. With a token only, the
 /// page itself (which holds no data) is public so it can ask for the token.
+///
+/// Without credentials (loopback only), a request must name a loopback host:
+/// a web page the supervisor visits could otherwise rebind its own domain to
+/// 127.0.0.1 and read the feed as same-origin (DNS rebinding).
 async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let c = &s.config;
     if c.token.is_none() && s.basic.is_none() {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !is_loopback_host(host) {
+            return (
+                StatusCode::FORBIDDEN,
+                "the console without credentials answers only to a loopback Host (localhost, 127.0.0.1, [::1])\n",
+            )
+                .into_response();
+        }
         return next.run(req).await;
     }
     let given = req
@@ -359,6 +424,28 @@ async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
     res
 }
 
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Every response carries the security headers, API answers and errors
+/// included: they hold transcripts too.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    for (k, v) in SECURITY_HEADERS {
+        res.headers_mut().insert(k, HeaderValue::from_static(v));
+    }
+    res
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -385,11 +472,7 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
-    let mut res = ([(header::CONTENT_TYPE, content_type)], body).into_response();
-    for (k, v) in SECURITY_HEADERS {
-        res.headers_mut().insert(k, HeaderValue::from_static(v));
-    }
-    res
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 async fn page() -> Response {
@@ -440,9 +523,31 @@ async fn events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let (backlog, gap, rx) = s.feed.subscribe(last_id.or(q.after));
+    // Until the ring is filled after a (re)start, a browser would get its
+    // missed events late, as live ones: ask it to come back.
+    let mut ready = s.feed.ready.subscribe();
+    if tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| *r))
+        .await
+        .is_err()
+    {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the console is still loading its history; retry\n".into(),
+        ));
+    }
+    let after = last_id.or(q.after);
+    let epoch = s.feed.epoch.subscribe();
     let client = Client::new(Arc::clone(&s.metrics));
-    let last = backlog.last().map(|i| i.seq);
+    let Some((backlog, gap, rx)) = s.feed.subscribe(after) else {
+        // The stream was recreated after this browser's last event.
+        let reset = sse::Event::default().event("reset").data("start over");
+        let once: Box<dyn Stream<Item = sse::Event> + Send + Unpin> =
+            Box::new(futures_util::stream::iter([reset]));
+        return Ok(Sse::new(once.map(Ok)).keep_alive(KeepAlive::new()));
+    };
+    // Events the browser already has are never sent again, from the
+    // backlog or from the live feed.
+    let last = backlog.last().map(|i| i.seq).max(after);
     let head = gap.then(|| {
         sse::Event::default()
             .event("gap")
@@ -458,12 +563,13 @@ async fn events(
             )
             .collect::<Vec<_>>(),
     );
-    let live = live(rx, filter, last, client).map(|l| match l {
+    let live = live(rx, epoch, filter, last, client).map(|l| match l {
         Live::Item(item) => to_sse(item),
         Live::Lagged(n) => sse::Event::default().event("lagged").data(n.to_string()),
+        Live::Reset => sse::Event::default().event("reset").data("start over"),
     });
-    let stream = backlog.chain(live).map(Ok);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    let stream: Box<dyn Stream<Item = sse::Event> + Send + Unpin> = Box::new(backlog.chain(live));
+    Ok(Sse::new(stream.map(Ok)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 /// What the live part of a browser's feed yields.
@@ -472,31 +578,43 @@ enum Live {
     /// The browser fell this many events behind: the feed ends here, the
     /// browser reconnects and catches up from the ring.
     Lagged(u64),
+    /// The output stream was recreated: the browser starts over.
+    Reset,
 }
 
 /// The events after `last` that pass `filter`, as they are published, until
 /// the browser falls behind.
 fn live(
     rx: broadcast::Receiver<Arc<Item>>,
+    epoch: watch::Receiver<u64>,
     filter: Filter,
     last: Option<u64>,
     client: Client,
-) -> impl Stream<Item = Live> {
-    futures_util::stream::unfold(Some((rx, filter, last, client)), |state| async move {
-        let (mut rx, filter, last, client) = state?;
-        loop {
-            match rx.recv().await {
-                Ok(item) if last.is_some_and(|l| item.seq <= l) => continue,
-                Ok(item) if !filter.matches(&item.event) => continue,
-                Ok(item) => return Some((Live::Item(item), Some((rx, filter, last, client)))),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    client.metrics.console_lagged.inc_by(n);
-                    return Some((Live::Lagged(n), None));
+) -> impl Stream<Item = Live> + Unpin {
+    Box::pin(futures_util::stream::unfold(
+        Some((rx, epoch, filter, last, client)),
+        |state| async move {
+            let (mut rx, mut epoch, filter, last, client) = state?;
+            loop {
+                let received = tokio::select! {
+                    r = rx.recv() => r,
+                    _ = epoch.changed() => return Some((Live::Reset, None)),
+                };
+                match received {
+                    Ok(item) if last.is_some_and(|l| item.seq <= l) => continue,
+                    Ok(item) if !filter.matches(&item.event) => continue,
+                    Ok(item) => {
+                        return Some((Live::Item(item), Some((rx, epoch, filter, last, client))));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        client.metrics.console_lagged.inc_by(n);
+                        return Some((Live::Lagged(n), None));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
                 }
-                Err(broadcast::error::RecvError::Closed) => return None,
             }
-        }
-    })
+        },
+    ))
 }
 
 fn to_sse(item: Arc<Item>) -> sse::Event {
@@ -539,7 +657,8 @@ struct ConversationView {
     segments: Vec<SegmentView>,
     /// Whether the conversation ended (an `end` event was seen).
     ended: bool,
-    /// More than [`MAX_SEGMENTS`] segments: the rest is not shown.
+    /// Not every segment could be read (more than [`MAX_SEGMENTS`], or the
+    /// stream was too slow to answer): the rest is not shown.
     truncated: bool,
     violations: Vec<Event>,
     summary: Option<Event>,
@@ -563,12 +682,17 @@ async fn conversation(
         ));
     }
     let subject = format!("{}.{tenant}.{id}", s.input_prefix);
-    let (segments, ended, truncated) = read_segments(&s, &subject).await.map_err(|e| {
-        (
-            StatusCode::BAD_GATEWAY,
-            format!("cannot read {subject}: {e}\n"),
-        )
-    })?;
+    let (segments, ended, truncated) =
+        read_segments(&s, &tenant, &id, &subject)
+            .await
+            .map_err(|e| {
+                tracing::warn!(subject, error = %e, "console: cannot read a conversation");
+                (
+                    StatusCode::BAD_GATEWAY,
+                    "cannot read the conversation from the input stream (see the daemon's log)\n"
+                        .into(),
+                )
+            })?;
     let mut violations = Vec::new();
     let mut summary = None;
     for item in s.feed.conversation(&tenant, &id) {
@@ -590,6 +714,8 @@ async fn conversation(
 
 async fn read_segments(
     s: &AppState,
+    tenant: &str,
+    id: &str,
     subject: &str,
 ) -> Result<(Vec<SegmentView>, bool, bool), String> {
     let stream =
@@ -604,52 +730,60 @@ async fn read_segments(
         })
         .await
         .map_err(|e| e.to_string())?;
-    let mut by_seq = BTreeMap::new();
-    let (mut ended, mut truncated) = (false, false);
-    let pending = consumer
-        .info()
-        .await
-        .map_err(|e| e.to_string())?
-        .num_pending;
-    if pending == 0 {
-        return Ok((Vec::new(), false, false));
-    }
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let mut seen = 0usize;
-    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, messages.next()).await {
-        let m = m.map_err(|e| e.to_string())?;
-        let left = m.info().map_err(|e| e.to_string())?.pending;
-        seen += 1;
-        if let Ok(input) = decode(&m.payload) {
-            match input.kind {
-                InputKind::End => ended = true,
-                InputKind::Segment(seg) if seg.is_final => {
-                    let text = if s.config.mask_digits {
-                        mask::mask(&seg.text).into_owned()
-                    } else {
-                        seg.text.into_owned()
-                    };
-                    by_seq.entry(seg.seq).or_insert(SegmentView {
-                        seq: seg.seq,
-                        speaker: seg.speaker.as_str(),
-                        text,
-                        agent_id: input.agent_id.map(|a| a.into_owned()),
-                        ts_ms: input.ts_ms,
-                    });
+    let info = consumer.info().await.map_err(|e| e.to_string())?;
+    let (name, pending) = (info.name.clone(), info.num_pending);
+    let read = async {
+        let mut by_seq = BTreeMap::new();
+        let (mut ended, mut complete) = (false, pending == 0);
+        if complete {
+            return Ok((by_seq, ended, complete));
+        }
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, messages.next()).await {
+            let m = m.map_err(|e| e.to_string())?;
+            let left = m.info().map_err(|e| e.to_string())?.pending;
+            // Only what the daemon judged as this conversation: a message on
+            // its subject that names another one was dead-lettered.
+            if let Ok(input) = decode(&m.payload)
+                && input.tenant == tenant
+                && input.conversation_id == id
+            {
+                match input.kind {
+                    InputKind::End => ended = true,
+                    InputKind::Segment(seg) if seg.is_final => {
+                        let text = if s.config.mask_digits {
+                            mask::mask(&seg.text).into_owned()
+                        } else {
+                            seg.text.into_owned()
+                        };
+                        by_seq.entry(seg.seq).or_insert(SegmentView {
+                            seq: seg.seq,
+                            speaker: seg.speaker.as_str(),
+                            text,
+                            agent_id: input.agent_id.map(|a| a.into_owned()),
+                            ts_ms: input.ts_ms,
+                        });
+                    }
+                    InputKind::Segment(_) => {}
                 }
-                InputKind::Segment(_) => {}
+            }
+            if left == 0 {
+                complete = true;
+                break;
+            }
+            if by_seq.len() >= MAX_SEGMENTS {
+                break;
             }
         }
-        if left == 0 {
-            break;
-        }
-        if seen >= MAX_SEGMENTS {
-            truncated = true;
-            break;
-        }
+        Ok::<_, String>((by_seq, ended, complete))
     }
-    Ok((by_seq.into_values().collect(), ended, truncated))
+    .await;
+    // Ordered consumers are ephemeral but linger on the server for their
+    // inactivity threshold: one per request would pile up.
+    let _ = stream.delete_consumer(&name).await;
+    let (by_seq, ended, complete) = read?;
+    Ok((by_seq.into_values().collect(), ended, !complete))
 }
 
 #[cfg(test)]
@@ -692,7 +826,7 @@ mod tests {
     async fn a_browser_that_falls_behind_is_counted_and_told_to_reconnect() {
         let metrics = Arc::new(Metrics::new());
         let feed = Feed::new(10_000);
-        let (_, _, rx) = feed.subscribe(None);
+        let (_, _, rx) = feed.subscribe(None).expect("fresh");
         let client = Client::new(Arc::clone(&metrics));
         assert_eq!(metrics.console_clients.get(), 1);
         // The browser reads nothing while more than the buffer is published:
@@ -701,7 +835,9 @@ mod tests {
         for seq in 1..=n {
             feed.push(item(seq));
         }
-        let got: Vec<Live> = live(rx, Filter::default(), None, client).collect().await;
+        let got: Vec<Live> = live(rx, feed.epoch.subscribe(), Filter::default(), None, client)
+            .collect()
+            .await;
         assert!(
             matches!(got.as_slice(), [Live::Lagged(100)]),
             "{} items",
@@ -710,7 +846,7 @@ mod tests {
         assert_eq!(metrics.console_lagged.get(), 100);
         assert_eq!(metrics.console_clients.get(), 0, "the stream ended");
         // Reconnecting from the last event it saw, it gets the rest.
-        let (backlog, gap, _) = feed.subscribe(Some(0));
+        let (backlog, gap, _) = feed.subscribe(Some(0)).expect("known");
         assert_eq!((backlog.len() as u64, gap), (n, false));
     }
 
@@ -721,7 +857,7 @@ mod tests {
             feed.push(item(seq));
         }
         let seqs = |after| -> (Vec<u64>, bool) {
-            let (backlog, gap, _) = feed.subscribe(after);
+            let (backlog, gap, _) = feed.subscribe(after).expect("known position");
             (backlog.iter().map(|i| i.seq).collect(), gap)
         };
         assert_eq!(seqs(Some(2)), (vec![3, 4], false));
@@ -729,8 +865,13 @@ mod tests {
         // Event 1 fell out of the ring: the browser is told.
         assert_eq!(seqs(Some(0)), (vec![2, 3, 4], true));
         assert_eq!(seqs(None), (vec![2, 3, 4], false));
-        let (_, _, mut rx) = feed.subscribe(Some(4));
+        let (_, _, mut rx) = feed.subscribe(Some(4)).expect("known");
         feed.push(item(5));
         assert_eq!(rx.try_recv().map(|i| i.seq).ok(), Some(5));
+        // A position beyond the newest event: the stream was recreated.
+        assert!(feed.subscribe(Some(9)).is_none());
+        feed.reset();
+        assert!(feed.subscribe(Some(5)).is_none());
+        assert_eq!(seqs(None), (vec![], false));
     }
 }

@@ -58,15 +58,21 @@ async fn the_console_asks_for_its_token_or_password() {
         "{head}"
     );
     assert!(head.contains("x-content-type-options: nosniff"), "{head}");
-    for (auth, want) in [
-        (None, 401),
-        (Some("Bearer wrong-token"), 401),
-        (Some("Bearer s3cret-token"), 200),
+    for (path, auth, want) in [
+        (api, None, 401),
+        (api, Some("Bearer wrong-token"), 401),
+        (api, Some("Bearer s3cret-token"), 200),
+        ("/api/events", None, 401),
+        ("/api/events?after=0", Some("Bearer wrong"), 401),
     ] {
-        let (code, _, body) = tokio::task::spawn_blocking(move || request(port, api, auth))
+        let (code, head, body) = tokio::task::spawn_blocking(move || request(port, path, auth))
             .await
             .expect("request");
-        assert_eq!(code, want, "{auth:?}: {body}");
+        assert_eq!(code, want, "{path} {auth:?}: {body}");
+        assert!(
+            head.contains("cache-control: no-store"),
+            "every answer: {head}"
+        );
     }
     daemon.stop().await;
 
@@ -120,7 +126,12 @@ async fn the_conversation_view_shows_segments_masked_and_rejects_wildcards() {
     let js = js(&nats).await;
     wait_done(&js, 1).await;
     // The console follows the stream asynchronously: wait for the summary.
+    let deadline = std::time::Instant::now() + crate::daemon::DEADLINE;
     let view = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no summary in the console"
+        );
         let (code, _, body) =
             tokio::task::spawn_blocking(move || request(port, "/api/conversations/acme/c-1", None))
                 .await
@@ -169,6 +180,59 @@ async fn the_conversation_view_shows_segments_masked_and_rejects_wildcards() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_credentials_only_a_loopback_host_is_answered() {
+    let nats = NatsServer::start();
+    let mut cfg = config(&nats, &lexicons(), "");
+    let c = console(None, None);
+    let port = c.addr.port();
+    cfg.console = Some(c);
+    let daemon = Daemon::start(cfg).await;
+    let answers = tokio::task::spawn_blocking(move || {
+        [
+            "evil.example",
+            "evil.example:9465",
+            "127.0.0.1.nip.io",
+            "localhost:9465",
+            "127.0.0.1",
+            "[::1]:9465",
+        ]
+        .map(|host| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            write!(
+                s,
+                "GET /api/conversations/acme/c HTTP/1.0\r\nHost: {host}\r\n\r\n"
+            )
+            .expect("send");
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            (
+                host,
+                buf.split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+    })
+    .await
+    .expect("requests");
+    // A page on another domain rebound to 127.0.0.1 (DNS rebinding) must
+    // not read transcripts.
+    assert_eq!(
+        answers.map(|(h, code)| (h, code)),
+        [
+            ("evil.example", "403".to_string()),
+            ("evil.example:9465", "403".to_string()),
+            ("127.0.0.1.nip.io", "403".to_string()),
+            ("localhost:9465", "200".to_string()),
+            ("127.0.0.1", "200".to_string()),
+            ("[::1]:9465", "200".to_string()),
+        ]
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_browser_does_not_slow_the_scanner() {
     let nats = NatsServer::start();
     let mut cfg = config(&nats, &lexicons(), "");
@@ -193,11 +257,25 @@ async fn a_stalled_browser_does_not_slow_the_scanner() {
     // Every conversation is judged and published while the browser sleeps.
     let got = wait_done(&js, summaries_in(&lines)).await;
     assert!(got.len() > 400, "{} events", got.len());
-    let metrics = daemon.metrics();
-    assert!(
-        metrics.contains("zhijian_console_clients 1"),
-        "the stalled browser is still connected"
-    );
+    // ... and the console went on reading the output stream meanwhile.
+    let deadline = std::time::Instant::now() + crate::daemon::DEADLINE;
+    loop {
+        let metrics = daemon.metrics();
+        let read = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("zhijian_console_events_total "))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        if read >= got.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "console read {read} of {}",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(stalled);
     daemon.stop().await;
 }

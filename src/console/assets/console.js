@@ -13,8 +13,7 @@
   const $ = (id) => document.getElementById(id);
   const state = {
     lastSeq: null,            // stream sequence of the last event received
-    seen: new Set(),          // sequences received (no duplicates, ever)
-    duplicates: 0,
+    duplicates: 0,            // events at or below lastSeq (the server never resends)
     violations: [],           // {seq, raised, v}, oldest first
     summaries: new Map(),     // "tenant/conversation" -> summary
     tenants: new Set(),
@@ -178,17 +177,18 @@
 
   // ---- events ----
   function onEvent(seq, data) {
-    if (state.seen.has(seq)) {
-      // The server never resends; counted so a test (or a person) can see it.
+    // The server sends in stream order and never resends: anything at or
+    // below the last sequence is a duplicate, counted so it can be seen.
+    if (state.lastSeq !== null && seq <= state.lastSeq) {
       state.duplicates += 1;
       $('status').dataset.duplicates = String(state.duplicates);
       return;
     }
-    state.seen.add(seq);
-    state.lastSeq = state.lastSeq === null ? seq : Math.max(state.lastSeq, seq);
+    state.lastSeq = seq;
     const ev = data.event;
     if (ev.type === 'summary') {
       state.summaries.set(ev.tenant + '/' + ev.conversation_id, ev);
+      if (state.summaries.size > MAX_KEPT) state.summaries.delete(state.summaries.keys().next().value);
       refreshDetail(ev.tenant, ev.conversation_id);
       return;
     }
@@ -214,41 +214,67 @@
     $('empty').hidden = true;
   }
 
+  // The output stream was recreated on the server: sequence numbers start
+  // over, so does the page.
+  function startOver() {
+    state.lastSeq = null;
+    state.violations = [];
+    state.summaries.clear();
+    $('notice').textContent = 'The server restarted its event history.';
+    renderAll();
+  }
+
   // Server-sent events read with fetch (so a bearer token can be sent),
-  // resumed with Last-Event-ID after any disconnect.
+  // resumed with Last-Event-ID after any disconnect. A connection silent
+  // for longer than three keep-alives (15 s each) is dead (a laptop slept,
+  // a NAT forgot it): dropped and reopened.
+  const SILENCE_MS = 45000;
+  let following = false;
   async function follow() {
+    if (following) return;
+    following = true;
     let delay = 500;
     for (;;) {
       setStatus(state.lastSeq === null ? 'connecting' : 'reconnecting');
+      const abort = new AbortController();
+      let watchdog = setTimeout(() => abort.abort(), SILENCE_MS);
+      const alive = () => {
+        clearTimeout(watchdog);
+        watchdog = setTimeout(() => abort.abort(), SILENCE_MS);
+      };
       try {
         const headers = { Accept: 'text/event-stream', ...authHeaders() };
         if (state.lastSeq !== null) headers['Last-Event-ID'] = String(state.lastSeq);
-        const res = await fetch('/api/events', { headers, cache: 'no-store' });
+        const res = await fetch('/api/events', { headers, cache: 'no-store', signal: abort.signal });
         if (res.status === 401) {
+          clearTimeout(watchdog);
           setStatus('unauthorized', 'token needed');
           $('login').hidden = false;
+          following = false;
           return;
         }
         if (!res.ok || !res.body) throw new Error('HTTP ' + res.status);
         setStatus('live');
         delay = 500;
-        await readEvents(res.body);
+        await readEvents(res.body, alive);
       } catch (e) {
-        // Network error or server gone: retry below.
+        // Network error, dead connection or server gone: retry below.
       }
+      clearTimeout(watchdog);
       setStatus('reconnecting');
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(delay * 2, 5000);
     }
   }
 
-  async function readEvents(body) {
+  async function readEvents(body, alive) {
     const reader = body.pipeThrough(new TextDecoderStream()).getReader();
     let buf = '';
     for (;;) {
       const { value, done } = await reader.read();
       if (done) return;
-      buf += value;
+      alive();
+      buf += value.replace(/\r\n?/g, '\n');
       let cut;
       while ((cut = buf.indexOf('\n\n')) >= 0) {
         const block = buf.slice(0, cut);
@@ -269,6 +295,8 @@
           $('notice').textContent = 'Some older alerts are no longer kept by the server.';
         } else if (name === 'lagged') {
           $('notice').textContent = 'Fell behind; catching up.';
+        } else if (name === 'reset') {
+          startOver();
         } else if (name === 'message' && id !== null && data.length) {
           onEvent(Number(id), JSON.parse(data.join('\n')));
         }
@@ -284,12 +312,21 @@
     await loadDetail();
   }
 
+  // At most one reload of the open conversation per second, however many
+  // of its events arrive.
+  let detailDue = null;
   function refreshDetail(tenant, id) {
-    if (state.detail && state.detail.tenant === tenant && state.detail.id === id) loadDetail();
+    if (!state.detail || state.detail.tenant !== tenant || state.detail.id !== id || detailDue) return;
+    detailDue = setTimeout(() => {
+      detailDue = null;
+      if (state.detail) loadDetail();
+    }, 1000);
   }
 
+  let detailRequest = 0;
   async function loadDetail() {
     const { tenant, id } = state.detail;
+    const mine = ++detailRequest;
     let view;
     try {
       const res = await fetch(`/api/conversations/${encodeURIComponent(tenant)}/${encodeURIComponent(id)}`,
@@ -300,7 +337,7 @@
       $('detail-summary').textContent = 'Cannot load the conversation: ' + e.message;
       return;
     }
-    if (!state.detail || state.detail.tenant !== tenant || state.detail.id !== id) return;
+    if (mine !== detailRequest || !state.detail || state.detail.tenant !== tenant || state.detail.id !== id) return;
     const ranges = new Map();
     for (const v of view.violations) {
       if (v.start === null || v.end === null) continue;
