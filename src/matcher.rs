@@ -194,6 +194,14 @@ impl Scanner {
         &self.lexicon.rules[usize::from(ix)]
     }
 
+    /// The same scanner matching with the byte automaton only (what large
+    /// lexicons use): tests compare the two paths.
+    #[doc(hidden)]
+    pub fn without_char_automaton(mut self) -> Scanner {
+        self.chars = None;
+        self
+    }
+
     /// How the lexicon is matched, for people: the character automaton's
     /// size, or that the byte automaton is used.
     pub fn automaton_summary(&self) -> String {

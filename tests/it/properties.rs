@@ -67,6 +67,61 @@ proptest! {
         got.sort_unstable();
         prop_assert_eq!(got, want);
     }
+
+    /// The character automaton (run while normalising) and the byte
+    /// automaton (large lexicons) give the same hits with the default
+    /// lexicon: exceptions, word boundaries and clause rules included.
+    #[test]
+    fn character_and_byte_automata_agree(src in lexicon_text()) {
+        let (chars, bytes) = default_scanners();
+        let (mut a, mut b) = (Scratch::default(), Scratch::default());
+        for speaker in [Speaker::Agent, Speaker::Customer] {
+            // Hits, and every dropped candidate with its reason: a phrase
+            // or exception one automaton missed shows up either way.
+            let dropped_a = chars.scan_explained(&src, speaker, &mut a);
+            let dropped_b = bytes.scan_explained(&src, speaker, &mut b);
+            prop_assert_eq!(&a.hits, &b.hits);
+            prop_assert_eq!(dropped_a, dropped_b);
+        }
+    }
+}
+
+/// Text made of the default lexicon's phrases and exceptions, pieces of
+/// them, their characters and punctuation, so hits, overlaps and
+/// exceptions are common.
+fn lexicon_text() -> impl Strategy<Value = String> {
+    static PIECES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let pieces = PIECES.get_or_init(|| {
+        let (scanner, _) = default_scanners();
+        let mut ps: Vec<String> = Vec::new();
+        for p in scanner
+            .rules()
+            .iter()
+            .flat_map(|r| r.phrases.iter().chain(r.exceptions.iter()))
+        {
+            let cs: Vec<char> = p.chars().collect();
+            ps.push(p.clone());
+            ps.push(cs[cs.len() / 2..].iter().collect());
+            ps.extend(cs.iter().map(|c| c.to_string()));
+        }
+        ps.extend(["，", "。", " ", "問", "誰", "Ａ", "您"].map(String::from));
+        ps.sort_unstable();
+        ps.dedup();
+        ps
+    });
+    prop::collection::vec(prop::sample::select(pieces.clone()), 0..8).prop_map(|v| v.concat())
+}
+
+fn default_scanners() -> &'static (Scanner, Scanner) {
+    static S: std::sync::OnceLock<(Scanner, Scanner)> = std::sync::OnceLock::new();
+    S.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lexicons");
+        let load = || {
+            let lex = zhijian::lexicon::load_dir(&dir).expect("default lexicon");
+            Scanner::new(lex, default_segmenter()).expect("compiles")
+        };
+        (load(), load().without_char_automaton())
+    })
 }
 
 fn naive_scanner() -> &'static Scanner {
