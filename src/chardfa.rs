@@ -172,8 +172,7 @@ impl CharDfa {
 
     /// The patterns that end in `state`.
     pub fn matches(&self, state: u32) -> &[u32] {
-        let row = state as usize & usize::from(!MATCH);
-        let (a, b) = self.out_ranges[row];
+        let (a, b) = self.out_ranges[state as usize & usize::from(!MATCH)];
         &self.outputs[a as usize..b as usize]
     }
 

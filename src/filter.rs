@@ -57,10 +57,6 @@ impl Filter {
         })
     }
 
-    pub fn is_empty(&self) -> bool {
-        *self == Filter::default()
-    }
-
     pub fn matches(&self, event: &Event) -> bool {
         let (tenant, agent) = match event {
             Event::Violation(v) => (&v.tenant, &v.agent_id),
@@ -111,10 +107,9 @@ mod tests {
         let by_agent = Filter::parse(None, Some("a2"), None, None).expect("parses");
         assert!(!by_agent.matches(&violation("acme", "a1", "filler", "low")));
         assert!(by_agent.matches(&violation("acme", "a2", "filler", "low")));
-        assert!(
-            Filter::parse(None, None, None, None)
-                .expect("parses")
-                .is_empty()
+        assert_eq!(
+            Filter::parse(None, None, None, None).expect("parses"),
+            Filter::default()
         );
     }
 

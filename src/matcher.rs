@@ -38,14 +38,28 @@ struct Use {
     exception: bool,
 }
 
+/// The one automaton over every phrase and exception.
+enum Automaton {
+    /// Character level, run during normalisation (see [`CharDfa`]).
+    Chars(CharDfa),
+    /// Bytes of the normalised text: lexicons too large for the character
+    /// automaton's dense table.
+    Bytes(AhoCorasick),
+}
+
+fn byte_automaton(patterns: &[String]) -> Result<AhoCorasick, String> {
+    let mut builder = AhoCorasick::builder();
+    builder.match_kind(MatchKind::Standard);
+    if patterns.len() <= DFA_MAX_PATTERNS {
+        builder.kind(Some(AhoCorasickKind::DFA));
+    }
+    builder.build(patterns).map_err(|e| e.to_string())
+}
+
 /// A compiled lexicon.
 pub struct Scanner {
     lexicon: Lexicon,
-    /// The character automaton, run during normalisation; `None` when the
-    /// lexicon is too large for its dense table.
-    chars: Option<CharDfa>,
-    /// The byte automaton over the normalised text, used without `chars`.
-    automaton: AhoCorasick,
+    automaton: Automaton,
     /// Pattern id → the rules that use it (one normalised string may be a
     /// phrase of one rule and an exception of another).
     uses: Vec<Vec<Use>>,
@@ -149,13 +163,10 @@ impl Scanner {
                 });
             }
         }
-        let mut builder = AhoCorasick::builder();
-        builder.match_kind(MatchKind::Standard);
-        if patterns.len() <= DFA_MAX_PATTERNS {
-            builder.kind(Some(AhoCorasickKind::DFA));
-        }
-        let automaton = builder.build(&patterns).map_err(|e| e.to_string())?;
-        let chars = CharDfa::new(&patterns);
+        let automaton = match CharDfa::new(&patterns) {
+            Some(dfa) => Automaton::Chars(dfa),
+            None => Automaton::Bytes(byte_automaton(&patterns)?),
+        };
         let find = |kind: RuleKind| {
             lexicon
                 .rules
@@ -168,7 +179,6 @@ impl Scanner {
             greeting,
             closing,
             lexicon,
-            chars,
             automaton,
             uses,
             patterns,
@@ -197,23 +207,25 @@ impl Scanner {
     /// The same scanner matching with the byte automaton only (what large
     /// lexicons use): tests compare the two paths.
     #[doc(hidden)]
-    pub fn without_char_automaton(mut self) -> Scanner {
-        self.chars = None;
-        self
+    pub fn without_char_automaton(mut self) -> Result<Scanner, String> {
+        self.automaton = Automaton::Bytes(byte_automaton(&self.patterns)?);
+        Ok(self)
     }
 
     /// How the lexicon is matched, for people: the character automaton's
     /// size, or that the byte automaton is used.
     pub fn automaton_summary(&self) -> String {
-        match &self.chars {
-            Some(dfa) => {
+        match &self.automaton {
+            Automaton::Chars(dfa) => {
                 let (states, symbols, bytes) = dfa.size();
                 format!(
                     "character automaton: {states} states × {symbols} symbols ({} KiB)",
                     bytes / 1024
                 )
             }
-            None => "byte automaton (the character automaton's table would be too large)".into(),
+            Automaton::Bytes(_) => {
+                "byte automaton (the character automaton's table would be too large)".into()
+            }
         }
     }
 
@@ -225,8 +237,8 @@ impl Scanner {
     /// Counts the raw automaton matches in already-normalised text, before
     /// any filter (benchmarks measure this stage alone).
     pub fn count_raw_matches(&self, normalised: &str) -> usize {
-        match &self.chars {
-            Some(dfa) => {
+        match &self.automaton {
+            Automaton::Chars(dfa) => {
                 let mut state = dfa.start();
                 let mut n = 0;
                 for c in normalised.chars() {
@@ -237,7 +249,7 @@ impl Scanner {
                 }
                 n
             }
-            None => self.automaton.find_overlapping_iter(normalised).count(),
+            Automaton::Bytes(ac) => ac.find_overlapping_iter(normalised).count(),
         }
     }
 
@@ -300,8 +312,8 @@ impl Scanner {
                 }
             }
         };
-        match &self.chars {
-            Some(dfa) => {
+        match &self.automaton {
+            Automaton::Chars(dfa) => {
                 let mut state = dfa.start();
                 scratch.norm.fill_with(text, |c, end| {
                     state = dfa.next(state, c);
@@ -314,9 +326,9 @@ impl Scanner {
                     }
                 });
             }
-            None => {
+            Automaton::Bytes(ac) => {
                 scratch.norm.fill(text);
-                for m in self.automaton.find_overlapping_iter(&scratch.norm.text) {
+                for m in ac.find_overlapping_iter(&scratch.norm.text) {
                     found(m.pattern().as_usize(), m.start(), m.end());
                 }
             }

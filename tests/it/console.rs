@@ -12,11 +12,16 @@ use zhijian::config::{ConsoleConfig, Secret};
 
 /// One HTTP/1.0 request: status, headers (lower-cased names) and body.
 fn request(port: u16, path: &str, auth: Option<&str>) -> (u16, String, String) {
+    request_as(port, "127.0.0.1", path, auth)
+}
+
+/// [`request`] naming `host` in the `Host` header.
+fn request_as(port: u16, host: &str, path: &str, auth: Option<&str>) -> (u16, String, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("console listens");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}\r\n").expect("send");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n{auth}\r\n").expect("send");
     let mut buf = String::new();
     s.read_to_string(&mut buf).expect("answer");
     let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
@@ -28,25 +33,31 @@ fn request(port: u16, path: &str, auth: Option<&str>) -> (u16, String, String) {
     (code, head.to_ascii_lowercase(), body.to_string())
 }
 
-fn console(token: Option<&str>, basic: Option<(&str, &str)>) -> ConsoleConfig {
-    ConsoleConfig {
+/// The daemon with its console on a free port (returned) and these
+/// credentials.
+async fn with_console(
+    nats: &NatsServer,
+    token: Option<&str>,
+    basic: Option<(&str, &str)>,
+) -> (Daemon, u16) {
+    let mut cfg = config(nats, &lexicons(), "");
+    let console = ConsoleConfig {
         addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
         token: token.map(|t| Secret(t.into())),
         basic: basic.map(|(u, p)| (u.to_string(), Secret(p.into()))),
         mask_digits: true,
         history: 5000,
-    }
+    };
+    let port = console.addr.port();
+    cfg.console = Some(console);
+    (Daemon::start(cfg).await, port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_asks_for_its_token_or_password() {
     let nats = NatsServer::start();
-    let mut cfg = config(&nats, &lexicons(), "");
     // Token only: the page (no data) is public, the API is not.
-    let c = console(Some("s3cret-token"), None);
-    let port = c.addr.port();
-    cfg.console = Some(c);
-    let daemon = Daemon::start(cfg).await;
+    let (daemon, port) = with_console(&nats, Some("s3cret-token"), None).await;
     let api = "/api/conversations/acme/call-1";
     let (code, head, body) = tokio::task::spawn_blocking(move || request(port, "/", None))
         .await
@@ -77,11 +88,7 @@ async fn the_console_asks_for_its_token_or_password() {
     daemon.stop().await;
 
     // Basic auth: everything asks, the browser prompts; the token works too.
-    let mut cfg = config(&nats, &lexicons(), "");
-    let c = console(Some("s3cret-token"), Some(("qa", "质检-pass")));
-    let port = c.addr.port();
-    cfg.console = Some(c);
-    let daemon = Daemon::start(cfg).await;
+    let (daemon, port) = with_console(&nats, Some("s3cret-token"), Some(("qa", "质检-pass"))).await;
     let basic = "Basic cWE66LSo5qOALXBhc3M="; // qa:质检-pass
     for (path, auth, want) in [
         ("/", None, 401),
@@ -107,11 +114,7 @@ async fn the_console_asks_for_its_token_or_password() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_conversation_view_shows_segments_masked_and_rejects_wildcards() {
     let nats = NatsServer::start();
-    let mut cfg = config(&nats, &lexicons(), "");
-    let c = console(None, None);
-    let port = c.addr.port();
-    cfg.console = Some(c);
-    let daemon = Daemon::start(cfg).await;
+    let (daemon, port) = with_console(&nats, None, None).await;
     let lines: Vec<String> = [
         r#"{"conversation_id":"c-1","tenant":"acme","seq":0,"speaker":"agent","agent_id":"a1","text":"您好"}"#,
         r#"{"conversation_id":"c-1","tenant":"acme","seq":1,"speaker":"customer","text":"我的电话是13812345678"}"#,
@@ -182,11 +185,7 @@ async fn the_conversation_view_shows_segments_masked_and_rejects_wildcards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_credentials_only_a_loopback_host_is_answered() {
     let nats = NatsServer::start();
-    let mut cfg = config(&nats, &lexicons(), "");
-    let c = console(None, None);
-    let port = c.addr.port();
-    cfg.console = Some(c);
-    let daemon = Daemon::start(cfg).await;
+    let (daemon, port) = with_console(&nats, None, None).await;
     let answers = tokio::task::spawn_blocking(move || {
         [
             "evil.example",
@@ -197,21 +196,8 @@ async fn without_credentials_only_a_loopback_host_is_answered() {
             "[::1]:9465",
         ]
         .map(|host| {
-            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-            write!(
-                s,
-                "GET /api/conversations/acme/c HTTP/1.0\r\nHost: {host}\r\n\r\n"
-            )
-            .expect("send");
-            let mut buf = String::new();
-            let _ = s.read_to_string(&mut buf);
-            (
-                host,
-                buf.split_whitespace()
-                    .nth(1)
-                    .unwrap_or_default()
-                    .to_string(),
-            )
+            let (code, _, _) = request_as(port, host, "/api/conversations/acme/c", None);
+            (host, code.to_string())
         })
     })
     .await
@@ -219,7 +205,7 @@ async fn without_credentials_only_a_loopback_host_is_answered() {
     // A page on another domain rebound to 127.0.0.1 (DNS rebinding) must
     // not read transcripts.
     assert_eq!(
-        answers.map(|(h, code)| (h, code)),
+        answers,
         [
             ("evil.example", "403".to_string()),
             ("evil.example:9465", "403".to_string()),
@@ -235,11 +221,7 @@ async fn without_credentials_only_a_loopback_host_is_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_browser_does_not_slow_the_scanner() {
     let nats = NatsServer::start();
-    let mut cfg = config(&nats, &lexicons(), "");
-    let c = console(None, None);
-    let port = c.addr.port();
-    cfg.console = Some(c);
-    let daemon = Daemon::start(cfg).await;
+    let (daemon, port) = with_console(&nats, None, None).await;
     // A browser that subscribes and then never reads again.
     let mut stalled = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     write!(

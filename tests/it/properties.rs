@@ -120,7 +120,10 @@ fn default_scanners() -> &'static (Scanner, Scanner) {
             let lex = zhijian::lexicon::load_dir(&dir).expect("default lexicon");
             Scanner::new(lex, default_segmenter()).expect("compiles")
         };
-        (load(), load().without_char_automaton())
+        (
+            load(),
+            load().without_char_automaton().expect("byte automaton"),
+        )
     })
 }
 
