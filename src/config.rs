@@ -153,6 +153,13 @@ pub struct DaemonSection {
     pub stall_timeout_s: u64,
     /// Messages buffered per shard.
     pub shard_queue: usize,
+    /// Events per shard sent and not yet acknowledged by JetStream, at
+    /// most: the backpressure that keeps a burst from exhausting the
+    /// client's window of unacknowledged publishes.
+    pub publish_window: usize,
+    /// Work pending and nothing stored for this long: `/readyz` fails and
+    /// `zhijian_output_stalled` is 1.
+    pub watchdog_s: u64,
 }
 
 impl Default for DaemonSection {
@@ -163,6 +170,31 @@ impl Default for DaemonSection {
             nak_delay_ms: 1000,
             stall_timeout_s: 15,
             shard_queue: 1024,
+            publish_window: 512,
+            watchdog_s: 30,
+        }
+    }
+}
+
+/// Limits on what hostile or broken input can make the daemon hold or emit.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Characters of its segment a violation carries at most.
+    pub excerpt_chars: usize,
+    /// Open conversations per daemon at most (split evenly over shards).
+    pub max_open_conversations: usize,
+    /// Final segments per conversation at most.
+    pub max_segments_per_conversation: u32,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let e = crate::engine::EngineConfig::default();
+        LimitsSection {
+            excerpt_chars: e.excerpt_chars,
+            max_open_conversations: e.max_open,
+            max_segments_per_conversation: e.max_segments,
         }
     }
 }
@@ -252,6 +284,7 @@ pub struct RawConfig {
     pub streams: StreamsConfig,
     pub engine: EngineSection,
     pub daemon: DaemonSection,
+    pub limits: LimitsSection,
     pub metrics: MetricsSection,
     pub console: ConsoleSection,
     pub log: LogSection,
@@ -272,6 +305,11 @@ pub struct Config {
     pub nak_delay: Duration,
     pub stall_timeout: Duration,
     pub shard_queue: usize,
+    pub publish_window: usize,
+    pub watchdog: Duration,
+    pub excerpt_chars: usize,
+    pub max_open_conversations: usize,
+    pub max_segments_per_conversation: u32,
     pub metrics_addr: SocketAddr,
     pub max_tenants: usize,
     /// `None`: the console is off.
@@ -390,6 +428,13 @@ impl RawConfig {
             ("daemon", "nak_delay_ms") => d.nak_delay_ms = num(v)?,
             ("daemon", "stall_timeout_s") => d.stall_timeout_s = num(v)?,
             ("daemon", "shard_queue") => d.shard_queue = num(v)?,
+            ("daemon", "publish_window") => d.publish_window = num(v)?,
+            ("daemon", "watchdog_s") => d.watchdog_s = num(v)?,
+            ("limits", "excerpt_chars") => self.limits.excerpt_chars = num(v)?,
+            ("limits", "max_open_conversations") => self.limits.max_open_conversations = num(v)?,
+            ("limits", "max_segments_per_conversation") => {
+                self.limits.max_segments_per_conversation = num(v)?
+            }
             ("metrics", "addr") => self.metrics.addr = s(),
             ("metrics", "max_tenants") => self.metrics.max_tenants = num(v)?,
             ("console", "enabled") => self.console.enabled = flag(v)?,
@@ -449,6 +494,25 @@ impl RawConfig {
         if self.daemon.shard_queue == 0 {
             return Err("[daemon] shard_queue must be >= 1".into());
         }
+        if self.daemon.publish_window == 0 || self.daemon.publish_window > 4096 {
+            return Err(format!(
+                "[daemon] publish_window must be 1..=4096, got {}",
+                self.daemon.publish_window
+            ));
+        }
+        if self.daemon.watchdog_s == 0 {
+            return Err("[daemon] watchdog_s must be > 0".into());
+        }
+        let l = &self.limits;
+        if l.excerpt_chars < 16 {
+            return Err("[limits] excerpt_chars must be >= 16".into());
+        }
+        if l.max_open_conversations < self.engine.shards {
+            return Err("[limits] max_open_conversations must be >= [engine] shards".into());
+        }
+        if l.max_segments_per_conversation == 0 {
+            return Err("[limits] max_segments_per_conversation must be >= 1".into());
+        }
         if self.nats.password.is_some() != self.nats.user.is_some() {
             return Err("[nats] user and password go together".into());
         }
@@ -483,6 +547,11 @@ impl RawConfig {
             nak_delay: Duration::from_millis(self.daemon.nak_delay_ms),
             stall_timeout: Duration::from_secs(self.daemon.stall_timeout_s.max(1)),
             shard_queue: self.daemon.shard_queue,
+            publish_window: self.daemon.publish_window,
+            watchdog: Duration::from_secs(self.daemon.watchdog_s),
+            excerpt_chars: self.limits.excerpt_chars,
+            max_open_conversations: self.limits.max_open_conversations,
+            max_segments_per_conversation: self.limits.max_segments_per_conversation,
             metrics_addr,
             max_tenants: self.metrics.max_tenants,
             console,

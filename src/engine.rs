@@ -20,8 +20,8 @@
 //!    verdict, then the summary with the score.
 
 use crate::event::{
-    Category, Channel, CloseReason, Counts, Event, Input, InputKind, Segment, Speaker, Summary,
-    Violation, event_id,
+    Category, Channel, CloseReason, Counts, Event, Input, InputKind, MAX_SPANS, Segment, Speaker,
+    Summary, Violation, event_id,
 };
 use crate::lexicon::RuleKind;
 use crate::matcher::{Scanner, Scratch};
@@ -117,12 +117,25 @@ pub struct EngineConfig {
     /// How long a closed conversation is remembered, so that late or
     /// redelivered events for it are ignored instead of reopening it.
     pub tombstone_ttl_ms: u64,
+    /// Violations carry at most this many characters of their segment (an
+    /// excerpt around the first match), so one long segment cannot make
+    /// every event it yields as long as itself.
+    pub excerpt_chars: usize,
+    /// Open conversations at most; past it the least recently active are
+    /// closed (reason `limit`). Bounds memory against floods of new ids.
+    pub max_open: usize,
+    /// Final segments per conversation at most; the conversation is closed
+    /// (reason `limit`) when it reaches this, bounding its seq bookkeeping.
+    pub max_segments: u32,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             tombstone_ttl_ms: 10 * 60 * 1000,
+            excerpt_chars: 256,
+            max_open: 1_000_000,
+            max_segments: 20_000,
         }
     }
 }
@@ -149,7 +162,12 @@ pub struct Conversation {
     pub closing_bits: u32,
     /// The most recent agent segment (where close-time verdicts point).
     pub last_agent_seq: u64,
+    /// The start of the most recent agent segment, at most the excerpt
+    /// limit: what close-time verdicts show.
     pub last_agent_text: String,
+    /// The most recent agent segment's full length in characters.
+    #[serde(default)]
+    pub last_agent_chars: usize,
     pub counts: Counts,
     /// Deductions per scorecard section id (capped when the score is
     /// computed, so a lexicon reload that changes caps applies cleanly).
@@ -171,6 +189,7 @@ impl Conversation {
             closing_bits: 0,
             last_agent_seq: 0,
             last_agent_text: String::with_capacity(64),
+            last_agent_chars: 0,
             counts: Counts::default(),
             deducted: Vec::new(),
         }
@@ -245,6 +264,14 @@ impl Engine {
                 return Outcome::Closed;
             }
         };
+        // At the open-conversation limit, a new conversation first makes
+        // room (the length check keeps this off the hot path).
+        if self.open.len() >= self.config.max_open
+            && !self.open.contains_key(&key)
+            && !self.closed.contains_key(&key)
+        {
+            self.evict(now_ms, out);
+        }
         // Hot path: an open conversation. Only a miss needs the tombstone
         // check (open and closed are disjoint).
         let conv = match self.open.get_mut(&key) {
@@ -260,6 +287,7 @@ impl Engine {
                             id: key.id,
                             input,
                             segment,
+                            excerpt_chars: self.config.excerpt_chars,
                             now_ms,
                         };
                         let channel = input.channel.or(t.channel);
@@ -295,23 +323,56 @@ impl Engine {
         {
             conv.agent_id = Some(a.to_string());
         }
-        if !self.scanner.judges(segment.speaker) {
-            return Outcome::Recorded;
+        let outcome = if self.scanner.judges(segment.speaker) {
+            judge_segment(
+                &self.scanner,
+                &mut self.scratch,
+                Ctx {
+                    tenant: key.tenant,
+                    id: key.id,
+                    input,
+                    segment,
+                    excerpt_chars: self.config.excerpt_chars,
+                    now_ms,
+                },
+                conv,
+                out,
+            );
+            Outcome::Judged
+        } else {
+            Outcome::Recorded
+        };
+        // The segment limit: later segments of this conversation are late
+        // (still scanned for phrases), and its seq set stops growing.
+        if conv.segments >= self.config.max_segments
+            && let Some((key, conv)) = self.open.remove_entry(&key)
+        {
+            self.finish(key, conv, CloseReason::Limit, now_ms, out);
         }
-        judge_segment(
-            &self.scanner,
-            &mut self.scratch,
-            Ctx {
-                tenant: key.tenant,
-                id: key.id,
-                input,
-                segment,
-                now_ms,
-            },
-            conv,
-            out,
-        );
-        Outcome::Judged
+        outcome
+    }
+
+    /// Closes the least recently active 1/64 of the open-conversation
+    /// limit (at least one), so the limit costs one sort per many new
+    /// conversations rather than one per conversation.
+    fn evict(&mut self, now_ms: u64, out: &mut Vec<Event>) {
+        let n = (self.config.max_open / 64).max(1);
+        let mut all: Vec<(u64, u64, &Key)> = self
+            .open
+            .iter()
+            .map(|(k, c)| (c.last_activity_ms, c.order, k))
+            .collect();
+        let n = n.min(all.len());
+        if n == 0 {
+            return;
+        }
+        all.select_nth_unstable_by_key(n - 1, |d| (d.0, d.1));
+        let mut due: Vec<(u64, u64, Key)> = all[..n]
+            .iter()
+            .map(|&(a, o, k)| (a, o, k.clone()))
+            .collect();
+        due.sort_unstable_by_key(|d| (d.0, d.1));
+        self.close_due(due, CloseReason::Limit, now_ms, out);
     }
 
     /// Closes conversations idle for at least `idle_ms` (oldest first) and
@@ -325,15 +386,25 @@ impl Engine {
             .collect();
         due.sort_unstable_by_key(|d| (d.0, d.1));
         let n = due.len();
-        for (_, _, key) in due {
-            if let Some(conv) = self.open.remove(&key) {
-                self.finish(key, conv, CloseReason::Idle, now_ms, out);
-            }
-        }
+        self.close_due(due, CloseReason::Idle, now_ms, out);
         let ttl = self.config.tombstone_ttl_ms;
         self.closed
             .retain(|_, t| now_ms.saturating_sub(t.closed_at_ms) < ttl);
         n
+    }
+
+    fn close_due(
+        &mut self,
+        due: Vec<(u64, u64, Key)>,
+        reason: CloseReason,
+        now_ms: u64,
+        out: &mut Vec<Event>,
+    ) {
+        for (_, _, key) in due {
+            if let Some(conv) = self.open.remove(&key) {
+                self.finish(key, conv, reason, now_ms, out);
+            }
+        }
     }
 
     /// Closes every open conversation in arrival order.
@@ -442,6 +513,7 @@ struct Ctx<'a, 'i> {
     id: &'a str,
     input: &'a Input<'i>,
     segment: &'a Segment<'i>,
+    excerpt_chars: usize,
     now_ms: u64,
 }
 
@@ -471,7 +543,13 @@ fn judge_segment(
     conv.agent_segments += 1;
     conv.last_agent_seq = cx.segment.seq;
     conv.last_agent_text.clear();
-    conv.last_agent_text.push_str(text);
+    let (head, _) = excerpt(text, 0, cx.excerpt_chars);
+    conv.last_agent_text.push_str(head);
+    conv.last_agent_chars = if head.len() == text.len() {
+        head.chars().count()
+    } else {
+        text.chars().count()
+    };
     conv.closing_bits = (conv.closing_bits << 1) | u32::from(has_closing);
     if conv.midway || conv.greeted.is_some() {
         return;
@@ -488,9 +566,10 @@ fn judge_segment(
     }
 }
 
-/// Scans the segment and emits one violation per forbidden or filler hit,
-/// calling `counted(category, section id, deduct)` for each. Returns whether
-/// a greeting and a closing phrase occurred.
+/// Scans the segment and emits one violation per forbidden or filler rule
+/// that hit it (repeated hits of a rule add to its `count` and `spans`),
+/// calling `counted(category, section id, deduct)` for each hit. Returns
+/// whether a greeting and a closing phrase occurred.
 fn phrase_violations(
     scanner: &Scanner,
     scratch: &mut Scratch,
@@ -503,12 +582,36 @@ fn phrase_violations(
     scanner.scan(text, cx.segment.speaker, scratch);
     let mut has_greeting = false;
     let mut has_closing = false;
+    // This segment's violations (rule, index in `out`): a handful at most.
+    let mut open: Vec<(u16, usize)> = Vec::new();
     for hit in &scratch.hits {
         let rule = scanner.rule(hit.rule);
         match rule.kind {
             RuleKind::Greeting => has_greeting = true,
             RuleKind::Closing => has_closing = true,
             RuleKind::Forbidden | RuleKind::Filler => {
+                let category = rule.kind.violation_category();
+                counted(
+                    category,
+                    &scanner.lexicon().sections[rule.section].id,
+                    rule.deduct,
+                );
+                if let Some(&(_, at)) = open.iter().find(|(r, _)| *r == hit.rule) {
+                    if let Some(Event::Violation(v)) = out.get_mut(at) {
+                        v.count = v.count.saturating_add(1);
+                        v.deduct += rule.deduct;
+                        // Offsets cost a walk of the text: only for the
+                        // spans that are listed.
+                        if v.spans.len() < MAX_SPANS {
+                            let (os, oe) =
+                                scratch.norm.original_range(text, hit.norm.0, hit.norm.1);
+                            let start = char_offset(text, os);
+                            let end = start + char_offset(&text[os..], oe - os);
+                            v.spans.push([start, end]);
+                        }
+                    }
+                    continue;
+                }
                 let (os, oe) = scratch.norm.original_range(text, hit.norm.0, hit.norm.1);
                 let start = char_offset(text, os);
                 let end = start + char_offset(&text[os..], oe - os);
@@ -522,12 +625,8 @@ fn phrase_violations(
                     s.as_bytes(),
                     e.as_bytes(),
                 ]);
-                let category = rule.kind.violation_category();
-                counted(
-                    category,
-                    &scanner.lexicon().sections[rule.section].id,
-                    rule.deduct,
-                );
+                let (shown, text_start) = excerpt(text, start, cx.excerpt_chars);
+                open.push((hit.rule, out.len()));
                 out.push(Event::Violation(Violation {
                     id,
                     conversation_id: cx.id.to_string(),
@@ -542,7 +641,15 @@ fn phrase_violations(
                     matched: Some(text[os..oe].to_string()),
                     start: Some(start),
                     end: Some(end),
-                    text: text.to_string(),
+                    count: 1,
+                    spans: vec![[start, end]],
+                    text: shown.to_string(),
+                    text_start,
+                    text_chars: if shown.len() == text.len() {
+                        shown.chars().count()
+                    } else {
+                        text.chars().count()
+                    },
                     lexicon_version: scanner.version().to_string(),
                     ts_ms: cx.input.ts_ms.unwrap_or(cx.now_ms),
                 }));
@@ -550,6 +657,26 @@ fn phrase_violations(
         }
     }
     (has_greeting, has_closing)
+}
+
+/// At most `limit` characters of `text`, starting a quarter of the limit
+/// before character `at` (so the match shows with some context before it):
+/// the slice and the character offset where it starts. The whole text when
+/// it fits.
+pub fn excerpt(text: &str, at: usize, limit: usize) -> (&str, usize) {
+    // Bytes bound characters: most segments take this branch uncounted.
+    if text.len() <= limit || text.chars().count() <= limit {
+        return (text, 0);
+    }
+    let first = at.saturating_sub(limit / 4);
+    let mut bounds = text
+        .char_indices()
+        .map(|(i, _)| i)
+        .chain(std::iter::once(text.len()))
+        .skip(first);
+    let from = bounds.next().unwrap_or(text.len());
+    let to = bounds.nth(limit.saturating_sub(1)).unwrap_or(text.len());
+    (&text[from..to], first)
 }
 
 /// A missing_greeting / missing_closing violation, pointing at the most
@@ -588,7 +715,11 @@ fn push_missing(
         matched: None,
         start: None,
         end: None,
+        count: 1,
+        spans: Vec::new(),
         text: conv.last_agent_text.clone(),
+        text_start: 0,
+        text_chars: conv.last_agent_chars,
         lexicon_version: scanner.version().to_string(),
         ts_ms,
     }));

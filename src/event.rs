@@ -362,16 +362,42 @@ pub struct Violation {
     pub category: Category,
     pub severity: Severity,
     pub deduct: f64,
-    /// The slice of the original text that matched (null for missing_*).
+    /// The slice of the original text that matched first (null for
+    /// missing_*).
     pub matched: Option<String>,
-    /// Unicode-scalar offsets into `text` (null for missing_*).
+    /// Unicode-scalar offsets of the first match in the segment (null for
+    /// missing_*).
     pub start: Option<usize>,
     pub end: Option<usize>,
-    /// The original text of segment `seq`.
+    /// How often the rule hit this segment (contract v1.1; 1 for older
+    /// events). Repeated hits of one rule in one segment are one violation:
+    /// a hostile segment cannot multiply the output.
+    #[serde(default = "one")]
+    pub count: u32,
+    /// The segment offsets of the first [`MAX_SPANS`] hits, in order
+    /// (v1.1; empty for missing_*).
+    #[serde(default)]
+    pub spans: Vec<[usize; 2]>,
+    /// The original text of segment `seq`, or, when it is longer than the
+    /// excerpt limit, an excerpt of it around the first match.
     pub text: String,
+    /// Where `text` starts in the segment, in Unicode scalars (v1.1; 0
+    /// when `text` is the whole segment).
+    #[serde(default)]
+    pub text_start: usize,
+    /// The segment's full length in Unicode scalars (v1.1).
+    #[serde(default)]
+    pub text_chars: usize,
     pub lexicon_version: String,
     /// The segment's `ts_ms`, or the engine clock when it had none.
     pub ts_ms: u64,
+}
+
+/// How many hit spans a violation lists at most.
+pub const MAX_SPANS: usize = 16;
+
+fn one() -> u32 {
+    1
 }
 
 /// Per-category violation counts of one conversation.
@@ -405,16 +431,26 @@ pub enum CloseReason {
     Idle,
     /// End of the offline input.
     Eof,
+    /// A limit acted: the open-conversation limit (the least recently
+    /// active conversations are closed first) or the segments-per-
+    /// conversation limit.
+    Limit,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 3] = [CloseReason::End, CloseReason::Idle, CloseReason::Eof];
+    pub const ALL: [CloseReason; 4] = [
+        CloseReason::End,
+        CloseReason::Idle,
+        CloseReason::Eof,
+        CloseReason::Limit,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::End => "end",
             CloseReason::Idle => "idle",
             CloseReason::Eof => "eof",
+            CloseReason::Limit => "limit",
         }
     }
 }

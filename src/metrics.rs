@@ -60,6 +60,11 @@ pub struct Metrics {
     pub console_events: IntCounter,
     pub console_bad_events: IntCounter,
     pub console_lagged: IntCounter,
+    pub output_pending: IntGauge,
+    pub output_stalled: IntGauge,
+    pub output_stalls: IntCounter,
+    pub limits: IntCounterVec,
+    pub poison_removed: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -85,6 +90,11 @@ impl Default for Metrics {
         Metrics::new()
     }
 }
+
+/// The `limit` label values of `zhijian_limits_applied_total`.
+/// (The conversation limits close conversations with reason `limit`:
+/// `zhijian_conversations_closed_total{reason="limit"}`.)
+pub const LIMITS: [&str; 3] = ["excerpt", "repeated_hits", "deadletter_truncated"];
 
 impl Metrics {
     /// Registers every metric, with the default tenant cap.
@@ -136,10 +146,10 @@ impl Metrics {
             "Input messages published to the dead-letter subject, by reason.",
             &["reason"],
         );
-        for code in InputError::CODES
-            .into_iter()
-            .chain([crate::daemon::shard::SUBJECT_MISMATCH])
-        {
+        for code in InputError::CODES.into_iter().chain([
+            crate::daemon::shard::SUBJECT_MISMATCH,
+            crate::daemon::shard::INVALID_SUBJECT,
+        ]) {
             bad_messages.with_label_values(&[code]);
             deadlettered.with_label_values(&[code]);
         }
@@ -160,7 +170,12 @@ impl Metrics {
         for kind in ["violation", "summary", "deadletter"] {
             publish_failures.with_label_values(&[kind]);
         }
-        for reason in ["in_flight", "publish_failed", "deadletter_failed"] {
+        for reason in [
+            "in_flight",
+            "publish_failed",
+            "deadletter_failed",
+            "shutdown",
+        ] {
             naks.with_label_values(&[reason]);
         }
         let scan_seconds = Histogram::with_opts(
@@ -236,6 +251,15 @@ impl Metrics {
         r.register(Box::new(build.clone()))
             .expect("unique metric name");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let limits = counter_vec(
+            &r,
+            "zhijian_limits_applied_total",
+            "Times a limit acted, by limit: excerpt (a stored violation carries part of a long segment), repeated_hits (hits folded into a stored violation's count), deadletter_truncated (a dead letter's payload cut to fit). Conversations closed by a limit: zhijian_conversations_closed_total{reason=\"limit\"}.",
+            &["limit"],
+        );
+        for limit in LIMITS {
+            limits.with_label_values(&[limit]);
+        }
         Metrics {
             segments_resolved,
             input_events: Outcome::ALL.map(|o| input_events.with_label_values(&[o.as_str()])),
@@ -317,6 +341,27 @@ impl Metrics {
                 &r,
                 "zhijian_console_lagged_events_total",
                 "Live events a slow browser fell behind on; it is disconnected and catches up from the console's history on reconnect.",
+            ),
+            output_pending: gauge(
+                &r,
+                "zhijian_output_pending_events",
+                "Output events handed to the publishers and not yet stored or given up.",
+            ),
+            output_stalled: gauge(
+                &r,
+                "zhijian_output_stalled",
+                "1 while work is pending and nothing was stored for [daemon] watchdog_s (then /readyz fails), else 0.",
+            ),
+            output_stalls: counter(
+                &r,
+                "zhijian_output_stalls_total",
+                "Times the watchdog found the output stalled.",
+            ),
+            limits,
+            poison_removed: counter(
+                &r,
+                "zhijian_undecodable_messages_removed_total",
+                "Input messages the client cannot decode (a subject that is not UTF-8), copied to the dead-letter stream by sequence and deleted from the input stream.",
             ),
             registry: r,
         }

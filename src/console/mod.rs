@@ -164,9 +164,10 @@ fn masked(mut event: Event, on: bool) -> Event {
         && let std::borrow::Cow::Owned(t) = mask::mask(&v.text)
     {
         if let (Some(start), Some(end)) = (v.start, v.end) {
+            // Offsets are into the segment; `text` starts at text_start.
             v.matched = Some(
                 t.chars()
-                    .skip(start)
+                    .skip(start.saturating_sub(v.text_start))
                     .take(end.saturating_sub(start))
                     .collect(),
             );
@@ -553,15 +554,18 @@ async fn events(
             .event("gap")
             .data("older events are no longer kept")
     });
+    // Lazy: the backlog is shared events (one pointer each), turned into
+    // SSE text only as the connection takes it. A browser that does not
+    // read holds a few events in its socket, not a copy of the history
+    // (500 such browsers took 1.3 GB when the replay was built up front).
+    let replay_filter = filter.clone();
     let backlog = futures_util::stream::iter(
-        head.into_iter()
-            .chain(
-                backlog
-                    .into_iter()
-                    .filter(|i| filter.matches(&i.event))
-                    .map(to_sse),
-            )
-            .collect::<Vec<_>>(),
+        head.into_iter().chain(
+            backlog
+                .into_iter()
+                .filter(move |i| replay_filter.matches(&i.event))
+                .map(to_sse),
+        ),
     );
     let live = live(rx, epoch, filter, last, client).map(|l| match l {
         Live::Item(item) => to_sse(item),

@@ -74,10 +74,11 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
     let st = &s.status;
     use std::sync::atomic::Ordering::Relaxed;
     let body = format!(
-        "nats_connected {}\nlexicon_loaded {}\nconsumer_bound {}\n",
+        "nats_connected {}\nlexicon_loaded {}\nconsumer_bound {}\noutput_stalled {}\n",
         st.connected.load(Relaxed),
         st.lexicon_loaded.load(Relaxed),
-        st.consumer_bound.load(Relaxed)
+        st.consumer_bound.load(Relaxed),
+        st.output_stalled.load(Relaxed)
     );
     let code = if st.ready() {
         StatusCode::OK

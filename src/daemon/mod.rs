@@ -23,6 +23,7 @@
 
 mod http;
 pub mod nats;
+mod poison;
 pub mod shard;
 
 use crate::config::Config;
@@ -42,7 +43,7 @@ use shard::{
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 
@@ -62,9 +63,22 @@ pub struct Shared {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub js: jetstream::Context,
+    /// The server's largest message (dead letters are cut to fit).
+    pub max_payload: usize,
+    /// Input messages handed to shards and not yet handled.
+    pub inputs_queued: AtomicI64,
+    /// When output last moved (an event or dead letter stored, an input
+    /// finished), in ms since the epoch: the watchdog's clock.
+    pub last_progress_ms: AtomicU64,
 }
 
 impl Shared {
+    /// Output moved: resets the watchdog.
+    pub fn progress(&self) {
+        self.last_progress_ms
+            .store(shard::now_ms(), Ordering::Relaxed);
+    }
+
     /// Subject, headers (`Nats-Msg-Id` = event id) and payload of an event.
     pub fn encode(&self, event: &Event) -> (String, HeaderMap, Bytes) {
         let s = &self.config.streams;
@@ -148,6 +162,9 @@ pub async fn run(
         config: config.clone(),
         metrics: Arc::clone(&metrics),
         js: setup.js.clone(),
+        max_payload: client.server_info().max_payload,
+        inputs_queued: AtomicI64::new(0),
+        last_progress_ms: AtomicU64::new(shard::now_ms()),
     });
     let (scanner_tx, scanner_rx) = watch::channel(Arc::clone(&scanner));
 
@@ -159,6 +176,9 @@ pub async fn run(
                 Arc::clone(&scanner),
                 EngineConfig {
                     tombstone_ttl_ms: config.tombstone_ttl.as_millis() as u64,
+                    excerpt_chars: config.excerpt_chars,
+                    max_open: (config.max_open_conversations / n).max(1),
+                    max_segments: config.max_segments_per_conversation,
                 },
             )
         })
@@ -167,10 +187,19 @@ pub async fn run(
     restore_state(&setup.state, &mut engines, &mut stashes, &metrics).await;
     let mut senders = Vec::with_capacity(n);
     let mut workers = Vec::with_capacity(n);
+    // Set when the grace period runs short: shards stop judging and hand
+    // back what they hold.
+    let (abort_tx, abort_rx) = watch::channel(false);
     for (engine, stash) in engines.into_iter().zip(stashes) {
         let (tx, rx) = mpsc::channel(config.shard_queue);
         senders.push(tx);
-        let shard = Shard::new(Arc::clone(&shared), engine, scanner_rx.clone(), stash);
+        let shard = Shard::new(
+            Arc::clone(&shared),
+            engine,
+            scanner_rx.clone(),
+            stash,
+            abort_rx.clone(),
+        );
         workers.push(tokio::spawn(shard.run(rx)));
     }
 
@@ -187,47 +216,66 @@ pub async fn run(
         Arc::clone(&metrics),
         stop_rx.clone(),
     ));
+    tokio::spawn(watchdog(
+        Arc::clone(&shared),
+        Arc::clone(&status),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(poison::sweeper(
+        Arc::clone(&shared),
+        setup.consumer.clone(),
+        setup.input.clone(),
+        Arc::clone(&status),
+        stop_rx.clone(),
+    ));
 
     // Pull until shutdown.
     tokio::pin!(shutdown);
-    let shard_died = dispatch(
-        &setup.consumer,
-        &senders,
-        &config,
-        &status,
-        &metrics,
-        &mut shutdown,
-    )
-    .await;
-    tracing::info!("shutting down: stopped pulling, finishing in-flight messages");
+    let shard_died = dispatch(&setup.consumer, &senders, &shared, &status, &mut shutdown).await;
+    // The grace period, from here: shards finish their queues for half of
+    // it, then are told to abort (hand back what they hold); saving state
+    // gets what is left, less a margin for draining the connection.
+    let started = tokio::time::Instant::now();
+    let grace = config.shutdown_grace;
+    tracing::info!(
+        grace_s = grace.as_secs_f64(),
+        "shutting down: stopped pulling, finishing in-flight messages"
+    );
     status.consumer_bound.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     drop(senders);
 
-    // Shards get most of the grace period to finish; whatever they hand
-    // back is saved even if another shard is stuck, with time kept for it.
-    let deadline = tokio::time::Instant::now() + config.shutdown_grace.mul_f64(0.8);
+    let abort_at = started + grace.mul_f64(0.5);
+    let shards_by = started + grace.mul_f64(0.7);
+    let save_by = started + grace.mul_f64(0.92);
+    let aborter = tokio::spawn(async move {
+        tokio::time::sleep_until(abort_at).await;
+        let _ = abort_tx.send(true);
+    });
     let mut remains = Vec::new();
     let mut problems = Vec::new();
     for (i, w) in workers.into_iter().enumerate() {
-        match tokio::time::timeout_at(deadline, w).await {
+        match tokio::time::timeout_at(shards_by, w).await {
             Ok(Ok(r)) => remains.push(r),
             Ok(Err(e)) => problems.push(format!("shard {i} failed: {e}")),
-            Err(_) => problems.push(format!("shard {i} did not finish within the grace period")),
+            Err(_) => problems.push(format!(
+                "shard {i} did not hand back its state within the grace period (its open conversations are lost; their unacked inputs will be redelivered)"
+            )),
         }
     }
-    let save_budget = config
-        .shutdown_grace
-        .mul_f64(0.2)
-        .max(Duration::from_secs(1));
-    if tokio::time::timeout(save_budget, save_state(&setup.state, remains, &metrics))
-        .await
-        .is_err()
-    {
-        problems.push("saving open conversations did not finish in time".into());
+    let aborted = aborter.is_finished();
+    aborter.abort();
+    if aborted {
+        tracing::warn!(
+            "the grace period ran short: queued inputs were Nak'ed unjudged and unstored events stashed"
+        );
     }
-    if let Err(e) = client.flush().await {
-        tracing::warn!(error = %e, "flush at shutdown failed");
+    let report = save_state(&setup.state, remains, &metrics, save_by).await;
+    if !report.is_complete() {
+        problems.push(report.describe());
+    }
+    if let Err(e) = tokio::time::timeout_at(started + grace, client.flush()).await {
+        tracing::warn!(error = %e, "flush at shutdown timed out");
     }
     if shard_died {
         problems.push("a shard stopped taking messages before shutdown".into());
@@ -247,8 +295,39 @@ pub async fn run(
     if let Some(c) = console {
         c.stop();
     }
-    tracing::info!("stopped");
+    tracing::info!(took_ms = started.elapsed().as_millis() as u64, "stopped");
     result
+}
+
+/// Fails readiness while work is pending and nothing has been stored for
+/// `[daemon] watchdog_s`: a daemon that judges but cannot store must be
+/// seen (and, in Kubernetes, taken out of service), not look healthy.
+async fn watchdog(shared: Arc<Shared>, status: Arc<nats::Status>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let limit = shared.config.watchdog.as_millis() as u64;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let pending = shared.metrics.output_pending.get() > 0
+            || shared.inputs_queued.load(Ordering::Relaxed) > 0;
+        let idle = shard::now_ms().saturating_sub(shared.last_progress_ms.load(Ordering::Relaxed));
+        let stalled = pending && idle >= limit;
+        let was = status.output_stalled.swap(stalled, Ordering::Relaxed);
+        shared.metrics.output_stalled.set(i64::from(stalled));
+        if stalled && !was {
+            shared.metrics.output_stalls.inc();
+            tracing::error!(
+                pending_events = shared.metrics.output_pending.get(),
+                queued_inputs = shared.inputs_queued.load(Ordering::Relaxed),
+                idle_ms = idle,
+                "output stalled: work is pending and nothing was stored; /readyz fails until it moves"
+            );
+        } else if was && !stalled {
+            tracing::info!("output moving again");
+        }
+    }
 }
 
 /// Pulls messages in batches and routes each to its shard, until shutdown.
@@ -262,11 +341,11 @@ pub async fn run(
 async fn dispatch(
     consumer: &jetstream::consumer::PullConsumer,
     senders: &[mpsc::Sender<jetstream::Message>],
-    config: &Config,
+    shared: &Shared,
     status: &nats::Status,
-    metrics: &Metrics,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> bool {
+    let (config, metrics) = (&shared.config, &*shared.metrics);
     const BATCH: usize = 256;
     const BATCH_EXPIRES: Duration = Duration::from_millis(500);
     let prefix = format!("{}.", config.streams.input_prefix);
@@ -296,16 +375,39 @@ async fn dispatch(
         let mut got = 0usize;
         // The whole batch is read even if shutdown starts meanwhile: these
         // messages are already on their way to us (at most BATCH_EXPIRES).
+        let mut stopping = false;
         while let Some(item) = batch.next().await {
             match item {
+                Ok(msg) if stopping => {
+                    // Shutdown came while a shard's queue was full: the
+                    // rest of the batch goes back at once, in order.
+                    shard::nak_now(&msg).await;
+                    metrics.naks.with_label_values(&["shutdown"]).inc();
+                }
                 Ok(msg) => {
                     got += 1;
                     let shard =
                         shard_of_subject(msg.message.subject.as_str(), &prefix, senders.len());
-                    if senders[shard].send(msg).await.is_err() {
-                        // Only a shard that died drops its receiver.
-                        tracing::error!(shard, "a shard stopped; shutting down");
-                        return true;
+                    shared.inputs_queued.fetch_add(1, Ordering::Relaxed);
+                    // A full queue must not make shutdown wait for it.
+                    let permit = tokio::select! {
+                        biased;
+                        p = senders[shard].reserve() => Some(p),
+                        _ = shutdown.as_mut() => None,
+                    };
+                    match permit {
+                        Some(Ok(permit)) => permit.send(msg),
+                        Some(Err(_)) => {
+                            // Only a shard that died drops its receiver.
+                            tracing::error!(shard, "a shard stopped; shutting down");
+                            return true;
+                        }
+                        None => {
+                            shared.inputs_queued.fetch_sub(1, Ordering::Relaxed);
+                            shard::nak_now(&msg).await;
+                            metrics.naks.with_label_values(&["shutdown"]).inc();
+                            stopping = true;
+                        }
                     }
                 }
                 Err(e) => {
@@ -314,6 +416,9 @@ async fn dispatch(
                     break;
                 }
             }
+        }
+        if stopping {
+            return false;
         }
         if got > 0 {
             idle_since = std::time::Instant::now();
@@ -466,37 +571,166 @@ fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Saves open conversations and unstored events to the state bucket.
-async fn save_state(kv: &jetstream::kv::Store, remains: Vec<Remains>, metrics: &Metrics) {
-    let mut saved = 0u64;
+/// What [`save_state`] could and could not save.
+#[derive(Debug, Default)]
+struct SaveReport {
+    saved: usize,
+    /// Conversations not saved: `tenant/id` of the first few, and the count.
+    unsaved: Vec<String>,
+    unsaved_count: usize,
+    unsaved_events: usize,
+}
+
+impl SaveReport {
+    fn is_complete(&self) -> bool {
+        self.unsaved_count == 0 && self.unsaved_events == 0
+    }
+
+    fn miss(&mut self, names: &[String]) {
+        self.unsaved_count += names.len();
+        let room = 20usize.saturating_sub(self.unsaved.len());
+        self.unsaved.extend(names.iter().take(room).cloned());
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.unsaved_count > 0 {
+            let more = self.unsaved_count.saturating_sub(self.unsaved.len());
+            parts.push(format!(
+                "{} of {} open conversations not saved: {}{}",
+                self.unsaved_count,
+                self.unsaved_count + self.saved,
+                self.unsaved.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        if self.unsaved_events > 0 {
+            parts.push(format!(
+                "{} unstored events not saved (their inputs are unacked and will be judged again)",
+                self.unsaved_events
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
+/// Values in the state bucket stay well below the server's message limit.
+const STATE_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Saves open conversations and unstored events to the state bucket before
+/// `deadline`: conversations in chunks of many per value (100k open
+/// conversations are a few hundred puts, not 100k round trips), several
+/// puts in flight at once.
+async fn save_state(
+    kv: &jetstream::kv::Store,
+    remains: Vec<Remains>,
+    metrics: &Metrics,
+    deadline: tokio::time::Instant,
+) -> SaveReport {
+    let started = std::time::Instant::now();
+    let mut report = SaveReport::default();
+    // Chunks are built as JSON text directly (`SavedChunk`'s layout), so
+    // each conversation is serialised once and chunk sizes are exact.
+    let mut chunks: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
+    let mut stashes = Vec::new();
+    let open_chunk = || format!("{{\"version\":{STATE_VERSION},\"conversations\":[").into_bytes();
+    let mut chunk = open_chunk();
+    let mut names = Vec::new();
     for r in remains {
         for (tenant, id, state) in r.conversations {
-            let key = format!("conv.{}.{}", hex(&tenant), hex(&id));
-            let value = SavedConversation {
+            let name = format!("{tenant}/{id}");
+            let c = SavedConversation {
                 tenant,
                 conversation_id: id,
                 state,
             };
-            match serde_json::to_vec(&value) {
-                Ok(bytes) => match kv.put(&key, bytes.into()).await {
-                    Ok(_) => saved += 1,
-                    Err(e) => tracing::error!(key, error = %e, "cannot save conversation state"),
-                },
-                Err(e) => tracing::error!(key, error = %e, "cannot encode conversation state"),
+            match serde_json::to_vec(&c) {
+                Ok(bytes) => {
+                    if !names.is_empty() {
+                        chunk.push(b',');
+                    }
+                    chunk.extend_from_slice(&bytes);
+                    names.push(name);
+                }
+                Err(e) => {
+                    tracing::error!(conversation = %name, error = %e, "cannot encode conversation state");
+                    report.miss(std::slice::from_ref(&name));
+                }
+            }
+            if chunk.len() >= STATE_CHUNK_BYTES {
+                chunk.extend_from_slice(b"]}");
+                chunks.push((
+                    std::mem::replace(&mut chunk, open_chunk()),
+                    std::mem::take(&mut names),
+                ));
             }
         }
-        for (key, events) in r.stash {
-            let kv_key = format!("stash.{}", hex(&key));
-            let value = SavedStash { key, events };
-            if let Ok(bytes) = serde_json::to_vec(&value)
-                && let Err(e) = kv.put(&kv_key, bytes.into()).await
-            {
-                tracing::error!(key = kv_key, error = %e, "cannot save unstored events");
+        stashes.extend(r.stash);
+    }
+    if !names.is_empty() {
+        chunk.extend_from_slice(b"]}");
+        chunks.push((chunk, names));
+    }
+    let nonce = shard::now_ms();
+    let mut puts =
+        futures_util::stream::iter(chunks.into_iter().enumerate().map(|(i, (bytes, names))| {
+            let key = format!("convs.{nonce}.{i}");
+            async move {
+                let result = tokio::time::timeout_at(deadline, kv.put(&key, bytes.into()))
+                    .await
+                    .map_err(|_| "out of time".to_string())
+                    .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
+                (key, names, result)
+            }
+        }))
+        .buffer_unordered(8);
+    while let Some((key, names, result)) = puts.next().await {
+        match result {
+            Ok(()) => report.saved += names.len(),
+            Err(e) => {
+                tracing::error!(key, conversations = names.len(), error = %e, "cannot save conversation state");
+                report.miss(&names);
             }
         }
     }
-    metrics.state_saved.inc_by(saved);
-    tracing::info!(conversations = saved, "open conversations saved");
+    for (key, events) in stashes {
+        let kv_key = format!("stash.{}", hex(&key));
+        let n = events.len();
+        let value = SavedStash { key, events };
+        let result = match serde_json::to_vec(&value) {
+            Ok(bytes) => tokio::time::timeout_at(deadline, kv.put(&kv_key, bytes.into()))
+                .await
+                .map_err(|_| "out of time".to_string())
+                .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string())),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::error!(key = kv_key, events = n, error = %e, "cannot save unstored events");
+            report.unsaved_events += n;
+        }
+    }
+    metrics.state_saved.inc_by(report.saved as u64);
+    tracing::info!(
+        conversations = report.saved,
+        took_ms = started.elapsed().as_millis() as u64,
+        "open conversations saved"
+    );
+    report
+}
+
+/// The format of saved conversation chunks. An older or newer format is
+/// dropped with one log line, never a crash.
+const STATE_VERSION: u32 = 1;
+
+/// A chunk of saved open conversations (value in the state bucket).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedChunk {
+    version: u32,
+    conversations: Vec<SavedConversation>,
 }
 
 /// Restores what the previous instance saved, then deletes it.
@@ -520,7 +754,25 @@ async fn restore_state(
             Ok(Some(v)) => v,
             _ => continue,
         };
-        if key.starts_with("conv.") {
+        if key.starts_with("convs.") {
+            match serde_json::from_slice::<SavedChunk>(&value) {
+                Ok(chunk) if chunk.version == STATE_VERSION => {
+                    for s in chunk.conversations {
+                        let shard = shard_of(&s.tenant, &s.conversation_id, n);
+                        engines[shard].import(&s.tenant, &s.conversation_id, s.state);
+                        restored += 1;
+                    }
+                }
+                Ok(chunk) => tracing::error!(
+                    key,
+                    version = chunk.version,
+                    "saved conversations in an unknown state format; dropped"
+                ),
+                Err(e) => {
+                    tracing::error!(key, error = %e, "unreadable saved conversations; dropped")
+                }
+            }
+        } else if key.starts_with("conv.") {
             match serde_json::from_slice::<SavedConversation>(&value) {
                 Ok(s) => {
                     let shard = shard_of(&s.tenant, &s.conversation_id, n);

@@ -20,6 +20,8 @@ pub struct Status {
     pub connected: AtomicBool,
     pub consumer_bound: AtomicBool,
     pub lexicon_loaded: AtomicBool,
+    /// Set by the watchdog: work pending, nothing stored for a while.
+    pub output_stalled: AtomicBool,
 }
 
 impl Status {
@@ -27,6 +29,7 @@ impl Status {
         self.connected.load(Ordering::Relaxed)
             && self.consumer_bound.load(Ordering::Relaxed)
             && self.lexicon_loaded.load(Ordering::Relaxed)
+            && !self.output_stalled.load(Ordering::Relaxed)
     }
 }
 
@@ -160,6 +163,8 @@ fn url_credentials(url: &str) -> Option<(String, Option<String>)> {
 /// Everything the daemon uses on the server.
 pub struct Setup {
     pub js: jetstream::Context,
+    /// The input stream (the poison sweeper reads and deletes by sequence).
+    pub input: jetstream::stream::Stream,
     pub consumer: jetstream::consumer::PullConsumer,
     pub state: kv::Store,
 }
@@ -168,7 +173,13 @@ pub struct Setup {
 /// the state bucket.
 pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup, String> {
     let s = &config.streams;
-    let js = jetstream::new(client.clone());
+    // Room for every shard's publish window plus dead letters and state:
+    // a publish then never waits for a permit that only acks it has not
+    // awaited yet could free (see shard.rs).
+    let inflight = config.shards * config.publish_window + 1024;
+    let js = jetstream::context::ContextBuilder::new()
+        .max_ack_inflight(inflight)
+        .build(client.clone());
     let create = s.create;
     let window = Duration::from_secs(s.duplicate_window_s);
     let input = ensure_stream(
@@ -242,6 +253,7 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
     };
     Ok(Setup {
         js,
+        input,
         consumer,
         state,
     })

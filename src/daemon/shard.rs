@@ -8,9 +8,21 @@
 //! its events are stored, so a crash anywhere loses nothing: the input is
 //! redelivered and the output stream drops the duplicate events.
 //!
-//! The wait for JetStream's acks is pipelined: the shard hands the pending
-//! publishes to its *acker* task and judges the next message at once, so a
-//! publish round trip never stalls judging (it cost p99 latency under load).
+//! Publishing is pipelined and bounded: the shard hands a job (the input
+//! and its events) to its *publisher* task and judges the next message at
+//! once, so a publish round trip never stalls judging. The publisher keeps
+//! at most `[daemon] publish_window` events sent and unacknowledged, waiting
+//! for the oldest ack before sending more. A burst of any size (one segment
+//! with many hits, ten thousand idle closes at once) is therefore stored in
+//! full, just later; and because the windows of all shards together stay
+//! below the client's own limit of unacknowledged publishes (set in
+//! `nats::setup`), a publish never waits for a permit that only its own
+//! unawaited acks could free (the deadlock of a single job holding 5,000).
+//!
+//! At shutdown a shard finishes its queue; if the grace period runs short it
+//! is told to abort: queued inputs are Nak'ed unjudged, and the events of
+//! unfinished jobs go to the stash (saved with the state) while their inputs
+//! are Nak'ed.
 //!
 //! If storing fails after the configured attempts, the events go back to the
 //! shard's stash, keyed by the input (tenant, conversation, seq), and the
@@ -24,8 +36,9 @@ use crate::matcher::Scanner;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, context::PublishAckFuture};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 
@@ -38,12 +51,11 @@ pub struct Remains {
     pub stash: Stash,
 }
 
-/// Publishes sent, waiting for JetStream's acks (in the acker task).
-struct InFlight {
+/// An input and the events it produced, for the publisher.
+struct Job {
     /// The input to ack once all are stored; None for idle closes.
     msg: Option<jetstream::Message>,
     events: Vec<Event>,
-    acks: Vec<Result<PublishAckFuture, String>>,
     stash_key: String,
     arrived_ms: Option<u64>,
 }
@@ -60,6 +72,10 @@ struct Done {
 /// conversation.
 pub const SUBJECT_MISMATCH: &str = "subject_mismatch";
 
+/// Dead-letter reason: the subject is not UTF-8, so the client cannot even
+/// receive the message (see `daemon::poison`).
+pub const INVALID_SUBJECT: &str = "invalid_subject";
+
 /// Stash keys of saved idle-close events (no input will ask for them).
 const PENDING_KEY: &str = "\u{0}pending";
 
@@ -73,13 +89,15 @@ pub struct Shard {
     events: Vec<Event>,
     /// Open conversations last reported to the gauge.
     reported_open: i64,
-    in_flight: Option<mpsc::Sender<InFlight>>,
+    jobs: Option<mpsc::Sender<Job>>,
     /// Stash keys of inputs whose events are being stored: a redelivery
     /// of one of them must not be acked before the first delivery's events
     /// are stored.
-    in_flight_keys: std::collections::HashSet<String>,
+    in_flight_keys: HashSet<String>,
     done: mpsc::UnboundedReceiver<Done>,
-    acker: Option<tokio::task::JoinHandle<()>>,
+    publisher: Option<tokio::task::JoinHandle<()>>,
+    /// Set when the grace period runs short: stop judging, hand back.
+    abort: watch::Receiver<bool>,
 }
 
 /// Wall-clock milliseconds since the epoch.
@@ -106,10 +124,11 @@ impl Shard {
         engine: Engine,
         scanner_rx: watch::Receiver<Arc<Scanner>>,
         stash: Stash,
+        abort: watch::Receiver<bool>,
     ) -> Shard {
-        let (in_flight, rx) = mpsc::channel(shared.config.shard_queue);
+        let (jobs, rx) = mpsc::channel(shared.config.shard_queue);
         let (done_tx, done) = mpsc::unbounded_channel();
-        let acker = tokio::spawn(acker(Arc::clone(&shared), rx, done_tx));
+        let publisher = tokio::spawn(publisher(Arc::clone(&shared), rx, done_tx, abort.clone()));
         // Saved idle-close events are retried like any pending ones.
         let mut stash = stash;
         let saved: Vec<String> = stash
@@ -130,41 +149,69 @@ impl Shard {
             pending,
             events: Vec::new(),
             reported_open: 0,
-            in_flight: Some(in_flight),
-            in_flight_keys: std::collections::HashSet::new(),
+            jobs: Some(jobs),
+            in_flight_keys: HashSet::new(),
             done,
-            acker: Some(acker),
+            publisher: Some(publisher),
+            abort,
         }
     }
 
-    /// Runs until the channel closes (shutdown), then returns what must be
-    /// saved.
+    /// Runs until the channel closes (shutdown) or the abort signal, then
+    /// returns what must be saved.
     pub async fn run(mut self, mut rx: mpsc::Receiver<jetstream::Message>) -> Remains {
         self.report_open();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut abort = self.abort.clone();
         loop {
             tokio::select! {
+                biased;
+                _ = until_set(&mut abort) => break,
                 msg = rx.recv() => match msg {
-                    Some(m) => self.handle(m).await,
+                    Some(m) => {
+                        self.handle(m).await;
+                        self.shared.inputs_queued.fetch_sub(1, Ordering::Relaxed);
+                    }
                     None => break,
                 },
                 _ = tick.tick() => self.sweep().await,
             }
         }
-        // Wait for the acker: every input is acked or Nak'ed, every failure
-        // is back here.
-        self.in_flight = None;
-        if let Some(a) = self.acker.take() {
-            let _ = a.await;
+        let aborted = *self.abort.borrow();
+        if aborted {
+            // Out of time: what is still queued was never judged; ask for
+            // it again at once (the next instance judges it).
+            rx.close();
+            let mut naked = 0u64;
+            while let Ok(m) = rx.try_recv() {
+                ack(&m, AckKind::Nak(None)).await;
+                self.shared.inputs_queued.fetch_sub(1, Ordering::Relaxed);
+                naked += 1;
+            }
+            self.shared
+                .metrics
+                .naks
+                .with_label_values(&["shutdown"])
+                .inc_by(naked);
+        }
+        // Wait for the publisher: every input is acked or Nak'ed, every
+        // failure is back here.
+        self.jobs = None;
+        if let Some(p) = self.publisher.take() {
+            let _ = p.await;
         }
         self.take_failures();
-        // Last chance for idle-close events that could not be stored; if
-        // that fails too they are saved with the state.
+        // Last chance for idle-close events that could not be stored (not
+        // when out of time); what is left is saved with the state.
         if !self.pending.is_empty() {
             let pending = std::mem::take(&mut self.pending);
-            if let Err(e) = publish_all(&self.shared, &pending, None).await {
-                tracing::warn!(events = pending.len(), error = %e, "events of idle closes saved for the next start");
+            let stored = !aborted && publish_all(&self.shared, &pending, None).await.is_ok();
+            if !stored {
+                tracing::warn!(
+                    events = pending.len(),
+                    "events of idle closes saved for the next start"
+                );
                 self.stash
                     .insert(format!("{PENDING_KEY}\u{0}{}", now_ms()), pending);
             }
@@ -195,8 +242,8 @@ impl Shard {
         self.reported_open = open;
     }
 
-    /// Events the acker could not store: into the stash (inputs) or the
-    /// retry list (idle closes).
+    /// Events the publisher could not store: into the stash (inputs) or
+    /// the retry list (idle closes).
     fn take_failures(&mut self) {
         while let Ok(d) = self.done.try_recv() {
             if let Some(key) = &d.stash_key {
@@ -297,28 +344,57 @@ impl Shard {
         }
         if events.is_empty() {
             ack(&msg, AckKind::Ack).await;
+            self.shared.progress();
             self.events = events;
             return;
         }
         let key = stash_key(&input);
         self.in_flight_keys.insert(key.clone());
-        let acks = send_all(&self.shared, &events).await;
-        self.submit(InFlight {
+        self.submit(Job {
             msg: Some(msg),
             events,
-            acks,
             stash_key: key,
             arrived_ms: arrived,
         })
         .await;
     }
 
-    async fn submit(&mut self, job: InFlight) {
-        if let Some(tx) = &self.in_flight
-            && let Err(mpsc::error::SendError(job)) = tx.send(job).await
-        {
-            // The acker is gone (only at shutdown): keep the events.
-            self.stash.insert(job.stash_key, job.events);
+    /// Hands a job to the publisher; waits while its queue is full (the
+    /// backpressure that reaches the puller through the shard's queue).
+    async fn submit(&mut self, job: Job) {
+        self.shared
+            .metrics
+            .output_pending
+            .add(job.events.len() as i64);
+        let Some(tx) = &self.jobs else {
+            return self.give_back(job).await;
+        };
+        let mut abort = self.abort.clone();
+        let sent = tokio::select! {
+            r = tx.send(job) => r.map_err(|mpsc::error::SendError(job)| job),
+            // Out of time while the publisher is full: keep the events.
+            _ = until_set(&mut abort) => Ok(()),
+        };
+        if let Err(job) = sent {
+            // The publisher is gone (only at shutdown): keep the events.
+            self.give_back(job).await;
+        }
+    }
+
+    /// A job that will not be published now: its events to the stash or
+    /// the retry list, its input Nak'ed.
+    async fn give_back(&mut self, job: Job) {
+        self.shared
+            .metrics
+            .output_pending
+            .sub(job.events.len() as i64);
+        match job.msg {
+            Some(msg) => {
+                self.in_flight_keys.remove(&job.stash_key);
+                self.stash.insert(job.stash_key, job.events);
+                ack(&msg, AckKind::Nak(Some(self.shared.config.nak_delay))).await;
+            }
+            None => self.pending.extend(job.events),
         }
     }
 
@@ -334,11 +410,9 @@ impl Shard {
             self.pending = events;
             return;
         }
-        let acks = send_all(&self.shared, &events).await;
-        self.submit(InFlight {
+        self.submit(Job {
             msg: None,
             events,
-            acks,
             stash_key: String::new(),
             arrived_ms: None,
         })
@@ -346,76 +420,261 @@ impl Shard {
     }
 }
 
-/// Sends every event; returns the ack futures (or the send error).
-async fn send_all(shared: &Shared, events: &[Event]) -> Vec<Result<PublishAckFuture, String>> {
-    let mut acks = Vec::with_capacity(events.len());
-    for e in events {
-        let (subject, headers, payload) = shared.encode(e);
-        acks.push(
-            shared
+/// A job being published.
+struct Pending {
+    id: u64,
+    job: Job,
+    /// Events sent whose ack has not been awaited yet.
+    unresolved: usize,
+    /// Every event was sent (a large job is sent as the window allows).
+    sent_all: bool,
+    /// Indexes of events JetStream did not store.
+    failed: Vec<usize>,
+}
+
+/// The publisher of one shard: sends each job's events, at most `window`
+/// unacknowledged at a time, and acks (or Naks) each input once its events
+/// are stored, in order.
+struct Publisher {
+    shared: Arc<Shared>,
+    done: mpsc::UnboundedSender<Done>,
+    /// Sent events by (job id, event index), oldest first.
+    window: VecDeque<(u64, usize, Result<PublishAckFuture, String>)>,
+    jobs: VecDeque<Pending>,
+    next_id: u64,
+    abort: watch::Receiver<bool>,
+}
+
+async fn publisher(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Job>,
+    done: mpsc::UnboundedSender<Done>,
+    abort: watch::Receiver<bool>,
+) {
+    let mut p = Publisher {
+        shared,
+        done,
+        window: VecDeque::new(),
+        jobs: VecDeque::new(),
+        next_id: 0,
+        abort,
+    };
+    let mut abort = p.abort.clone();
+    let mut aborted = false;
+    loop {
+        if *abort.borrow() {
+            aborted = true;
+            break;
+        }
+        let job = if p.window.is_empty() {
+            // Nothing in flight: wait for work.
+            tokio::select! {
+                biased;
+                _ = until_set(&mut abort) => continue,
+                job = rx.recv() => match job {
+                    Some(job) => Some(job),
+                    None => break,
+                },
+            }
+        } else {
+            // New work first (it is sent while older acks are on their
+            // way), else wait for the oldest ack.
+            rx.try_recv().ok()
+        };
+        let progressed = match job {
+            Some(job) => p.start(job).await,
+            None => p.resolve_oldest().await,
+        };
+        if !progressed {
+            aborted = true;
+            break;
+        }
+    }
+    if !aborted {
+        while !p.window.is_empty() {
+            if !p.resolve_oldest().await {
+                break;
+            }
+        }
+    }
+    // Whatever is unfinished (only when aborted or a task died) goes back.
+    rx.close();
+    while let Ok(job) = rx.try_recv() {
+        p.jobs.push_back(Pending {
+            id: u64::MAX,
+            job,
+            unresolved: 0,
+            sent_all: false,
+            failed: Vec::new(),
+        });
+    }
+    p.give_back_all().await;
+}
+
+impl Publisher {
+    fn aborted(&self) -> bool {
+        *self.abort.borrow()
+    }
+
+    /// Sends a job's events as the window allows. False when aborted.
+    async fn start(&mut self, job: Job) -> bool {
+        let id = self.next_id;
+        self.next_id += 1;
+        let n = job.events.len();
+        self.jobs.push_back(Pending {
+            id,
+            job,
+            unresolved: 0,
+            sent_all: false,
+            failed: Vec::new(),
+        });
+        for i in 0..n {
+            while self.window.len() >= self.shared.config.publish_window {
+                if !self.resolve_oldest().await {
+                    return false;
+                }
+            }
+            if self.aborted() {
+                return false;
+            }
+            let Some(pending) = self.jobs.iter_mut().find(|p| p.id == id) else {
+                return true;
+            };
+            let (subject, headers, payload) = self.shared.encode(&pending.job.events[i]);
+            let sent = self
+                .shared
                 .js
                 .publish_with_headers(subject, headers, payload)
                 .await
-                .map_err(|e| e.to_string()),
-        );
+                .map_err(|e| e.to_string());
+            pending.unresolved += 1;
+            self.window.push_back((id, i, sent));
+        }
+        if let Some(pending) = self.jobs.iter_mut().find(|p| p.id == id) {
+            pending.sent_all = true;
+        }
+        self.complete_ready().await
     }
-    acks
-}
 
-/// Waits for the acks of each job in order, retries failures, acks or Naks
-/// the input, and sends what could not be stored back to the shard.
-async fn acker(
-    shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<InFlight>,
-    done: mpsc::UnboundedSender<Done>,
-) {
-    while let Some(job) = rx.recv().await {
-        let mut retry = Vec::new();
-        for (i, sent) in job.acks.into_iter().enumerate() {
-            match stored(sent).await {
+    /// Awaits the oldest ack. False when aborted.
+    async fn resolve_oldest(&mut self) -> bool {
+        let Some((id, i, sent)) = self.window.pop_front() else {
+            return true;
+        };
+        let mut abort = self.abort.clone();
+        let result = tokio::select! {
+            biased;
+            _ = until_set(&mut abort) => return false,
+            r = stored(sent) => r,
+        };
+        if let Some(p) = self.jobs.iter_mut().find(|p| p.id == id) {
+            p.unresolved -= 1;
+            let event = &p.job.events[i];
+            match result {
                 Ok(duplicate) => {
                     if !duplicate {
-                        count_stored(&shared, &job.events[i], job.arrived_ms);
+                        count_stored(&self.shared, event, p.job.arrived_ms);
                     }
+                    self.shared.progress();
                 }
                 Err(_) => {
-                    count_failure(&shared, &job.events[i]);
-                    retry.push(job.events[i].clone());
+                    count_failure(&self.shared, event);
+                    p.failed.push(i);
                 }
             }
         }
-        let result = if retry.is_empty() {
-            Ok(())
-        } else {
-            publish_all(&shared, &retry, job.arrived_ms).await
-        };
-        let stash_key = job.msg.as_ref().map(|_| job.stash_key.clone());
-        match (result, job.msg) {
-            (Ok(()), Some(msg)) => {
-                ack(&msg, AckKind::Ack).await;
-                let _ = done.send(Done {
-                    stash_key,
-                    failed: None,
-                });
-            }
-            (Ok(()), None) => {}
-            (Err(e), msg) => {
-                tracing::warn!(events = retry.len(), error = %e, "cannot store events; will retry");
-                // Send the whole job's events back: publishing them again is
-                // harmless (de-duplicated by id).
-                let _ = done.send(Done {
-                    stash_key,
-                    failed: Some(job.events),
-                });
-                if let Some(msg) = msg {
-                    shared
-                        .metrics
-                        .naks
-                        .with_label_values(&["publish_failed"])
-                        .inc();
-                    ack(&msg, AckKind::Nak(Some(shared.config.nak_delay))).await;
+        self.complete_ready().await
+    }
+
+    /// Finishes the jobs at the front whose events were all resolved:
+    /// retries failures, then acks (or Naks) the input. False when aborted.
+    async fn complete_ready(&mut self) -> bool {
+        while self
+            .jobs
+            .front()
+            .is_some_and(|p| p.sent_all && p.unresolved == 0)
+        {
+            let Some(p) = self.jobs.pop_front() else {
+                break;
+            };
+            let result = if p.failed.is_empty() {
+                Ok(())
+            } else {
+                let retry: Vec<Event> = p.failed.iter().map(|&i| p.job.events[i].clone()).collect();
+                let mut abort = self.abort.clone();
+                let r = tokio::select! {
+                    biased;
+                    _ = until_set(&mut abort) => None,
+                    r = publish_all(&self.shared, &retry, p.job.arrived_ms) => Some(r),
+                };
+                match r {
+                    Some(r) => r,
+                    None => {
+                        self.jobs.push_front(p);
+                        return false;
+                    }
+                }
+            };
+            self.shared
+                .metrics
+                .output_pending
+                .sub(p.job.events.len() as i64);
+            let stash_key = p.job.msg.as_ref().map(|_| p.job.stash_key.clone());
+            match (result, p.job.msg) {
+                (Ok(()), Some(msg)) => {
+                    ack(&msg, AckKind::Ack).await;
+                    self.shared.progress();
+                    let _ = self.done.send(Done {
+                        stash_key,
+                        failed: None,
+                    });
+                }
+                (Ok(()), None) => {}
+                (Err(e), msg) => {
+                    tracing::warn!(events = p.failed.len(), error = %e, "cannot store events; will retry");
+                    // Send the whole job's events back: publishing them
+                    // again is harmless (de-duplicated by id).
+                    let _ = self.done.send(Done {
+                        stash_key,
+                        failed: Some(p.job.events),
+                    });
+                    if let Some(msg) = msg {
+                        self.shared
+                            .metrics
+                            .naks
+                            .with_label_values(&["publish_failed"])
+                            .inc();
+                        ack(&msg, AckKind::Nak(Some(self.shared.config.nak_delay))).await;
+                    }
                 }
             }
+        }
+        true
+    }
+
+    /// Hands every unfinished job back to the shard (events to the stash,
+    /// inputs Nak'ed): published events are de-duplicated by id when the
+    /// stash is published again.
+    async fn give_back_all(&mut self) {
+        self.window.clear();
+        while let Some(p) = self.jobs.pop_front() {
+            self.shared
+                .metrics
+                .output_pending
+                .sub(p.job.events.len() as i64);
+            let stash_key = p.job.msg.as_ref().map(|_| p.job.stash_key.clone());
+            if let Some(msg) = &p.job.msg {
+                self.shared
+                    .metrics
+                    .naks
+                    .with_label_values(&["shutdown"])
+                    .inc();
+                ack(msg, AckKind::Nak(None)).await;
+            }
+            let _ = self.done.send(Done {
+                stash_key,
+                failed: Some(p.job.events),
+            });
         }
     }
 }
@@ -522,30 +781,16 @@ async fn dead_letter(shared: &Shared, msg: &jetstream::Message, code: &'static s
         .info()
         .map(|i| (i.stream.to_string(), i.stream_sequence))
         .unwrap_or_default();
-    let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", format!("deadletter.{stream}.{seq}").as_str());
-    headers.insert("Zhijian-Error", code);
-    let detail: String = detail
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(512)
-        .collect();
-    headers.insert("Zhijian-Error-Detail", detail.as_str());
-    headers.insert("Zhijian-Original-Subject", msg.message.subject.as_str());
-    headers.insert("Zhijian-Original-Sequence", seq.to_string().as_str());
-    let sent = shared
-        .js
-        .publish_with_headers(
-            shared.config.streams.deadletter_subject.clone(),
-            headers,
-            msg.message.payload.clone(),
-        )
-        .await
-        .map_err(|e| e.to_string());
-    match stored(sent).await {
-        Ok(_) => {
-            shared.metrics.bad_messages.with_label_values(&[code]).inc();
-            shared.metrics.deadlettered.with_label_values(&[code]).inc();
+    let letter = DeadLetter {
+        stream: &stream,
+        seq,
+        subject: msg.message.subject.as_str(),
+        code,
+        detail,
+        payload: msg.message.payload.clone(),
+    };
+    match publish_dead_letter(shared, letter).await {
+        Ok(()) => {
             tracing::warn!(
                 subject = %msg.message.subject,
                 stream_seq = seq,
@@ -559,11 +804,6 @@ async fn dead_letter(shared: &Shared, msg: &jetstream::Message, code: &'static s
         Err(e) => {
             shared
                 .metrics
-                .publish_failures
-                .with_label_values(&["deadletter"])
-                .inc();
-            shared
-                .metrics
                 .naks
                 .with_label_values(&["deadletter_failed"])
                 .inc();
@@ -571,6 +811,109 @@ async fn dead_letter(shared: &Shared, msg: &jetstream::Message, code: &'static s
             ack(msg, AckKind::Nak(Some(shared.config.nak_delay))).await;
         }
     }
+}
+
+/// What a dead letter carries.
+pub struct DeadLetter<'a> {
+    pub stream: &'a str,
+    pub seq: u64,
+    pub subject: &'a str,
+    pub code: &'static str,
+    pub detail: &'a str,
+    pub payload: bytes::Bytes,
+}
+
+/// Stores a dead letter: the payload (cut to fit the server's maximum
+/// message size, with `Zhijian-Truncated` giving the original length) and
+/// the reason, subject and original stream sequence in headers. Counted
+/// as bad input once stored.
+pub async fn publish_dead_letter(shared: &Shared, letter: DeadLetter<'_>) -> Result<(), String> {
+    let code = letter.code;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "Nats-Msg-Id",
+        format!("deadletter.{}.{}", letter.stream, letter.seq).as_str(),
+    );
+    headers.insert("Zhijian-Error", code);
+    let detail: String = letter
+        .detail
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(512)
+        .collect();
+    headers.insert("Zhijian-Error-Detail", detail.as_str());
+    // A header value cannot hold every byte a subject may: keep it printable
+    // and bounded.
+    let subject: String = letter
+        .subject
+        .chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .take(1024)
+        .collect();
+    headers.insert("Zhijian-Original-Subject", subject.as_str());
+    headers.insert("Zhijian-Original-Sequence", letter.seq.to_string().as_str());
+    let mut payload = letter.payload;
+    // The input was at most the server's limit, but its dead letter adds
+    // headers: cut the payload so the letter fits (with room for the
+    // protocol line), and say so.
+    let max = shared.max_payload;
+    let room = max.saturating_sub(header_bytes(&headers) + 256);
+    if payload.len() > room {
+        headers.insert("Zhijian-Truncated", payload.len().to_string().as_str());
+        payload.truncate(room);
+        shared
+            .metrics
+            .limits
+            .with_label_values(&["deadletter_truncated"])
+            .inc();
+    }
+    let sent = shared
+        .js
+        .publish_with_headers(
+            shared.config.streams.deadletter_subject.clone(),
+            headers,
+            payload,
+        )
+        .await
+        .map_err(|e| e.to_string());
+    match stored(sent).await {
+        Ok(_) => {
+            shared.metrics.bad_messages.with_label_values(&[code]).inc();
+            shared.metrics.deadlettered.with_label_values(&[code]).inc();
+            shared.progress();
+            Ok(())
+        }
+        Err(e) => {
+            shared
+                .metrics
+                .publish_failures
+                .with_label_values(&["deadletter"])
+                .inc();
+            Err(e)
+        }
+    }
+}
+
+/// The size of headers on the wire (`NATS/1.0` line, `name: value` lines,
+/// blank line).
+fn header_bytes(headers: &HeaderMap) -> usize {
+    let mut n = "NATS/1.0\r\n\r\n".len();
+    for (name, values) in headers.iter() {
+        for v in values {
+            n += name.to_string().len() + 2 + v.as_str().len() + 2;
+        }
+    }
+    n
+}
+
+/// Resolves once the flag is set (or its sender is gone).
+async fn until_set(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|set| *set).await;
+}
+
+/// Asks for a message again at once (it was not judged).
+pub async fn nak_now(msg: &jetstream::Message) {
+    ack(msg, AckKind::Nak(None)).await;
 }
 
 /// Acknowledges; a failed ack only means a redelivery, which is harmless.

@@ -1,6 +1,6 @@
 //! Engine semantics, case by case, on the fixture lexicon.
 
-use crate::support::{end, engine, scan_jsonl, seg, summaries, violations};
+use crate::support::{end, engine, hits, scan_jsonl, seg, summaries, violations};
 use zhijian::engine::{Engine, EngineConfig, Outcome};
 use zhijian::event::{CloseReason, Event, decode_str};
 
@@ -161,10 +161,10 @@ fn fillers_are_interjections_not_particles() {
     ];
     for (name, text, want) in cases {
         let events = run(&[seg("c", 0, "agent", text)]);
-        let got: Vec<String> = violations(&events)
+        let got: Vec<String> = hits(&events)
             .into_iter()
-            .filter(|v| v.0 == "filler")
-            .filter_map(|v| v.2)
+            .filter(|h| h.0 == "filler")
+            .map(|h| h.1)
             .collect();
         assert_eq!(got, *want, "case {name}: {text}");
     }
@@ -207,10 +207,10 @@ fn forbidden_hits_exceptions_and_overlaps() {
             seg("c", 0, "agent", text),
             seg("c", 1, "customer", "你问我我问谁"),
         ]);
-        let got: Vec<String> = violations(&events)
+        let got: Vec<String> = hits(&events)
             .into_iter()
-            .filter(|v| v.0 == "forbidden")
-            .filter_map(|v| v.2)
+            .filter(|h| h.0 == "forbidden")
+            .map(|h| h.1)
             .collect();
         assert_eq!(got, *want, "case {name}: {text}");
     }
@@ -295,6 +295,7 @@ fn late_events_after_close_are_ignored_until_the_tombstone_expires() {
         crate::support::test_scanner(),
         EngineConfig {
             tombstone_ttl_ms: 1000,
+            ..EngineConfig::default()
         },
     );
     let mut out = Vec::new();
@@ -432,4 +433,134 @@ fn lexicon_swap_keeps_state_and_stamps_the_new_version() {
         Some(true),
         "greeting state survived the swap"
     );
+}
+
+/// Issue 10, item 4: one segment of 急什么 × 5,010 made 5,010 violations,
+/// each with the whole segment (a deadlock and 1.4 GB). Now one violation
+/// per rule, with the count, the first spans and an excerpt.
+#[test]
+fn repeated_hits_of_one_rule_are_one_violation_with_a_count() {
+    let text = "急什么".repeat(5010);
+    let events = run(&[seg("c", 0, "agent", &text)]);
+    let vs: Vec<&zhijian::event::Violation> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Violation(v) if v.category.as_str() == "forbidden" => Some(v),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(vs.len(), 1, "{vs:?}");
+    let v = vs[0];
+    assert_eq!(v.count, 5010);
+    assert_eq!(v.spans.len(), zhijian::event::MAX_SPANS);
+    assert_eq!(v.spans[0], [0, 3]);
+    assert_eq!(v.spans[1], [3, 6]);
+    assert_eq!((v.start, v.end), (Some(0), Some(3)));
+    assert_eq!(v.matched.as_deref(), Some("急什么"));
+    assert_eq!(v.text_chars, 3 * 5010);
+    assert_eq!(
+        v.text.chars().count(),
+        EngineConfig::default().excerpt_chars
+    );
+    assert_eq!(v.text_start, 0);
+    assert!((v.deduct - 5010.0).abs() < 1e-9, "{}", v.deduct);
+    let s = &summaries(&events)[0];
+    assert_eq!(s.counts.forbidden, 5010);
+    // The scorecard caps the section: 30 points.
+    assert!((s.score - 70.0).abs() < 1e-9, "{}", s.score);
+}
+
+#[test]
+fn a_long_segment_carries_an_excerpt_around_its_first_match() {
+    let text = format!("{}急什么{}", "好".repeat(1000), "的".repeat(1000));
+    let events = run(&[seg("c", 0, "agent", &text)]);
+    let v = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Violation(v) if v.category.as_str() == "forbidden" => Some(v),
+            _ => None,
+        })
+        .expect("a forbidden violation");
+    let limit = EngineConfig::default().excerpt_chars;
+    assert_eq!((v.start, v.end), (Some(1000), Some(1003)));
+    assert_eq!(v.text_chars, 2003);
+    assert_eq!(v.text.chars().count(), limit);
+    assert_eq!(v.text_start, 1000 - limit / 4);
+    let shown: String = v.text.chars().skip(1000 - v.text_start).take(3).collect();
+    assert_eq!(shown, "急什么");
+    // The missing-closing verdict at close shows the segment's start only.
+    let missing = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Violation(v) if v.category.as_str() == "missing_closing" => Some(v),
+            _ => None,
+        })
+        .expect("missing closing");
+    assert_eq!(missing.text.chars().count(), limit);
+    assert_eq!(missing.text_chars, 2003);
+}
+
+#[test]
+fn the_open_conversation_limit_closes_the_least_recently_active() {
+    let mut e = Engine::new(
+        crate::support::test_scanner(),
+        EngineConfig {
+            max_open: 64,
+            ..EngineConfig::default()
+        },
+    );
+    let mut out = Vec::new();
+    for i in 0..64u64 {
+        let line = seg(&format!("c{i}"), 0, "customer", "你好");
+        let input = decode_str(&line).expect("valid");
+        e.handle(&input, i, &mut out);
+    }
+    assert!(out.is_empty());
+    assert_eq!(e.open_conversations(), 64);
+    // c0 is touched again: c1 is now the least recently active.
+    let line = seg("c0", 1, "customer", "在吗");
+    e.handle(&decode_str(&line).expect("valid"), 100, &mut out);
+    let line = seg("new", 0, "customer", "你好");
+    e.handle(&decode_str(&line).expect("valid"), 101, &mut out);
+    let closed: Vec<(&str, CloseReason)> = summaries(&out)
+        .iter()
+        .map(|s| (s.conversation_id.as_str(), s.reason))
+        .collect();
+    assert_eq!(closed, vec![("c1", CloseReason::Limit)]);
+    assert_eq!(e.open_conversations(), 64);
+}
+
+#[test]
+fn the_segment_limit_closes_a_conversation_and_later_segments_are_late() {
+    let mut e = Engine::new(
+        crate::support::test_scanner(),
+        EngineConfig {
+            max_segments: 3,
+            ..EngineConfig::default()
+        },
+    );
+    let mut out = Vec::new();
+    let mut outcomes = Vec::new();
+    for seq in 0..5u64 {
+        let line = seg("c", seq, "agent", "急什么");
+        outcomes.push(e.handle(&decode_str(&line).expect("valid"), seq, &mut out));
+    }
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Judged,
+            Outcome::Judged,
+            Outcome::Judged,
+            Outcome::Late,
+            Outcome::Late
+        ]
+    );
+    let closed: Vec<CloseReason> = summaries(&out).iter().map(|s| s.reason).collect();
+    assert_eq!(closed, vec![CloseReason::Limit]);
+    // Late segments are still scanned: five forbidden hits in all.
+    let forbidden = violations(&out)
+        .iter()
+        .filter(|v| v.0 == "forbidden")
+        .count();
+    assert_eq!(forbidden, 5);
 }

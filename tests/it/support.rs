@@ -91,6 +91,22 @@ pub fn violations(events: &[Event]) -> Vec<(String, String, Option<String>, u64)
         .collect()
 }
 
+/// Every hit of every violation, in order: `(category, text of the span)`
+/// (spans are segment offsets; `text` may be an excerpt from `text_start`).
+pub fn hits(events: &[Event]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for e in events {
+        if let Event::Violation(v) = e {
+            let chars: Vec<char> = v.text.chars().collect();
+            for [s, e] in &v.spans {
+                let span: String = chars[s - v.text_start..e - v.text_start].iter().collect();
+                out.push((v.category.as_str().to_string(), span));
+            }
+        }
+    }
+    out
+}
+
 pub fn summaries(events: &[Event]) -> Vec<&zhijian::event::Summary> {
     events
         .iter()

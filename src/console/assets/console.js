@@ -51,6 +51,12 @@
     return out;
   }
 
+  // Every hit span of a violation (contract v1.1), or its one span (v1).
+  function spansOf(v) {
+    if (Array.isArray(v.spans) && v.spans.length) return v.spans;
+    return v.start !== null && v.end !== null ? [[v.start, v.end]] : [];
+  }
+
   function timeOf(ms) {
     return new Date(ms).toLocaleTimeString('zh-CN', { hour12: false });
   }
@@ -99,8 +105,11 @@
     link.addEventListener('click', () => openDetail(v.tenant, v.conversation_id));
     conv.append(link);
     const text = el('td', 'text');
-    const ranges = v.start !== null && v.end !== null ? [[v.start, v.end]] : [];
+    // Spans are segment offsets; `text` may be an excerpt from text_start.
+    const from = v.text_start || 0;
+    const ranges = spansOf(v).map(([s, e]) => [s - from, e - from]);
     text.append(highlighted(v.text, ranges));
+    if (v.count > 1) text.append(el('span', 'count', ` ×${v.count}`));
     tr.append(time, el('td', 'tenant', v.tenant), el('td', 'agent', v.agent_id || '–'), conv,
       el('td', 'category', v.category), el('td', 'sev', v.severity), el('td', 'rule', v.rule_id), text);
     return tr;
@@ -340,9 +349,8 @@
     if (mine !== detailRequest || !state.detail || state.detail.tenant !== tenant || state.detail.id !== id) return;
     const ranges = new Map();
     for (const v of view.violations) {
-      if (v.start === null || v.end === null) continue;
       if (!ranges.has(v.seq)) ranges.set(v.seq, []);
-      ranges.get(v.seq).push([v.start, v.end]);
+      ranges.get(v.seq).push(...spansOf(v));
     }
     $('detail-segments').replaceChildren(...view.segments.map((s) => {
       const li = el('li', s.speaker);

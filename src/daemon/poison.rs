@@ -1,0 +1,99 @@
+//! Input the client cannot even receive. nats-server passes any bytes in a
+//! subject, but async-nats refuses a subject that is not UTF-8 by dropping
+//! the connection (nats-io/nats.rs#1572 turned a panic into that error). Such
+//! a message never reaches a shard to be dead-lettered: it is redelivered
+//! every `ack_wait`, and every delivery drops the connection, forever.
+//!
+//! The sweeper finds it from the server's side. After a disconnect (and once
+//! at start) it reads the consumer's first unacknowledged messages by stream
+//! sequence — the JetStream API returns the subject inside JSON, where the
+//! server writes invalid bytes as U+FFFD — and a message whose subject is
+//! not UTF-8 is copied to the dead-letter stream (reason `invalid_subject`,
+//! with its original sequence) and deleted from the input stream, which ends
+//! its redeliveries. Normal messages are never touched: a valid subject is
+//! left for the shards, which dead-letter a wrong one themselves.
+
+use crate::daemon::Shared;
+use crate::daemon::nats::Status;
+use crate::daemon::shard::{DeadLetter, INVALID_SUBJECT, publish_dead_letter};
+use async_nats::jetstream::{consumer::PullConsumer, stream::Stream};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Unacknowledged messages looked at per sweep, from the ack floor: the
+/// poison message holds the floor down, so it is among the first.
+const WINDOW: u64 = 32;
+
+pub async fn sweeper(
+    shared: Arc<Shared>,
+    consumer: PullConsumer,
+    input: Stream,
+    status: Arc<Status>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Start with a sweep: a poison message may have dropped the previous
+    // instance's connection.
+    let mut seen_disconnects = u64::MAX;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let disconnects = shared.metrics.nats_disconnects.get();
+        if disconnects == seen_disconnects || !status.connected.load(Ordering::Relaxed) {
+            continue;
+        }
+        match sweep(&shared, &consumer, &input).await {
+            Ok(removed) => {
+                seen_disconnects = disconnects;
+                if removed > 0 {
+                    tracing::warn!(
+                        removed,
+                        "undecodable input messages dead-lettered and removed"
+                    );
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "poison sweep failed; will retry"),
+        }
+    }
+}
+
+/// One sweep; returns how many messages were removed.
+async fn sweep(shared: &Shared, consumer: &PullConsumer, input: &Stream) -> Result<u64, String> {
+    let mut consumer = consumer.clone();
+    let info = consumer.info().await.map_err(|e| e.to_string())?;
+    let floor = info.ack_floor.stream_sequence;
+    let last = info.delivered.stream_sequence.min(floor + WINDOW);
+    let mut removed = 0;
+    for seq in floor + 1..=last {
+        let msg = match input.get_raw_message(seq).await {
+            Ok(m) => m,
+            // Deleted or acked and gone: nothing to do.
+            Err(_) => continue,
+        };
+        if !msg.subject.as_str().contains('\u{FFFD}') {
+            continue;
+        }
+        let letter = DeadLetter {
+            stream: &shared.config.streams.input_stream,
+            seq,
+            subject: msg.subject.as_str(),
+            code: INVALID_SUBJECT,
+            detail: "the subject is not UTF-8 (invalid bytes shown as U+FFFD); the message was removed from the input stream",
+            payload: msg.payload,
+        };
+        publish_dead_letter(shared, letter).await?;
+        input
+            .delete_message(seq)
+            .await
+            .map_err(|e| format!("cannot delete message {seq}: {e}"))?;
+        shared.metrics.poison_removed.inc();
+        tracing::warn!(stream_seq = seq, subject = %msg.subject, reason = INVALID_SUBJECT, "undecodable input dead-lettered and removed");
+        removed += 1;
+    }
+    Ok(removed)
+}
