@@ -751,6 +751,14 @@ fn count_stored(shared: &Shared, event: &Event, arrived_ms: Option<u64>) {
             m.violations
                 .with_label_values(&[v.category.as_str(), &v.rule_id, v.severity.as_str()])
                 .inc();
+            if v.count > 1 {
+                m.limits
+                    .with_label_values(&["repeated_hits"])
+                    .inc_by(u64::from(v.count - 1));
+            }
+            if v.text_start > 0 || v.text.len() < v.text_chars {
+                m.limits.with_label_values(&["excerpt"]).inc();
+            }
             m.tenant_violation(&v.tenant, v.category);
             ("violation", arrived_ms)
         }

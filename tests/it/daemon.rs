@@ -25,7 +25,12 @@ pub(crate) fn lexicons() -> PathBuf {
 
 /// The daemon's config as a TOML file's text (for child processes and
 /// in-process runs alike).
-fn config_toml(nats: &NatsServer, lexicons: &Path, metrics_port: u16, extra: &str) -> String {
+pub(crate) fn config_toml(
+    nats: &NatsServer,
+    lexicons: &Path,
+    metrics_port: u16,
+    extra: &str,
+) -> String {
     format!(
         "[nats]\nurl = \"{}\"\n[streams]\nack_wait_s = 2\nduplicate_window_s = 600\n[engine]\nlexicons = \"{}\"\nshards = 3\nreload_poll_ms = 100\n[daemon]\nshutdown_grace_s = 15\nnak_delay_ms = 200\nstall_timeout_s = 5\n[metrics]\naddr = \"127.0.0.1:{metrics_port}\"\n[console]\naddr = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n{extra}",
         nats.url(),
@@ -227,7 +232,7 @@ fn keys(events: &[Event]) -> BTreeMap<String, Key> {
 }
 
 /// Compares scan and daemon output, listing only the differences.
-fn assert_same(got: &[Event], want: &[Event], what: &str) {
+pub(crate) fn assert_same(got: &[Event], want: &[Event], what: &str) {
     let (g, w) = (keys(got), keys(want));
     let mut diff = String::new();
     for (id, k) in &w {
@@ -247,7 +252,7 @@ fn assert_same(got: &[Event], want: &[Event], what: &str) {
     assert!(diff.is_empty(), "{what}:\n{diff}");
 }
 
-fn assert_no_duplicate_ids(events: &[Event]) {
+pub(crate) fn assert_no_duplicate_ids(events: &[Event]) {
     let mut seen = HashMap::new();
     for e in events {
         *seen.entry(e.id().to_string()).or_insert(0) += 1;
@@ -572,13 +577,13 @@ async fn hot_reload_swaps_a_good_lexicon_and_rejects_a_bad_one() {
 }
 
 /// The real binary, as a deployment runs it.
-struct ChildDaemon {
+pub(crate) struct ChildDaemon {
     child: Child,
     metrics_port: u16,
 }
 
 impl ChildDaemon {
-    async fn start(config_file: &Path, metrics_port: u16) -> ChildDaemon {
+    pub(crate) async fn start(config_file: &Path, metrics_port: u16) -> ChildDaemon {
         let child = Command::new(env!("CARGO_BIN_EXE_zhijian"))
             .args(["run", "--config"])
             .arg(config_file)
@@ -593,7 +598,7 @@ impl ChildDaemon {
         }
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -602,7 +607,7 @@ impl ChildDaemon {
         assert!(ok, "kill {sig} failed");
     }
 
-    async fn wait(mut self) -> std::process::ExitStatus {
+    pub(crate) async fn wait(mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -826,7 +831,7 @@ async fn user_and_password_authentication() {
 }
 
 /// The value of an unlabelled metric of the daemon on `port` (0 if absent).
-async fn metric(port: u16, name: &str) -> f64 {
+pub(crate) async fn metric(port: u16, name: &str) -> f64 {
     let prefix = format!("{name} ");
     tokio::task::spawn_blocking(move || http_get(port, "/metrics"))
         .await

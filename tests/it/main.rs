@@ -6,6 +6,7 @@ mod console;
 mod daemon;
 mod default_lexicon;
 mod golden;
+mod hardening;
 mod nats_support;
 mod observability;
 mod properties;
