@@ -101,6 +101,30 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         reload_every_ms: u64,
     },
+    /// Soak: the daemon under steady load for a long time, with
+    /// conversations opening and closing; its RSS sampled, loss and
+    /// duplicates counted.
+    Soak {
+        /// NATS server (JetStream) to use; its zhijian streams are reset.
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        #[arg(long, default_value = "lexicons")]
+        lexicons: PathBuf,
+        /// How long to publish (seconds).
+        #[arg(long, default_value_t = 1800)]
+        seconds: u64,
+        /// Input segments per second.
+        #[arg(long, default_value_t = 20_000.0)]
+        rate: f64,
+        /// Conversations in progress at any time.
+        #[arg(long, default_value_t = 2000)]
+        open: usize,
+        #[arg(long, default_value_t = 2)]
+        shards: usize,
+        /// Sample the daemon's RSS this often (seconds).
+        #[arg(long, default_value_t = 10)]
+        sample_every_s: u64,
+    },
     /// The pass-through consumer the bench compares against (consume,
     /// publish one small event, ack; no scanning).
     #[command(hide = true)]
@@ -272,6 +296,23 @@ pub fn main() -> ExitCode {
             passes,
             file,
         } => cmd_scan_bench(&lexicons, passes, &file),
+        Command::Soak {
+            nats_url,
+            lexicons,
+            seconds,
+            rate,
+            open,
+            shards,
+            sample_every_s,
+        } => cmd_soak(crate::loadgen::SoakOptions {
+            nats_url,
+            lexicons: std::fs::canonicalize(&lexicons).unwrap_or(lexicons),
+            seconds,
+            rate,
+            open,
+            shards,
+            sample_every: std::time::Duration::from_secs(sample_every_s.max(1)),
+        }),
         Command::Bench {
             nats_url,
             lexicons,
@@ -567,6 +608,42 @@ fn cmd_passthrough(common: &Common) -> Result<(), Failure> {
     runtime()?
         .block_on(crate::loadgen::passthrough(config))
         .map_err(Failure::Runtime)
+}
+
+fn cmd_soak(opts: crate::loadgen::SoakOptions) -> Result<(), Failure> {
+    if opts.rate <= 0.0 {
+        return Err(Failure::Config("--rate must be > 0".into()));
+    }
+    let r = runtime()?
+        .block_on(crate::loadgen::soak(&opts))
+        .map_err(Failure::Runtime)?;
+    println!("| t (s) | daemon RSS (MB) | inputs published | events received |");
+    println!("|---|---|---|---|");
+    for s in &r.samples {
+        println!(
+            "| {:.0} | {:.1} | {} | {} |",
+            s.t_s, s.rss_mb, s.published, s.received
+        );
+    }
+    println!(
+        "soak: {} inputs ({} conversations) at {}/s over {:.0} s; events expected {}, received {}, lost {}, unexpected {}, stored {}, duplicated in stream {}",
+        r.published,
+        r.conversations,
+        opts.rate,
+        r.seconds,
+        r.expected,
+        r.received_unique,
+        r.lost,
+        r.unexpected,
+        r.stored,
+        r.duplicated_in_stream
+    );
+    if r.lost > 0 || r.duplicated_in_stream != 0 || r.unexpected > 0 {
+        return Err(Failure::Runtime(
+            "the soak lost or duplicated events".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn cmd_bench(opts: crate::loadgen::BenchOptions) -> Result<(), Failure> {

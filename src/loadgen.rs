@@ -575,3 +575,279 @@ fn peak_rss_mb(pid: u32) -> f64 {
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
+
+/// `zhijian soak`: the daemon under steady live-like load for a long time.
+#[derive(Debug, Clone)]
+pub struct SoakOptions {
+    pub nats_url: String,
+    pub lexicons: PathBuf,
+    pub seconds: u64,
+    /// Input segments per second.
+    pub rate: f64,
+    /// Conversations in progress at any time.
+    pub open: usize,
+    pub shards: usize,
+    /// Sample the daemon's RSS this often.
+    pub sample_every: Duration,
+}
+
+/// One RSS sample.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub t_s: f64,
+    pub rss_mb: f64,
+    pub published: u64,
+    pub received: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SoakReport {
+    pub published: u64,
+    pub conversations: u64,
+    pub expected: u64,
+    pub received_unique: u64,
+    pub lost: u64,
+    /// Ids received that no conversation should produce.
+    pub unexpected: u64,
+    pub stored: u64,
+    pub duplicated_in_stream: i64,
+    pub seconds: f64,
+    pub samples: Vec<Sample>,
+}
+
+/// The 128-bit id of an output event (32 hex digits), as a number: the
+/// soak keeps millions of them.
+fn id_number(id: &str) -> Option<u128> {
+    u128::from_str_radix(id, 16).ok()
+}
+
+/// Runs the daemon for `seconds` at `rate`: rounds of fresh synthetic
+/// conversations (each round's ids distinct, every conversation opened and
+/// closed within it), expected events computed per round by the engine,
+/// outputs received over core NATS, the daemon's RSS sampled. Loss:
+/// expected ids never received. Duplicates: messages stored in the output
+/// stream beyond the distinct expected ones.
+pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, String> {
+    let client = async_nats::connect(opts.nats_url.as_str())
+        .await
+        .map_err(|e| e.to_string())?;
+    let js = jetstream::new(client.clone());
+    for s in ["TRANSCRIPTS", "VIOLATIONS", "ZHIJIAN_DEADLETTER"] {
+        let _ = js.delete_stream(s).await;
+    }
+    let _ = js.delete_key_value("zhijian_state").await;
+    let dir = std::env::temp_dir().join(format!("zhijian-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let metrics_port = free_port()?;
+    let cfg = dir.join("daemon.toml");
+    let bench = BenchOptions {
+        nats_url: opts.nats_url.clone(),
+        lexicons: opts.lexicons.clone(),
+        conversations: 0,
+        open: opts.open,
+        agent_turns: 6,
+        rate: opts.rate,
+        shards: opts.shards,
+        modes: Vec::new(),
+        extra_phrases: 0,
+        reload_every: None,
+    };
+    std::fs::write(&cfg, config_text(&bench, metrics_port)).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let child = std::process::Command::new(exe)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start zhijian run: {e}"))?;
+    let mut child = KillOnDrop(child);
+    let pid = child.0.id();
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    while js.get_stream("TRANSCRIPTS").await.is_err() {
+        if Instant::now() > ready_by {
+            return Err("zhijian run not ready after 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: String,
+    }
+    let seen: Arc<Mutex<std::collections::HashSet<u128>>> = Arc::default();
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut outputs = client
+        .subscribe("violations.>")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut summaries = client
+        .subscribe("summaries.>")
+        .await
+        .map_err(|e| e.to_string())?;
+    let (seen_rx, received_rx) = (Arc::clone(&seen), Arc::clone(&received));
+    let receiver = tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                m = outputs.next() => m,
+                m = summaries.next() => m,
+            };
+            let Some(msg) = msg else { break };
+            if let Ok(e) = serde_json::from_slice::<IdOnly>(&msg.payload)
+                && let Some(n) = id_number(&e.id)
+                && let Ok(mut s) = seen_rx.lock()
+                && s.insert(n)
+            {
+                received_rx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    let started = Instant::now();
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let (stop_sampling, mut sampling_stopped) = tokio::sync::watch::channel(false);
+    let sampler = {
+        let (samples, received, published) = (
+            Arc::clone(&samples),
+            Arc::clone(&received),
+            Arc::clone(&published),
+        );
+        let every = opts.sample_every;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = sampling_stopped.changed() => return,
+                }
+                let s = Sample {
+                    t_s: started.elapsed().as_secs_f64(),
+                    rss_mb: rss_mb(pid),
+                    published: published.load(std::sync::atomic::Ordering::Relaxed),
+                    received: received.load(std::sync::atomic::Ordering::Relaxed),
+                };
+                eprintln!(
+                    "soak t={:.0}s rss={:.1}MB published={} received={}",
+                    s.t_s, s.rss_mb, s.published, s.received
+                );
+                if let Ok(mut v) = samples.lock() {
+                    v.push(s);
+                }
+            }
+        })
+    };
+
+    let lexicon = Arc::new(daemon::load_scanner(&opts.lexicons)?);
+    let mix = Mix::default();
+    // About five seconds of traffic per round.
+    let per_round = ((opts.rate * 5.0) / (2.0 * mix.agent_turns as f64 + 1.0)).max(100.0) as usize;
+    let mut expected: std::collections::HashSet<u128> = std::collections::HashSet::new();
+    let mut conversations = 0u64;
+    let mut sent = 0u64;
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut round = 0u64;
+    while started.elapsed() < Duration::from_secs(opts.seconds) {
+        let convs = synth::conversations(round, per_round, &format!("soak{round}-"), &mix);
+        let lines = synth::staggered_jsonl(&convs, opts.open, "soak", "call");
+        let mut engine = Engine::new(Arc::clone(&lexicon), EngineConfig::default());
+        let mut out = Vec::new();
+        crate::scan::scan(
+            &mut engine,
+            lines.join("\n").as_bytes(),
+            &mut out,
+            &mut std::io::sink(),
+        )
+        .map_err(|e| e.to_string())?;
+        for l in out.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let e: IdOnly = serde_json::from_slice(l).map_err(|e| e.to_string())?;
+            expected.insert(id_number(&e.id).ok_or("an event id that is not 32 hex digits")?);
+        }
+        conversations += convs.len() as u64;
+        for l in &lines {
+            let due = started + Duration::from_secs_f64(sent as f64 / opts.rate);
+            if due > Instant::now() {
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let subject = match crate::event::decode_str(l) {
+                Ok(input) => format!("transcripts.{}.{}", input.tenant, input.conversation_id),
+                Err(e) => return Err(format!("generated an invalid line: {e}")),
+            };
+            let ack = js
+                .publish(subject, l.clone().into_bytes().into())
+                .await
+                .map_err(|e| e.to_string())?;
+            in_flight.push_back(ack);
+            if in_flight.len() >= 4096
+                && let Some(a) = in_flight.pop_front()
+            {
+                a.await.map_err(|e| e.to_string())?;
+            }
+            sent += 1;
+            published.store(sent, std::sync::atomic::Ordering::Relaxed);
+        }
+        round += 1;
+    }
+    for a in in_flight {
+        a.await.map_err(|e| e.to_string())?;
+    }
+    // Drain: until every expected event arrived, or nothing for 60 s.
+    let mut last = (0u64, Instant::now());
+    loop {
+        let got = received.load(std::sync::atomic::Ordering::Relaxed);
+        if got >= expected.len() as u64 || last.1.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        if got != last.0 {
+            last = (got, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = stop_sampling.send(true);
+    let _ = sampler.await;
+    receiver.abort();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = child.0.wait();
+    let stored = js
+        .get_stream("VIOLATIONS")
+        .await
+        .map_err(|e| e.to_string())?
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .messages;
+    let seen = seen.lock().map_err(|_| "poisoned")?.clone();
+    let lost = expected.iter().filter(|id| !seen.contains(id)).count() as u64;
+    let unexpected = seen.iter().filter(|id| !expected.contains(id)).count() as u64;
+    let _ = std::fs::remove_dir_all(&dir);
+    let samples = samples.lock().map_err(|_| "poisoned")?.clone();
+    Ok(SoakReport {
+        published: sent,
+        conversations,
+        expected: expected.len() as u64,
+        received_unique: seen.len() as u64,
+        lost,
+        unexpected,
+        stored,
+        duplicated_in_stream: stored as i64 - expected.len() as i64 + lost as i64
+            - unexpected as i64,
+        seconds,
+        samples,
+    })
+}
+
+/// VmRSS of a process, in MB (0 if unreadable).
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))
+        .unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}

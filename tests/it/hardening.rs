@@ -368,3 +368,98 @@ async fn sigterm_with_20k_open_conversations_saves_every_one_in_time() {
     assert!(daemon.wait().await.success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .expect("VmRSS")
+        / 1024.0
+}
+
+/// Defect 4 (console): 500 browsers that asked for the whole history and
+/// never read took RSS from 70 MB to 1.3 GB (each got its own copy of the
+/// replay), and it stayed after they left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_that_never_read_cost_little_memory_and_return_it() {
+    const EVENTS: usize = 3_000;
+    const BROWSERS: usize = 200;
+    let nats = NatsServer::start();
+    // A history of 3,000 events with 4 KB of text each (12 MB), stored
+    // before the daemon starts: its console loads them into its ring.
+    {
+        let mut cfg = config(&nats, &lexicons(), "");
+        cfg.console = None;
+        let d = Daemon::start(cfg).await;
+        d.stop().await;
+    }
+    let js = js(&nats).await;
+    let text = "您好".repeat(2048);
+    let mut acks = Vec::new();
+    for i in 0..EVENTS {
+        let v = serde_json::json!({"type":"violation","id":format!("{i:032x}"),"conversation_id":format!("m{i}"),
+            "tenant":"acme","channel":"chat","agent_id":"a1","seq":0,"rule_id":"forbidden.x","category":"forbidden",
+            "severity":"high","deduct":1.0,"matched":"您好","start":0,"end":2,"text":text,"lexicon_version":"t","ts_ms":1});
+        acks.push(
+            js.publish("violations.acme.forbidden", v.to_string().into())
+                .await
+                .expect("publish"),
+        );
+    }
+    for a in acks {
+        a.await.expect("stored");
+    }
+    let metrics_port = free_port();
+    let console_port = free_port();
+    let dir = tempdir("stalled-browsers");
+    let file = dir.join("zhijian.toml");
+    let toml = config_toml(&nats, &lexicons(), metrics_port, "").replace(
+        "[console]\naddr = \"127.0.0.1:0\"",
+        &format!("[console]\naddr = \"127.0.0.1:{console_port}\""),
+    );
+    std::fs::write(&file, toml).expect("config");
+    let daemon = ChildDaemon::start(&file, metrics_port).await;
+    wait_for("the console's history", async || {
+        metric(metrics_port, "zhijian_console_events_total").await >= EVENTS as f64
+    })
+    .await;
+    let before = rss_mib(daemon.pid());
+    let mut browsers = Vec::new();
+    for _ in 0..BROWSERS {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", console_port)).expect("connect");
+        // A tiny receive buffer, and never read: the server's writes stall.
+        write!(
+            s,
+            "GET /api/events?after=0 HTTP/1.1\r\nHost: 127.0.0.1:{console_port}\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .expect("send");
+        browsers.push(s);
+    }
+    wait_for("every browser connected", async || {
+        metric(metrics_port, "zhijian_console_clients").await == BROWSERS as f64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = rss_mib(daemon.pid());
+    drop(browsers);
+    wait_for("every browser gone", async || {
+        metric(metrics_port, "zhijian_console_clients").await == 0.0
+    })
+    .await;
+    let after = rss_mib(daemon.pid());
+    eprintln!(
+        "console RSS: {before:.0} MiB idle, {during:.0} MiB with {BROWSERS} stalled browsers, {after:.0} MiB after"
+    );
+    // A copy of the history each would be 200 x 12 MB.
+    assert!(during - before < 150.0, "{before:.0} -> {during:.0} MiB");
+    assert!(
+        after - before < 150.0,
+        "{before:.0} -> {after:.0} MiB after they left"
+    );
+    daemon.signal("-TERM");
+    assert!(daemon.wait().await.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
