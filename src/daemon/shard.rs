@@ -537,7 +537,8 @@ impl Publisher {
             if self.aborted() {
                 return false;
             }
-            let Some(pending) = self.jobs.iter_mut().find(|p| p.id == id) else {
+            // The job being sent is the newest.
+            let Some(pending) = self.jobs.back_mut().filter(|p| p.id == id) else {
                 return true;
             };
             let (subject, headers, payload) = self.shared.encode(&pending.job.events[i]);
@@ -550,7 +551,7 @@ impl Publisher {
             pending.unresolved += 1;
             self.window.push_back((id, i, sent));
         }
-        if let Some(pending) = self.jobs.iter_mut().find(|p| p.id == id) {
+        if let Some(pending) = self.jobs.back_mut().filter(|p| p.id == id) {
             pending.sent_all = true;
         }
         self.complete_ready().await
@@ -567,7 +568,15 @@ impl Publisher {
             _ = until_set(&mut abort) => return false,
             r = stored(sent) => r,
         };
-        if let Some(p) = self.jobs.iter_mut().find(|p| p.id == id) {
+        // Acks are awaited in sending order and finished jobs leave from
+        // the front, so the oldest ack belongs to the front job.
+        let front = self.jobs.front().is_some_and(|p| p.id == id);
+        let job = if front {
+            self.jobs.front_mut()
+        } else {
+            self.jobs.iter_mut().find(|p| p.id == id)
+        };
+        if let Some(p) = job {
             p.unresolved -= 1;
             let event = &p.job.events[i];
             match result {
