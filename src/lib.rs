@@ -20,7 +20,8 @@
 //! # Modules
 //!
 //! - [`event`]: the input/output contract (v1), decoding and validation.
-//! - [`normalize`]: the text fold shared by lexicon phrases and utterances.
+//! - [`normalize`]: the text fold shared by lexicon phrases and utterances
+//!   (its Unicode tables are generated: `unicode_tables`).
 //! - [`lexicon`]: the TOML lexicon format and its strict validation.
 //! - [`matcher`]: the compiled lexicon ([`matcher::Scanner`]) and hit filters.
 //! - [`chardfa`]: the character-level automaton the matcher runs while
@@ -62,3 +63,4 @@ pub mod metrics;
 pub mod normalize;
 pub mod scan;
 pub mod synth;
+mod unicode_tables;

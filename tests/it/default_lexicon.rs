@@ -1,12 +1,12 @@
 //! The shipped lexicon (`lexicons/`): it covers the service standards and
 //! judges typical agent utterances as a QA lead would.
 
-use crate::support::{default_scanner, fixtures};
+use crate::support::{compile, default_scanner, fixtures};
 use std::collections::HashSet;
 use zhijian::event::Speaker;
 use zhijian::lexicon::RuleKind;
 use zhijian::matcher::Scratch;
-use zhijian::normalize::normalize;
+use zhijian::normalize::{char_offset, normalize};
 
 #[test]
 fn every_seed_forbidden_phrase_is_in_a_forbidden_rule() {
@@ -123,6 +123,122 @@ fn typical_agent_utterances() {
             .map(|h| scanner.rule(h.rule).id.as_str())
             .collect();
         assert_eq!(got, *want, "case {name}: {text}");
+    }
+}
+
+/// Phrases disguised with characters the fold drops or folds (issue 10,
+/// item 8): each case was missed before. The hit maps back to the original
+/// span, dropped characters inside it and marks on its last character
+/// included; the byte automaton (large lexicons) agrees.
+#[test]
+fn evasions_are_caught_with_exact_offsets() {
+    /// (name, utterance, rule, original matched text, char start..end)
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        (usize, usize),
+    );
+    let cases: &[Case] = &[
+        (
+            "combining_grapheme_joiner",
+            "你\u{34F}问我我问谁",
+            "forbidden.confrontation",
+            "你\u{34F}问我我问谁",
+            (0, 7),
+        ),
+        (
+            "mongolian_vowel_separator",
+            "这不关\u{180E}我的事",
+            "forbidden.shirking",
+            "不关\u{180E}我的事",
+            (1, 7),
+        ),
+        (
+            "hangul_filler",
+            "急\u{3164}什么",
+            "forbidden.impatience",
+            "急\u{3164}什么",
+            (0, 4),
+        ),
+        (
+            "halfwidth_hangul_filler",
+            "好的，别\u{FFA0}催我",
+            "forbidden.impatience",
+            "别\u{FFA0}催我",
+            (3, 7),
+        ),
+        (
+            "tag_characters_astral",
+            "不关\u{E0041}\u{E0042}我的事",
+            "forbidden.shirking",
+            "不关\u{E0041}\u{E0042}我的事",
+            (0, 7),
+        ),
+        (
+            "combining_acute",
+            "你\u{301}问我我问谁",
+            "forbidden.confrontation",
+            "你\u{301}问我我问谁",
+            (0, 7),
+        ),
+        (
+            "mark_on_the_last_character",
+            "我也不知道\u{301}\u{301}呢",
+            "forbidden.ignorance",
+            "不知道\u{301}\u{301}",
+            (2, 7),
+        ),
+        (
+            "compatibility_ideograph",
+            "\u{F967}关我的事",
+            "forbidden.shirking",
+            "\u{F967}关我的事",
+            (0, 5),
+        ),
+        (
+            "compatibility_supplement_astral",
+            "\u{2F804}问我我问谁",
+            "forbidden.confrontation",
+            "\u{2F804}问我我问谁",
+            (0, 6),
+        ),
+        (
+            "kangxi_radical",
+            "这个事\u{2F09}我处理不了",
+            "forbidden.shirking",
+            "这个事\u{2F09}我处理不了",
+            (0, 9),
+        ),
+    ];
+    let chars = default_scanner();
+    let bytes = compile(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lexicons"))
+        .without_char_automaton()
+        .expect("byte automaton");
+    let mut scratch = Scratch::default();
+    for scanner in [&*chars, &bytes] {
+        for (name, text, rule, matched, (start, end)) in cases {
+            scanner.scan(text, Speaker::Agent, &mut scratch);
+            let got: Vec<(&str, &str, (usize, usize))> = scratch
+                .hits
+                .iter()
+                .map(|h| {
+                    let (s, e) = scratch.norm.original_range(text, h.norm.0, h.norm.1);
+                    (
+                        scanner.rule(h.rule).id.as_str(),
+                        &text[s..e],
+                        (char_offset(text, s), char_offset(text, e)),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                got,
+                vec![(*rule, *matched, (*start, *end))],
+                "case {name}: {text:?} ({})",
+                scanner.automaton_summary()
+            );
+        }
     }
 }
 

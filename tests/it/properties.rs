@@ -10,15 +10,31 @@ use zhijian::normalize::{Normalized, normalize};
 
 /// Characters that exercise every class of the fold: simplified and
 /// traditional Han, full-width and ASCII letters/digits, CJK and ASCII
-/// punctuation, spaces, zero-width characters, emoji.
+/// punctuation, spaces, zero-width characters, emoji (and [`EVASIVE`]).
 const ALPHABET: &[char] = &[
     '你', '问', '問', '我', '谁', '誰', '不', '知', '道', '急', '什', '么', '麼', '啊', '喂', '好',
     'Ａ', 'a', 'B', '１', '2', '，', '。', '？', '!', ' ', '\u{3000}', '\u{200B}', '\u{FEFF}',
     '😊', '_', '“', '”', '…', '\t',
 ];
 
+/// Characters an evasion hides a phrase with: default-ignorables (BMP and
+/// astral), combining marks, a compatibility ideograph (BMP and astral) and
+/// a Kangxi radical.
+const EVASIVE: &[char] = &[
+    '\u{34F}',
+    '\u{3164}',
+    '\u{AD}',
+    '\u{E0041}',
+    '\u{301}',
+    '\u{20DD}',
+    '\u{F967}',
+    '\u{2F804}',
+    '\u{2F00}',
+];
+
 fn text() -> impl Strategy<Value = String> {
-    prop::collection::vec(prop::sample::select(ALPHABET), 0..40)
+    let alphabet: Vec<char> = ALPHABET.iter().chain(EVASIVE).copied().collect();
+    prop::collection::vec(prop::sample::select(alphabet), 0..40)
         .prop_map(|v| v.into_iter().collect())
 }
 
@@ -104,7 +120,12 @@ fn lexicon_text() -> impl Strategy<Value = String> {
             ps.push(cs[cs.len() / 2..].iter().collect());
             ps.extend(cs.iter().map(|c| c.to_string()));
         }
-        ps.extend(["，", "。", " ", "問", "誰", "Ａ", "您"].map(String::from));
+        ps.extend(
+            [
+                "，", "。", " ", "問", "誰", "Ａ", "您", "\u{301}", "\u{3164}", "\u{F967}",
+            ]
+            .map(String::from),
+        );
         ps.sort_unstable();
         ps.dedup();
         ps
