@@ -638,7 +638,9 @@ fn phrase_violations(
                     category,
                     severity: rule.severity,
                     deduct: rule.deduct,
-                    matched: Some(text[os..oe].to_string()),
+                    // A hit can span any number of dropped characters
+                    // (zero-width, marks): `matched` is capped like `text`.
+                    matched: Some(excerpt(&text[os..oe], 0, cx.excerpt_chars).0.to_string()),
                     start: Some(start),
                     end: Some(end),
                     count: 1,

@@ -564,3 +564,20 @@ fn the_segment_limit_closes_a_conversation_and_later_segments_are_late() {
         .count();
     assert_eq!(forbidden, 5);
 }
+
+#[test]
+fn a_hit_padded_with_invisible_characters_carries_a_capped_match() {
+    let text = format!("急{}什么", "\u{200B}".repeat(20_000));
+    let events = run(&[seg("c", 0, "agent", &text)]);
+    let v = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Violation(v) if v.category.as_str() == "forbidden" => Some(v),
+            _ => None,
+        })
+        .expect("the padded phrase is caught");
+    let limit = EngineConfig::default().excerpt_chars;
+    assert_eq!((v.start, v.end), (Some(0), Some(20_003)));
+    assert_eq!(v.matched.as_deref().map(|m| m.chars().count()), Some(limit));
+    assert!(v.text.chars().count() <= limit);
+}
