@@ -223,14 +223,16 @@ pub fn decode_str(s: &str) -> Result<Input<'_>, InputError> {
     // as a segment: an event is a JSON object and nothing else.
     let value_start = s.trim_start_matches([' ', '\t', '\n', '\r']);
     if !value_start.starts_with('{') {
-        let found = match value_start.chars().next() {
-            None => "nothing".to_string(),
-            Some('[') => "an array".to_string(),
-            Some('"') => "a string".to_string(),
-            Some('-' | '0'..='9') => "a number".to_string(),
-            Some('t' | 'f') => "a boolean".to_string(),
-            Some('n') => "null".to_string(),
-            Some(c) => format!("{c:?}"),
+        // Not JSON at all: serde's own message says where; valid JSON of
+        // another type: say which.
+        serde_json::from_str::<serde::de::IgnoredAny>(s)
+            .map_err(|e| InputError::Json(e.to_string()))?;
+        let found = match value_start.as_bytes().first() {
+            Some(b'[') => "an array",
+            Some(b'"') => "a string",
+            Some(b't' | b'f') => "a boolean",
+            Some(b'n') => "null",
+            _ => "a number",
         };
         return Err(InputError::Json(format!(
             "an event must be a JSON object, found {found}"
@@ -511,8 +513,9 @@ mod tests {
             (r#"["c1",null,0,"agent","你问我我问谁"]"#, "an array"),
             (r#""x""#, "a string"),
             ("3", "a number"),
+            ("-0.5e3", "a number"),
             ("null", "null"),
-            ("", "nothing"),
+            (" false ", "a boolean"),
         ] {
             let e = decode_str(input).expect_err(input);
             assert_eq!(
@@ -522,6 +525,12 @@ mod tests {
                 )
             );
         }
+        // Not JSON: serde's message, with the position.
+        let e = decode_str("this is not JSON").expect_err("garbage");
+        assert_eq!(
+            e.to_string(),
+            "invalid JSON or field type: expected ident at line 1 column 2"
+        );
         let spaced = " \r\n\t{\"conversation_id\":\"c1\",\"type\":\"end\"} \n";
         assert_eq!(decode_str(spaced).map(|i| i.kind), Ok(InputKind::End));
     }
