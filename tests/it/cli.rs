@@ -185,18 +185,20 @@ fn peak_rss_kib(pid: u32) -> u64 {
 fn scan_refuses_a_too_long_line_without_holding_it() {
     use std::io::{BufRead, BufReader, Read};
     const LONG: usize = 50 * 1024 * 1024;
-    let mut child = zhijian()
-        .args(["scan", "--lexicons"])
-        .arg(fixtures().join("lexicon"))
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let pid = child.id();
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut child = crate::support::KillOnDrop(
+        zhijian()
+            .args(["scan", "--lexicons"])
+            .arg(fixtures().join("lexicon"))
+            .arg("-")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
+    let pid = child.0.id();
+    let mut stdin = child.0.stdin.take().expect("stdin");
+    let mut stderr = BufReader::new(child.0.stderr.take().expect("stderr"));
     let mut next_error = || {
         let mut line = String::new();
         stderr.read_line(&mut line).expect("read stderr");
@@ -245,12 +247,13 @@ fn scan_refuses_a_too_long_line_without_holding_it() {
     stderr.read_to_string(&mut rest).expect("read stderr");
     let mut stdout = String::new();
     child
+        .0
         .stdout
         .take()
         .expect("stdout")
         .read_to_string(&mut stdout)
         .expect("read stdout");
-    let status = child.wait().expect("wait");
+    let status = child.0.wait().expect("wait");
     assert!(status.success(), "{status:?}\n{rest}");
     assert!(
         rest.starts_with(&format!(

@@ -327,19 +327,21 @@ async fn tail_filters_and_colours() {
     let nats = NatsServer::start();
     let daemon = Daemon::start(config(&nats, &lexicons(), "")).await;
     let tail = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_zhijian"))
-            .args(["tail", "--nats-url", &nats.url()])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("zhijian tail starts")
+        crate::support::KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_zhijian"))
+                .args(["tail", "--nats-url", &nats.url()])
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("zhijian tail starts"),
+        )
     };
     let mut json = tail(&["--json", "--tenant", "acme", "--category", "forbidden"]);
     let mut coloured = tail(&["--color", "always", "--severity", "high,critical"]);
     // Tails read live messages only: wait until both say they listen.
     for child in [&mut json, &mut coloured] {
-        let stderr = child.stderr.take().expect("stderr");
+        let stderr = child.0.stderr.take().expect("stderr");
         let said = tokio::task::spawn_blocking(move || read_lines_from(stderr, 1))
             .await
             .expect("stderr read");
@@ -397,8 +399,8 @@ async fn tail_filters_and_colours() {
     crate::daemon::wait_done(&crate::daemon::js(&nats).await, 2).await;
     publish(&nats, &last).await;
     let (json_out, coloured_out) = (
-        json.stdout.take().expect("stdout"),
-        coloured.stdout.take().expect("stdout"),
+        json.0.stdout.take().expect("stdout"),
+        coloured.0.stdout.take().expect("stdout"),
     );
     let json_key = |l: &str| match serde_json::from_str::<zhijian::event::Event>(l) {
         Ok(e) => e.id().to_string(),
@@ -408,10 +410,7 @@ async fn tail_filters_and_colours() {
     let got = tokio::task::spawn_blocking(move || {
         let j = read_until_all(json_out, &want_j, json_key);
         let c = read_until_all(coloured_out, &want_c, |l: &str| l.to_string());
-        for mut child in [json, coloured] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        drop((json, coloured));
         (j, c)
     })
     .await
