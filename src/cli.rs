@@ -37,6 +37,12 @@ enum Command {
         /// Input file, or - for standard input.
         #[arg(default_value = "-")]
         file: String,
+        /// Longest input line, in bytes (without the newline). A longer
+        /// line is reported as `line_too_long` with its line number, counted
+        /// as a bad line and skipped without being held in memory; the scan
+        /// goes on. The default (1 MiB) is far above any valid event.
+        #[arg(long, default_value_t = scan::DEFAULT_MAX_LINE_BYTES, value_name = "BYTES")]
+        max_line_bytes: usize,
     },
     /// Lexicon tools.
     Lexicon {
@@ -238,7 +244,11 @@ impl From<SpeakerArg> for Speaker {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Scan { lexicons, file } => cmd_scan(&lexicons, &file),
+        Command::Scan {
+            lexicons,
+            file,
+            max_line_bytes,
+        } => cmd_scan(&lexicons, &file, max_line_bytes),
         Command::Lexicon {
             command: LexiconCommand::Check { dir },
         } => cmd_check(&dir),
@@ -370,7 +380,7 @@ pub fn load_scanner(dir: &Path) -> Result<Scanner, Failure> {
     crate::daemon::load_scanner(dir).map_err(Failure::Config)
 }
 
-fn cmd_scan(lexicons: &Path, file: &str) -> Result<(), Failure> {
+fn cmd_scan(lexicons: &Path, file: &str, max_line_bytes: usize) -> Result<(), Failure> {
     let scanner = Arc::new(load_scanner(lexicons)?);
     let mut engine = Engine::new(scanner, EngineConfig::default());
     let stdout = io::stdout();
@@ -378,15 +388,22 @@ fn cmd_scan(lexicons: &Path, file: &str) -> Result<(), Failure> {
     let stderr = io::stderr();
     let mut err = stderr.lock();
     let stats = if file == "-" {
-        scan::scan(&mut engine, io::stdin().lock(), &mut out, &mut err)?
+        scan::scan_limited(
+            &mut engine,
+            io::stdin().lock(),
+            &mut out,
+            &mut err,
+            max_line_bytes,
+        )?
     } else {
         let f = std::fs::File::open(file)
             .map_err(|e| Failure::Runtime(format!("cannot open {file}: {e}")))?;
-        scan::scan(
+        scan::scan_limited(
             &mut engine,
             BufReader::with_capacity(1 << 16, f),
             &mut out,
             &mut err,
+            max_line_bytes,
         )?
     };
     writeln!(

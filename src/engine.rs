@@ -28,6 +28,7 @@ use crate::matcher::{Scanner, Scratch};
 use crate::normalize::char_offset;
 use hashbrown::{Equivalent, HashMap};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Conversation ids come from outside: hashbrown's default hasher
@@ -181,7 +182,7 @@ impl Conversation {
             channel: None,
             agent_id: None,
             last_activity_ms: 0,
-            seen: SeqSet(Vec::with_capacity(16)),
+            seen: SeqSet::default(),
             midway: first_seq.is_some_and(|s| s > 0),
             segments: 0,
             agent_segments: 0,
@@ -727,33 +728,163 @@ fn push_missing(
     }));
 }
 
-/// The set of seqs seen in a conversation. Seqs nearly always arrive in
-/// increasing order, so this is a sorted `Vec`: appending is the common case
-/// and lookups are a binary search (8 bytes per segment, no hashing).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct SeqSet(Vec<u64>);
+/// The set of seqs seen in a conversation: sorted, disjoint runs of
+/// consecutive seqs (`first -> last`, inclusive) in a `BTreeMap`, where no
+/// two runs touch (a run ending at `n` and one starting at `n + 1` are
+/// merged). Seqs nearly always arrive in increasing order, so the usual
+/// conversation is one run of 16 bytes whatever its length; any arrival
+/// order costs O(log runs) per insert (a sorted `Vec` made descending seqs
+/// quadratic).
+///
+/// Serialized (saved state) as a JSON array whose items are a seq (a run of
+/// one) or a `[first, last]` pair: an array of plain seqs, the format of
+/// older versions, loads unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeqSet {
+    runs: BTreeMap<u64, u64>,
+}
 
 impl SeqSet {
     /// Adds `seq`; false if it was already present.
     pub fn insert(&mut self, seq: u64) -> bool {
-        match self.0.last() {
-            None => {
-                self.0.push(seq);
-                true
+        // The run starting at or before `seq`, if it reaches `seq` or ends
+        // right before it.
+        let mut joins_left = None;
+        if let Some((&first, &last)) = self.runs.range(..=seq).next_back() {
+            if last >= seq {
+                return false;
             }
-            Some(&last) if seq > last => {
-                self.0.push(seq);
-                true
+            if last + 1 == seq {
+                joins_left = Some(first);
             }
-            _ => match self.0.binary_search(&seq) {
-                Ok(_) => false,
-                Err(at) => {
-                    self.0.insert(at, seq);
-                    true
-                }
-            },
         }
+        // The run starting right after `seq`.
+        let joins_right = seq
+            .checked_add(1)
+            .and_then(|next| self.runs.get(&next).map(|&last| (next, last)));
+        match (joins_left, joins_right) {
+            (Some(first), Some((next, last))) => {
+                self.runs.remove(&next);
+                self.runs.insert(first, last);
+            }
+            (Some(first), None) => {
+                self.runs.insert(first, seq);
+            }
+            (None, Some((next, last))) => {
+                self.runs.remove(&next);
+                self.runs.insert(seq, last);
+            }
+            (None, None) => {
+                self.runs.insert(seq, seq);
+            }
+        }
+        true
+    }
+
+    /// Whether `seq` was inserted.
+    pub fn contains(&self, seq: u64) -> bool {
+        self.runs
+            .range(..=seq)
+            .next_back()
+            .is_some_and(|(_, &last)| last >= seq)
+    }
+
+    /// Number of runs of consecutive seqs (what the set's memory grows with).
+    pub fn runs(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Adds every seq of `first..=last` (loading saved state, which may hold
+    /// overlapping or unordered items if edited by hand).
+    fn insert_run(&mut self, first: u64, last: u64) {
+        let (first, last) = (first.min(last), first.max(last));
+        let mut new_first = first;
+        let mut new_last = last;
+        // Absorb every run that overlaps or touches `first..=last`: the one
+        // starting before `first` and all starting within `first..=last+1`.
+        if let Some((&f, &l)) = self.runs.range(..first).next_back()
+            && l.saturating_add(1) >= first
+        {
+            new_first = f;
+            new_last = new_last.max(l);
+            self.runs.remove(&f);
+        }
+        let upper = last.saturating_add(1);
+        while let Some((&f, &l)) = self.runs.range(first..=upper).next() {
+            new_last = new_last.max(l);
+            self.runs.remove(&f);
+        }
+        self.runs.insert(new_first, new_last);
+    }
+}
+
+impl Serialize for SeqSet {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.runs.len()))?;
+        for (&first, &last) in &self.runs {
+            if first == last {
+                seq.serialize_element(&first)?;
+            } else {
+                seq.serialize_element(&[first, last])?;
+            }
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for SeqSet {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// One item: a seq or a `[first, last]` run.
+        struct Item(u64, u64);
+
+        impl<'de> Deserialize<'de> for Item {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct ItemVisitor;
+                impl<'de> serde::de::Visitor<'de> for ItemVisitor {
+                    type Value = Item;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a seq or a [first, last] pair of seqs")
+                    }
+                    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Item, E> {
+                        Ok(Item(v, v))
+                    }
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                        self,
+                        mut a: A,
+                    ) -> Result<Item, A::Error> {
+                        use serde::de::Error;
+                        let first: u64 = a
+                            .next_element()?
+                            .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                        let last: u64 = a
+                            .next_element()?
+                            .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                        if a.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                            return Err(A::Error::invalid_length(3, &self));
+                        }
+                        Ok(Item(first, last))
+                    }
+                }
+                d.deserialize_any(ItemVisitor)
+            }
+        }
+
+        struct SetVisitor;
+        impl<'de> serde::de::Visitor<'de> for SetVisitor {
+            type Value = SeqSet;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of seqs and [first, last] pairs")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<SeqSet, A::Error> {
+                let mut set = SeqSet::default();
+                while let Some(Item(first, last)) = a.next_element()? {
+                    set.insert_run(first, last);
+                }
+                Ok(set)
+            }
+        }
+        deserializer.deserialize_seq(SetVisitor)
     }
 }
 
@@ -765,6 +896,92 @@ mod tests {
     fn outcome_all_is_indexed_by_discriminant() {
         for (i, o) in Outcome::ALL.iter().enumerate() {
             assert_eq!(*o as usize, i, "{}", o.as_str());
+        }
+    }
+
+    #[test]
+    fn seq_set_descending_200k_is_one_run_and_exact() {
+        const N: u64 = 200_000;
+        let mut s = SeqSet::default();
+        // Every other seq first (descending: 100k separate runs), then the
+        // gaps (descending, each joining two runs).
+        for q in (0..N).rev().filter(|q| q % 2 == 1) {
+            assert!(s.insert(q), "{q} is new");
+        }
+        assert_eq!(s.runs(), (N / 2) as usize);
+        assert!(!s.contains(0) && s.contains(1) && !s.contains(2));
+        for q in (0..N).rev().filter(|q| q % 2 == 0) {
+            assert!(s.insert(q), "{q} is new");
+        }
+        assert_eq!(s.runs(), 1, "all of 0..{N} merged into one run");
+        for q in (0..N).rev() {
+            assert!(!s.insert(q), "{q} is a repeat");
+            assert!(s.contains(q));
+        }
+        assert!(!s.contains(N));
+        assert!(s.insert(N));
+        assert_eq!(s.runs(), 1);
+    }
+
+    #[test]
+    fn seq_set_matches_a_btreeset_in_any_order() {
+        use proptest::prelude::*;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let strategy = proptest::collection::vec(
+            prop_oneof![0u64..64, Just(u64::MAX), Just(u64::MAX - 1), any::<u64>()],
+            0..200,
+        );
+        runner
+            .run(&strategy, |seqs| {
+                let mut s = SeqSet::default();
+                let mut model = std::collections::BTreeSet::new();
+                for &q in &seqs {
+                    prop_assert_eq!(s.insert(q), model.insert(q), "insert {}", q);
+                }
+                for q in (0..70).chain([u64::MAX, u64::MAX - 1, u64::MAX - 2]) {
+                    prop_assert_eq!(s.contains(q), model.contains(&q), "contains {}", q);
+                }
+                for &q in &seqs {
+                    prop_assert!(s.contains(q));
+                }
+                // Runs are disjoint, sorted and never touch.
+                let runs: Vec<(u64, u64)> = s.runs.iter().map(|(&f, &l)| (f, l)).collect();
+                for w in runs.windows(2) {
+                    prop_assert!(w[0].1 < w[1].0 && w[0].1 + 1 < w[1].0, "{:?}", w);
+                }
+                let json =
+                    serde_json::to_string(&s).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let back: SeqSet =
+                    serde_json::from_str(&json).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(&back, &s);
+                // The older format (a plain array of seqs, any order) loads
+                // to the same set.
+                let old =
+                    serde_json::to_string(&seqs).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let from_old: SeqSet =
+                    serde_json::from_str(&old).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(&from_old, &s);
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn seq_set_serde_format() {
+        let mut s = SeqSet::default();
+        for q in [7, 0, 1, 2, 3, 9, 10] {
+            s.insert(q);
+        }
+        let json = serde_json::to_string(&s).expect("serializes");
+        assert_eq!(json, "[[0,3],7,[9,10]]");
+        // Saved by an older version: a sorted array of seqs.
+        let old: SeqSet = serde_json::from_str("[0,1,2,3,7,9,10]").expect("old format loads");
+        assert_eq!(old, s);
+        // Overlapping and unordered items (state edited by hand) merge.
+        let messy: SeqSet = serde_json::from_str("[[9,10],[2,0],[1,3],7,10]").expect("loads");
+        assert_eq!(messy, s);
+        for bad in ["{}", "[-1]", "[[1]]", "[[1,2,3]]", "[\"1\"]", "[1.5]"] {
+            assert!(serde_json::from_str::<SeqSet>(bad).is_err(), "{bad}");
         }
     }
 

@@ -218,6 +218,26 @@ pub fn decode(bytes: &[u8]) -> Result<Input<'_>, InputError> {
 
 /// Decodes one input event from a JSON string (a JSONL line).
 pub fn decode_str(s: &str) -> Result<Input<'_>, InputError> {
+    // serde would decode a JSON array positionally into `Wire` (its fields
+    // in declaration order), so `["c1",null,0,"agent","…"]` would be judged
+    // as a segment: an event is a JSON object and nothing else.
+    let value_start = s.trim_start_matches([' ', '\t', '\n', '\r']);
+    if !value_start.starts_with('{') {
+        // Not JSON at all: serde's own message says where; valid JSON of
+        // another type: say which.
+        serde_json::from_str::<serde::de::IgnoredAny>(s)
+            .map_err(|e| InputError::Json(e.to_string()))?;
+        let found = match value_start.as_bytes().first() {
+            Some(b'[') => "an array",
+            Some(b'"') => "a string",
+            Some(b't' | b'f') => "a boolean",
+            Some(b'n') => "null",
+            _ => "a number",
+        };
+        return Err(InputError::Json(format!(
+            "an event must be a JSON object, found {found}"
+        )));
+    }
     let w: Wire<'_> = serde_json::from_str(s).map_err(|e| InputError::Json(e.to_string()))?;
 
     let conversation_id = w
@@ -524,6 +544,34 @@ mod tests {
     }
 
     #[test]
+    fn non_objects_are_named_in_the_error_and_spaced_objects_decode() {
+        for (input, found) in [
+            (r#"["c1",null,0,"agent","你问我我问谁"]"#, "an array"),
+            (r#""x""#, "a string"),
+            ("3", "a number"),
+            ("-0.5e3", "a number"),
+            ("null", "null"),
+            (" false ", "a boolean"),
+        ] {
+            let e = decode_str(input).expect_err(input);
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "invalid JSON or field type: an event must be a JSON object, found {found}"
+                )
+            );
+        }
+        // Not JSON: serde's message, with the position.
+        let e = decode_str("this is not JSON").expect_err("garbage");
+        assert_eq!(
+            e.to_string(),
+            "invalid JSON or field type: expected ident at line 1 column 2"
+        );
+        let spaced = " \r\n\t{\"conversation_id\":\"c1\",\"type\":\"end\"} \n";
+        assert_eq!(decode_str(spaced).map(|i| i.kind), Ok(InputKind::End));
+    }
+
+    #[test]
     fn ignores_unknown_fields_and_decodes_end() {
         let i = decode_str(r#"{"conversation_id":"c1","type":"end","x":{"y":[1]},"tenant":"t1"}"#)
             .expect("valid");
@@ -544,6 +592,25 @@ mod tests {
         let cases: Vec<(&str, &str, &str)> = vec![
             ("not_json", "hello", "invalid_json"),
             ("array", "[1,2]", "invalid_json"),
+            // An array with the right types in field order: serde would
+            // decode it positionally into a segment.
+            (
+                "positional_array",
+                r#"["c1",null,0,"agent","你问我我问谁"]"#,
+                "invalid_json",
+            ),
+            (
+                "positional_array_spaced",
+                " \t\r\n[\"c1\", \"segment\", 0, \"agent\", \"你问我我问谁\"]",
+                "invalid_json",
+            ),
+            ("string", r#""x""#, "invalid_json"),
+            ("number", "3", "invalid_json"),
+            ("negative_number", "-3", "invalid_json"),
+            ("null", "null", "invalid_json"),
+            ("true", "true", "invalid_json"),
+            ("empty", "", "invalid_json"),
+            ("whitespace", " \n", "invalid_json"),
             ("truncated", r#"{"conversation_id":"c""#, "invalid_json"),
             (
                 "missing_id",

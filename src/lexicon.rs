@@ -836,7 +836,14 @@ section = "lang"
 phrases = ["您好"]
 "#;
         let lex = load(greeting).expect("valid");
-        assert_eq!(lex.rules[0].window, DEFAULT_GREETING_WINDOW);
+        // The service standard's "first two agent turns", as a number: a
+        // comparison with DEFAULT_GREETING_WINDOW would pass whatever it is.
+        assert_eq!(lex.rules[0].window, 2);
+        let closing = greeting
+            .replace("greeting.std", "closing.std")
+            .replace("\"greeting\"", "\"closing\"");
+        // "The last three" agent turns.
+        assert_eq!(load(&closing).expect("valid").rules[0].window, 3);
         let twice = format!(
             "{greeting}{}",
             greeting.replace("greeting.std", "greeting.b")

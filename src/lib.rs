@@ -39,6 +39,8 @@
 //!   baseline.
 //! - [`synth`]: synthetic traffic for benchmarks, load tests and the demo.
 //! - [`cli`]: the command line.
+//! - [`invariants`]: what must hold for any input, checked by the fuzz
+//!   targets (`fuzz/`) and the seeded smoke test.
 //!
 //! # Errors
 //!
@@ -56,6 +58,7 @@ pub mod daemon;
 pub mod engine;
 pub mod event;
 pub mod filter;
+pub mod invariants;
 pub mod lexicon;
 pub mod loadgen;
 pub mod matcher;

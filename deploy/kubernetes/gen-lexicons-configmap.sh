@@ -2,9 +2,14 @@
 # Regenerates lexicons-configmap.yaml (ConfigMap zhijian-lexicons) from the
 # repository's lexicons/*.toml, verbatim. Run after editing a lexicon file;
 # `--check` only reports whether the checked-in file is up to date.
-# Needs kubectl (no cluster: --dry-run=client).
+# Needs kubectl (no cluster: --dry-run=client); without it, `--check` runs
+# check-lexicons-configmap.py (python3 only: same content, not the
+# formatting).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+if [ "${1:-}" = --check ] && ! command -v kubectl >/dev/null; then
+    exec "$here/check-lexicons-configmap.py"
+fi
 root=$(cd "$here/../.." && pwd)
 out=$here/lexicons-configmap.yaml
 

@@ -165,3 +165,140 @@ fn the_documented_config_example_is_valid_and_complete() {
         );
     }
 }
+
+/// Peak resident memory of a running process, in KiB (Linux).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in {status}"))
+}
+
+/// A line far over the limit (50 MB, with and without a final newline) is
+/// refused naming its line number and the limit, counted as a bad line,
+/// never held in memory (the peak RSS, read while the scan waits for more
+/// input, does not grow by the line's size), and later lines are judged.
+#[test]
+#[cfg(target_os = "linux")]
+fn scan_refuses_a_too_long_line_without_holding_it() {
+    use std::io::{BufRead, BufReader, Read};
+    const LONG: usize = 50 * 1024 * 1024;
+    let mut child = crate::support::KillOnDrop(
+        zhijian()
+            .args(["scan", "--lexicons"])
+            .arg(fixtures().join("lexicon"))
+            .arg("-")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
+    let pid = child.0.id();
+    let mut stdin = child.0.stdin.take().expect("stdin");
+    let mut stderr = BufReader::new(child.0.stderr.take().expect("stderr"));
+    let mut next_error = || {
+        let mut line = String::new();
+        stderr.read_line(&mut line).expect("read stderr");
+        line
+    };
+    let write_long = |stdin: &mut std::process::ChildStdin| {
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..LONG / chunk.len() {
+            stdin.write_all(&chunk).expect("write");
+        }
+    };
+
+    // Line 1 is bad on purpose: its error line says the scanner has
+    // started and read it, so the peak RSS from here on is the baseline.
+    stdin.write_all(b"not json\n").expect("write");
+    assert!(next_error().starts_with("line 1: invalid_json:"));
+    let baseline = peak_rss_kib(pid);
+
+    write_long(&mut stdin);
+    stdin.write_all(b"\n").expect("write");
+    let error = next_error();
+    assert_eq!(
+        error.trim_end(),
+        format!(
+            "line 2: line_too_long: {LONG} bytes, over the limit of 1048576 bytes (--max-line-bytes); skipped"
+        )
+    );
+    // The scanner now waits for line 3: its peak so far includes reading
+    // the whole long line.
+    let grown = peak_rss_kib(pid).saturating_sub(baseline);
+    assert!(
+        grown < 16 * 1024,
+        "peak RSS grew by {grown} KiB while reading a {LONG}-byte line"
+    );
+
+    stdin
+        .write_all(
+            "{\"conversation_id\":\"c\",\"seq\":0,\"speaker\":\"agent\",\"text\":\"急什么\"}\n"
+                .as_bytes(),
+        )
+        .expect("write");
+    // A last line that never ends: no newline before the end of input.
+    write_long(&mut stdin);
+    drop(stdin);
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).expect("read stderr");
+    let mut stdout = String::new();
+    child
+        .0
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .expect("read stdout");
+    let status = child.0.wait().expect("wait");
+    assert!(status.success(), "{status:?}\n{rest}");
+    assert!(
+        rest.starts_with(&format!(
+            "line 4: line_too_long: {LONG} bytes, over the limit of 1048576 bytes"
+        )),
+        "{rest}"
+    );
+    assert!(rest.contains("4 lines, 3 bad, 1 segments judged"), "{rest}");
+    assert_eq!(
+        stdout.lines().count(),
+        4,
+        "line 3 is judged: forbidden, missing greeting, missing closing, summary:\n{stdout}"
+    );
+}
+
+#[test]
+fn scan_max_line_bytes_sets_the_limit() {
+    let dir = tempdir("maxline");
+    let file = dir.join("in.jsonl");
+    let good = "{\"conversation_id\":\"c\",\"seq\":0,\"speaker\":\"agent\",\"text\":\"急什么\"}";
+    std::fs::write(
+        &file,
+        format!("{good}\n{{\"conversation_id\":\"c\",\"type\":\"end\"}}\n"),
+    )
+    .expect("write");
+    let limit = good.len() - 1;
+    let out = zhijian()
+        .args(["scan", "--lexicons"])
+        .arg(fixtures().join("lexicon"))
+        .args(["--max-line-bytes", &limit.to_string()])
+        .arg(&file)
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out.expect("run");
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "line 1: line_too_long: {} bytes, over the limit of {limit} bytes",
+            good.len()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("2 lines, 1 bad, 0 segments judged"),
+        "{stderr}"
+    );
+}

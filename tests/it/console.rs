@@ -285,25 +285,63 @@ fn read_lines_from<R: Read + Send + 'static>(out: R, n: usize) -> Vec<String> {
     lines
 }
 
+/// Reads lines from a child's output until every key of `want` (a
+/// multiset) is among the keys of the lines read (or the deadline): the
+/// lines read, in arrival order, including any not wanted.
+fn read_until_all<R: Read + Send + 'static>(
+    out: R,
+    want: &[String],
+    key: impl Fn(&str) -> String,
+) -> Vec<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + crate::daemon::DEADLINE;
+    let mut missing: Vec<String> = want.to_vec();
+    let mut lines = Vec::new();
+    while !missing.is_empty() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                let k = key(&l);
+                if let Some(at) = missing.iter().position(|m| *m == k) {
+                    missing.swap_remove(at);
+                }
+                lines.push(l);
+            }
+            Err(_) => break,
+        }
+    }
+    lines
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_filters_and_colours() {
     use std::process::{Command, Stdio};
     let nats = NatsServer::start();
     let daemon = Daemon::start(config(&nats, &lexicons(), "")).await;
     let tail = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_zhijian"))
-            .args(["tail", "--nats-url", &nats.url()])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("zhijian tail starts")
+        crate::support::KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_zhijian"))
+                .args(["tail", "--nats-url", &nats.url()])
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("zhijian tail starts"),
+        )
     };
     let mut json = tail(&["--json", "--tenant", "acme", "--category", "forbidden"]);
     let mut coloured = tail(&["--color", "always", "--severity", "high,critical"]);
     // Tails read live messages only: wait until both say they listen.
     for child in [&mut json, &mut coloured] {
-        let stderr = child.stderr.take().expect("stderr");
+        let stderr = child.0.stderr.take().expect("stderr");
         let said = tokio::task::spawn_blocking(move || read_lines_from(stderr, 1))
             .await
             .expect("stderr read");
@@ -312,7 +350,7 @@ async fn tail_filters_and_colours() {
             "{said:?}"
         );
     }
-    let lines: Vec<String> = [
+    let first: Vec<String> = [
         r#"{"conversation_id":"c1","tenant":"acme","seq":0,"speaker":"agent","agent_id":"a1","text":"急什么，啊，我在查"}"#,
         r#"{"conversation_id":"c2","tenant":"globex","seq":0,"speaker":"agent","agent_id":"a2","text":"急什么"}"#,
         r#"{"conversation_id":"c1","tenant":"acme","type":"end"}"#,
@@ -320,46 +358,88 @@ async fn tail_filters_and_colours() {
     ]
     .map(String::from)
     .to_vec();
-    publish(&nats, &lines).await;
-    let want = crate::daemon::scan(&lines);
-    let forbidden_acme = want
-        .iter()
-        .filter(|e| matches!(e, zhijian::event::Event::Violation(v) if v.tenant == "acme" && v.category == zhijian::event::Category::Forbidden))
-        .count();
-    let high = want
-        .iter()
-        .filter(|e| matches!(e, zhijian::event::Event::Violation(v) if v.severity >= zhijian::event::Severity::High))
-        .count();
-    assert!(forbidden_acme >= 1 && high >= 2, "fixture: {want:?}");
+    // A last conversation that both tails show, published only once
+    // everything of the first is stored: its events reach the tails after
+    // all of the first's (the server sent those to the tails' subscriptions
+    // before acknowledging their storage), so once its lines are in, every
+    // line the first could produce, wanted or not, has been read.
+    let last: Vec<String> = [
+        r#"{"conversation_id":"c3","tenant":"acme","seq":0,"speaker":"agent","agent_id":"a3","text":"急什么"}"#,
+        r#"{"conversation_id":"c3","tenant":"acme","type":"end"}"#,
+    ]
+    .map(String::from)
+    .to_vec();
+    let all: Vec<String> = first.iter().chain(&last).cloned().collect();
+    let want = crate::daemon::scan(&all);
+    let violations = || {
+        want.iter().filter_map(|e| match e {
+            zhijian::event::Event::Violation(v) => Some((e, v)),
+            zhijian::event::Event::Summary(_) => None,
+        })
+    };
+    // What each tail must print, exactly: the ids of acme's forbidden
+    // violations (JSON lines), the rendered high and critical violations.
+    let mut want_json: Vec<String> = violations()
+        .filter(|(_, v)| v.tenant == "acme" && v.category == zhijian::event::Category::Forbidden)
+        .map(|(_, v)| v.id.clone())
+        .collect();
+    let mut want_coloured: Vec<String> = violations()
+        .filter(|(_, v)| v.severity >= zhijian::event::Severity::High)
+        .map(|(e, _)| zhijian::client::render(e, true))
+        .collect();
+    want_json.sort();
+    want_coloured.sort();
+    let of = |conv: &str, lines: &[String]| lines.iter().filter(|l| l.contains(conv)).count();
+    assert!(
+        want_json.len() >= 2 && of("c2", &want_coloured) >= 1 && of("c3", &want_coloured) >= 1,
+        "fixture: {want:?}"
+    );
+
+    publish(&nats, &first).await;
+    crate::daemon::wait_done(&crate::daemon::js(&nats).await, 2).await;
+    publish(&nats, &last).await;
+    let (json_out, coloured_out) = (
+        json.0.stdout.take().expect("stdout"),
+        coloured.0.stdout.take().expect("stdout"),
+    );
+    let json_key = |l: &str| match serde_json::from_str::<zhijian::event::Event>(l) {
+        Ok(e) => e.id().to_string(),
+        Err(_) => l.to_string(),
+    };
+    let (want_j, want_c) = (want_json.clone(), want_coloured.clone());
     let got = tokio::task::spawn_blocking(move || {
-        let j = read_lines_from(json.stdout.take().expect("stdout"), forbidden_acme);
-        let c = read_lines_from(coloured.stdout.take().expect("stdout"), high);
-        for mut child in [json, coloured] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let j = read_until_all(json_out, &want_j, json_key);
+        let c = read_until_all(coloured_out, &want_c, |l: &str| l.to_string());
+        drop((json, coloured));
         (j, c)
     })
     .await
     .expect("tails");
     let (json_lines, coloured_lines) = got;
-    assert_eq!(json_lines.len(), forbidden_acme, "{json_lines:?}");
     for l in &json_lines {
         let v: serde_json::Value = serde_json::from_str(l).expect("--json prints JSON");
         assert_eq!(
             (v["tenant"].as_str(), v["category"].as_str()),
-            (Some("acme"), Some("forbidden"))
+            (Some("acme"), Some("forbidden")),
+            "{l}"
         );
     }
-    assert_eq!(coloured_lines.len(), high, "{coloured_lines:?}");
+    let mut got_json: Vec<String> = json_lines.iter().map(|l| json_key(l)).collect();
+    got_json.sort();
+    assert_eq!(
+        got_json, want_json,
+        "--json --tenant acme --category forbidden"
+    );
     for l in &coloured_lines {
         assert!(l.starts_with("\u{1b}["), "coloured: {l:?}");
         assert!(l.contains("【急什么】"), "matched words marked: {l:?}");
-        assert!(
-            !l.contains("SUMMARY"),
-            "a severity filter hides summaries: {l:?}"
-        );
     }
+    let mut got_coloured = coloured_lines;
+    got_coloured.sort();
+    assert_eq!(
+        got_coloured, want_coloured,
+        "--severity high,critical (no summaries, no lower severities)"
+    );
     daemon.stop().await;
 }
 

@@ -51,7 +51,20 @@ fn check(expected_path: &Path, got: &str, failures: &mut String) {
         std::fs::write(expected_path, got).expect("write expected");
         return;
     }
-    let want = std::fs::read_to_string(expected_path).unwrap_or_default();
+    // A missing expected file is a failure, not an empty expectation: an
+    // input whose expected files were never written (or were deleted)
+    // would otherwise pass whenever its output is empty.
+    let want = match std::fs::read_to_string(expected_path) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = writeln!(
+                failures,
+                "--- {}: cannot read it ({e}); create it with `BLESS=1 cargo test --test it golden` and review what it wrote",
+                expected_path.display()
+            );
+            return;
+        }
+    };
     if want == got {
         return;
     }

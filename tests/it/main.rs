@@ -5,6 +5,7 @@ mod cli;
 mod console;
 mod daemon;
 mod default_lexicon;
+mod fuzz_smoke;
 mod golden;
 mod hardening;
 mod nats_support;

@@ -116,3 +116,14 @@ pub fn summaries(events: &[Event]) -> Vec<&zhijian::event::Summary> {
         })
         .collect()
 }
+
+/// A child process that is killed and reaped when dropped, so a failing
+/// test leaves nothing running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
