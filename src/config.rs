@@ -186,6 +186,9 @@ pub struct LimitsSection {
     pub max_open_conversations: usize,
     /// Final segments per conversation at most.
     pub max_segments_per_conversation: u32,
+    /// A segment's `text` in bytes at most (longer: dead letter
+    /// `text_too_long`).
+    pub max_text_bytes: usize,
 }
 
 impl Default for LimitsSection {
@@ -195,6 +198,7 @@ impl Default for LimitsSection {
             excerpt_chars: e.excerpt_chars,
             max_open_conversations: e.max_open,
             max_segments_per_conversation: e.max_segments,
+            max_text_bytes: crate::event::MAX_TEXT_BYTES,
         }
     }
 }
@@ -310,6 +314,7 @@ pub struct Config {
     pub excerpt_chars: usize,
     pub max_open_conversations: usize,
     pub max_segments_per_conversation: u32,
+    pub max_text_bytes: usize,
     pub metrics_addr: SocketAddr,
     pub max_tenants: usize,
     /// `None`: the console is off.
@@ -435,6 +440,7 @@ impl RawConfig {
             ("limits", "max_segments_per_conversation") => {
                 self.limits.max_segments_per_conversation = num(v)?
             }
+            ("limits", "max_text_bytes") => self.limits.max_text_bytes = num(v)?,
             ("metrics", "addr") => self.metrics.addr = s(),
             ("metrics", "max_tenants") => self.metrics.max_tenants = num(v)?,
             ("console", "enabled") => self.console.enabled = flag(v)?,
@@ -513,6 +519,12 @@ impl RawConfig {
         if l.max_segments_per_conversation == 0 {
             return Err("[limits] max_segments_per_conversation must be >= 1".into());
         }
+        if !(1..=1024 * 1024).contains(&l.max_text_bytes) {
+            return Err(format!(
+                "[limits] max_text_bytes must be 1..=1048576, got {}",
+                l.max_text_bytes
+            ));
+        }
         if self.nats.password.is_some() != self.nats.user.is_some() {
             return Err("[nats] user and password go together".into());
         }
@@ -552,6 +564,7 @@ impl RawConfig {
             excerpt_chars: self.limits.excerpt_chars,
             max_open_conversations: self.limits.max_open_conversations,
             max_segments_per_conversation: self.limits.max_segments_per_conversation,
+            max_text_bytes: self.limits.max_text_bytes,
             metrics_addr,
             max_tenants: self.metrics.max_tenants,
             console,

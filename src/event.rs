@@ -156,8 +156,8 @@ pub enum InputError {
     MissingField(&'static str),
     #[error("invalid field `{field}`: {reason}")]
     InvalidField { field: &'static str, reason: String },
-    #[error("text is {0} bytes, over the limit of {MAX_TEXT_BYTES}")]
-    TextTooLong(usize),
+    #[error("text is {len} bytes, over the limit of {limit}")]
+    TextTooLong { len: usize, limit: usize },
 }
 
 impl InputError {
@@ -168,7 +168,7 @@ impl InputError {
             InputError::Json(_) => "invalid_json",
             InputError::MissingField(_) => "missing_field",
             InputError::InvalidField { .. } => "invalid_field",
-            InputError::TextTooLong(_) => "text_too_long",
+            InputError::TextTooLong { .. } => "text_too_long",
         }
     }
 
@@ -212,12 +212,22 @@ struct Wire<'a> {
 
 /// Decodes one input event from raw bytes (a NATS payload).
 pub fn decode(bytes: &[u8]) -> Result<Input<'_>, InputError> {
+    decode_limited(bytes, MAX_TEXT_BYTES)
+}
+
+/// [`decode`] with another limit on `text` (`[limits] max_text_bytes`).
+pub fn decode_limited(bytes: &[u8], max_text_bytes: usize) -> Result<Input<'_>, InputError> {
     let s = std::str::from_utf8(bytes).map_err(|e| InputError::Utf8(e.to_string()))?;
-    decode_str(s)
+    decode_str_limited(s, max_text_bytes)
 }
 
 /// Decodes one input event from a JSON string (a JSONL line).
 pub fn decode_str(s: &str) -> Result<Input<'_>, InputError> {
+    decode_str_limited(s, MAX_TEXT_BYTES)
+}
+
+/// [`decode_str`] with another limit on `text`.
+pub fn decode_str_limited(s: &str, max_text_bytes: usize) -> Result<Input<'_>, InputError> {
     // serde would decode a JSON array positionally into `Wire` (its fields
     // in declaration order), so `["c1",null,0,"agent","…"]` would be judged
     // as a segment: an event is a JSON object and nothing else.
@@ -289,8 +299,11 @@ pub fn decode_str(s: &str) -> Result<Input<'_>, InputError> {
                 }
             };
             let text = w.text.ok_or(InputError::MissingField("text"))?;
-            if text.len() > MAX_TEXT_BYTES {
-                return Err(InputError::TextTooLong(text.len()));
+            if text.len() > max_text_bytes {
+                return Err(InputError::TextTooLong {
+                    len: text.len(),
+                    limit: max_text_bytes,
+                });
             }
             InputKind::Segment(Segment {
                 seq,

@@ -31,7 +31,7 @@
 
 use crate::daemon::Shared;
 use crate::engine::{Conversation, Engine, Outcome};
-use crate::event::{CloseReason, Event, Input, InputKind, decode};
+use crate::event::{CloseReason, Event, Input, InputKind, decode_limited};
 use crate::matcher::Scanner;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, context::PublishAckFuture};
@@ -271,7 +271,7 @@ impl Shard {
         self.refresh_scanner();
         self.take_failures();
         let metrics = &self.shared.metrics;
-        let input = match decode(&msg.message.payload) {
+        let input = match decode_limited(&msg.message.payload, self.shared.config.max_text_bytes) {
             Ok(i) => i,
             Err(e) => {
                 metrics

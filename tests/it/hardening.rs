@@ -467,3 +467,38 @@ async fn browsers_that_never_read_cost_little_memory_and_return_it() {
     assert!(daemon.wait().await.success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Segment length is a configurable limit: over it, a dead letter naming
+/// the limit; under it, judged as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_text_limit_is_configurable() {
+    let nats = NatsServer::start();
+    let mut cfg = config(&nats, &lexicons(), "");
+    cfg.max_text_bytes = 64;
+    let daemon = Daemon::start(cfg).await;
+    let long = "急什么".repeat(10); // 90 bytes
+    let lines = vec![
+        format!(
+            r#"{{"conversation_id":"t1","tenant":"acme","seq":0,"speaker":"agent","text":"{long}"}}"#
+        ),
+        r#"{"conversation_id":"t2","tenant":"acme","seq":0,"speaker":"agent","text":"急什么"}"#
+            .to_string(),
+        r#"{"conversation_id":"t2","tenant":"acme","type":"end"}"#.to_string(),
+    ];
+    publish(&nats, &lines).await;
+    let js = js(&nats).await;
+    let got = wait_done(&js, 1).await;
+    assert_same(&got, &scan(&lines[1..]), "the short segment is judged");
+    let letters = stream_messages(&js, "ZHIJIAN_DEADLETTER").await;
+    assert_eq!(letters.len(), 1);
+    let h = letters[0].headers.as_ref().expect("headers");
+    assert_eq!(
+        h.get("Zhijian-Error").map(|v| v.as_str()),
+        Some("text_too_long")
+    );
+    assert_eq!(
+        h.get("Zhijian-Error-Detail").map(|v| v.as_str()),
+        Some("text is 90 bytes, over the limit of 64")
+    );
+    daemon.stop().await;
+}
