@@ -38,7 +38,7 @@ python3 -c 'import json,sys
 for i in range(int(sys.argv[1])):
     print(json.dumps({"conversation_id":f"s{i}","tenant":"acme","channel":"call","seq":0,"speaker":"agent","text":"您好，请问有什么可以帮您"},ensure_ascii=False))' "$N" >"$dir/open.jsonl"
 "$BIN" run --config "$dir/zhijian.toml" 2>"$dir/run1.log" &
-daemon=$!; pids+=($daemon)
+daemon=$!; pids+=("$daemon")
 until python3 -c 'import sys,urllib.request; urllib.request.urlopen(sys.argv[1],timeout=1)' "http://127.0.0.1:$metrics/readyz" 2>/dev/null; do sleep 0.1; done
 "$BIN" publish --nats-url "$url" "$dir/open.jsonl" >/dev/null
 until [ "$(metric zhijian_open_conversations)" = "$N" ]; do sleep 0.2; done
@@ -49,7 +49,7 @@ took=$(python3 -c "import sys; print(f'{float(sys.argv[2])-float(sys.argv[1]):.2
 saved=$(grep -o 'conversations=[0-9]* took_ms=[0-9]*' "$dir/run1.log" | head -1 || true)
 echo "open conversations: $N; SIGTERM to exit: ${took} s, exit status $status; saved: $saved"
 "$BIN" run --config "$dir/zhijian.toml" 2>"$dir/run2.log" &
-daemon=$!; pids+=($daemon)
+daemon=$!; pids+=("$daemon")
 until [ "$(metric zhijian_state_restored_conversations_total)" != 0 ]; do sleep 0.2; done
 sleep 1
 echo "restored at the next start: $(metric zhijian_state_restored_conversations_total); open: $(metric zhijian_open_conversations)"
