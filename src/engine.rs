@@ -729,53 +729,81 @@ fn push_missing(
 }
 
 /// The set of seqs seen in a conversation: sorted, disjoint runs of
-/// consecutive seqs (`first -> last`, inclusive) in a `BTreeMap`, where no
-/// two runs touch (a run ending at `n` and one starting at `n + 1` are
-/// merged). Seqs nearly always arrive in increasing order, so the usual
-/// conversation is one run of 16 bytes whatever its length; any arrival
-/// order costs O(log runs) per insert (a sorted `Vec` made descending seqs
+/// consecutive seqs (`first..=last`), where no two runs touch (a run ending
+/// at `n` and one starting at `n + 1` are merged). Seqs nearly always arrive
+/// in increasing order, so the usual conversation is one run of 16 bytes
+/// whatever its length. Up to [`FEW_RUNS`] runs live in a small sorted
+/// `Vec` (a `BTreeMap` node costs ~200 bytes, which is most of a closed
+/// conversation's tombstone); past that a `BTreeMap`, so any arrival order
+/// costs O(log runs) per insert (a sorted `Vec` of seqs made descending seqs
 /// quadratic).
 ///
 /// Serialized (saved state) as a JSON array whose items are a seq (a run of
 /// one) or a `[first, last]` pair: an array of plain seqs, the format of
 /// older versions, loads unchanged.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SeqSet {
-    runs: BTreeMap<u64, u64>,
+    runs: Runs,
 }
+
+/// Runs held in a `Vec` at most; more move to a `BTreeMap`.
+pub const FEW_RUNS: usize = 8;
+
+#[derive(Debug, Clone)]
+enum Runs {
+    Few(Vec<(u64, u64)>),
+    Many(BTreeMap<u64, u64>),
+}
+
+impl Default for SeqSet {
+    fn default() -> Self {
+        SeqSet {
+            runs: Runs::Few(Vec::new()),
+        }
+    }
+}
+
+impl PartialEq for SeqSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for SeqSet {}
 
 impl SeqSet {
     /// Adds `seq`; false if it was already present.
     pub fn insert(&mut self, seq: u64) -> bool {
-        // The run starting at or before `seq`, if it reaches `seq` or ends
-        // right before it.
-        let mut joins_left = None;
-        if let Some((&first, &last)) = self.runs.range(..=seq).next_back() {
-            if last >= seq {
-                return false;
-            }
-            if last + 1 == seq {
-                joins_left = Some(first);
-            }
-        }
-        // The run starting right after `seq`.
-        let joins_right = seq
-            .checked_add(1)
-            .and_then(|next| self.runs.get(&next).map(|&last| (next, last)));
+        let v = match &mut self.runs {
+            Runs::Few(v) => v,
+            Runs::Many(m) => return insert_many(m, seq),
+        };
+        // The first run starting after `seq`.
+        let i = v.partition_point(|&(first, _)| first <= seq);
+        let joins_left = match i.checked_sub(1).map(|j| v[j]) {
+            Some((_, last)) if last >= seq => return false,
+            Some((_, last)) => last + 1 == seq,
+            None => false,
+        };
+        let joins_right = v
+            .get(i)
+            .is_some_and(|&(first, _)| seq.checked_add(1) == Some(first));
         match (joins_left, joins_right) {
-            (Some(first), Some((next, last))) => {
-                self.runs.remove(&next);
-                self.runs.insert(first, last);
+            (true, true) => {
+                v[i - 1].1 = v[i].1;
+                v.remove(i);
             }
-            (Some(first), None) => {
-                self.runs.insert(first, seq);
-            }
-            (None, Some((next, last))) => {
-                self.runs.remove(&next);
-                self.runs.insert(seq, last);
-            }
-            (None, None) => {
-                self.runs.insert(seq, seq);
+            (true, false) => v[i - 1].1 = seq,
+            (false, true) => v[i].0 = seq,
+            (false, false) => {
+                if v.is_empty() {
+                    // One run is the usual whole conversation: no spare.
+                    v.reserve_exact(1);
+                }
+                v.insert(i, (seq, seq));
+                if v.len() > FEW_RUNS {
+                    self.runs = Runs::Many(v.iter().copied().collect());
+                }
             }
         }
         true
@@ -783,46 +811,117 @@ impl SeqSet {
 
     /// Whether `seq` was inserted.
     pub fn contains(&self, seq: u64) -> bool {
-        self.runs
-            .range(..=seq)
-            .next_back()
-            .is_some_and(|(_, &last)| last >= seq)
+        match &self.runs {
+            Runs::Few(v) => {
+                let i = v.partition_point(|&(first, _)| first <= seq);
+                i > 0 && v[i - 1].1 >= seq
+            }
+            Runs::Many(m) => m
+                .range(..=seq)
+                .next_back()
+                .is_some_and(|(_, &last)| last >= seq),
+        }
     }
 
     /// Number of runs of consecutive seqs (what the set's memory grows with).
     pub fn runs(&self) -> usize {
-        self.runs.len()
+        match &self.runs {
+            Runs::Few(v) => v.len(),
+            Runs::Many(m) => m.len(),
+        }
+    }
+
+    /// The runs, in order.
+    fn iter(&self) -> Box<dyn Iterator<Item = (u64, u64)> + '_> {
+        match &self.runs {
+            Runs::Few(v) => Box::new(v.iter().copied()),
+            Runs::Many(m) => Box::new(m.iter().map(|(&f, &l)| (f, l))),
+        }
     }
 
     /// Adds every seq of `first..=last` (loading saved state, which may hold
-    /// overlapping or unordered items if edited by hand).
+    /// overlapping or unordered items if edited by hand). Works on the map;
+    /// [`SeqSet::compact`] moves a small result back to the `Vec`.
     fn insert_run(&mut self, first: u64, last: u64) {
+        if let Runs::Few(v) = &self.runs {
+            self.runs = Runs::Many(v.iter().copied().collect());
+        }
+        let Runs::Many(runs) = &mut self.runs else {
+            return;
+        };
         let (first, last) = (first.min(last), first.max(last));
         let mut new_first = first;
         let mut new_last = last;
         // Absorb every run that overlaps or touches `first..=last`: the one
         // starting before `first` and all starting within `first..=last+1`.
-        if let Some((&f, &l)) = self.runs.range(..first).next_back()
+        if let Some((&f, &l)) = runs.range(..first).next_back()
             && l.saturating_add(1) >= first
         {
             new_first = f;
             new_last = new_last.max(l);
-            self.runs.remove(&f);
+            runs.remove(&f);
         }
         let upper = last.saturating_add(1);
-        while let Some((&f, &l)) = self.runs.range(first..=upper).next() {
+        while let Some((&f, &l)) = runs.range(first..=upper).next() {
             new_last = new_last.max(l);
-            self.runs.remove(&f);
+            runs.remove(&f);
         }
-        self.runs.insert(new_first, new_last);
+        runs.insert(new_first, new_last);
     }
+
+    /// Back to the `Vec` when few runs are left.
+    fn compact(&mut self) {
+        if let Runs::Many(m) = &self.runs
+            && m.len() <= FEW_RUNS
+        {
+            let mut v = Vec::with_capacity(m.len());
+            v.extend(m.iter().map(|(&f, &l)| (f, l)));
+            self.runs = Runs::Few(v);
+        }
+    }
+}
+
+/// [`SeqSet::insert`] on the map form.
+fn insert_many(runs: &mut BTreeMap<u64, u64>, seq: u64) -> bool {
+    // The run starting at or before `seq`, if it reaches `seq` or ends
+    // right before it.
+    let mut joins_left = None;
+    if let Some((&first, &last)) = runs.range(..=seq).next_back() {
+        if last >= seq {
+            return false;
+        }
+        if last + 1 == seq {
+            joins_left = Some(first);
+        }
+    }
+    // The run starting right after `seq`.
+    let joins_right = seq
+        .checked_add(1)
+        .and_then(|next| runs.get(&next).map(|&last| (next, last)));
+    match (joins_left, joins_right) {
+        (Some(first), Some((next, last))) => {
+            runs.remove(&next);
+            runs.insert(first, last);
+        }
+        (Some(first), None) => {
+            runs.insert(first, seq);
+        }
+        (None, Some((next, last))) => {
+            runs.remove(&next);
+            runs.insert(seq, last);
+        }
+        (None, None) => {
+            runs.insert(seq, seq);
+        }
+    }
+    true
 }
 
 impl Serialize for SeqSet {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
-        let mut seq = serializer.serialize_seq(Some(self.runs.len()))?;
-        for (&first, &last) in &self.runs {
+        let mut seq = serializer.serialize_seq(Some(self.runs()))?;
+        for (first, last) in self.iter() {
             if first == last {
                 seq.serialize_element(&first)?;
             } else {
@@ -881,6 +980,7 @@ impl<'de> Deserialize<'de> for SeqSet {
                 while let Some(Item(first, last)) = a.next_element()? {
                     set.insert_run(first, last);
                 }
+                set.compact();
                 Ok(set)
             }
         }
@@ -897,6 +997,32 @@ mod tests {
         for (i, o) in Outcome::ALL.iter().enumerate() {
             assert_eq!(*o as usize, i, "{}", o.as_str());
         }
+    }
+
+    #[test]
+    fn seq_set_moves_to_the_map_past_few_runs_and_compares_by_content() {
+        let mut gappy = SeqSet::default();
+        for q in (0..2 * (super::FEW_RUNS as u64 + 2)).step_by(2) {
+            assert!(gappy.insert(q));
+        }
+        assert_eq!(gappy.runs(), super::FEW_RUNS + 2);
+        assert!(matches!(gappy.runs, super::Runs::Many(_)));
+        for q in (1..2 * (super::FEW_RUNS as u64 + 2)).step_by(2) {
+            assert!(gappy.insert(q));
+            assert!(!gappy.insert(q));
+        }
+        assert_eq!(gappy.runs(), 1);
+        let mut plain = SeqSet::default();
+        for q in 0..2 * (super::FEW_RUNS as u64 + 2) {
+            plain.insert(q);
+        }
+        assert!(matches!(plain.runs, super::Runs::Few(_)));
+        assert_eq!(gappy, plain);
+        // Loading saved state gives the small form again.
+        let json = serde_json::to_string(&gappy).expect("json");
+        let back: SeqSet = serde_json::from_str(&json).expect("load");
+        assert!(matches!(back.runs, super::Runs::Few(_)));
+        assert_eq!(back, plain);
     }
 
     #[test]
@@ -945,7 +1071,7 @@ mod tests {
                     prop_assert!(s.contains(q));
                 }
                 // Runs are disjoint, sorted and never touch.
-                let runs: Vec<(u64, u64)> = s.runs.iter().map(|(&f, &l)| (f, l)).collect();
+                let runs: Vec<(u64, u64)> = s.iter().collect();
                 for w in runs.windows(2) {
                     prop_assert!(w[0].1 < w[1].0 && w[0].1 + 1 < w[1].0, "{:?}", w);
                 }

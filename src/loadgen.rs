@@ -248,50 +248,19 @@ async fn run_mode(
     lines: &[String],
     expected: &[Event],
 ) -> Result<ModeReport, String> {
-    let client = async_nats::connect(opts.nats_url.as_str())
-        .await
-        .map_err(|e| e.to_string())?;
-    let js = jetstream::new(client.clone());
-    for s in ["TRANSCRIPTS", "VIOLATIONS", "ZHIJIAN_DEADLETTER"] {
-        let _ = js.delete_stream(s).await;
-    }
-    let _ = js.delete_key_value("zhijian_state").await;
-
-    let dir = std::env::temp_dir().join(format!("zhijian-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let metrics_port = free_port()?;
-    let cfg = dir.join(format!("{mode}.toml"));
-    std::fs::write(&cfg, config_text(opts, metrics_port)).map_err(|e| e.to_string())?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let sub = match mode {
         "daemon" => "run",
         "passthrough" => "passthrough",
         other => return Err(format!("unknown mode {other:?} (daemon, passthrough)")),
     };
-    let child = std::process::Command::new(exe)
-        .args([sub, "--config"])
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("cannot start zhijian {sub}: {e}"))?;
-    let mut child = KillOnDrop(child);
+    let Child {
+        client,
+        js,
+        metrics_port,
+        mut child,
+        dir,
+    } = start_child(opts, sub, "bench").await?;
     let pid = child.0.id();
-    // Ready: the consumer exists (both modes create it at start).
-    let ready_by = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(s) = js.get_stream("TRANSCRIPTS").await
-            && s.get_consumer::<jetstream::consumer::pull::Config>("zhijian")
-                .await
-                .is_ok()
-        {
-            break;
-        }
-        if Instant::now() > ready_by {
-            return Err(format!("zhijian {sub} not ready after 30 s"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     // Which input line each output answers, to time it.
     let mut line_of: HashMap<String, usize> = HashMap::new();
@@ -473,6 +442,7 @@ async fn run_mode(
         "{mode}: published {} inputs in {published_in:.2} s, last output after {seconds:.2} s",
         lines.len()
     );
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(ModeReport {
         mode: mode.to_string(),
         inputs: lines.len(),
@@ -545,6 +515,66 @@ async fn stream_ids(js: &jetstream::Context, stream: &str) -> Result<Vec<String>
         }
     }
     Ok(out)
+}
+
+/// A consumer under test, started on reset streams.
+struct Child {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    metrics_port: u16,
+    child: KillOnDrop,
+    /// Holds its config file.
+    dir: PathBuf,
+}
+
+/// Resets the zhijian streams and state, then starts `zhijian <sub>` with
+/// the bench config (in a temporary directory named after `what`) and waits
+/// until its consumer exists (both the daemon and the pass-through create
+/// it at start).
+async fn start_child(opts: &BenchOptions, sub: &str, what: &str) -> Result<Child, String> {
+    let client = async_nats::connect(opts.nats_url.as_str())
+        .await
+        .map_err(|e| e.to_string())?;
+    let js = jetstream::new(client.clone());
+    for s in ["TRANSCRIPTS", "VIOLATIONS", "ZHIJIAN_DEADLETTER"] {
+        let _ = js.delete_stream(s).await;
+    }
+    let _ = js.delete_key_value("zhijian_state").await;
+    let dir = std::env::temp_dir().join(format!("zhijian-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let metrics_port = free_port()?;
+    let cfg = dir.join(format!("{sub}.toml"));
+    std::fs::write(&cfg, config_text(opts, metrics_port)).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let child = std::process::Command::new(exe)
+        .args([sub, "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start zhijian {sub}: {e}"))?;
+    let child = KillOnDrop(child);
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(s) = js.get_stream("TRANSCRIPTS").await
+            && s.get_consumer::<jetstream::consumer::pull::Config>("zhijian")
+                .await
+                .is_ok()
+        {
+            break;
+        }
+        if Instant::now() > ready_by {
+            return Err(format!("zhijian {sub} not ready after 30 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Child {
+        client,
+        js,
+        metrics_port,
+        child,
+        dir,
+    })
 }
 
 /// A child process killed when the bench returns early.
@@ -628,18 +658,6 @@ fn id_number(id: &str) -> Option<u128> {
 /// expected ids never received. Duplicates: messages stored in the output
 /// stream beyond the distinct expected ones.
 pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, String> {
-    let client = async_nats::connect(opts.nats_url.as_str())
-        .await
-        .map_err(|e| e.to_string())?;
-    let js = jetstream::new(client.clone());
-    for s in ["TRANSCRIPTS", "VIOLATIONS", "ZHIJIAN_DEADLETTER"] {
-        let _ = js.delete_stream(s).await;
-    }
-    let _ = js.delete_key_value("zhijian_state").await;
-    let dir = std::env::temp_dir().join(format!("zhijian-soak-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let metrics_port = free_port()?;
-    let cfg = dir.join("daemon.toml");
     let bench = BenchOptions {
         nats_url: opts.nats_url.clone(),
         lexicons: opts.lexicons.clone(),
@@ -652,25 +670,14 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, String> {
         extra_phrases: 0,
         reload_every: None,
     };
-    std::fs::write(&cfg, config_text(&bench, metrics_port)).map_err(|e| e.to_string())?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let child = std::process::Command::new(exe)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("cannot start zhijian run: {e}"))?;
-    let mut child = KillOnDrop(child);
+    let Child {
+        client,
+        js,
+        mut child,
+        dir,
+        ..
+    } = start_child(&bench, "run", "soak").await?;
     let pid = child.0.id();
-    let ready_by = Instant::now() + Duration::from_secs(30);
-    while js.get_stream("TRANSCRIPTS").await.is_err() {
-        if Instant::now() > ready_by {
-            return Err("zhijian run not ready after 30 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     #[derive(serde::Deserialize)]
     struct IdOnly {
