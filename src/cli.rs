@@ -551,14 +551,20 @@ async fn terminate_signal() {
 fn cmd_run(common: &Common, flags: Overrides) -> Result<(), Failure> {
     let config = load_config(common, &flags)?;
     init_logging(&config);
-    runtime()?.block_on(async {
+    let rt = runtime()?;
+    let result = rt.block_on(async {
         crate::daemon::run(config, terminate_signal())
             .await
             .map_err(|e| match e {
                 crate::daemon::DaemonError::Config(m) => Failure::Config(m),
                 crate::daemon::DaemonError::Runtime(m) => Failure::Runtime(m),
             })
-    })
+    });
+    // The daemon has finished its shutdown within the grace period; what
+    // is left (the NATS client reconnecting to a server that is gone, a
+    // blocking lookup) must not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    result
 }
 
 fn cmd_publish(common: &Common, rate: f64, file: &Path) -> Result<(), Failure> {

@@ -373,10 +373,35 @@ async fn dispatch(
         status.consumer_bound.store(true, Ordering::Relaxed);
         backoff = Duration::from_millis(100);
         let mut got = 0usize;
-        // The whole batch is read even if shutdown starts meanwhile: these
-        // messages are already on their way to us (at most BATCH_EXPIRES).
+        // A batch being read when shutdown starts: what arrives in the
+        // next 200 ms is Nak'ed (redelivered at once, in order, to the next
+        // instance). Anything later stays unacked and is redelivered after
+        // ack_wait, possibly after newer messages of its conversation (the
+        // engine ignores a seq it has seen; a window verdict may differ):
+        // that needs a batch still coming in 200 ms after shutdown, i.e. a
+        // server that is gone, and the grace period must hold regardless.
         let mut stopping = false;
-        while let Some(item) = batch.next().await {
+        // Once stopping, what the batch still brings is Nak'ed for a short
+        // while only: with the server gone the batch may never end.
+        let mut rest_until: Option<tokio::time::Instant> = None;
+        loop {
+            let item = match rest_until {
+                Some(until) => match tokio::time::timeout_at(until, batch.next()).await {
+                    Ok(item) => item,
+                    Err(_) => break,
+                },
+                None => tokio::select! {
+                    biased;
+                    item = batch.next() => item,
+                    // Shutdown while the batch is still coming in.
+                    _ = shutdown.as_mut() => {
+                        stopping = true;
+                        rest_until = Some(tokio::time::Instant::now() + Duration::from_millis(200));
+                        continue;
+                    }
+                },
+            };
+            let Some(item) = item else { break };
             match item {
                 Ok(msg) if stopping => {
                     // Shutdown came while a shard's queue was full: the
@@ -407,6 +432,8 @@ async fn dispatch(
                             shard::nak_now(&msg).await;
                             metrics.naks.with_label_values(&["shutdown"]).inc();
                             stopping = true;
+                            rest_until =
+                                Some(tokio::time::Instant::now() + Duration::from_millis(200));
                         }
                     }
                 }

@@ -502,3 +502,69 @@ async fn the_text_limit_is_configurable() {
     );
     daemon.stop().await;
 }
+
+/// SIGTERM always exits within the grace period, even with NATS gone
+/// (nothing can be saved): non-zero, naming what was not saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_nats_gone_exits_within_the_grace_period_naming_what_was_lost() {
+    let mut nats = NatsServer::start();
+    let metrics_port = free_port();
+    let dir = tempdir("sigterm-nats-gone");
+    let cfg = dir.join("zhijian.toml");
+    let toml = config_toml(&nats, &lexicons(), metrics_port, "")
+        .replace("shutdown_grace_s = 15", "shutdown_grace_s = 4");
+    std::fs::write(&cfg, toml).expect("config");
+    let log = dir.join("stderr.log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_zhijian"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn zhijian run");
+    let mut child = crate::support::KillOnDrop(child);
+    wait_for("ready", async || readyz(metrics_port).await == 200).await;
+    let lines = vec![
+        r#"{"conversation_id":"gone","tenant":"acme","seq":0,"speaker":"agent","text":"您好"}"#
+            .to_string(),
+    ];
+    publish(&nats, &lines).await;
+    wait_for("the conversation open", async || {
+        metric(metrics_port, "zhijian_open_conversations").await == 1.0
+    })
+    .await;
+    nats.stop();
+    let stopping = Instant::now();
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(10),
+            "still running {:?} after SIGTERM (grace 4 s)",
+            stopping.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = stopping.elapsed();
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        took < Duration::from_millis(4500),
+        "took {took:?}\n{stderr}"
+    );
+    assert!(
+        !status.success(),
+        "nothing could be saved, yet exit 0\n{stderr}"
+    );
+    assert!(
+        stderr.contains("1 of 1 open conversations not saved: acme/gone"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
