@@ -19,7 +19,7 @@
 //!
 //! # Modules
 //!
-//! - [`event`]: the input/output contract (v1), decoding and validation.
+//! - [`event`]: the input/output contract (v1.1), decoding and validation.
 //! - [`normalize`]: the text fold shared by lexicon phrases and utterances
 //!   (its Unicode tables are generated: `unicode_tables`).
 //! - [`lexicon`]: the TOML lexicon format and its strict validation.
@@ -28,15 +28,17 @@
 //!   normalising.
 //! - [`engine`]: conversation state, verdicts and events.
 //! - [`scan`]: the offline JSONL runner behind `zhijian scan`.
-//! - [`daemon`]: `zhijian run`: NATS JetStream in and out, shards, dead
-//!   letters, state across restarts, lexicon reload, metrics and health.
+//! - [`daemon`]: `zhijian run`: NATS JetStream in and out, shards with
+//!   bounded publishers, dead letters (also for messages the client cannot
+//!   decode), state across restarts, lexicon reload, watchdog, metrics and
+//!   health.
 //! - [`console`]: the live-alerts web console for QA supervisors.
 //! - [`filter`]: which output events a supervisor wants to see.
 //! - [`config`]: the daemon's TOML configuration and its overrides.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`client`]: `zhijian publish` and `zhijian tail`.
 //! - [`loadgen`]: `zhijian bench`, the load generator and its pass-through
-//!   baseline.
+//!   baseline; `zhijian soak`.
 //! - [`synth`]: synthetic traffic for benchmarks, load tests and the demo.
 //! - [`cli`]: the command line.
 //! - [`invariants`]: what must hold for any input, checked by the fuzz

@@ -2,18 +2,24 @@
 //! summaries out, Prometheus metrics and health over HTTP.
 //!
 //! ```text
-//! TRANSCRIPTS ─pull─▶ dispatcher ─(shard by tenant+conversation)─▶ shard 0..N ─▶ VIOLATIONS
-//!                      │                                             │ (Engine)    summaries.*
-//!                      └ stall check, consumer gauges                └ bad input ─▶ dead letter
+//! TRANSCRIPTS ─pull─▶ dispatcher ─(shard by tenant+conversation)─▶ shard 0..N ─▶ publisher ─▶ VIOLATIONS
+//!                      │                                             │ (Engine)   (≤ window     summaries.*
+//!                      └ stall check, consumer gauges                │             unacked)
+//!                                                                    └ bad input ─▶ dead letter
 //! lexicon dir / SIGHUP ─▶ reloader ─(watch: Arc<Scanner>)─▶ every shard
+//! watchdog: work pending, nothing stored ─▶ /readyz 503
+//! poison sweeper: undecodable subjects, by stream sequence ─▶ dead letter
 //! ```
 //!
-//! Shutdown order (SIGTERM/SIGINT or the `shutdown` future of [`run`]):
-//! stop pulling; shards finish the messages already queued (publish, then
-//! ack); open conversations and unstored events are saved to the state
-//! bucket; the connection is drained. The next start restores them, so a
-//! rolling restart loses no verdict. Messages are pulled in short batches, so
-//! none is left behind in a client buffer at shutdown.
+//! Shutdown order (SIGTERM/SIGINT or the `shutdown` future of [`run`]),
+//! all within `shutdown_grace_s`: stop pulling (at once, even with a full
+//! shard queue); shards finish the messages already queued (publish, then
+//! ack) until half the grace period, then abort (queued inputs Nak'ed,
+//! unstored events stashed); open conversations and stashed events are
+//! saved to the state bucket in chunks before a deadline; the connection is
+//! drained. The next start restores them, so a rolling restart loses no
+//! verdict. Messages are pulled in short batches, so normally none is left
+//! behind in a client buffer at shutdown.
 //!
 //! A crash (SIGKILL, OOM) loses the in-memory state since the last start:
 //! unacked messages are redelivered and every forbidden/filler violation is
