@@ -54,8 +54,12 @@ enum Command {
     Run {
         #[command(flatten)]
         common: Common,
+        /// Lexicon directory (overrides [engine] lexicons, default
+        /// `lexicons` in the working directory, and ZHIJIAN_ENGINE_LEXICONS)
         #[arg(long)]
         lexicons: Option<PathBuf>,
+        /// host:port for /metrics, /healthz and /readyz (overrides
+        /// [metrics] addr, default 127.0.0.1:9464, and ZHIJIAN_METRICS_ADDR)
         #[arg(long)]
         metrics_addr: Option<String>,
         /// Log format: text or json.
@@ -396,6 +400,11 @@ fn cmd_scan(lexicons: &Path, file: &str, max_line_bytes: usize) -> Result<(), Fa
             max_line_bytes,
         )?
     } else {
+        if Path::new(file).is_dir() {
+            return Err(Failure::Runtime(format!(
+                "{file} is a directory: give a JSONL file, or - for standard input"
+            )));
+        }
         let f = std::fs::File::open(file)
             .map_err(|e| Failure::Runtime(format!("cannot open {file}: {e}")))?;
         scan::scan_limited(

@@ -107,6 +107,17 @@ impl Shared {
 
 /// Loads and compiles the lexicon directory.
 pub fn load_scanner(dir: &Path) -> Result<Scanner, String> {
+    if !dir.is_dir() {
+        let cwd = std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|_| "?".into());
+        return Err(format!(
+            "no lexicon directory at {} (relative to {cwd}); point to one with --lexicons DIR, \
+             [engine] lexicons in the config, or ZHIJIAN_ENGINE_LEXICONS (the repository's \
+             lexicons/ holds the default lexicon)",
+            dir.display()
+        ));
+    }
     let lex =
         lexicon::load_dir(dir).map_err(|e| format!("invalid lexicon {}:\n{e}", dir.display()))?;
     Scanner::new(lex, default_segmenter())

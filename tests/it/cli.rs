@@ -302,3 +302,36 @@ fn scan_max_line_bytes_sets_the_limit() {
         "{stderr}"
     );
 }
+
+/// Errors a newcomer meets first name the path and the way out.
+#[test]
+fn path_errors_name_the_path() {
+    let bin = env!("CARGO_BIN_EXE_zhijian");
+    let dir = tempdir("cli-paths");
+    let out = std::process::Command::new(bin)
+        .args(["scan", "--lexicons"])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lexicons"))
+        .arg(&dir)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} is a directory", dir.display())),
+        "{stderr}"
+    );
+    let out = std::process::Command::new(bin)
+        .args(["run", "--nats-url", "nats://127.0.0.1:1"])
+        .current_dir(&dir)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no lexicon directory at lexicons")
+            && stderr.contains(&dir.display().to_string())
+            && stderr.contains("--lexicons"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
