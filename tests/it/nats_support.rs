@@ -33,21 +33,27 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     pub monitor: u16,
-    pub store: PathBuf,
+    /// Shared with a restarted server on the same store; removed when the
+    /// last one is dropped.
+    pub store: std::sync::Arc<crate::support::TempDir>,
 }
 
 impl NatsServer {
     pub fn start() -> NatsServer {
-        let store = tempdir("nats");
+        let store = std::sync::Arc::new(tempdir("nats"));
         NatsServer::start_at(free_port(), free_port(), store)
     }
 
     /// Starts on given ports and store (a restart reuses both).
-    pub fn start_at(port: u16, monitor: u16, store: PathBuf) -> NatsServer {
+    pub fn start_at(
+        port: u16,
+        monitor: u16,
+        store: std::sync::Arc<crate::support::TempDir>,
+    ) -> NatsServer {
         let bin = nats_server_bin();
         let child = Command::new(&bin)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor.to_string(), "-js", "-sd"])
-            .arg(&store)
+            .arg(store.as_os_str())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
