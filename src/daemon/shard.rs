@@ -923,9 +923,12 @@ fn header_bytes(headers: &HeaderMap) -> usize {
     n
 }
 
-/// Resolves once the flag is set (or its sender is gone).
+/// Resolves once the flag is set; never if its sender is gone unset (a
+/// dropped sender must not read as "abort", nor spin a loop that waits).
 async fn until_set(flag: &mut watch::Receiver<bool>) {
-    let _ = flag.wait_for(|set| *set).await;
+    if flag.wait_for(|set| *set).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Asks for a message again at once (it was not judged).
