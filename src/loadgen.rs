@@ -208,15 +208,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<Vec<ModeReport>, String> {
     let convs = synth::conversations(7, opts.conversations, "bench-", &mix);
     let lines = synth::staggered_jsonl(&convs, opts.open, "bench", "call");
     let lexicon = Arc::new(daemon::load_scanner(&opts.lexicons)?);
-    let mut engine = Engine::new(Arc::clone(&lexicon), EngineConfig::default());
-    let mut out = Vec::new();
-    crate::scan::scan(
-        &mut engine,
-        lines.join("\n").as_bytes(),
-        &mut out,
-        &mut std::io::sink(),
-    )
-    .map_err(|e| e.to_string())?;
+    let out = judge_offline(&lexicon, &lines)?;
     let expected: Vec<Event> = out
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
@@ -517,6 +509,24 @@ async fn stream_ids(js: &jetstream::Context, stream: &str) -> Result<Vec<String>
     Ok(out)
 }
 
+/// What `zhijian scan` outputs for these input lines (the events a run
+/// must produce), as JSON lines.
+fn judge_offline(
+    lexicon: &Arc<crate::matcher::Scanner>,
+    lines: &[String],
+) -> Result<Vec<u8>, String> {
+    let mut engine = Engine::new(Arc::clone(lexicon), EngineConfig::default());
+    let mut out = Vec::new();
+    crate::scan::scan(
+        &mut engine,
+        lines.join("\n").as_bytes(),
+        &mut out,
+        &mut std::io::sink(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
 /// A consumer under test, started on reset streams.
 struct Child {
     client: async_nats::Client,
@@ -757,15 +767,7 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, String> {
     while started.elapsed() < Duration::from_secs(opts.seconds) {
         let convs = synth::conversations(round, per_round, &format!("soak{round}-"), &mix);
         let lines = synth::staggered_jsonl(&convs, opts.open, "soak", "call");
-        let mut engine = Engine::new(Arc::clone(&lexicon), EngineConfig::default());
-        let mut out = Vec::new();
-        crate::scan::scan(
-            &mut engine,
-            lines.join("\n").as_bytes(),
-            &mut out,
-            &mut std::io::sink(),
-        )
-        .map_err(|e| e.to_string())?;
+        let out = judge_offline(&lexicon, &lines)?;
         for l in out.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let e: IdOnly = serde_json::from_slice(l).map_err(|e| e.to_string())?;
             expected.insert(id_number(&e.id).ok_or("an event id that is not 32 hex digits")?);

@@ -50,6 +50,18 @@ async fn recreate_output(js: &jetstream::Context) {
     .expect("recreate output stream");
 }
 
+/// Waits for the dead-letter stream to hold a message, and checks it is
+/// the only one.
+async fn the_dead_letter(js: &jetstream::Context) -> async_nats::Message {
+    wait_for("the dead letter", async || {
+        !stream_messages(js, "ZHIJIAN_DEADLETTER").await.is_empty()
+    })
+    .await;
+    let mut letters = stream_messages(js, "ZHIJIAN_DEADLETTER").await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    letters.remove(0)
+}
+
 /// Defect 1: once ~5,000 output events waited to be stored at once (the
 /// client's window of unacknowledged publishes), every shard hung for good.
 /// 6,000 conversations idle-closing together in one shard is such a burst.
@@ -137,13 +149,8 @@ async fn a_bad_message_of_the_maximum_payload_is_dead_lettered_and_terminated() 
         .await
         .expect("stored");
     let js = js(&nats).await;
-    wait_for("the dead letter", async || {
-        !stream_messages(&js, "ZHIJIAN_DEADLETTER").await.is_empty()
-    })
-    .await;
-    let letters = stream_messages(&js, "ZHIJIAN_DEADLETTER").await;
-    assert_eq!(letters.len(), 1);
-    let h = letters[0].headers.as_ref().expect("headers");
+    let letter = the_dead_letter(&js).await;
+    let h = letter.headers.as_ref().expect("headers");
     assert_eq!(
         h.get("Zhijian-Error").map(|v| v.as_str()),
         Some("invalid_json")
@@ -156,7 +163,7 @@ async fn a_bad_message_of_the_maximum_payload_is_dead_lettered_and_terminated() 
         h.get("Zhijian-Original-Sequence").map(|v| v.as_str()),
         Some("1")
     );
-    assert!(letters[0].payload.len() < max);
+    assert!(letter.payload.len() < max);
     // Terminated: acked, never redelivered.
     wait_for("the input terminated", async || {
         let i = consumer_info(&js).await;
@@ -230,13 +237,8 @@ async fn a_non_utf8_subject_is_dead_lettered_by_sequence_and_removed() {
     let js = js(&nats).await;
     let got = wait_done(&js, 1).await;
     assert_same(&got, &scan(&good), "the good conversation");
-    wait_for("the dead letter", async || {
-        !stream_messages(&js, "ZHIJIAN_DEADLETTER").await.is_empty()
-    })
-    .await;
-    let letters = stream_messages(&js, "ZHIJIAN_DEADLETTER").await;
-    assert_eq!(letters.len(), 1);
-    let h = letters[0].headers.as_ref().expect("headers");
+    let letter = the_dead_letter(&js).await;
+    let h = letter.headers.as_ref().expect("headers");
     assert_eq!(
         h.get("Zhijian-Error").map(|v| v.as_str()),
         Some("invalid_subject")
@@ -245,7 +247,7 @@ async fn a_non_utf8_subject_is_dead_lettered_by_sequence_and_removed() {
         h.get("Zhijian-Original-Sequence").map(|v| v.as_str()),
         Some("1")
     );
-    assert_eq!(&letters[0].payload[..], bad.as_bytes());
+    assert_eq!(&letter.payload[..], bad.as_bytes());
     assert_eq!(
         metric(
             daemon.metrics_port,
@@ -489,9 +491,8 @@ async fn the_text_limit_is_configurable() {
     let js = js(&nats).await;
     let got = wait_done(&js, 1).await;
     assert_same(&got, &scan(&lines[1..]), "the short segment is judged");
-    let letters = stream_messages(&js, "ZHIJIAN_DEADLETTER").await;
-    assert_eq!(letters.len(), 1);
-    let h = letters[0].headers.as_ref().expect("headers");
+    let letter = the_dead_letter(&js).await;
+    let h = letter.headers.as_ref().expect("headers");
     assert_eq!(
         h.get("Zhijian-Error").map(|v| v.as_str()),
         Some("text_too_long")
