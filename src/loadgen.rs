@@ -381,16 +381,7 @@ async fn run_mode(
         if let Ok(mut p) = published.lock() {
             p[i] = Some(Instant::now());
         }
-        let ack = js
-            .publish(subject, l.clone().into_bytes().into())
-            .await
-            .map_err(|e| e.to_string())?;
-        in_flight.push_back(ack);
-        if in_flight.len() >= 4096
-            && let Some(a) = in_flight.pop_front()
-        {
-            a.await.map_err(|e| e.to_string())?;
-        }
+        publish_windowed(&js, &mut in_flight, subject, l).await?;
     }
     for a in in_flight {
         a.await.map_err(|e| e.to_string())?;
@@ -507,6 +498,27 @@ async fn stream_ids(js: &jetstream::Context, stream: &str) -> Result<Vec<String>
         }
     }
     Ok(out)
+}
+
+/// Publishes one input line, keeping at most 4,096 acks outstanding (the
+/// oldest is awaited first): the load generator's own backpressure.
+async fn publish_windowed(
+    js: &jetstream::Context,
+    in_flight: &mut std::collections::VecDeque<jetstream::context::PublishAckFuture>,
+    subject: String,
+    line: &str,
+) -> Result<(), String> {
+    let ack = js
+        .publish(subject, line.to_string().into_bytes().into())
+        .await
+        .map_err(|e| e.to_string())?;
+    in_flight.push_back(ack);
+    if in_flight.len() >= 4096
+        && let Some(a) = in_flight.pop_front()
+    {
+        a.await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// What `zhijian scan` outputs for these input lines (the events a run
@@ -782,16 +794,7 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, String> {
                 Ok(input) => format!("transcripts.{}.{}", input.tenant, input.conversation_id),
                 Err(e) => return Err(format!("generated an invalid line: {e}")),
             };
-            let ack = js
-                .publish(subject, l.clone().into_bytes().into())
-                .await
-                .map_err(|e| e.to_string())?;
-            in_flight.push_back(ack);
-            if in_flight.len() >= 4096
-                && let Some(a) = in_flight.pop_front()
-            {
-                a.await.map_err(|e| e.to_string())?;
-            }
+            publish_windowed(&js, &mut in_flight, subject, l).await?;
             sent += 1;
             published.store(sent, std::sync::atomic::Ordering::Relaxed);
         }

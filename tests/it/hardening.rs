@@ -111,13 +111,7 @@ async fn one_segment_with_thousands_of_hits_is_one_stored_violation() {
     let js = js(&nats).await;
     let got = wait_done(&js, 1).await;
     assert_same(&got, &scan(&lines), "one huge segment");
-    let forbidden: Vec<_> = got
-        .iter()
-        .filter_map(|e| match e {
-            Event::Violation(v) if v.category.as_str() == "forbidden" => Some(v),
-            _ => None,
-        })
-        .collect();
+    let forbidden = crate::support::violations_of(&got, "forbidden");
     assert_eq!(forbidden.len(), 1);
     assert_eq!(forbidden[0].count, 5010);
     assert!(forbidden[0].text.chars().count() <= 256);

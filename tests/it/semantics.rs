@@ -1,6 +1,6 @@
 //! Engine semantics, case by case, on the fixture lexicon.
 
-use crate::support::{end, engine, hits, scan_jsonl, seg, summaries, violations};
+use crate::support::{end, engine, hits, scan_jsonl, seg, summaries, violations, violations_of};
 use zhijian::engine::{Engine, EngineConfig, Outcome};
 use zhijian::event::{CloseReason, Event, decode_str};
 
@@ -442,13 +442,7 @@ fn lexicon_swap_keeps_state_and_stamps_the_new_version() {
 fn repeated_hits_of_one_rule_are_one_violation_with_a_count() {
     let text = "急什么".repeat(5010);
     let events = run(&[seg("c", 0, "agent", &text)]);
-    let vs: Vec<&zhijian::event::Violation> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Violation(v) if v.category.as_str() == "forbidden" => Some(v),
-            _ => None,
-        })
-        .collect();
+    let vs = violations_of(&events, "forbidden");
     assert_eq!(vs.len(), 1, "{vs:?}");
     let v = vs[0];
     assert_eq!(v.count, 5010);
@@ -474,12 +468,8 @@ fn repeated_hits_of_one_rule_are_one_violation_with_a_count() {
 fn a_long_segment_carries_an_excerpt_around_its_first_match() {
     let text = format!("{}急什么{}", "好".repeat(1000), "的".repeat(1000));
     let events = run(&[seg("c", 0, "agent", &text)]);
-    let v = events
-        .iter()
-        .find_map(|e| match e {
-            Event::Violation(v) if v.category.as_str() == "forbidden" => Some(v),
-            _ => None,
-        })
+    let v = *violations_of(&events, "forbidden")
+        .first()
         .expect("a forbidden violation");
     let limit = EngineConfig::default().excerpt_chars;
     assert_eq!((v.start, v.end), (Some(1000), Some(1003)));
@@ -489,12 +479,8 @@ fn a_long_segment_carries_an_excerpt_around_its_first_match() {
     let shown: String = v.text.chars().skip(1000 - v.text_start).take(3).collect();
     assert_eq!(shown, "急什么");
     // The missing-closing verdict at close shows the segment's start only.
-    let missing = events
-        .iter()
-        .find_map(|e| match e {
-            Event::Violation(v) if v.category.as_str() == "missing_closing" => Some(v),
-            _ => None,
-        })
+    let missing = *violations_of(&events, "missing_closing")
+        .first()
         .expect("missing closing");
     assert_eq!(missing.text.chars().count(), limit);
     assert_eq!(missing.text_chars, 2003);
@@ -569,12 +555,8 @@ fn the_segment_limit_closes_a_conversation_and_later_segments_are_late() {
 fn a_hit_padded_with_invisible_characters_carries_a_capped_match() {
     let text = format!("急{}什么", "\u{200B}".repeat(20_000));
     let events = run(&[seg("c", 0, "agent", &text)]);
-    let v = events
-        .iter()
-        .find_map(|e| match e {
-            Event::Violation(v) if v.category.as_str() == "forbidden" => Some(v),
-            _ => None,
-        })
+    let v = *violations_of(&events, "forbidden")
+        .first()
         .expect("the padded phrase is caught");
     let limit = EngineConfig::default().excerpt_chars;
     assert_eq!((v.start, v.end), (Some(0), Some(20_003)));

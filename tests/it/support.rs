@@ -137,6 +137,20 @@ pub fn hits(events: &[Event]) -> Vec<(String, String)> {
     out
 }
 
+/// The violations of one category, in order.
+pub fn violations_of<'a>(
+    events: &'a [Event],
+    category: &str,
+) -> Vec<&'a zhijian::event::Violation> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Violation(v) if v.category.as_str() == category => Some(v),
+            _ => None,
+        })
+        .collect()
+}
+
 pub fn summaries(events: &[Event]) -> Vec<&zhijian::event::Summary> {
     events
         .iter()
