@@ -57,6 +57,7 @@ pub mod client;
 pub mod config;
 pub mod console;
 pub mod daemon;
+pub mod detect;
 pub mod engine;
 pub mod event;
 pub mod filter;
