@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use zhijian::engine::{Engine, EngineConfig};
 use zhijian::event::{CloseReason, Event, Speaker, decode_str};
-use zhijian::lexicon::{self, RuleKind};
+use zhijian::lexicon;
 use zhijian::matcher::{Scanner, Scratch, default_segmenter};
 use zhijian::normalize::Normalized;
 use zhijian::synth::{self, Mix};
@@ -83,8 +83,8 @@ fn phrase_hits(scanner: &Scanner, texts: &[String], scratch: &mut Scratch) -> us
             .iter()
             .filter(|h| {
                 matches!(
-                    scanner.rule(h.rule).kind,
-                    RuleKind::Forbidden | RuleKind::Filler
+                    scanner.category_id(scanner.hit_rule(h)),
+                    "forbidden" | "filler"
                 )
             })
             .count();

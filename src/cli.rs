@@ -5,8 +5,7 @@
 use crate::config::{Config, Overrides, RawConfig};
 use crate::engine::{Engine, EngineConfig};
 use crate::event::Speaker;
-use crate::lexicon::RuleKind;
-use crate::matcher::{Scanner, Scratch, Suppression};
+use crate::matcher::{Scanner, Scratch};
 use crate::normalize::char_offset;
 use crate::scan;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -216,14 +215,29 @@ enum LexiconCommand {
         #[arg(default_value = "lexicons")]
         dir: PathBuf,
     },
-    /// Show how one utterance is normalised, segmented and judged.
+    /// Show how utterances are normalised, segmented and judged: one
+    /// utterance, or a short conversation (each TEXT may start with
+    /// `agent:`, `customer:` or `system:`), judged by every rule kind and
+    /// closed at the end, with the reason for each decision.
     Test {
         #[arg(long, default_value = "lexicons")]
         lexicons: PathBuf,
+        /// The speaker of utterances without a `speaker:` prefix.
         #[arg(long, value_enum, default_value = "agent")]
         speaker: SpeakerArg,
-        /// The utterance.
-        text: String,
+        /// Judge with this tenant's lexicon (its overlay under
+        /// tenants/<tenant>/; an unknown tenant uses the base).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The conversation's channel (rules may apply to one channel only).
+        #[arg(long, value_enum)]
+        channel: Option<ChannelArg>,
+        /// Seconds between utterances (for timing and response rules).
+        #[arg(long, default_value_t = 5.0)]
+        gap: f64,
+        /// The utterances, in order.
+        #[arg(required = true)]
+        text: Vec<String>,
     },
 }
 
@@ -232,6 +246,21 @@ enum SpeakerArg {
     Agent,
     Customer,
     System,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ChannelArg {
+    Call,
+    Chat,
+}
+
+impl From<ChannelArg> for crate::event::Channel {
+    fn from(c: ChannelArg) -> crate::event::Channel {
+        match c {
+            ChannelArg::Call => crate::event::Channel::Call,
+            ChannelArg::Chat => crate::event::Channel::Chat,
+        }
+    }
 }
 
 impl From<SpeakerArg> for Speaker {
@@ -261,9 +290,21 @@ pub fn main() -> ExitCode {
                 LexiconCommand::Test {
                     lexicons,
                     speaker,
+                    tenant,
+                    channel,
+                    gap,
                     text,
                 },
-        } => cmd_test(&lexicons, speaker.into(), &text),
+        } => cmd_test(
+            &lexicons,
+            TestOptions {
+                speaker: speaker.into(),
+                tenant,
+                channel: channel.map(Into::into),
+                gap_ms: (gap.max(0.0) * 1000.0) as u64,
+            },
+            &text,
+        ),
         Command::Run {
             common,
             lexicons,
@@ -380,13 +421,13 @@ impl From<io::Error> for Failure {
 }
 
 /// Loads and compiles a lexicon directory.
-pub fn load_scanner(dir: &Path) -> Result<Scanner, Failure> {
+pub fn load_scanner(dir: &Path) -> Result<Arc<Scanner>, Failure> {
     crate::daemon::load_scanner(dir).map_err(Failure::Config)
 }
 
 fn cmd_scan(lexicons: &Path, file: &str, max_line_bytes: usize) -> Result<(), Failure> {
-    let scanner = Arc::new(load_scanner(lexicons)?);
-    let mut engine = Engine::new(scanner, EngineConfig::default());
+    let scanners = Arc::new(crate::daemon::load_scanners(lexicons).map_err(Failure::Config)?);
+    let mut engine = Engine::with_scanners(scanners, EngineConfig::default());
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let stderr = io::stderr();
@@ -424,20 +465,24 @@ fn cmd_scan(lexicons: &Path, file: &str, max_line_bytes: usize) -> Result<(), Fa
 }
 
 fn cmd_check(dir: &Path) -> Result<(), Failure> {
-    let scanner = load_scanner(dir)?;
+    let scanners = crate::daemon::load_scanners(dir).map_err(Failure::Config)?;
+    let scanner = scanners.base();
     let lex = scanner.lexicon();
     println!("lexicon {:?} version {}", lex.name, lex.version);
-    for kind in [
-        RuleKind::Forbidden,
-        RuleKind::Filler,
-        RuleKind::Greeting,
-        RuleKind::Closing,
-    ] {
+    for kind in crate::rules::KINDS {
         let (rules, phrases) = lex.count(kind);
-        println!(
-            "  {:<10} {rules:>3} rules {phrases:>5} phrases",
-            kind.as_str()
-        );
+        if rules > 0 {
+            println!("  {kind:<10} {rules:>3} rules {phrases:>5} phrases/patterns");
+        }
+    }
+    for c in &lex.categories {
+        let rules: Vec<&str> = lex
+            .rules
+            .iter()
+            .filter(|r| lex.categories[r.category].id == c.id)
+            .map(|r| r.id.as_str())
+            .collect();
+        println!("  category {} ({}): {}", c.id, c.name, rules.join(", "));
     }
     for s in &lex.sections {
         println!(
@@ -445,65 +490,212 @@ fn cmd_check(dir: &Path) -> Result<(), Failure> {
             s.id, s.name, s.max_deduct
         );
     }
+    for r in &lex.rules {
+        let score = match r.section {
+            Some(s) if r.deduct > 0.0 => format!("-{} in {}", r.deduct, lex.sections[s].id),
+            _ => "alert only".into(),
+        };
+        println!(
+            "  rule {:<28} {:<10} {:<8} {score}: {}",
+            r.id,
+            r.kind(),
+            r.severity.as_str(),
+            r.spec.describe()
+        );
+    }
     println!(
-        "  {} distinct patterns; {}",
+        "  {} distinct phrases; {}",
         scanner.pattern_count(),
         scanner.automaton_summary()
     );
+    for (tenant, s) in scanners.tenants() {
+        let t = s.lexicon();
+        println!(
+            "tenant {tenant}: version {}, {} rules ({} more or fewer than the base)",
+            t.version,
+            t.rules.len(),
+            t.rules.len() as i64 - lex.rules.len() as i64
+        );
+    }
     Ok(())
 }
 
-fn cmd_test(lexicons: &Path, speaker: Speaker, text: &str) -> Result<(), Failure> {
-    let scanner = load_scanner(lexicons)?;
+struct TestOptions {
+    speaker: Speaker,
+    tenant: Option<String>,
+    channel: Option<crate::event::Channel>,
+    gap_ms: u64,
+}
+
+/// Splits `agent:您好` into its speaker and text.
+fn speaker_prefix(text: &str, default: Speaker) -> (Speaker, &str) {
+    for s in Speaker::ALL {
+        if let Some(rest) = text
+            .strip_prefix(s.as_str())
+            .and_then(|r| r.strip_prefix(':').or_else(|| r.strip_prefix('：')))
+        {
+            return (s, rest.trim_start());
+        }
+    }
+    (default, text)
+}
+
+fn cmd_test(lexicons: &Path, opts: TestOptions, texts: &[String]) -> Result<(), Failure> {
+    use crate::event::{Input, InputKind, Segment};
+    use crate::matcher::Suppression;
+    let scanners = Arc::new(crate::daemon::load_scanners(lexicons).map_err(Failure::Config)?);
+    let tenant = opts.tenant.as_deref().unwrap_or("default");
+    let scanner = Arc::clone(scanners.for_tenant(tenant));
+    let mut engine = Engine::with_scanners(Arc::clone(&scanners), EngineConfig::default());
     let mut scratch = Scratch::default();
-    let suppressed = scanner.scan_explained(text, speaker, &mut scratch);
-    let norm = &scratch.norm;
     let mut out = io::stdout().lock();
     writeln!(out, "lexicon:    {}", scanner.version())?;
-    writeln!(out, "text:       {text}")?;
-    writeln!(out, "normalised: {}", norm.text)?;
-    writeln!(out, "tokens:     {}", scanner.tokens(norm).join(" / "))?;
-    if !scanner.judges(speaker) {
-        writeln!(out, "no rule judges speaker {}", speaker.as_str())?;
-    }
-    let span = |(s, e): (usize, usize)| {
-        let start = char_offset(text, s);
-        (start, start + char_offset(&text[s..], e - s))
-    };
-    writeln!(out, "hits:       {}", scratch.hits.len())?;
-    for h in &scratch.hits {
-        let r = scanner.rule(h.rule);
-        let orig = norm.original_range(text, h.norm.0, h.norm.1);
-        let (s, e) = span(orig);
+    if opts.tenant.is_some() && !scanners.has_tenant(tenant) {
         writeln!(
             out,
-            "  HIT  {:<28} {:<9} {:<8} chars {s}..{e} {:?}",
-            r.id,
-            r.kind.as_str(),
-            r.severity.as_str(),
-            &text[orig.0..orig.1]
+            "tenant {tenant} has no overlay: the base lexicon judges it"
         )?;
     }
-    for x in &suppressed {
-        let r = scanner.rule(x.rule);
-        let (s, e) = span(x.orig);
-        let why = match x.why {
-            Suppression::Exception { norm: (a, b) } => {
-                format!("inside exception {:?}", &norm.text[a..b])
-            }
-            Suppression::WordBoundary => "inside a longer word (jieba)".to_string(),
-            Suppression::Position => {
-                "not at the start of a clause (sentence-final particle or mid-clause)".to_string()
-            }
-            Suppression::Overlap => "covered by another hit of the same rule".to_string(),
+    let mut events = Vec::new();
+    let mut ts = 0u64;
+    let mut explain = Vec::new();
+    for (seq, raw) in texts.iter().enumerate() {
+        let (speaker, text) = speaker_prefix(raw, opts.speaker);
+        let suppressed = scanner.scan_explained(text, speaker, &mut scratch);
+        let norm = &scratch.norm;
+        writeln!(
+            out,
+            "\n[{seq}] {} at {} s: {text}",
+            speaker.as_str(),
+            ts / 1000
+        )?;
+        writeln!(out, "  normalised: {}", norm.text)?;
+        writeln!(out, "  tokens:     {}", scanner.tokens(norm).join(" / "))?;
+        if !scanner.judges(speaker) {
+            writeln!(out, "  no rule reads speaker {}", speaker.as_str())?;
+        }
+        let span = |(s, e): (usize, usize)| {
+            let start = char_offset(text, s);
+            (start, start + char_offset(&text[s..], e - s))
         };
-        writeln!(
-            out,
-            "  DROP {:<28} {:<9} chars {s}..{e} {:?}: {why}",
-            r.id,
-            r.kind.as_str(),
-            &text[x.orig.0..x.orig.1]
-        )?;
+        for h in &scratch.hits {
+            let r = scanner.rule(scanner.group_rule(h.group));
+            let orig = norm.original_range(text, h.norm.0, h.norm.1);
+            let (s, e) = span(orig);
+            writeln!(
+                out,
+                "  FOUND {:<28} {:<10} chars {s}..{e} {:?}",
+                r.id,
+                r.kind(),
+                &text[orig.0..orig.1]
+            )?;
+        }
+        for x in &suppressed {
+            let r = scanner.rule(scanner.group_rule(x.group));
+            let (s, e) = span(x.orig);
+            let why = match x.why {
+                Suppression::Exception { norm: (a, b) } => {
+                    format!("inside exception {:?}", &norm.text[a..b])
+                }
+                Suppression::WordBoundary => "inside a longer word (jieba)".to_string(),
+                Suppression::Position => {
+                    "not at the start of a clause (sentence-final particle or mid-clause)"
+                        .to_string()
+                }
+                Suppression::Overlap => "covered by another hit of the same rule".to_string(),
+            };
+            writeln!(
+                out,
+                "  DROP  {:<28} {:<10} chars {s}..{e} {:?}: {why}",
+                r.id,
+                r.kind(),
+                &text[x.orig.0..x.orig.1]
+            )?;
+        }
+        let input = Input {
+            conversation_id: "test".into(),
+            tenant: tenant.into(),
+            channel: opts.channel,
+            agent_id: None,
+            ts_ms: Some(ts),
+            kind: InputKind::Segment(Segment {
+                seq: seq as u64,
+                speaker,
+                text: text.into(),
+                is_final: true,
+            }),
+        };
+        explain.clear();
+        engine.handle_explained(&input, ts, &mut events, Some(&mut explain));
+        for line in &explain {
+            writeln!(out, "  RULE  {line}")?;
+        }
+        print_events(&mut out, &mut events)?;
+        ts += opts.gap_ms;
+    }
+    let end = Input {
+        conversation_id: "test".into(),
+        tenant: tenant.into(),
+        channel: opts.channel,
+        agent_id: None,
+        ts_ms: Some(ts),
+        kind: InputKind::End,
+    };
+    explain.clear();
+    writeln!(out, "\n[end] the conversation closes")?;
+    engine.handle_explained(&end, ts, &mut events, Some(&mut explain));
+    for line in &explain {
+        writeln!(out, "  RULE  {line}")?;
+    }
+    print_events(&mut out, &mut events)?;
+    Ok(())
+}
+
+/// The events of `lexicon test`, one line each (and drains them).
+fn print_events(out: &mut impl Write, events: &mut Vec<crate::event::Event>) -> io::Result<()> {
+    use crate::event::Event;
+    for e in events.drain(..) {
+        match e {
+            Event::Violation(v) => {
+                let what = match (&v.matched, &v.note) {
+                    (Some(m), _) => format!("{m:?} x{}", v.count),
+                    (None, Some(n)) => n.clone(),
+                    (None, None) => String::new(),
+                };
+                let also: Vec<String> = v.also.iter().map(|a| a.rule_id.clone()).collect();
+                writeln!(
+                    out,
+                    "  VIOLATION {} {} ({}) {} deduct {} at seq {}: {what}{}",
+                    v.rule_id,
+                    v.category,
+                    v.category_name,
+                    v.severity.as_str(),
+                    v.deduct,
+                    v.seq,
+                    if also.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (also matched: {})", also.join(", "))
+                    }
+                )?;
+            }
+            Event::Summary(s) => {
+                let counts: Vec<String> = s
+                    .counts
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(c, n)| format!("{c}={n}"))
+                    .collect();
+                writeln!(
+                    out,
+                    "  SUMMARY score {} greeted {:?} closed {:?} {}",
+                    s.score,
+                    s.greeted,
+                    s.closed,
+                    counts.join(" ")
+                )?;
+            }
+        }
     }
     Ok(())
 }
@@ -750,7 +942,10 @@ fn cmd_scan_bench(lexicons: &Path, passes: usize, file: &Path) -> Result<(), Fai
             hits += scratch
                 .hits
                 .iter()
-                .filter(|h| scanner.rule(h.rule).kind == RuleKind::Forbidden)
+                .filter(|h| {
+                    let r = scanner.rule(scanner.group_rule(h.group));
+                    scanner.lexicon().categories[r.category].id == "forbidden"
+                })
                 .count();
         }
     }

@@ -186,7 +186,7 @@ pub fn render(e: &Event, colour: bool) -> String {
                 v.conversation_id,
                 v.agent_id.as_deref().unwrap_or("-"),
                 v.seq,
-                v.category.as_str(),
+                category_label(v),
                 v.rule_id,
             );
             format!("{} | {text}", paint(severity_colour(v.severity), &head))
@@ -194,7 +194,7 @@ pub fn render(e: &Event, colour: bool) -> String {
         Event::Summary(s) => paint(
             "\x1b[32m",
             &format!(
-                "SUMMARY   {:<8} {:<16} {:<10} score={:<5} reason={} greeted={} closed={} forbidden={} filler={}",
+                "SUMMARY   {:<8} {:<16} {:<10} score={:<5} reason={} greeted={} closed={} {}",
                 s.tenant,
                 s.conversation_id,
                 s.agent_id.as_deref().unwrap_or("-"),
@@ -202,10 +202,33 @@ pub fn render(e: &Event, colour: bool) -> String {
                 s.reason.as_str(),
                 s.greeted.map_or("-".to_string(), |g| g.to_string()),
                 s.closed.map_or("-".to_string(), |g| g.to_string()),
-                s.counts.forbidden,
-                s.counts.filler
+                summary_counts(&s.counts)
             ),
         ),
+    }
+}
+
+/// The category as people read it: its display name (v1.2 events), or
+/// its id.
+fn category_label(v: &crate::event::Violation) -> &str {
+    if v.category_name.is_empty() {
+        &v.category
+    } else {
+        &v.category_name
+    }
+}
+
+/// `forbidden=1 escalation=2`: the categories that occurred.
+fn summary_counts(c: &crate::event::Counts) -> String {
+    let parts: Vec<String> = c
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(id, n)| format!("{id}={n}"))
+        .collect();
+    if parts.is_empty() {
+        "no violations".into()
+    } else {
+        parts.join(" ")
     }
 }
 

@@ -3,29 +3,36 @@
 //! events it produces to a caller-owned `Vec`.
 //!
 //! One [`Engine`] owns a set of conversations (the daemon runs one per
-//! shard, the offline scanner one in total) and shares the compiled lexicon
-//! ([`Scanner`]) behind an `Arc`.
+//! shard, the offline scanner one in total) and shares the compiled
+//! lexicons ([`Scanners`]: the base and one per tenant) behind an `Arc`.
+//! The engine knows no rule kind: it scans each segment once, hands it to
+//! the rules ([`crate::rules::Book`]) and turns what they report into
+//! events.
 //!
 //! Semantics, in order of application to an input event:
 //! 1. Provisional segments (`final: false`) change nothing and yield
 //!    nothing: the final segment with the same seq is judged instead.
 //! 2. Events for a conversation closed recently (a tombstone) are late:
 //!    they cannot reopen it or change its verdicts, but a late segment not
-//!    seen before is still scanned, so its forbidden and filler violations
+//!    seen before is still scanned, so its phrase and pattern violations
 //!    are never lost (an ASR result that arrives after the hang-up event).
 //! 3. A segment whose seq was already seen is a duplicate and ignored.
-//! 4. Agent segments are scanned: forbidden and filler hits become
-//!    violations; greeting and closing hits feed the window verdicts.
-//! 5. `end` (or idle, or end of input) closes the conversation: the closing
-//!    verdict, then the summary with the score.
+//! 4. Segments of a speaker some rule reads are judged: phrase and pattern
+//!    matches become violations (one per span: when rules overlap, the most
+//!    severe stands for the others); stateful rules update their state and
+//!    may report verdicts (a required phrase missing, a response not given).
+//! 5. The clock ([`Engine::close_idle`]) passes deadlines of rules that
+//!    wait (a response within N seconds) and closes idle conversations.
+//! 6. `end` (or idle, or end of input) closes the conversation: close-time
+//!    verdicts, then the summary with the score.
 
 use crate::event::{
-    Category, Channel, CloseReason, Counts, Event, Input, InputKind, MAX_SPANS, Segment, Speaker,
-    Summary, Violation, event_id,
+    Also, Channel, CloseReason, Counts, Event, Input, InputKind, Segment, Speaker, Summary,
+    Violation, event_id,
 };
-use crate::lexicon::RuleKind;
-use crate::matcher::{Scanner, Scratch};
+use crate::matcher::{Scanner, Scanners, Scratch};
 use crate::normalize::char_offset;
+use crate::rules::{self, Found, State};
 use hashbrown::{Equivalent, HashMap};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -70,16 +77,16 @@ impl KeyRef<'_> {
 /// What the engine did with one input event (for counting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// A final segment of a judged speaker, scanned.
+    /// A final segment of a speaker some rule reads, judged.
     Judged,
-    /// A final segment of a speaker no rule judges (customer, system).
+    /// A final segment of a speaker no rule reads.
     Recorded,
     /// A provisional ASR hypothesis: ignored.
     Provisional,
     /// A segment seq already seen in this conversation: ignored.
     Duplicate,
     /// An event for a conversation that was already closed: a new segment
-    /// is scanned for phrase violations, nothing else changes.
+    /// is scanned for phrase and pattern violations, nothing else changes.
     Late,
     /// An `end` event closed the conversation.
     Closed,
@@ -150,17 +157,18 @@ pub struct Conversation {
     pub channel: Option<Channel>,
     pub agent_id: Option<String>,
     pub last_activity_ms: u64,
+    /// The conversation's time: the latest segment `ts_ms` (or engine
+    /// clock, for segments without one).
+    #[serde(default)]
+    pub last_ts: u64,
     /// Seqs seen (final segments only), for idempotence.
     pub seen: SeqSet,
     /// The first event seen was not the first of the conversation (seq > 0),
-    /// e.g. after a restart without saved state: no greeting verdict.
+    /// e.g. after a restart without saved state: no verdicts about its
+    /// start.
     pub midway: bool,
     pub segments: u32,
     pub agent_segments: u32,
-    /// The greeting verdict: None while undecided.
-    pub greeted: Option<bool>,
-    /// Bit i set: the agent's i-th most recent segment held a closing.
-    pub closing_bits: u32,
     /// The most recent agent segment (where close-time verdicts point).
     pub last_agent_seq: u64,
     /// The start of the most recent agent segment, at most the excerpt
@@ -169,30 +177,59 @@ pub struct Conversation {
     /// The most recent agent segment's full length in characters.
     #[serde(default)]
     pub last_agent_chars: usize,
+    #[serde(default)]
+    pub last_seq: Option<u64>,
     pub counts: Counts,
     /// Deductions per scorecard section id (capped when the score is
     /// computed, so a lexicon reload that changes caps applies cleanly).
     pub deducted: Vec<(String, f64)>,
+    /// The state of each stateful rule of the conversation's lexicon, in
+    /// the order of its [`rules::Book::slot_rules`]. In saved state it is
+    /// `rules`, keyed by rule id, so a restart with a changed lexicon keeps
+    /// what still applies.
+    #[serde(skip)]
+    pub states: Vec<State>,
+    /// The earliest conversation time at which a rule's deadline passes.
+    #[serde(skip, default = "never")]
+    pub deadline: u64,
+    /// Saved form of `states`: `(rule id, state)`; empty in memory.
+    #[serde(default, rename = "rules", skip_serializing_if = "Vec::is_empty")]
+    pub saved_rules: Vec<(String, State)>,
+    /// State format 1 (before rule kinds): the greeting verdict and the
+    /// closing window bits, moved into the rules' state when loaded.
+    #[serde(default, skip_serializing)]
+    pub greeted: Option<bool>,
+    #[serde(default, skip_serializing)]
+    pub closing_bits: Option<u32>,
+}
+
+fn never() -> u64 {
+    u64::MAX
 }
 
 impl Conversation {
-    fn new(order: u64, first_seq: Option<u64>) -> Conversation {
+    fn new(order: u64, first_seq: Option<u64>, states: Vec<State>) -> Conversation {
         Conversation {
             order,
             channel: None,
             agent_id: None,
             last_activity_ms: 0,
+            last_ts: 0,
             seen: SeqSet::default(),
             midway: first_seq.is_some_and(|s| s > 0),
             segments: 0,
             agent_segments: 0,
-            greeted: None,
-            closing_bits: 0,
             last_agent_seq: 0,
-            last_agent_text: String::with_capacity(64),
+            last_agent_text: String::new(),
             last_agent_chars: 0,
+            last_seq: None,
             counts: Counts::default(),
             deducted: Vec::new(),
+            states,
+            deadline: u64::MAX,
+            saved_rules: Vec::new(),
+            greeted: None,
+            closing_bits: None,
         }
     }
 
@@ -201,6 +238,13 @@ impl Conversation {
             Some((_, d)) => *d += points,
             None => self.deducted.push((section.to_string(), points)),
         }
+    }
+
+    /// The conversation's time at engine time `now_ms`: its last segment
+    /// time plus the engine time since.
+    fn time_at(&self, now_ms: u64) -> u64 {
+        self.last_ts
+            .saturating_add(now_ms.saturating_sub(self.last_activity_ms))
     }
 }
 
@@ -214,30 +258,66 @@ struct Tombstone {
 
 /// Judges conversations.
 pub struct Engine {
-    scanner: Arc<Scanner>,
+    scanners: Arc<Scanners>,
     config: EngineConfig,
     open: Map<Conversation>,
     /// Recently closed conversations.
     closed: Map<Tombstone>,
     next_order: u64,
     scratch: Scratch,
+    pattern_scratch: rules::pattern::Scratch,
+    found: Vec<Found>,
 }
 
+/// Which verdicts to explain (for `zhijian lexicon test`).
+pub type Explain = Vec<String>;
+
 impl Engine {
+    /// An engine judging every tenant by one lexicon.
     pub fn new(scanner: Arc<Scanner>, config: EngineConfig) -> Engine {
+        Engine::with_scanners(Arc::new(Scanners::single(scanner)), config)
+    }
+
+    /// An engine judging each tenant by its lexicon.
+    pub fn with_scanners(scanners: Arc<Scanners>, config: EngineConfig) -> Engine {
         Engine {
-            scanner,
+            scanners,
             config,
             open: Map::default(),
             closed: Map::default(),
             next_order: 0,
             scratch: Scratch::default(),
+            pattern_scratch: rules::pattern::Scratch::default(),
+            found: Vec::new(),
         }
     }
 
-    /// Swaps in a new compiled lexicon; conversations keep their state.
+    /// Swaps in a new compiled lexicon for every tenant.
     pub fn set_scanner(&mut self, scanner: Arc<Scanner>) {
-        self.scanner = scanner;
+        self.set_scanners(Arc::new(Scanners::single(scanner)));
+    }
+
+    /// Swaps in new compiled lexicons; conversations keep their state: the
+    /// state of each rule moves to the rule of the same id and kind in the
+    /// new lexicon (rules that are new start fresh).
+    pub fn set_scanners(&mut self, scanners: Arc<Scanners>) {
+        let old = std::mem::replace(&mut self.scanners, scanners);
+        for (key, conv) in self.open.iter_mut() {
+            let before = old.for_tenant(&key.tenant);
+            let after = self.scanners.for_tenant(&key.tenant);
+            if Arc::ptr_eq(before, after) {
+                continue;
+            }
+            let mut named = named_states(before, std::mem::take(&mut conv.states));
+            conv.states = after
+                .book()
+                .states_from(after.lexicon(), &mut |id| take_named(&mut named, id));
+            conv.deadline = after.book().next_deadline(after.lexicon(), &conv.states);
+        }
+    }
+
+    pub fn scanners(&self) -> &Arc<Scanners> {
+        &self.scanners
     }
 
     /// Number of open conversations.
@@ -247,6 +327,18 @@ impl Engine {
 
     /// Handles one input event.
     pub fn handle(&mut self, input: &Input<'_>, now_ms: u64, out: &mut Vec<Event>) -> Outcome {
+        self.handle_explained(input, now_ms, out, None)
+    }
+
+    /// Like [`Engine::handle`], and records in `explain` why each rule
+    /// decided as it did (for `zhijian lexicon test`).
+    pub fn handle_explained(
+        &mut self,
+        input: &Input<'_>,
+        now_ms: u64,
+        out: &mut Vec<Event>,
+        explain: Option<&mut Explain>,
+    ) -> Outcome {
         let key = KeyRef {
             tenant: input.tenant.as_ref(),
             id: input.conversation_id.as_ref(),
@@ -261,7 +353,7 @@ impl Engine {
                 let Some((key, conv)) = self.open.remove_entry(&key) else {
                     return Outcome::UnknownEnd;
                 };
-                self.finish(key, conv, CloseReason::End, now_ms, out);
+                self.finish(key, conv, CloseReason::End, now_ms, out, explain);
                 return Outcome::Closed;
             }
         };
@@ -273,6 +365,7 @@ impl Engine {
         {
             self.evict(now_ms, out);
         }
+        let scanner = Arc::clone(self.scanners.for_tenant(key.tenant));
         // Hot path: an open conversation. Only a miss needs the tombstone
         // check (open and closed are disjoint).
         let conv = match self.open.get_mut(&key) {
@@ -282,32 +375,38 @@ impl Engine {
                     if !t.seen.insert(segment.seq) {
                         return Outcome::Duplicate;
                     }
-                    if self.scanner.judges(segment.speaker) {
+                    if scanner.judges(segment.speaker) {
+                        let channel = input.channel.or(t.channel);
                         let cx = Ctx {
                             tenant: key.tenant,
                             id: key.id,
                             input,
                             segment,
+                            channel,
                             excerpt_chars: self.config.excerpt_chars,
                             now_ms,
                         };
-                        let channel = input.channel.or(t.channel);
-                        phrase_violations(
-                            &self.scanner,
+                        // No state: only what a segment shows by itself
+                        // (phrases, patterns) is judged.
+                        judge(
+                            &scanner,
                             &mut self.scratch,
+                            &mut self.pattern_scratch,
+                            &mut self.found,
                             &cx,
-                            channel,
+                            None,
                             out,
-                            |_, _, _| {},
+                            explain,
                         );
                     }
                     return Outcome::Late;
                 }
                 let order = self.next_order;
                 self.next_order += 1;
+                let states = scanner.book().initial_states(scanner.lexicon());
                 self.open
                     .entry(key.to_key())
-                    .or_insert_with(|| Conversation::new(order, Some(segment.seq)))
+                    .or_insert_with(|| Conversation::new(order, Some(segment.seq), states))
             }
         };
         if !conv.seen.insert(segment.seq) {
@@ -315,6 +414,9 @@ impl Engine {
         }
         conv.segments += 1;
         conv.last_activity_ms = now_ms;
+        conv.last_seq = Some(segment.seq);
+        let ts = input.ts_ms.unwrap_or(now_ms);
+        conv.last_ts = conv.last_ts.max(ts);
         if input.channel.is_some() {
             conv.channel = input.channel;
         }
@@ -324,20 +426,25 @@ impl Engine {
         {
             conv.agent_id = Some(a.to_string());
         }
-        let outcome = if self.scanner.judges(segment.speaker) {
-            judge_segment(
-                &self.scanner,
+        let outcome = if scanner.judges(segment.speaker) {
+            let cx = Ctx {
+                tenant: key.tenant,
+                id: key.id,
+                input,
+                segment,
+                channel: input.channel.or(conv.channel),
+                excerpt_chars: self.config.excerpt_chars,
+                now_ms,
+            };
+            judge(
+                &scanner,
                 &mut self.scratch,
-                Ctx {
-                    tenant: key.tenant,
-                    id: key.id,
-                    input,
-                    segment,
-                    excerpt_chars: self.config.excerpt_chars,
-                    now_ms,
-                },
-                conv,
+                &mut self.pattern_scratch,
+                &mut self.found,
+                &cx,
+                Some(conv),
                 out,
+                explain,
             );
             Outcome::Judged
         } else {
@@ -348,7 +455,7 @@ impl Engine {
         if conv.segments >= self.config.max_segments
             && let Some((key, conv)) = self.open.remove_entry(&key)
         {
-            self.finish(key, conv, CloseReason::Limit, now_ms, out);
+            self.finish(key, conv, CloseReason::Limit, now_ms, out, None);
         }
         outcome
     }
@@ -376,15 +483,40 @@ impl Engine {
         self.close_due(due, CloseReason::Limit, now_ms, out);
     }
 
-    /// Closes conversations idle for at least `idle_ms` (oldest first) and
-    /// forgets tombstones older than the configured TTL.
+    /// Passes rule deadlines by the clock (a response not given within N
+    /// seconds while nobody speaks), closes conversations idle for at
+    /// least `idle_ms` (oldest first) and forgets tombstones older than the
+    /// configured TTL. Returns how many conversations it closed.
     pub fn close_idle(&mut self, now_ms: u64, idle_ms: u64, out: &mut Vec<Event>) -> usize {
-        let mut due: Vec<(u64, u64, Key)> = self
-            .open
-            .iter()
-            .filter(|(_, c)| now_ms.saturating_sub(c.last_activity_ms) >= idle_ms)
-            .map(|(k, c)| (c.last_activity_ms, c.order, k.clone()))
-            .collect();
+        let mut due: Vec<(u64, u64, Key)> = Vec::new();
+        for (k, c) in self.open.iter_mut() {
+            if now_ms.saturating_sub(c.last_activity_ms) >= idle_ms {
+                due.push((c.last_activity_ms, c.order, k.clone()));
+                continue;
+            }
+            if c.deadline != u64::MAX && c.time_at(now_ms) > c.deadline {
+                let scanner = self.scanners.for_tenant(&k.tenant);
+                let (book, lexicon) = (scanner.book(), scanner.lexicon());
+                let mut sink = rules::Sink {
+                    found: &mut self.found,
+                    explain: None,
+                };
+                let t = c.time_at(now_ms);
+                book.on_clock(lexicon, &mut c.states, c.channel, t, &mut sink);
+                c.deadline = book.next_deadline(lexicon, &c.states);
+                let found = std::mem::take(&mut self.found);
+                emit_verdicts(
+                    scanner,
+                    &k.tenant,
+                    &k.id,
+                    c,
+                    found,
+                    None,
+                    self.config.excerpt_chars,
+                    out,
+                );
+            }
+        }
         due.sort_unstable_by_key(|d| (d.0, d.1));
         let n = due.len();
         self.close_due(due, CloseReason::Idle, now_ms, out);
@@ -403,7 +535,7 @@ impl Engine {
     ) {
         for (_, _, key) in due {
             if let Some(conv) = self.open.remove(&key) {
-                self.finish(key, conv, reason, now_ms, out);
+                self.finish(key, conv, reason, now_ms, out, None);
             }
         }
     }
@@ -413,7 +545,7 @@ impl Engine {
         let mut all: Vec<(Key, Conversation)> = self.open.drain().collect();
         all.sort_unstable_by_key(|(_, c)| c.order);
         for (key, conv) in all {
-            self.finish(key, conv, reason, now_ms, out);
+            self.finish(key, conv, reason, now_ms, out, None);
         }
     }
 
@@ -425,36 +557,36 @@ impl Engine {
         reason: CloseReason,
         now_ms: u64,
         out: &mut Vec<Event>,
+        explain: Option<&mut Explain>,
     ) {
-        let scanner = Arc::clone(&self.scanner);
+        let scanner = Arc::clone(self.scanners.for_tenant(&key.tenant));
         let (tenant, id) = (&*key.tenant, &*key.id);
-        // Greeting: the agent spoke fewer times than the window and never
-        // greeted.
-        if let Some(g) = scanner.windowed_rule(RuleKind::Greeting)
-            && conv.greeted.is_none()
-            && conv.agent_segments > 0
-            && !conv.midway
+        let (book, lexicon) = (scanner.book(), scanner.lexicon());
+        let close = rules::Close {
+            ts_ms: conv.time_at(now_ms),
+            last_agent_seq: (conv.agent_segments > 0).then_some(conv.last_agent_seq),
+            last_seq: conv.last_seq,
+            midway: conv.midway,
+        };
+        let mut found = std::mem::take(&mut self.found);
         {
-            conv.greeted = Some(false);
-            push_missing(&scanner, g, tenant, id, &mut conv, now_ms, out);
-        }
-        let mut closed = None;
-        if let Some(c) = scanner.windowed_rule(RuleKind::Closing)
-            && conv.agent_segments > 0
-        {
-            let window = scanner.rule(c).window.min(32);
-            let mask = if window >= 32 {
-                u32::MAX
-            } else {
-                (1u32 << window) - 1
+            let mut sink = rules::Sink {
+                found: &mut found,
+                explain,
             };
-            let ok = conv.closing_bits & mask != 0;
-            closed = Some(ok);
-            if !ok {
-                push_missing(&scanner, c, tenant, id, &mut conv, now_ms, out);
-            }
+            book.on_close(lexicon, &mut conv.states, conv.channel, &close, &mut sink);
         }
-        let lexicon = scanner.lexicon();
+        emit_verdicts(
+            &scanner,
+            tenant,
+            id,
+            &mut conv,
+            found,
+            None,
+            self.config.excerpt_chars,
+            out,
+        );
+        let (greeted, closed) = book.greeted_closed(lexicon, &conv.states);
         let deducted: f64 = conv
             .deducted
             .iter()
@@ -477,8 +609,8 @@ impl Engine {
             reason,
             segments: conv.segments,
             agent_segments: conv.agent_segments,
-            counts: conv.counts,
-            greeted: conv.greeted,
+            counts: std::mem::take(&mut conv.counts),
+            greeted,
             closed,
             score,
             lexicon_version: scanner.version().to_string(),
@@ -495,16 +627,85 @@ impl Engine {
     }
 
     /// Open conversations, for saving across a restart:
-    /// `(tenant, conversation id, state)`.
-    pub fn export(&self) -> impl Iterator<Item = (&str, &str, &Conversation)> {
-        self.open.iter().map(|(k, c)| (&*k.tenant, &*k.id, c))
+    /// `(tenant, conversation id, state)`, the rules' state keyed by rule
+    /// id.
+    pub fn export(&self) -> impl Iterator<Item = (&str, &str, Conversation)> {
+        self.open.iter().map(|(k, c)| {
+            let scanner = self.scanners.for_tenant(&k.tenant);
+            let mut saved = c.clone();
+            saved.saved_rules = named_states(scanner, std::mem::take(&mut saved.states));
+            (&*k.tenant, &*k.id, saved)
+        })
     }
 
     /// Restores a saved conversation (replacing any state under that key).
+    /// Rule state is matched to the lexicon's rules by id; state saved by
+    /// format 1 (greeting verdict, closing bits) goes to the required rules
+    /// of categories `missing_greeting` and `missing_closing`.
     pub fn import(&mut self, tenant: &str, id: &str, mut conv: Conversation) {
         conv.order = self.next_order;
         self.next_order += 1;
+        let scanner = self.scanners.for_tenant(tenant);
+        let (book, lexicon) = (scanner.book(), scanner.lexicon());
+        let mut named = std::mem::take(&mut conv.saved_rules);
+        let legacy = (conv.greeted.take(), conv.closing_bits.take());
+        conv.states = book.states_from(lexicon, &mut |rule_id| {
+            if let Some(s) = take_named(&mut named, rule_id) {
+                return Some(s);
+            }
+            legacy_state(lexicon, rule_id, legacy, conv.agent_segments)
+        });
+        conv.deadline = book.next_deadline(lexicon, &conv.states);
         self.open.insert(KeyRef { tenant, id }.to_key(), conv);
+    }
+}
+
+/// A state vector of `scanner`'s lexicon as `(rule id, state)`.
+fn named_states(scanner: &Scanner, states: Vec<State>) -> Vec<(String, State)> {
+    scanner
+        .book()
+        .slot_rules()
+        .iter()
+        .zip(states)
+        .map(|(&r, s)| (scanner.rule(r).id.clone(), s))
+        .collect()
+}
+
+fn take_named(named: &mut Vec<(String, State)>, id: &str) -> Option<State> {
+    let i = named.iter().position(|(n, _)| n == id)?;
+    Some(named.swap_remove(i).1)
+}
+
+/// State format 1 kept the greeting verdict and the closing window bits in
+/// the conversation: they become the state of the required rules of the v1
+/// categories.
+fn legacy_state(
+    lexicon: &crate::lexicon::Lexicon,
+    rule_id: &str,
+    (greeted, closing_bits): (Option<bool>, Option<u32>),
+    agent_segments: u32,
+) -> Option<State> {
+    let rule = lexicon.rules.iter().find(|r| r.id == rule_id)?;
+    if !matches!(rule.spec, rules::Spec::Required(_)) {
+        return None;
+    }
+    match lexicon.categories[rule.category].id.as_str() {
+        "missing_greeting" if greeted.is_some() || closing_bits.is_some() => {
+            Some(State::Required(rules::required::State {
+                verdict: greeted,
+                seen: agent_segments,
+                ..Default::default()
+            }))
+        }
+        "missing_closing" if closing_bits.is_some() => {
+            Some(State::Required(rules::required::State {
+                verdict: None,
+                seen: agent_segments,
+                bits: u64::from(closing_bits.unwrap_or(0)),
+                start_ts: None,
+            }))
+        }
+        _ => None,
     }
 }
 
@@ -514,152 +715,363 @@ struct Ctx<'a, 'i> {
     id: &'a str,
     input: &'a Input<'i>,
     segment: &'a Segment<'i>,
+    channel: Option<Channel>,
     excerpt_chars: usize,
     now_ms: u64,
 }
 
-fn judge_segment(
+/// Scans a segment, runs the rules on it and emits their violations.
+/// `conv` is `None` for a late segment (no state: phrase and pattern rules
+/// only).
+#[allow(clippy::too_many_arguments)]
+fn judge(
     scanner: &Scanner,
     scratch: &mut Scratch,
-    cx: Ctx<'_, '_>,
-    conv: &mut Conversation,
+    pattern_scratch: &mut rules::pattern::Scratch,
+    found: &mut Vec<Found>,
+    cx: &Ctx<'_, '_>,
+    mut conv: Option<&mut Conversation>,
     out: &mut Vec<Event>,
+    explain: Option<&mut Explain>,
 ) {
-    let channel = cx.input.channel.or(conv.channel);
-    let (has_greeting, has_closing) = phrase_violations(
-        scanner,
-        scratch,
-        &cx,
-        channel,
-        out,
-        |category, section, deduct| {
-            conv.counts.add(category);
-            conv.deduct(section, deduct);
-        },
-    );
     let text = cx.segment.text.as_ref();
-    if cx.segment.speaker != Speaker::Agent {
-        return;
-    }
-    conv.agent_segments += 1;
-    conv.last_agent_seq = cx.segment.seq;
-    conv.last_agent_text.clear();
-    let (head, _) = excerpt(text, 0, cx.excerpt_chars);
-    conv.last_agent_text.push_str(head);
-    conv.last_agent_chars = if head.len() == text.len() {
-        head.chars().count()
-    } else {
-        text.chars().count()
+    scanner.scan(text, cx.segment.speaker, scratch);
+    let ts_ms = cx.input.ts_ms.unwrap_or(cx.now_ms);
+    let seg = rules::Seg {
+        seq: cx.segment.seq,
+        speaker: cx.segment.speaker,
+        channel: cx.channel,
+        ts_ms,
+        text,
+        norm: &scratch.norm,
+        hits: &scratch.hits,
+        midway: conv.as_ref().is_some_and(|c| c.midway),
+        excerpt_chars: cx.excerpt_chars,
     };
-    conv.closing_bits = (conv.closing_bits << 1) | u32::from(has_closing);
-    if conv.midway || conv.greeted.is_some() {
-        return;
+    found.clear();
+    {
+        let mut sink = rules::Sink { found, explain };
+        let mut no_state: [State; 0] = [];
+        let states = match conv.as_deref_mut() {
+            Some(c) => &mut c.states[..],
+            None => &mut no_state[..],
+        };
+        scanner
+            .book()
+            .on_segment(scanner.lexicon(), states, &seg, pattern_scratch, &mut sink);
     }
-    let Some(g) = scanner.windowed_rule(RuleKind::Greeting) else {
-        return;
-    };
-    if has_greeting {
-        conv.greeted = Some(true);
-    } else if conv.agent_segments as usize >= scanner.rule(g).window {
-        conv.greeted = Some(false);
-        let ts = cx.input.ts_ms.unwrap_or(cx.now_ms);
-        push_missing(scanner, g, cx.tenant, cx.id, conv, ts, out);
+    let lexicon = scanner.lexicon();
+    if let Some(c) = conv.as_deref_mut() {
+        c.deadline = scanner.book().next_deadline(lexicon, &c.states);
+    }
+    if !found.is_empty() {
+        emit_spans(
+            scanner,
+            cx,
+            &scratch.norm,
+            found,
+            conv.as_deref_mut(),
+            ts_ms,
+            out,
+        );
+        let verdicts = std::mem::take(found);
+        if let Some(c) = conv.as_deref_mut() {
+            let current = Some((cx.segment.seq, text));
+            emit_verdicts(
+                scanner,
+                cx.tenant,
+                cx.id,
+                c,
+                verdicts,
+                current,
+                cx.excerpt_chars,
+                out,
+            );
+        }
+    }
+    if cx.segment.speaker == Speaker::Agent
+        && let Some(c) = conv
+    {
+        c.agent_segments += 1;
+        c.last_agent_seq = cx.segment.seq;
+        c.last_agent_text.clear();
+        let (head, _) = excerpt(text, 0, cx.excerpt_chars);
+        c.last_agent_text.push_str(head);
+        c.last_agent_chars = if head.len() == text.len() {
+            head.chars().count()
+        } else {
+            text.chars().count()
+        };
     }
 }
 
-/// Scans the segment and emits one violation per forbidden or filler rule
-/// that hit it (repeated hits of a rule add to its `count` and `spans`),
-/// calling `counted(category, section id, deduct)` for each hit. Returns
-/// whether a greeting and a closing phrase occurred.
-fn phrase_violations(
+/// Character offsets in the original text of a normalised byte range.
+fn char_span(
+    text: &str,
+    norm: &crate::normalize::Normalized,
+    (s, e): (usize, usize),
+) -> (usize, usize, usize, usize) {
+    let (os, oe) = norm.original_range(text, s, e);
+    let start = char_offset(text, os);
+    let end = start + char_offset(&text[os..], oe - os);
+    (start, end, os, oe)
+}
+
+fn severity_rank(
     scanner: &Scanner,
-    scratch: &mut Scratch,
+    rule: u16,
+) -> (
+    std::cmp::Reverse<crate::event::Severity>,
+    std::cmp::Reverse<u64>,
+    u16,
+) {
+    let r = scanner.rule(rule);
+    (
+        std::cmp::Reverse(r.severity),
+        std::cmp::Reverse((r.deduct * 1000.0) as u64),
+        rule,
+    )
+}
+
+/// One rule's matches in a segment, while overlaps are resolved.
+struct SpanReport {
+    rule: u16,
+    /// Byte ranges of the normalised text.
+    spans: Vec<(usize, usize)>,
+    count: u32,
+    /// Rules whose spans this one took.
+    also: Vec<Also>,
+}
+
+/// Turns the span reports of one segment into violations: one per rule,
+/// and one per span across rules: where spans of several rules overlap,
+/// the most severe rule (then the larger deduction, then file order) keeps
+/// the span and names the others in `also`. Span reports are removed from
+/// `found`; verdicts stay.
+fn emit_spans(
+    scanner: &Scanner,
     cx: &Ctx<'_, '_>,
-    channel: Option<Channel>,
+    norm: &crate::normalize::Normalized,
+    found: &mut Vec<Found>,
+    mut conv: Option<&mut Conversation>,
+    ts_ms: u64,
     out: &mut Vec<Event>,
-    mut counted: impl FnMut(Category, &str, f64),
-) -> (bool, bool) {
+) {
+    let mut spans: Vec<SpanReport> = Vec::new();
+    found.retain(|f| match f {
+        Found::Spans {
+            rule,
+            spans: s,
+            count,
+        } => {
+            spans.push(SpanReport {
+                rule: *rule,
+                spans: s.clone(),
+                count: *count,
+                also: Vec::new(),
+            });
+            false
+        }
+        Found::Verdict { .. } => true,
+    });
+    if spans.is_empty() {
+        return;
+    }
+    spans.sort_by_key(|s| severity_rank(scanner, s.rule));
+    let lexicon = scanner.lexicon();
     let text = cx.segment.text.as_ref();
-    scanner.scan(text, cx.segment.speaker, scratch);
-    let mut has_greeting = false;
-    let mut has_closing = false;
-    // This segment's violations (rule, index in `out`): a handful at most.
-    let mut open: Vec<(u16, usize)> = Vec::new();
-    for hit in &scratch.hits {
-        let rule = scanner.rule(hit.rule);
-        match rule.kind {
-            RuleKind::Greeting => has_greeting = true,
-            RuleKind::Closing => has_closing = true,
-            RuleKind::Forbidden | RuleKind::Filler => {
-                let category = rule.kind.violation_category();
-                counted(
-                    category,
-                    &scanner.lexicon().sections[rule.section].id,
-                    rule.deduct,
-                );
-                if let Some(&(_, at)) = open.iter().find(|(r, _)| *r == hit.rule) {
-                    if let Some(Event::Violation(v)) = out.get_mut(at) {
-                        v.count = v.count.saturating_add(1);
-                        v.deduct += rule.deduct;
-                        // Offsets cost a walk of the text: only for the
-                        // spans that are listed.
-                        if v.spans.len() < MAX_SPANS {
-                            let (os, oe) =
-                                scratch.norm.original_range(text, hit.norm.0, hit.norm.1);
-                            let start = char_offset(text, os);
-                            let end = start + char_offset(&text[os..], oe - os);
-                            v.spans.push([start, end]);
-                        }
+    // Accepted spans: (start, end, index into `kept`).
+    let mut taken: Vec<(usize, usize, usize)> = Vec::new();
+    let mut kept: Vec<SpanReport> = Vec::new();
+    for SpanReport {
+        rule,
+        spans: list,
+        count,
+        ..
+    } in spans
+    {
+        let r = scanner.rule(rule);
+        let mut left = Vec::with_capacity(list.len());
+        let mut dropped = 0u32;
+        for (s, e) in list {
+            match taken.iter().find(|&&(ts, te, _)| s < te && ts < e) {
+                Some(&(_, _, winner)) => {
+                    dropped += 1;
+                    let also = Also {
+                        rule_id: r.id.clone(),
+                        category: lexicon.categories[r.category].id.clone(),
+                    };
+                    if !kept[winner].also.contains(&also) {
+                        kept[winner].also.push(also);
                     }
-                    continue;
                 }
-                let (os, oe) = scratch.norm.original_range(text, hit.norm.0, hit.norm.1);
-                let start = char_offset(text, os);
-                let end = start + char_offset(&text[os..], oe - os);
-                let (s, e) = (start.to_string(), end.to_string());
-                let seq = cx.segment.seq.to_string();
-                let id = event_id(&[
-                    cx.tenant.as_bytes(),
-                    cx.id.as_bytes(),
-                    seq.as_bytes(),
-                    rule.id.as_bytes(),
-                    s.as_bytes(),
-                    e.as_bytes(),
-                ]);
-                let (shown, text_start) = excerpt(text, start, cx.excerpt_chars);
-                open.push((hit.rule, out.len()));
-                out.push(Event::Violation(Violation {
-                    id,
-                    conversation_id: cx.id.to_string(),
-                    tenant: cx.tenant.to_string(),
-                    channel,
-                    agent_id: cx.input.agent_id.as_deref().map(str::to_string),
-                    seq: cx.segment.seq,
-                    rule_id: rule.id.clone(),
-                    category,
-                    severity: rule.severity,
-                    deduct: rule.deduct,
-                    // A hit can span any number of dropped characters
-                    // (zero-width, marks): `matched` is capped like `text`.
-                    matched: Some(excerpt(&text[os..oe], 0, cx.excerpt_chars).0.to_string()),
-                    start: Some(start),
-                    end: Some(end),
-                    count: 1,
-                    spans: vec![[start, end]],
-                    text: shown.to_string(),
-                    text_start,
-                    text_chars: if shown.len() == text.len() {
-                        shown.chars().count()
-                    } else {
-                        text.chars().count()
-                    },
-                    lexicon_version: scanner.version().to_string(),
-                    ts_ms: cx.input.ts_ms.unwrap_or(cx.now_ms),
-                }));
+                None => left.push((s, e)),
             }
         }
+        if left.is_empty() {
+            continue;
+        }
+        let k = kept.len();
+        taken.extend(left.iter().map(|&(s, e)| (s, e, k)));
+        kept.push(SpanReport {
+            rule,
+            spans: left,
+            count: count.saturating_sub(dropped).max(1),
+            also: Vec::new(),
+        });
     }
-    (has_greeting, has_closing)
+    // Violations in order of their first span.
+    kept.sort_by_key(|k| k.spans[0]);
+    let seq = cx.segment.seq.to_string();
+    for SpanReport {
+        rule,
+        spans: list,
+        count,
+        also,
+    } in kept
+    {
+        let r = scanner.rule(rule);
+        let category = &lexicon.categories[r.category];
+        if let Some(c) = conv.as_deref_mut() {
+            c.counts.add_n(&category.id, count);
+            if let Some(section) = r.section
+                && r.deduct > 0.0
+            {
+                c.deduct(&lexicon.sections[section].id, r.deduct * f64::from(count));
+            }
+        }
+        let char_spans: Vec<(usize, usize, usize, usize)> =
+            list.iter().map(|&sp| char_span(text, norm, sp)).collect();
+        let (start, end, os, oe) = char_spans[0];
+        let (s, e) = (start.to_string(), end.to_string());
+        let id = event_id(&[
+            cx.tenant.as_bytes(),
+            cx.id.as_bytes(),
+            seq.as_bytes(),
+            r.id.as_bytes(),
+            s.as_bytes(),
+            e.as_bytes(),
+        ]);
+        let (shown, text_start) = excerpt(text, start, cx.excerpt_chars);
+        out.push(Event::Violation(Violation {
+            id,
+            conversation_id: cx.id.to_string(),
+            tenant: cx.tenant.to_string(),
+            channel: cx.channel,
+            agent_id: cx.input.agent_id.as_deref().map(str::to_string),
+            seq: cx.segment.seq,
+            rule_id: r.id.clone(),
+            category: category.id.clone(),
+            category_name: category.name.clone(),
+            kind: r.kind().to_string(),
+            severity: r.severity,
+            deduct: r.deduct * f64::from(count),
+            // A hit can span any number of dropped characters
+            // (zero-width, marks): `matched` is capped like `text`.
+            matched: Some(excerpt(&text[os..oe], 0, cx.excerpt_chars).0.to_string()),
+            start: Some(start),
+            end: Some(end),
+            count,
+            spans: char_spans.iter().map(|&(s, e, _, _)| [s, e]).collect(),
+            text: shown.to_string(),
+            text_start,
+            text_chars: if shown.len() == text.len() {
+                shown.chars().count()
+            } else {
+                text.chars().count()
+            },
+            also,
+            note: None,
+            lexicon_version: scanner.version().to_string(),
+            ts_ms,
+        }));
+    }
+}
+
+/// Turns verdicts into violations. `current` is the segment being judged
+/// (`(seq, text)`), when there is one.
+#[allow(clippy::too_many_arguments)]
+fn emit_verdicts(
+    scanner: &Scanner,
+    tenant: &str,
+    id: &str,
+    conv: &mut Conversation,
+    found: Vec<Found>,
+    current: Option<(u64, &str)>,
+    excerpt_chars: usize,
+    out: &mut Vec<Event>,
+) {
+    let lexicon = scanner.lexicon();
+    for f in found {
+        let Found::Verdict {
+            rule,
+            seq,
+            ts_ms,
+            key,
+            note,
+            text,
+        } = f
+        else {
+            continue;
+        };
+        let r = scanner.rule(rule);
+        let category = &lexicon.categories[r.category];
+        conv.counts.add(&category.id);
+        if let Some(section) = r.section
+            && r.deduct > 0.0
+        {
+            conv.deduct(&lexicon.sections[section].id, r.deduct);
+        }
+        let (shown, chars) = match (text, current) {
+            (Some(t), _) => {
+                let n = t.chars().count();
+                (t, n)
+            }
+            (None, Some((cs, ct))) if cs == seq => {
+                let (head, _) = excerpt(ct, 0, excerpt_chars);
+                (head.to_string(), ct.chars().count())
+            }
+            (None, _) if conv.agent_segments > 0 && conv.last_agent_seq == seq => {
+                (conv.last_agent_text.clone(), conv.last_agent_chars)
+            }
+            (None, _) => (String::new(), 0),
+        };
+        let mut parts: Vec<&[u8]> = vec![
+            tenant.as_bytes(),
+            id.as_bytes(),
+            r.id.as_bytes(),
+            category.id.as_bytes(),
+        ];
+        if !key.is_empty() {
+            parts.push(key.as_bytes());
+        }
+        out.push(Event::Violation(Violation {
+            id: event_id(&parts),
+            conversation_id: id.to_string(),
+            tenant: tenant.to_string(),
+            channel: conv.channel,
+            agent_id: conv.agent_id.clone(),
+            seq,
+            rule_id: r.id.clone(),
+            category: category.id.clone(),
+            category_name: category.name.clone(),
+            kind: r.kind().to_string(),
+            severity: r.severity,
+            deduct: r.deduct,
+            matched: None,
+            start: None,
+            end: None,
+            count: 1,
+            spans: Vec::new(),
+            text: shown,
+            text_start: 0,
+            text_chars: chars,
+            also: Vec::new(),
+            note: Some(note),
+            lexicon_version: scanner.version().to_string(),
+            ts_ms,
+        }));
+    }
 }
 
 /// At most `limit` characters of `text`, starting a quarter of the limit
@@ -680,52 +1092,6 @@ pub fn excerpt(text: &str, at: usize, limit: usize) -> (&str, usize) {
     let from = bounds.next().unwrap_or(text.len());
     let to = bounds.nth(limit.saturating_sub(1)).unwrap_or(text.len());
     (&text[from..to], first)
-}
-
-/// A missing_greeting / missing_closing violation, pointing at the most
-/// recent agent segment.
-fn push_missing(
-    scanner: &Scanner,
-    rule_ix: u16,
-    tenant: &str,
-    id: &str,
-    conv: &mut Conversation,
-    ts_ms: u64,
-    out: &mut Vec<Event>,
-) {
-    let rule = scanner.rule(rule_ix);
-    let category = rule.kind.violation_category();
-    conv.counts.add(category);
-    conv.deduct(&scanner.lexicon().sections[rule.section].id, rule.deduct);
-    out.push(Event::Violation(Violation {
-        // One verdict per category per conversation: the id does not depend
-        // on where it was reached.
-        id: event_id(&[
-            tenant.as_bytes(),
-            id.as_bytes(),
-            rule.id.as_bytes(),
-            category.as_str().as_bytes(),
-        ]),
-        conversation_id: id.to_string(),
-        tenant: tenant.to_string(),
-        channel: conv.channel,
-        agent_id: conv.agent_id.clone(),
-        seq: conv.last_agent_seq,
-        rule_id: rule.id.clone(),
-        category,
-        severity: rule.severity,
-        deduct: rule.deduct,
-        matched: None,
-        start: None,
-        end: None,
-        count: 1,
-        spans: Vec::new(),
-        text: conv.last_agent_text.clone(),
-        text_start: 0,
-        text_chars: conv.last_agent_chars,
-        lexicon_version: scanner.version().to_string(),
-        ts_ms,
-    }));
 }
 
 /// The set of seqs seen in a conversation: sorted, disjoint runs of

@@ -61,33 +61,10 @@ impl Channel {
     }
 }
 
-/// What a violation is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Category {
-    Forbidden,
-    Filler,
-    MissingGreeting,
-    MissingClosing,
-}
-
-impl Category {
-    pub const ALL: [Category; 4] = [
-        Category::Forbidden,
-        Category::Filler,
-        Category::MissingGreeting,
-        Category::MissingClosing,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Category::Forbidden => "forbidden",
-            Category::Filler => "filler",
-            Category::MissingGreeting => "missing_greeting",
-            Category::MissingClosing => "missing_closing",
-        }
-    }
-}
+/// The categories of event contract v1. Categories are defined by the
+/// lexicon (any id); these four are the default lexicon's, and summaries
+/// always count them (v1 consumers read `counts.forbidden` and so on).
+pub const V1_CATEGORIES: [&str; 4] = ["forbidden", "filler", "missing_greeting", "missing_closing"];
 
 /// How serious a rule's violation is (set per rule in the lexicon).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -366,6 +343,9 @@ fn check_token(
 /// An output event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+// Events are built, serialized and dropped: boxing the larger variant would
+// cost an allocation per violation for no memory saved.
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
     Violation(Violation),
     Summary(Summary),
@@ -392,7 +372,15 @@ pub struct Violation {
     pub agent_id: Option<String>,
     pub seq: u64,
     pub rule_id: String,
-    pub category: Category,
+    /// The rule's category id (defined by the lexicon).
+    pub category: String,
+    /// The category's display name (v1.2).
+    #[serde(default)]
+    pub category_name: String,
+    /// The rule's kind: phrase, required, response, pattern, timing,
+    /// repetition (v1.2).
+    #[serde(default)]
+    pub kind: String,
     pub severity: Severity,
     pub deduct: f64,
     /// The slice of the original text that matched first (null for
@@ -421,9 +409,25 @@ pub struct Violation {
     /// The segment's full length in Unicode scalars (v1.1).
     #[serde(default)]
     pub text_chars: usize,
+    /// Other rules that matched the same span of the segment; this
+    /// violation (the most severe) stands for them (v1.2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<Also>,
+    /// Why, for verdicts that are not a match (a required phrase missing, a
+    /// response not given, a reply too late) (v1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub lexicon_version: String,
     /// The segment's `ts_ms`, or the engine clock when it had none.
     pub ts_ms: u64,
+}
+
+/// A rule whose match was folded into a more severe violation of the same
+/// span.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Also {
+    pub rule_id: String,
+    pub category: String,
 }
 
 /// How many hit spans a violation lists at most.
@@ -433,24 +437,73 @@ fn one() -> u32 {
     1
 }
 
-/// Per-category violation counts of one conversation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Per-category violation counts of one conversation, by category id.
+/// Serialized as an object that always holds the four v1 categories.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {
-    pub forbidden: u32,
-    pub filler: u32,
-    pub missing_greeting: u32,
-    pub missing_closing: u32,
+    /// Sorted by id; a conversation has a handful at most.
+    entries: Vec<(Box<str>, u32)>,
 }
 
 impl Counts {
-    pub fn add(&mut self, category: Category) {
-        let slot = match category {
-            Category::Forbidden => &mut self.forbidden,
-            Category::Filler => &mut self.filler,
-            Category::MissingGreeting => &mut self.missing_greeting,
-            Category::MissingClosing => &mut self.missing_closing,
-        };
-        *slot += 1;
+    pub fn add(&mut self, category: &str) {
+        self.add_n(category, 1);
+    }
+
+    pub fn add_n(&mut self, category: &str, n: u32) {
+        match self
+            .entries
+            .binary_search_by(|(id, _)| (**id).cmp(category))
+        {
+            Ok(i) => self.entries[i].1 = self.entries[i].1.saturating_add(n),
+            Err(i) => self.entries.insert(i, (category.into(), n)),
+        }
+    }
+
+    pub fn get(&self, category: &str) -> u32 {
+        self.entries
+            .binary_search_by(|(id, _)| (**id).cmp(category))
+            .map_or(0, |i| self.entries[i].1)
+    }
+
+    /// `(category id, count)`, by id.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.entries.iter().map(|(id, n)| (&**id, *n))
+    }
+
+    pub fn total(&self) -> u32 {
+        self.entries.iter().map(|e| e.1).sum()
+    }
+}
+
+impl Serialize for Counts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut all: Vec<(&str, u32)> = self.iter().collect();
+        for v1 in V1_CATEGORIES {
+            if self.get(v1) == 0 {
+                all.push((v1, 0));
+            }
+        }
+        all.sort_unstable();
+        let mut map = serializer.serialize_map(Some(all.len()))?;
+        for (id, n) in all {
+            map.serialize_entry(id, &n)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Counts {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = std::collections::BTreeMap::<String, u32>::deserialize(deserializer)?;
+        let mut c = Counts::default();
+        for (id, n) in map {
+            if n > 0 {
+                c.add_n(&id, n);
+            }
+        }
+        Ok(c)
     }
 }
 

@@ -5,13 +5,14 @@
 //! "and"; an empty filter lets everything through. Category and severity
 //! belong to violations, so setting either hides summaries.
 
-use crate::event::{Category, Event, Severity};
+use crate::event::{Event, Severity};
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
     pub tenants: Vec<String>,
     pub agents: Vec<String>,
-    pub categories: Vec<Category>,
+    /// Category ids (the lexicon defines them).
+    pub categories: Vec<String>,
     pub severities: Vec<Severity>,
 }
 
@@ -33,12 +34,17 @@ impl Filter {
     ) -> Result<Filter, String> {
         let categories = list(categories)
             .map(|c| {
-                Category::ALL
-                    .into_iter()
-                    .find(|k| k.as_str() == c)
-                    .ok_or_else(|| {
-                        format!("unknown category {c:?} (forbidden, filler, missing_greeting, missing_closing)")
-                    })
+                let plain = c.len() <= 64
+                    && c.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+                    });
+                if plain {
+                    Ok(c.to_string())
+                } else {
+                    Err(format!(
+                        "unknown category {c:?}: category ids are a-z, 0-9, '.', '_' or '-' (e.g. forbidden, escalation)"
+                    ))
+                }
             })
             .collect::<Result<_, _>>()?;
         let severities = list(severities)
@@ -115,8 +121,8 @@ mod tests {
 
     #[test]
     fn unknown_values_are_errors() {
-        let err = Filter::parse(None, None, Some("rude"), None).expect_err("unknown");
-        assert!(err.contains("unknown category \"rude\""), "{err}");
+        let err = Filter::parse(None, None, Some("Rude!"), None).expect_err("unknown");
+        assert!(err.contains("unknown category \"Rude!\""), "{err}");
         let err = Filter::parse(None, None, None, Some("severe")).expect_err("unknown");
         assert!(err.contains("unknown severity \"severe\""), "{err}");
     }

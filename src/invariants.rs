@@ -6,7 +6,7 @@
 
 use crate::engine::{Engine, EngineConfig};
 use crate::event::{
-    Category, Event, Input, InputError, InputKind, MAX_AGENT_ID_CHARS, MAX_CONVERSATION_ID_CHARS,
+    Event, Input, InputError, InputKind, MAX_AGENT_ID_CHARS, MAX_CONVERSATION_ID_CHARS,
     MAX_TENANT_CHARS, MAX_TEXT_BYTES, decode,
 };
 use crate::matcher::Scanner;
@@ -205,8 +205,8 @@ pub fn check_scan<'a>(
                     (&*input.tenant, &*input.conversation_id),
                     "violation of another conversation: {v:?}"
                 );
-                if let (InputKind::Segment(s), Category::Forbidden | Category::Filler) =
-                    (&input.kind, v.category)
+                if let InputKind::Segment(s) = &input.kind
+                    && !v.spans.is_empty()
                 {
                     check_phrase_violation(v, s.seq, &s.text);
                 }
@@ -275,12 +275,16 @@ fn check_event(
     match e {
         Event::Violation(v) => {
             counts.violations += 1;
-            match v.category {
-                Category::Forbidden | Category::Filler => {
+            // A match has a span; a verdict (a missing phrase, a late
+            // reply) has none and says why.
+            match v.kind.as_str() {
+                "phrase" | "pattern" => {
                     assert!(v.start.is_some() && v.end.is_some(), "no span: {v:?}");
+                    assert!(!v.spans.is_empty(), "no spans: {v:?}");
                 }
-                Category::MissingGreeting | Category::MissingClosing => {
+                _ => {
                     assert_eq!((v.start, v.end, &v.matched), (None, None, &None), "{v:?}");
+                    assert!(v.note.is_some(), "a verdict without a note: {v:?}");
                 }
             }
         }

@@ -3,104 +3,83 @@
 //!
 //! A lexicon is a directory of `*.toml` files read in name order. Exactly one
 //! file holds the `[lexicon]` table (name, version); any file may hold
-//! `[[section]]` (scorecard sections) and `[[rule]]` entries. See
-//! `lexicons/README.md` for the format.
+//! `[[section]]` (scorecard sections), `[[category]]` (what violations are
+//! about, with a display name) and `[[rule]]` entries. A rule names its
+//! `kind`; the fields a kind takes are read and validated by that kind's
+//! module in `crate::rules`. A tenant overlay (`tenants/<tenant>/*.toml`
+//! under the lexicon directory) adds, overrides or disables rules of the
+//! base for one tenant. See `lexicons/README.md` for the format.
 //!
 //! Error policy: a lexicon is configuration, so every problem is an error
 //! that names the file, the line and the entry, and the program refuses to
 //! start with it (the daemon keeps the previous lexicon on reload). Nothing
 //! is guessed or skipped silently.
 
-use crate::event::{Category as ViolationCategory, Severity, Speaker};
-use crate::normalize::normalize;
+use crate::event::{Channel, Severity, Speaker};
+use crate::rules::{self, Spec};
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use toml::Spanned;
+use toml::{Spanned, Table, Value};
 
-/// What a rule's phrases mean.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RuleKind {
-    /// Each hit is a violation (服务忌语).
-    Forbidden,
-    /// Each hit used as an interjection is a violation (语气词).
-    Filler,
-    /// At least one phrase must occur in the agent's first `window` segments.
-    Greeting,
-    /// At least one phrase must occur in the agent's last `window` segments.
-    Closing,
-}
-
-impl RuleKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RuleKind::Forbidden => "forbidden",
-            RuleKind::Filler => "filler",
-            RuleKind::Greeting => "greeting",
-            RuleKind::Closing => "closing",
-        }
-    }
-
-    /// The category of the violations this rule produces.
-    pub fn violation_category(self) -> ViolationCategory {
-        match self {
-            RuleKind::Forbidden => ViolationCategory::Forbidden,
-            RuleKind::Filler => ViolationCategory::Filler,
-            RuleKind::Greeting => ViolationCategory::MissingGreeting,
-            RuleKind::Closing => ViolationCategory::MissingClosing,
-        }
-    }
-}
-
-/// Whether a hit must sit on word boundaries (jieba segmentation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Boundary {
-    /// Any occurrence counts.
-    None,
-    /// Both ends of the hit must be word boundaries, so 喂 does not hit
-    /// inside 喂养.
-    Word,
-}
-
-/// Where in the utterance a hit counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Position {
-    Any,
-    /// At the start of the utterance or of a clause (after punctuation or a
-    /// pause): interjections, not sentence-final particles (好的啊).
-    ClauseStart,
-}
-
-/// One validated rule.
+/// One validated rule: the fields every kind shares, and the kind's own
+/// settings in `spec`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     /// Stable id: a metric label and part of event ids.
     pub id: String,
-    pub kind: RuleKind,
+    /// Index into [`Lexicon::categories`].
+    pub category: usize,
     pub severity: Severity,
-    /// Points deducted per violation.
+    /// Points deducted per violation; 0 for a rule that only alerts.
     pub deduct: f64,
-    /// Index into [`Lexicon::sections`].
-    pub section: usize,
+    /// Index into [`Lexicon::sections`]; `None` for a rule that only alerts.
+    pub section: Option<usize>,
+    /// Whose segments the rule reads (kinds with their own speaker fields,
+    /// such as `response`, keep theirs in `spec`).
     pub speakers: Vec<Speaker>,
-    pub boundary: Boundary,
-    pub position: Position,
-    /// Greeting/closing window in agent segments (0 for other kinds).
-    pub window: usize,
-    /// As written in the file.
-    pub phrases: Vec<String>,
-    /// As written in the file.
-    pub exceptions: Vec<String>,
+    /// The channels the rule applies to; empty: every channel. A
+    /// conversation whose channel is not known is judged by every rule.
+    pub channels: Vec<Channel>,
     pub description: Option<String>,
     /// Where the rule came from, e.g. the service standard it implements.
     pub source: Option<String>,
     /// Where the rule is defined (`file:line`), for tools.
     pub location: String,
+    pub spec: Spec,
+}
+
+impl Rule {
+    pub fn kind(&self) -> &'static str {
+        self.spec.kind()
+    }
+
+    /// Every phrase of the rule's phrase lists, as written.
+    pub fn phrases(&self) -> impl Iterator<Item = &String> {
+        self.spec
+            .phrase_lists()
+            .into_iter()
+            .flat_map(|l| l.phrases.iter())
+    }
+
+    /// Every exception of the rule's phrase lists, as written.
+    pub fn exceptions(&self) -> impl Iterator<Item = &String> {
+        self.spec
+            .phrase_lists()
+            .into_iter()
+            .flat_map(|l| l.exceptions.iter())
+    }
+
+    /// Whether the rule applies in a conversation on `channel`.
+    pub fn applies_on(&self, channel: Option<Channel>) -> bool {
+        match channel {
+            Some(c) => self.channels.is_empty() || self.channels.contains(&c),
+            None => true,
+        }
+    }
 }
 
 /// A scorecard section: deductions of its rules are capped at `max_deduct`.
@@ -111,6 +90,15 @@ pub struct Section {
     pub max_deduct: f64,
 }
 
+/// What violations are about: an id (metric label, event field) and the
+/// name people read (consoles, dashboards).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Category {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+}
+
 /// A validated lexicon (not yet compiled into an automaton).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lexicon {
@@ -118,20 +106,41 @@ pub struct Lexicon {
     pub language: Option<String>,
     pub description: Option<String>,
     /// `<declared version>+<content digest>`: the digest changes whenever any
-    /// file changes, so a forgotten version bump cannot hide an edit.
+    /// file changes, so a forgotten version bump cannot hide an edit. A
+    /// tenant's lexicon is `<base version>/<tenant>+<overlay digest>`.
     pub version: String,
+    /// The tenant this lexicon is for; `None` for the base.
+    pub tenant: Option<String>,
     pub sections: Vec<Section>,
+    pub categories: Vec<Category>,
     /// Enabled rules, in file order.
     pub rules: Vec<Rule>,
 }
 
 impl Lexicon {
-    pub fn count(&self, kind: RuleKind) -> (usize, usize) {
-        let rules = self.rules.iter().filter(|r| r.kind == kind);
+    /// Rules and phrases (of every phrase list) of one kind.
+    pub fn count(&self, kind: &str) -> (usize, usize) {
+        let rules = self.rules.iter().filter(|r| r.kind() == kind);
         let n_rules = rules.clone().count();
-        let n_phrases = rules.map(|r| r.phrases.len()).sum();
+        let n_phrases = rules.map(|r| r.spec.phrase_count()).sum();
         (n_rules, n_phrases)
     }
+
+    pub fn category(&self, rule: &Rule) -> &Category {
+        &self.categories[rule.category]
+    }
+
+    pub fn category_by_id(&self, id: &str) -> Option<&Category> {
+        self.categories.iter().find(|c| c.id == id)
+    }
+}
+
+/// The base lexicon and one lexicon per tenant overlay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LexiconSet {
+    pub base: Lexicon,
+    /// Tenant → its lexicon (the base with the overlay applied), by name.
+    pub tenants: BTreeMap<String, Lexicon>,
 }
 
 /// A lexicon that cannot be used. `Display` gives one line per problem.
@@ -178,6 +187,19 @@ impl fmt::Display for LexiconError {
 
 impl std::error::Error for LexiconError {}
 
+impl LexiconError {
+    fn whole(file: &Path, message: String) -> LexiconError {
+        LexiconError {
+            problems: vec![Problem {
+                file: file.to_path_buf(),
+                line: 0,
+                entry: None,
+                message,
+            }],
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
@@ -185,7 +207,15 @@ struct RawFile {
     #[serde(default)]
     section: Vec<Spanned<RawSection>>,
     #[serde(default)]
-    rule: Vec<Spanned<RawRule>>,
+    category: Vec<Spanned<RawCategory>>,
+    #[serde(default)]
+    rule: Vec<Spanned<Table>>,
+    /// Overlays only: fields replacing those of a base rule.
+    #[serde(rename = "override", default)]
+    overrides: Vec<Spanned<Table>>,
+    /// Overlays only: base rules this tenant does not use.
+    #[serde(default)]
+    disable: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -209,42 +239,18 @@ struct RawSection {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRule {
+struct RawCategory {
     id: Spanned<String>,
-    category: RuleKind,
-    severity: Severity,
-    deduct: Spanned<f64>,
-    section: Spanned<String>,
-    #[serde(default)]
-    speakers: Option<Spanned<Vec<Speaker>>>,
-    #[serde(default)]
-    boundary: Option<Boundary>,
-    #[serde(default)]
-    position: Option<Position>,
-    #[serde(default)]
-    window: Option<Spanned<i64>>,
-    phrases: Spanned<Vec<Spanned<String>>>,
-    #[serde(default)]
-    exceptions: Vec<Spanned<String>>,
+    name: String,
     #[serde(default)]
     description: Option<String>,
-    #[serde(default)]
-    source: Option<String>,
-    #[serde(default = "yes")]
-    enabled: bool,
 }
 
-fn yes() -> bool {
-    true
-}
-
-/// Default windows, from the service standard's wording: greet in the first
-/// two agent turns; close in the last three (a closing is often followed by a
-/// rating request and a goodbye).
-pub const DEFAULT_GREETING_WINDOW: usize = 2;
-pub const DEFAULT_CLOSING_WINDOW: usize = 3;
-/// Windows are tracked as bits of a u32.
-pub const MAX_WINDOW: usize = 32;
+/// Categories become metric label values: a lexicon may define at most this
+/// many, so the series of a metric by category stay bounded.
+pub const MAX_CATEGORIES: usize = 64;
+/// Rules per lexicon at most (rule ids are metric labels too).
+pub const MAX_RULES: usize = 4096;
 
 struct SourceFile {
     path: PathBuf,
@@ -262,16 +268,10 @@ impl SourceFile {
     }
 }
 
-/// Loads and validates every `*.toml` file in `dir`.
-pub fn load_dir(dir: &Path) -> Result<Lexicon, LexiconError> {
-    let whole = |message: String| LexiconError {
-        problems: vec![Problem {
-            file: dir.to_path_buf(),
-            line: 0,
-            entry: None,
-            message,
-        }],
-    };
+/// Reads every `*.toml` file of `dir` (not its subdirectories), in name
+/// order.
+fn read_toml_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, LexiconError> {
+    let whole = |m: String| LexiconError::whole(dir, m);
     let entries =
         std::fs::read_dir(dir).map_err(|e| whole(format!("cannot read lexicon directory: {e}")))?;
     let mut paths = Vec::new();
@@ -288,34 +288,199 @@ pub fn load_dir(dir: &Path) -> Result<Lexicon, LexiconError> {
     }
     let mut files = Vec::new();
     for path in paths {
-        let text = std::fs::read_to_string(&path).map_err(|e| LexiconError {
-            problems: vec![Problem {
-                file: path.clone(),
-                line: 0,
-                entry: None,
-                message: format!("cannot read: {e}"),
-            }],
-        })?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| LexiconError::whole(&path, format!("cannot read: {e}")))?;
         files.push((path, text));
     }
-    load_sources(files)
+    Ok(files)
+}
+
+/// Loads and validates every `*.toml` file in `dir` (the base lexicon; a
+/// `tenants/` subdirectory is not read: see [`load_set`]).
+pub fn load_dir(dir: &Path) -> Result<Lexicon, LexiconError> {
+    load_sources(read_toml_files(dir)?)
+}
+
+/// Loads the base lexicon of `dir` and every tenant overlay under
+/// `dir/tenants/<tenant>/`. A problem in any of them rejects the whole set.
+pub fn load_set(dir: &Path) -> Result<LexiconSet, LexiconError> {
+    let base_files = read_toml_files(dir)?;
+    let tenants_dir = dir.join("tenants");
+    let mut overlays = Vec::new();
+    if tenants_dir.is_dir() {
+        let entries = std::fs::read_dir(&tenants_dir).map_err(|e| {
+            LexiconError::whole(&tenants_dir, format!("cannot read tenants directory: {e}"))
+        })?;
+        let mut dirs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        dirs.sort();
+        for d in dirs {
+            let tenant = d
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            overlays.push((tenant, read_toml_files(&d)?));
+        }
+    }
+    load_set_sources(base_files, overlays)
+}
+
+/// [`load_set`] from `(path, contents)` pairs: the base files, and per
+/// tenant its overlay files.
+pub fn load_set_sources(
+    base: Vec<(PathBuf, String)>,
+    overlays: Vec<(String, Vec<(PathBuf, String)>)>,
+) -> Result<LexiconSet, LexiconError> {
+    let base_files = to_sources(base);
+    let raw = parse_files(&base_files)?;
+    let base_lex = build(&base_files, &raw, None, base_files.len())?;
+    let mut tenants = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (tenant, files) in overlays {
+        let files = to_sources(files);
+        if !valid_tenant(&tenant) {
+            problems.push(Problem {
+                file: files
+                    .first()
+                    .and_then(|f| f.path.parent().map(Path::to_path_buf))
+                    .unwrap_or_default(),
+                line: 0,
+                entry: None,
+                message: format!(
+                    "{tenant:?} is not a tenant name (1-64 characters, no whitespace, '.', '*' or '>')"
+                ),
+            });
+            continue;
+        }
+        match parse_files(&files).and_then(|overlay| {
+            let mut all = base_files.clone_shallow();
+            let offset = all.len();
+            all.extend(files.iter().map(SourceFile::clone_shallow_one));
+            let merged = apply_overlay(&all, &raw, overlay, offset)?;
+            build(&all, &merged, Some(&tenant), offset)
+        }) {
+            Ok(lex) => {
+                tenants.insert(tenant, lex);
+            }
+            Err(e) => problems.extend(e.problems),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(LexiconError { problems });
+    }
+    Ok(LexiconSet {
+        base: base_lex,
+        tenants,
+    })
 }
 
 /// Validates lexicon files given as `(path, contents)` (the path is only
 /// used in messages). Used by [`load_dir`] and by tests.
 pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Lexicon, LexiconError> {
-    let files: Vec<SourceFile> = files
+    let files = to_sources(files);
+    let raw = parse_files(&files)?;
+    build(&files, &raw, None, files.len())
+}
+
+fn to_sources(files: Vec<(PathBuf, String)>) -> Vec<SourceFile> {
+    files
         .into_iter()
         .map(|(path, text)| SourceFile { path, text })
-        .collect();
-    let mut v = Validator::default();
-    let mut parsed = Vec::new();
+        .collect()
+}
+
+trait CloneShallow {
+    fn clone_shallow(&self) -> Vec<SourceFile>;
+}
+
+impl CloneShallow for Vec<SourceFile> {
+    fn clone_shallow(&self) -> Vec<SourceFile> {
+        self.iter().map(SourceFile::clone_shallow_one).collect()
+    }
+}
+
+impl SourceFile {
+    fn clone_shallow_one(&self) -> SourceFile {
+        SourceFile {
+            path: self.path.clone(),
+            text: self.text.clone(),
+        }
+    }
+}
+
+/// An entry of a file: which file (index) and where in it.
+struct At<T> {
+    file: usize,
+    span: Range<usize>,
+    value: T,
+}
+
+/// The parsed files before validation.
+struct RawLexicon {
+    meta: Vec<At<RawMeta>>,
+    sections: Vec<At<RawSection>>,
+    categories: Vec<At<RawCategory>>,
+    rules: Vec<At<Table>>,
+    overrides: Vec<At<Table>>,
+    disable: Vec<At<String>>,
+}
+
+fn parse_files(files: &[SourceFile]) -> Result<RawLexicon, LexiconError> {
+    let mut problems = Vec::new();
+    let mut raw = RawLexicon {
+        meta: Vec::new(),
+        sections: Vec::new(),
+        categories: Vec::new(),
+        rules: Vec::new(),
+        overrides: Vec::new(),
+        disable: Vec::new(),
+    };
+    let at = |file: usize, s: Range<usize>| (file, s);
     for (i, f) in files.iter().enumerate() {
         match toml::from_str::<RawFile>(&f.text) {
-            Ok(raw) => parsed.push((i, raw)),
+            Ok(r) => {
+                if let Some(m) = r.lexicon {
+                    let (file, span) = at(i, m.span());
+                    raw.meta.push(At {
+                        file,
+                        span,
+                        value: m.into_inner(),
+                    });
+                }
+                let spread = |v: Spanned<_>| At {
+                    file: i,
+                    span: v.span(),
+                    value: v.into_inner(),
+                };
+                raw.sections.extend(r.section.into_iter().map(spread));
+                raw.categories.extend(r.category.into_iter().map(|v| At {
+                    file: i,
+                    span: v.span(),
+                    value: v.into_inner(),
+                }));
+                raw.rules.extend(r.rule.into_iter().map(|v| At {
+                    file: i,
+                    span: table_extent(&f.text, v.span()),
+                    value: v.into_inner(),
+                }));
+                raw.overrides.extend(r.overrides.into_iter().map(|v| At {
+                    file: i,
+                    span: table_extent(&f.text, v.span()),
+                    value: v.into_inner(),
+                }));
+                if let Some(d) = r.disable {
+                    raw.disable.extend(d.into_inner().into_iter().map(|v| At {
+                        file: i,
+                        span: v.span(),
+                        value: v.into_inner(),
+                    }));
+                }
+            }
             Err(e) => {
                 let line = e.span().map_or(0, |s| f.line(s));
-                v.problems.push(Problem {
+                problems.push(Problem {
                     file: f.path.clone(),
                     line,
                     entry: None,
@@ -324,38 +489,205 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Lexicon, LexiconErr
             }
         }
     }
+    if problems.is_empty() {
+        Ok(raw)
+    } else {
+        Err(LexiconError { problems })
+    }
+}
+
+/// The whole text of an array-of-tables entry starting at `span`: up to the
+/// next table header that is not one of its own sub-tables
+/// (`[rule.trigger]`), so problems can be located at their key's line.
+fn table_extent(text: &str, span: Range<usize>) -> Range<usize> {
+    let start = span.start.min(text.len());
+    let mut end = span.end.clamp(start, text.len());
+    let header_end = text[start..]
+        .find('\n')
+        .map_or(text.len(), |i| start + i + 1);
+    let mut offset = header_end;
+    for line in text[header_end..].split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.starts_with('[') && !t.starts_with("[rule.") && !t.starts_with("[override.") {
+            break;
+        }
+        offset += line.len();
+        end = end.max(offset);
+    }
+    start..end
+}
+
+/// The base's raw entries with a tenant's overlay applied: new sections,
+/// categories and rules are added; `[[override]]` replaces fields of a base
+/// rule; `disable` removes base rules. `offset` is the index of the
+/// overlay's first file in the combined file list.
+fn apply_overlay(
+    files: &[SourceFile],
+    base: &RawLexicon,
+    overlay: RawLexicon,
+    offset: usize,
+) -> Result<RawLexicon, LexiconError> {
+    let mut v = Validator::default();
+    for m in &overlay.meta {
+        v.at(
+            &files[m.file + offset],
+            m.span.clone(),
+            None,
+            "a tenant overlay has no [lexicon] table (it takes the base's name and version)".into(),
+        );
+    }
+    let copy_table = |a: &At<Table>| At {
+        file: a.file,
+        span: a.span.clone(),
+        value: a.value.clone(),
+    };
+    let mut rules: Vec<At<Table>> = base.rules.iter().map(copy_table).collect();
+    let rule_id = |t: &Table| t.get("id").and_then(Value::as_str).map(str::to_string);
+    for d in &overlay.disable {
+        let before = rules.len();
+        rules.retain(|r| rule_id(&r.value).as_deref() != Some(d.value.as_str()));
+        if rules.len() == before {
+            v.at(
+                &files[d.file + offset],
+                d.span.clone(),
+                Some(format!("disable {:?}", d.value)),
+                "no base rule has this id".into(),
+            );
+        }
+    }
+    for o in overlay.overrides {
+        let file = &files[o.file + offset];
+        let Some(id) = rule_id(&o.value) else {
+            v.at(
+                file,
+                o.span.clone(),
+                Some("[[override]]".into()),
+                "an override needs the id of the base rule it changes".into(),
+            );
+            continue;
+        };
+        let entry = Some(format!("override {id:?}"));
+        let Some(target) = rules
+            .iter_mut()
+            .find(|r| rule_id(&r.value).as_deref() == Some(id.as_str()))
+        else {
+            v.at(
+                file,
+                o.span.clone(),
+                entry,
+                "no base rule has this id (or it is disabled)".into(),
+            );
+            continue;
+        };
+        if let Some(kind) = o.value.get("kind")
+            && target.value.get("kind").unwrap_or(&Value::from("phrase")) != kind
+        {
+            v.at(
+                file,
+                o.span.clone(),
+                entry,
+                "an override cannot change a rule's kind: disable it and add a new rule".into(),
+            );
+            continue;
+        }
+        for (k, val) in o.value {
+            target.value.insert(k, val);
+        }
+        // Problems in the result point at the override.
+        target.file = o.file + offset;
+        target.span = o.span;
+    }
+    let shifted = |a: At<Table>| At {
+        file: a.file + offset,
+        span: a.span,
+        value: a.value,
+    };
+    rules.extend(overlay.rules.into_iter().map(shifted));
     if !v.problems.is_empty() {
         return Err(LexiconError {
             problems: v.problems,
         });
     }
+    let copy_meta = |m: &At<RawMeta>| At {
+        file: m.file,
+        span: m.span.clone(),
+        value: RawMeta {
+            name: m.value.name.clone(),
+            version: m.value.version.clone(),
+            language: m.value.language.clone(),
+            description: m.value.description.clone(),
+        },
+    };
+    let copy_section = |s: &At<RawSection>| At {
+        file: s.file,
+        span: s.span.clone(),
+        value: RawSection {
+            id: s.value.id.clone(),
+            name: s.value.name.clone(),
+            max_deduct: s.value.max_deduct.clone(),
+        },
+    };
+    let copy_category = |c: &At<RawCategory>| At {
+        file: c.file,
+        span: c.span.clone(),
+        value: RawCategory {
+            id: c.value.id.clone(),
+            name: c.value.name.clone(),
+            description: c.value.description.clone(),
+        },
+    };
+    let mut sections: Vec<At<RawSection>> = base.sections.iter().map(copy_section).collect();
+    sections.extend(overlay.sections.into_iter().map(|s| At {
+        file: s.file + offset,
+        span: s.span,
+        value: s.value,
+    }));
+    let mut categories: Vec<At<RawCategory>> = base.categories.iter().map(copy_category).collect();
+    categories.extend(overlay.categories.into_iter().map(|c| At {
+        file: c.file + offset,
+        span: c.span,
+        value: c.value,
+    }));
+    Ok(RawLexicon {
+        meta: base.meta.iter().map(copy_meta).collect(),
+        sections,
+        categories,
+        rules,
+        overrides: Vec::new(),
+        disable: Vec::new(),
+    })
+}
+
+/// Validates parsed entries into a [`Lexicon`].
+/// The first `base_count` files are the base's; the rest a tenant's overlay.
+fn build(
+    files: &[SourceFile],
+    raw: &RawLexicon,
+    tenant: Option<&str>,
+    base_count: usize,
+) -> Result<Lexicon, LexiconError> {
+    let mut v = Validator::default();
+    if tenant.is_none() {
+        for o in &raw.overrides {
+            v.at(
+                &files[o.file],
+                o.span.clone(),
+                Some("[[override]]".into()),
+                "overrides belong in a tenant overlay (tenants/<tenant>/*.toml)".into(),
+            );
+        }
+        for d in &raw.disable {
+            v.at(
+                &files[d.file],
+                d.span.clone(),
+                None,
+                "disable belongs in a tenant overlay; in the base, set enabled = false".into(),
+            );
+        }
+    }
 
     // Metadata: exactly one [lexicon] table.
-    let mut meta: Option<(usize, Spanned<RawMeta>)> = None;
-    let mut sections_raw = Vec::new();
-    let mut rules_raw = Vec::new();
-    for (i, raw) in parsed {
-        if let Some(m) = raw.lexicon {
-            if let Some((first, first_meta)) = &meta {
-                let first_at = format!(
-                    "{}:{}",
-                    files[*first].path.display(),
-                    files[*first].line(first_meta.span())
-                );
-                v.at(
-                    &files[i],
-                    m.span(),
-                    None,
-                    format!("a second [lexicon] table (the first is at {first_at})"),
-                );
-            } else {
-                meta = Some((i, m));
-            }
-        }
-        sections_raw.extend(raw.section.into_iter().map(|s| (i, s)));
-        rules_raw.extend(raw.rule.into_iter().map(|r| (i, r)));
-    }
-    let Some((meta_file, meta)) = meta else {
+    let Some(meta) = raw.meta.first() else {
         let file = files.first().map(|f| f.path.clone()).unwrap_or_default();
         v.problems.push(Problem {
             file,
@@ -367,12 +699,24 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Lexicon, LexiconErr
             problems: v.problems,
         });
     };
-    let meta = meta.into_inner();
-    let declared_version = meta.version.get_ref().trim().to_string();
+    for m in &raw.meta[1..] {
+        let first_at = format!(
+            "{}:{}",
+            files[meta.file].path.display(),
+            files[meta.file].line(meta.span.clone())
+        );
+        v.at(
+            &files[m.file],
+            m.span.clone(),
+            None,
+            format!("a second [lexicon] table (the first is at {first_at})"),
+        );
+    }
+    let declared_version = meta.value.version.get_ref().trim().to_string();
     if declared_version.is_empty() || declared_version.chars().any(char::is_whitespace) {
         v.at(
-            &files[meta_file],
-            meta.version.span(),
+            &files[meta.file],
+            meta.value.version.span(),
             Some("[lexicon]".into()),
             "version must be non-empty without whitespace".into(),
         );
@@ -381,30 +725,29 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Lexicon, LexiconErr
     // Sections.
     let mut sections = Vec::new();
     let mut section_index: HashMap<String, (usize, String)> = HashMap::new();
-    for (fi, s) in sections_raw {
-        let f = &files[fi];
-        let span = s.span();
-        let s = s.into_inner();
-        let id = s.id.get_ref().clone();
+    for s in &raw.sections {
+        let f = &files[s.file];
+        let s_val = &s.value;
+        let id = s_val.id.get_ref().clone();
         let entry = Some(format!("section {id:?}"));
-        let here = format!("{}:{}", f.path.display(), f.line(span.clone()));
+        let here = format!("{}:{}", f.path.display(), f.line(s.span.clone()));
         if !valid_id(&id) {
-            v.at(f, s.id.span(), entry.clone(), ID_RULE.into());
+            v.at(f, s_val.id.span(), entry.clone(), ID_RULE.into());
         }
         if let Some((_, first)) = section_index.get(&id) {
             v.at(
                 f,
-                s.id.span(),
+                s_val.id.span(),
                 entry.clone(),
                 format!("duplicate section id (first defined at {first})"),
             );
             continue;
         }
-        let max = *s.max_deduct.get_ref();
+        let max = *s_val.max_deduct.get_ref();
         if !(max.is_finite() && max > 0.0) {
             v.at(
                 f,
-                s.max_deduct.span(),
+                s_val.max_deduct.span(),
                 entry,
                 format!("max_deduct must be a positive number, got {max}"),
             );
@@ -412,203 +755,212 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Lexicon, LexiconErr
         section_index.insert(id.clone(), (sections.len(), here));
         sections.push(Section {
             id,
-            name: s.name,
+            name: s_val.name.clone(),
             max_deduct: max,
+        });
+    }
+
+    // Categories.
+    let mut categories = Vec::new();
+    let mut category_index: HashMap<String, (usize, String)> = HashMap::new();
+    for c in &raw.categories {
+        let f = &files[c.file];
+        let id = c.value.id.get_ref().clone();
+        let entry = Some(format!("category {id:?}"));
+        let here = format!("{}:{}", f.path.display(), f.line(c.span.clone()));
+        if !valid_id(&id) {
+            v.at(f, c.value.id.span(), entry.clone(), ID_RULE.into());
+        }
+        if let Some((_, first)) = category_index.get(&id) {
+            v.at(
+                f,
+                c.value.id.span(),
+                entry,
+                format!("duplicate category id (first defined at {first})"),
+            );
+            continue;
+        }
+        if c.value.name.trim().is_empty() {
+            v.at(f, c.span.clone(), entry, "name must not be empty".into());
+        }
+        category_index.insert(id.clone(), (categories.len(), here));
+        categories.push(Category {
+            id,
+            name: c.value.name.clone(),
+            description: c.value.description.clone(),
+        });
+    }
+    if categories.len() > MAX_CATEGORIES {
+        v.problems.push(Problem {
+            file: files[meta.file].path.clone(),
+            line: 0,
+            entry: None,
+            message: format!(
+                "{} categories, over the limit of {MAX_CATEGORIES} (each is a metric label value)",
+                categories.len()
+            ),
         });
     }
 
     // Rules.
     let mut rules = Vec::new();
     let mut rule_ids: HashMap<String, String> = HashMap::new();
-    let mut windowed: HashMap<RuleKind, String> = HashMap::new();
-    for (fi, r) in rules_raw {
-        let f = &files[fi];
-        let span = r.span();
-        let here = format!("{}:{}", f.path.display(), f.line(span.clone()));
-        let r = r.into_inner();
-        let id = r.id.get_ref().clone();
-        let entry = Some(format!("rule {id:?}"));
-        if !valid_id(&id) {
-            v.at(f, r.id.span(), entry.clone(), ID_RULE.into());
+    let problems = RefCell::new(std::mem::take(&mut v.problems));
+    for r in &raw.rules {
+        let f = &files[r.file];
+        let here = format!("{}:{}", f.path.display(), f.line(r.span.clone()));
+        let mut fields = Fields {
+            table: r.value.clone(),
+            file: f,
+            span: r.span.clone(),
+            entry: String::new(),
+            prefix: String::new(),
+            problems: &problems,
+        };
+        let id = fields.string("id").unwrap_or_default();
+        fields.entry = format!("rule {id:?}");
+        if id.is_empty() {
+            fields.error("id", "every rule needs an id".into());
+        } else if !valid_id(&id) {
+            fields.error("id", ID_RULE.into());
         }
         if let Some(first) = rule_ids.get(&id) {
-            v.at(
-                f,
-                r.id.span(),
-                entry.clone(),
+            fields.error(
+                "id",
                 format!("duplicate rule id (first defined at {first})"),
             );
             continue;
         }
         rule_ids.insert(id.clone(), here.clone());
-
-        let deduct = *r.deduct.get_ref();
+        let kind = fields.string("kind").unwrap_or_else(|| "phrase".into());
+        let category = match fields.string("category") {
+            Some(c) => match category_index.get(&c) {
+                Some((i, _)) => Some(*i),
+                None => {
+                    let known: Vec<&str> = categories.iter().map(|c| c.id.as_str()).collect();
+                    let hint = match c.as_str() {
+                        "greeting" | "closing" => {
+                            " (greeting and closing are now kind = \"required\" rules: see lexicons/README.md)"
+                        }
+                        _ => "",
+                    };
+                    fields.error(
+                        "category",
+                        format!("unknown category {c:?} (defined: {known:?}){hint}"),
+                    );
+                    None
+                }
+            },
+            None => {
+                fields.error("category", "missing field `category`".into());
+                None
+            }
+        };
+        let severity = match fields.string("severity") {
+            Some(s) => match Severity::ALL.into_iter().find(|x| x.as_str() == s) {
+                Some(x) => x,
+                None => {
+                    fields.error(
+                        "severity",
+                        format!("unknown severity {s:?} (low, medium, high, critical)"),
+                    );
+                    Severity::Low
+                }
+            },
+            None => {
+                fields.error("severity", "missing field `severity`".into());
+                Severity::Low
+            }
+        };
+        let deduct = fields.number("deduct").unwrap_or(0.0);
         if !(deduct.is_finite() && deduct >= 0.0) {
-            v.at(
-                f,
-                r.deduct.span(),
-                entry.clone(),
+            fields.error(
+                "deduct",
                 format!("deduct must be a number >= 0, got {deduct}"),
             );
         }
-        let section = match section_index.get(r.section.get_ref()) {
-            Some((i, _)) => *i,
-            None => {
-                let known: Vec<&str> = sections.iter().map(|s| s.id.as_str()).collect();
-                v.at(
-                    f,
-                    r.section.span(),
-                    entry.clone(),
-                    format!(
-                        "unknown section {:?} (defined: {known:?})",
-                        r.section.get_ref()
-                    ),
-                );
-                0
-            }
-        };
-        let speakers = match r.speakers {
-            Some(s) => {
-                let span = s.span();
-                let mut list = s.into_inner();
-                list.sort_by_key(|s| *s as u8);
-                list.dedup();
-                if list.is_empty() {
-                    v.at(f, span, entry.clone(), "speakers must not be empty".into());
-                }
-                list
-            }
-            None => vec![Speaker::Agent],
-        };
-        let (default_boundary, default_position) = match r.category {
-            RuleKind::Filler => (Boundary::Word, Position::ClauseStart),
-            _ => (Boundary::None, Position::Any),
-        };
-        let window = match (r.category, &r.window) {
-            (RuleKind::Greeting, None) => DEFAULT_GREETING_WINDOW,
-            (RuleKind::Closing, None) => DEFAULT_CLOSING_WINDOW,
-            (RuleKind::Greeting | RuleKind::Closing, Some(w)) => {
-                let n = *w.get_ref();
-                if n < 1 || n > MAX_WINDOW as i64 {
-                    v.at(
-                        f,
-                        w.span(),
-                        entry.clone(),
-                        format!("window must be 1..={MAX_WINDOW}, got {n}"),
+        let section = match fields.string("section") {
+            Some(s) => match section_index.get(&s) {
+                Some((i, _)) => Some(*i),
+                None => {
+                    let known: Vec<&str> = sections.iter().map(|s| s.id.as_str()).collect();
+                    fields.error(
+                        "section",
+                        format!("unknown section {s:?} (defined: {known:?})"),
                     );
+                    None
                 }
-                n.clamp(1, MAX_WINDOW as i64) as usize
-            }
-            (_, Some(w)) => {
-                v.at(
-                    f,
-                    w.span(),
-                    entry.clone(),
-                    "window only applies to greeting and closing rules".into(),
-                );
-                0
-            }
-            (_, None) => 0,
+            },
+            None => None,
         };
-
-        let phrases_span = r.phrases.span();
-        let phrases = r.phrases.into_inner();
-        if phrases.is_empty() {
-            v.at(
-                f,
-                phrases_span,
-                entry.clone(),
-                "phrases must not be empty".into(),
+        if deduct > 0.0 && section.is_none() && !fields.has_error("section") {
+            fields.error(
+                "deduct",
+                "a rule that deducts points names its scorecard `section` (or set deduct = 0 to only alert)"
+                    .into(),
             );
         }
-        let mut seen: HashMap<String, String> = HashMap::new();
-        let mut norm_phrases = Vec::new();
-        for p in &phrases {
-            let n = normalize(p.get_ref());
-            if n.is_empty() {
-                v.at(
-                    f,
-                    p.span(),
-                    entry.clone(),
-                    format!(
-                        "phrase {:?} is empty after normalisation (only spaces or punctuation)",
-                        p.get_ref()
-                    ),
-                );
-                continue;
+        let speakers = fields.speakers("speakers");
+        let channels = fields.channels("channels");
+        let description = fields.string("description");
+        let source = fields.string("source");
+        let enabled = fields.boolean("enabled").unwrap_or(true);
+        let spec = rules::parse(&kind, &mut fields);
+        fields.finish(&kind);
+        let Some(spec) = spec else {
+            continue;
+        };
+        let speakers = match speakers {
+            Some(s) => {
+                if !spec.takes_speakers() {
+                    fields_error(
+                        &problems,
+                        f,
+                        r.span.clone(),
+                        &id,
+                        format!("a {kind} rule sets speakers in its own fields, not `speakers`"),
+                    );
+                }
+                s
             }
-            if let Some(first) = seen.get(&n) {
-                v.at(
-                    f,
-                    p.span(),
-                    entry.clone(),
-                    format!(
-                        "phrase {:?} duplicates {first:?} after normalisation",
-                        p.get_ref()
-                    ),
-                );
-                continue;
-            }
-            seen.insert(n.clone(), p.get_ref().clone());
-            norm_phrases.push(n);
+            None => spec.default_speakers(),
+        };
+        if deduct > 0.0 && !spec.judges_agent(&speakers) {
+            fields_error(
+                &problems,
+                f,
+                r.span.clone(),
+                &id,
+                "a customer's words never cost the agent points: a rule on customer or system segments only alerts (deduct = 0)".into(),
+            );
         }
-        for x in &r.exceptions {
-            let n = normalize(x.get_ref());
-            if n.is_empty() {
-                v.at(
-                    f,
-                    x.span(),
-                    entry.clone(),
-                    format!("exception {:?} is empty after normalisation", x.get_ref()),
-                );
-            } else if !norm_phrases.iter().any(|p| n.contains(p.as_str())) {
-                v.at(
-                    f,
-                    x.span(),
-                    entry.clone(),
-                    format!(
-                        "exception {:?} contains none of the rule's phrases, so it can never apply",
-                        x.get_ref()
-                    ),
-                );
-            }
-        }
-
-        if !r.enabled {
+        if !enabled {
             continue;
         }
-        if matches!(r.category, RuleKind::Greeting | RuleKind::Closing) {
-            if let Some(first) = windowed.get(&r.category) {
-                v.at(f, r.id.span(), entry.clone(), format!(
-                    "only one enabled {} rule per lexicon (the first is at {first}); put all its phrases in one rule",
-                    r.category.as_str()
-                ));
-            }
-            windowed.insert(r.category, here.clone());
-        }
+        let Some(category) = category else {
+            continue;
+        };
         rules.push(Rule {
             id,
-            kind: r.category,
-            severity: r.severity,
+            category,
+            severity,
             deduct,
             section,
             speakers,
-            boundary: r.boundary.unwrap_or(default_boundary),
-            position: r.position.unwrap_or(default_position),
-            window,
-            phrases: phrases.into_iter().map(Spanned::into_inner).collect(),
-            exceptions: r.exceptions.into_iter().map(Spanned::into_inner).collect(),
-            description: r.description,
-            source: r.source,
+            channels: channels.unwrap_or_default(),
+            description,
+            source,
             location: here,
+            spec,
         });
     }
-    if rules.len() > u16::MAX as usize {
+    v.problems = problems.into_inner();
+    if rules.len() > MAX_RULES {
         v.problems.push(Problem {
-            file: files[meta_file].path.clone(),
+            file: files[meta.file].path.clone(),
             line: 0,
             entry: None,
-            message: format!("{} rules, over the limit of {}", rules.len(), u16::MAX),
+            message: format!("{} rules, over the limit of {MAX_RULES}", rules.len()),
         });
     }
     if !v.problems.is_empty() {
@@ -616,21 +968,315 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Lexicon, LexiconErr
             problems: v.problems,
         });
     }
-
+    let base_digest = digest(files[..base_count.min(files.len())].iter());
+    let version = match tenant {
+        None => format!("{declared_version}+{base_digest}"),
+        Some(t) => format!(
+            "{declared_version}+{base_digest}/{t}+{}",
+            digest(files[base_count.min(files.len())..].iter())
+        ),
+    };
     Ok(Lexicon {
-        name: meta.name,
-        language: meta.language,
-        description: meta.description,
-        version: format!("{declared_version}+{}", digest(&files)),
+        name: meta.value.name.clone(),
+        language: meta.value.language.clone(),
+        description: meta.value.description.clone(),
+        version,
+        tenant: tenant.map(str::to_string),
         sections,
+        categories,
         rules,
     })
 }
 
+fn fields_error(
+    problems: &RefCell<Vec<Problem>>,
+    f: &SourceFile,
+    span: Range<usize>,
+    id: &str,
+    message: String,
+) {
+    problems.borrow_mut().push(Problem {
+        file: f.path.clone(),
+        line: f.line(span),
+        entry: Some(format!("rule {id:?}")),
+        message,
+    });
+}
+
+/// The fields of one `[[rule]]` entry (or of a table inside it, such as a
+/// response rule's `trigger`), for the kind modules to take and validate.
+/// Each field read is removed; [`Fields::finish`] reports the ones nobody
+/// took. Problems are located at the line of their key in the rule.
+pub struct Fields<'a> {
+    table: Table,
+    file: &'a SourceFile,
+    /// The rule's byte range in the file.
+    span: Range<usize>,
+    entry: String,
+    /// `trigger.` inside a sub-table.
+    prefix: String,
+    problems: &'a RefCell<Vec<Problem>>,
+}
+
+impl<'a> Fields<'a> {
+    /// Records a problem with field `key`.
+    pub fn error(&self, key: &str, message: String) {
+        self.problems.borrow_mut().push(Problem {
+            file: self.file.path.clone(),
+            line: self.line_of(key),
+            entry: Some(self.entry.clone()),
+            message: if key.is_empty() || message.contains('`') {
+                message
+            } else {
+                format!("{}{key}: {message}", self.prefix)
+            },
+        });
+    }
+
+    fn has_error(&self, key: &str) -> bool {
+        let needle = format!("{}{key}", self.prefix);
+        self.problems
+            .borrow()
+            .iter()
+            .any(|p| p.entry.as_deref() == Some(&self.entry) && p.message.contains(&needle))
+    }
+
+    /// The line of `key` inside the rule: the first line of the rule's text
+    /// that assigns it (`key =`, `prefix.key =`, or a `[rule.key]` header);
+    /// the rule's first line when not found.
+    fn line_of(&self, key: &str) -> usize {
+        let text = &self.file.text;
+        let end = self.span.end.min(text.len());
+        let start = self.span.start.min(end);
+        let Some(body) = text.get(start..end) else {
+            return self.file.line(self.span.clone());
+        };
+        let last = self.prefix.trim_end_matches('.');
+        let mut offset = start;
+        for line in body.split_inclusive('\n') {
+            let t = line.trim_start();
+            let hit = |k: &str| {
+                t.strip_prefix(k)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            };
+            let dotted = format!("{}{key}", self.prefix);
+            if !key.is_empty() && (hit(key) || hit(&dotted))
+                || key.is_empty()
+                    && !last.is_empty()
+                    && (t.starts_with(&format!("[rule.{last}]")) || hit(last))
+            {
+                return self.file.line(offset..offset);
+            }
+            offset += line.len();
+        }
+        self.file.line(self.span.clone())
+    }
+
+    /// The line of `value` written as a string literal inside the rule (for
+    /// problems with one phrase of a list).
+    pub fn error_at_value(&self, key: &str, value: &str, message: String) {
+        let text = &self.file.text;
+        let end = self.span.end.min(text.len());
+        let start = self.span.start.min(end);
+        let literal = format!("{value:?}");
+        let line = text
+            .get(start..end)
+            .and_then(|b| b.find(&literal))
+            .map(|i| self.file.line(start + i..start + i))
+            .unwrap_or_else(|| self.line_of(key));
+        self.problems.borrow_mut().push(Problem {
+            file: self.file.path.clone(),
+            line,
+            entry: Some(self.entry.clone()),
+            message,
+        });
+    }
+
+    fn take(&mut self, key: &str) -> Option<Value> {
+        self.table.remove(key)
+    }
+
+    /// Whether the field is present (not taken).
+    pub fn has(&self, key: &str) -> bool {
+        self.table.contains_key(key)
+    }
+
+    pub fn string(&mut self, key: &str) -> Option<String> {
+        match self.take(key)? {
+            Value::String(s) => Some(s),
+            other => {
+                self.error(key, format!("must be a string, got {}", other.type_str()));
+                None
+            }
+        }
+    }
+
+    pub fn strings(&mut self, key: &str) -> Option<Vec<String>> {
+        match self.take(key)? {
+            Value::Array(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        Value::String(s) => out.push(s),
+                        other => {
+                            self.error(
+                                key,
+                                format!("must be a list of strings, found {}", other.type_str()),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                Some(out)
+            }
+            other => {
+                self.error(
+                    key,
+                    format!("must be a list of strings, got {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn number(&mut self, key: &str) -> Option<f64> {
+        match self.take(key)? {
+            Value::Integer(i) => Some(i as f64),
+            Value::Float(x) => Some(x),
+            other => {
+                self.error(key, format!("must be a number, got {}", other.type_str()));
+                None
+            }
+        }
+    }
+
+    /// An integer in `range`; out of range is an error naming it.
+    pub fn integer(&mut self, key: &str, range: std::ops::RangeInclusive<i64>) -> Option<i64> {
+        match self.take(key)? {
+            Value::Integer(i) if range.contains(&i) => Some(i),
+            Value::Integer(i) => {
+                self.error(
+                    key,
+                    format!("must be {}..={}, got {i}", range.start(), range.end()),
+                );
+                None
+            }
+            other => {
+                self.error(
+                    key,
+                    format!("must be a whole number, got {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn boolean(&mut self, key: &str) -> Option<bool> {
+        match self.take(key)? {
+            Value::Boolean(b) => Some(b),
+            other => {
+                self.error(
+                    key,
+                    format!("must be true or false, got {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A value from a fixed set of names.
+    pub fn choice<T: Copy>(&mut self, key: &str, choices: &[(&str, T)]) -> Option<T> {
+        let s = self.string(key)?;
+        match choices.iter().find(|(name, _)| *name == s) {
+            Some((_, v)) => Some(*v),
+            None => {
+                let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+                self.error(key, format!("unknown value {s:?} (one of {names:?})"));
+                None
+            }
+        }
+    }
+
+    pub fn speakers(&mut self, key: &str) -> Option<Vec<Speaker>> {
+        let names = self.strings(key)?;
+        let mut out = Vec::new();
+        for n in names {
+            match Speaker::ALL.into_iter().find(|s| s.as_str() == n) {
+                Some(s) => out.push(s),
+                None => self.error(
+                    key,
+                    format!("unknown speaker {n:?} (agent, customer, system)"),
+                ),
+            }
+        }
+        out.sort_by_key(|s| *s as u8);
+        out.dedup();
+        if out.is_empty() {
+            self.error(key, "must not be empty".into());
+        }
+        Some(out)
+    }
+
+    pub fn channels(&mut self, key: &str) -> Option<Vec<Channel>> {
+        let names = self.strings(key)?;
+        let mut out = Vec::new();
+        for n in names {
+            match [Channel::Call, Channel::Chat]
+                .into_iter()
+                .find(|c| c.as_str() == n)
+            {
+                Some(c) => out.push(c),
+                None => self.error(key, format!("unknown channel {n:?} (call, chat)")),
+            }
+        }
+        out.sort_by_key(|c| *c as u8);
+        out.dedup();
+        if out.is_empty() {
+            self.error(
+                key,
+                "must not be empty (leave it out for every channel)".into(),
+            );
+        }
+        Some(out)
+    }
+
+    /// A sub-table (`[rule.trigger]` or `trigger = { … }`), as fields of
+    /// its own; `None` when absent (an error when not a table).
+    pub fn table(&mut self, key: &str) -> Option<Fields<'a>> {
+        match self.take(key)? {
+            Value::Table(t) => Some(Fields {
+                table: t,
+                file: self.file,
+                span: self.span.clone(),
+                entry: self.entry.clone(),
+                prefix: format!("{}{key}.", self.prefix),
+                problems: self.problems,
+            }),
+            other => {
+                self.error(key, format!("must be a table, got {}", other.type_str()));
+                None
+            }
+        }
+    }
+
+    /// Reports every field no one took, naming what a rule of `kind` takes.
+    pub fn finish(self, kind: &str) {
+        for key in self.table.keys() {
+            self.error(
+                key,
+                format!(
+                    "unknown field `{}{key}` for a {kind} rule (see lexicons/README.md)",
+                    self.prefix
+                ),
+            );
+        }
+    }
+}
+
 const ID_RULE: &str = "ids are 1-64 characters of a-z, 0-9, '.', '_' or '-'";
 
-/// Rule and section ids become metric labels and parts of event ids: keep
-/// them short and plain.
+/// Rule, section and category ids become metric labels and parts of event
+/// ids: keep them short and plain.
 fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id.bytes().all(|b| {
@@ -638,9 +1284,17 @@ fn valid_id(id: &str) -> bool {
         })
 }
 
+/// Tenant directory names: what a tenant may be in an input event.
+fn valid_tenant(t: &str) -> bool {
+    (1..=crate::event::MAX_TENANT_CHARS).contains(&t.chars().count())
+        && !t
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>'))
+}
+
 /// First 8 hex digits of the FNV-1a hash of every file's name and contents.
-fn digest(files: &[SourceFile]) -> String {
-    let mut parts: Vec<&[u8]> = Vec::new();
+fn digest<'a>(files: impl Iterator<Item = &'a SourceFile>) -> String {
+    let files: Vec<&SourceFile> = files.collect();
     let names: Vec<String> = files
         .iter()
         .map(|f| {
@@ -650,6 +1304,7 @@ fn digest(files: &[SourceFile]) -> String {
                 .unwrap_or_default()
         })
         .collect();
+    let mut parts: Vec<&[u8]> = Vec::new();
     for (f, name) in files.iter().zip(&names) {
         parts.push(name.as_bytes());
         parts.push(f.text.as_bytes());
@@ -670,206 +1325,5 @@ impl Validator {
             entry,
             message,
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const HEAD: &str = r#"
-[lexicon]
-name = "test"
-version = "1"
-
-[[section]]
-id = "lang"
-name = "服务用语"
-max_deduct = 30
-"#;
-
-    fn load(body: &str) -> Result<Lexicon, LexiconError> {
-        load_sources(vec![(PathBuf::from("t.toml"), format!("{HEAD}{body}"))])
-    }
-
-    fn first_problem(body: &str) -> String {
-        match load(body) {
-            Ok(_) => panic!("accepted:\n{body}"),
-            Err(e) => e.problems[0].to_string(),
-        }
-    }
-
-    const GOOD: &str = r#"
-[[rule]]
-id = "forbidden.a"
-category = "forbidden"
-severity = "high"
-deduct = 1
-section = "lang"
-phrases = ["不知道", "你问我/我问谁"]
-exceptions = ["暂时不知道您的问题"]
-"#;
-
-    #[test]
-    fn loads_a_good_lexicon_with_defaults() {
-        let lex = load(GOOD).expect("valid");
-        let r = &lex.rules[0];
-        assert_eq!(r.id, "forbidden.a");
-        assert_eq!(r.speakers, vec![Speaker::Agent]);
-        assert_eq!((r.boundary, r.position), (Boundary::None, Position::Any));
-        assert_eq!(r.section, 0);
-        assert!(lex.version.starts_with("1+"), "{}", lex.version);
-    }
-
-    #[test]
-    fn version_digest_changes_with_content() {
-        let a = load(GOOD).expect("valid").version;
-        let b = load(&GOOD.replace("不知道", "不清楚"))
-            .expect("valid")
-            .version;
-        assert_ne!(a, b);
-    }
-
-    #[test]
-    fn validation_errors_name_file_line_and_entry() {
-        let cases: &[(&str, &str, &str)] = &[
-            (
-                "unknown_key",
-                &GOOD.replace("severity", "severty"),
-                "t.toml:14: unknown field `severty`",
-            ),
-            (
-                "bad_category",
-                &GOOD.replace("\"forbidden\"", "\"forbiden\""),
-                "t.toml:13: unknown variant `forbiden`",
-            ),
-            (
-                "bad_severity",
-                &GOOD.replace("\"high\"", "\"urgent\""),
-                "t.toml:14: unknown variant `urgent`",
-            ),
-            (
-                "negative_deduct",
-                &GOOD.replace("deduct = 1", "deduct = -1"),
-                "t.toml:15: rule \"forbidden.a\": deduct must be a number >= 0",
-            ),
-            (
-                "unknown_section",
-                &GOOD.replace("section = \"lang\"", "section = \"x\""),
-                "t.toml:16: rule \"forbidden.a\": unknown section \"x\"",
-            ),
-            (
-                "punctuation_phrase",
-                &GOOD.replace("\"不知道\"", "\"，。！\""),
-                "t.toml:17: rule \"forbidden.a\": phrase \"，。！\" is empty after normalisation",
-            ),
-            (
-                "empty_phrase",
-                &GOOD.replace("\"不知道\"", "\"\""),
-                "t.toml:17: rule \"forbidden.a\": phrase \"\" is empty",
-            ),
-            (
-                "duplicate_phrase",
-                &GOOD.replace("\"你问我/我问谁\"", "\"不 知道\""),
-                "t.toml:17: rule \"forbidden.a\": phrase \"不 知道\" duplicates \"不知道\"",
-            ),
-            (
-                "no_phrases",
-                &GOOD.replace("phrases = [\"不知道\", \"你问我/我问谁\"]", "phrases = []"),
-                "t.toml:17: rule \"forbidden.a\": phrases must not be empty",
-            ),
-            (
-                "useless_exception",
-                &GOOD.replace("暂时不知道您的问题", "您好"),
-                "t.toml:18: rule \"forbidden.a\": exception \"您好\" contains none",
-            ),
-            (
-                "bad_id",
-                &GOOD.replace("forbidden.a", "Forbidden A"),
-                "t.toml:12: rule \"Forbidden A\": ids are",
-            ),
-            (
-                "window_on_forbidden",
-                &GOOD.replace("deduct = 1", "deduct = 1\nwindow = 2"),
-                "t.toml:16: rule \"forbidden.a\": window only applies",
-            ),
-            (
-                "missing_field",
-                &GOOD.replace("severity = \"high\"\n", ""),
-                "missing field `severity`",
-            ),
-            (
-                "toml_syntax",
-                "[[rule]\n",
-                "t.toml:10: unclosed array table",
-            ),
-        ];
-        for (name, body, want) in cases {
-            let got = first_problem(body);
-            assert!(
-                got.contains(want),
-                "case {name}:\n want substring {want:?}\n got {got:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn duplicate_rule_ids_name_the_first() {
-        let got = first_problem(&format!("{GOOD}{GOOD}"));
-        assert!(
-            got.contains(
-                "t.toml:21: rule \"forbidden.a\": duplicate rule id (first defined at t.toml:11)"
-            ),
-            "{got}"
-        );
-    }
-
-    #[test]
-    fn one_greeting_rule_only_and_window_bounds() {
-        let greeting = r#"
-[[rule]]
-id = "greeting.std"
-category = "greeting"
-severity = "low"
-deduct = 0.5
-section = "lang"
-phrases = ["您好"]
-"#;
-        let lex = load(greeting).expect("valid");
-        // The service standard's "first two agent turns", as a number: a
-        // comparison with DEFAULT_GREETING_WINDOW would pass whatever it is.
-        assert_eq!(lex.rules[0].window, 2);
-        let closing = greeting
-            .replace("greeting.std", "closing.std")
-            .replace("\"greeting\"", "\"closing\"");
-        // "The last three" agent turns.
-        assert_eq!(load(&closing).expect("valid").rules[0].window, 3);
-        let twice = format!(
-            "{greeting}{}",
-            greeting.replace("greeting.std", "greeting.b")
-        );
-        assert!(first_problem(&twice).contains("only one enabled greeting rule"));
-        let wide = greeting.replace("deduct = 0.5", "deduct = 0.5\nwindow = 40");
-        assert!(first_problem(&wide).contains("window must be 1..=32"));
-    }
-
-    #[test]
-    fn missing_or_duplicate_metadata() {
-        let no_meta =
-            load_sources(vec![(PathBuf::from("a.toml"), GOOD.into())]).expect_err("no meta");
-        assert!(no_meta.to_string().contains("no [lexicon] table"));
-        let two = load_sources(vec![
-            (PathBuf::from("a.toml"), HEAD.into()),
-            (
-                PathBuf::from("b.toml"),
-                "[lexicon]\nname = \"x\"\nversion = \"2\"\n".into(),
-            ),
-        ])
-        .expect_err("two metas");
-        assert!(
-            two.to_string()
-                .contains("b.toml:1: a second [lexicon] table (the first is at a.toml:2)"),
-            "{two}"
-        );
     }
 }

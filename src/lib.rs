@@ -67,6 +67,7 @@ pub mod loadgen;
 pub mod matcher;
 pub mod metrics;
 pub mod normalize;
+pub mod rules;
 pub mod scan;
 pub mod synth;
 mod unicode_tables;

@@ -301,7 +301,7 @@ async fn run_mode(
                 Ok(Event::Violation(v)) => {
                     // A missing closing is decided by the `end` event, though
                     // it points at the last agent segment: time it from `end`.
-                    let k = if v.category == crate::event::Category::MissingClosing {
+                    let k = if v.category == "missing_closing" {
                         format!("{}#end", v.conversation_id)
                     } else {
                         format!("{}#{}", v.conversation_id, v.seq)

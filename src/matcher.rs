@@ -12,8 +12,9 @@
 
 use crate::chardfa::CharDfa;
 use crate::event::Speaker;
-use crate::lexicon::{Boundary, Lexicon, Position, Rule, RuleKind};
+use crate::lexicon::{Lexicon, LexiconSet, Rule};
 use crate::normalize::{Normalized, normalize};
+use crate::rules::{Book, Boundary, Position};
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use jieba_rs::Jieba;
 use std::collections::HashMap;
@@ -31,11 +32,18 @@ pub fn default_segmenter() -> Arc<Jieba> {
 /// patterns the DFA is slower and large, so the crate picks.
 const DFA_MAX_PATTERNS: usize = 2_000;
 
-/// What one automaton pattern means for one rule.
+/// What one automaton pattern means for one phrase list (group).
 #[derive(Debug, Clone, Copy)]
 struct Use {
-    rule: u16,
+    group: u16,
     exception: bool,
+}
+
+/// One phrase list of one rule: what its hits must satisfy.
+#[derive(Debug, Clone, Copy)]
+struct Group {
+    boundary: Boundary,
+    position: Position,
 }
 
 /// The one automaton over every phrase and exception.
@@ -60,27 +68,26 @@ fn byte_automaton(patterns: &[String]) -> Result<AhoCorasick, String> {
 pub struct Scanner {
     lexicon: Lexicon,
     automaton: Automaton,
-    /// Pattern id → the rules that use it (one normalised string may be a
+    /// Pattern id → the groups that use it (one normalised string may be a
     /// phrase of one rule and an exception of another).
     uses: Vec<Vec<Use>>,
+    groups: Vec<Group>,
+    book: Book,
     /// Pattern id → the normalised pattern.
     patterns: Vec<String>,
     /// Bit per [`Speaker`]: whether any rule judges that speaker.
     judged_speakers: u8,
-    /// Rule index → bit per [`Speaker`] it judges.
-    rule_speakers: Vec<u8>,
-    /// The greeting and closing rules (at most one each), looked up on
-    /// every agent segment.
-    greeting: Option<u16>,
-    closing: Option<u16>,
+    /// Group index → bit per [`Speaker`] whose segments it is searched in.
+    group_speakers: Vec<u8>,
     segmenter: Arc<Jieba>,
 }
 
 /// A hit that survived every filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hit {
-    /// Index into [`Scanner::rules`].
-    pub rule: u16,
+    /// The phrase list (automaton group) that hit; [`Scanner::group_rule`]
+    /// gives its rule.
+    pub group: u16,
     /// Byte range in the normalised text; `Normalized::original_range`
     /// maps it back (only callers that need it pay for it).
     pub norm: (usize, usize),
@@ -101,7 +108,7 @@ pub enum Suppression {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Suppressed {
-    pub rule: u16,
+    pub group: u16,
     pub norm: (usize, usize),
     pub orig: (usize, usize),
     pub why: Suppression,
@@ -125,7 +132,7 @@ pub struct Scratch {
 
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
-    rule: u16,
+    group: u16,
     exception: bool,
     start: usize,
     end: usize,
@@ -137,19 +144,22 @@ impl Scanner {
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut patterns: Vec<String> = Vec::new();
         let mut uses: Vec<Vec<Use>> = Vec::new();
-        let rule_speakers: Vec<u8> = lexicon
-            .rules
-            .iter()
-            .map(|r| r.speakers.iter().fold(0, |m, s| m | speaker_bit(*s)))
-            .collect();
-        let judged_speakers = rule_speakers.iter().fold(0, |m, b| m | b);
-        for (ri, rule) in lexicon.rules.iter().enumerate() {
-            let rule_ix = u16::try_from(ri).map_err(|_| "too many rules".to_string())?;
-            let all = rule
+        let (book, defs) = Book::new(&lexicon)?;
+        let mut groups = Vec::with_capacity(defs.len());
+        let mut group_speakers = Vec::with_capacity(defs.len());
+        for (gi, def) in defs.iter().enumerate() {
+            let group = u16::try_from(gi).map_err(|_| "too many phrase lists".to_string())?;
+            groups.push(Group {
+                boundary: def.list.boundary,
+                position: def.list.position,
+            });
+            group_speakers.push(def.speakers.iter().fold(0, |m, s| m | speaker_bit(*s)));
+            let all = def
+                .list
                 .phrases
                 .iter()
                 .map(|p| (p, false))
-                .chain(rule.exceptions.iter().map(|x| (x, true)));
+                .chain(def.list.exceptions.iter().map(|x| (x, true)));
             for (text, exception) in all {
                 let n = normalize(text);
                 let pid = *index.entry(n.clone()).or_insert_with(|| {
@@ -157,35 +167,54 @@ impl Scanner {
                     uses.push(Vec::new());
                     patterns.len() - 1
                 });
-                uses[pid].push(Use {
-                    rule: rule_ix,
-                    exception,
-                });
+                uses[pid].push(Use { group, exception });
             }
         }
+        drop(defs);
+        // Every speaker some rule reads: phrase lists, and the speakers of
+        // stateful and pattern rules (a timing rule reads the customer's
+        // segments too).
+        let judged_speakers = lexicon
+            .rules
+            .iter()
+            .flat_map(|r| r.speakers.iter())
+            .fold(0, |m, s| m | speaker_bit(*s))
+            | group_speakers.iter().fold(0, |m, b| m | b);
         let automaton = match CharDfa::new(&patterns) {
             Some(dfa) => Automaton::Chars(dfa),
             None => Automaton::Bytes(byte_automaton(&patterns)?),
         };
-        let find = |kind: RuleKind| {
-            lexicon
-                .rules
-                .iter()
-                .position(|r| r.kind == kind)
-                .and_then(|i| u16::try_from(i).ok())
-        };
-        let (greeting, closing) = (find(RuleKind::Greeting), find(RuleKind::Closing));
         Ok(Scanner {
-            greeting,
-            closing,
             lexicon,
             automaton,
             uses,
+            groups,
+            book,
             patterns,
             judged_speakers,
-            rule_speakers,
+            group_speakers,
             segmenter,
         })
+    }
+
+    /// The compiled rules (kinds, state slots, patterns).
+    pub fn book(&self) -> &Book {
+        &self.book
+    }
+
+    /// The rule a hit belongs to.
+    pub fn hit_rule(&self, hit: &Hit) -> &Rule {
+        self.rule(self.group_rule(hit.group))
+    }
+
+    /// A rule's category id.
+    pub fn category_id(&self, rule: &Rule) -> &str {
+        &self.lexicon.categories[rule.category].id
+    }
+
+    /// The rule a hit's group belongs to.
+    pub fn group_rule(&self, group: u16) -> u16 {
+        self.book.group_rule(group)
     }
 
     pub fn lexicon(&self) -> &Lexicon {
@@ -258,15 +287,6 @@ impl Scanner {
         self.judged_speakers & speaker_bit(speaker) != 0
     }
 
-    /// The index of the enabled rule of this kind, for greeting/closing.
-    pub fn windowed_rule(&self, kind: RuleKind) -> Option<u16> {
-        match kind {
-            RuleKind::Greeting => self.greeting,
-            RuleKind::Closing => self.closing,
-            RuleKind::Forbidden | RuleKind::Filler => None,
-        }
-    }
-
     /// Scans `text` spoken by `speaker`; the surviving hits are left in
     /// `scratch.hits`, ordered by start, then rule.
     pub fn scan(&self, text: &str, speaker: Speaker, scratch: &mut Scratch) {
@@ -301,10 +321,10 @@ impl Scanner {
         let candidates = &mut scratch.candidates;
         let mut found = |pattern: usize, start: usize, end: usize| {
             for u in &self.uses[pattern] {
-                if self.rule_speakers[usize::from(u.rule)] & bit != 0 {
+                if self.group_speakers[usize::from(u.group)] & bit != 0 {
                     any_phrase |= !u.exception;
                     candidates.push(Candidate {
-                        rule: u.rule,
+                        group: u.group,
                         exception: u.exception,
                         start,
                         end,
@@ -339,8 +359,8 @@ impl Scanner {
         // Group by rule; within a rule exceptions first, then phrases
         // leftmost-longest, which is the order overlap resolution wants.
         scratch.candidates.sort_unstable_by(|a, b| {
-            (a.rule, !a.exception, a.start, std::cmp::Reverse(a.end)).cmp(&(
-                b.rule,
+            (a.group, !a.exception, a.start, std::cmp::Reverse(a.end)).cmp(&(
+                b.group,
                 !b.exception,
                 b.start,
                 std::cmp::Reverse(b.end),
@@ -350,15 +370,15 @@ impl Scanner {
         let candidates = std::mem::take(&mut scratch.candidates);
         let mut i = 0;
         while i < candidates.len() {
-            let rule_ix = candidates[i].rule;
+            let group_ix = candidates[i].group;
             let mut j = i;
-            while j < candidates.len() && candidates[j].rule == rule_ix {
+            while j < candidates.len() && candidates[j].group == group_ix {
                 j += 1;
             }
             let group = &candidates[i..j];
             let n_exceptions = group.iter().take_while(|c| c.exception).count();
             let (exceptions, phrases) = group.split_at(n_exceptions);
-            let rule = &self.lexicon.rules[usize::from(rule_ix)];
+            let rule = self.groups[usize::from(group_ix)];
             // End of the last accepted hit of this rule (overlap resolution).
             let mut covered_to = 0usize;
             for c in phrases {
@@ -391,14 +411,14 @@ impl Scanner {
                     None => {
                         covered_to = c.end;
                         scratch.hits.push(Hit {
-                            rule: rule_ix,
+                            group: group_ix,
                             norm: (c.start, c.end),
                         });
                     }
                     Some(why) => {
                         if let Some(out) = explain.as_deref_mut() {
                             out.push(Suppressed {
-                                rule: rule_ix,
+                                group: group_ix,
                                 norm: (c.start, c.end),
                                 orig: scratch.norm.original_range(text, c.start, c.end),
                                 why,
@@ -412,7 +432,7 @@ impl Scanner {
         scratch.candidates = candidates;
         scratch
             .hits
-            .sort_unstable_by_key(|h| (h.norm.0, h.rule, h.norm.1));
+            .sort_unstable_by_key(|h| (h.norm.0, h.group, h.norm.1));
     }
 
     /// Whether `start..end` starts and ends on jieba word boundaries. A hit
@@ -482,4 +502,58 @@ impl Scanner {
 
 fn speaker_bit(s: Speaker) -> u8 {
     1 << (s as u8)
+}
+
+/// The compiled lexicons of a lexicon directory: the base, and one per
+/// tenant overlay. A tenant without an overlay is judged by the base.
+pub struct Scanners {
+    base: Arc<Scanner>,
+    tenants: HashMap<String, Arc<Scanner>>,
+}
+
+impl Scanners {
+    /// Compiles a validated lexicon set.
+    pub fn new(set: LexiconSet, segmenter: Arc<Jieba>) -> Result<Scanners, String> {
+        let base = Arc::new(Scanner::new(set.base, Arc::clone(&segmenter))?);
+        let mut tenants = HashMap::new();
+        for (tenant, lex) in set.tenants {
+            let s = Scanner::new(lex, Arc::clone(&segmenter))
+                .map_err(|e| format!("tenant {tenant}: {e}"))?;
+            tenants.insert(tenant, Arc::new(s));
+        }
+        Ok(Scanners { base, tenants })
+    }
+
+    /// One lexicon for every tenant.
+    pub fn single(base: Arc<Scanner>) -> Scanners {
+        Scanners {
+            base,
+            tenants: HashMap::new(),
+        }
+    }
+
+    /// The lexicon that judges `tenant`.
+    pub fn for_tenant(&self, tenant: &str) -> &Arc<Scanner> {
+        if self.tenants.is_empty() {
+            return &self.base;
+        }
+        self.tenants.get(tenant).unwrap_or(&self.base)
+    }
+
+    pub fn base(&self) -> &Arc<Scanner> {
+        &self.base
+    }
+
+    /// The tenants with an overlay, by name, and their lexicons.
+    pub fn tenants(&self) -> impl Iterator<Item = (&str, &Arc<Scanner>)> {
+        let mut v: Vec<(&str, &Arc<Scanner>)> =
+            self.tenants.iter().map(|(t, s)| (t.as_str(), s)).collect();
+        v.sort_by_key(|(t, _)| *t);
+        v.into_iter()
+    }
+
+    /// Whether a tenant has its own lexicon.
+    pub fn has_tenant(&self, tenant: &str) -> bool {
+        self.tenants.contains_key(tenant)
+    }
 }

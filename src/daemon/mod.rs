@@ -36,7 +36,7 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::event::Event;
 use crate::lexicon;
-use crate::matcher::{Scanner, default_segmenter};
+use crate::matcher::{Scanner, Scanners, default_segmenter};
 use crate::metrics::Metrics;
 use async_nats::HeaderMap;
 use async_nats::jetstream;
@@ -89,12 +89,7 @@ impl Shared {
     pub fn encode(&self, event: &Event) -> (String, HeaderMap, Bytes) {
         let s = &self.config.streams;
         let subject = match event {
-            Event::Violation(v) => format!(
-                "{}.{}.{}",
-                s.violations_prefix,
-                v.tenant,
-                v.category.as_str()
-            ),
+            Event::Violation(v) => format!("{}.{}.{}", s.violations_prefix, v.tenant, v.category),
             Event::Summary(x) => format!("{}.{}", s.summaries_prefix, x.tenant),
         };
         let mut headers = HeaderMap::new();
@@ -105,8 +100,15 @@ impl Shared {
     }
 }
 
-/// Loads and compiles the lexicon directory.
-pub fn load_scanner(dir: &Path) -> Result<Scanner, String> {
+/// Loads and compiles the lexicon directory's base lexicon (tools that do
+/// not judge by tenant).
+pub fn load_scanner(dir: &Path) -> Result<Arc<Scanner>, String> {
+    load_scanners(dir).map(|s| Arc::clone(s.base()))
+}
+
+/// Loads and compiles the lexicon directory: the base lexicon and every
+/// tenant overlay under `tenants/`.
+pub fn load_scanners(dir: &Path) -> Result<Scanners, String> {
     if !dir.is_dir() {
         let cwd = std::env::current_dir()
             .map(|d| d.display().to_string())
@@ -118,9 +120,9 @@ pub fn load_scanner(dir: &Path) -> Result<Scanner, String> {
             dir.display()
         ));
     }
-    let lex =
-        lexicon::load_dir(dir).map_err(|e| format!("invalid lexicon {}:\n{e}", dir.display()))?;
-    Scanner::new(lex, default_segmenter())
+    let set =
+        lexicon::load_set(dir).map_err(|e| format!("invalid lexicon {}:\n{e}", dir.display()))?;
+    Scanners::new(set, default_segmenter())
         .map_err(|e| format!("cannot compile lexicon {}: {e}", dir.display()))
 }
 
@@ -133,10 +135,10 @@ pub async fn run(
     let metrics = Arc::new(Metrics::with_max_tenants(config.max_tenants));
     let status = Arc::new(nats::Status::default());
 
-    let scanner = Arc::new(load_scanner(&config.lexicons).map_err(DaemonError::Config)?);
-    metrics.set_lexicon(scanner.version());
+    let scanners = Arc::new(load_scanners(&config.lexicons).map_err(DaemonError::Config)?);
+    metrics.set_lexicon(scanners.base().version());
     status.lexicon_loaded.store(true, Ordering::Relaxed);
-    tracing::info!(lexicon = %scanner.version(), dir = %config.lexicons.display(), "lexicon loaded");
+    log_lexicons(&scanners, &config.lexicons, "lexicon loaded");
 
     let http = http::serve(
         config.metrics_addr,
@@ -183,14 +185,14 @@ pub async fn run(
         inputs_queued: AtomicI64::new(0),
         last_progress_ms: AtomicU64::new(shard::now_ms()),
     });
-    let (scanner_tx, scanner_rx) = watch::channel(Arc::clone(&scanner));
+    let (scanner_tx, scanner_rx) = watch::channel(Arc::clone(&scanners));
 
     // Shards, with the state saved by the previous instance.
     let n = config.shards;
     let mut engines: Vec<Engine> = (0..n)
         .map(|_| {
-            Engine::new(
-                Arc::clone(&scanner),
+            Engine::with_scanners(
+                Arc::clone(&scanners),
                 EngineConfig {
                     tombstone_ttl_ms: config.tombstone_ttl.as_millis() as u64,
                     excerpt_chars: config.excerpt_chars,
@@ -490,7 +492,7 @@ async fn dispatch(
 async fn reloader(
     dir: PathBuf,
     poll: Option<Duration>,
-    tx: watch::Sender<Arc<Scanner>>,
+    tx: watch::Sender<Arc<Scanners>>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -530,17 +532,22 @@ async fn reloader(
         }
         let d = dir.clone();
         let started = std::time::Instant::now();
-        let built = tokio::task::spawn_blocking(move || load_scanner(&d)).await;
+        let built = tokio::task::spawn_blocking(move || load_scanners(&d)).await;
         match built {
-            Ok(Ok(scanner)) => {
-                let version = scanner.version().to_string();
-                metrics.set_lexicon(&version);
+            Ok(Ok(scanners)) => {
+                metrics.set_lexicon(scanners.base().version());
                 metrics
                     .lexicon_reloads
                     .with_label_values(&["success"])
                     .inc();
-                let _ = tx.send(Arc::new(scanner));
-                tracing::info!(lexicon = %version, took_ms = started.elapsed().as_millis() as u64, by_signal, "lexicon reloaded");
+                let scanners = Arc::new(scanners);
+                log_lexicons(&scanners, &dir, "lexicon reloaded");
+                tracing::info!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    by_signal,
+                    "reload done"
+                );
+                let _ = tx.send(scanners);
             }
             Ok(Err(e)) => {
                 metrics
@@ -564,7 +571,29 @@ async fn reloader(
 }
 
 /// Name, size and mtime of every `*.toml` in the lexicon directory.
+/// One log line per lexicon: the base and each tenant's.
+fn log_lexicons(scanners: &Scanners, dir: &Path, what: &str) {
+    tracing::info!(lexicon = %scanners.base().version(), dir = %dir.display(), "{what}");
+    for (tenant, s) in scanners.tenants() {
+        tracing::info!(tenant, lexicon = %s.version(), rules = s.rules().len(), "{what} (tenant overlay)");
+    }
+}
+
+/// Name, size and mtime of every `*.toml` of the lexicon directory and of
+/// its tenant overlays (`tenants/<tenant>/*.toml`).
 fn fingerprint(dir: &Path) -> Vec<(String, u64, SystemTime)> {
+    let mut out = fingerprint_files(dir, "");
+    if let Ok(rd) = std::fs::read_dir(dir.join("tenants")) {
+        for e in rd.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            out.extend(fingerprint_files(&e.path(), &format!("tenants/{name}/")));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn fingerprint_files(dir: &Path, prefix: &str) -> Vec<(String, u64, SystemTime)> {
     let mut out: Vec<(String, u64, SystemTime)> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(Result::ok)
@@ -575,7 +604,7 @@ fn fingerprint(dir: &Path) -> Vec<(String, u64, SystemTime)> {
                     // update, and the link itself never changes.
                     let m = std::fs::metadata(e.path()).ok()?;
                     Some((
-                        e.file_name().to_string_lossy().into_owned(),
+                        format!("{prefix}{}", e.file_name().to_string_lossy()),
                         m.len(),
                         m.modified().ok()?,
                     ))
@@ -766,9 +795,13 @@ async fn save_state(
     report
 }
 
-/// The format of saved conversation chunks. An older or newer format is
-/// dropped with one log line, never a crash.
-const STATE_VERSION: u32 = 1;
+/// The format of saved conversation chunks. 2: each rule's state under its
+/// rule id (`rules`). Format 1 (the greeting verdict and closing bits in
+/// the conversation) still loads: [`Engine::import`] moves them into the
+/// greeting and closing rules. An unknown format is dropped with one log
+/// line, never a crash.
+const STATE_VERSION: u32 = 2;
+const STATE_VERSIONS_READ: [u32; 2] = [1, 2];
 
 /// A chunk of saved open conversations (value in the state bucket).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -800,7 +833,7 @@ async fn restore_state(
         };
         if key.starts_with("convs.") {
             match serde_json::from_slice::<SavedChunk>(&value) {
-                Ok(chunk) if chunk.version == STATE_VERSION => {
+                Ok(chunk) if STATE_VERSIONS_READ.contains(&chunk.version) => {
                     for s in chunk.conversations {
                         let shard = shard_of(&s.tenant, &s.conversation_id, n);
                         engines[shard].import(&s.tenant, &s.conversation_id, s.state);

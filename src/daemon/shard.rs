@@ -32,7 +32,7 @@
 use crate::daemon::Shared;
 use crate::engine::{Conversation, Engine, Outcome};
 use crate::event::{CloseReason, Event, Input, InputKind, decode_limited};
-use crate::matcher::Scanner;
+use crate::matcher::Scanners;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, context::PublishAckFuture};
 use serde::{Deserialize, Serialize};
@@ -82,7 +82,7 @@ const PENDING_KEY: &str = "\u{0}pending";
 pub struct Shard {
     shared: Arc<Shared>,
     engine: Engine,
-    scanner_rx: watch::Receiver<Arc<Scanner>>,
+    scanner_rx: watch::Receiver<Arc<Scanners>>,
     stash: Stash,
     /// Events of idle closes not yet stored (retried every tick).
     pending: Vec<Event>,
@@ -122,7 +122,7 @@ impl Shard {
     pub fn new(
         shared: Arc<Shared>,
         engine: Engine,
-        scanner_rx: watch::Receiver<Arc<Scanner>>,
+        scanner_rx: watch::Receiver<Arc<Scanners>>,
         stash: Stash,
         abort: watch::Receiver<bool>,
     ) -> Shard {
@@ -220,7 +220,7 @@ impl Shard {
             conversations: self
                 .engine
                 .export()
-                .map(|(t, id, c)| (t.to_string(), id.to_string(), c.clone()))
+                .map(|(t, id, c)| (t.to_string(), id.to_string(), c))
                 .collect(),
             stash: self.stash,
         }
@@ -229,7 +229,7 @@ impl Shard {
     fn refresh_scanner(&mut self) {
         if self.scanner_rx.has_changed().unwrap_or(false) {
             let s = Arc::clone(&self.scanner_rx.borrow_and_update());
-            self.engine.set_scanner(s);
+            self.engine.set_scanners(s);
         }
     }
 
@@ -768,7 +768,7 @@ fn count_stored(shared: &Shared, event: &Event, arrived_ms: Option<u64>) {
             if v.text_start > 0 || v.text.len() < v.text_chars {
                 m.limits.with_label_values(&["excerpt"]).inc();
             }
-            m.tenant_violation(&v.tenant, v.category);
+            m.tenant_violation(&v.tenant, &v.category);
             ("violation", arrived_ms)
         }
         Event::Summary(s) => {

@@ -48,7 +48,7 @@ fn bad_lexicon_exits_2_naming_file_and_line() {
     let dir = tempdir("badlex");
     std::fs::write(
         dir.join("a.toml"),
-        "[lexicon]\nname = \"x\"\nversion = \"1\"\n[[section]]\nid = \"s\"\nname = \"s\"\nmax_deduct = 1\n[[rule]]\nid = \"r\"\ncategory = \"forbidden\"\nseverity = \"low\"\ndeduct = 1\nsection = \"s\"\nphrases = [\"。。\"]\n",
+        "[lexicon]\nname = \"x\"\nversion = \"1\"\n[[section]]\nid = \"s\"\nname = \"s\"\nmax_deduct = 1\n[[category]]\nid = \"forbidden\"\nname = \"服务忌语\"\n[[rule]]\nid = \"r\"\ncategory = \"forbidden\"\nseverity = \"low\"\ndeduct = 1\nsection = \"s\"\nphrases = [\"。。\"]\n",
     )
     .expect("write");
     for args in [vec!["lexicon", "check"], vec!["scan", "--lexicons"]] {
@@ -56,7 +56,7 @@ fn bad_lexicon_exits_2_naming_file_and_line() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            stderr.contains("a.toml:14: rule \"r\": phrase \"。。\" is empty after normalisation"),
+            stderr.contains("a.toml:17: rule \"r\": phrase \"。。\" is empty after normalisation"),
             "{stderr}"
         );
     }
@@ -96,7 +96,7 @@ fn lexicon_check_and_test_explain_the_default_lexicon() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     for want in [
         "normalised: 好的啊喂养宝宝暂时不知道您的问题我是否为您解决完毕",
-        "hits:       0",
+        "RULE  greeting.standard            required   open: not said yet",
         "\"啊\": not at the start of a clause",
         "\"喂\": inside a longer word (jieba)",
         "\"不知道\": inside exception \"暂时不知道您的问题\"",

@@ -380,7 +380,7 @@ async fn tail_filters_and_colours() {
     // What each tail must print, exactly: the ids of acme's forbidden
     // violations (JSON lines), the rendered high and critical violations.
     let mut want_json: Vec<String> = violations()
-        .filter(|(_, v)| v.tenant == "acme" && v.category == zhijian::event::Category::Forbidden)
+        .filter(|(_, v)| v.tenant == "acme" && v.category == "forbidden")
         .map(|(_, v)| v.id.clone())
         .collect();
     let mut want_coloured: Vec<String> = violations()

@@ -4,7 +4,6 @@
 use crate::support::{compile, default_scanner, fixtures};
 use std::collections::HashSet;
 use zhijian::event::Speaker;
-use zhijian::lexicon::RuleKind;
 use zhijian::matcher::Scratch;
 use zhijian::normalize::{char_offset, normalize};
 
@@ -14,8 +13,8 @@ fn every_seed_forbidden_phrase_is_in_a_forbidden_rule() {
     let phrases: HashSet<String> = scanner
         .rules()
         .iter()
-        .filter(|r| r.kind == RuleKind::Forbidden)
-        .flat_map(|r| r.phrases.iter().map(|p| normalize(p)))
+        .filter(|r| scanner.category_id(r) == "forbidden")
+        .flat_map(|r| r.phrases().map(|p| normalize(p)))
         .collect();
     let seeds = std::fs::read_to_string(fixtures().join("seed-forbidden.txt")).expect("seed list");
     let mut missing = Vec::new();
@@ -45,20 +44,22 @@ fn every_seed_forbidden_phrase_is_in_a_forbidden_rule() {
 #[test]
 fn seed_fillers_greetings_and_closings_are_present() {
     let scanner = default_scanner();
-    let has = |kind: RuleKind, phrase: &str| {
+    let has = |category: &str, phrase: &str| {
         scanner
             .rules()
             .iter()
-            .any(|r| r.kind == kind && r.phrases.iter().any(|p| p == phrase))
+            .any(|r| scanner.category_id(r) == category && r.phrases().any(|p| p == phrase))
     };
-    for f in ["啊", "喂", "哎"] {
-        assert!(has(RuleKind::Filler, f), "filler {f}");
+    for f in ["啊", "哎"] {
+        assert!(has("filler", f), "filler {f}");
     }
+    // 喂 is judged once, by forbidden.wei (on calls).
+    assert!(has("forbidden", "喂"), "喂");
     for g in ["您好", "你好", "上午好", "下午好", "晚上好"] {
-        assert!(has(RuleKind::Greeting, g), "greeting {g}");
+        assert!(has("missing_greeting", g), "greeting {g}");
     }
     for c in ["再见", "感谢您的来电"] {
-        assert!(has(RuleKind::Closing, c), "closing {c}");
+        assert!(has("missing_closing", c), "closing {c}");
     }
 }
 
@@ -94,11 +95,7 @@ fn typical_agent_utterances() {
             &["forbidden.confrontation"],
         ),
         ("clarifying_question", "您是什么意思呢", &[]),
-        (
-            "curt_wei_on_answering",
-            "喂，讲",
-            &["filler.interjection", "forbidden.wei"],
-        ),
+        ("curt_wei_on_answering", "喂，讲", &["forbidden.wei"]),
         ("feeding", "宝宝喂养要注意", &[]),
         ("chat_particles", "好的哦，亲，稍等呢，是的啊", &[]),
         ("acknowledgement", "嗯嗯 好的", &[]),
@@ -120,7 +117,7 @@ fn typical_agent_utterances() {
         let got: Vec<&str> = scratch
             .hits
             .iter()
-            .map(|h| scanner.rule(h.rule).id.as_str())
+            .map(|h| scanner.hit_rule(h).id.as_str())
             .collect();
         assert_eq!(got, *want, "case {name}: {text}");
     }
@@ -226,7 +223,7 @@ fn evasions_are_caught_with_exact_offsets() {
                 .map(|h| {
                     let (s, e) = scratch.norm.original_range(text, h.norm.0, h.norm.1);
                     (
-                        scanner.rule(h.rule).id.as_str(),
+                        scanner.hit_rule(h).id.as_str(),
                         &text[s..e],
                         (char_offset(text, s), char_offset(text, e)),
                     )
@@ -257,9 +254,9 @@ fn synthetic_traffic_hits_exactly_what_it_injected() {
         for t in c.turns.iter().filter(|t| t.speaker == Speaker::Agent) {
             scanner.scan(&t.text, Speaker::Agent, &mut scratch);
             for h in &scratch.hits {
-                match scanner.rule(h.rule).kind {
-                    RuleKind::Forbidden => forbidden += 1,
-                    RuleKind::Filler => fillers += 1,
+                match scanner.category_id(scanner.hit_rule(h)) {
+                    "forbidden" => forbidden += 1,
+                    "filler" => fillers += 1,
                     _ => {}
                 }
             }

@@ -152,7 +152,7 @@ async fn prometheus_scrapes_the_daemon_and_evaluates_the_shipped_rules() {
     let js = js(&nats).await;
     let got = wait_done(&js, summaries_in(&lines)).await;
 
-    let by_category = count_by(&got, |v| format!("category={}", v.category.as_str()));
+    let by_category = count_by(&got, |v| format!("category={}", v.category));
     assert!(by_category.len() >= 3, "traffic too thin: {by_category:?}");
     prom.wait_for("sum by (category) (zhijian_violations_total)", &by_category)
         .await;

@@ -73,12 +73,12 @@ proptest! {
         let norm = normalize(&src);
         let mut want: Vec<(u16, usize, usize)> = Vec::new();
         for (ri, rule) in scanner.rules().iter().enumerate() {
-            let p = normalize(&rule.phrases[0]);
+            let p = normalize(rule.phrases().next().expect("a phrase"));
             for (at, m) in norm.match_indices(p.as_str()) {
                 want.push((ri as u16, at, at + m.len()));
             }
         }
-        let mut got: Vec<(u16, usize, usize)> = scratch.hits.iter().map(|h| (h.rule, h.norm.0, h.norm.1)).collect();
+        let mut got: Vec<(u16, usize, usize)> = scratch.hits.iter().map(|h| (scanner.group_rule(h.group), h.norm.0, h.norm.1)).collect();
         want.sort_unstable();
         got.sort_unstable();
         prop_assert_eq!(got, want);
@@ -113,7 +113,7 @@ fn lexicon_text() -> impl Strategy<Value = String> {
         for p in scanner
             .rules()
             .iter()
-            .flat_map(|r| r.phrases.iter().chain(r.exceptions.iter()))
+            .flat_map(|r| r.phrases().chain(r.exceptions()))
         {
             let cs: Vec<char> = p.chars().collect();
             ps.push(p.clone());
@@ -153,7 +153,7 @@ fn naive_scanner() -> &'static Scanner {
     S.get_or_init(|| {
         let phrases = ["你问我我问谁", "不知道", "急什么", "什么", "啊", "啊啊", "问", "a2", "好好"];
         let mut toml = String::from(
-            "[lexicon]\nname = \"naive\"\nversion = \"1\"\n[[section]]\nid = \"s\"\nname = \"s\"\nmax_deduct = 100\n",
+            "[lexicon]\nname = \"naive\"\nversion = \"1\"\n[[section]]\nid = \"s\"\nname = \"s\"\nmax_deduct = 100\n[[category]]\nid = \"forbidden\"\nname = \"服务忌语\"\n",
         );
         for (i, p) in phrases.iter().enumerate() {
             toml.push_str(&format!(

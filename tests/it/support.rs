@@ -111,7 +111,7 @@ pub fn violations(events: &[Event]) -> Vec<(String, String, Option<String>, u64)
         .iter()
         .filter_map(|e| match e {
             Event::Violation(v) => Some((
-                v.category.as_str().to_string(),
+                v.category.clone(),
                 v.rule_id.clone(),
                 v.matched.clone(),
                 v.seq,

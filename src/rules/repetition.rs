@@ -1,0 +1,119 @@
+//! `repetition`: the same speaker (default: the agent) sends the same or
+//! nearly the same text `times` times in one conversation (a canned answer
+//! pasted again and again). "Nearly the same" means equal after
+//! normalisation (case, width, punctuation, spaces, traditional forms) and
+//! with digits removed (order numbers, times). Texts shorter than
+//! `min_chars` (after normalisation) are not compared: 好的 and 嗯嗯 repeat
+//! by nature.
+//!
+//! ```toml
+//! [[rule]]
+//! id = "canned.repeated"
+//! kind = "repetition"
+//! category = "repetition"
+//! severity = "medium"
+//! times = 3
+//! min_chars = 8
+//! ```
+//!
+//! One violation per text, at the segment where it reaches `times`. The
+//! state remembers the last [`REMEMBERED`] distinct texts (as 64-bit
+//! fingerprints), so memory per conversation is bounded.
+
+use super::{Found, RuleRef, Seg, Sink};
+use crate::lexicon::Fields;
+use serde::{Deserialize, Serialize};
+
+/// Distinct texts remembered per conversation.
+pub const REMEMBERED: usize = 16;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub times: u32,
+    pub min_chars: usize,
+}
+
+pub fn parse(f: &mut Fields<'_>) -> Option<Spec> {
+    let times = f.integer("times", 2..=100);
+    if times.is_none() && !f.has("times") {
+        f.error("times", "missing field `times` (2 or more)".into());
+    }
+    let min_chars = f.integer("min_chars", 1..=10_000).unwrap_or(6) as usize;
+    Some(Spec {
+        times: times? as u32,
+        min_chars,
+    })
+}
+
+impl Spec {
+    pub fn describe(&self) -> String {
+        format!(
+            "the same text ({}+ characters) at most {} time(s)",
+            self.min_chars,
+            self.times - 1
+        )
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// `(fingerprint, times seen)`, most recent last.
+    #[serde(default)]
+    pub recent: Vec<(u64, u32)>,
+}
+
+/// FNV-1a over the normalised text without digits; `None` when shorter
+/// than `min_chars` characters.
+fn fingerprint(norm: &str, min_chars: usize) -> Option<u64> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut n = 0usize;
+    for c in norm.chars().filter(|c| !c.is_ascii_digit()) {
+        n += 1;
+        let mut buf = [0u8; 4];
+        for &b in c.encode_utf8(&mut buf).as_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    (n >= min_chars).then_some(h)
+}
+
+pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, sink: &mut Sink<'_>) {
+    if !r.rule.speakers.contains(&seg.speaker) {
+        return;
+    }
+    let Some(fp) = fingerprint(&seg.norm.text, spec.min_chars) else {
+        return;
+    };
+    let seen = match st.recent.iter().position(|(f, _)| *f == fp) {
+        Some(i) => {
+            let mut e = st.recent.remove(i);
+            e.1 = e.1.saturating_add(1);
+            st.recent.push(e);
+            e.1
+        }
+        None => {
+            if st.recent.len() >= REMEMBERED {
+                st.recent.remove(0);
+            }
+            st.recent.push((fp, 1));
+            1
+        }
+    };
+    if seen == spec.times {
+        let note = format!("the same text sent {seen} times");
+        sink.explain(r.rule, || format!("VIOLATED: {note}"));
+        sink.found.push(Found::Verdict {
+            rule: r.ix,
+            seq: seg.seq,
+            ts_ms: seg.ts_ms,
+            key: format!("{fp:016x}"),
+            note,
+            text: None,
+        });
+    } else if seen > 1 {
+        sink.explain(r.rule, || {
+            format!("seen {seen} time(s) (limit {})", spec.times)
+        });
+    }
+}

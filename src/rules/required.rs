@@ -1,0 +1,346 @@
+//! `required` ("must say"): one of the rule's phrases must occur in a
+//! scope, else one violation when the scope ends. Greeting (开头语) and
+//! closing (结束语) are two such rules; a lexicon may have any number (a
+//! recording notice 录音提示, identity verification 核实身份).
+//!
+//! Scopes, counted in segments of the rule's `speakers` (default: agent):
+//!
+//! | `scope` | with | satisfied when | the verdict comes |
+//! |---|---|---|---|
+//! | `"start"` | `segments = N` | a phrase in the first N segments | at the N-th segment |
+//! | `"start"` | `seconds = N` | a phrase within N s of the first event | at the first segment (or clock tick) past the deadline |
+//! | `"end"` | `segments = N` | a phrase in the last N segments | at close |
+//! | `"conversation"` | — | a phrase anywhere | at close |
+//!
+//! No verdict is made on a conversation where the speaker never spoke, and
+//! no `start` verdict on one first seen mid-way.
+
+use super::{Boundary, Close, Found, PhraseList, Position, RuleRef, Seg, Sink};
+use crate::lexicon::Fields;
+use serde::{Deserialize, Serialize};
+
+/// End-scope windows are tracked as bits of a u64.
+pub const MAX_SEGMENTS: i64 = 64;
+/// A start deadline of a day at most.
+pub const MAX_SECONDS: i64 = 86_400;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The first `segments` segments, or the first `seconds`.
+    Start {
+        segments: Option<u32>,
+        seconds: Option<u64>,
+    },
+    /// The last `segments` segments before close.
+    End { segments: u32 },
+    /// Anywhere.
+    Conversation,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub list: PhraseList,
+    pub scope: Scope,
+}
+
+pub fn parse(f: &mut Fields<'_>) -> Option<Spec> {
+    #[derive(Clone, Copy)]
+    enum S {
+        Start,
+        End,
+        Whole,
+    }
+    let list = PhraseList::parse(f, Boundary::None, Position::Any);
+    let which = f.choice(
+        "scope",
+        &[
+            ("start", S::Start),
+            ("end", S::End),
+            ("conversation", S::Whole),
+        ],
+    );
+    let had_scope = which.is_some() || f.has("scope");
+    let segments = f.integer("segments", 1..=MAX_SEGMENTS).map(|n| n as u32);
+    let seconds = f.integer("seconds", 1..=MAX_SECONDS).map(|n| n as u64);
+    let scope = match which {
+        Some(S::Start) => {
+            if segments.is_none() && seconds.is_none() {
+                f.error(
+                    "scope",
+                    "a \"start\" scope needs `segments = N` or `seconds = N`".into(),
+                );
+                return None;
+            }
+            Scope::Start { segments, seconds }
+        }
+        Some(S::End) => {
+            if seconds.is_some() {
+                f.error("seconds", "an \"end\" scope counts segments only".into());
+            }
+            match segments {
+                Some(n) => Scope::End { segments: n },
+                None => {
+                    f.error("scope", "an \"end\" scope needs `segments = N`".into());
+                    return None;
+                }
+            }
+        }
+        Some(S::Whole) => {
+            if segments.is_some() || seconds.is_some() {
+                f.error(
+                    "scope",
+                    "a \"conversation\" scope takes neither segments nor seconds".into(),
+                );
+            }
+            Scope::Conversation
+        }
+        None => {
+            if !had_scope {
+                f.error(
+                    "scope",
+                    "missing field `scope` (\"start\", \"end\" or \"conversation\")".into(),
+                );
+            }
+            return None;
+        }
+    };
+    Some(Spec { list: list?, scope })
+}
+
+impl Spec {
+    pub fn describe(&self) -> String {
+        let scope = match self.scope {
+            Scope::Start {
+                segments: Some(n),
+                seconds: None,
+            } => format!("in the first {n} segment(s)"),
+            Scope::Start {
+                segments: None,
+                seconds: Some(s),
+            } => format!("within the first {s} s"),
+            Scope::Start {
+                segments: Some(n),
+                seconds: Some(s),
+            } => format!("in the first {n} segment(s) and within {s} s"),
+            Scope::Start { .. } => "at the start".into(),
+            Scope::End { segments } => format!("in the last {segments} segment(s)"),
+            Scope::Conversation => "anywhere in the conversation".into(),
+        };
+        format!("one of {} {scope}", self.list.sample(3))
+    }
+}
+
+/// Per-conversation state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// The verdict: `Some(true)` satisfied, `Some(false)` violated, `None`
+    /// while open (end and conversation scopes decide at close).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<bool>,
+    /// Segments of the rule's speakers seen.
+    #[serde(default)]
+    pub seen: u32,
+    /// Bit i: the i-th most recent such segment held a phrase (end scope),
+    /// or bit 0: some segment did (conversation scope).
+    #[serde(default)]
+    pub bits: u64,
+    /// The conversation time of the first event (start scope in seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ts: Option<u64>,
+}
+
+fn deadline_of(spec: &Spec, st: &State) -> Option<u64> {
+    match spec.scope {
+        Scope::Start {
+            seconds: Some(s), ..
+        } => st.start_ts.map(|t| t.saturating_add(s * 1000)),
+        _ => None,
+    }
+}
+
+pub fn deadline(spec: &Spec, st: &State) -> Option<u64> {
+    // Only a speaker who spoke can have missed it (see `on_clock`).
+    if st.verdict.is_some() || st.seen == 0 {
+        return None;
+    }
+    deadline_of(spec, st)
+}
+
+fn violate(
+    r: RuleRef<'_>,
+    st: &mut State,
+    seq: u64,
+    ts_ms: u64,
+    note: String,
+    sink: &mut Sink<'_>,
+) {
+    st.verdict = Some(false);
+    sink.explain(r.rule, || format!("VIOLATED: {note}"));
+    sink.found.push(Found::Verdict {
+        rule: r.ix,
+        seq,
+        ts_ms,
+        // One verdict per rule per conversation, wherever it was reached
+        // (the category keeps contract v1's ids for greeting and closing).
+        key: String::new(),
+        note,
+        text: None,
+    });
+}
+
+pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, sink: &mut Sink<'_>) {
+    if st.start_ts.is_none() {
+        st.start_ts = Some(seg.ts_ms);
+    }
+    if !r.rule.speakers.contains(&seg.speaker) {
+        return;
+    }
+    st.seen = st.seen.saturating_add(1);
+    let hit = r.hit(seg, 0);
+    match spec.scope {
+        Scope::Start { segments, seconds } => {
+            if st.verdict.is_some() || seg.midway {
+                if seg.midway && st.verdict.is_none() {
+                    sink.explain(r.rule, || {
+                        "not judged: the conversation was first seen mid-way".into()
+                    });
+                }
+                return;
+            }
+            let late = seconds.is_some_and(|s| {
+                st.start_ts
+                    .is_some_and(|t| seg.ts_ms > t.saturating_add(s * 1000))
+            });
+            if hit && !late {
+                st.verdict = Some(true);
+                sink.explain(r.rule, || {
+                    format!("satisfied: said in segment {} of the scope", st.seen)
+                });
+            } else if late {
+                let s = seconds.unwrap_or(0);
+                violate(
+                    r,
+                    st,
+                    seg.seq,
+                    seg.ts_ms,
+                    format!("none of {} within the first {s} s", spec.list.sample(3)),
+                    sink,
+                );
+            } else if segments.is_some_and(|n| st.seen >= n) {
+                let n = segments.unwrap_or(0);
+                violate(
+                    r,
+                    st,
+                    seg.seq,
+                    seg.ts_ms,
+                    format!(
+                        "none of {} in the first {n} segment(s)",
+                        spec.list.sample(3)
+                    ),
+                    sink,
+                );
+            } else {
+                sink.explain(r.rule, || {
+                    format!("open: not said yet ({} segment(s) into the scope)", st.seen)
+                });
+            }
+        }
+        Scope::End { .. } => {
+            st.bits = (st.bits << 1) | u64::from(hit);
+            if hit {
+                sink.explain(r.rule, || {
+                    "said here: satisfied if no more than the scope's segments follow".into()
+                });
+            }
+        }
+        Scope::Conversation => {
+            if hit && st.bits == 0 {
+                st.bits = 1;
+                st.verdict = Some(true);
+                sink.explain(r.rule, || "satisfied: said".into());
+            }
+        }
+    }
+}
+
+pub fn on_clock(spec: &Spec, r: RuleRef<'_>, st: &mut State, now_ts: u64, sink: &mut Sink<'_>) {
+    if let Some(d) = deadline(spec, st)
+        && now_ts > d
+        && let Scope::Start {
+            seconds: Some(s), ..
+        } = spec.scope
+    {
+        // The verdict points at the conversation's start: no segment of
+        // the scope held it.
+        violate(
+            r,
+            st,
+            0,
+            d,
+            format!("none of {} within the first {s} s", spec.list.sample(3)),
+            sink,
+        );
+    }
+}
+
+pub fn on_close(spec: &Spec, r: RuleRef<'_>, st: &mut State, close: &Close, sink: &mut Sink<'_>) {
+    if st.verdict.is_some() && !matches!(spec.scope, Scope::End { .. }) {
+        return;
+    }
+    if st.seen == 0 {
+        sink.explain(r.rule, || "not judged: the speaker never spoke".into());
+        return;
+    }
+    let at = close.last_agent_seq.or(close.last_seq).unwrap_or(0);
+    match spec.scope {
+        Scope::Start { .. } => {
+            if close.midway {
+                return;
+            }
+            violate(
+                r,
+                st,
+                at,
+                close.ts_ms,
+                format!(
+                    "none of {} before the conversation ended",
+                    spec.list.sample(3)
+                ),
+                sink,
+            );
+        }
+        Scope::End { segments } => {
+            let mask = if segments >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << segments) - 1
+            };
+            if st.bits & mask != 0 {
+                st.verdict = Some(true);
+                sink.explain(r.rule, || {
+                    format!("satisfied: said in the last {segments} segment(s)")
+                });
+            } else {
+                violate(
+                    r,
+                    st,
+                    at,
+                    close.ts_ms,
+                    format!(
+                        "none of {} in the last {segments} segment(s)",
+                        spec.list.sample(3)
+                    ),
+                    sink,
+                );
+            }
+        }
+        Scope::Conversation => violate(
+            r,
+            st,
+            at,
+            close.ts_ms,
+            format!("none of {} in the conversation", spec.list.sample(3)),
+            sink,
+        ),
+    }
+}

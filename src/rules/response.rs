@@ -1,0 +1,227 @@
+//! `response`: a trigger (a speaker saying one of some phrases) expects a
+//! response (a speaker saying one of other phrases) within N segments or N
+//! seconds; else one violation. 请稍等 answered by 感谢您的耐心等待; a
+//! customer's 投诉 answered by the agent's 抱歉/对不起.
+//!
+//! ```toml
+//! [[rule]]
+//! id = "hold.thanks"
+//! kind = "response"
+//! category = "hold_without_thanks"
+//! severity = "low"
+//! trigger = { speakers = ["agent"], phrases = ["请稍等"] }
+//! expect = { speakers = ["agent"], phrases = ["感谢您的耐心等待", "久等了"] }
+//! within_segments = 4     # segments of any speaker after the trigger
+//! within_seconds = 120    # and/or: by the segments' ts_ms and the clock
+//! ```
+//!
+//! While a trigger waits, further triggers are part of the same wait (one
+//! violation per unanswered wait). A segment holding both the trigger and
+//! the response answers itself. At close, a trigger still waiting with at
+//! least one segment after it is a violation (the conversation went on and
+//! ended without the response); one that was the last segment is not.
+
+use super::{Boundary, Close, Found, PhraseList, Position, RuleRef, Seg, Sink};
+use crate::event::Speaker;
+use crate::lexicon::Fields;
+use serde::{Deserialize, Serialize};
+
+/// One side of the rule: who says it and what.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Side {
+    pub speakers: Vec<Speaker>,
+    pub list: PhraseList,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub trigger: Side,
+    pub expect: Side,
+    pub within_segments: Option<u32>,
+    pub within_seconds: Option<u64>,
+}
+
+fn side(f: &mut Fields<'_>, key: &str, default_speaker: Speaker) -> Option<Side> {
+    let Some(mut t) = f.table(key) else {
+        f.error(
+            key,
+            format!(
+                "a response rule needs a `{key}` table: {key} = {{ speakers = [\"agent\"], phrases = [\"…\"] }}"
+            ),
+        );
+        return None;
+    };
+    let speakers = t
+        .speakers("speakers")
+        .unwrap_or_else(|| vec![default_speaker]);
+    let list = PhraseList::parse(&mut t, Boundary::None, Position::Any);
+    t.finish("response rule's side");
+    Some(Side {
+        speakers,
+        list: list?,
+    })
+}
+
+pub fn parse(f: &mut Fields<'_>) -> Option<Spec> {
+    let trigger = side(f, "trigger", Speaker::Agent);
+    let expect = side(f, "expect", Speaker::Agent);
+    let within_segments = f.integer("within_segments", 1..=1000).map(|n| n as u32);
+    let within_seconds = f.integer("within_seconds", 1..=86_400).map(|n| n as u64);
+    if within_segments.is_none() && within_seconds.is_none() && !f.has("within_segments") {
+        f.error(
+            "",
+            "a response rule needs `within_segments = N` or `within_seconds = N`".into(),
+        );
+        return None;
+    }
+    Some(Spec {
+        trigger: trigger?,
+        expect: expect?,
+        within_segments,
+        within_seconds,
+    })
+}
+
+impl Spec {
+    pub fn describe(&self) -> String {
+        let mut within = Vec::new();
+        if let Some(n) = self.within_segments {
+            within.push(format!("{n} segment(s)"));
+        }
+        if let Some(s) = self.within_seconds {
+            within.push(format!("{s} s"));
+        }
+        format!(
+            "{} saying {} expects {} saying {} within {}",
+            speakers(&self.trigger.speakers),
+            self.trigger.list.sample(3),
+            speakers(&self.expect.speakers),
+            self.expect.list.sample(3),
+            within.join(" / ")
+        )
+    }
+}
+
+fn speakers(s: &[Speaker]) -> String {
+    s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("/")
+}
+
+/// A trigger waiting for its response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Waiting {
+    pub seq: u64,
+    pub ts_ms: u64,
+    /// Segments (any speaker) since the trigger.
+    pub after: u32,
+    /// The trigger segment's start, shown by the violation.
+    pub excerpt: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
+}
+
+pub fn deadline(spec: &Spec, st: &State) -> Option<u64> {
+    let w = st.waiting.as_ref()?;
+    spec.within_seconds
+        .map(|s| w.ts_ms.saturating_add(s * 1000))
+}
+
+fn missed(spec: &Spec, r: RuleRef<'_>, w: Waiting, ts_ms: u64, why: &str, sink: &mut Sink<'_>) {
+    let note = format!(
+        "{} at segment {} not followed by {} {why}",
+        spec.trigger.list.sample(2),
+        w.seq,
+        spec.expect.list.sample(3),
+    );
+    sink.explain(r.rule, || format!("VIOLATED: {note}"));
+    sink.found.push(Found::Verdict {
+        rule: r.ix,
+        seq: w.seq,
+        ts_ms,
+        key: w.seq.to_string(),
+        note,
+        text: Some(w.excerpt),
+    });
+}
+
+pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, sink: &mut Sink<'_>) {
+    let answered = spec.expect.speakers.contains(&seg.speaker) && r.hit(seg, 1);
+    let triggered = spec.trigger.speakers.contains(&seg.speaker) && r.hit(seg, 0);
+    if let Some(w) = st.waiting.as_mut() {
+        if answered {
+            let seq = w.seq;
+            st.waiting = None;
+            sink.explain(r.rule, || {
+                format!("satisfied: the trigger at segment {seq} is answered here")
+            });
+            return;
+        }
+        w.after += 1;
+        let late_s = spec
+            .within_seconds
+            .is_some_and(|s| seg.ts_ms > w.ts_ms.saturating_add(s * 1000));
+        let late_n = spec.within_segments.is_some_and(|n| w.after >= n);
+        if late_s || late_n {
+            let why = if late_n {
+                format!("within {} segment(s)", spec.within_segments.unwrap_or(0))
+            } else {
+                format!("within {} s", spec.within_seconds.unwrap_or(0))
+            };
+            if let Some(w) = st.waiting.take() {
+                missed(spec, r, w, seg.ts_ms, &why, sink);
+            }
+        } else {
+            sink.explain(r.rule, || "waiting for the response".into());
+            return;
+        }
+    }
+    if triggered && st.waiting.is_none() {
+        if answered {
+            sink.explain(r.rule, || {
+                "triggered and answered in the same segment".into()
+            });
+            return;
+        }
+        let (head, _) = crate::engine::excerpt(seg.text, 0, seg.excerpt_chars.min(64));
+        st.waiting = Some(Waiting {
+            seq: seg.seq,
+            ts_ms: seg.ts_ms,
+            after: 0,
+            excerpt: head.to_string(),
+        });
+        sink.explain(r.rule, || "triggered: now waiting for the response".into());
+    }
+}
+
+pub fn on_clock(spec: &Spec, r: RuleRef<'_>, st: &mut State, now_ts: u64, sink: &mut Sink<'_>) {
+    if let Some(d) = deadline(spec, st)
+        && now_ts > d
+        && let Some(w) = st.waiting.take()
+    {
+        let why = format!("within {} s", spec.within_seconds.unwrap_or(0));
+        missed(spec, r, w, d, &why, sink);
+    }
+}
+
+pub fn on_close(spec: &Spec, r: RuleRef<'_>, st: &mut State, close: &Close, sink: &mut Sink<'_>) {
+    let Some(w) = st.waiting.take() else {
+        return;
+    };
+    if w.after == 0 {
+        sink.explain(r.rule, || {
+            "not judged: the trigger was the conversation's last segment".into()
+        });
+        return;
+    }
+    missed(
+        spec,
+        r,
+        w,
+        close.ts_ms,
+        "before the conversation ended",
+        sink,
+    );
+}

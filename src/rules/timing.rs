@@ -1,0 +1,256 @@
+//! `timing`: how long things take, from the segments' `ts_ms` (and the
+//! engine clock while nobody speaks).
+//!
+//! | `measure` | violation |
+//! |---|---|
+//! | `"first_reply"` | the agent's first segment comes more than `seconds` after the customer's first |
+//! | `"unanswered"` | a customer segment is not followed by an agent segment within `seconds` (one violation per unanswered stretch) |
+//! | `"silence"` | more than `seconds` pass between two consecutive segments |
+//!
+//! ```toml
+//! [[rule]]
+//! id = "chat.first_reply"
+//! kind = "timing"
+//! category = "slow_reply"
+//! severity = "medium"
+//! channels = ["chat"]
+//! measure = "first_reply"
+//! seconds = 30
+//! ```
+//!
+//! A segment without `ts_ms` takes the engine clock's time, so mixing
+//! timed and untimed segments in one conversation gives meaningless times.
+
+use super::{Close, Found, RuleRef, Seg, Sink};
+use crate::event::Speaker;
+use crate::lexicon::Fields;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    FirstReply,
+    Unanswered,
+    Silence,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub measure: Measure,
+    pub seconds: u64,
+}
+
+pub fn parse(f: &mut Fields<'_>) -> Option<Spec> {
+    let measure = f.choice(
+        "measure",
+        &[
+            ("first_reply", Measure::FirstReply),
+            ("unanswered", Measure::Unanswered),
+            ("silence", Measure::Silence),
+        ],
+    );
+    if measure.is_none() && !f.has("measure") {
+        f.error(
+            "measure",
+            "missing field `measure` (\"first_reply\", \"unanswered\" or \"silence\")".into(),
+        );
+    }
+    let seconds = f.integer("seconds", 1..=86_400);
+    if seconds.is_none() && !f.has("seconds") {
+        f.error("seconds", "missing field `seconds`".into());
+    }
+    Some(Spec {
+        measure: measure?,
+        seconds: seconds? as u64,
+    })
+}
+
+impl Spec {
+    pub fn describe(&self) -> String {
+        let s = self.seconds;
+        match self.measure {
+            Measure::FirstReply => {
+                format!("the agent's first reply within {s} s of the customer's first message")
+            }
+            Measure::Unanswered => {
+                format!("every customer message answered by the agent within {s} s")
+            }
+            Measure::Silence => format!("no silence longer than {s} s between segments"),
+        }
+    }
+
+    fn limit_ms(&self) -> u64 {
+        self.seconds.saturating_mul(1000)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// first_reply and unanswered: the customer segment waiting for the
+    /// agent `(seq, ts_ms)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<(u64, u64)>,
+    /// first_reply: the agent has replied (or the verdict is made).
+    #[serde(default)]
+    pub done: bool,
+    /// silence: the previous segment's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ts: Option<u64>,
+}
+
+pub fn deadline(spec: &Spec, st: &State) -> Option<u64> {
+    match spec.measure {
+        Measure::FirstReply | Measure::Unanswered => {
+            st.waiting.map(|(_, t)| t.saturating_add(spec.limit_ms()))
+        }
+        Measure::Silence => None,
+    }
+}
+
+fn report(r: RuleRef<'_>, seq: u64, ts_ms: u64, key: String, note: String, sink: &mut Sink<'_>) {
+    sink.explain(r.rule, || format!("VIOLATED: {note}"));
+    sink.found.push(Found::Verdict {
+        rule: r.ix,
+        seq,
+        ts_ms,
+        key,
+        note,
+        text: None,
+    });
+}
+
+pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, sink: &mut Sink<'_>) {
+    let limit = spec.limit_ms();
+    match spec.measure {
+        Measure::FirstReply => {
+            if st.done {
+                return;
+            }
+            match seg.speaker {
+                Speaker::Customer if st.waiting.is_none() => {
+                    st.waiting = Some((seg.seq, seg.ts_ms));
+                    sink.explain(r.rule, || {
+                        "the customer's first message: the clock starts".into()
+                    });
+                }
+                Speaker::Agent => {
+                    if let Some((_, t)) = st.waiting {
+                        st.done = true;
+                        st.waiting = None;
+                        let took = seg.ts_ms.saturating_sub(t);
+                        if took > limit {
+                            report(
+                                r,
+                                seg.seq,
+                                seg.ts_ms,
+                                "first_reply".into(),
+                                format!(
+                                    "first reply after {} s (limit {} s)",
+                                    took / 1000,
+                                    spec.seconds
+                                ),
+                                sink,
+                            );
+                        } else {
+                            sink.explain(r.rule, || {
+                                format!("satisfied: first reply after {} s", took / 1000)
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Measure::Unanswered => match seg.speaker {
+            Speaker::Customer if st.waiting.is_none() => {
+                st.waiting = Some((seg.seq, seg.ts_ms));
+            }
+            Speaker::Agent => {
+                if let Some((seq, t)) = st.waiting.take() {
+                    let took = seg.ts_ms.saturating_sub(t);
+                    if took > limit {
+                        report(
+                            r,
+                            seq,
+                            seg.ts_ms,
+                            seq.to_string(),
+                            format!(
+                                "customer message at segment {seq} answered after {} s (limit {} s)",
+                                took / 1000,
+                                spec.seconds
+                            ),
+                            sink,
+                        );
+                    }
+                }
+            }
+            _ => {}
+        },
+        Measure::Silence => {
+            if let Some(prev) = st.last_ts {
+                let gap = seg.ts_ms.saturating_sub(prev);
+                if gap > limit {
+                    report(
+                        r,
+                        seg.seq,
+                        seg.ts_ms,
+                        seg.seq.to_string(),
+                        format!(
+                            "{} s of silence before this segment (limit {} s)",
+                            gap / 1000,
+                            spec.seconds
+                        ),
+                        sink,
+                    );
+                }
+            }
+            st.last_ts = Some(st.last_ts.map_or(seg.ts_ms, |p| p.max(seg.ts_ms)));
+        }
+    }
+}
+
+fn expire(spec: &Spec, r: RuleRef<'_>, st: &mut State, ts_ms: u64, sink: &mut Sink<'_>) {
+    let Some((seq, t)) = st.waiting.take() else {
+        return;
+    };
+    let (key, note) = match spec.measure {
+        Measure::FirstReply => {
+            st.done = true;
+            (
+                "first_reply".to_string(),
+                format!(
+                    "no reply within {} s of the customer's first message",
+                    spec.seconds
+                ),
+            )
+        }
+        _ => (
+            seq.to_string(),
+            format!(
+                "customer message at segment {seq} unanswered for {} s",
+                spec.seconds
+            ),
+        ),
+    };
+    report(r, seq, ts_ms.max(t), key, note, sink);
+}
+
+pub fn on_clock(spec: &Spec, r: RuleRef<'_>, st: &mut State, now_ts: u64, sink: &mut Sink<'_>) {
+    if let Some(d) = deadline(spec, st)
+        && now_ts > d
+    {
+        expire(spec, r, st, d, sink);
+    }
+}
+
+pub fn on_close(spec: &Spec, r: RuleRef<'_>, st: &mut State, close: &Close, sink: &mut Sink<'_>) {
+    match deadline(spec, st) {
+        Some(d) if close.ts_ms > d => expire(spec, r, st, d, sink),
+        Some(_) => {
+            sink.explain(r.rule, || {
+                "not judged: the conversation ended before the limit".into()
+            });
+            st.waiting = None;
+        }
+        None => {}
+    }
+}
