@@ -59,7 +59,8 @@ fn compile(f: &Fields<'_>, key: &str, src: &str) -> Option<Regex> {
         Ok(re) => Some(re),
         Err(e) => {
             let msg = e.to_string();
-            let last = msg.lines().last().unwrap_or(&msg).trim().to_string();
+            let last = msg.lines().last().unwrap_or(&msg).trim();
+            let last = last.strip_prefix("error: ").unwrap_or(last).to_string();
             f.error_at_value(key, src, format!("invalid pattern {src:?}: {last}"));
             None
         }

@@ -55,7 +55,7 @@ fn side(f: &mut Fields<'_>, key: &str, default_speaker: Speaker) -> Option<Side>
         .speakers("speakers")
         .unwrap_or_else(|| vec![default_speaker]);
     let list = PhraseList::parse(&mut t, Boundary::None, Position::Any);
-    t.finish("response rule's side");
+    t.finish("response");
     Some(Side {
         speakers,
         list: list?,
@@ -151,7 +151,12 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
     let answered = spec.expect.speakers.contains(&seg.speaker) && r.hit(seg, 1);
     let triggered = spec.trigger.speakers.contains(&seg.speaker) && r.hit(seg, 0);
     if let Some(w) = st.waiting.as_mut() {
-        if answered {
+        w.after += 1;
+        // A response after the time limit does not count.
+        let late_s = spec
+            .within_seconds
+            .is_some_and(|s| seg.ts_ms > w.ts_ms.saturating_add(s * 1000));
+        if answered && !late_s {
             let seq = w.seq;
             st.waiting = None;
             sink.explain(r.rule, || {
@@ -159,10 +164,6 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
             });
             return;
         }
-        w.after += 1;
-        let late_s = spec
-            .within_seconds
-            .is_some_and(|s| seg.ts_ms > w.ts_ms.saturating_add(s * 1000));
         let late_n = spec.within_segments.is_some_and(|n| w.after >= n);
         if late_s || late_n {
             let why = if late_n {

@@ -11,5 +11,6 @@ mod hardening;
 mod nats_support;
 mod observability;
 mod properties;
+mod rules;
 mod semantics;
 mod support;
