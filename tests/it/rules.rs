@@ -527,3 +527,95 @@ fn state_of_format_1_loads_into_the_greeting_and_closing_rules() {
     assert_eq!(of(&out, "greeting.std"), rs(&[]));
     assert_eq!(of(&out, "closing.std"), rs(&[]));
 }
+
+/// Through the daemon and a real NATS server: the daemon stops (SIGTERM)
+/// in the middle of every kind's scope (a greeting window open, a hold
+/// waiting for its thanks, a customer waiting for a first reply, a text
+/// sent twice), saves its state, and the restarted daemon reaches exactly
+/// the verdicts of one uninterrupted offline run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_restart_mid_scope_keeps_every_kinds_state() {
+    use crate::daemon::{
+        ChildDaemon, assert_no_duplicate_ids, assert_same, config_toml, js, metric, publish,
+        wait_done,
+    };
+    use crate::nats_support::{NatsServer, free_port};
+    let lines_of = |steps: Vec<Step>| -> Vec<String> {
+        steps
+            .into_iter()
+            .filter_map(|s| match s {
+                Step::Line(l, _) => Some(l),
+                Step::Tick(_) => None,
+            })
+            .collect()
+    };
+    let script = |c: &str| {
+        lines_of(vec![
+            say(c, "call", 0, "customer", "在吗，我要投诉", 0),
+            say(c, "call", 1, "agent", "在的", 40),
+            say(c, "call", 2, "agent", "订单1正在处理中", 45),
+            say(c, "call", 3, "agent", "请稍等", 50),
+            // The stop comes here: greeting decided, identity check and
+            // hold open, the canned text seen once.
+            say(c, "call", 4, "agent", "订单2正在处理中", 110),
+            say(c, "call", 5, "agent", "订单3正在处理中", 115),
+            say(c, "call", 6, "agent", "核实身份，再见", 120),
+            end(c, 121),
+        ])
+    };
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for i in 0..6 {
+        let l = script(&format!("r{i}"));
+        first.extend_from_slice(&l[..4]);
+        second.extend_from_slice(&l[4..]);
+    }
+    let all: Vec<String> = first.iter().chain(&second).cloned().collect();
+    let mut offline = engine();
+    let mut want = Vec::new();
+    for l in &all {
+        let input = decode_str(l).expect("valid");
+        offline.handle(&input, input.ts_ms.unwrap_or(0), &mut want);
+    }
+    let rules: Vec<String> = verdicts(&want).into_iter().map(|v| v.0).collect();
+    for r in [
+        "greeting.std",
+        "verify.identity",
+        "hold.thanks",
+        "canned.repeated",
+    ] {
+        assert!(rules.iter().any(|x| x == r), "{r} not exercised: {rules:?}");
+    }
+
+    let nats = NatsServer::start();
+    let metrics_port = free_port();
+    let dir = crate::support::tempdir("rules-restart");
+    let cfg = dir.join("zhijian.toml");
+    std::fs::write(
+        &cfg,
+        config_toml(&nats, &fixtures().join("rules"), metrics_port, ""),
+    )
+    .expect("config");
+    let daemon = ChildDaemon::start(&cfg, metrics_port).await;
+    publish(&nats, &first).await;
+    let deadline = std::time::Instant::now() + crate::daemon::DEADLINE;
+    while metric(metrics_port, "zhijian_open_conversations").await < 6.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "conversations never opened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    daemon.signal("-TERM");
+    assert!(daemon.wait().await.success());
+    publish(&nats, &second).await;
+    let daemon = ChildDaemon::start(&cfg, metrics_port).await;
+    let got = wait_done(&js(&nats).await, 6).await;
+    assert_no_duplicate_ids(&got);
+    assert_same(&got, &want, "verdicts changed across the restart");
+    assert_eq!(
+        metric(metrics_port, "zhijian_state_restored_conversations_total").await,
+        6.0
+    );
+    daemon.signal("-TERM");
+    assert!(daemon.wait().await.success());
+}
