@@ -556,17 +556,24 @@ impl Book {
             }
         }
         if self.patterns.judges(seg.speaker) {
-            self.patterns.scan(seg, pattern_scratch, |r, spans, count| {
-                let rule = &lexicon.rules[usize::from(r)];
-                if rule.applies_on(seg.channel) {
-                    sink.explain(rule, || format!("matched {count} time(s) (see spans)"));
-                    sink.found.push(Found::Spans {
-                        rule: r,
-                        spans,
-                        count,
-                    });
-                }
-            });
+            let explain = sink.explain.is_some();
+            self.patterns
+                .scan(seg, pattern_scratch, explain, |r, spans, count, reasons| {
+                    let rule = &lexicon.rules[usize::from(r)];
+                    if !rule.applies_on(seg.channel) {
+                        return;
+                    }
+                    for why in reasons {
+                        sink.explain(rule, || why);
+                    }
+                    if count > 0 {
+                        sink.found.push(Found::Spans {
+                            rule: r,
+                            spans,
+                            count,
+                        });
+                    }
+                });
         }
         for (&r, state) in self.always.iter().zip(states.iter_mut()) {
             let rr = self.rule_ref(lexicon, r);

@@ -155,8 +155,11 @@ pub struct Set {
 pub struct Scratch {
     found: Vec<detect::Found>,
     matched: Vec<bool>,
-    spans: Vec<(usize, usize)>,
+    spans: Vec<(usize, usize, u16)>,
 }
+
+/// Marks a span's source as a detector (else a pattern index).
+const DETECTOR: u16 = 0x8000;
 
 fn speaker_bits(s: &[Speaker]) -> u8 {
     s.iter().fold(0, |m, s| m | 1 << (*s as u8))
@@ -225,7 +228,8 @@ impl Set {
         &self,
         seg: &Seg<'_>,
         scratch: &mut Scratch,
-        mut found: impl FnMut(u16, Vec<(usize, usize)>, u32),
+        explain: bool,
+        mut found: impl FnMut(u16, Vec<(usize, usize)>, u32, Vec<String>),
     ) {
         let text = seg.norm.text.as_str();
         let bit = 1u8 << (seg.speaker as u8);
@@ -250,42 +254,59 @@ impl Set {
             if c.speakers & bit == 0 {
                 continue;
             }
+            // (start, end, source): a pattern index, or DETECTOR | detector.
             scratch.spans.clear();
             if scratch.matched[ci] {
-                for re in &c.patterns {
+                for (pi, re) in c.patterns.iter().enumerate() {
                     scratch.spans.extend(
                         re.find_iter(text)
                             .filter(|m| !m.is_empty())
-                            .map(|m| (m.start(), m.end())),
+                            .map(|m| (m.start(), m.end(), pi as u16)),
                     );
                 }
             }
             for f in &scratch.found {
                 if c.detectors & (1 << (f.detector as u8)) != 0 {
-                    scratch.spans.push((f.start, f.end));
+                    scratch
+                        .spans
+                        .push((f.start, f.end, DETECTOR | f.detector as u16));
                 }
             }
             if scratch.spans.is_empty() {
                 continue;
             }
+            let mut reasons = Vec::new();
             if !c.not.is_empty() {
-                let nots: Vec<(usize, usize)> = c
+                let nots: Vec<(usize, usize, usize)> = c
                     .not
                     .iter()
-                    .flat_map(|re| re.find_iter(text).map(|m| (m.start(), m.end())))
+                    .enumerate()
+                    .flat_map(|(ni, re)| re.find_iter(text).map(move |m| (m.start(), m.end(), ni)))
                     .collect();
-                scratch
-                    .spans
-                    .retain(|&(s, e)| !nots.iter().any(|&(ns, ne)| ns <= s && e <= ne));
+                scratch.spans.retain(|&(s, e, _)| {
+                    match nots.iter().find(|&&(ns, ne, _)| ns <= s && e <= ne) {
+                        Some(&(ns, ne, ni)) => {
+                            if explain {
+                                reasons.push(format!(
+                                    "dropped {:?}: inside {:?}, a match of not_patterns[{ni}]",
+                                    &text[s..e],
+                                    &text[ns..ne]
+                                ));
+                            }
+                            false
+                        }
+                        None => true,
+                    }
+                });
             }
             // Leftmost-longest, without overlaps.
             scratch
                 .spans
-                .sort_unstable_by_key(|&(s, e)| (s, std::cmp::Reverse(e)));
+                .sort_unstable_by_key(|&(s, e, _)| (s, std::cmp::Reverse(e)));
             let mut kept = Vec::new();
             let mut covered = 0;
             let mut count = 0u32;
-            for &(s, e) in &scratch.spans {
+            for &(s, e, src) in &scratch.spans {
                 if s < covered {
                     continue;
                 }
@@ -294,9 +315,25 @@ impl Set {
                 if kept.len() < MAX_SPANS {
                     kept.push((s, e));
                 }
+                if explain {
+                    reasons.push(match src & DETECTOR {
+                        0 => format!(
+                            "{:?} matched pattern {:?}",
+                            &text[s..e],
+                            c.patterns[usize::from(src)].as_str()
+                        ),
+                        _ => {
+                            let d = Detector::ALL
+                                .into_iter()
+                                .find(|d| *d as u16 == src & !DETECTOR)
+                                .map_or("?", |d| d.describe());
+                            format!("{:?} is a {d}", &text[s..e])
+                        }
+                    });
+                }
             }
-            if count > 0 {
-                found(c.rule, kept, count);
+            if count > 0 || !reasons.is_empty() {
+                found(c.rule, kept, count, reasons);
             }
         }
     }

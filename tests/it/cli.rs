@@ -103,6 +103,40 @@ fn lexicon_check_and_test_explain_the_default_lexicon() {
     ] {
         assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
     }
+
+    // A conversation: every kind explains its decision, and a satisfied
+    // greeting is called satisfied, not a hit.
+    let out = zhijian()
+        .current_dir(root)
+        .args([
+            "lexicon",
+            "test",
+            "--channel",
+            "call",
+            "customer:我要投诉",
+            "agent:您好，请稍等",
+            "agent:您的号码是138 1234 5678吗？不要告诉我您的密码",
+            "customer:嗯",
+            "agent:感谢您的耐心等待，再见",
+        ])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "RULE  complaint.apology            response   triggered: now waiting for the response",
+        "RULE  greeting.standard            required   satisfied: said in segment 1 of the scope",
+        "RULE  hold.thanks                  response   satisfied: the trigger at segment 1 is answered here",
+        "RULE  pii.full_number              pattern    \"13812345678\" is a mainland mobile number",
+        "RULE  pii.asks_secret              pattern    dropped \"告诉我您的密码\": inside \"不要告诉我您的密码\"",
+        "VIOLATION complaint.apology complaint_no_apology (投诉未致歉) high deduct 1 at seq 0",
+        "VIOLATION escalation.complaint_threat escalation (客户投诉升级) critical deduct 0 at seq 0",
+        "RULE  closing.standard             required   satisfied: said in the last 3 segment(s)",
+        "SUMMARY score 99 greeted Some(true) closed Some(true)",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+    assert!(!stdout.contains("HIT"), "{stdout}");
 }
 
 #[test]
