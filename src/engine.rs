@@ -365,7 +365,9 @@ impl Engine {
         {
             self.evict(now_ms, out);
         }
-        let scanner = Arc::clone(self.scanners.for_tenant(key.tenant));
+        // A field borrow, not an `Arc` clone: no atomic operations per
+        // segment.
+        let scanner: &Scanner = self.scanners.for_tenant(key.tenant);
         // Hot path: an open conversation. Only a miss needs the tombstone
         // check (open and closed are disjoint).
         let conv = match self.open.get_mut(&key) {
@@ -389,7 +391,7 @@ impl Engine {
                         // No state: only what a segment shows by itself
                         // (phrases, patterns) is judged.
                         judge(
-                            &scanner,
+                            scanner,
                             &mut self.scratch,
                             &mut self.pattern_scratch,
                             &mut self.found,
@@ -437,7 +439,7 @@ impl Engine {
                 now_ms,
             };
             judge(
-                &scanner,
+                scanner,
                 &mut self.scratch,
                 &mut self.pattern_scratch,
                 &mut self.found,
