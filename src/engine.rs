@@ -655,7 +655,7 @@ impl Engine {
             if let Some(s) = take_named(&mut named, rule_id) {
                 return Some(s);
             }
-            legacy_state(lexicon, rule_id, legacy, conv.agent_segments)
+            rules::state_from_format_1(lexicon, rule_id, legacy, conv.agent_segments)
         });
         conv.deadline = book.next_deadline(lexicon, &conv.states);
         self.open.insert(KeyRef { tenant, id }.to_key(), conv);
@@ -676,39 +676,6 @@ fn named_states(scanner: &Scanner, states: Vec<State>) -> Vec<(String, State)> {
 fn take_named(named: &mut Vec<(String, State)>, id: &str) -> Option<State> {
     let i = named.iter().position(|(n, _)| n == id)?;
     Some(named.swap_remove(i).1)
-}
-
-/// State format 1 kept the greeting verdict and the closing window bits in
-/// the conversation: they become the state of the required rules of the v1
-/// categories.
-fn legacy_state(
-    lexicon: &crate::lexicon::Lexicon,
-    rule_id: &str,
-    (greeted, closing_bits): (Option<bool>, Option<u32>),
-    agent_segments: u32,
-) -> Option<State> {
-    let rule = lexicon.rules.iter().find(|r| r.id == rule_id)?;
-    if !matches!(rule.spec, rules::Spec::Required(_)) {
-        return None;
-    }
-    match lexicon.categories[rule.category].id.as_str() {
-        "missing_greeting" if greeted.is_some() || closing_bits.is_some() => {
-            Some(State::Required(rules::required::State {
-                verdict: greeted,
-                seen: agent_segments,
-                ..Default::default()
-            }))
-        }
-        "missing_closing" if closing_bits.is_some() => {
-            Some(State::Required(rules::required::State {
-                verdict: None,
-                seen: agent_segments,
-                bits: u64::from(closing_bits.unwrap_or(0)),
-                start_ts: None,
-            }))
-        }
-        _ => None,
-    }
 }
 
 /// Borrowed context of the segment being judged.

@@ -905,4 +905,23 @@ mod tests {
         assert_ne!(fingerprint(&dir), before, "the swap must be seen");
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn a_tenant_overlay_edit_changes_the_fingerprint() {
+        let dir = std::env::temp_dir().join(format!("zhijian-fpt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let overlay = dir.join("tenants/acme");
+        std::fs::create_dir_all(&overlay).expect("mkdir");
+        std::fs::write(dir.join("a.toml"), "a = 1\n").expect("write");
+        let base_only = fingerprint(&dir);
+        std::fs::write(overlay.join("o.toml"), "disable = []\n").expect("write");
+        let with_overlay = fingerprint(&dir);
+        let names: Vec<&str> = with_overlay.iter().map(|f| f.0.as_str()).collect();
+        assert_eq!(names, ["a.toml", "tenants/acme/o.toml"]);
+        std::fs::write(overlay.join("o.toml"), "disable = [\"x\"]\n").expect("write");
+        let edited = fingerprint(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_ne!(base_only, with_overlay);
+        assert_ne!(with_overlay, edited, "the overlay edit must be seen");
+    }
 }

@@ -715,3 +715,35 @@ impl Book {
             .collect()
     }
 }
+
+/// State format 1 (before rule kinds) kept the greeting verdict and the
+/// closing window bits in the conversation: they become the state of the
+/// required rules of the v1 categories `missing_greeting` and
+/// `missing_closing`.
+pub fn state_from_format_1(
+    lexicon: &Lexicon,
+    rule_id: &str,
+    (greeted, closing_bits): (Option<bool>, Option<u32>),
+    agent_segments: u32,
+) -> Option<State> {
+    let rule = lexicon.rules.iter().find(|r| r.id == rule_id)?;
+    if !matches!(rule.spec, Spec::Required(_)) {
+        return None;
+    }
+    match lexicon.categories[rule.category].id.as_str() {
+        "missing_greeting" if greeted.is_some() || closing_bits.is_some() => {
+            Some(State::Required(required::State {
+                verdict: greeted,
+                seen: agent_segments,
+                ..Default::default()
+            }))
+        }
+        "missing_closing" if closing_bits.is_some() => Some(State::Required(required::State {
+            verdict: None,
+            seen: agent_segments,
+            bits: u64::from(closing_bits.unwrap_or(0)),
+            start_ts: None,
+        })),
+        _ => None,
+    }
+}
