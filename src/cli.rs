@@ -239,6 +239,21 @@ enum LexiconCommand {
         #[arg(required = true)]
         text: Vec<String>,
     },
+    /// Precision and recall against reviewer labels: judge INPUT (JSONL,
+    /// as `scan` does) and compare with LABELS (see src/eval.rs); print the
+    /// tables and every miss and false alarm with its text.
+    Eval {
+        #[arg(long, default_value = "lexicons")]
+        lexicons: PathBuf,
+        /// The labels (JSONL of ids and categories).
+        #[arg(long)]
+        labels: PathBuf,
+        /// Print the tables only, not the list of disagreements.
+        #[arg(long)]
+        summary_only: bool,
+        /// The transcripts (JSONL).
+        input: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -305,6 +320,15 @@ pub fn main() -> ExitCode {
             },
             &text,
         ),
+        Command::Lexicon {
+            command:
+                LexiconCommand::Eval {
+                    lexicons,
+                    labels,
+                    summary_only,
+                    input,
+                },
+        } => cmd_eval(&lexicons, &labels, &input, !summary_only),
         Command::Run {
             common,
             lexicons,
@@ -517,6 +541,27 @@ fn cmd_check(dir: &Path) -> Result<(), Failure> {
             t.rules.len() as i64 - lex.rules.len() as i64
         );
     }
+    Ok(())
+}
+
+fn cmd_eval(lexicons: &Path, labels: &Path, input: &Path, misses: bool) -> Result<(), Failure> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", p.display())))
+    };
+    let labels = crate::eval::Labels::parse(&read(labels)?).map_err(Failure::Config)?;
+    let input = read(input)?;
+    let scanners = Arc::new(crate::daemon::load_scanners(lexicons).map_err(Failure::Config)?);
+    let mut engine = Engine::with_scanners(Arc::clone(&scanners), EngineConfig::default());
+    let report = crate::eval::evaluate(&mut engine, &input, &labels)
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    println!(
+        "lexicon {}; {} labelled segments, {} labelled conversations\n",
+        scanners.base().version(),
+        labels.segment_count(),
+        labels.conversation_count()
+    );
+    print!("{}", report.render(misses));
     Ok(())
 }
 

@@ -59,6 +59,7 @@ pub mod console;
 pub mod daemon;
 pub mod detect;
 pub mod engine;
+pub mod eval;
 pub mod event;
 pub mod filter;
 pub mod invariants;

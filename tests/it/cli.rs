@@ -369,3 +369,59 @@ fn path_errors_name_the_path() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn lexicon_eval_reports_precision_recall_agreement_and_every_disagreement() {
+    let dir = tempdir("eval");
+    let line = |c: &str, seq: u64, speaker: &str, text: &str| {
+        serde_json::json!({"conversation_id": c, "seq": seq, "speaker": speaker,
+            "text": text, "channel": "call"})
+        .to_string()
+    };
+    let input = [
+        line("a", 0, "agent", "您好"),
+        line("a", 1, "agent", "不知道，你自己查"),
+        line("a", 2, "agent", "没有办法"),
+        line("a", 3, "agent", "已经超过价保周期了，不清楚能不能申请"),
+        line("a", 4, "agent", "再见"),
+        serde_json::json!({"conversation_id": "a", "type": "end"}).to_string(),
+        line("b", 0, "agent", "请讲"),
+        line("b", 1, "agent", "好的"),
+        serde_json::json!({"conversation_id": "b", "type": "end"}).to_string(),
+    ];
+    // The reviewer: seq 1 and 2 are refusals (没有办法 is not in the default
+    // lexicon: a miss), seq 3 a policy explanation (a false alarm);
+    // conversation b began mid-way (not judgeable: the missing greeting
+    // zhijian reports disagrees).
+    let labels = [
+        r#"{"conversation_id":"a","greeting":true,"closing":true}"#,
+        r#"{"conversation_id":"a","seq":1,"categories":["forbidden"]}"#,
+        r#"{"conversation_id":"a","seq":2,"categories":["forbidden"]}"#,
+        r#"{"conversation_id":"a","seq":3,"categories":[]}"#,
+        r#"{"conversation_id":"b","greeting":null,"closing":false}"#,
+    ];
+    std::fs::write(dir.join("in.jsonl"), input.join("\n")).expect("write");
+    std::fs::write(dir.join("labels.jsonl"), labels.join("\n")).expect("write");
+    let out = zhijian()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["lexicon", "eval", "--labels"])
+        .arg(dir.join("labels.jsonl"))
+        .arg(dir.join("in.jsonl"))
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for want in [
+        "3 labelled segments, 2 labelled conversations",
+        "| forbidden | 2 | 1 | 1 | 1 | 50.0% | 50.0% |",
+        "| forbidden.ignorance | 1 | 1 | 50.0% |",
+        "| greeting | 2 | 1 | 50.0% |",
+        "|   reviewer not judged, zhijian no | 1 | | |",
+        "| closing | 2 | 2 | 100.0% |",
+        "miss        forbidden         a seq 2: agent: 没有办法",
+        "false alarm forbidden         a seq 3 (forbidden.ignorance): agent: 已经超过价保周期了",
+        "false alarm missing_greeting  b: reviewer: not judged, zhijian: no",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+}
