@@ -492,11 +492,16 @@ fn cmd_check(dir: &Path) -> Result<(), Failure> {
     let scanners = crate::daemon::load_scanners(dir).map_err(Failure::Config)?;
     let scanner = scanners.base();
     let lex = scanner.lexicon();
-    println!("lexicon {:?} version {}", lex.name, lex.version);
+    // Not println!: a closed pipe (`| head`) is an error, not a panic.
+    let mut out = io::stdout().lock();
+    writeln!(out, "lexicon {:?} version {}", lex.name, lex.version)?;
     for kind in crate::rules::KINDS {
         let (rules, phrases) = lex.count(kind);
         if rules > 0 {
-            println!("  {kind:<10} {rules:>3} rules {phrases:>5} phrases/patterns");
+            writeln!(
+                out,
+                "  {kind:<10} {rules:>3} rules {phrases:>5} phrases/patterns"
+            )?;
         }
     }
     for c in &lex.categories {
@@ -506,40 +511,50 @@ fn cmd_check(dir: &Path) -> Result<(), Failure> {
             .filter(|r| lex.categories[r.category].id == c.id)
             .map(|r| r.id.as_str())
             .collect();
-        println!("  category {} ({}): {}", c.id, c.name, rules.join(", "));
+        writeln!(
+            out,
+            "  category {} ({}): {}",
+            c.id,
+            c.name,
+            rules.join(", ")
+        )?;
     }
     for s in &lex.sections {
-        println!(
+        writeln!(
+            out,
             "  section {} ({}) max deduct {}",
             s.id, s.name, s.max_deduct
-        );
+        )?;
     }
     for r in &lex.rules {
         let score = match r.section {
             Some(s) if r.deduct > 0.0 => format!("-{} in {}", r.deduct, lex.sections[s].id),
             _ => "alert only".into(),
         };
-        println!(
+        writeln!(
+            out,
             "  rule {:<28} {:<10} {:<8} {score}: {}",
             r.id,
             r.kind(),
             r.severity.as_str(),
             r.spec.describe()
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "  {} distinct phrases; {}",
         scanner.pattern_count(),
         scanner.automaton_summary()
-    );
+    )?;
     for (tenant, s) in scanners.tenants() {
         let t = s.lexicon();
-        println!(
-            "tenant {tenant}: version {}, {} rules ({} more or fewer than the base)",
+        writeln!(
+            out,
+            "tenant {tenant}: version {}, {} rules ({:+} against the base)",
             t.version,
             t.rules.len(),
             t.rules.len() as i64 - lex.rules.len() as i64
-        );
+        )?;
     }
     Ok(())
 }
@@ -555,13 +570,15 @@ fn cmd_eval(lexicons: &Path, labels: &Path, input: &Path, misses: bool) -> Resul
     let mut engine = Engine::with_scanners(Arc::clone(&scanners), EngineConfig::default());
     let report = crate::eval::evaluate(&mut engine, &input, &labels)
         .map_err(|e| Failure::Runtime(e.to_string()))?;
-    println!(
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
         "lexicon {}; {} labelled segments, {} labelled conversations\n",
         scanners.base().version(),
         labels.segment_count(),
         labels.conversation_count()
-    );
-    print!("{}", report.render(misses));
+    )?;
+    write!(out, "{}", report.render(misses))?;
     Ok(())
 }
 
@@ -627,9 +644,13 @@ fn cmd_test(lexicons: &Path, opts: TestOptions, texts: &[String]) -> Result<(), 
             let r = scanner.rule(scanner.group_rule(h.group));
             let orig = norm.original_range(text, h.norm.0, h.norm.1);
             let (s, e) = span(orig);
+            let channel = match (r.applies_on(opts.channel), opts.channel) {
+                (false, Some(c)) => format!(" (the rule does not apply on {})", c.as_str()),
+                _ => String::new(),
+            };
             writeln!(
                 out,
-                "  FOUND {:<28} {:<10} chars {s}..{e} {:?}",
+                "  FOUND {:<28} {:<10} chars {s}..{e} {:?}{channel}",
                 r.id,
                 r.kind(),
                 &text[orig.0..orig.1]

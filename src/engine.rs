@@ -992,10 +992,7 @@ fn emit_verdicts(
             conv.deduct(&lexicon.sections[section].id, r.deduct);
         }
         let (shown, chars) = match (text, current) {
-            (Some(t), _) => {
-                let n = t.chars().count();
-                (t, n)
-            }
+            (Some(t), _) => (t.text, t.chars),
             (None, Some((cs, ct))) if cs == seq => {
                 let (head, _) = excerpt(ct, 0, excerpt_chars);
                 (head.to_string(), ct.chars().count())

@@ -770,6 +770,13 @@ fn build(
         let here = format!("{}:{}", f.path.display(), f.line(c.span.clone()));
         if !valid_id(&id) {
             v.at(f, c.value.id.span(), entry.clone(), ID_RULE.into());
+        } else if id.contains('.') {
+            v.at(
+                f,
+                c.value.id.span(),
+                entry.clone(),
+                "category ids may not contain '.': they are NATS subject tokens (violations.<tenant>.<category>)".into(),
+            );
         }
         if let Some((_, first)) = category_index.get(&id) {
             v.at(
@@ -906,7 +913,9 @@ fn build(
         let source = fields.string("source");
         let enabled = fields.boolean("enabled").unwrap_or(true);
         let spec = rules::parse(&kind, &mut fields);
-        fields.finish(&kind);
+        if rules::KINDS.contains(&kind.as_str()) {
+            fields.finish(&kind);
+        }
         let Some(spec) = spec else {
             continue;
         };
@@ -931,7 +940,7 @@ fn build(
                 f,
                 r.span.clone(),
                 &id,
-                "a customer's words never cost the agent points: a rule on customer or system segments only alerts (deduct = 0)".into(),
+                "a customer's words never cost the agent points: a rule that deducts reads the agent's segments only (split it into an agent rule and an alert-only rule with deduct = 0)".into(),
             );
         }
         if !enabled {
@@ -1522,6 +1531,21 @@ exceptions = ["暂时不知道您的问题"]
                 GOOD.replace("deduct = 1", "deduct = 1\nspeakers = [\"customer\"]"),
                 "[[rule]]",
                 "a customer's words never cost the agent points",
+            ),
+            (
+                "agent_and_customer_words_cost_no_points",
+                GOOD.replace(
+                    "deduct = 1",
+                    "deduct = 1\nspeakers = [\"agent\", \"customer\"]",
+                ),
+                "[[rule]]",
+                "a rule that deducts reads the agent's segments only",
+            ),
+            (
+                "dotted_category",
+                format!("[[category]]\nid = \"a.b\"\nname = \"x\"\n{GOOD}"),
+                "id = \"a.b\"",
+                "category ids may not contain '.'",
             ),
             (
                 "unknown_channel",

@@ -135,13 +135,14 @@ impl Spec {
         }
     }
 
-    /// Whether a violation of this rule is the agent's doing (only those
-    /// may deduct points): what the agent said, or did not say or do.
+    /// Whether every violation of this rule is the agent's doing (only
+    /// such rules may deduct points): what the agent alone said, or did
+    /// not say or do.
     pub fn judges_agent(&self, speakers: &[Speaker]) -> bool {
         match self {
-            Spec::Response(s) => s.expect.speakers.contains(&Speaker::Agent),
+            Spec::Response(s) => s.expect.speakers == [Speaker::Agent],
             Spec::Timing(_) => true,
-            _ => speakers.contains(&Speaker::Agent),
+            _ => speakers == [Speaker::Agent],
         }
     }
 
@@ -390,8 +391,35 @@ pub enum Found {
         /// The text to show, when the verdict is about a segment other than
         /// the current one (e.g. the trigger of a response rule); `None`:
         /// the segment `seq` as the engine knows it.
-        text: Option<String>,
+        text: Option<Shown>,
     },
+}
+
+/// The start of a segment kept in a rule's state, to show in a verdict
+/// about it later.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Shown {
+    /// At most [`Shown::CHARS`] characters.
+    pub text: String,
+    /// The segment's whole length in characters.
+    pub chars: usize,
+}
+
+impl Shown {
+    /// Characters kept: state stays small per conversation.
+    pub const CHARS: usize = 64;
+
+    pub fn of(text: &str, excerpt_chars: usize) -> Shown {
+        let (head, _) = crate::engine::excerpt(text, 0, excerpt_chars.min(Shown::CHARS));
+        Shown {
+            text: head.to_string(),
+            chars: if head.len() == text.len() {
+                head.chars().count()
+            } else {
+                text.chars().count()
+            },
+        }
+    }
 }
 
 /// Where hooks report: what they found, and (for `zhijian lexicon test`)

@@ -60,11 +60,16 @@ pub fn parse(f: &mut Fields<'_>) -> Option<Spec> {
         ],
     );
     let had_scope = which.is_some() || f.has("scope");
+    let sized = f.has("segments") || f.has("seconds");
     let segments = f.integer("segments", 1..=MAX_SEGMENTS).map(|n| n as u32);
     let seconds = f.integer("seconds", 1..=MAX_SECONDS).map(|n| n as u64);
     let scope = match which {
         Some(S::Start) => {
             if segments.is_none() && seconds.is_none() {
+                if sized {
+                    // The value given is invalid, and said so.
+                    return None;
+                }
                 f.error(
                     "scope",
                     "a \"start\" scope needs `segments = N` or `seconds = N`".into(),
@@ -79,6 +84,7 @@ pub fn parse(f: &mut Fields<'_>) -> Option<Spec> {
             }
             match segments {
                 Some(n) => Scope::End { segments: n },
+                None if sized => return None,
                 None => {
                     f.error("scope", "an \"end\" scope needs `segments = N`".into());
                     return None;

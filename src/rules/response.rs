@@ -21,7 +21,7 @@
 //! least one segment after it is a violation (the conversation went on and
 //! ended without the response); one that was the last segment is not.
 
-use super::{Boundary, Close, Found, PhraseList, Position, RuleRef, Seg, Sink};
+use super::{Boundary, Close, Found, PhraseList, Position, RuleRef, Seg, Shown, Sink};
 use crate::event::Speaker;
 use crate::lexicon::Fields;
 use serde::{Deserialize, Serialize};
@@ -114,7 +114,8 @@ pub struct Waiting {
     /// Segments (any speaker) since the trigger.
     pub after: u32,
     /// The trigger segment's start, shown by the violation.
-    pub excerpt: String,
+    #[serde(default)]
+    pub shown: Shown,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -143,7 +144,7 @@ fn missed(spec: &Spec, r: RuleRef<'_>, w: Waiting, ts_ms: u64, why: &str, sink: 
         ts_ms,
         key: w.seq.to_string(),
         note,
-        text: Some(w.excerpt),
+        text: Some(w.shown),
     });
 }
 
@@ -186,12 +187,11 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
             });
             return;
         }
-        let (head, _) = crate::engine::excerpt(seg.text, 0, seg.excerpt_chars.min(64));
         st.waiting = Some(Waiting {
             seq: seg.seq,
             ts_ms: seg.ts_ms,
             after: 0,
-            excerpt: head.to_string(),
+            shown: Shown::of(seg.text, seg.excerpt_chars),
         });
         sink.explain(r.rule, || "triggered: now waiting for the response".into());
     }

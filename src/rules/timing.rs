@@ -21,7 +21,7 @@
 //! A segment without `ts_ms` takes the engine clock's time, so mixing
 //! timed and untimed segments in one conversation gives meaningless times.
 
-use super::{Close, Found, RuleRef, Seg, Sink};
+use super::{Close, Found, RuleRef, Seg, Shown, Sink};
 use crate::event::Speaker;
 use crate::lexicon::Fields;
 use serde::{Deserialize, Serialize};
@@ -92,6 +92,9 @@ pub struct State {
     /// first_reply: the agent has replied (or the verdict is made).
     #[serde(default)]
     pub done: bool,
+    /// The waiting customer segment's start, shown by the violation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shown: Option<Shown>,
     /// silence: the previous segment's time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_ts: Option<u64>,
@@ -106,7 +109,15 @@ pub fn deadline(spec: &Spec, st: &State) -> Option<u64> {
     }
 }
 
-fn report(r: RuleRef<'_>, seq: u64, ts_ms: u64, key: String, note: String, sink: &mut Sink<'_>) {
+fn report(
+    r: RuleRef<'_>,
+    seq: u64,
+    ts_ms: u64,
+    key: String,
+    note: String,
+    text: Option<Shown>,
+    sink: &mut Sink<'_>,
+) {
     sink.explain(r.rule, || format!("VIOLATED: {note}"));
     sink.found.push(Found::Verdict {
         rule: r.ix,
@@ -114,11 +125,15 @@ fn report(r: RuleRef<'_>, seq: u64, ts_ms: u64, key: String, note: String, sink:
         ts_ms,
         key,
         note,
-        text: None,
+        text,
     });
 }
 
 pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, sink: &mut Sink<'_>) {
+    // System notices are nobody's turn and nobody's silence.
+    if !r.rule.speakers.contains(&seg.speaker) {
+        return;
+    }
     let limit = spec.limit_ms();
     match spec.measure {
         Measure::FirstReply => {
@@ -128,6 +143,7 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
             match seg.speaker {
                 Speaker::Customer if st.waiting.is_none() => {
                     st.waiting = Some((seg.seq, seg.ts_ms));
+                    st.shown = Some(Shown::of(seg.text, seg.excerpt_chars));
                     sink.explain(r.rule, || {
                         "the customer's first message: the clock starts".into()
                     });
@@ -136,6 +152,7 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
                     if let Some((_, t)) = st.waiting {
                         st.done = true;
                         st.waiting = None;
+                        st.shown = None;
                         let took = seg.ts_ms.saturating_sub(t);
                         if took > limit {
                             report(
@@ -148,6 +165,7 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
                                     took / 1000,
                                     spec.seconds
                                 ),
+                                None,
                                 sink,
                             );
                         } else {
@@ -163,9 +181,11 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
         Measure::Unanswered => match seg.speaker {
             Speaker::Customer if st.waiting.is_none() => {
                 st.waiting = Some((seg.seq, seg.ts_ms));
+                st.shown = Some(Shown::of(seg.text, seg.excerpt_chars));
             }
             Speaker::Agent => {
                 if let Some((seq, t)) = st.waiting.take() {
+                    let shown = st.shown.take();
                     let took = seg.ts_ms.saturating_sub(t);
                     if took > limit {
                         report(
@@ -178,6 +198,7 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
                                 took / 1000,
                                 spec.seconds
                             ),
+                            shown,
                             sink,
                         );
                     }
@@ -199,6 +220,7 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
                             gap / 1000,
                             spec.seconds
                         ),
+                        None,
                         sink,
                     );
                 }
@@ -231,7 +253,8 @@ fn expire(spec: &Spec, r: RuleRef<'_>, st: &mut State, ts_ms: u64, sink: &mut Si
             ),
         ),
     };
-    report(r, seq, ts_ms.max(t), key, note, sink);
+    let shown = st.shown.take();
+    report(r, seq, ts_ms.max(t), key, note, shown, sink);
 }
 
 pub fn on_clock(spec: &Spec, r: RuleRef<'_>, st: &mut State, now_ts: u64, sink: &mut Sink<'_>) {
@@ -250,6 +273,7 @@ pub fn on_close(spec: &Spec, r: RuleRef<'_>, st: &mut State, close: &Close, sink
                 "not judged: the conversation ended before the limit".into()
             });
             st.waiting = None;
+            st.shown = None;
         }
         None => {}
     }

@@ -235,8 +235,20 @@ fn response_within_segments_seconds_clock_and_close() {
         .into_iter()
         .find(|v| v.rule_id == "hold.thanks")
         .expect("hold");
-    assert_eq!(v.text, "您好，请稍等");
+    assert_eq!((v.text.as_str(), v.text_chars), ("您好，请稍等", 6));
     assert_eq!(v.deduct, 0.5);
+    // A long trigger: an excerpt, and the segment's whole length.
+    let long = format!("您好，请稍等{}", "查".repeat(100));
+    let long_trigger = run(&[
+        say("c", "call", 0, "agent", &long, 0),
+        say("c", "call", 1, "agent", "好", 1),
+        say("c", "call", 2, "agent", "好", 2),
+    ]);
+    let v = violations(&long_trigger)
+        .into_iter()
+        .find(|v| v.rule_id == "hold.thanks")
+        .expect("hold");
+    assert_eq!((v.text.chars().count(), v.text_chars), (64, 106));
 
     // 120 s pass by the next segment's time.
     let by_time = run(&[
@@ -358,6 +370,12 @@ fn timing_first_reply_unanswered_and_silence() {
     // The stretch from seq 2 waited 80 s (the second message is part of
     // it); seq 5 was answered in 15 s.
     assert_eq!(of(&chat, "chat.unanswered"), rs(&[("chat.unanswered", 2)]));
+    // The verdict shows the customer message that waited.
+    let v = violations(&chat)
+        .into_iter()
+        .find(|v| v.rule_id == "chat.unanswered")
+        .expect("unanswered");
+    assert_eq!((v.text.as_str(), v.text_chars), ("我的快递呢", 5));
     // Call rules do not apply in chat.
     assert_eq!(of(&chat, "call.silence"), rs(&[]));
 
