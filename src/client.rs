@@ -167,9 +167,11 @@ pub fn render(e: &Event, colour: bool) -> String {
         Event::Violation(v) => {
             let text = match (v.start, v.end) {
                 (Some(s), Some(en)) => {
+                    // Offsets are into the segment; `text` may be an
+                    // excerpt of it starting at `text_start`.
                     let chars: Vec<char> = v.text.chars().collect();
-                    let en = en.min(chars.len());
-                    let s = s.min(en);
+                    let en = en.saturating_sub(v.text_start).min(chars.len());
+                    let s = s.saturating_sub(v.text_start).min(en);
                     let matched: String = chars[s..en].iter().collect();
                     format!(
                         "{}{}{}",
@@ -369,5 +371,16 @@ mod tests {
         assert!(line.ends_with("| 【急什么】"), "{line}");
         assert!(line.contains(" forbidden "), "{line}");
         assert!(!line.contains("note:") && !line.contains("also:"), "{line}");
+    }
+
+    #[test]
+    fn the_match_is_marked_in_an_excerpt_of_a_long_segment() {
+        // Offsets are the segment's; the text starts at text_start.
+        let excerpt = violation(serde_json::json!({
+            "matched": "急什么", "start": 400, "end": 403, "text_start": 336,
+            "text": format!("{}急什么，我在查", "好".repeat(64))
+        }));
+        let line = render(&excerpt, false);
+        assert!(line.ends_with("好【急什么】，我在查"), "{line}");
     }
 }
