@@ -175,8 +175,8 @@ enum Command {
         /// Only these agents (comma-separated).
         #[arg(long)]
         agent: Option<String>,
-        /// Only these categories: forbidden, filler, missing_greeting,
-        /// missing_closing (comma-separated; hides summaries).
+        /// Only these category ids, as the lexicon defines them (e.g.
+        /// forbidden, escalation; comma-separated; hides summaries).
         #[arg(long)]
         category: Option<String>,
         /// Only these severities: low, medium, high, critical

@@ -153,7 +153,8 @@ fn printable(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// One readable line per event; the matched words in 【】 (and bold, with
-/// colour). Control characters in the text are escaped.
+/// colour), then a verdict's note and the rules the violation stands for
+/// (`also`), each after ` | `. Control characters in the text are escaped.
 pub fn render(e: &Event, colour: bool) -> String {
     let paint = |code: &str, s: &str| {
         if colour {
@@ -166,9 +167,11 @@ pub fn render(e: &Event, colour: bool) -> String {
         Event::Violation(v) => {
             let text = match (v.start, v.end) {
                 (Some(s), Some(en)) => {
+                    // Offsets are into the segment; `text` may be an
+                    // excerpt of it starting at `text_start`.
                     let chars: Vec<char> = v.text.chars().collect();
-                    let en = en.min(chars.len());
-                    let s = s.min(en);
+                    let en = en.saturating_sub(v.text_start).min(chars.len());
+                    let s = s.saturating_sub(v.text_start).min(en);
                     let matched: String = chars[s..en].iter().collect();
                     format!(
                         "{}{}{}",
@@ -189,7 +192,31 @@ pub fn render(e: &Event, colour: bool) -> String {
                 category_label(v),
                 v.rule_id,
             );
-            format!("{} | {text}", paint(severity_colour(v.severity), &head))
+            // A verdict (a required phrase missing, a reply too late) has
+            // no matched words: its note says why (in place of the text
+            // when there is none); `also` names the rules this violation
+            // stands for.
+            let note = v.note.as_deref().filter(|n| !n.is_empty());
+            let mut parts = Vec::new();
+            if note.is_none() || !v.text.is_empty() {
+                parts.push(text);
+            }
+            if let Some(note) = note {
+                parts.push(paint("\x1b[3m", &format!("note: {}", printable(note))));
+            }
+            if !v.also.is_empty() {
+                let also: Vec<String> = v
+                    .also
+                    .iter()
+                    .map(|a| format!("{} ({})", printable(&a.rule_id), printable(&a.category)))
+                    .collect();
+                parts.push(paint("\x1b[2m", &format!("also: {}", also.join(", "))));
+            }
+            format!(
+                "{} | {}",
+                paint(severity_colour(v.severity), &head),
+                parts.join(" | ")
+            )
         }
         Event::Summary(s) => paint(
             "\x1b[32m",
@@ -258,5 +285,102 @@ mod tests {
                 "{line:?}"
             );
         }
+    }
+
+    fn violation(extra: serde_json::Value) -> Event {
+        let mut v = serde_json::json!({
+            "type": "violation", "id": "x", "conversation_id": "c", "tenant": "t",
+            "channel": "call", "agent_id": "a", "seq": 1, "rule_id": "r",
+            "category": "forbidden", "severity": "high", "deduct": 1.0,
+            "matched": null, "start": null, "end": null,
+            "text": "", "lexicon_version": "v", "ts_ms": 0
+        });
+        if let (Some(v), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+            v.extend(extra.clone());
+        }
+        serde_json::from_value(v).expect("a violation")
+    }
+
+    #[test]
+    fn verdicts_show_their_note_and_folded_rules_are_named() {
+        // A verdict without text: the note takes the text's place.
+        let verdict = violation(serde_json::json!({
+            "rule_id": "greeting.required", "category": "missing_greeting",
+            "category_name": "缺少开头语", "kind": "required", "severity": "medium",
+            "note": "none of 您好, 你好 in the first 2 segment(s)"
+        }));
+        let line = render(&verdict, false);
+        let parts: Vec<&str> = line.split(" | ").collect();
+        assert_eq!(
+            parts[1..],
+            ["note: none of 您好, 你好 in the first 2 segment(s)"],
+            "{line}"
+        );
+        assert!(
+            parts[0].contains(" 缺少开头语 ")
+                && parts[0].trim_end().ends_with(" greeting.required"),
+            "{line}"
+        );
+        // A verdict about a segment: its text, then the note (control
+        // characters escaped there too).
+        let late = violation(serde_json::json!({
+            "category": "slow_reply", "category_name": "响应超时", "kind": "timing",
+            "text": "在的", "note": "first reply after 95 s\u{1b}[2J"
+        }));
+        assert!(
+            render(&late, false).ends_with("| 在的 | note: first reply after 95 s\\u{1b}[2J"),
+            "{}",
+            render(&late, false)
+        );
+        let coloured = render(&late, true);
+        assert!(
+            coloured.ends_with("| 在的 | \x1b[3mnote: first reply after 95 s\\u{1b}[2J\x1b[0m"),
+            "{coloured:?}"
+        );
+        // A match that stands for other rules of the same span.
+        let folded = violation(serde_json::json!({
+            "rule_id": "escalation.complaint", "category": "escalation",
+            "category_name": "客户投诉升级", "severity": "critical",
+            "matched": "投诉", "start": 2, "end": 4, "text": "我要投诉你",
+            "also": [{"rule_id": "forbidden.core", "category": "forbidden"},
+                     {"rule_id": "filler.basic", "category": "filler"}]
+        }));
+        let plain = render(&folded, false);
+        assert!(plain.starts_with("VIOLATION critical"), "{plain}");
+        assert!(
+            plain.contains(" 客户投诉升级 ")
+                && plain.ends_with(
+                    "| 我要【投诉】你 | also: forbidden.core (forbidden), filler.basic (filler)"
+                ),
+            "{plain}"
+        );
+        let coloured = render(&folded, true);
+        assert!(
+            coloured.starts_with("\x1b[1;97;41mVIOLATION critical")
+                && coloured.ends_with(
+                    " | \x1b[2malso: forbidden.core (forbidden), filler.basic (filler)\x1b[0m"
+                ),
+            "{coloured:?}"
+        );
+        // Neither: the line is as before (text last), and a v1 event
+        // without category_name shows its id.
+        let plain_match = violation(serde_json::json!({
+            "matched": "急什么", "start": 0, "end": 3, "text": "急什么"
+        }));
+        let line = render(&plain_match, false);
+        assert!(line.ends_with("| 【急什么】"), "{line}");
+        assert!(line.contains(" forbidden "), "{line}");
+        assert!(!line.contains("note:") && !line.contains("also:"), "{line}");
+    }
+
+    #[test]
+    fn the_match_is_marked_in_an_excerpt_of_a_long_segment() {
+        // Offsets are the segment's; the text starts at text_start.
+        let excerpt = violation(serde_json::json!({
+            "matched": "急什么", "start": 400, "end": 403, "text_start": 336,
+            "text": format!("{}急什么，我在查", "好".repeat(64))
+        }));
+        let line = render(&excerpt, false);
+        assert!(line.ends_with("好【急什么】，我在查"), "{line}");
     }
 }

@@ -1,15 +1,16 @@
 //! Prometheus metrics of the daemon, named by Prometheus conventions with a
 //! `zhijian_` prefix. Labels come from bounded sets only (channel, speaker,
-//! category, rule id, severity, error code, close reason): never a
-//! conversation or agent id, which would grow without bound. Tenants label
-//! one counter, capped: the first `max_tenants` seen get their own series,
-//! later ones share [`OTHER_TENANT`].
+//! category and its display name, rule id, severity, error code, close
+//! reason): never a conversation or agent id, which would grow without
+//! bound. Tenants label one counter, capped: the first `max_tenants` seen
+//! get their own series, later ones share [`OTHER_TENANT`].
 //!
 //! Per-segment counters are resolved to label handles once (a labelled
 //! lookup costs ≈25 ns, a resolved counter ≈3 ns).
 
 use crate::engine::Outcome;
 use crate::event::{Channel, CloseReason, InputError, Speaker};
+use crate::matcher::Scanners;
 use hashbrown::HashSet;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -47,6 +48,8 @@ pub struct Metrics {
     pub open_conversations: IntGauge,
     pub conversations_closed: IntCounterVec,
     pub lexicon_info: IntGaugeVec,
+    /// `zhijian_category_info{category,name}`: see [`Metrics::set_categories`].
+    pub category_info: IntGaugeVec,
     pub lexicon_reloads: IntCounterVec,
     pub nats_connected: IntGauge,
     pub nats_disconnects: IntCounter,
@@ -225,6 +228,16 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(lexicon_info.clone()))
             .expect("unique metric name");
+        let category_info = IntGaugeVec::new(
+            Opts::new(
+                "zhijian_category_info",
+                "The violation categories of the lexicons in use (value 1): category id and its display name, to label dashboards by name.",
+            ),
+            &["category", "name"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(category_info.clone()))
+            .expect("unique metric name");
         let lexicon_reloads = counter_vec(
             &r,
             "zhijian_lexicon_reloads_total",
@@ -285,6 +298,7 @@ impl Metrics {
             ),
             conversations_closed,
             lexicon_info,
+            category_info,
             lexicon_reloads,
             nats_connected: gauge(
                 &r,
@@ -412,6 +426,34 @@ impl Metrics {
         self.lexicon_info.with_label_values(&[version]).set(1);
     }
 
+    /// Publishes the categories of the base lexicon and of every tenant
+    /// lexicon as `zhijian_category_info{category,name} 1` (and no others:
+    /// categories removed by a reload disappear).
+    pub fn set_categories(&self, scanners: &Scanners) {
+        let lexicons = std::iter::once(scanners.base())
+            .chain(scanners.tenants().map(|(_, s)| s))
+            .map(|s| s.lexicon());
+        self.set_category_names(lexicons.flat_map(|l| {
+            l.categories
+                .iter()
+                .map(|c| (c.id.as_str(), c.name.as_str()))
+        }));
+    }
+
+    /// One series per category id, named by the first `(id, name)` given
+    /// for it: two tenants that define the same new id with different names
+    /// must not give one id two series, or a dashboard's join on `category`
+    /// would match many-to-many and fail.
+    pub fn set_category_names<'a>(&self, categories: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        self.category_info.reset();
+        let mut seen = HashSet::new();
+        for (id, name) in categories {
+            if seen.insert(id) {
+                self.category_info.with_label_values(&[id, name]).set(1);
+            }
+        }
+    }
+
     /// The exposition in Prometheus text format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -445,6 +487,87 @@ mod tests {
                 r#"zhijian_tenant_violations_total{category="forbidden",tenant="acme"} 2"#,
                 r#"zhijian_tenant_violations_total{category="forbidden",tenant="globex"} 1"#,
             ]
+        );
+    }
+
+    /// `zhijian_category_info` samples as `(category, name, value)`, read
+    /// back from the text exposition.
+    fn category_info(m: &Metrics) -> Vec<(String, String, f64)> {
+        let text = m.render();
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .expect("Prometheus text format");
+        let mut out: Vec<(String, String, f64)> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "zhijian_category_info")
+            .map(|s| {
+                let label = |k: &str| s.labels.get(k).unwrap_or_default().to_string();
+                let value = match s.value {
+                    prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                    _ => f64::NAN,
+                };
+                (label("category"), label("name"), value)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    #[test]
+    fn category_info_names_every_category_once_and_is_reset_on_reload() {
+        let m = Metrics::new();
+        let base = (
+            std::path::PathBuf::from("lexicon.toml"),
+            include_str!("../tests/fixtures/lexicon/lexicon.toml").to_string(),
+        );
+        // Two tenants add categories; both add `vip` under different names:
+        // the id keeps one series (the first tenant's name).
+        let overlay = |tenant: &str, name: &str| {
+            (
+                tenant.to_string(),
+                vec![(
+                    std::path::PathBuf::from(format!("tenants/{tenant}/extra.toml")),
+                    format!(
+                        "[[category]]\nid = \"escalation\"\nname = \"客户投诉升级\"\n\n[[category]]\nid = \"vip\"\nname = \"{name}\"\n"
+                    ),
+                )],
+            )
+        };
+        let set = crate::lexicon::load_set_sources(
+            vec![base.clone()],
+            vec![overlay("acme", "贵宾客户"), overlay("globex", "VIP")],
+        )
+        .expect("valid lexicons");
+        let scanners = Scanners::new(set, crate::matcher::default_segmenter()).expect("compiles");
+        m.set_categories(&scanners);
+        let row = |c: &str, n: &str| (c.to_string(), n.to_string(), 1.0);
+        assert_eq!(
+            category_info(&m),
+            [
+                row("escalation", "客户投诉升级"),
+                row("filler", "语气词"),
+                row("forbidden", "服务忌语"),
+                row("missing_closing", "缺少结束语"),
+                row("missing_greeting", "缺少开头语"),
+                row("vip", "贵宾客户"),
+            ]
+        );
+        let text = m.render();
+        assert!(
+            text.contains("# TYPE zhijian_category_info gauge\n")
+                && text.contains(
+                    "zhijian_category_info{category=\"escalation\",name=\"客户投诉升级\"} 1\n"
+                ),
+            "{text}"
+        );
+        // A reload without the tenants: their categories are gone.
+        let set = crate::lexicon::load_set_sources(vec![base], Vec::new()).expect("valid");
+        let scanners = Scanners::new(set, crate::matcher::default_segmenter()).expect("compiles");
+        m.set_categories(&scanners);
+        let ids: Vec<String> = category_info(&m).into_iter().map(|r| r.0).collect();
+        assert_eq!(
+            ids,
+            ["filler", "forbidden", "missing_closing", "missing_greeting"]
         );
     }
 }

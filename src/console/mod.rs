@@ -155,14 +155,17 @@ impl Feed {
     }
 }
 
-/// The event with sensitive numbers masked in its text, and its `matched`
-/// words taken from the masked text (masking the words alone could miss a
-/// number the text as a whole reveals).
+/// The event with sensitive numbers masked in its text and its note, and
+/// its `matched` words taken from the masked text (masking the words alone
+/// could miss a number the text as a whole reveals).
 fn masked(mut event: Event, on: bool) -> Event {
-    if on
-        && let Event::Violation(v) = &mut event
-        && let std::borrow::Cow::Owned(t) = mask::mask(&v.text)
-    {
+    if !on {
+        return event;
+    }
+    let Event::Violation(v) = &mut event else {
+        return event;
+    };
+    if let std::borrow::Cow::Owned(t) = mask::mask(&v.text) {
         if let (Some(start), Some(end)) = (v.start, v.end) {
             // Offsets are into the segment; `text` starts at text_start.
             v.matched = Some(
@@ -173,6 +176,12 @@ fn masked(mut event: Event, on: bool) -> Event {
             );
         }
         v.text = t;
+    }
+    // A verdict's note may quote what was said.
+    if let Some(note) = &v.note
+        && let std::borrow::Cow::Owned(n) = mask::mask(note)
+    {
+        v.note = Some(n);
     }
     event
 }
@@ -808,6 +817,34 @@ mod tests {
         ] {
             assert_eq!(base64(plain.as_bytes()), encoded, "{plain}");
         }
+    }
+
+    #[test]
+    fn notes_are_masked_like_the_text_and_names_are_kept() {
+        let event: Event = serde_json::from_value(serde_json::json!({
+            "type": "violation", "id": "x", "conversation_id": "c", "tenant": "t",
+            "channel": "call", "agent_id": "a", "seq": 3, "rule_id": "escalation.media",
+            "category": "escalation", "category_name": "客户投诉升级", "kind": "response",
+            "severity": "critical", "deduct": 0.0, "matched": null, "start": null,
+            "end": null, "text": "我打13812345678投诉", "lexicon_version": "v", "ts_ms": 0,
+            "note": "customer said 我打13812345678投诉; no apology within 2 segment(s)",
+            "also": [{"rule_id": "pii.full_number", "category": "pii"}]
+        }))
+        .expect("a violation");
+        let Event::Violation(v) = masked(event.clone(), true) else {
+            panic!("a violation")
+        };
+        assert_eq!(v.text, "我打*******5678投诉");
+        assert_eq!(
+            v.note.as_deref(),
+            Some("customer said 我打*******5678投诉; no apology within 2 segment(s)")
+        );
+        assert_eq!(
+            (v.category_name.as_str(), v.also.len()),
+            ("客户投诉升级", 1)
+        );
+        // Masking off: as published.
+        assert_eq!(masked(event.clone(), false), event);
     }
 
     fn item(seq: u64) -> Item {

@@ -137,6 +137,7 @@ pub async fn run(
 
     let scanners = Arc::new(load_scanners(&config.lexicons).map_err(DaemonError::Config)?);
     metrics.set_lexicon(scanners.base().version());
+    metrics.set_categories(&scanners);
     status.lexicon_loaded.store(true, Ordering::Relaxed);
     log_lexicons(&scanners, &config.lexicons, "lexicon loaded");
 
@@ -536,6 +537,7 @@ async fn reloader(
         match built {
             Ok(Ok(scanners)) => {
                 metrics.set_lexicon(scanners.base().version());
+                metrics.set_categories(&scanners);
                 metrics
                     .lexicon_reloads
                     .with_label_values(&["success"])

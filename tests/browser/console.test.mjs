@@ -3,8 +3,10 @@
 // `zhijian publish`, and the page driven by playwright-core.
 //
 // What it shows: alerts appear with the matched words highlighted (the same
-// violations, by id, as `zhijian scan` finds offline); counters, ranking,
-// filters, pause/resume and the conversation view work; transcripts with
+// violations, by id, as `zhijian scan` finds offline), categories by their
+// display names (counters and filter options from the categories present),
+// verdicts with their notes, critical escalations standing out; counters,
+// ranking, filters, pause/resume and the conversation view work; transcripts with
 // <script> and <img onerror> render as text; phone numbers are masked; after
 // the daemon restarts the feed resumes with what was published meanwhile and
 // nothing twice. A screenshot is left in target/browser-artifacts/.
@@ -78,7 +80,7 @@ const XSS_IMG = '<img src=x onerror="window.__pwned = 2">你问我我问谁，�
 const batches = [
   [
     seg('acme', 'call-a1', 'agent-li', 0, 'agent', '您好，很高兴为您服务'),
-    seg('acme', 'call-a1', 'agent-li', 1, 'customer', '我家宽带又断了'),
+    seg('acme', 'call-a1', 'agent-li', 1, 'customer', '我家宽带又断了，再不修我就投诉'),
     seg('acme', 'call-a1', 'agent-li', 2, 'agent', '急什么，我这不是在查吗'),
     seg('acme', 'call-a1', 'agent-li', 3, 'agent', XSS_SCRIPT),
     seg('acme', 'call-a1', 'agent-li', 4, 'agent', XSS_IMG),
@@ -87,6 +89,7 @@ const batches = [
     seg('globex', 'chat-g1', 'agent-wang', 0, 'agent', '啊，这个我看一下'),
     seg('globex', 'chat-g1', 'agent-wang', 1, 'customer', '好的'),
     seg('globex', 'chat-g1', 'agent-wang', 2, 'agent', '喂，还在吗'),
+    seg('globex', 'chat-g1', 'agent-wang', 3, 'agent', '都下班了你不知道呀'), // two rules, one span
     end('globex', 'chat-g1'),
   ],
   [ // published while the page is paused
@@ -177,9 +180,38 @@ async function main() {
     await waitRows(want0.violations.length);
     const shownIds = await rows().evaluateAll((trs) => trs.map((tr) => tr.dataset.id));
     assert.deepEqual([...shownIds].sort(), want0.violations.map((v) => v.id).sort(), 'the page shows the offline verdicts');
+    // The page masks numbers (every digit but the last four) in what it
+    // highlights too; `zhijian scan` does not.
+    const masked = (m) => (/\d{7,}/.test(m) ? m.replace(/\d(?=(?:\D*\d){4})/g, '*') : m);
     for (const v of want0.violations) {
       const marks = await page.locator(`#feed tr[data-id="${v.id}"] td.text mark`).allTextContents();
-      assert.deepEqual(marks, v.matched === null ? [] : [v.matched], `highlight of ${v.rule_id} in ${v.text}`);
+      assert.deepEqual(marks, v.matched === null ? [] : [masked(v.matched)], `highlight of ${v.rule_id} in ${v.text}`);
+    }
+
+    // 1b. Categories by their display names (the lexicon's); a verdict
+    // shows its note, a violation the rules it stands for; critical alerts
+    // (escalation) stand out.
+    for (const v of want0.violations) {
+      const row = page.locator(`#feed tr[data-id="${v.id}"]`);
+      assert.equal(await row.locator('td.category').textContent(), v.category_name, `name of ${v.category}`);
+      assert.equal(await row.getAttribute('data-category'), v.category);
+      assert.deepEqual(await row.locator('.note').allTextContents(), v.note ? [v.note] : [], `note of ${v.rule_id}`);
+      const also = await row.locator('.also').allTextContents();
+      assert.equal(also.length, (v.also || []).length ? 1 : 0, `also of ${v.rule_id}`);
+      for (const a of v.also || []) assert.ok(also[0].includes(a.rule_id), `${a.rule_id} in ${also[0]}`);
+    }
+    const escalations = want0.violations.filter((v) => v.category === 'escalation');
+    assert.ok(escalations.length >= 1, 'fixture: an escalation');
+    assert.ok(want0.violations.some((v) => v.note), 'fixture: a verdict with a note');
+    assert.ok(want0.violations.some((v) => (v.also || []).length), 'fixture: a violation standing for another rule');
+    for (const v of escalations) {
+      const row = page.locator(`#feed tr[data-id="${v.id}"]`);
+      assert.equal(await row.locator('td.category').textContent(), '客户投诉升级');
+      assert.equal(await row.getAttribute('class'), 'sev-critical');
+      const [bg, sevBg] = await row.evaluate((tr) => [getComputedStyle(tr.cells[0]).backgroundColor,
+        getComputedStyle(tr.querySelector('td.sev')).backgroundColor]);
+      assert.notEqual(bg, 'rgb(255, 255, 255)', 'a critical row is tinted');
+      assert.equal(sevBg, 'rgb(176, 0, 32)', 'its severity is a red badge');
     }
 
     // 2. Untrusted text stays text; phone numbers are masked.
@@ -193,11 +225,21 @@ async function main() {
     assert.ok(body.includes('*******5678'), 'the masked phone number keeps its last four digits');
 
     // 3. Counters and the agent ranking.
+    // One counter and one filter option per category the alerts have,
+    // by display name: the lexicon's categories, not a fixed list.
     const byCategory = (vs, c) => vs.filter((v) => v.category === c).length;
-    for (const c of ['forbidden', 'filler', 'missing_greeting', 'missing_closing']) {
-      await page.waitForFunction(([c, n]) => document.querySelector(`.counter[data-category="${c}"] b`).textContent === String(n),
+    const names = new Map(want0.violations.map((v) => [v.category, v.category_name]));
+    const present = [...names.keys()].sort();
+    for (const c of present) {
+      await page.waitForFunction(([c, n]) => document.querySelector(`.counter[data-category="${c}"] b`)?.textContent === String(n),
         [c, byCategory(want0.violations, c)]);
+      const label = await page.locator(`.counter[data-category="${c}"]`).textContent();
+      assert.equal(label, `${names.get(c)} ${byCategory(want0.violations, c)}`);
     }
+    assert.deepEqual(await page.locator('.counter').evaluateAll((cs) => cs.map((c) => c.dataset.category)), present);
+    assert.ok(await page.locator('.counter.critical[data-category="escalation"]').count() === 1, 'the escalation counter stands out');
+    const options = await page.locator('#f-category option').evaluateAll((os) => os.map((o) => [o.value, o.textContent]));
+    assert.deepEqual(options, [['', 'all'], ...present.map((c) => [c, names.get(c)])]);
     const perAgent = new Map();
     for (const v of want0.violations) perAgent.set(v.agent_id, (perAgent.get(v.agent_id) || 0) + 1);
     const [topAgent, topCount] = [...perAgent.entries()].sort((a, b) => b[1] - a[1])[0];
@@ -215,6 +257,7 @@ async function main() {
       await page.selectOption(select, '');
     };
     await checkFilter('#f-category', 'filler', 'category', byCategory(want0.violations, 'filler'));
+    await checkFilter('#f-category', 'escalation', 'category', byCategory(want0.violations, 'escalation'));
     await checkFilter('#f-tenant', 'globex', 'tenant', want0.violations.filter((v) => v.tenant === 'globex').length);
     const sev = want0.violations[0].severity;
     await page.selectOption('#f-severity', sev);
@@ -232,6 +275,11 @@ async function main() {
     await page.waitForFunction(() => document.querySelectorAll('#detail-segments li').length === 6);
     const summary = want0.summaries.find((s) => s.conversation_id === 'call-a1');
     await page.waitForSelector(`#detail-summary[data-score="${summary.score}"]`);
+    // Its counts: every category it broke, by name.
+    const broke = Object.entries(summary.counts).filter(([, n]) => n > 0).sort(([a], [b]) => a.localeCompare(b));
+    assert.ok(broke.some(([c]) => c === 'escalation'), 'fixture: call-a1 escalates');
+    const counted = await page.locator('#detail-summary .cat-count').evaluateAll((es) => es.map((e) => [e.dataset.category, e.textContent]));
+    assert.deepEqual(counted, broke.map(([c, n]) => [c, `${names.get(c) || c} ${n}`]));
     assert.ok(await page.locator('#detail-segments li[data-seq="2"] mark').count() >= 1, 'violations highlighted in the conversation');
     const detailText = await page.locator('#detail').innerText();
     assert.ok(detailText.includes('<script>'), 'the conversation view shows transcripts as text');

@@ -503,3 +503,111 @@ async fn the_live_feed_masks_numbers_in_every_event() {
     }
     daemon.stop().await;
 }
+
+/// Categories are the lexicon's: an escalation (a customer threatening to
+/// complain) reaches the feed and the conversation view with its display
+/// name, critical; the verdict that the agent did not apologise carries
+/// its note; numbers stay masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escalation_shows_its_display_name_in_the_feed_and_the_conversation() {
+    let nats = NatsServer::start();
+    let (daemon, port) = with_console(&nats, None, None).await;
+    let lines: Vec<String> = [
+        r#"{"conversation_id":"e-1","tenant":"acme","channel":"call","seq":0,"speaker":"agent","agent_id":"a1","text":"您好，很高兴为您服务"}"#,
+        r#"{"conversation_id":"e-1","tenant":"acme","channel":"call","seq":1,"speaker":"customer","text":"再不处理我就去投诉，我电话13812345678"}"#,
+        r#"{"conversation_id":"e-1","tenant":"acme","channel":"call","seq":2,"speaker":"agent","agent_id":"a1","text":"我在查"}"#,
+        r#"{"conversation_id":"e-1","tenant":"acme","channel":"call","seq":3,"speaker":"agent","agent_id":"a1","text":"查好了"}"#,
+        r#"{"conversation_id":"e-1","tenant":"acme","channel":"call","seq":4,"speaker":"agent","agent_id":"a1","text":"还有别的吗"}"#,
+        r#"{"conversation_id":"e-1","tenant":"acme","type":"end"}"#,
+    ]
+    .map(String::from)
+    .to_vec();
+    publish(&nats, &lines).await;
+    let body = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("console listens");
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET /api/events?after=0 HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .expect("send");
+        let deadline = std::time::Instant::now() + crate::daemon::DEADLINE;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        // Until the summary (the conversation's last event) arrived.
+        while !String::from_utf8_lossy(&buf).contains(r#""type":"summary""#) {
+            assert!(std::time::Instant::now() < deadline, "the feed sent too little");
+            if let Ok(n) = s.read(&mut chunk) {
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+    .await
+    .expect("feed");
+    let events: Vec<serde_json::Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
+        .map(|w| w["event"].clone())
+        .collect();
+    let of = |category: &str| -> Vec<&serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| e["category"] == category)
+            .collect()
+    };
+    let escalation = of("escalation");
+    assert_eq!(escalation.len(), 1, "{body}");
+    let e = escalation[0];
+    assert_eq!(
+        (e["category_name"].as_str(), e["severity"].as_str()),
+        (Some("客户投诉升级"), Some("critical")),
+        "{e}"
+    );
+    assert_eq!(e["matched"], "投诉");
+    assert_eq!(e["text"], "再不处理我就去投诉，我电话*******5678");
+    let apology = of("complaint_no_apology");
+    assert_eq!(apology.len(), 1, "{body}");
+    assert_eq!(apology[0]["category_name"], "投诉未致歉");
+    assert!(apology[0]["matched"].is_null(), "a verdict: {}", apology[0]);
+    assert!(
+        apology[0]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("within 3 segment(s)")),
+        "{}",
+        apology[0]
+    );
+    assert!(!body.contains("13812345678"), "{body}");
+    // The summary counts every category the conversation broke, by id.
+    let summary = events
+        .iter()
+        .find(|e| e["type"] == "summary")
+        .expect("a summary");
+    assert_eq!(summary["counts"]["escalation"], 1, "{summary}");
+    assert_eq!(summary["counts"]["complaint_no_apology"], 1, "{summary}");
+
+    // The conversation view: the same events, names included.
+    let (code, _, view) =
+        tokio::task::spawn_blocking(move || request(port, "/api/conversations/acme/e-1", None))
+            .await
+            .expect("request");
+    assert_eq!(code, 200, "{view}");
+    let view: serde_json::Value = serde_json::from_str(&view).expect("JSON");
+    let names: Vec<(&str, &str)> = view["violations"]
+        .as_array()
+        .expect("violations")
+        .iter()
+        .map(|v| {
+            (
+                v["category"].as_str().unwrap_or_default(),
+                v["category_name"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(names.contains(&("escalation", "客户投诉升级")), "{names:?}");
+    assert!(names.iter().all(|(_, n)| !n.is_empty()), "{names:?}");
+    assert_eq!(view["summary"]["counts"]["escalation"], 1);
+    daemon.stop().await;
+}

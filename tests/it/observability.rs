@@ -110,6 +110,39 @@ impl Prometheus {
     }
 }
 
+impl Prometheus {
+    /// Polls `promql` until its series' label sets are `want`.
+    async fn wait_for_labels(&self, promql: &str, want: &BTreeSet<String>) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let seen: BTreeSet<String> = self.query(promql).into_keys().collect();
+            if &seen == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{promql}: Prometheus has {seen:?}, want {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// The expression of the dashboard panel titled `title` (its one query).
+fn dashboard_expr(title: &str) -> String {
+    let text = std::fs::read_to_string(deploy().join("grafana/dashboards/zhijian.json"))
+        .expect("dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    let panel = panels(&dashboard)
+        .into_iter()
+        .find(|p| p["title"] == title)
+        .unwrap_or_else(|| panic!("no panel {title:?}"));
+    panel["targets"][0]["expr"]
+        .as_str()
+        .expect("an expr")
+        .to_string()
+}
+
 impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -164,6 +197,25 @@ async fn prometheus_scrapes_the_daemon_and_evaluates_the_shipped_rules() {
         &by_tenant,
     )
     .await;
+    // The dashboard's breakdown by category names each category as the
+    // lexicon does (zhijian_category_info joined on the id).
+    let by_name: BTreeSet<String> = got
+        .iter()
+        .filter_map(|e| match e {
+            Event::Violation(v) => {
+                Some(format!("category={},name={}", v.category, v.category_name))
+            }
+            Event::Summary(_) => None,
+        })
+        .collect();
+    assert!(
+        by_name.iter().all(|l| !l.ends_with("name=")),
+        "violations without category_name: {by_name:?}"
+    );
+    let panel = dashboard_expr("Violations by category / 按类别违规速率")
+        .replace("$instance", ".*")
+        .replace("$__rate_interval", "1m");
+    prom.wait_for_labels(&panel, &by_name).await;
     let up = prom.query("up{job=\"zhijian\"}");
     assert_eq!(up.values().copied().collect::<Vec<_>>(), [1.0], "{up:?}");
 

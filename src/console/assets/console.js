@@ -8,7 +8,6 @@
 (() => {
   const MAX_ROWS = 1000;      // rows in the table
   const MAX_KEPT = 20000;     // violations kept for filters, counters, ranking
-  const CATEGORIES = ['forbidden', 'filler', 'missing_greeting', 'missing_closing'];
 
   const $ = (id) => document.getElementById(id);
   const state = {
@@ -17,6 +16,11 @@
     violations: [],           // {seq, raised, v}, oldest first
     summaries: new Map(),     // "tenant/conversation" -> summary
     tenants: new Set(),
+    // Category id -> display name (null until an event names it). The
+    // lexicon defines the categories: the page knows those it has seen, in
+    // violations (which carry category_name since contract v1.2) and in
+    // summaries' counts.
+    categories: new Map(),
     paused: false,
     waiting: 0,               // alerts received while paused
     token: sessionStorage.getItem('zhijian-token') || '',
@@ -65,6 +69,29 @@
     return state.token ? { Authorization: 'Bearer ' + state.token } : {};
   }
 
+  // ---- categories ----
+  // Learns a category (and its name, when given); true when that changed
+  // what the page shows.
+  function learnCategory(id, name) {
+    if (typeof id !== 'string' || !id) return false;
+    const had = state.categories.get(id);
+    if (had === undefined || (name && had !== name)) {
+      state.categories.set(id, name || had || null);
+      return true;
+    }
+    return false;
+  }
+
+  // How people read a category: its display name, or its id (events
+  // before contract v1.2, categories only seen in summaries).
+  function categoryLabel(id) {
+    return state.categories.get(id) || id;
+  }
+
+  function nameOf(v) {
+    return v.category_name || categoryLabel(v.category);
+  }
+
   function setStatus(s, text) {
     const e = $('status');
     e.dataset.state = s;
@@ -110,8 +137,18 @@
     const ranges = spansOf(v).map(([s, e]) => [s - from, e - from]);
     text.append(highlighted(v.text, ranges));
     if (v.count > 1) text.append(el('span', 'count', ` ×${v.count}`));
+    // A verdict (a required phrase missing, a reply too late) matched no
+    // words: its note says why.
+    if (v.note) text.append(el('div', 'note', v.note));
+    // Rules that matched the same words, folded into this violation.
+    if (Array.isArray(v.also) && v.also.length) {
+      const also = v.also.map((a) => `${a.rule_id} (${categoryLabel(a.category)})`).join(', ');
+      text.append(el('div', 'also', 'also: ' + also));
+    }
+    const category = el('td', 'category', nameOf(v));
+    category.title = v.category;
     tr.append(time, el('td', 'tenant', v.tenant), el('td', 'agent', v.agent_id || '–'), conv,
-      el('td', 'category', v.category), el('td', 'sev', v.severity), el('td', 'rule', v.rule_id), text);
+      category, el('td', 'sev', v.severity), el('td', 'rule', v.rule_id), text);
     return tr;
   }
 
@@ -128,15 +165,45 @@
     $('waiting').textContent = '';
   }
 
+  // One counter per category the page knows, by id; a category with a
+  // critical alert among those counted is marked.
   function renderCounters() {
     const f = filters();
-    const counts = Object.fromEntries(CATEGORIES.map((c) => [c, 0]));
+    const counts = new Map();
+    const critical = new Set();
     for (const { v } of state.violations) {
-      if (passes(v, f, true)) counts[v.category] += 1;
+      if (!passes(v, f, true)) continue;
+      counts.set(v.category, (counts.get(v.category) || 0) + 1);
+      if (v.severity === 'critical') critical.add(v.category);
     }
-    for (const c of CATEGORIES) {
-      document.querySelector(`.counter[data-category="${c}"] b`).textContent = String(counts[c]);
+    for (const counter of $('counters').children) {
+      const c = counter.dataset.category;
+      counter.querySelector('b').textContent = String(counts.get(c) || 0);
+      counter.classList.toggle('critical', critical.has(c));
     }
+  }
+
+  // The category filter's options and the counters, from the categories
+  // the page knows (the selected filter is kept).
+  function renderCategories() {
+    const ids = [...state.categories.keys()].sort();
+    const select = $('f-category');
+    const selected = select.value;
+    const options = ids.map((id) => {
+      const o = new Option(categoryLabel(id), id);
+      o.title = id;
+      return o;
+    });
+    select.replaceChildren(new Option('all', ''), ...options);
+    select.value = ids.includes(selected) ? selected : '';
+    $('counters').replaceChildren(...ids.map((id) => {
+      const counter = el('span', 'counter', categoryLabel(id) + ' ');
+      counter.dataset.category = id;
+      counter.title = id;
+      counter.append(el('b', null, '0'));
+      return counter;
+    }));
+    renderCounters();
   }
 
   function renderRanking() {
@@ -196,6 +263,11 @@
     state.lastSeq = seq;
     const ev = data.event;
     if (ev.type === 'summary') {
+      let learnt = false;
+      for (const [c, n] of Object.entries(ev.counts || {})) {
+        if (n > 0) learnt = learnCategory(c, null) || learnt;
+      }
+      if (learnt) renderCategories();
       state.summaries.set(ev.tenant + '/' + ev.conversation_id, ev);
       if (state.summaries.size > MAX_KEPT) state.summaries.delete(state.summaries.keys().next().value);
       refreshDetail(ev.tenant, ev.conversation_id);
@@ -209,6 +281,7 @@
       state.tenants.add(ev.tenant);
       renderTenants();
     }
+    if (learnCategory(ev.category, ev.category_name)) renderCategories();
     scheduleTallies();
     refreshDetail(ev.tenant, ev.conversation_id);
     if (!passes(ev, filters(), false)) return;
@@ -348,6 +421,9 @@
     }
     if (mine !== detailRequest || !state.detail || state.detail.tenant !== tenant || state.detail.id !== id) return;
     const ranges = new Map();
+    let learnt = false;
+    for (const v of view.violations) learnt = learnCategory(v.category, v.category_name) || learnt;
+    if (learnt) renderCategories();
     for (const v of view.violations) {
       if (!ranges.has(v.seq)) ranges.set(v.seq, []);
       ranges.get(v.seq).push(...spansOf(v));
@@ -361,11 +437,21 @@
     const summary = view.summary || state.summaries.get(tenant + '/' + id);
     const box = $('detail-summary');
     if (summary) {
-      const c = summary.counts;
+      // Every category the conversation broke, by name, with its count.
+      const counts = Object.entries(summary.counts || {}).filter(([, n]) => n > 0)
+        .map(([c, n]) => {
+          const item = el('span', 'cat-count', `${categoryLabel(c)} ${n}`);
+          item.dataset.category = c;
+          item.dataset.count = String(n);
+          item.title = c;
+          return item;
+        });
+      const parts = counts.length ? counts.flatMap((e) => [document.createTextNode(' · '), e])
+        : [document.createTextNode(' · no violations')];
       box.replaceChildren(
         el('span', 'score', summary.score),
-        document.createTextNode(` closed (${summary.reason}) · greeted ${summary.greeted ?? '–'} · closing ${summary.closed ?? '–'}`
-          + ` · forbidden ${c.forbidden} · filler ${c.filler}`),
+        document.createTextNode(` closed (${summary.reason}) · greeted ${summary.greeted ?? '–'} · closing ${summary.closed ?? '–'}`),
+        ...parts,
       );
       box.dataset.score = String(summary.score);
     } else {
