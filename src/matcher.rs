@@ -13,7 +13,7 @@
 use crate::chardfa::CharDfa;
 use crate::event::Speaker;
 use crate::lexicon::{Lexicon, LexiconSet, Rule};
-use crate::normalize::{Normalized, normalize};
+use crate::normalize::Normalized;
 use crate::rules::{Book, Boundary, Position};
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use jieba_rs::Jieba;
@@ -37,7 +37,12 @@ const DFA_MAX_PATTERNS: usize = 2_000;
 struct Use {
     group: u16,
     exception: bool,
+    /// For the first piece of a phrase with gaps: its other pieces, an
+    /// index into [`Scanner::rests`]; [`NO_REST`] for a plain phrase.
+    rest: u32,
 }
+
+const NO_REST: u32 = u32::MAX;
 
 /// One phrase list of one rule: what its hits must satisfy.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +76,8 @@ pub struct Scanner {
     /// Pattern id → the groups that use it (one normalised string may be a
     /// phrase of one rule and an exception of another).
     uses: Vec<Vec<Use>>,
+    /// The pieces after the first of each phrase with gaps.
+    rests: Vec<Vec<crate::wording::Piece>>,
     groups: Vec<Group>,
     book: Book,
     /// Pattern id → the normalised pattern.
@@ -136,6 +143,7 @@ struct Candidate {
     exception: bool,
     start: usize,
     end: usize,
+    rest: u32,
 }
 
 impl Scanner {
@@ -144,6 +152,7 @@ impl Scanner {
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut patterns: Vec<String> = Vec::new();
         let mut uses: Vec<Vec<Use>> = Vec::new();
+        let mut rests: Vec<Vec<crate::wording::Piece>> = Vec::new();
         let (book, defs) = Book::new(&lexicon)?;
         let mut groups = Vec::with_capacity(defs.len());
         let mut group_speakers = Vec::with_capacity(defs.len());
@@ -161,13 +170,33 @@ impl Scanner {
                 .map(|p| (p, false))
                 .chain(def.list.exceptions.iter().map(|x| (x, true)));
             for (text, exception) in all {
-                let n = normalize(text);
-                let pid = *index.entry(n.clone()).or_insert_with(|| {
-                    patterns.push(n);
-                    uses.push(Vec::new());
-                    patterns.len() - 1
-                });
-                uses[pid].push(Use { group, exception });
+                // Validated at load: a phrase that does not compile is not
+                // in a lexicon.
+                let variants = crate::wording::compile(text)
+                    .map_err(|e| format!("phrase {text:?} {e}"))?;
+                for v in variants {
+                    let mut pieces = v.pieces.into_iter();
+                    let Some(first) = pieces.next() else {
+                        continue;
+                    };
+                    let rest: Vec<crate::wording::Piece> = pieces.collect();
+                    let rest = if rest.is_empty() {
+                        NO_REST
+                    } else {
+                        rests.push(rest);
+                        u32::try_from(rests.len() - 1).map_err(|_| "too many phrases")?
+                    };
+                    let pid = *index.entry(first.text.clone()).or_insert_with(|| {
+                        patterns.push(first.text);
+                        uses.push(Vec::new());
+                        patterns.len() - 1
+                    });
+                    uses[pid].push(Use {
+                        group,
+                        exception,
+                        rest,
+                    });
+                }
             }
         }
         drop(defs);
@@ -188,6 +217,7 @@ impl Scanner {
             lexicon,
             automaton,
             uses,
+            rests,
             groups,
             book,
             patterns,
@@ -328,6 +358,7 @@ impl Scanner {
                         exception: u.exception,
                         start,
                         end,
+                        rest: u.rest,
                     });
                 }
             }
@@ -355,6 +386,25 @@ impl Scanner {
         }
         if !any_phrase {
             return;
+        }
+        // Phrases with gaps: the automaton found their first piece; the
+        // other pieces must follow within their gaps, in the same clause.
+        if !self.rests.is_empty() {
+            let norm = &scratch.norm;
+            scratch.candidates.retain_mut(|c| {
+                if c.rest == NO_REST {
+                    return true;
+                }
+                let rest = &self.rests[c.rest as usize];
+                match crate::wording::match_rest(&norm.text, c.end, norm.clause_end(c.start), rest)
+                {
+                    Some(end) => {
+                        c.end = end;
+                        true
+                    }
+                    None => false,
+                }
+            });
         }
         // Group by rule; within a rule exceptions first, then phrases
         // leftmost-longest, which is the order overlap resolution wants.

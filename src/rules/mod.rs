@@ -27,7 +27,7 @@ pub mod timing;
 use crate::event::{Channel, Speaker};
 use crate::lexicon::{Fields, Lexicon, Rule};
 use crate::matcher::Hit;
-use crate::normalize::{Normalized, normalize};
+use crate::normalize::Normalized;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -245,49 +245,59 @@ impl PhraseList {
             f.error("phrases", "phrases must not be empty".into());
             ok = false;
         }
-        let mut seen: HashMap<String, &str> = HashMap::new();
-        let mut norm = Vec::new();
+        // Every plain form of every phrase (phrase syntax expands; see
+        // crate::wording), to find repeats and useless exceptions.
+        let mut seen: HashMap<crate::wording::Variant, &str> = HashMap::new();
+        let mut firsts: Vec<String> = Vec::new();
         for p in &phrases {
-            let n = normalize(p);
-            if n.is_empty() {
-                f.error_at_value(
-                    "phrases",
-                    p,
-                    format!(
-                        "phrase {p:?} is empty after normalisation (only spaces or punctuation)"
-                    ),
-                );
-                ok = false;
-                continue;
+            let variants = match crate::wording::compile(p) {
+                Ok(v) => v,
+                Err(e) => {
+                    f.error_at_value("phrases", p, format!("phrase {p:?} {e}"));
+                    ok = false;
+                    continue;
+                }
+            };
+            for v in variants {
+                if let Some(first) = seen.get(&v) {
+                    let how = if crate::wording::has_syntax(p) || crate::wording::has_syntax(first) {
+                        format!("repeats {:?}, a form of {first:?}", v.joined())
+                    } else {
+                        format!("duplicates {first:?} after normalisation")
+                    };
+                    f.error_at_value("phrases", p, format!("phrase {p:?} {how}"));
+                    ok = false;
+                    break;
+                }
+                if let Some(piece) = v.pieces.first() {
+                    firsts.push(piece.text.clone());
+                }
+                seen.insert(v, p);
             }
-            if let Some(first) = seen.get(&n) {
-                f.error_at_value(
-                    "phrases",
-                    p,
-                    format!("phrase {p:?} duplicates {first:?} after normalisation"),
-                );
-                ok = false;
-                continue;
-            }
-            seen.insert(n.clone(), p);
-            norm.push(n);
         }
         for x in &exceptions {
-            let n = normalize(x);
-            if n.is_empty() {
-                f.error_at_value(
-                    "exceptions",
-                    x,
-                    format!("exception {x:?} is empty after normalisation"),
-                );
-                ok = false;
-            } else if !norm.iter().any(|p| n.contains(p.as_str())) {
-                f.error_at_value(
-                    "exceptions",
-                    x,
-                    format!("exception {x:?} contains none of the phrases, so it can never apply"),
-                );
-                ok = false;
+            match crate::wording::compile(x) {
+                Err(e) => {
+                    f.error_at_value("exceptions", x, format!("exception {x:?} {e}"));
+                    ok = false;
+                }
+                Ok(variants) => {
+                    // An exception applies around a phrase's hit: some form
+                    // of it must hold the first piece of some phrase.
+                    let useful = variants
+                        .iter()
+                        .any(|v| firsts.iter().any(|p| v.joined().contains(p.as_str())));
+                    if !useful {
+                        f.error_at_value(
+                            "exceptions",
+                            x,
+                            format!(
+                                "exception {x:?} contains none of the phrases, so it can never apply"
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
             }
         }
         ok.then_some(PhraseList {
