@@ -155,6 +155,7 @@ pub struct Scratch {
     found: Vec<detect::Found>,
     matched: Vec<bool>,
     spans: Vec<(usize, usize)>,
+    nots: Vec<(usize, usize)>,
 }
 
 fn speaker_bits(s: &[Speaker]) -> u8 {
@@ -231,14 +232,19 @@ impl Set {
         scratch.matched.clear();
         scratch.matched.resize(self.rules.len(), false);
         let mut any = false;
-        if let Some(set) = &self.set {
+        // `is_match` first: it allocates nothing and most segments match
+        // no pattern (`matches` allocates its result set on every call).
+        if let Some(set) = &self.set
+            && set.is_match(text)
+        {
             for i in set.matches(text).iter() {
                 scratch.matched[self.owner[i]] = true;
                 any = true;
             }
         }
         scratch.found.clear();
-        if self.detectors != 0 && detect::may_contain(text) {
+        if self.detectors != 0 {
+            // `find` starts with the cheap `may_contain` check itself.
             detect::find(text, self.detectors, &mut scratch.found);
             any |= !scratch.found.is_empty();
         }
@@ -268,11 +274,13 @@ impl Set {
                 continue;
             }
             if !c.not.is_empty() {
-                let nots: Vec<(usize, usize)> = c
-                    .not
-                    .iter()
-                    .flat_map(|re| re.find_iter(text).map(|m| (m.start(), m.end())))
-                    .collect();
+                scratch.nots.clear();
+                scratch.nots.extend(
+                    c.not
+                        .iter()
+                        .flat_map(|re| re.find_iter(text).map(|m| (m.start(), m.end()))),
+                );
+                let nots = &scratch.nots;
                 scratch
                     .spans
                     .retain(|&(s, e)| !nots.iter().any(|&(ns, ne)| ns <= s && e <= ne));
