@@ -600,6 +600,20 @@ impl Book {
             });
         }
         for (&r, state) in self.always.iter().zip(states.iter_mut()) {
+            // A response rule that waits for nothing acts only on a segment
+            // holding its trigger (list 0): `response::on_segment` does
+            // nothing otherwise. Most segments of a large rulebook are such
+            // no-ops for most of its response rules; deciding here, from
+            // the state and the hits, spares loading the rule.
+            if let State::Response(st) = &*state
+                && st.waiting.is_none()
+                && !seg
+                    .hits
+                    .iter()
+                    .any(|h| h.group == self.first_group[usize::from(r)])
+            {
+                continue;
+            }
             let rr = self.rule_ref(lexicon, r);
             if !rr.rule.applies_on(seg.channel) {
                 continue;
