@@ -307,10 +307,16 @@ fn check_rulebook(book: &Arc<Scanners>, inputs: &[zhijian::event::Input<'_>], in
             );
         }
     }
+    let conversations = events
+        .iter()
+        .filter(|e| matches!(e, Event::Summary(_)))
+        .count();
+    let violations: usize = by_kind.values().sum();
     eprintln!(
-        "rules200_tenants5: base {} ({} patterns), violations by kind {by_kind:?}",
+        "rules200_tenants5: base {} ({} patterns); {:.2} violations per conversation, by kind {by_kind:?}",
         book.base().automaton_summary(),
-        book.base().pattern_count()
+        book.base().pattern_count(),
+        violations as f64 / conversations as f64
     );
     for kind in ["phrase", "pattern", "required", "response"] {
         assert!(
