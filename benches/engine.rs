@@ -1,7 +1,9 @@
 //! Engine throughput on generated agent speech (see `zhijian::synth`):
-//! each stage alone, then the whole pipeline, with the default lexicon and
-//! with 20,000 extra phrases. Every bench first checks its hit count against
-//! what the generator injected, so a broken bench fails loudly.
+//! each stage alone, then the whole pipeline, with the default lexicon, with
+//! 20,000 extra phrases, and with a generated 200-rule rulebook of every
+//! kind and five tenant overlays (`synth::large_rulebook`). Every bench
+//! first checks its hit count against what the generator injected, so a
+//! broken bench fails loudly.
 //!
 //! Run: `cargo bench --bench engine` (criterion prints time and throughput;
 //! compare stages within one run — this 2-core machine is noisy).
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use zhijian::engine::{Engine, EngineConfig};
 use zhijian::event::{CloseReason, Event, Speaker, decode_str};
 use zhijian::lexicon;
-use zhijian::matcher::{Scanner, Scratch, default_segmenter};
+use zhijian::matcher::{Scanner, Scanners, Scratch, default_segmenter};
 use zhijian::normalize::Normalized;
 use zhijian::synth::{self, Mix};
 
@@ -43,6 +45,47 @@ fn lexicon_sources(extra_phrases: usize) -> Vec<(PathBuf, String)> {
 fn scanner(extra_phrases: usize) -> Arc<Scanner> {
     let lex = lexicon::load_sources(lexicon_sources(extra_phrases)).expect("valid lexicon");
     Arc::new(Scanner::new(lex, default_segmenter()).expect("compiles"))
+}
+
+/// The 200-rule rulebook: the base and its five tenant overlays.
+fn rulebook() -> Arc<Scanners> {
+    let (base, overlays) = synth::large_rulebook(1);
+    let set = lexicon::load_set_sources(base, overlays).expect("valid rulebook");
+    Arc::new(Scanners::new(set, default_segmenter()).expect("compiles"))
+}
+
+/// Tenants of the rulebook's traffic, one per conversation in turn: the
+/// five with an overlay, and three without (judged by the base).
+const RULEBOOK_TRAFFIC: [&str; 8] = [
+    synth::rulebook::TENANTS[0],
+    synth::rulebook::TENANTS[1],
+    synth::rulebook::TENANTS[2],
+    synth::rulebook::TENANTS[3],
+    synth::rulebook::TENANTS[4],
+    "retail-x",
+    "travel-y",
+    "utility-z",
+];
+
+/// The corpus's conversations as input lines spread over
+/// [`RULEBOOK_TRAFFIC`], calls and chats alternating every eight.
+fn rulebook_lines(convs: &[synth::Conversation]) -> Vec<String> {
+    convs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| {
+            let channel = if (i / RULEBOOK_TRAFFIC.len()).is_multiple_of(2) {
+                "call"
+            } else {
+                "chat"
+            };
+            synth::jsonl(
+                std::slice::from_ref(c),
+                RULEBOOK_TRAFFIC[i % RULEBOOK_TRAFFIC.len()],
+                channel,
+            )
+        })
+        .collect()
 }
 
 struct Corpus {
@@ -169,30 +212,45 @@ fn benches(c: &mut Criterion) {
         .iter()
         .map(|l| decode_str(l).expect("valid"))
         .collect();
+    let book = rulebook();
+    let book_lines = rulebook_lines(&corpus.convs);
+    let book_inputs: Vec<_> = book_lines
+        .iter()
+        .map(|l| decode_str(l).expect("valid"))
+        .collect();
+    check_rulebook(&book, &book_inputs, corpus.injected);
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(n_agent as u64));
-    for (name, s) in [("default", &small), ("20k", &large)] {
-        let mut events = Vec::new();
-        let mut e = Engine::new(Arc::clone(s), EngineConfig::default());
-        for i in &inputs {
-            e.handle(i, 0, &mut events);
+    let single = |s: &Arc<Scanner>| Arc::new(Scanners::single(Arc::clone(s)));
+    let runs = [
+        ("default", single(&small), &inputs),
+        ("20k", single(&large), &inputs),
+        ("rules200_tenants5", book, &book_inputs),
+    ];
+    for (name, scanners, inputs) in &runs {
+        if *name != "rules200_tenants5" {
+            let mut events = Vec::new();
+            let mut e = Engine::with_scanners(Arc::clone(scanners), EngineConfig::default());
+            for i in inputs.iter() {
+                e.handle(i, 0, &mut events);
+            }
+            let phrase_violations = events
+                .iter()
+                .filter(|e| matches!(e, Event::Violation(v) if v.matched.is_some()))
+                .count();
+            assert_eq!(
+                phrase_violations, corpus.injected,
+                "{name}: pipeline hit count"
+            );
         }
-        let phrase_violations = events
-            .iter()
-            .filter(|e| matches!(e, Event::Violation(v) if v.matched.is_some()))
-            .count();
-        assert_eq!(
-            phrase_violations, corpus.injected,
-            "{name}: pipeline hit count"
-        );
         g.bench_with_input(
             BenchmarkId::new("engine_agent_segments", name),
-            s,
+            scanners,
             |b, s| {
                 b.iter(|| {
-                    let mut e = Engine::new(Arc::clone(s), EngineConfig::default());
+                    let mut e = Engine::with_scanners(Arc::clone(s), EngineConfig::default());
                     let mut events = Vec::with_capacity(1024);
-                    for i in &inputs {
+                    for i in inputs.iter() {
                         e.handle(black_box(i), 0, &mut events);
                         events.clear();
                     }
@@ -217,6 +275,56 @@ fn benches(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// The rulebook's pipeline: every kind reports violations, the injected
+/// forbidden phrases and fillers are each one violation of the core rules
+/// (or named by the violation that took their span), and the tenants'
+/// own rules fire only for their tenant.
+fn check_rulebook(book: &Arc<Scanners>, inputs: &[zhijian::event::Input<'_>], injected: usize) {
+    let mut events = Vec::new();
+    let mut e = Engine::with_scanners(Arc::clone(book), EngineConfig::default());
+    for i in inputs {
+        e.handle(i, 0, &mut events);
+    }
+    e.close_all(CloseReason::Eof, 0, &mut events);
+    let mut by_kind = std::collections::BTreeMap::<&str, usize>::new();
+    let mut core = 0;
+    for ev in &events {
+        let Event::Violation(v) = ev else { continue };
+        *by_kind.entry(v.kind.as_str()).or_default() += 1;
+        core += usize::from(v.rule_id.starts_with("core."))
+            + v.also
+                .iter()
+                .filter(|a| a.rule_id.starts_with("core."))
+                .count();
+        if v.rule_id.starts_with("tenant.") {
+            assert!(
+                book.has_tenant(&v.tenant),
+                "{} fired for tenant {}",
+                v.rule_id,
+                v.tenant
+            );
+        }
+    }
+    let conversations = events
+        .iter()
+        .filter(|e| matches!(e, Event::Summary(_)))
+        .count();
+    let violations: usize = by_kind.values().sum();
+    eprintln!(
+        "rules200_tenants5: base {} ({} patterns); {:.2} violations per conversation, by kind {by_kind:?}",
+        book.base().automaton_summary(),
+        book.base().pattern_count(),
+        violations as f64 / conversations as f64
+    );
+    for kind in ["phrase", "pattern", "required", "response"] {
+        assert!(
+            by_kind.get(kind).copied().unwrap_or(0) > 0,
+            "no {kind} violation"
+        );
+    }
+    assert_eq!(core, injected, "rules200_tenants5: core rule hits");
 }
 
 criterion_group! {

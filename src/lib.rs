@@ -71,5 +71,5 @@ pub mod normalize;
 pub mod rules;
 pub mod scan;
 pub mod synth;
-pub mod wording;
 mod unicode_tables;
+pub mod wording;

@@ -172,8 +172,8 @@ impl Scanner {
             for (text, exception) in all {
                 // Validated at load: a phrase that does not compile is not
                 // in a lexicon.
-                let variants = crate::wording::compile(text)
-                    .map_err(|e| format!("phrase {text:?} {e}"))?;
+                let variants =
+                    crate::wording::compile(text).map_err(|e| format!("phrase {text:?} {e}"))?;
                 for v in variants {
                     let mut pieces = v.pieces.into_iter();
                     let Some(first) = pieces.next() else {

@@ -437,7 +437,11 @@ mod tests {
                 "这个问题我处理不了",
             ),
             ("variant_pronoun", "还有其它问题吗", "还有其他问题吗"),
-            ("variant_traditional_and_pronoun", "妳還有其它問題嗎", "你还有其他问题吗"),
+            (
+                "variant_traditional_and_pronoun",
+                "妳還有其它問題嗎",
+                "你还有其他问题吗",
+            ),
             ("variant_particle", "好的喔，噢", "好的哦哦"),
             ("empty", "", ""),
             ("only_punctuation", "，。？！…", ""),

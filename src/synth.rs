@@ -9,6 +9,9 @@
 
 use crate::event::Speaker;
 
+pub mod rulebook;
+pub use rulebook::large_rulebook;
+
 /// Agent fragments: ordinary service language that holds no phrase of the
 /// default lexicon (a test checks this).
 const AGENT: &[&str] = &[

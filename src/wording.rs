@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | `[x]` | `x` or nothing | `没[有]办法` | 没办法, 没有办法 |
 //! | `(a\|b)` | one of the alternatives (one may be empty) | `查(询\|)不到` | 查询不到, 查不到 |
-//! | `[a\|b]` | one of them, or nothing | `还有[其他\|其它]问题` | 还有问题, 还有其他问题 |
+//! | `[a\|b]` | one of them, or nothing | `还有[其他\|别的]问题` | 还有问题, 还有其他问题, 还有别的问题 |
 //! | `{m,n}` | `m` to `n` characters of anything (`{n}`: up to `n`) | `还有{0,4}可以帮您` | 还有什么可以帮您 |
 //!
 //! Full-width brackets work too: `（没|木）【有】办法`.
@@ -131,19 +131,19 @@ pub fn compile(src: &str) -> Result<Vec<Variant>, String> {
             for t in texts {
                 let n = normalize(t);
                 if n.is_empty() {
-                    return Err(if segments.len() > 1 && (i == 0 || i == segments.len() - 1) {
-                        "a gap {m,n} must sit between two pieces of text".to_string()
-                    } else if segments.len() > 1 {
-                        "a part between two gaps can be empty: it could match anything".to_string()
-                    } else {
-                        "can match the empty string: every part of it is optional".to_string()
-                    });
+                    return Err(
+                        if segments.len() > 1 && (i == 0 || i == segments.len() - 1) {
+                            "a gap {m,n} must sit between two pieces of text".to_string()
+                        } else if segments.len() > 1 {
+                            "a part between two gaps can be empty: it could match anything"
+                                .to_string()
+                        } else {
+                            "can match the empty string: every part of it is optional".to_string()
+                        },
+                    );
                 }
                 let mut pieces = v.pieces.clone();
-                pieces.push(Piece {
-                    text: n,
-                    gap: *gap,
-                });
+                pieces.push(Piece { text: n, gap: *gap });
                 next.push(Variant { pieces });
             }
         }
@@ -294,14 +294,19 @@ mod tests {
         assert_eq!(forms("没[有]办法"), ["没办法", "没有办法"]);
         assert_eq!(forms("查(询|)不到"), ["查不到", "查询不到"]);
         assert_eq!(
-            forms("还有[其他|其它]问题"),
-            ["还有其他问题", "还有其它问题", "还有问题"]
+            forms("还有[其他|别的]问题"),
+            ["还有其他问题", "还有别的问题", "还有问题"]
         );
+        // Variants fold first: 其它 is 其他.
+        assert_eq!(forms("还有[其他|其它]问题"), ["还有其他问题", "还有问题"]);
         assert_eq!(forms("还有{0,4}可以帮您"), ["还有{0,4}可以帮您"]);
         assert_eq!(forms("还有{3}帮您"), ["还有{0,3}帮您"]);
         // Punctuation and width fold as in any phrase; plain phrases pass.
         assert_eq!(forms("你问我/我问谁"), ["你问我我问谁"]);
-        assert_eq!(forms("（没|木）[有]办法"), ["木办法", "木有办法", "没办法", "没有办法"]);
+        assert_eq!(
+            forms("（没|木）[有]办法"),
+            ["木办法", "木有办法", "没办法", "没有办法"]
+        );
     }
 
     #[test]

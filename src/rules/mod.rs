@@ -146,6 +146,25 @@ impl Spec {
         }
     }
 
+    /// Whether the rule's state can ever hold a deadline: the kinds'
+    /// `deadline` is `None` for every other rule, whatever its state (a
+    /// test checks), so the clock and [`Book::next_deadline`] only visit
+    /// these.
+    fn has_deadline(&self) -> bool {
+        match self {
+            Spec::Required(s) => matches!(
+                s.scope,
+                required::Scope::Start {
+                    seconds: Some(_),
+                    ..
+                }
+            ),
+            Spec::Response(s) => s.within_seconds.is_some(),
+            Spec::Timing(s) => s.measure != timing::Measure::Silence,
+            Spec::Phrase(_) | Spec::Pattern(_) | Spec::Repetition(_) => false,
+        }
+    }
+
     /// Whether the rule keeps per-conversation state.
     fn stateful(&self) -> bool {
         self.initial_state().is_some()
@@ -260,7 +279,8 @@ impl PhraseList {
             };
             for v in variants {
                 if let Some(first) = seen.get(&v) {
-                    let how = if crate::wording::has_syntax(p) || crate::wording::has_syntax(first) {
+                    let how = if crate::wording::has_syntax(p) || crate::wording::has_syntax(first)
+                    {
                         format!("repeats {:?}, a form of {first:?}", v.joined())
                     } else {
                         format!("duplicates {first:?} after normalisation")
@@ -308,15 +328,18 @@ impl PhraseList {
         })
     }
 
-    /// `a, b, c` (at most `n`, then `…`).
+    /// `a、b、c` (at most `n`, then `…`). Written into one buffer: verdict
+    /// notes call this for every violation.
     pub fn sample(&self, n: usize) -> String {
-        let mut s = self
-            .phrases
-            .iter()
-            .take(n)
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join("、");
+        let shown = &self.phrases[..n.min(self.phrases.len())];
+        let len = shown.iter().map(String::len).sum::<usize>() + 3 * shown.len();
+        let mut s = String::with_capacity(len);
+        for (i, p) in shown.iter().enumerate() {
+            if i > 0 {
+                s.push('、');
+            }
+            s.push_str(p);
+        }
         if self.phrases.len() > n {
             s.push('…');
         }
@@ -463,6 +486,10 @@ pub struct Book {
     slots: Vec<u16>,
     /// Rules that see every segment (stateful kinds).
     always: Vec<u16>,
+    /// The stateful rules that can hold a deadline, `(slot, rule)`: the
+    /// only ones [`Book::next_deadline`] (after every segment) and
+    /// [`Book::on_clock`] need to visit.
+    timed: Vec<(usize, u16)>,
     patterns: pattern::Set,
 }
 
@@ -484,6 +511,7 @@ impl Book {
         let mut slot = Vec::new();
         let mut slots = Vec::new();
         let mut always = Vec::new();
+        let mut timed = Vec::new();
         for (i, rule) in lexicon.rules.iter().enumerate() {
             let ix = u16::try_from(i).map_err(|_| "too many rules".to_string())?;
             first_group.push(u16::try_from(groups.len()).map_err(|_| "too many phrase lists")?);
@@ -498,6 +526,9 @@ impl Book {
                 group_rule.push(ix);
             }
             if rule.spec.stateful() {
+                if rule.spec.has_deadline() {
+                    timed.push((slots.len(), ix));
+                }
                 slot.push(Some(slots.len() as u16));
                 slots.push(ix);
                 always.push(ix);
@@ -513,6 +544,7 @@ impl Book {
                 slot,
                 slots,
                 always,
+                timed,
                 patterns,
             },
             groups,
@@ -614,6 +646,20 @@ impl Book {
                 });
         }
         for (&r, state) in self.always.iter().zip(states.iter_mut()) {
+            // A response rule that waits for nothing acts only on a segment
+            // holding its trigger (list 0): `response::on_segment` does
+            // nothing otherwise. Most segments of a large rulebook are such
+            // no-ops for most of its response rules; deciding here, from
+            // the state and the hits, spares loading the rule.
+            if let State::Response(st) = &*state
+                && st.waiting.is_none()
+                && !seg
+                    .hits
+                    .iter()
+                    .any(|h| h.group == self.first_group[usize::from(r)])
+            {
+                continue;
+            }
             let rr = self.rule_ref(lexicon, r);
             if !rr.rule.applies_on(seg.channel) {
                 continue;
@@ -643,7 +689,10 @@ impl Book {
         now_ts: u64,
         sink: &mut Sink<'_>,
     ) {
-        for (&r, state) in self.always.iter().zip(states.iter_mut()) {
+        for &(slot, r) in &self.timed {
+            let Some(state) = states.get_mut(slot) else {
+                continue;
+            };
             let rr = self.rule_ref(lexicon, r);
             if !rr.rule.applies_on(channel) {
                 continue;
@@ -665,7 +714,10 @@ impl Book {
     /// report something (`u64::MAX`: never).
     pub fn next_deadline(&self, lexicon: &Lexicon, states: &[State]) -> u64 {
         let mut next = u64::MAX;
-        for (&r, state) in self.always.iter().zip(states) {
+        for &(slot, r) in &self.timed {
+            let Some(state) = states.get(slot) else {
+                continue;
+            };
             let spec = &lexicon.rules[usize::from(r)].spec;
             let d = match (spec, state) {
                 (Spec::Required(s), State::Required(st)) => required::deadline(s, st),
@@ -783,5 +835,67 @@ pub fn state_from_format_1(
             start_ts: None,
         })),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// [`Spec::has_deadline`] is the kinds' `deadline` made static: every
+    /// rule of the default lexicon and of the generated rulebook, in a state
+    /// that waits for everything it can wait for, has a deadline exactly
+    /// when `has_deadline` says so.
+    #[test]
+    fn has_deadline_agrees_with_the_kinds() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("lexicons");
+        let (rulebook, _) = crate::synth::large_rulebook(1);
+        let lexicons = [
+            crate::lexicon::load_dir(&dir).expect("default lexicon"),
+            crate::lexicon::load_sources(rulebook).expect("rulebook"),
+        ];
+        let mut cases = std::collections::BTreeSet::new();
+        for rule in lexicons.iter().flat_map(|l| &l.rules) {
+            let deadline = match &rule.spec {
+                Spec::Required(s) => required::deadline(
+                    s,
+                    &required::State {
+                        verdict: None,
+                        seen: 1,
+                        bits: 0,
+                        start_ts: Some(5),
+                    },
+                ),
+                Spec::Response(s) => response::deadline(
+                    s,
+                    &response::State {
+                        waiting: Some(response::Waiting {
+                            seq: 0,
+                            ts_ms: 5,
+                            after: 0,
+                            shown: Shown::default(),
+                        }),
+                    },
+                ),
+                Spec::Timing(s) => timing::deadline(
+                    s,
+                    &timing::State {
+                        waiting: Some((0, 5)),
+                        done: false,
+                        shown: None,
+                        last_ts: Some(5),
+                    },
+                ),
+                Spec::Phrase(_) | Spec::Pattern(_) | Spec::Repetition(_) => None,
+            };
+            assert_eq!(deadline.is_some(), rule.spec.has_deadline(), "{}", rule.id);
+            cases.insert((rule.kind(), rule.spec.has_deadline()));
+        }
+        // Both answers for every kind that can have a deadline.
+        for kind in ["required", "response", "timing"] {
+            assert!(cases.contains(&(kind, true)), "{kind} with a deadline");
+            assert!(cases.contains(&(kind, false)), "{kind} without");
+        }
     }
 }

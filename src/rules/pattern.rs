@@ -156,6 +156,7 @@ pub struct Scratch {
     found: Vec<detect::Found>,
     matched: Vec<bool>,
     spans: Vec<(usize, usize, u16)>,
+    nots: Vec<(usize, usize, usize)>,
 }
 
 /// Marks a span's source as a detector (else a pattern index).
@@ -236,14 +237,19 @@ impl Set {
         scratch.matched.clear();
         scratch.matched.resize(self.rules.len(), false);
         let mut any = false;
-        if let Some(set) = &self.set {
+        // `is_match` first: it allocates nothing and most segments match
+        // no pattern (`matches` allocates its result set on every call).
+        if let Some(set) = &self.set
+            && set.is_match(text)
+        {
             for i in set.matches(text).iter() {
                 scratch.matched[self.owner[i]] = true;
                 any = true;
             }
         }
         scratch.found.clear();
-        if self.detectors != 0 && detect::may_contain(text) {
+        if self.detectors != 0 {
+            // `find` starts with the cheap `may_contain` check itself.
             detect::find(text, self.detectors, &mut scratch.found);
             any |= !scratch.found.is_empty();
         }
@@ -277,12 +283,13 @@ impl Set {
             }
             let mut reasons = Vec::new();
             if !c.not.is_empty() {
-                let nots: Vec<(usize, usize, usize)> = c
-                    .not
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(ni, re)| re.find_iter(text).map(move |m| (m.start(), m.end(), ni)))
-                    .collect();
+                scratch.nots.clear();
+                scratch
+                    .nots
+                    .extend(c.not.iter().enumerate().flat_map(|(ni, re)| {
+                        re.find_iter(text).map(move |m| (m.start(), m.end(), ni))
+                    }));
+                let nots = &scratch.nots;
                 scratch.spans.retain(|&(s, e, _)| {
                     match nots.iter().find(|&&(ns, ne, _)| ns <= s && e <= ne) {
                         Some(&(ns, ne, ni)) => {
