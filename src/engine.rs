@@ -716,6 +716,7 @@ fn judge(
         hits: &scratch.hits,
         midway: conv.as_ref().is_some_and(|c| c.midway),
         excerpt_chars: cx.excerpt_chars,
+        fingerprint: std::cell::OnceCell::new(),
     };
     found.clear();
     {
@@ -827,22 +828,27 @@ fn emit_spans(
     out: &mut Vec<Event>,
 ) {
     let mut spans: Vec<SpanReport> = Vec::new();
-    found.retain(|f| match f {
-        Found::Spans {
-            rule,
-            spans: s,
-            count,
-        } => {
-            spans.push(SpanReport {
-                rule: *rule,
-                spans: s.clone(),
-                count: *count,
-                also: Vec::new(),
-            });
-            false
+    // Move the span reports out, keep the verdicts in order (no clones).
+    let mut i = 0;
+    while i < found.len() {
+        if matches!(found[i], Found::Spans { .. }) {
+            if let Found::Spans {
+                rule,
+                spans: s,
+                count,
+            } = found.remove(i)
+            {
+                spans.push(SpanReport {
+                    rule,
+                    spans: s,
+                    count,
+                    also: Vec::new(),
+                });
+            }
+        } else {
+            i += 1;
         }
-        Found::Verdict { .. } => true,
-    });
+    }
     if spans.is_empty() {
         return;
     }

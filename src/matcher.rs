@@ -558,14 +558,16 @@ fn speaker_bit(s: Speaker) -> u8 {
 /// tenant overlay. A tenant without an overlay is judged by the base.
 pub struct Scanners {
     base: Arc<Scanner>,
-    tenants: HashMap<String, Arc<Scanner>>,
+    /// hashbrown's default hasher: looked up on every segment, with
+    /// tenants from outside (seeded per process, like the engine's maps).
+    tenants: hashbrown::HashMap<String, Arc<Scanner>>,
 }
 
 impl Scanners {
     /// Compiles a validated lexicon set.
     pub fn new(set: LexiconSet, segmenter: Arc<Jieba>) -> Result<Scanners, String> {
         let base = Arc::new(Scanner::new(set.base, Arc::clone(&segmenter))?);
-        let mut tenants = HashMap::new();
+        let mut tenants = hashbrown::HashMap::new();
         for (tenant, lex) in set.tenants {
             let s = Scanner::new(lex, Arc::clone(&segmenter))
                 .map_err(|e| format!("tenant {tenant}: {e}"))?;
@@ -578,7 +580,7 @@ impl Scanners {
     pub fn single(base: Arc<Scanner>) -> Scanners {
         Scanners {
             base,
-            tenants: HashMap::new(),
+            tenants: hashbrown::HashMap::new(),
         }
     }
 
@@ -586,6 +588,14 @@ impl Scanners {
     pub fn for_tenant(&self, tenant: &str) -> &Arc<Scanner> {
         if self.tenants.is_empty() {
             return &self.base;
+        }
+        // A handful of overlays: comparing is cheaper than hashing.
+        if self.tenants.len() <= 8 {
+            return self
+                .tenants
+                .iter()
+                .find(|(t, _)| t.as_str() == tenant)
+                .map_or(&self.base, |(_, s)| s);
         }
         self.tenants.get(tenant).unwrap_or(&self.base)
     }

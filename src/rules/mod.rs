@@ -388,6 +388,9 @@ pub struct Seg<'a> {
     pub midway: bool,
     /// Excerpts kept in state are at most this many characters.
     pub excerpt_chars: usize,
+    /// The segment's text fingerprint (repetition rules), computed once
+    /// for all of them on first use.
+    pub fingerprint: std::cell::OnceCell<(u64, usize)>,
 }
 
 /// The close of a conversation, as the rules see it.
@@ -490,6 +493,15 @@ pub struct Book {
     /// only ones [`Book::next_deadline`] (after every segment) and
     /// [`Book::on_clock`] need to visit.
     timed: Vec<(usize, u16)>,
+    /// Per stateful rule (as `always`): done once its verdict is made (a
+    /// required rule of a start or conversation scope), so later segments
+    /// need not visit it.
+    done_when_decided: Vec<bool>,
+    /// Per stateful rule (as `always`): bits of the speakers whose segments
+    /// it acts on (all for response rules, which count every segment after
+    /// a trigger) and of the channels it applies to (0: every channel).
+    /// Checked before the rule itself is read.
+    gates: Vec<(u8, u8)>,
     patterns: pattern::Set,
 }
 
@@ -512,6 +524,8 @@ impl Book {
         let mut slots = Vec::new();
         let mut always = Vec::new();
         let mut timed = Vec::new();
+        let mut done_when_decided = Vec::new();
+        let mut gates = Vec::new();
         for (i, rule) in lexicon.rules.iter().enumerate() {
             let ix = u16::try_from(i).map_err(|_| "too many rules".to_string())?;
             first_group.push(u16::try_from(groups.len()).map_err(|_| "too many phrase lists")?);
@@ -532,6 +546,16 @@ impl Book {
                 slot.push(Some(slots.len() as u16));
                 slots.push(ix);
                 always.push(ix);
+                let speakers = match &rule.spec {
+                    Spec::Response(_) => 0xFF,
+                    _ => rule.speakers.iter().fold(0u8, |m, s| m | 1 << (*s as u8)),
+                };
+                let channels = rule.channels.iter().fold(0u8, |m, c| m | 1 << (*c as u8));
+                gates.push((speakers, channels));
+                done_when_decided.push(matches!(
+                    &rule.spec,
+                    Spec::Required(s) if !matches!(s.scope, required::Scope::End { .. })
+                ));
             } else {
                 slot.push(None);
             }
@@ -540,6 +564,8 @@ impl Book {
         Ok((
             Book {
                 first_group,
+                done_when_decided,
+                gates,
                 group_rule,
                 slot,
                 slots,
@@ -645,7 +671,34 @@ impl Book {
                     }
                 });
         }
-        for (&r, state) in self.always.iter().zip(states.iter_mut()) {
+        let speaker_bit = 1u8 << (seg.speaker as u8);
+        let channel_bit = seg.channel.map_or(0, |c| 1u8 << (c as u8));
+        for (((&r, state), &done_when_decided), &(speakers, channels)) in self
+            .always
+            .iter()
+            .zip(states.iter_mut())
+            .zip(&self.done_when_decided)
+            .zip(&self.gates)
+        {
+            // Not on this channel (an unknown channel is judged by all).
+            if channels != 0 && channel_bit != 0 && channels & channel_bit == 0 {
+                continue;
+            }
+            // Not this speaker's segment: nothing to do, except for a
+            // required rule whose scope has not started its clock yet.
+            if speakers & speaker_bit == 0
+                && !matches!(&*state, State::Required(st) if st.start_ts.is_none())
+            {
+                continue;
+            }
+            // A required rule with its verdict has nothing left to do here
+            // (nor at close: see `required::on_close`).
+            if done_when_decided
+                && let State::Required(st) = &*state
+                && st.verdict.is_some()
+            {
+                continue;
+            }
             // A response rule that waits for nothing acts only on a segment
             // holding its trigger (list 0): `response::on_segment` does
             // nothing otherwise. Most segments of a large rulebook are such

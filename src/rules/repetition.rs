@@ -62,9 +62,9 @@ pub struct State {
     pub recent: Vec<(u64, u32)>,
 }
 
-/// FNV-1a over the normalised text without digits; `None` when shorter
-/// than `min_chars` characters.
-fn fingerprint(norm: &str, min_chars: usize) -> Option<u64> {
+/// FNV-1a over the normalised text without digits, and how many
+/// characters that is.
+pub fn fingerprint(norm: &str) -> (u64, usize) {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut n = 0usize;
     for c in norm.chars().filter(|c| !c.is_ascii_digit()) {
@@ -75,16 +75,17 @@ fn fingerprint(norm: &str, min_chars: usize) -> Option<u64> {
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
-    (n >= min_chars).then_some(h)
+    (h, n)
 }
 
 pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, sink: &mut Sink<'_>) {
     if !r.rule.speakers.contains(&seg.speaker) {
         return;
     }
-    let Some(fp) = fingerprint(&seg.norm.text, spec.min_chars) else {
+    let (fp, chars) = *seg.fingerprint.get_or_init(|| fingerprint(&seg.norm.text));
+    if chars < spec.min_chars {
         return;
-    };
+    }
     let seen = match st.recent.iter().position(|(f, _)| *f == fp) {
         Some(i) => {
             let mut e = st.recent.remove(i);
