@@ -684,6 +684,7 @@ fn cmd_test(lexicons: &Path, opts: TestOptions, texts: &[String]) -> Result<(), 
             channel: opts.channel,
             agent_id: None,
             ts_ms: Some(ts),
+            continued: false,
             kind: InputKind::Segment(Segment {
                 seq: seq as u64,
                 speaker,
@@ -705,6 +706,7 @@ fn cmd_test(lexicons: &Path, opts: TestOptions, texts: &[String]) -> Result<(), 
         channel: opts.channel,
         agent_id: None,
         ts_ms: Some(ts),
+        continued: false,
         kind: InputKind::End,
     };
     explain.clear();

@@ -416,6 +416,11 @@ impl Engine {
         }
         conv.segments += 1;
         conv.last_activity_ms = now_ms;
+        // A platform flag: the start of this conversation happened
+        // elsewhere (before a transfer, in an earlier chat).
+        if input.continued && conv.agent_segments == 0 {
+            conv.midway = true;
+        }
         conv.last_seq = Some(segment.seq);
         let ts = input.ts_ms.unwrap_or(now_ms);
         conv.last_ts = conv.last_ts.max(ts);

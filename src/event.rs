@@ -103,6 +103,10 @@ pub struct Input<'a> {
     pub channel: Option<Channel>,
     pub agent_id: Option<Cow<'a, str>>,
     pub ts_ms: Option<u64>,
+    /// The platform marks the conversation as the continuation of an
+    /// earlier one (a transfer, a resumed chat): no verdict about its start
+    /// (contract v1.2, field `continued`).
+    pub continued: bool,
     pub kind: InputKind<'a>,
 }
 
@@ -185,6 +189,8 @@ struct Wire<'a> {
     ts_ms: Option<u64>,
     #[serde(default, rename = "final")]
     is_final: Option<bool>,
+    #[serde(default)]
+    continued: Option<bool>,
 }
 
 /// Decodes one input event from raw bytes (a NATS payload).
@@ -304,6 +310,7 @@ pub fn decode_str_limited(s: &str, max_text_bytes: usize) -> Result<Input<'_>, I
         channel,
         agent_id,
         ts_ms: w.ts_ms,
+        continued: w.continued.unwrap_or(false),
         kind,
     })
 }

@@ -94,7 +94,9 @@ impl Spec {
     pub fn phrase_lists(&self) -> Vec<&PhraseList> {
         match self {
             Spec::Phrase(s) => vec![&s.list],
-            Spec::Required(s) => vec![&s.list],
+            Spec::Required(s) => std::iter::once(&s.list)
+                .chain(s.continuation.as_ref())
+                .collect(),
             Spec::Response(s) => vec![&s.trigger.list, &s.expect.list],
             Spec::Pattern(_) | Spec::Timing(_) | Spec::Repetition(_) => Vec::new(),
         }
@@ -885,7 +887,7 @@ pub fn state_from_format_1(
             verdict: None,
             seen: agent_segments,
             bits: u64::from(closing_bits.unwrap_or(0)),
-            start_ts: None,
+            ..Default::default()
         })),
         _ => None,
     }
@@ -918,6 +920,7 @@ mod tests {
                         seen: 1,
                         bits: 0,
                         start_ts: Some(5),
+                        continued: false,
                     },
                 ),
                 Spec::Response(s) => response::deadline(

@@ -41,6 +41,13 @@ pub enum Scope {
 pub struct Spec {
     pub list: PhraseList,
     pub scope: Scope,
+    /// Start scopes: phrases that, in the speaker's first segment (without
+    /// the required phrase), show the conversation continues an earlier
+    /// contact (the progress of a question asked before, a closing
+    /// question): then no verdict is made. Later segments do not count: a
+    /// closing question in the second turn of an ungreeted conversation
+    /// measured as a missed greeting, not a continuation.
+    pub continuation: Option<PhraseList>,
 }
 
 pub fn parse(f: &mut Fields<'_>) -> Option<Spec> {
@@ -51,6 +58,24 @@ pub fn parse(f: &mut Fields<'_>) -> Option<Spec> {
         Whole,
     }
     let list = PhraseList::parse(f, Boundary::None, Position::Any);
+    let continuation = f.strings("continuation").map(|phrases| {
+        let mut ok = true;
+        for p in &phrases {
+            if let Err(e) = crate::wording::compile(p) {
+                f.error_at_value("continuation", p, format!("continuation {p:?} {e}"));
+                ok = false;
+            }
+        }
+        (
+            ok,
+            PhraseList {
+                phrases,
+                exceptions: Vec::new(),
+                boundary: Boundary::None,
+                position: Position::Any,
+            },
+        )
+    });
     let which = f.choice(
         "scope",
         &[
@@ -110,7 +135,23 @@ pub fn parse(f: &mut Fields<'_>) -> Option<Spec> {
             return None;
         }
     };
-    Some(Spec { list: list?, scope })
+    let continuation = match continuation {
+        Some((false, _)) => return None,
+        Some((true, _)) if !matches!(scope, Scope::Start { .. }) => {
+            f.error(
+                "continuation",
+                "continuation applies to a \"start\" scope only".into(),
+            );
+            return None;
+        }
+        Some((true, c)) => Some(c),
+        None => None,
+    };
+    Some(Spec {
+        list: list?,
+        scope,
+        continuation,
+    })
 }
 
 impl Spec {
@@ -153,6 +194,10 @@ pub struct State {
     /// The conversation time of the first event (start scope in seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_ts: Option<u64>,
+    /// The speaker's first segment continued an earlier contact: no
+    /// verdict (start scopes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continued: bool,
 }
 
 fn deadline_of(spec: &Spec, st: &State) -> Option<u64> {
@@ -166,7 +211,7 @@ fn deadline_of(spec: &Spec, st: &State) -> Option<u64> {
 
 pub fn deadline(spec: &Spec, st: &State) -> Option<u64> {
     // Only a speaker who spoke can have missed it (see `on_clock`).
-    if st.verdict.is_some() || st.seen == 0 {
+    if st.verdict.is_some() || st.seen == 0 || st.continued {
         return None;
     }
     deadline_of(spec, st)
@@ -205,6 +250,15 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
     let hit = r.hit(seg, 0);
     match spec.scope {
         Scope::Start { segments, seconds } => {
+            if st.seen == 1 && !hit && spec.continuation.is_some() && r.hit(seg, 1) {
+                st.continued = true;
+                sink.explain(r.rule, || {
+                    "not judged: the first segment continues an earlier contact".into()
+                });
+            }
+            if st.continued {
+                return;
+            }
             if st.verdict.is_some() || seg.midway {
                 if seg.midway && st.verdict.is_none() {
                     sink.explain(r.rule, || {
@@ -300,7 +354,7 @@ pub fn on_close(spec: &Spec, r: RuleRef<'_>, st: &mut State, close: &Close, sink
     let at = close.last_agent_seq.or(close.last_seq).unwrap_or(0);
     match spec.scope {
         Scope::Start { .. } => {
-            if close.midway {
+            if close.midway || st.continued {
                 return;
             }
             violate(
