@@ -70,7 +70,8 @@ fn typical_agent_utterances() {
         (
             "scripted_jd_closing",
             "暂时不知道您的问题我是否为您解决完毕，请您对我的服务做出评价",
-            &[],
+            // No forbidden hit; the rating request is a closing.
+            &["closing.standard"],
         ),
         (
             "genuine_ignorance",
@@ -97,6 +98,25 @@ fn typical_agent_utterances() {
         ("clarifying_question", "您是什么意思呢", &[]),
         ("curt_wei_on_answering", "喂，讲", &["forbidden.wei"]),
         ("feeding", "宝宝喂养要注意", &[]),
+        // Real wording, written with phrase syntax (issue 12).
+        (
+            "no_way_variant",
+            "这个我们也没有办法",
+            &["forbidden.shirking"],
+        ),
+        (
+            "cannot_find",
+            "这个订单我这边查询不到",
+            &["forbidden.shirking"],
+        ),
+        ("not_found_yet", "系统暂时查询不到物流", &[]),
+        (
+            "not_very_clear",
+            "这个问题我也不是很清楚",
+            &["forbidden.ignorance"],
+        ),
+        ("customer_view", "如果您还是不了解的话可以再问我", &[]),
+        ("reproach", "我已经跟您说了", &["forbidden.lecturing"]),
         ("chat_particles", "好的哦，亲，稍等呢，是的啊", &[]),
         ("acknowledgement", "嗯嗯 好的", &[]),
         (
@@ -107,7 +127,9 @@ fn typical_agent_utterances() {
         (
             "closing",
             "请问还有其他还可以帮到您的吗?",
-            &["closing.standard"],
+            // The greeting rule's hit is its continuation list: as a first
+            // segment this would continue an earlier contact.
+            &["greeting.standard", "closing.standard"],
         ),
     ];
     let scanner = default_scanner();

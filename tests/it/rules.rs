@@ -637,3 +637,72 @@ async fn a_daemon_restart_mid_scope_keeps_every_kinds_state() {
     daemon.signal("-TERM");
     assert!(daemon.wait().await.success());
 }
+
+#[test]
+fn phrase_syntax_matches_variants_and_gaps_within_a_clause() {
+    let events = run(&[
+        say("c", "call", 0, "agent", "您好，我这边没有办法", 0),
+        say("c", "call", 1, "agent", "没办法", 1),
+        say("c", "call", 2, "agent", "查不到物流信息", 2),
+        say("c", "call", 3, "agent", "查询不到，信息稍后发您", 3),
+        say("c", "call", 4, "agent", "暂时查不到物流信息", 4),
+    ]);
+    let got: Vec<(u64, Option<String>, Option<usize>, Option<usize>)> = violations(&events)
+        .into_iter()
+        .filter(|v| v.rule_id == "wording.syntax")
+        .map(|v| (v.seq, v.matched.clone(), v.start, v.end))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (0, Some("没有办法".to_string()), Some(6), Some(10)),
+            (1, Some("没办法".to_string()), Some(0), Some(3)),
+            // The gap holds 物流; the whole span is the match.
+            (2, Some("查不到物流信息".to_string()), Some(0), Some(7)),
+            // seq 3: the gap would cross a clause break; seq 4: inside the
+            // exception, itself written with a gap.
+        ]
+    );
+}
+
+#[test]
+fn a_conversation_that_began_elsewhere_gets_no_greeting_verdict() {
+    // The first agent words continue an earlier contact.
+    let continued = run(&[
+        say(
+            "c",
+            "chat",
+            0,
+            "agent",
+            "关于之前的问题，已经为您处理好了",
+            0,
+        ),
+        say("c", "chat", 1, "agent", "好的", 1),
+        end("c", 2),
+    ]);
+    assert_eq!(of(&continued, "greeting.std"), rs(&[]));
+    assert_eq!(summary(&continued).greeted, None);
+    // A greeting in the first segment is a greeting, whatever follows.
+    let greeted = run(&[
+        say("c", "chat", 0, "agent", "您好，之前的问题已经处理好了", 0),
+        say("c", "chat", 1, "agent", "好的", 1),
+    ]);
+    assert_eq!(summary(&greeted).greeted, Some(true));
+    // Without the marker: a missing greeting.
+    let missed = run(&[
+        say("c", "chat", 0, "agent", "已经为您处理好了", 0),
+        say("c", "chat", 1, "agent", "好的", 1),
+    ]);
+    assert_eq!(of(&missed, "greeting.std"), rs(&[("greeting.std", 1)]));
+    // The platform's flag on the input: a transferred conversation.
+    let flagged = serde_json::json!({"conversation_id": "t", "seq": 0, "speaker": "agent",
+        "text": "已经为您处理好了", "continued": true, "channel": "chat"})
+    .to_string();
+    let events = run(&[
+        Step::Line(flagged, 0),
+        say("t", "chat", 1, "agent", "好的", 1),
+        end("t", 2),
+    ]);
+    assert_eq!(of(&events, "greeting.std"), rs(&[]));
+    assert_eq!(summary(&events).greeted, None);
+}
