@@ -647,7 +647,8 @@ fn phrase_syntax_matches_variants_and_gaps_within_a_clause() {
         say("c", "call", 3, "agent", "查询不到，信息稍后发您", 3),
         say("c", "call", 4, "agent", "暂时查不到物流信息", 4),
     ]);
-    let got: Vec<(u64, Option<String>, Option<usize>, Option<usize>)> = violations(&events)
+    type Match = (u64, Option<String>, Option<usize>, Option<usize>);
+    let got: Vec<Match> = violations(&events)
         .into_iter()
         .filter(|v| v.rule_id == "wording.syntax")
         .map(|v| (v.seq, v.matched.clone(), v.start, v.end))
