@@ -37,8 +37,8 @@ const DFA_MAX_PATTERNS: usize = 2_000;
 struct Use {
     group: u16,
     exception: bool,
-    /// For the first piece of a phrase with gaps: its other pieces, an
-    /// index into [`Scanner::rests`]; [`NO_REST`] for a plain phrase.
+    /// For the anchor piece of a phrase with gaps: the phrase, an index
+    /// into [`Scanner::rests`]; [`NO_REST`] for a plain phrase.
     rest: u32,
 }
 
@@ -77,7 +77,8 @@ pub struct Scanner {
     /// phrase of one rule and an exception of another).
     uses: Vec<Vec<Use>>,
     /// The pieces after the first of each phrase with gaps.
-    rests: Vec<Vec<crate::wording::Piece>>,
+    /// Phrases with gaps: `(anchor piece, every piece)`.
+    rests: Vec<(usize, Vec<crate::wording::Piece>)>,
     groups: Vec<Group>,
     book: Book,
     /// Pattern id → the normalised pattern.
@@ -152,7 +153,7 @@ impl Scanner {
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut patterns: Vec<String> = Vec::new();
         let mut uses: Vec<Vec<Use>> = Vec::new();
-        let mut rests: Vec<Vec<crate::wording::Piece>> = Vec::new();
+        let mut rests: Vec<(usize, Vec<crate::wording::Piece>)> = Vec::new();
         let (book, defs) = Book::new(&lexicon)?;
         let mut groups = Vec::with_capacity(defs.len());
         let mut group_speakers = Vec::with_capacity(defs.len());
@@ -175,15 +176,16 @@ impl Scanner {
                 let variants =
                     crate::wording::compile(text).map_err(|e| format!("phrase {text:?} {e}"))?;
                 for v in variants {
-                    let mut pieces = v.pieces.into_iter();
-                    let Some(first) = pieces.next() else {
+                    // The automaton looks for the anchor piece (a plain
+                    // phrase is its own anchor).
+                    let anchor = crate::wording::anchor(&v);
+                    let Some(first) = v.pieces.get(anchor).cloned() else {
                         continue;
                     };
-                    let rest: Vec<crate::wording::Piece> = pieces.collect();
-                    let rest = if rest.is_empty() {
+                    let rest = if v.pieces.len() == 1 {
                         NO_REST
                     } else {
-                        rests.push(rest);
+                        rests.push((anchor, v.pieces));
                         u32::try_from(rests.len() - 1).map_err(|_| "too many phrases")?
                     };
                     let pid = *index.entry(first.text.clone()).or_insert_with(|| {
@@ -387,18 +389,25 @@ impl Scanner {
         if !any_phrase {
             return;
         }
-        // Phrases with gaps: the automaton found their first piece; the
-        // other pieces must follow within their gaps, in the same clause.
+        // Phrases with gaps: the automaton found their anchor piece; the
+        // others must sit around it within their gaps, in the same clause.
         if !self.rests.is_empty() {
             let norm = &scratch.norm;
             scratch.candidates.retain_mut(|c| {
                 if c.rest == NO_REST {
                     return true;
                 }
-                let rest = &self.rests[c.rest as usize];
-                match crate::wording::match_rest(&norm.text, c.end, norm.clause_end(c.start), rest)
-                {
-                    Some(end) => {
+                let (anchor, pieces) = &self.rests[c.rest as usize];
+                let clause = (norm.clause_start(c.start), norm.clause_end(c.start));
+                match crate::wording::match_around(
+                    &norm.text,
+                    (c.start, c.end),
+                    clause,
+                    pieces,
+                    *anchor,
+                ) {
+                    Some((start, end)) => {
+                        c.start = start;
                         c.end = end;
                         true
                     }

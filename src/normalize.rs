@@ -376,6 +376,15 @@ impl Normalized {
         self.breaks.get(i).is_some_and(|&b| (b as usize) < end)
     }
 
+    /// Where the clause holding normalised byte offset `at` starts.
+    pub fn clause_start(&self, at: usize) -> usize {
+        let i = self.breaks.partition_point(|&b| (b as usize) <= at);
+        match i.checked_sub(1) {
+            Some(j) => self.breaks[j] as usize,
+            None => 0,
+        }
+    }
+
     /// Where the clause holding normalised byte offset `at` ends.
     pub fn clause_end(&self, at: usize) -> usize {
         let i = self.breaks.partition_point(|&b| (b as usize) <= at);

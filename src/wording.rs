@@ -264,6 +264,57 @@ pub fn match_rest(text: &str, end: usize, clause_end: usize, rest: &[Piece]) -> 
     Some(pos)
 }
 
+/// The piece of a variant the automaton looks for: the longest (as a rule
+/// the rarest: 查询不到 rather than 我), the last of equals. The others are
+/// checked only around its hits.
+pub fn anchor(v: &Variant) -> usize {
+    let mut best = 0;
+    for (i, p) in v.pieces.iter().enumerate() {
+        if p.text.chars().count() >= v.pieces[best].text.chars().count() {
+            best = i;
+        }
+    }
+    best
+}
+
+/// The whole span of a gapped variant whose anchor piece was found at
+/// `start..end` of `text`, or `None` when another piece is not within its
+/// gap inside the clause `clause.0..clause.1`. Pieces after the anchor take
+/// their earliest position, pieces before it their nearest.
+pub fn match_around(
+    text: &str,
+    (start, end): (usize, usize),
+    clause: (usize, usize),
+    pieces: &[Piece],
+    anchor: usize,
+) -> Option<(usize, usize)> {
+    let end = match_rest(text, end, clause.1, pieces.get(anchor + 1..).unwrap_or(&[]))?;
+    let mut from = start;
+    for i in (0..anchor).rev() {
+        let piece = &pieces[i].text;
+        // The gap between piece i and the one after it.
+        let (lo, hi) = pieces[i + 1].gap;
+        let mut at = from;
+        let mut skipped = 0u32;
+        let mut found = None;
+        loop {
+            if skipped >= lo && at >= clause.0 + piece.len() && text[..at].ends_with(piece.as_str())
+            {
+                found = Some(at - piece.len());
+                break;
+            }
+            if skipped >= hi || at <= clause.0 {
+                break;
+            }
+            let step = text[..at].chars().next_back().map_or(1, char::len_utf8);
+            at -= step;
+            skipped += 1;
+        }
+        from = found?;
+    }
+    Some((from, end))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +396,30 @@ mod tests {
         // The clause ends before the piece.
         let t = "还有什么可以帮您";
         assert_eq!(match_rest(t, "还有".len(), "还有什么".len(), rest), None);
+        // Anchored on a later, longer piece: the earlier ones are found
+        // backwards, within their gaps and the clause.
+        let v = &compile("(我|小妹){0,3}查询不到").expect("valid");
+        let t = "小妹这边查询不到";
+        for variant in v {
+            let a = anchor(variant);
+            assert_eq!(variant.pieces[a].text, "查询不到");
+        }
+        let anchored = |v: &Variant, text: &str, clause: (usize, usize)| {
+            let a = anchor(v);
+            let at = text.find(v.pieces[a].text.as_str())?;
+            match_around(
+                text,
+                (at, at + v.pieces[a].text.len()),
+                clause,
+                &v.pieces,
+                a,
+            )
+        };
+        let mei = v.iter().find(|x| x.pieces[0].text == "小妹").expect("小妹");
+        assert_eq!(anchored(mei, t, (0, t.len())), Some((0, t.len())));
+        assert_eq!(anchored(mei, t, ("小妹".len(), t.len())), None, "clause");
+        let far = "小妹这边系统查询不到";
+        assert_eq!(anchored(mei, far, (0, far.len())), None, "5 chars");
         // A minimum gap.
         let v = &compile("请{2,3}稍等").expect("valid")[0];
         assert_eq!(match_rest("请您稍等", 3, 12, &v.pieces[1..]), None);
