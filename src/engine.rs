@@ -28,7 +28,7 @@
 
 use crate::event::{
     Also, Channel, CloseReason, Counts, Event, Input, InputKind, Segment, Speaker, Summary,
-    Violation, event_id,
+    Violation, event_id, excerpt,
 };
 use crate::matcher::{Scanner, Scanners, Scratch};
 use crate::normalize::char_offset;
@@ -1049,26 +1049,6 @@ fn emit_verdicts(
             ts_ms,
         }));
     }
-}
-
-/// At most `limit` characters of `text`, starting a quarter of the limit
-/// before character `at` (so the match shows with some context before it):
-/// the slice and the character offset where it starts. The whole text when
-/// it fits.
-pub fn excerpt(text: &str, at: usize, limit: usize) -> (&str, usize) {
-    // Bytes bound characters: most segments take this branch uncounted.
-    if text.len() <= limit || text.chars().count() <= limit {
-        return (text, 0);
-    }
-    let first = at.saturating_sub(limit / 4);
-    let mut bounds = text
-        .char_indices()
-        .map(|(i, _)| i)
-        .chain(std::iter::once(text.len()))
-        .skip(first);
-    let from = bounds.next().unwrap_or(text.len());
-    let to = bounds.nth(limit.saturating_sub(1)).unwrap_or(text.len());
-    (&text[from..to], first)
 }
 
 /// The set of seqs seen in a conversation: sorted, disjoint runs of

@@ -577,6 +577,26 @@ pub struct Summary {
     pub ts_ms: u64,
 }
 
+/// At most `limit` characters of `text`, starting a quarter of the limit
+/// before character `at` (so the match shows with some context before it):
+/// the slice and the character offset where it starts. The whole text when
+/// it fits.
+pub fn excerpt(text: &str, at: usize, limit: usize) -> (&str, usize) {
+    // Bytes bound characters: most segments take this branch uncounted.
+    if text.len() <= limit || text.chars().count() <= limit {
+        return (text, 0);
+    }
+    let first = at.saturating_sub(limit / 4);
+    let mut bounds = text
+        .char_indices()
+        .map(|(i, _)| i)
+        .chain(std::iter::once(text.len()))
+        .skip(first);
+    let from = bounds.next().unwrap_or(text.len());
+    let to = bounds.nth(limit.saturating_sub(1)).unwrap_or(text.len());
+    (&text[from..to], first)
+}
+
 /// A deterministic event id: FNV-1a (128-bit) over the parts, each followed
 /// by a 0xFF separator byte (which never occurs in UTF-8), as 32 hex digits.
 /// Not cryptographic: it only has to be stable and collision-free in

@@ -448,7 +448,7 @@ impl Shown {
     pub const CHARS: usize = 64;
 
     pub fn of(text: &str, excerpt_chars: usize) -> Shown {
-        let (head, _) = crate::engine::excerpt(text, 0, excerpt_chars.min(Shown::CHARS));
+        let (head, _) = crate::event::excerpt(text, 0, excerpt_chars.min(Shown::CHARS));
         Shown {
             text: head.to_string(),
             chars: if head.len() == text.len() {

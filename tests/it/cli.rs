@@ -381,7 +381,7 @@ fn lexicon_eval_reports_precision_recall_agreement_and_every_disagreement() {
     let input = [
         line("a", 0, "agent", "您好"),
         line("a", 1, "agent", "不知道，你自己查"),
-        line("a", 2, "agent", "没有办法"),
+        line("a", 2, "agent", "那就是不可以的"),
         line("a", 3, "agent", "已经超过价保周期了，不清楚能不能申请"),
         line("a", 4, "agent", "再见"),
         serde_json::json!({"conversation_id": "a", "type": "end"}).to_string(),
@@ -389,7 +389,7 @@ fn lexicon_eval_reports_precision_recall_agreement_and_every_disagreement() {
         line("b", 1, "agent", "好的"),
         serde_json::json!({"conversation_id": "b", "type": "end"}).to_string(),
     ];
-    // The reviewer: seq 1 and 2 are refusals (没有办法 is not in the default
+    // The reviewer: seq 1 and 2 are refusals (不可以的 is not in the default
     // lexicon: a miss), seq 3 a policy explanation (a false alarm);
     // conversation b began mid-way (not judgeable: the missing greeting
     // zhijian reports disagrees).
@@ -418,7 +418,7 @@ fn lexicon_eval_reports_precision_recall_agreement_and_every_disagreement() {
         "| greeting | 2 | 1 | 50.0% |",
         "|   reviewer not judged, zhijian no | 1 | | |",
         "| closing | 2 | 2 | 100.0% |",
-        "miss        forbidden         a seq 2: agent: 没有办法",
+        "miss        forbidden         a seq 2: agent: 那就是不可以的",
         "false alarm forbidden         a seq 3 (forbidden.ignorance): agent: 已经超过价保周期了",
         "false alarm missing_greeting  b: reviewer: not judged, zhijian: no",
     ] {
