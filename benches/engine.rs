@@ -54,18 +54,8 @@ fn rulebook() -> Arc<Scanners> {
     Arc::new(Scanners::new(set, default_segmenter()).expect("compiles"))
 }
 
-/// Tenants of the rulebook's traffic, one per conversation in turn: the
-/// five with an overlay, and three without (judged by the base).
-const RULEBOOK_TRAFFIC: [&str; 8] = [
-    synth::rulebook::TENANTS[0],
-    synth::rulebook::TENANTS[1],
-    synth::rulebook::TENANTS[2],
-    synth::rulebook::TENANTS[3],
-    synth::rulebook::TENANTS[4],
-    "retail-x",
-    "travel-y",
-    "utility-z",
-];
+/// Tenants of the rulebook's traffic, one per conversation in turn.
+const RULEBOOK_TRAFFIC: [&str; 8] = synth::rulebook::TRAFFIC_TENANTS;
 
 /// The corpus's conversations as input lines spread over
 /// [`RULEBOOK_TRAFFIC`], calls and chats alternating every eight.

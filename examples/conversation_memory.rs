@@ -26,16 +26,7 @@ use zhijian::synth::{self, Mix};
 const LEXICONS: [&str; 2] = ["default", "rules200_tenants5"];
 
 /// Tenants of the rulebook's traffic (as in `benches/engine.rs`).
-const RULEBOOK_TRAFFIC: [&str; 8] = [
-    synth::rulebook::TENANTS[0],
-    synth::rulebook::TENANTS[1],
-    synth::rulebook::TENANTS[2],
-    synth::rulebook::TENANTS[3],
-    synth::rulebook::TENANTS[4],
-    "retail-x",
-    "travel-y",
-    "utility-z",
-];
+const RULEBOOK_TRAFFIC: [&str; 8] = synth::rulebook::TRAFFIC_TENANTS;
 
 /// Resident memory of this process in bytes (`VmRSS`).
 fn rss_bytes() -> u64 {

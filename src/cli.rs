@@ -603,7 +603,7 @@ fn speaker_prefix(text: &str, default: Speaker) -> (Speaker, &str) {
 }
 
 fn cmd_test(lexicons: &Path, opts: TestOptions, texts: &[String]) -> Result<(), Failure> {
-    use crate::event::{Input, InputKind, Segment};
+    use crate::event::{InputKind, Segment};
     use crate::matcher::Suppression;
     let scanners = Arc::new(crate::daemon::load_scanners(lexicons).map_err(Failure::Config)?);
     let tenant = opts.tenant.as_deref().unwrap_or("default");
@@ -678,20 +678,17 @@ fn cmd_test(lexicons: &Path, opts: TestOptions, texts: &[String]) -> Result<(), 
                 &text[x.orig.0..x.orig.1]
             )?;
         }
-        let input = Input {
-            conversation_id: "test".into(),
-            tenant: tenant.into(),
-            channel: opts.channel,
-            agent_id: None,
-            ts_ms: Some(ts),
-            continued: false,
-            kind: InputKind::Segment(Segment {
+        let input = test_input(
+            tenant,
+            opts.channel,
+            ts,
+            InputKind::Segment(Segment {
                 seq: seq as u64,
                 speaker,
                 text: text.into(),
                 is_final: true,
             }),
-        };
+        );
         explain.clear();
         engine.handle_explained(&input, ts, &mut events, Some(&mut explain));
         for line in &explain {
@@ -700,15 +697,7 @@ fn cmd_test(lexicons: &Path, opts: TestOptions, texts: &[String]) -> Result<(), 
         print_events(&mut out, &mut events)?;
         ts += opts.gap_ms;
     }
-    let end = Input {
-        conversation_id: "test".into(),
-        tenant: tenant.into(),
-        channel: opts.channel,
-        agent_id: None,
-        ts_ms: Some(ts),
-        continued: false,
-        kind: InputKind::End,
-    };
+    let end = test_input(tenant, opts.channel, ts, InputKind::End);
     explain.clear();
     writeln!(out, "\n[end] the conversation closes")?;
     engine.handle_explained(&end, ts, &mut events, Some(&mut explain));
@@ -717,6 +706,24 @@ fn cmd_test(lexicons: &Path, opts: TestOptions, texts: &[String]) -> Result<(), 
     }
     print_events(&mut out, &mut events)?;
     Ok(())
+}
+
+/// An event of the conversation `lexicon test` plays.
+fn test_input<'a>(
+    tenant: &'a str,
+    channel: Option<crate::event::Channel>,
+    ts: u64,
+    kind: crate::event::InputKind<'a>,
+) -> crate::event::Input<'a> {
+    crate::event::Input {
+        conversation_id: "test".into(),
+        tenant: tenant.into(),
+        channel,
+        agent_id: None,
+        ts_ms: Some(ts),
+        continued: false,
+        kind,
+    }
 }
 
 /// The events of `lexicon test`, one line each (and drains them).

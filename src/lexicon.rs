@@ -1389,6 +1389,19 @@ name = "服务忌语"
         }
     }
 
+    /// Each case `(name, body, text on the line the problem must name,
+    /// message)` is refused with that message at that line.
+    fn expect_problems(cases: &[(&str, String, &str, &str)]) {
+        for (name, body, at, want) in cases {
+            let got = problem_with(body, want);
+            let line = line_of(body, at);
+            assert!(
+                got.contains(want) && got.starts_with(&format!("t.toml:{line}: ")),
+                "case {name}:\n want t.toml:{line}: …{want:?}\n got {got:?}"
+            );
+        }
+    }
+
     /// The 1-based line of the first occurrence of `needle` in HEAD + body.
     fn line_of(body: &str, needle: &str) -> usize {
         let all = format!("{HEAD}{body}");
@@ -1560,14 +1573,7 @@ exceptions = ["暂时不知道您的问题"]
                 "missing field `severity`",
             ),
         ];
-        for (name, body, at, want) in cases {
-            let got = problem_with(body, want);
-            let line = line_of(body, at);
-            assert!(
-                got.contains(want) && got.starts_with(&format!("t.toml:{line}: ")),
-                "case {name}:\n want t.toml:{line}: …{want:?}\n got {got:?}"
-            );
-        }
+        expect_problems(cases);
         let syntax = first_problem("[[rule]\n");
         let line = line_of("[[rule]\n", "[[rule]");
         assert!(
@@ -1704,14 +1710,7 @@ phrases = ["您好"]
                 "missing field `scope`",
             ),
         ];
-        for (name, body, at, want) in cases {
-            let got = problem_with(body, want);
-            let line = line_of(body, at);
-            assert!(
-                got.contains(want) && got.starts_with(&format!("t.toml:{line}: ")),
-                "case {name}:\n want t.toml:{line}: …{want:?}\n got {got:?}"
-            );
-        }
+        expect_problems(cases);
     }
 
     #[test]

@@ -29,6 +29,19 @@ pub const TENANTS: [&str; 5] = [
     "insurance-e",
 ];
 
+/// Tenants of the rulebook's benchmark traffic, one per conversation in
+/// turn: the five with an overlay, and three without (judged by the base).
+pub const TRAFFIC_TENANTS: [&str; 8] = [
+    TENANTS[0],
+    TENANTS[1],
+    TENANTS[2],
+    TENANTS[3],
+    TENANTS[4],
+    "retail-x",
+    "travel-y",
+    "utility-z",
+];
+
 /// Rules of each kind in the base of [`large_rulebook`] (200 in all). One
 /// of the pattern rules also runs the three number detectors.
 pub const KIND_COUNTS: [(&str, usize); 6] = [
