@@ -72,7 +72,10 @@ fn byte_automaton(patterns: &[String]) -> Result<AhoCorasick, String> {
 /// A compiled lexicon.
 pub struct Scanner {
     lexicon: Lexicon,
-    automaton: Automaton,
+    /// Shared by the base and every tenant overlay of a lexicon set: one
+    /// table in the cache, whatever the tenant (patterns of other tenants
+    /// have no `uses` here).
+    automaton: Arc<Automaton>,
     /// Pattern id → the groups that use it (one normalised string may be a
     /// phrase of one rule and an exception of another).
     uses: Vec<Vec<Use>>,
@@ -82,7 +85,7 @@ pub struct Scanner {
     groups: Vec<Group>,
     book: Book,
     /// Pattern id → the normalised pattern.
-    patterns: Vec<String>,
+    patterns: Arc<Vec<String>>,
     /// Bit per [`Speaker`]: whether any rule judges that speaker.
     judged_speakers: u8,
     /// Group index → bit per [`Speaker`] whose segments it is searched in.
@@ -147,11 +150,46 @@ struct Candidate {
     rest: u32,
 }
 
-impl Scanner {
-    /// Compiles a validated lexicon.
-    pub fn new(lexicon: Lexicon, segmenter: Arc<Jieba>) -> Result<Scanner, String> {
-        let mut index: HashMap<String, usize> = HashMap::new();
-        let mut patterns: Vec<String> = Vec::new();
+/// The patterns of one or more lexicons, for one automaton.
+#[derive(Default)]
+struct PatternTable {
+    /// Normalised pattern → its id (ids are dense, in order of first use).
+    index: HashMap<String, usize>,
+}
+
+impl PatternTable {
+    fn id(&mut self, text: String) -> usize {
+        let next = self.index.len();
+        *self.index.entry(text).or_insert(next)
+    }
+
+    fn build(self) -> Result<(Arc<Automaton>, Arc<Vec<String>>), String> {
+        let mut patterns = vec![String::new(); self.index.len()];
+        for (text, id) in self.index {
+            patterns[id] = text;
+        }
+        let automaton = match CharDfa::new(&patterns) {
+            Some(dfa) => Automaton::Chars(dfa),
+            None => Automaton::Bytes(byte_automaton(&patterns)?),
+        };
+        Ok((Arc::new(automaton), Arc::new(patterns)))
+    }
+}
+
+/// A compiled lexicon without its automaton.
+struct Parts {
+    lexicon: Lexicon,
+    uses: Vec<Vec<Use>>,
+    rests: Vec<(usize, Vec<crate::wording::Piece>)>,
+    groups: Vec<Group>,
+    book: Book,
+    judged_speakers: u8,
+    group_speakers: Vec<u8>,
+}
+
+impl Parts {
+    /// Compiles `lexicon`, adding its patterns to `table`.
+    fn new(lexicon: Lexicon, table: &mut PatternTable) -> Result<Parts, String> {
         let mut uses: Vec<Vec<Use>> = Vec::new();
         let mut rests: Vec<(usize, Vec<crate::wording::Piece>)> = Vec::new();
         let (book, defs) = Book::new(&lexicon)?;
@@ -188,11 +226,10 @@ impl Scanner {
                         rests.push((anchor, v.pieces));
                         u32::try_from(rests.len() - 1).map_err(|_| "too many phrases")?
                     };
-                    let pid = *index.entry(first.text.clone()).or_insert_with(|| {
-                        patterns.push(first.text);
-                        uses.push(Vec::new());
-                        patterns.len() - 1
-                    });
+                    let pid = table.id(first.text);
+                    if uses.len() <= pid {
+                        uses.resize_with(pid + 1, Vec::new);
+                    }
                     uses[pid].push(Use {
                         group,
                         exception,
@@ -211,22 +248,48 @@ impl Scanner {
             .flat_map(|r| r.speakers.iter())
             .fold(0, |m, s| m | speaker_bit(*s))
             | group_speakers.iter().fold(0, |m, b| m | b);
-        let automaton = match CharDfa::new(&patterns) {
-            Some(dfa) => Automaton::Chars(dfa),
-            None => Automaton::Bytes(byte_automaton(&patterns)?),
-        };
-        Ok(Scanner {
+        Ok(Parts {
             lexicon,
-            automaton,
             uses,
             rests,
             groups,
             book,
-            patterns,
             judged_speakers,
             group_speakers,
-            segmenter,
         })
+    }
+
+    fn into_scanner(
+        mut self,
+        automaton: Arc<Automaton>,
+        patterns: Arc<Vec<String>>,
+        segmenter: Arc<Jieba>,
+    ) -> Scanner {
+        // One entry per pattern of the shared table (patterns of other
+        // lexicons mean nothing here).
+        self.uses.resize_with(patterns.len(), Vec::new);
+        Scanner {
+            lexicon: self.lexicon,
+            automaton,
+            uses: self.uses,
+            rests: self.rests,
+            groups: self.groups,
+            book: self.book,
+            patterns,
+            judged_speakers: self.judged_speakers,
+            group_speakers: self.group_speakers,
+            segmenter,
+        }
+    }
+}
+
+impl Scanner {
+    /// Compiles a validated lexicon.
+    pub fn new(lexicon: Lexicon, segmenter: Arc<Jieba>) -> Result<Scanner, String> {
+        let mut table = PatternTable::default();
+        let parts = Parts::new(lexicon, &mut table)?;
+        let (automaton, patterns) = table.build()?;
+        Ok(parts.into_scanner(automaton, patterns, segmenter))
     }
 
     /// The compiled rules (kinds, state slots, patterns).
@@ -269,14 +332,14 @@ impl Scanner {
     /// lexicons use): tests compare the two paths.
     #[doc(hidden)]
     pub fn without_char_automaton(mut self) -> Result<Scanner, String> {
-        self.automaton = Automaton::Bytes(byte_automaton(&self.patterns)?);
+        self.automaton = Arc::new(Automaton::Bytes(byte_automaton(&self.patterns)?));
         Ok(self)
     }
 
     /// How the lexicon is matched, for people: the character automaton's
     /// size, or that the byte automaton is used.
     pub fn automaton_summary(&self) -> String {
-        match &self.automaton {
+        match &*self.automaton {
             Automaton::Chars(dfa) => {
                 let (states, symbols, bytes) = dfa.size();
                 format!(
@@ -298,7 +361,7 @@ impl Scanner {
     /// Counts the raw automaton matches in already-normalised text, before
     /// any filter (benchmarks measure this stage alone).
     pub fn count_raw_matches(&self, normalised: &str) -> usize {
-        match &self.automaton {
+        match &*self.automaton {
             Automaton::Chars(dfa) => {
                 let mut state = dfa.start();
                 let mut n = 0;
@@ -365,7 +428,7 @@ impl Scanner {
                 }
             }
         };
-        match &self.automaton {
+        match &*self.automaton {
             Automaton::Chars(dfa) => {
                 let mut state = dfa.start();
                 scratch.norm.fill_with(text, |c, end| {
@@ -574,14 +637,31 @@ pub struct Scanners {
 
 impl Scanners {
     /// Compiles a validated lexicon set.
+    /// Compiles a validated lexicon set. The base and every overlay share
+    /// one automaton over all their patterns: overlays mostly repeat the
+    /// base, and one table stays in the cache where one per tenant would
+    /// not.
     pub fn new(set: LexiconSet, segmenter: Arc<Jieba>) -> Result<Scanners, String> {
-        let base = Arc::new(Scanner::new(set.base, Arc::clone(&segmenter))?);
-        let mut tenants = hashbrown::HashMap::new();
+        let mut table = PatternTable::default();
+        let base = Parts::new(set.base, &mut table)?;
+        let mut tenant_parts = Vec::new();
         for (tenant, lex) in set.tenants {
-            let s = Scanner::new(lex, Arc::clone(&segmenter))
-                .map_err(|e| format!("tenant {tenant}: {e}"))?;
-            tenants.insert(tenant, Arc::new(s));
+            let p = Parts::new(lex, &mut table).map_err(|e| format!("tenant {tenant}: {e}"))?;
+            tenant_parts.push((tenant, p));
         }
+        let (automaton, patterns) = table.build()?;
+        let scanner = |p: Parts| {
+            Arc::new(p.into_scanner(
+                Arc::clone(&automaton),
+                Arc::clone(&patterns),
+                Arc::clone(&segmenter),
+            ))
+        };
+        let base = scanner(base);
+        let tenants = tenant_parts
+            .into_iter()
+            .map(|(t, p)| (t, scanner(p)))
+            .collect();
         Ok(Scanners { base, tenants })
     }
 
