@@ -15,6 +15,13 @@ Each is timed over the same agent segments in one run on this machine, and
 the table gives zhijian's throughput as a multiple of each peer's. The hit
 counts are printed as a sanity check (a broken run finds nothing).
 
+End to end, the same way: `zhijian scan FILE > /dev/null` (decode every
+JSONL line, judge it with every rule, encode the events) against a Python
+script that decodes every line with `json`, matches agent text with
+pyahocorasick and encodes a JSON object per hit (the least a team would
+write), over a file 50 times larger (start-up, such as loading jieba's
+dictionary, is then a few percent); both whole processes, best of three.
+
 Usage: python3 benches/peers.py [--zhijian target/release/zhijian] [--passes 5]
 Needs: pip install pyahocorasick jieba (./dev bench installs them into .local/py).
 """
@@ -117,11 +124,53 @@ def main():
     rows.append(("pyahocorasick, raw phrases, matching only", aho_rate, f"{aho_hits} hits"))
     rows.append(("python jieba lcut (HMM off) on every segment", jieba_rate, f"{tokens} tokens"))
 
+    # End to end: whole processes over a larger file.
+    big = subprocess.run(
+        [args.zhijian, "synth", "--conversations", str(args.conversations * 50)],
+        check=True, capture_output=True, text=True).stdout
+    big_path = os.path.join(root, ".local", "peers-corpus-big.jsonl")
+    with open(big_path, "w") as f:
+        f.write(big)
+    n_lines = big.count("\n")
+    script = (
+        "import json, sys, ahocorasick\n"
+        "a = ahocorasick.Automaton()\n"
+        "for p in json.loads(sys.argv[2]):\n"
+        "    a.add_word(p, p)\n"
+        "a.make_automaton()\n"
+        "out = sys.stdout\n"
+        "for line in open(sys.argv[1], encoding='utf-8'):\n"
+        "    e = json.loads(line)\n"
+        "    if e.get('speaker') == 'agent':\n"
+        "        for end, p in a.iter(e['text']):\n"
+        "            out.write(json.dumps({'conversation_id': e['conversation_id'], 'seq': e['seq'],"
+        " 'matched': p, 'end': end}, ensure_ascii=False) + '\\n')\n"
+    )
+
+    def whole(cmd):
+        best = None
+        for _ in range(3):
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env=dict(os.environ))
+            secs = time.perf_counter() - start
+            best = secs if best is None else min(best, secs)
+        return n_lines / best
+
+    zj_scan = whole([args.zhijian, "scan", "--lexicons", args.lexicons, big_path])
+    py_scan = whole([sys.executable, "-c", script, big_path, json.dumps(phrases)])
+
     print(f"{len(texts)} agent segments, {len(phrases)} forbidden phrases, one thread each")
     print("| implementation | segments/s | zhijian × | check |")
     print("|---|---|---|---|")
     for name, rate, check in rows:
         print(f"| {name} | {rate:,.0f} | {zj['segments_per_second'] / rate:.1f} | {check} |")
+    print()
+    print(f"End to end, {n_lines} JSONL lines, whole processes, best of 3:")
+    print("| implementation | input lines/s | zhijian × |")
+    print("|---|---|---|")
+    print(f"| zhijian scan (decode, every rule, encode) | {zj_scan:,.0f} | 1.0 |")
+    print(f"| python json + pyahocorasick (decode, match forbidden phrases, encode hits) | {py_scan:,.0f} | {zj_scan / py_scan:.1f} |")
 
 
 if __name__ == "__main__":
