@@ -457,29 +457,8 @@ async fn the_live_feed_masks_numbers_in_every_event() {
         serde_json::json!({"conversation_id":"m-2","tenant":"acme","seq":0,"speaker":"agent","text":long}).to_string(),
     ];
     publish(&nats, &lines).await;
-    let body = tokio::task::spawn_blocking(move || {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("console listens");
-        s.set_read_timeout(Some(Duration::from_millis(500)))
-            .expect("timeout");
-        write!(
-            s,
-            "GET /api/events?after=0 HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
-        )
-        .expect("send");
-        let deadline = std::time::Instant::now() + crate::daemon::DEADLINE;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 8192];
-        // Until both conversations' forbidden violations arrived.
-        while String::from_utf8_lossy(&buf).matches("\"forbidden\"").count() < 2 {
-            assert!(std::time::Instant::now() < deadline, "the feed sent too little");
-            if let Ok(n) = s.read(&mut chunk) {
-                buf.extend_from_slice(&chunk[..n]);
-            }
-        }
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-    .await
-    .expect("feed");
+    // Until both conversations' forbidden violations arrived.
+    let body = read_feed(port, |b| b.matches("\"forbidden\"").count() >= 2).await;
     let events: Vec<serde_json::Value> = body
         .lines()
         .filter_map(|l| l.strip_prefix("data:"))
@@ -523,29 +502,8 @@ async fn an_escalation_shows_its_display_name_in_the_feed_and_the_conversation()
     .map(String::from)
     .to_vec();
     publish(&nats, &lines).await;
-    let body = tokio::task::spawn_blocking(move || {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("console listens");
-        s.set_read_timeout(Some(Duration::from_millis(500)))
-            .expect("timeout");
-        write!(
-            s,
-            "GET /api/events?after=0 HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
-        )
-        .expect("send");
-        let deadline = std::time::Instant::now() + crate::daemon::DEADLINE;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 8192];
-        // Until the summary (the conversation's last event) arrived.
-        while !String::from_utf8_lossy(&buf).contains(r#""type":"summary""#) {
-            assert!(std::time::Instant::now() < deadline, "the feed sent too little");
-            if let Ok(n) = s.read(&mut chunk) {
-                buf.extend_from_slice(&chunk[..n]);
-            }
-        }
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-    .await
-    .expect("feed");
+    // Until the summary (the conversation's last event) arrived.
+    let body = read_feed(port, |b| b.contains(r#""type":"summary""#)).await;
     let events: Vec<serde_json::Value> = body
         .lines()
         .filter_map(|l| l.strip_prefix("data:"))
@@ -610,4 +568,31 @@ async fn an_escalation_shows_its_display_name_in_the_feed_and_the_conversation()
     assert!(names.iter().all(|(_, n)| !n.is_empty()), "{names:?}");
     assert_eq!(view["summary"]["counts"]["escalation"], 1);
     daemon.stop().await;
+}
+
+/// The console's event feed from the start, read until `done` says the
+/// body so far holds what the test waits for.
+async fn read_feed(port: u16, done: fn(&str) -> bool) -> String {
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("console listens");
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET /api/events?after=0 HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .expect("send");
+        let deadline = std::time::Instant::now() + crate::daemon::DEADLINE;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        while !done(&String::from_utf8_lossy(&buf)) {
+            assert!(std::time::Instant::now() < deadline, "the feed sent too little");
+            if let Ok(n) = s.read(&mut chunk) {
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+    .await
+    .expect("feed")
 }
