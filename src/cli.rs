@@ -235,8 +235,13 @@ enum LexiconCommand {
         /// Seconds between utterances (for timing and response rules).
         #[arg(long, default_value_t = 5.0)]
         gap: f64,
+        /// Run the lexicon's test suite in DIR (`*.toml` cases, see
+        /// lexicons/tests/) instead: print each failure with a diff, exit 1
+        /// if any fails.
+        #[arg(long, value_name = "DIR")]
+        suite: Option<PathBuf>,
         /// The utterances, in order.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "suite")]
         text: Vec<String>,
     },
     /// Precision and recall against reviewer labels: judge INPUT (JSONL,
@@ -304,11 +309,20 @@ pub fn main() -> ExitCode {
             command:
                 LexiconCommand::Test {
                     lexicons,
+                    suite: Some(dir),
+                    ..
+                },
+        } => cmd_suite(&lexicons, &dir),
+        Command::Lexicon {
+            command:
+                LexiconCommand::Test {
+                    lexicons,
                     speaker,
                     tenant,
                     channel,
                     gap,
                     text,
+                    suite: None,
                 },
         } => cmd_test(
             &lexicons,
@@ -579,6 +593,27 @@ fn cmd_eval(lexicons: &Path, labels: &Path, input: &Path, misses: bool) -> Resul
         labels.conversation_count()
     )?;
     write!(out, "{}", report.render(misses))?;
+    Ok(())
+}
+
+fn cmd_suite(lexicons: &Path, dir: &Path) -> Result<(), Failure> {
+    let scanners = Arc::new(crate::daemon::load_scanners(lexicons).map_err(Failure::Config)?);
+    let outcome = crate::suite::run(dir, &scanners).map_err(Failure::Config)?;
+    let mut out = io::stdout().lock();
+    write!(out, "{}", outcome.report)?;
+    writeln!(
+        out,
+        "lexicon {}: {} cases, {} failed",
+        scanners.base().version(),
+        outcome.cases,
+        outcome.failed
+    )?;
+    if outcome.failed > 0 {
+        return Err(Failure::Runtime(format!(
+            "{} of {} lexicon test cases failed",
+            outcome.failed, outcome.cases
+        )));
+    }
     Ok(())
 }
 

@@ -125,6 +125,9 @@ pub struct EngineSection {
     pub tombstone_ttl_s: u64,
     /// Poll the lexicon directory for changes this often (0: SIGHUP only).
     pub reload_poll_ms: u64,
+    /// Refuse a hot reload whose lexicon test suite (`<lexicons>/tests/`,
+    /// when there is one) fails.
+    pub reload_requires_tests: bool,
 }
 
 impl Default for EngineSection {
@@ -135,6 +138,7 @@ impl Default for EngineSection {
             idle_timeout_s: 300,
             tombstone_ttl_s: 600,
             reload_poll_ms: 1000,
+            reload_requires_tests: true,
         }
     }
 }
@@ -304,6 +308,7 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub tombstone_ttl: Duration,
     pub reload_poll: Option<Duration>,
+    pub reload_requires_tests: bool,
     pub shutdown_grace: Duration,
     pub publish_attempts: u32,
     pub nak_delay: Duration,
@@ -428,6 +433,7 @@ impl RawConfig {
             ("engine", "idle_timeout_s") => e.idle_timeout_s = num(v)?,
             ("engine", "tombstone_ttl_s") => e.tombstone_ttl_s = num(v)?,
             ("engine", "reload_poll_ms") => e.reload_poll_ms = num(v)?,
+            ("engine", "reload_requires_tests") => e.reload_requires_tests = flag(v)?,
             ("daemon", "shutdown_grace_s") => d.shutdown_grace_s = num(v)?,
             ("daemon", "publish_attempts") => d.publish_attempts = num(v)?,
             ("daemon", "nak_delay_ms") => d.nak_delay_ms = num(v)?,
@@ -554,6 +560,7 @@ impl RawConfig {
             tombstone_ttl: Duration::from_secs(self.engine.tombstone_ttl_s),
             reload_poll: (self.engine.reload_poll_ms > 0)
                 .then(|| Duration::from_millis(self.engine.reload_poll_ms)),
+            reload_requires_tests: self.engine.reload_requires_tests,
             shutdown_grace: Duration::from_secs(self.daemon.shutdown_grace_s),
             publish_attempts: self.daemon.publish_attempts,
             nak_delay: Duration::from_millis(self.daemon.nak_delay_ms),

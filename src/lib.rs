@@ -70,6 +70,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod rules;
 pub mod scan;
+pub mod suite;
 pub mod synth;
 mod unicode_tables;
 pub mod wording;

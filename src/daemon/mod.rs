@@ -227,6 +227,7 @@ pub async fn run(
     tokio::spawn(reloader(
         config.lexicons.clone(),
         config.reload_poll,
+        config.reload_requires_tests,
         scanner_tx,
         Arc::clone(&metrics),
         stop_rx.clone(),
@@ -493,6 +494,7 @@ async fn dispatch(
 async fn reloader(
     dir: PathBuf,
     poll: Option<Duration>,
+    requires_tests: bool,
     tx: watch::Sender<Arc<Scanners>>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
@@ -533,7 +535,7 @@ async fn reloader(
         }
         let d = dir.clone();
         let started = std::time::Instant::now();
-        let built = tokio::task::spawn_blocking(move || load_scanners(&d)).await;
+        let built = tokio::task::spawn_blocking(move || load_tested(&d, requires_tests)).await;
         match built {
             Ok(Ok(scanners)) => {
                 metrics.set_lexicon(scanners.base().version());
@@ -542,7 +544,6 @@ async fn reloader(
                     .lexicon_reloads
                     .with_label_values(&["success"])
                     .inc();
-                let scanners = Arc::new(scanners);
                 log_lexicons(&scanners, &dir, "lexicon reloaded");
                 tracing::info!(
                     took_ms = started.elapsed().as_millis() as u64,
@@ -573,6 +574,23 @@ async fn reloader(
 }
 
 /// Name, size and mtime of every `*.toml` in the lexicon directory.
+/// [`load_scanners`], then, when `requires_tests` and the directory has a
+/// `tests/` suite, the suite: a lexicon whose tests fail is an error.
+fn load_tested(dir: &Path, requires_tests: bool) -> Result<Arc<Scanners>, String> {
+    let scanners = Arc::new(load_scanners(dir)?);
+    let tests = dir.join("tests");
+    if requires_tests && tests.is_dir() {
+        let outcome = crate::suite::run(&tests, &scanners)?;
+        if outcome.failed > 0 {
+            return Err(format!(
+                "{} of {} lexicon test cases fail ([engine] reload_requires_tests):\n{}",
+                outcome.failed, outcome.cases, outcome.report
+            ));
+        }
+    }
+    Ok(scanners)
+}
+
 /// One log line per lexicon: the base and each tenant's.
 fn log_lexicons(scanners: &Scanners, dir: &Path, what: &str) {
     tracing::info!(lexicon = %scanners.base().version(), dir = %dir.display(), "{what}");
@@ -581,10 +599,12 @@ fn log_lexicons(scanners: &Scanners, dir: &Path, what: &str) {
     }
 }
 
-/// Name, size and mtime of every `*.toml` of the lexicon directory and of
-/// its tenant overlays (`tenants/<tenant>/*.toml`).
+/// Name, size and mtime of every `*.toml` of the lexicon directory, of its
+/// test suite (`tests/*.toml`: fixing a failing test retries the reload)
+/// and of its tenant overlays (`tenants/<tenant>/*.toml`).
 fn fingerprint(dir: &Path) -> Vec<(String, u64, SystemTime)> {
     let mut out = fingerprint_files(dir, "");
+    out.extend(fingerprint_files(&dir.join("tests"), "tests/"));
     if let Ok(rd) = std::fs::read_dir(dir.join("tenants")) {
         for e in rd.filter_map(Result::ok) {
             let name = e.file_name().to_string_lossy().into_owned();

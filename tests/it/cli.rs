@@ -180,6 +180,7 @@ fn the_documented_config_example_is_valid_and_complete() {
         "idle_timeout_s",
         "tombstone_ttl_s",
         "reload_poll_ms",
+        "reload_requires_tests",
         "shutdown_grace_s",
         "publish_attempts",
         "nak_delay_ms",
@@ -421,6 +422,56 @@ fn lexicon_eval_reports_precision_recall_agreement_and_every_disagreement() {
         "miss        forbidden         a seq 2: agent: 那就是不可以的",
         "false alarm forbidden         a seq 3 (forbidden.ignorance): agent: 已经超过价保周期了",
         "false alarm missing_greeting  b: reviewer: not judged, zhijian: no",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+}
+
+#[test]
+fn the_default_lexicon_passes_its_test_suite_and_a_failure_shows_a_diff() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = zhijian()
+        .current_dir(root)
+        .args(["lexicon", "test", "--suite", "lexicons/tests"])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains(" cases, 0 failed"), "{stdout}");
+    // Every enabled rule of the default lexicon is exercised by a case.
+    let suite: String = std::fs::read_dir(std::path::Path::new(root).join("lexicons/tests"))
+        .expect("suite")
+        .map(|e| std::fs::read_to_string(e.expect("entry").path()).expect("read"))
+        .collect();
+    let lex = zhijian::lexicon::load_dir(&std::path::Path::new(root).join("lexicons"))
+        .expect("default lexicon");
+    for r in &lex.rules {
+        assert!(
+            suite.contains(&format!("rule = \"{}\"", r.id)),
+            "no case expects {}",
+            r.id
+        );
+    }
+
+    let dir = tempdir("suite");
+    std::fs::write(
+        dir.join("bad.toml"),
+        "[[case]]\nname = \"wrong on purpose\"\ntext = \"这个不归我管\"\nexpect = [{ rule = \"forbidden.ignorance\" }]\n",
+    )
+    .expect("write");
+    let out = zhijian()
+        .current_dir(root)
+        .args(["lexicon", "test", "--suite"])
+        .arg(&*dir)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for want in [
+        "wrong on purpose",
+        "  - forbidden.ignorance\n",
+        "  + forbidden.shirking at seq 0 matching \"不归我管\"",
+        "1 cases, 1 failed",
     ] {
         assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
     }

@@ -576,6 +576,52 @@ async fn hot_reload_swaps_a_good_lexicon_and_rejects_a_bad_one() {
     daemon.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_lexicon_tests_fail_is_refused_until_they_pass() {
+    let nats = NatsServer::start();
+    let dir = tempdir("lexicon-tests");
+    for e in std::fs::read_dir(lexicons()).expect("lexicons") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            std::fs::copy(&p, dir.join(p.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let tests = dir.join("tests");
+    std::fs::create_dir(&tests).expect("mkdir");
+    let case = |expect: &str| {
+        format!("[[case]]\nname = \"queueing\"\ntext = \"这个要排队\"\nexpect = [{expect}]\n")
+    };
+    std::fs::write(tests.join("queue.toml"), case("")).expect("write");
+    let daemon = Daemon::start(config(&nats, &dir, "")).await;
+    let reloads = |result: &str| format!("zhijian_lexicon_reloads_total{{result=\"{result}\"}} 1");
+    // A new rule breaks the suite (the case expects no violation): refused.
+    std::fs::write(
+        dir.join("zz-queue.toml"),
+        "[[rule]]\nid = \"forbidden.queue\"\ncategory = \"forbidden\"\nseverity = \"low\"\ndeduct = 1\nsection = \"service_language\"\nphrases = [\"要排队\"]\n",
+    )
+    .expect("write");
+    let deadline = Instant::now() + DEADLINE;
+    while !daemon.metrics().contains(&reloads("failure")) {
+        assert!(Instant::now() < deadline, "a failing suite was not refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!daemon.metrics().contains(&reloads("success")));
+    // The QA lead updates the case: the same lexicon now loads.
+    std::fs::write(
+        tests.join("queue.toml"),
+        case("{ rule = \"forbidden.queue\" }"),
+    )
+    .expect("write");
+    while !daemon.metrics().contains(&reloads("success")) {
+        assert!(
+            Instant::now() < deadline,
+            "the fixed suite did not let the reload through"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.stop().await;
+}
+
 /// The real binary, as a deployment runs it.
 pub(crate) struct ChildDaemon {
     child: Child,
