@@ -43,6 +43,24 @@ enum Command {
         #[arg(long, default_value_t = scan::DEFAULT_MAX_LINE_BYTES, value_name = "BYTES")]
         max_line_bytes: usize,
     },
+    /// What a lexicon change does: judge the same JSONL conversations with
+    /// the old and the new lexicon and report, per rule and category, the
+    /// violations added and removed (with masked examples), alerts per
+    /// 1,000 conversations and the change in scores.
+    Diff {
+        /// The lexicon in use.
+        #[arg(long)]
+        old: PathBuf,
+        /// The candidate.
+        #[arg(long)]
+        new: PathBuf,
+        /// text (default), json, or html (a self-contained page to send
+        /// around).
+        #[arg(long, value_enum, default_value = "text")]
+        format: DiffFormat,
+        /// The transcripts (JSONL).
+        input: PathBuf,
+    },
     /// Lexicon tools.
     Lexicon {
         #[command(subcommand)]
@@ -269,6 +287,13 @@ enum SpeakerArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum DiffFormat {
+    Text,
+    Json,
+    Html,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum ChannelArg {
     Call,
     Chat,
@@ -302,6 +327,12 @@ pub fn main() -> ExitCode {
             file,
             max_line_bytes,
         } => cmd_scan(&lexicons, &file, max_line_bytes),
+        Command::Diff {
+            old,
+            new,
+            format,
+            input,
+        } => cmd_diff(&old, &new, format, &input),
         Command::Lexicon {
             command: LexiconCommand::Check { dir },
         } => cmd_check(&dir),
@@ -593,6 +624,29 @@ fn cmd_eval(lexicons: &Path, labels: &Path, input: &Path, misses: bool) -> Resul
         labels.conversation_count()
     )?;
     write!(out, "{}", report.render(misses))?;
+    Ok(())
+}
+
+fn cmd_diff(old: &Path, new: &Path, format: DiffFormat, input: &Path) -> Result<(), Failure> {
+    let load = |d: &Path| {
+        crate::daemon::load_scanners(d)
+            .map(Arc::new)
+            .map_err(Failure::Config)
+    };
+    let (old, new) = (load(old)?, load(new)?);
+    let text = std::fs::read_to_string(input)
+        .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", input.display())))?;
+    let report = crate::diff::compare(old, new, &text);
+    let mut out = io::stdout().lock();
+    match format {
+        DiffFormat::Text => write!(out, "{}", report.text())?,
+        DiffFormat::Html => write!(out, "{}", report.html())?,
+        DiffFormat::Json => {
+            serde_json::to_writer_pretty(&mut out, &report)
+                .map_err(|e| Failure::Runtime(e.to_string()))?;
+            writeln!(out)?;
+        }
+    }
     Ok(())
 }
 

@@ -58,6 +58,7 @@ pub mod config;
 pub mod console;
 pub mod daemon;
 pub mod detect;
+pub mod diff;
 pub mod engine;
 pub mod eval;
 pub mod event;

@@ -476,3 +476,69 @@ fn the_default_lexicon_passes_its_test_suite_and_a_failure_shows_a_diff() {
         assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
     }
 }
+
+#[test]
+fn diff_reports_what_a_lexicon_change_adds_and_removes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempdir("diff");
+    let (old, new) = (dir.join("old"), dir.join("new"));
+    for d in [&old, &new] {
+        std::fs::create_dir(d).expect("mkdir");
+        std::fs::copy(
+            root.join("tests/fixtures/lexicon/lexicon.toml"),
+            d.join("lexicon.toml"),
+        )
+        .expect("copy");
+    }
+    // The candidate: one phrase added, one phrase removed.
+    let text = std::fs::read_to_string(new.join("lexicon.toml")).expect("read");
+    std::fs::write(
+        new.join("lexicon.toml"),
+        text.replace("\"急什么\", ", "")
+            .replace("\"不关我的事\"", "\"不关我的事\", \"没办法\""),
+    )
+    .expect("write");
+    let line = |c: &str, seq: u64, t: &str| {
+        serde_json::json!({"conversation_id": c, "seq": seq, "speaker": "agent", "text": t})
+            .to_string()
+    };
+    let input = [
+        line("a", 0, "您好"),
+        line("a", 1, "这个没办法<script>"),
+        line("a", 2, "急什么，再见"),
+        line("b", 0, "您好，138 1234 5678 没办法"),
+        line("b", 1, "再见"),
+    ];
+    std::fs::write(dir.join("in.jsonl"), input.join("\n")).expect("write");
+    let run = |format: &str| {
+        let out = zhijian()
+            .args(["diff", "--old"])
+            .arg(&old)
+            .arg("--new")
+            .arg(&new)
+            .args(["--format", format])
+            .arg(dir.join("in.jsonl"))
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = run("text");
+    for want in [
+        "2 conversations (5 lines, 0 bad)",
+        "violations 1 → 2;",
+        "forbidden.core (forbidden): +2 added, -1 removed",
+        "  + a seq 1: 【没办法】 这个没办法<script>",
+        // Digits masked as in the console.
+        "  + b seq 0: 【没办法】 您好，*** **** 5678 没办法",
+        "  - a seq 2: 【急什么】 急什么，再见",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    let html = run("html");
+    assert!(html.contains("这个没办法&lt;script&gt;"), "{html}");
+    assert!(!html.contains("<script"), "{html}");
+    let json: serde_json::Value = serde_json::from_str(&run("json")).expect("JSON");
+    assert_eq!(json["rules"]["forbidden.core"]["added"], 2);
+    assert_eq!(json["rules"]["forbidden.core"]["removed"], 1);
+}
