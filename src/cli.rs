@@ -262,6 +262,22 @@ enum LexiconCommand {
         #[arg(required_unless_present = "suite")]
         text: Vec<String>,
     },
+    /// What the rules find and keep quiet: the most frequent kept and
+    /// dropped hits per rule over INPUT (JSONL), with examples; with
+    /// --labels, the phrases whose hits are mostly false alarms and the
+    /// exceptions to consider.
+    Audit {
+        #[arg(long, default_value = "lexicons")]
+        lexicons: PathBuf,
+        /// Reviewer labels (as for `lexicon eval`).
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Lines per table.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+        /// The transcripts (JSONL).
+        input: PathBuf,
+    },
     /// Precision and recall against reviewer labels: judge INPUT (JSONL,
     /// as `scan` does) and compare with LABELS (see src/eval.rs); print the
     /// tables and every miss and false alarm with its text.
@@ -374,6 +390,15 @@ pub fn main() -> ExitCode {
                     input,
                 },
         } => cmd_eval(&lexicons, &labels, &input, !summary_only),
+        Command::Lexicon {
+            command:
+                LexiconCommand::Audit {
+                    lexicons,
+                    labels,
+                    top,
+                    input,
+                },
+        } => cmd_audit(&lexicons, labels.as_deref(), top, &input),
         Command::Run {
             common,
             lexicons,
@@ -624,6 +649,26 @@ fn cmd_eval(lexicons: &Path, labels: &Path, input: &Path, misses: bool) -> Resul
         labels.conversation_count()
     )?;
     write!(out, "{}", report.render(misses))?;
+    Ok(())
+}
+
+fn cmd_audit(
+    lexicons: &Path,
+    labels: Option<&Path>,
+    top: usize,
+    input: &Path,
+) -> Result<(), Failure> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", p.display())))
+    };
+    let labels = match labels {
+        Some(p) => Some(crate::eval::Labels::parse(&read(p)?).map_err(Failure::Config)?),
+        None => None,
+    };
+    let scanner = load_scanner(lexicons)?;
+    let report = crate::audit::audit(&scanner, &read(input)?, labels.as_ref(), top);
+    write!(io::stdout().lock(), "{report}")?;
     Ok(())
 }
 

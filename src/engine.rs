@@ -267,6 +267,9 @@ pub struct Engine {
     scratch: Scratch,
     pattern_scratch: rules::pattern::Scratch,
     found: Vec<Found>,
+    /// Candidate hits dropped since the last [`Engine::take_suppressed`]:
+    /// `(rule id, reason, count)`.
+    suppressed: Vec<(String, &'static str, u64)>,
 }
 
 /// Which verdicts to explain (for `zhijian lexicon test`).
@@ -289,6 +292,7 @@ impl Engine {
             scratch: Scratch::default(),
             pattern_scratch: rules::pattern::Scratch::default(),
             found: Vec::new(),
+            suppressed: Vec::new(),
         }
     }
 
@@ -318,6 +322,13 @@ impl Engine {
 
     pub fn scanners(&self) -> &Arc<Scanners> {
         &self.scanners
+    }
+
+    /// The candidate hits rules dropped (exception, word boundary, clause
+    /// position, overlap) since the last call, `(rule id, reason, count)`:
+    /// the suppression audit's metric.
+    pub fn take_suppressed(&mut self) -> Vec<(String, &'static str, u64)> {
+        std::mem::take(&mut self.suppressed)
     }
 
     /// Number of open conversations.
@@ -400,6 +411,9 @@ impl Engine {
                             out,
                             explain,
                         );
+                        if !self.scratch.dropped.is_empty() {
+                            count_dropped(&mut self.suppressed, &self.scratch.dropped, scanner);
+                        }
                     }
                     return Outcome::Late;
                 }
@@ -453,6 +467,9 @@ impl Engine {
                 out,
                 explain,
             );
+            if !self.scratch.dropped.is_empty() {
+                count_dropped(&mut self.suppressed, &self.scratch.dropped, scanner);
+            }
             Outcome::Judged
         } else {
             Outcome::Recorded
@@ -681,6 +698,25 @@ fn named_states(scanner: &Scanner, states: Vec<State>) -> Vec<(String, State)> {
 fn take_named(named: &mut Vec<(String, State)>, id: &str) -> Option<State> {
     let i = named.iter().position(|(n, _)| n == id)?;
     Some(named.swap_remove(i).1)
+}
+
+/// Adds the candidates the last scan dropped to the suppression counts.
+fn count_dropped(
+    counts: &mut Vec<(String, &'static str, u64)>,
+    dropped: &[(u16, crate::matcher::Suppression)],
+    scanner: &Scanner,
+) {
+    for &(group, why) in dropped {
+        let rule = &scanner.rule(scanner.group_rule(group)).id;
+        let reason = why.as_str();
+        match counts
+            .iter_mut()
+            .find(|(r, w, _)| r == rule && *w == reason)
+        {
+            Some(e) => e.2 += 1,
+            None => counts.push((rule.clone(), reason, 1)),
+        }
+    }
 }
 
 /// Borrowed context of the segment being judged.

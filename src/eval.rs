@@ -116,6 +116,12 @@ impl Labels {
         Ok(labels)
     }
 
+    /// The categories a reviewer expects for one segment, when labelled.
+    pub fn segment(&self, tenant: &str, conversation: &str, seq: u64) -> Option<&BTreeSet<String>> {
+        self.segments
+            .get(&(tenant.to_string(), conversation.to_string(), seq))
+    }
+
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }

@@ -51,6 +51,7 @@
 //! a stable error code, counted, reported with its line or message, and
 //! processing goes on. Nothing on the input path panics.
 
+pub mod audit;
 pub mod chardfa;
 pub mod cli;
 pub mod client;

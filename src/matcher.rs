@@ -105,7 +105,7 @@ pub struct Hit {
 }
 
 /// Why a candidate hit was dropped (reported by [`Scanner::scan_explained`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Suppression {
     /// It lies inside an occurrence of one of the rule's exceptions.
     Exception { norm: (usize, usize) },
@@ -115,6 +115,18 @@ pub enum Suppression {
     Position,
     /// A longer or earlier hit of the same rule covers it.
     Overlap,
+}
+
+impl Suppression {
+    /// A metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Suppression::Exception { .. } => "exception",
+            Suppression::WordBoundary => "word_boundary",
+            Suppression::Position => "position",
+            Suppression::Overlap => "overlap",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +151,9 @@ pub struct Scratch {
     /// runs only on the clauses that hold a hit needing a boundary check.
     segmented: Vec<(usize, usize)>,
     pub hits: Vec<Hit>,
+    /// The candidates dropped by the last scan: `(group, why)` (what the
+    /// suppression audit counts; cheap, drops are rare).
+    pub dropped: Vec<(u16, Suppression)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -411,6 +426,7 @@ impl Scanner {
         scratch.hits.clear();
         scratch.candidates.clear();
         scratch.segmented.clear();
+        scratch.dropped.clear();
         let bit = speaker_bit(speaker);
         let mut any_phrase = false;
         let candidates = &mut scratch.candidates;
@@ -538,6 +554,7 @@ impl Scanner {
                         });
                     }
                     Some(why) => {
+                        scratch.dropped.push((group_ix, why));
                         if let Some(out) = explain.as_deref_mut() {
                             out.push(Suppressed {
                                 group: group_ix,

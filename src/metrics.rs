@@ -33,6 +33,8 @@ pub struct Metrics {
     /// `zhijian_input_events_total`, resolved per [`Outcome`].
     input_events: [IntCounter; 7],
     pub violations: IntCounterVec,
+    /// `zhijian_suppressed_hits_total{rule,reason}`.
+    pub suppressed_hits: IntCounterVec,
     /// `zhijian_tenant_violations_total{tenant,category}`: use
     /// [`Metrics::tenant_violation`], which caps the tenants.
     tenant_violations: IntCounterVec,
@@ -130,6 +132,12 @@ impl Metrics {
             "zhijian_violations_total",
             "Violations published, by category, rule and severity.",
             &["category", "rule", "severity"],
+        );
+        let suppressed_hits = counter_vec(
+            &r,
+            "zhijian_suppressed_hits_total",
+            "Candidate hits a rule dropped, by rule and reason (exception, word_boundary, position, overlap): what the rules keep quiet.",
+            &["rule", "reason"],
         );
         let tenant_violations = counter_vec(
             &r,
@@ -277,6 +285,7 @@ impl Metrics {
             segments_resolved,
             input_events: Outcome::ALL.map(|o| input_events.with_label_values(&[o.as_str()])),
             violations,
+            suppressed_hits,
             tenant_violations,
             tenants: Mutex::new(HashSet::new()),
             max_tenants,

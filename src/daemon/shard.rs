@@ -310,6 +310,12 @@ impl Shard {
         metrics
             .scan_seconds
             .observe(received.elapsed().as_secs_f64());
+        for (rule, reason, n) in self.engine.take_suppressed() {
+            metrics
+                .suppressed_hits
+                .with_label_values(&[&rule, reason])
+                .inc_by(n);
+        }
         metrics.outcome(outcome);
         self.report_open();
         let mut events = std::mem::take(&mut self.events);

@@ -542,3 +542,44 @@ fn diff_reports_what_a_lexicon_change_adds_and_removes() {
     assert_eq!(json["rules"]["forbidden.core"]["added"], 2);
     assert_eq!(json["rules"]["forbidden.core"]["removed"], 1);
 }
+
+#[test]
+fn lexicon_audit_lists_kept_and_dropped_hits_and_suggests_exceptions() {
+    let dir = tempdir("audit");
+    let line = |c: &str, seq: u64, t: &str| {
+        serde_json::json!({"conversation_id": c, "seq": seq, "speaker": "agent", "text": t})
+            .to_string()
+    };
+    let input = [
+        line("a", 0, "我也不知道"),
+        line("a", 1, "规则我不知道吗"),
+        line("b", 0, "规则我不知道吗"),
+        line("b", 1, "暂时不知道您的问题我是否为您解决完毕"),
+    ];
+    // The reviewer: only a:0 is a refusal; the rhetorical 我不知道吗 twice not.
+    let labels = [
+        r#"{"conversation_id":"a","seq":0,"categories":["forbidden"]}"#,
+        r#"{"conversation_id":"a","seq":1,"categories":[]}"#,
+        r#"{"conversation_id":"b","seq":0,"categories":[]}"#,
+    ];
+    std::fs::write(dir.join("in.jsonl"), input.join("\n")).expect("write");
+    std::fs::write(dir.join("labels.jsonl"), labels.join("\n")).expect("write");
+    let out = zhijian()
+        .args(["lexicon", "audit", "--lexicons"])
+        .arg(fixtures().join("lexicon"))
+        .arg("--labels")
+        .arg(dir.join("labels.jsonl"))
+        .arg(dir.join("in.jsonl"))
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for want in [
+        "4 segments",
+        "      3  forbidden.core               不知道 [labelled: 1 confirmed, 2 false alarms]",
+        "      1  forbidden.core               不知道 (exception)",
+        "forbidden.core: 不知道 — 2 false alarms, 1 confirmed; exceptions to consider: \"我不知道吗\" (2)",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+}

@@ -895,3 +895,26 @@ pub(crate) async fn metric(port: u16, name: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_hits_are_counted_per_rule_and_reason() {
+    let nats = NatsServer::start();
+    let daemon = Daemon::start(config(&nats, &lexicons(), "")).await;
+    let lines = [
+        r#"{"conversation_id":"s1","seq":0,"speaker":"agent","text":"暂时不知道您的问题我是否为您解决完毕"}"#,
+        r#"{"conversation_id":"s1","seq":1,"speaker":"agent","text":"好的啊，宝宝喂养要注意"}"#,
+        r#"{"conversation_id":"s1","type":"end"}"#,
+    ]
+    .map(String::from);
+    publish(&nats, &lines).await;
+    wait_done(&js(&nats).await, 1).await;
+    let text = daemon.metrics();
+    for want in [
+        r#"zhijian_suppressed_hits_total{reason="exception",rule="forbidden.ignorance"} 1"#,
+        r#"zhijian_suppressed_hits_total{reason="position",rule="filler.interjection"} 1"#,
+        r#"zhijian_suppressed_hits_total{reason="position",rule="forbidden.wei"} 1"#,
+    ] {
+        assert!(text.contains(want), "missing {want} in:\n{text}");
+    }
+    daemon.stop().await;
+}
