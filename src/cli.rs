@@ -116,7 +116,9 @@ enum Command {
         rate: f64,
         #[arg(long, default_value_t = 2)]
         shards: usize,
-        /// Comma-separated: passthrough, daemon.
+        /// Comma-separated: passthrough, daemon, daemon-shadow (the daemon
+        /// with the same lexicon as a shadow candidate: every segment
+        /// judged twice).
         #[arg(long, default_value = "passthrough,daemon")]
         modes: String,
         /// Add a rule of this many generated phrases to (a copy of) the

@@ -266,6 +266,37 @@ pub struct ConsoleConfig {
     pub history: usize,
 }
 
+/// Shadow mode: a candidate lexicon judges every segment beside the live
+/// one; its events go to their own subjects, never to the live ones.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowSection {
+    /// The candidate lexicon directory; empty: no shadow.
+    pub lexicons: String,
+    /// Shadow events go to `<prefix>.<live subject>`.
+    pub prefix: String,
+    /// The stream that keeps them.
+    pub stream: String,
+}
+
+impl Default for ShadowSection {
+    fn default() -> Self {
+        ShadowSection {
+            lexicons: String::new(),
+            prefix: "shadow".into(),
+            stream: "SHADOW".into(),
+        }
+    }
+}
+
+/// The validated shadow settings.
+#[derive(Debug, Clone)]
+pub struct ShadowConfig {
+    pub lexicons: PathBuf,
+    pub prefix: String,
+    pub stream: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSection {
@@ -295,6 +326,7 @@ pub struct RawConfig {
     pub limits: LimitsSection,
     pub metrics: MetricsSection,
     pub console: ConsoleSection,
+    pub shadow: ShadowSection,
     pub log: LogSection,
 }
 
@@ -324,6 +356,8 @@ pub struct Config {
     pub max_tenants: usize,
     /// `None`: the console is off.
     pub console: Option<ConsoleConfig>,
+    /// Shadow mode, when a candidate lexicon is configured.
+    pub shadow: Option<ShadowConfig>,
     pub log_json: bool,
     pub log_level: String,
 }
@@ -456,6 +490,9 @@ impl RawConfig {
             ("console", "password") => self.console.password = Some(Secret(s())),
             ("console", "mask_digits") => self.console.mask_digits = flag(v)?,
             ("console", "history") => self.console.history = num(v)?,
+            ("shadow", "lexicons") => self.shadow.lexicons = s(),
+            ("shadow", "prefix") => self.shadow.prefix = s(),
+            ("shadow", "stream") => self.shadow.stream = s(),
             ("log", "format") => self.log.format = s(),
             ("log", "level") => self.log.level = s(),
             _ => return Err(format!("unknown key [{section}] {key}")),
@@ -553,7 +590,43 @@ impl RawConfig {
             }
         }
         let console = self.console.validate()?;
+        let shadow = if self.shadow.lexicons.trim().is_empty() {
+            None
+        } else {
+            let token_ok = |t: &str| {
+                !t.is_empty()
+                    && !t
+                        .chars()
+                        .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>'))
+            };
+            if !token_ok(&self.shadow.prefix) || !token_ok(&self.shadow.stream) {
+                return Err(
+                    "[shadow] prefix and stream must be one subject token each (no '.', '*', '>' or spaces)"
+                        .into(),
+                );
+            }
+            let live = [
+                &self.streams.input_prefix,
+                &self.streams.violations_prefix,
+                &self.streams.summaries_prefix,
+            ];
+            if live
+                .iter()
+                .any(|p| p.split('.').next() == Some(self.shadow.prefix.as_str()))
+            {
+                return Err(format!(
+                    "[shadow] prefix {:?} would share subjects with the live streams",
+                    self.shadow.prefix
+                ));
+            }
+            Some(ShadowConfig {
+                lexicons: PathBuf::from(self.shadow.lexicons.trim()),
+                prefix: self.shadow.prefix.clone(),
+                stream: self.shadow.stream.clone(),
+            })
+        };
         Ok(Config {
+            shadow,
             lexicons: self.engine.lexicons.clone(),
             shards: self.engine.shards,
             idle_timeout: Duration::from_secs(self.engine.idle_timeout_s),

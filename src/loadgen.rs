@@ -225,9 +225,16 @@ pub async fn bench(opts: &BenchOptions) -> Result<Vec<ModeReport>, String> {
     Ok(reports)
 }
 
-fn config_text(opts: &BenchOptions, metrics_port: u16) -> String {
+fn config_text(opts: &BenchOptions, metrics_port: u16, shadow: bool) -> String {
+    // Shadow mode with the same lexicon as the candidate: every segment is
+    // judged twice, the most shadowing can cost.
+    let shadow = if shadow {
+        format!("[shadow]\nlexicons = \"{}\"\n", opts.lexicons.display())
+    } else {
+        String::new()
+    };
     format!(
-        "[nats]\nurl = \"{}\"\n[engine]\nlexicons = \"{}\"\nshards = {}\nreload_poll_ms = 100\n[metrics]\naddr = \"127.0.0.1:{metrics_port}\"\n[console]\naddr = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n",
+        "[nats]\nurl = \"{}\"\n[engine]\nlexicons = \"{}\"\nshards = {}\nreload_poll_ms = 100\n[metrics]\naddr = \"127.0.0.1:{metrics_port}\"\n[console]\naddr = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n{shadow}",
         opts.nats_url,
         opts.lexicons.display(),
         opts.shards
@@ -241,9 +248,13 @@ async fn run_mode(
     expected: &[Event],
 ) -> Result<ModeReport, String> {
     let sub = match mode {
-        "daemon" => "run",
+        "daemon" | "daemon-shadow" => "run",
         "passthrough" => "passthrough",
-        other => return Err(format!("unknown mode {other:?} (daemon, passthrough)")),
+        other => {
+            return Err(format!(
+                "unknown mode {other:?} (daemon, daemon-shadow, passthrough)"
+            ));
+        }
     };
     let Child {
         client,
@@ -251,7 +262,7 @@ async fn run_mode(
         metrics_port,
         mut child,
         dir,
-    } = start_child(opts, sub, "bench").await?;
+    } = start_child(opts, sub, "bench", mode == "daemon-shadow").await?;
     let pid = child.0.id();
 
     // Which input line each output answers, to time it.
@@ -268,7 +279,7 @@ async fn run_mode(
         }
     }
     let published: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; lines.len()]));
-    let expected_events = if mode == "daemon" {
+    let expected_events = if mode.starts_with("daemon") {
         expected.len()
     } else {
         lines.len()
@@ -394,7 +405,7 @@ async fn run_mode(
     if let Some(r) = reloader {
         let _ = r.await;
     }
-    let reloads = if mode == "daemon" {
+    let reloads = if mode.starts_with("daemon") {
         reload_count(metrics_port).await
     } else {
         0
@@ -407,7 +418,7 @@ async fn run_mode(
     // Stored duplicates: messages in the output stream vs distinct ids.
     let stored = stream_ids(&js, "VIOLATIONS").await?;
     let distinct: std::collections::HashSet<&String> = stored.iter().collect();
-    let want: Vec<String> = if mode == "daemon" {
+    let want: Vec<String> = if mode.starts_with("daemon") {
         expected.iter().map(|e| e.id().to_string()).collect()
     } else {
         (1..=lines.len()).map(|s| format!("pt.{s}")).collect()
@@ -553,12 +564,17 @@ struct Child {
 /// the bench config (in a temporary directory named after `what`) and waits
 /// until its consumer exists (both the daemon and the pass-through create
 /// it at start).
-async fn start_child(opts: &BenchOptions, sub: &str, what: &str) -> Result<Child, String> {
+async fn start_child(
+    opts: &BenchOptions,
+    sub: &str,
+    what: &str,
+    shadow: bool,
+) -> Result<Child, String> {
     let client = async_nats::connect(opts.nats_url.as_str())
         .await
         .map_err(|e| e.to_string())?;
     let js = jetstream::new(client.clone());
-    for s in ["TRANSCRIPTS", "VIOLATIONS", "ZHIJIAN_DEADLETTER"] {
+    for s in ["TRANSCRIPTS", "VIOLATIONS", "ZHIJIAN_DEADLETTER", "SHADOW"] {
         let _ = js.delete_stream(s).await;
     }
     let _ = js.delete_key_value("zhijian_state").await;
@@ -566,7 +582,7 @@ async fn start_child(opts: &BenchOptions, sub: &str, what: &str) -> Result<Child
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let metrics_port = free_port()?;
     let cfg = dir.join(format!("{sub}.toml"));
-    std::fs::write(&cfg, config_text(opts, metrics_port)).map_err(|e| e.to_string())?;
+    std::fs::write(&cfg, config_text(opts, metrics_port, shadow)).map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let child = std::process::Command::new(exe)
         .args([sub, "--config"])
@@ -698,7 +714,7 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, String> {
         mut child,
         dir,
         ..
-    } = start_child(&bench, "run", "soak").await?;
+    } = start_child(&bench, "run", "soak", false).await?;
     let pid = child.0.id();
 
     #[derive(serde::Deserialize)]

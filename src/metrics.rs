@@ -35,6 +35,9 @@ pub struct Metrics {
     pub violations: IntCounterVec,
     /// `zhijian_suppressed_hits_total{rule,reason}`.
     pub suppressed_hits: IntCounterVec,
+    /// `zhijian_shadow_violations_total{rule,agreement}`.
+    pub shadow_violations: IntCounterVec,
+    pub shadow_publish_failures: IntCounter,
     /// `zhijian_tenant_violations_total{tenant,category}`: use
     /// [`Metrics::tenant_violation`], which caps the tenants.
     tenant_violations: IntCounterVec,
@@ -139,6 +142,19 @@ impl Metrics {
             "Candidate hits a rule dropped, by rule and reason (exception, word_boundary, position, overlap): what the rules keep quiet.",
             &["rule", "reason"],
         );
+        let shadow_violations = counter_vec(
+            &r,
+            "zhijian_shadow_violations_total",
+            "Shadow mode: violations by rule and agreement of the live and the candidate lexicon (both, live_only, shadow_only).",
+            &["rule", "agreement"],
+        );
+        let shadow_publish_failures = IntCounter::new(
+            "zhijian_shadow_publish_failures_total",
+            "Shadow events that could not be sent (they never hold up the live path).",
+        )
+        .expect("valid metric");
+        r.register(Box::new(shadow_publish_failures.clone()))
+            .expect("unique metric");
         let tenant_violations = counter_vec(
             &r,
             "zhijian_tenant_violations_total",
@@ -286,6 +302,8 @@ impl Metrics {
             input_events: Outcome::ALL.map(|o| input_events.with_label_values(&[o.as_str()])),
             violations,
             suppressed_hits,
+            shadow_violations,
+            shadow_publish_failures,
             tenant_violations,
             tenants: Mutex::new(HashSet::new()),
             max_tenants,

@@ -187,6 +187,19 @@ pub async fn run(
         last_progress_ms: AtomicU64::new(shard::now_ms()),
     });
     let (scanner_tx, scanner_rx) = watch::channel(Arc::clone(&scanners));
+    // Shadow mode: the candidate lexicon, loaded like the live one.
+    let (shadow_tx, shadow_rx) = match &config.shadow {
+        Some(sh) => {
+            let s = Arc::new(
+                load_scanners(&sh.lexicons)
+                    .map_err(|e| DaemonError::Config(format!("[shadow] lexicons: {e}")))?,
+            );
+            log_lexicons(&s, &sh.lexicons, "shadow lexicon loaded");
+            let (tx, rx) = watch::channel(s);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
 
     // Shards, with the state saved by the previous instance.
     let n = config.shards;
@@ -213,12 +226,25 @@ pub async fn run(
     for (engine, stash) in engines.into_iter().zip(stashes) {
         let (tx, rx) = mpsc::channel(config.shard_queue);
         senders.push(tx);
+        let shadow = shadow_rx.as_ref().map(|rx| {
+            let engine = Engine::with_scanners(
+                Arc::clone(&rx.borrow()),
+                EngineConfig {
+                    tombstone_ttl_ms: config.tombstone_ttl.as_millis() as u64,
+                    excerpt_chars: config.excerpt_chars,
+                    max_open: (config.max_open_conversations / n).max(1),
+                    max_segments: config.max_segments_per_conversation,
+                },
+            );
+            shard::Shadow::new(engine, rx.clone())
+        });
         let shard = Shard::new(
             Arc::clone(&shared),
             engine,
             scanner_rx.clone(),
             stash,
             abort_rx.clone(),
+            shadow,
         );
         workers.push(tokio::spawn(shard.run(rx)));
     }
@@ -229,9 +255,19 @@ pub async fn run(
         config.reload_poll,
         config.reload_requires_tests,
         scanner_tx,
-        Arc::clone(&metrics),
+        Some(Arc::clone(&metrics)),
         stop_rx.clone(),
     ));
+    if let (Some(shadow), Some(tx)) = (&config.shadow, shadow_tx) {
+        tokio::spawn(reloader(
+            shadow.lexicons.clone(),
+            config.reload_poll,
+            config.reload_requires_tests,
+            tx,
+            None,
+            stop_rx.clone(),
+        ));
+    }
     tokio::spawn(consumer_gauges(
         setup.consumer.clone(),
         Arc::clone(&metrics),
@@ -496,7 +532,8 @@ async fn reloader(
     poll: Option<Duration>,
     requires_tests: bool,
     tx: watch::Sender<Arc<Scanners>>,
-    metrics: Arc<Metrics>,
+    // None for the shadow lexicon: it never touches the live metrics.
+    metrics: Option<Arc<Metrics>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -538,12 +575,11 @@ async fn reloader(
         let built = tokio::task::spawn_blocking(move || load_tested(&d, requires_tests)).await;
         match built {
             Ok(Ok(scanners)) => {
-                metrics.set_lexicon(scanners.base().version());
-                metrics.set_categories(&scanners);
-                metrics
-                    .lexicon_reloads
-                    .with_label_values(&["success"])
-                    .inc();
+                if let Some(m) = &metrics {
+                    m.set_lexicon(scanners.base().version());
+                    m.set_categories(&scanners);
+                    m.lexicon_reloads.with_label_values(&["success"]).inc();
+                }
                 log_lexicons(&scanners, &dir, "lexicon reloaded");
                 tracing::info!(
                     took_ms = started.elapsed().as_millis() as u64,
@@ -553,17 +589,15 @@ async fn reloader(
                 let _ = tx.send(scanners);
             }
             Ok(Err(e)) => {
-                metrics
-                    .lexicon_reloads
-                    .with_label_values(&["failure"])
-                    .inc();
-                tracing::error!(error = %e, "lexicon reload rejected; the previous lexicon keeps serving");
+                if let Some(m) = &metrics {
+                    m.lexicon_reloads.with_label_values(&["failure"]).inc();
+                }
+                tracing::error!(error = %e, dir = %dir.display(), "lexicon reload rejected; the previous lexicon keeps serving");
             }
             Err(e) => {
-                metrics
-                    .lexicon_reloads
-                    .with_label_values(&["failure"])
-                    .inc();
+                if let Some(m) = &metrics {
+                    m.lexicon_reloads.with_label_values(&["failure"]).inc();
+                }
                 tracing::error!(error = %e, "lexicon reload task failed");
             }
         }

@@ -203,6 +203,16 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
         window,
     )
     .await?;
+    if let Some(shadow) = &config.shadow {
+        ensure_stream(
+            &js,
+            create,
+            &shadow.stream,
+            vec![format!("{}.>", shadow.prefix)],
+            window,
+        )
+        .await?;
+    }
 
     let consumer_config = pull::Config {
         durable_name: Some(s.consumer.clone()),

@@ -98,6 +98,86 @@ pub struct Shard {
     publisher: Option<tokio::task::JoinHandle<()>>,
     /// Set when the grace period runs short: stop judging, hand back.
     abort: watch::Receiver<bool>,
+    /// Shadow mode: the candidate lexicon's engine.
+    shadow: Option<Shadow>,
+}
+
+/// Shadow mode in one shard: a second engine with the candidate lexicon
+/// judges every input after the live one. Its events are sent to
+/// `<prefix>.<live subject>` with core NATS (fire and forget, kept by the
+/// shadow stream) and compared with the live events by id: the live path
+/// never waits for it and never sees its events. Its conversations are not
+/// saved across restarts.
+pub struct Shadow {
+    engine: Engine,
+    rx: watch::Receiver<Arc<Scanners>>,
+    events: Vec<Event>,
+}
+
+impl Shadow {
+    pub fn new(engine: Engine, rx: watch::Receiver<Arc<Scanners>>) -> Shadow {
+        Shadow {
+            engine,
+            rx,
+            events: Vec::new(),
+        }
+    }
+
+    fn refresh(&mut self) {
+        if self.rx.has_changed().unwrap_or(false) {
+            let s = Arc::clone(&self.rx.borrow_and_update());
+            self.engine.set_scanners(s);
+        }
+    }
+
+    /// Counts agreement per rule of `live` and the shadow's events, and
+    /// sends the shadow's events; clears them.
+    async fn report(&mut self, shared: &Shared, live: &[Event]) {
+        let m = &shared.metrics;
+        let violations = |events: &[Event]| -> Vec<(String, String)> {
+            events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Violation(v) => Some((v.id.clone(), v.rule_id.clone())),
+                    Event::Summary(_) => None,
+                })
+                .collect()
+        };
+        let (live, shadow) = (violations(live), violations(&self.events));
+        for (id, rule) in &live {
+            let agreement = if shadow.iter().any(|(s, _)| s == id) {
+                "both"
+            } else {
+                "live_only"
+            };
+            m.shadow_violations
+                .with_label_values(&[rule, agreement])
+                .inc();
+        }
+        for (id, rule) in &shadow {
+            if !live.iter().any(|(l, _)| l == id) {
+                m.shadow_violations
+                    .with_label_values(&[rule, "shadow_only"])
+                    .inc();
+            }
+        }
+        let Some(config) = &shared.config.shadow else {
+            self.events.clear();
+            return;
+        };
+        let client = shared.js.client();
+        for e in self.events.drain(..) {
+            let (subject, headers, payload) = shared.encode(&e);
+            let subject = format!("{}.{subject}", config.prefix);
+            if client
+                .publish_with_headers(subject, headers, payload)
+                .await
+                .is_err()
+            {
+                m.shadow_publish_failures.inc();
+            }
+        }
+    }
 }
 
 /// Wall-clock milliseconds since the epoch.
@@ -125,6 +205,7 @@ impl Shard {
         scanner_rx: watch::Receiver<Arc<Scanners>>,
         stash: Stash,
         abort: watch::Receiver<bool>,
+        shadow: Option<Shadow>,
     ) -> Shard {
         let (jobs, rx) = mpsc::channel(shared.config.shard_queue);
         let (done_tx, done) = mpsc::unbounded_channel();
@@ -154,6 +235,7 @@ impl Shard {
             done,
             publisher: Some(publisher),
             abort,
+            shadow,
         }
     }
 
@@ -316,6 +398,13 @@ impl Shard {
                 .with_label_values(&[&rule, reason])
                 .inc_by(n);
         }
+        if let Some(shadow) = self.shadow.as_mut() {
+            shadow.refresh();
+            shadow.engine.handle(&input, now_ms(), &mut shadow.events);
+            // The shadow's own drops are not the live lexicon's.
+            let _ = shadow.engine.take_suppressed();
+            shadow.report(&self.shared, &self.events).await;
+        }
         metrics.outcome(outcome);
         self.report_open();
         let mut events = std::mem::take(&mut self.events);
@@ -410,8 +499,16 @@ impl Shard {
         self.take_failures();
         let idle_ms = self.shared.config.idle_timeout.as_millis() as u64;
         let mut events = std::mem::take(&mut self.pending);
+        let before = events.len();
         self.engine.close_idle(now_ms(), idle_ms, &mut events);
         self.report_open();
+        if let Some(shadow) = self.shadow.as_mut() {
+            shadow.refresh();
+            shadow
+                .engine
+                .close_idle(now_ms(), idle_ms, &mut shadow.events);
+            shadow.report(&self.shared, &events[before..]).await;
+        }
         if events.is_empty() {
             self.pending = events;
             return;

@@ -181,6 +181,8 @@ fn the_documented_config_example_is_valid_and_complete() {
         "tombstone_ttl_s",
         "reload_poll_ms",
         "reload_requires_tests",
+        "prefix",
+        "stream",
         "shutdown_grace_s",
         "publish_attempts",
         "nak_delay_ms",

@@ -918,3 +918,82 @@ async fn dropped_hits_are_counted_per_rule_and_reason() {
     }
     daemon.stop().await;
 }
+
+/// Shadow mode against a real nats-server: the candidate judges every
+/// segment, its events reach only the shadow subjects, and agreement is
+/// counted per rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_keeps_the_candidate_apart_and_counts_agreement() {
+    let nats = NatsServer::start();
+    let candidate = tempdir("shadow");
+    for e in std::fs::read_dir(lexicons()).expect("lexicons") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            std::fs::copy(&p, candidate.join(p.file_name().expect("name"))).expect("copy");
+        }
+    }
+    std::fs::write(
+        candidate.join("zz-queue.toml"),
+        "[[rule]]\nid = \"forbidden.queue\"\ncategory = \"forbidden\"\nseverity = \"low\"\ndeduct = 1\nsection = \"service_language\"\nphrases = [\"要排队\"]\n",
+    )
+    .expect("write");
+    let extra = format!("[shadow]\nlexicons = \"{}\"\n", candidate.display());
+    let daemon = Daemon::start(config(&nats, &lexicons(), &extra)).await;
+    let lines = [
+        r#"{"conversation_id":"q1","seq":0,"speaker":"agent","text":"您好，这个不归我管，要排队"}"#,
+        r#"{"conversation_id":"q1","seq":1,"speaker":"agent","text":"再见"}"#,
+        r#"{"conversation_id":"q1","type":"end"}"#,
+    ]
+    .map(String::from);
+    publish(&nats, &lines).await;
+    let js = js(&nats).await;
+    let live = wait_done(&js, 1).await;
+    let live_rules: Vec<&str> = live
+        .iter()
+        .filter_map(|e| match e {
+            Event::Violation(v) => Some(v.rule_id.as_str()),
+            Event::Summary(_) => None,
+        })
+        .collect();
+    assert_eq!(live_rules, ["forbidden.shirking"]);
+    // The shadow's events, on their own subjects.
+    let deadline = Instant::now() + DEADLINE;
+    let shadow = loop {
+        let msgs = stream_messages(&js, "SHADOW").await;
+        if msgs
+            .iter()
+            .any(|m| m.subject.starts_with("shadow.summaries."))
+        {
+            break msgs;
+        }
+        assert!(Instant::now() < deadline, "no shadow summary");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let subjects: Vec<String> = shadow.iter().map(|m| m.subject.to_string()).collect();
+    assert!(
+        subjects.contains(&"shadow.violations.default.forbidden".to_string()),
+        "{subjects:?}"
+    );
+    let shadow_rules: Vec<String> = shadow
+        .iter()
+        .filter_map(|m| match serde_json::from_slice::<Event>(&m.payload) {
+            Ok(Event::Violation(v)) => Some(v.rule_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(shadow_rules, ["forbidden.shirking", "forbidden.queue"]);
+    // Nothing of the candidate in the live stream, nor in live metrics.
+    let text = daemon.metrics();
+    for want in [
+        r#"zhijian_shadow_violations_total{agreement="both",rule="forbidden.shirking"} 1"#,
+        r#"zhijian_shadow_violations_total{agreement="shadow_only",rule="forbidden.queue"} 1"#,
+    ] {
+        assert!(text.contains(want), "missing {want} in:\n{text}");
+    }
+    assert!(
+        !text.contains(r#"rule="forbidden.queue",severity"#),
+        "{text}"
+    );
+    assert!(!text.contains("agreement=\"live_only\""), "{text}");
+    daemon.stop().await;
+}
