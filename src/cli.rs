@@ -58,8 +58,16 @@ enum Command {
         /// around).
         #[arg(long, value_enum, default_value = "text")]
         format: DiffFormat,
+        /// Instead of a file: the conversations stored in the TRANSCRIPTS
+        /// stream over the last N minutes (read with an ordered consumer of
+        /// its own; --config / --nats-url say where).
+        #[arg(long, value_name = "N", conflicts_with = "input")]
+        last_minutes: Option<u64>,
+        #[command(flatten)]
+        common: Common,
         /// The transcripts (JSONL).
-        input: PathBuf,
+        #[arg(required_unless_present = "last_minutes")]
+        input: Option<PathBuf>,
     },
     /// Lexicon tools.
     Lexicon {
@@ -349,8 +357,10 @@ pub fn main() -> ExitCode {
             old,
             new,
             format,
+            last_minutes,
+            common,
             input,
-        } => cmd_diff(&old, &new, format, &input),
+        } => cmd_diff(&old, &new, format, input.as_deref(), last_minutes, &common),
         Command::Lexicon {
             command: LexiconCommand::Check { dir },
         } => cmd_check(&dir),
@@ -674,15 +684,37 @@ fn cmd_audit(
     Ok(())
 }
 
-fn cmd_diff(old: &Path, new: &Path, format: DiffFormat, input: &Path) -> Result<(), Failure> {
+fn cmd_diff(
+    old: &Path,
+    new: &Path,
+    format: DiffFormat,
+    input: Option<&Path>,
+    last_minutes: Option<u64>,
+    common: &Common,
+) -> Result<(), Failure> {
     let load = |d: &Path| {
         crate::daemon::load_scanners(d)
             .map(Arc::new)
             .map_err(Failure::Config)
     };
     let (old, new) = (load(old)?, load(new)?);
-    let text = std::fs::read_to_string(input)
-        .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", input.display())))?;
+    let text = match (input, last_minutes) {
+        (Some(input), _) => std::fs::read_to_string(input)
+            .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", input.display())))?,
+        (None, Some(minutes)) => {
+            let flags = Overrides {
+                nats_url: common.nats_url.clone(),
+                ..Overrides::default()
+            };
+            let config = load_config(common, &flags)?;
+            let since = crate::daemon::shard::now_ms().saturating_sub(minutes * 60_000);
+            runtime()?
+                .block_on(crate::client::read_transcripts(&config, since))
+                .map_err(Failure::Runtime)?
+                .join("\n")
+        }
+        (None, None) => return Err(Failure::Config("give INPUT or --last-minutes".into())),
+    };
     let report = crate::diff::compare(old, new, &text);
     let mut out = io::stdout().lock();
     match format {

@@ -85,6 +85,52 @@ pub enum Style {
 
 /// Prints violations and summaries as they are published, those `filter`
 /// lets through.
+/// The input events stored in the transcripts stream from `since_ms`
+/// (epoch milliseconds) on, in stream order, as JSONL lines: read with an
+/// ephemeral ordered consumer of its own (never the daemon's), up to what
+/// the stream held when the read began.
+pub async fn read_transcripts(config: &Config, since_ms: u64) -> Result<Vec<String>, String> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+    use futures_util::StreamExt;
+    let client = connect(config).await?;
+    let js = async_nats::jetstream::new(client);
+    let s = &config.streams;
+    let stream = js
+        .get_stream(&s.input_stream)
+        .await
+        .map_err(|e| format!("stream {:?}: {e}", s.input_stream))?;
+    let start_time =
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since_ms) * 1_000_000)
+            .map_err(|e| format!("start time: {e}"))?;
+    let mut consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: format!("{}.>", s.input_prefix),
+            deliver_policy: DeliverPolicy::ByStartTime { start_time },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("ordered consumer: {e}"))?;
+    let pending = consumer
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .num_pending;
+    let mut lines = Vec::new();
+    if pending == 0 {
+        return Ok(lines);
+    }
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    while let Some(m) = messages.next().await {
+        let m = m.map_err(|e| e.to_string())?;
+        let left = m.info().map_err(|e| e.to_string())?.pending;
+        lines.push(String::from_utf8_lossy(&m.payload).into_owned());
+        if left == 0 {
+            break;
+        }
+    }
+    Ok(lines)
+}
+
 pub async fn tail(config: &Config, filter: &Filter, style: Style) -> Result<(), String> {
     let client = connect(config).await?;
     let s = &config.streams;

@@ -997,3 +997,59 @@ async fn shadow_mode_keeps_the_candidate_apart_and_counts_agreement() {
     assert!(!text.contains("agreement=\"live_only\""), "{text}");
     daemon.stop().await;
 }
+
+/// `zhijian diff --last-minutes` reads what the TRANSCRIPTS stream holds
+/// with an ordered consumer of its own, beside the running daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_reads_the_last_minutes_of_the_transcripts_stream() {
+    let nats = NatsServer::start();
+    let daemon = Daemon::start(config(&nats, &lexicons(), "")).await;
+    let candidate = tempdir("diff-stream");
+    for e in std::fs::read_dir(lexicons()).expect("lexicons") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            std::fs::copy(&p, candidate.join(p.file_name().expect("name"))).expect("copy");
+        }
+    }
+    std::fs::write(
+        candidate.join("zz-queue.toml"),
+        "[[rule]]\nid = \"forbidden.queue\"\ncategory = \"forbidden\"\nseverity = \"low\"\ndeduct = 1\nsection = \"service_language\"\nphrases = [\"要排队\"]\n",
+    )
+    .expect("write");
+    let lines = [
+        r#"{"conversation_id":"d1","seq":0,"speaker":"agent","text":"您好，要排队"}"#,
+        r#"{"conversation_id":"d1","seq":1,"speaker":"agent","text":"再见"}"#,
+        r#"{"conversation_id":"d1","type":"end"}"#,
+    ]
+    .map(String::from);
+    publish(&nats, &lines).await;
+    wait_done(&js(&nats).await, 1).await;
+    let out = tokio::task::spawn_blocking({
+        let (url, candidate) = (nats.url(), candidate.to_path_buf());
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_zhijian"))
+                .args(["diff", "--old"])
+                .arg(lexicons())
+                .arg("--new")
+                .arg(&candidate)
+                .args(["--last-minutes", "5", "--nats-url", &url])
+                .output()
+                .expect("run")
+        }
+    })
+    .await
+    .expect("diff");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "1 conversations (3 lines, 0 bad)",
+        "forbidden.queue (forbidden): +1 added, -0 removed",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+    daemon.stop().await;
+}
