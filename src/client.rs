@@ -131,26 +131,36 @@ pub async fn read_transcripts(config: &Config, since_ms: u64) -> Result<Vec<Stri
     Ok(lines)
 }
 
+/// Prints new events as they are stored. One ordered consumer of its own
+/// on the output stream, which holds violations and summaries in the order
+/// the daemon stored them: a conversation's summary prints after its
+/// violations (two subscriptions, one per subject, raced).
 pub async fn tail(config: &Config, filter: &Filter, style: Style) -> Result<(), String> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
     let client = connect(config).await?;
+    let js = async_nats::jetstream::new(client);
     let s = &config.streams;
-    let violations = client
-        .subscribe(format!("{}.>", s.violations_prefix))
+    let stream = js.get_stream(&s.output_stream).await.map_err(|e| {
+        format!(
+            "output stream {:?}: {e} (the daemon creates it on its first start)",
+            s.output_stream
+        )
+    })?;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::New,
+            ..Default::default()
+        })
         .await
-        .map_err(|e| e.to_string())?;
-    let summaries = client
-        .subscribe(format!("{}.>", s.summaries_prefix))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut both = futures_util::stream::select(violations, summaries);
-    // The subscriptions are on the server before we say we listen.
-    client.flush().await.map_err(|e| e.to_string())?;
+        .map_err(|e| format!("ordered consumer: {e}"))?;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
     eprintln!(
         "zhijian tail: listening on {}.> and {}.> (Ctrl-C to stop)",
         s.violations_prefix, s.summaries_prefix
     );
     let stdout = std::io::stdout();
-    while let Some(msg) = both.next().await {
+    while let Some(msg) = messages.next().await {
+        let msg = msg.map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&msg.payload);
         let line = match serde_json::from_str::<Event>(&text) {
             Ok(e) if !filter.matches(&e) => continue,

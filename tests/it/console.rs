@@ -596,3 +596,60 @@ async fn read_feed(port: u16, done: fn(&str) -> bool) -> String {
     .await
     .expect("feed")
 }
+
+/// `zhijian tail` prints each conversation's summary after its violations
+/// (one ordered consumer on the output stream, not two racing
+/// subscriptions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_a_summary_after_its_violations() {
+    use std::process::{Command, Stdio};
+    let nats = NatsServer::start();
+    let daemon = Daemon::start(config(&nats, &lexicons(), "")).await;
+    let mut tail = crate::support::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_zhijian"))
+            .args(["tail", "--color", "never", "--nats-url", &nats.url()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("zhijian tail starts"),
+    );
+    let stderr = tail.0.stderr.take().expect("stderr");
+    let said = tokio::task::spawn_blocking(move || read_lines_from(stderr, 1))
+        .await
+        .expect("stderr read");
+    assert!(
+        said.first().is_some_and(|l| l.contains("listening")),
+        "{said:?}"
+    );
+    // Each conversation: three violations, then its end.
+    let mut lines = Vec::new();
+    for c in 0..10 {
+        lines.push(format!(
+            r#"{{"conversation_id":"o{c}","seq":0,"speaker":"agent","text":"急什么，不归我管，你听我说好吧"}}"#
+        ));
+        lines.push(format!(r#"{{"conversation_id":"o{c}","type":"end"}}"#));
+    }
+    publish(&nats, &lines).await;
+    let out = tail.0.stdout.take().expect("stdout");
+    // 10 × (3 phrase violations + missing greeting + missing closing + summary).
+    let printed = tokio::task::spawn_blocking(move || read_lines_from(out, 60))
+        .await
+        .expect("tail read");
+    assert_eq!(printed.len(), 60, "{printed:#?}");
+    for c in 0..10 {
+        let conv = format!(" o{c} ");
+        let at: Vec<usize> = printed
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains(&conv))
+            .map(|(i, _)| i)
+            .collect();
+        let summary = printed
+            .iter()
+            .position(|l| l.starts_with("SUMMARY") && l.contains(&conv))
+            .expect("a summary");
+        assert_eq!(at.last(), Some(&summary), "o{c}: {printed:#?}");
+    }
+    drop(tail);
+    daemon.stop().await;
+}
