@@ -707,7 +707,8 @@ fn cmd_diff(
                 ..Overrides::default()
             };
             let config = load_config(common, &flags)?;
-            let since = crate::daemon::shard::now_ms().saturating_sub(minutes * 60_000);
+            let since =
+                crate::daemon::shard::now_ms().saturating_sub(minutes.saturating_mul(60_000));
             runtime()?
                 .block_on(crate::client::read_transcripts(&config, since))
                 .map_err(Failure::Runtime)?

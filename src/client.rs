@@ -83,8 +83,6 @@ pub enum Style {
     Colour,
 }
 
-/// Prints violations and summaries as they are published, those `filter`
-/// lets through.
 /// The input events stored in the transcripts stream from `since_ms`
 /// (epoch milliseconds) on, in stream order, as JSONL lines: read with an
 /// ephemeral ordered consumer of its own (never the daemon's), up to what
@@ -119,19 +117,32 @@ pub async fn read_transcripts(config: &Config, since_ms: u64) -> Result<Vec<Stri
     if pending == 0 {
         return Ok(lines);
     }
+    // Up to what the stream held now: the daemon's inputs keep coming.
+    let mut stream = stream;
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .last_sequence;
     let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
     while let Some(m) = messages.next().await {
         let m = m.map_err(|e| e.to_string())?;
-        let left = m.info().map_err(|e| e.to_string())?.pending;
+        let info = m.info().map_err(|e| e.to_string())?;
+        let (seq, left) = (info.stream_sequence, info.pending);
+        if seq > last {
+            break;
+        }
         lines.push(String::from_utf8_lossy(&m.payload).into_owned());
-        if left == 0 {
+        if left == 0 || seq >= last {
             break;
         }
     }
     Ok(lines)
 }
 
-/// Prints new events as they are stored. One ordered consumer of its own
+/// Prints violations and summaries as they are stored, those `filter` lets
+/// through. One ordered consumer of its own
 /// on the output stream, which holds violations and summaries in the order
 /// the daemon stored them: a conversation's summary prints after its
 /// violations (two subscriptions, one per subject, raced).

@@ -528,13 +528,12 @@ impl Engine {
                 let t = c.time_at(now_ms);
                 book.on_clock(lexicon, &mut c.states, c.channel, t, &mut sink);
                 c.deadline = book.next_deadline(lexicon, &c.states);
-                let found = std::mem::take(&mut self.found);
                 emit_verdicts(
                     scanner,
                     &k.tenant,
                     &k.id,
                     c,
-                    found,
+                    &mut self.found,
                     None,
                     self.config.excerpt_chars,
                     out,
@@ -605,11 +604,13 @@ impl Engine {
             tenant,
             id,
             &mut conv,
-            found,
+            &mut found,
             None,
             self.config.excerpt_chars,
             out,
         );
+        // The buffer goes back for the next conversation.
+        self.found = found;
         let (greeted, closed) = book.greeted_closed(lexicon, &conv.states);
         let deducted: f64 = conv
             .deducted
@@ -785,7 +786,6 @@ fn judge(
             ts_ms,
             out,
         );
-        let verdicts = std::mem::take(found);
         if let Some(c) = conv.as_deref_mut() {
             let current = Some((cx.segment.seq, text));
             emit_verdicts(
@@ -793,7 +793,7 @@ fn judge(
                 cx.tenant,
                 cx.id,
                 c,
-                verdicts,
+                found,
                 current,
                 cx.excerpt_chars,
                 out,
@@ -1012,13 +1012,14 @@ fn emit_verdicts(
     tenant: &str,
     id: &str,
     conv: &mut Conversation,
-    found: Vec<Found>,
+    found: &mut Vec<Found>,
     current: Option<(u64, &str)>,
     excerpt_chars: usize,
     out: &mut Vec<Event>,
 ) {
     let lexicon = scanner.lexicon();
-    for f in found {
+    // Drained, so the caller's buffer is kept for the next segment.
+    for f in found.drain(..) {
         let Found::Verdict {
             rule,
             seq,

@@ -79,7 +79,6 @@ pub struct Scanner {
     /// Pattern id → the groups that use it (one normalised string may be a
     /// phrase of one rule and an exception of another).
     uses: Vec<Vec<Use>>,
-    /// The pieces after the first of each phrase with gaps.
     /// Phrases with gaps: `(anchor piece, every piece)`.
     rests: Vec<(usize, Vec<crate::wording::Piece>)>,
     groups: Vec<Group>,
@@ -257,12 +256,15 @@ impl Parts {
         // Every speaker some rule reads: phrase lists, and the speakers of
         // stateful and pattern rules (a timing rule reads the customer's
         // segments too).
-        let judged_speakers = lexicon
+        let mut judged_speakers = lexicon
             .rules
             .iter()
             .flat_map(|r| r.speakers.iter())
             .fold(0, |m, s| m | speaker_bit(*s))
             | group_speakers.iter().fold(0, |m, b| m | b);
+        if lexicon.rules.iter().any(|r| r.spec.reads_every_segment()) {
+            judged_speakers = Speaker::ALL.iter().fold(0, |m, s| m | speaker_bit(*s));
+        }
         Ok(Parts {
             lexicon,
             uses,
@@ -653,7 +655,6 @@ pub struct Scanners {
 }
 
 impl Scanners {
-    /// Compiles a validated lexicon set.
     /// Compiles a validated lexicon set. The base and every overlay share
     /// one automaton over all their patterns: overlays mostly repeat the
     /// base, and one table stays in the cache where one per tenant would

@@ -23,7 +23,7 @@
 //! ```
 //!
 //! A case with `text` judges one utterance and does not close the
-//! conversation (no verdicts about its start or end); a `conversation` is
+//! conversation (no verdicts at its close); a `conversation` is
 //! closed after its last utterance, so every verdict counts. Utterances are
 //! `gap` seconds apart (default 5). `expect` is
 //! the whole set of violations: each `{ rule, seq?, matched? }` must occur,
@@ -159,6 +159,9 @@ fn judge(case: &Case, scanners: &Arc<Scanners>) -> Result<Vec<Got>, String> {
         _ => return Err("give either text or conversation".into()),
     };
     let tenant = case.tenant.as_deref().unwrap_or("default");
+    if case.tenant.is_some() && !scanners.has_tenant(tenant) {
+        return Err(format!("tenant {tenant:?} has no overlay under tenants/"));
+    }
     let step = case.gap.unwrap_or(5).saturating_mul(1000);
     let mut engine = Engine::with_scanners(Arc::clone(scanners), EngineConfig::default());
     let mut events = Vec::new();

@@ -13,9 +13,9 @@
 //! Alternatives and optional parts expand into plain phrases (at most
 //! [`MAX_VARIANTS`] per phrase), so they cost nothing at run time: the one
 //! automaton finds them. A gap splits a phrase into pieces: the automaton
-//! finds the first piece, and only then are the next pieces looked for,
-//! within the gap's length and the same clause (a gap never spans
-//! punctuation or a pause). Everything else in a phrase is literal text and
+//! finds the longest piece ([`anchor`]), and only then are the others
+//! looked for around it, within the gaps' lengths and the same clause (a gap
+//! never spans punctuation or a pause). Everything else in a phrase is literal text and
 //! is normalised like any phrase (punctuation and spaces drop out).
 //!
 //! A phrase that could match nothing (an empty variant, a gap at either
@@ -232,11 +232,10 @@ fn parse(src: &str) -> Result<Vec<Item>, String> {
     Ok(items)
 }
 
-/// Where the pieces after the first of `variant` sit, given that the first
-/// ends at byte `end` of `text`: the end of the last piece, or `None` when
-/// a piece is not within its gap. `clause_end` is where the clause of the
-/// first piece ends (pieces never cross it). The earliest position of each
-/// piece is taken.
+/// Where the pieces `rest` sit after a piece that ends at byte `end` of
+/// `text`: the end of the last of them, or `None` when one is not within
+/// its gap. `clause_end` is where the clause ends (pieces never cross it).
+/// The earliest position of each piece is taken.
 pub fn match_rest(text: &str, end: usize, clause_end: usize, rest: &[Piece]) -> Option<usize> {
     let mut pos = end;
     for piece in rest {

@@ -236,7 +236,7 @@ pub async fn run(
                     max_segments: config.max_segments_per_conversation,
                 },
             );
-            shard::Shadow::new(engine, rx.clone())
+            shard::Shadow::new(engine, rx.clone(), &shared)
         });
         let shard = Shard::new(
             Arc::clone(&shared),
@@ -607,7 +607,6 @@ async fn reloader(
     }
 }
 
-/// Name, size and mtime of every `*.toml` in the lexicon directory.
 /// [`load_scanners`], then, when `requires_tests` and the directory has a
 /// `tests/` suite, the suite: a lexicon whose tests fail is an error.
 fn load_tested(dir: &Path, requires_tests: bool) -> Result<Arc<Scanners>, String> {

@@ -103,23 +103,45 @@ pub struct Shard {
 }
 
 /// Shadow mode in one shard: a second engine with the candidate lexicon
-/// judges every input after the live one. Its events are sent to
-/// `<prefix>.<live subject>` with core NATS (fire and forget, kept by the
-/// shadow stream) and compared with the live events by id: the live path
-/// never waits for it and never sees its events. Its conversations are not
+/// judges every input after the live one, on the same clock. Its events
+/// are compared with the live events by id and handed to a sender task
+/// that publishes them to `<prefix>.<live subject>` with core NATS (kept by
+/// the shadow stream): the live path never waits for it (a full queue
+/// drops and counts) and never sees its events. Its conversations are not
 /// saved across restarts.
 pub struct Shadow {
     engine: Engine,
     rx: watch::Receiver<Arc<Scanners>>,
     events: Vec<Event>,
+    /// To the shadow's sender task; full: the event is dropped and counted,
+    /// never waited for.
+    out: mpsc::Sender<(String, HeaderMap, bytes::Bytes)>,
 }
 
+/// Shadow events a shard may have waiting to be sent.
+const SHADOW_QUEUE: usize = 4096;
+
 impl Shadow {
-    pub fn new(engine: Engine, rx: watch::Receiver<Arc<Scanners>>) -> Shadow {
+    pub fn new(engine: Engine, rx: watch::Receiver<Arc<Scanners>>, shared: &Arc<Shared>) -> Shadow {
+        let (out, mut queue) = mpsc::channel::<(String, HeaderMap, bytes::Bytes)>(SHADOW_QUEUE);
+        let client = shared.js.client();
+        let failures = shared.metrics.shadow_publish_failures.clone();
+        tokio::spawn(async move {
+            while let Some((subject, headers, payload)) = queue.recv().await {
+                if client
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+                    .is_err()
+                {
+                    failures.inc();
+                }
+            }
+        });
         Shadow {
             engine,
             rx,
             events: Vec::new(),
+            out,
         }
     }
 
@@ -132,7 +154,7 @@ impl Shadow {
 
     /// Counts agreement per rule of `live` and the shadow's events, and
     /// sends the shadow's events; clears them.
-    async fn report(&mut self, shared: &Shared, live: &[Event]) {
+    fn report(&mut self, shared: &Shared, live: &[Event]) {
         let m = &shared.metrics;
         let violations = |events: &[Event]| -> Vec<(String, String)> {
             events
@@ -165,15 +187,10 @@ impl Shadow {
             self.events.clear();
             return;
         };
-        let client = shared.js.client();
         for e in self.events.drain(..) {
             let (subject, headers, payload) = shared.encode(&e);
             let subject = format!("{}.{subject}", config.prefix);
-            if client
-                .publish_with_headers(subject, headers, payload)
-                .await
-                .is_err()
-            {
+            if self.out.try_send((subject, headers, payload)).is_err() {
                 m.shadow_publish_failures.inc();
             }
         }
@@ -388,7 +405,9 @@ impl Shard {
         if let InputKind::Segment(s) = &input.kind {
             metrics.segment(input.channel, s.speaker);
         }
-        let outcome = self.engine.handle(&input, now_ms(), &mut self.events);
+        // One clock for the live engine and the shadow.
+        let now = now_ms();
+        let outcome = self.engine.handle(&input, now, &mut self.events);
         metrics
             .scan_seconds
             .observe(received.elapsed().as_secs_f64());
@@ -400,10 +419,10 @@ impl Shard {
         }
         if let Some(shadow) = self.shadow.as_mut() {
             shadow.refresh();
-            shadow.engine.handle(&input, now_ms(), &mut shadow.events);
+            shadow.engine.handle(&input, now, &mut shadow.events);
             // The shadow's own drops are not the live lexicon's.
             let _ = shadow.engine.take_suppressed();
-            shadow.report(&self.shared, &self.events).await;
+            shadow.report(&self.shared, &self.events);
         }
         metrics.outcome(outcome);
         self.report_open();
@@ -507,7 +526,7 @@ impl Shard {
             shadow
                 .engine
                 .close_idle(now_ms(), idle_ms, &mut shadow.events);
-            shadow.report(&self.shared, &events[before..]).await;
+            shadow.report(&self.shared, &events[before..]);
         }
         if events.is_empty() {
             self.pending = events;

@@ -167,6 +167,13 @@ impl Spec {
         }
     }
 
+    /// Whether the rule must see segments of every speaker, whoever it
+    /// reads: a response rule counts every segment after its trigger, a
+    /// required rule's clock starts at the conversation's first event.
+    pub fn reads_every_segment(&self) -> bool {
+        matches!(self, Spec::Response(_) | Spec::Required(_))
+    }
+
     /// Whether the rule keeps per-conversation state.
     fn stateful(&self) -> bool {
         self.initial_state().is_some()

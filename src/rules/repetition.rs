@@ -60,6 +60,10 @@ pub struct State {
     /// `(fingerprint, times seen)`, most recent last.
     #[serde(default)]
     pub recent: Vec<(u64, u32)>,
+    /// Texts already reported: never again, even once evicted from
+    /// `recent` (their event id would repeat).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reported: Vec<u64>,
 }
 
 /// FNV-1a over the normalised text without digits, and how many
@@ -101,7 +105,8 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
             1
         }
     };
-    if seen == spec.times {
+    if seen == spec.times && !st.reported.contains(&fp) {
+        st.reported.push(fp);
         let note = format!("the same text sent {seen} times");
         sink.explain(r.rule, || format!("VIOLATED: {note}"));
         sink.found.push(Found::Verdict {

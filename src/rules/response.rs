@@ -208,6 +208,16 @@ pub fn on_clock(spec: &Spec, r: RuleRef<'_>, st: &mut State, now_ts: u64, sink: 
 }
 
 pub fn on_close(spec: &Spec, r: RuleRef<'_>, st: &mut State, close: &Close, sink: &mut Sink<'_>) {
+    // The time limit passed before the close: missed, whatever followed
+    // (the same verdict the clock would have given while nobody spoke).
+    if let Some(d) = deadline(spec, st)
+        && close.ts_ms > d
+        && let Some(w) = st.waiting.take()
+    {
+        let why = format!("within {} s", spec.within_seconds.unwrap_or(0));
+        missed(spec, r, w, d, &why, sink);
+        return;
+    }
     let Some(w) = st.waiting.take() else {
         return;
     };

@@ -276,6 +276,13 @@ fn response_within_segments_seconds_clock_and_close() {
     assert_eq!(of(&closed, "hold.thanks"), rs(&[("hold.thanks", 0)]));
     let last = run(&[say("c", "call", 0, "agent", "您好，请稍等", 0), end("c", 1)]);
     assert_eq!(of(&last, "hold.thanks"), rs(&[]));
+    // …unless its time limit passed before the close: the same verdict the
+    // clock would have given, with or without a tick in between.
+    let late_end = run(&[
+        say("c", "call", 0, "agent", "您好，请稍等", 0),
+        end("c", 200),
+    ]);
+    assert_eq!(of(&late_end, "hold.thanks"), rs(&[("hold.thanks", 0)]));
     let both = run(&[
         say("c", "call", 0, "agent", "您好，请稍等，感谢您的耐心等待", 0),
         say("c", "call", 1, "agent", "好的", 1),
