@@ -2,11 +2,14 @@
 // (JetStream), the real daemon binary, conversations published through
 // `zhijian publish`, and the page driven by playwright-core.
 //
-// What it shows: alerts appear with the matched words highlighted (the same
-// violations, by id, as `zhijian scan` finds offline), categories by their
+// What it shows: labels in zh-CN by default, English at the press of a
+// button (remembered); one row per utterance, listing every rule it broke
+// and highlighting every matched span of all of them (the same violations,
+// by id, as `zhijian scan` finds offline), categories by their
 // display names (counters and filter options from the categories present),
 // verdicts with their notes, critical escalations standing out; counters,
-// ranking, filters, pause/resume and the conversation view work; transcripts with
+// ranking, filters (kept in the URL: a shared URL filters on load),
+// pause/resume and the conversation view work; transcripts with
 // <script> and <img onerror> render as text; phone numbers are masked; after
 // the daemon restarts the feed resumes with what was published meanwhile and
 // nothing twice. A screenshot is left in target/browser-artifacts/.
@@ -90,6 +93,7 @@ const batches = [
     seg('globex', 'chat-g1', 'agent-wang', 1, 'customer', '好的'),
     seg('globex', 'chat-g1', 'agent-wang', 2, 'agent', '喂，还在吗'),
     seg('globex', 'chat-g1', 'agent-wang', 3, 'agent', '都下班了你不知道呀'), // two rules, one span
+    seg('globex', 'chat-g1', 'agent-wang', 4, 'agent', '啊，急什么，这不归我管'), // two categories, three spans
     end('globex', 'chat-g1'),
   ],
   [ // published while the page is paused
@@ -120,6 +124,41 @@ function expected(upTo) {
     violations: events.filter((e) => e.type === 'violation'),
     summaries: events.filter((e) => e.type === 'summary'),
   };
+}
+
+// The page's rows: the violations of one utterance (tenant, conversation,
+// segment) are one row.
+function utterances(violations) {
+  const byKey = new Map();
+  for (const v of violations) {
+    const key = JSON.stringify([v.tenant, v.conversation_id, v.seq]);
+    if (!byKey.has(key)) byKey.set(key, []);
+    byKey.get(key).push(v);
+  }
+  return byKey;
+}
+
+const SEVERITIES = ['critical', 'high', 'medium', 'low'];
+const SEV_ZH = { critical: '严重', high: '高', medium: '中', low: '低' };
+const worst = (vs) => vs.map((v) => v.severity).sort((a, b) => SEVERITIES.indexOf(a) - SEVERITIES.indexOf(b))[0];
+
+// The highlighted pieces of an utterance: the union of its violations'
+// spans, as contiguous runs of its text.
+function markedRuns(vs) {
+  const cps = Array.from(vs[0].text);
+  const on = cps.map(() => false);
+  for (const v of vs) {
+    assert.equal(v.text_start || 0, 0, 'fixture: whole segments');
+    for (const [s, e] of v.spans || []) for (let i = s; i < e && i < cps.length; i++) on[i] = true;
+  }
+  const runs = [];
+  for (let i = 0; i < cps.length;) {
+    let j = i;
+    while (j < cps.length && on[j] === on[i]) j++;
+    if (on[i]) runs.push(cps.slice(i, j).join(''));
+    i = j;
+  }
+  return runs;
 }
 
 function publish(natsUrl, i) {
@@ -158,7 +197,9 @@ async function main() {
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
-  const page = await browser.newPage({ viewport: { width: 1500, height: 900 }, locale: 'zh-CN' });
+  // One profile (localStorage) for the page and the shared view of step 8.
+  const context = await browser.newContext({ viewport: { width: 1500, height: 900 }, locale: 'zh-CN' });
+  const page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT);
   const dialogs = [];
   page.on('dialog', (d) => {
@@ -173,50 +214,100 @@ async function main() {
     const rows = () => page.locator('#feed tr');
     const waitRows = (n) => page.waitForFunction((n) => document.querySelectorAll('#feed tr').length === n, n);
 
-    // 1. Alerts appear, exactly the offline verdicts, highlighted.
+    // 0. zh-CN labels by default.
+    const headers = () => page.locator('table.feed th').allTextContents();
+    assert.deepEqual(await headers(), ['时间', '租户', '坐席', '会话', '类别', '严重程度', '规则', '话语']);
+    assert.equal(await page.locator('#status').textContent(), '实时');
+    assert.equal(await page.locator('#pause').textContent(), '暂停');
+    assert.equal(await page.locator('#lang').textContent(), 'English');
+    assert.equal(await page.locator('#empty').textContent(), '暂无告警。');
+    assert.deepEqual(await page.locator('#f-severity option').allTextContents(), ['全部', '严重', '高', '中', '低']);
+    assert.equal(await page.evaluate(() => document.documentElement.lang), 'zh-CN');
+
+    // 1. Alerts appear, exactly the offline verdicts, one row per
+    // utterance, every span of every rule it broke highlighted.
     publish(natsUrl, 0);
     const want0 = expected(0);
+    const rows0 = utterances(want0.violations);
     assert.ok(want0.violations.length >= 6, `fixture too thin: ${want0.violations.length} violations`);
-    await waitRows(want0.violations.length);
-    const shownIds = await rows().evaluateAll((trs) => trs.map((tr) => tr.dataset.id));
-    assert.deepEqual([...shownIds].sort(), want0.violations.map((v) => v.id).sort(), 'the page shows the offline verdicts');
+    assert.ok(rows0.size < want0.violations.length, 'fixture: an utterance with several violations');
+    await waitRows(rows0.size);
+    await page.waitForFunction((n) => [...document.querySelectorAll('#feed tr')]
+      .reduce((sum, tr) => sum + Number(tr.dataset.count), 0) === n, want0.violations.length);
+    const shownIds = await rows().evaluateAll((trs) => trs.map((tr) => tr.dataset.ids.split(' ')));
+    assert.deepEqual(shownIds.flat().sort(), want0.violations.map((v) => v.id).sort(), 'the page shows the offline verdicts');
     // The page masks numbers (every digit but the last four) in what it
     // highlights too; `zhijian scan` does not.
     const masked = (m) => (/\d{7,}/.test(m) ? m.replace(/\d(?=(?:\D*\d){4})/g, '*') : m);
-    for (const v of want0.violations) {
-      const marks = await page.locator(`#feed tr[data-id="${v.id}"] td.text mark`).allTextContents();
-      assert.deepEqual(marks, v.matched === null ? [] : [masked(v.matched)], `highlight of ${v.rule_id} in ${v.text}`);
+    const rowOf = (vs) => page.locator(`#feed tr[data-ids~="${vs[0].id}"]`);
+    for (const vs of rows0.values()) {
+      const row = rowOf(vs);
+      assert.deepEqual((await row.getAttribute('data-ids')).split(' ').sort(), vs.map((v) => v.id).sort(), `one row for ${vs[0].text}`);
+      const marks = await row.locator('td.text mark').allTextContents();
+      assert.deepEqual(marks, markedRuns(vs).map(masked), `highlight of ${vs.map((v) => v.rule_id)} in ${vs[0].text}`);
     }
 
-    // 1b. Categories by their display names (the lexicon's); a verdict
-    // shows its note, a violation the rules it stands for; critical alerts
+    // 1b. Categories by their display names (the lexicon's), rule ids as
+    // the detail; a verdict shows its note, a violation the rules it stands
+    // for; the row's severity is its worst, in Chinese; critical alerts
     // (escalation) stand out.
-    for (const v of want0.violations) {
-      const row = page.locator(`#feed tr[data-id="${v.id}"]`);
-      assert.equal(await row.locator('td.category').textContent(), v.category_name, `name of ${v.category}`);
-      assert.equal(await row.getAttribute('data-category'), v.category);
-      assert.deepEqual(await row.locator('.note').allTextContents(), v.note ? [v.note] : [], `note of ${v.rule_id}`);
+    for (const vs of rows0.values()) {
+      const row = rowOf(vs);
+      const cats = await row.locator('td.category .cat').evaluateAll((es) => es.map((e) => [e.dataset.category, e.textContent]));
+      const wantCats = [...new Map(vs.map((v) => [v.category, v.category_name])).entries()];
+      assert.deepEqual(cats.sort(), wantCats.sort(), `categories of ${vs[0].text}`);
+      assert.deepEqual((await row.locator('td.rule .rule-id').allTextContents()).sort(), vs.map((v) => v.rule_id).sort());
+      assert.equal(await row.getAttribute('data-severity'), worst(vs));
+      assert.equal(await row.locator('td.sev').textContent(), SEV_ZH[worst(vs)]);
+      assert.deepEqual((await row.locator('.note').allTextContents()).sort(), vs.filter((v) => v.note).map((v) => v.note).sort(),
+        `notes of ${vs[0].text}`);
       const also = await row.locator('.also').allTextContents();
-      assert.equal(also.length, (v.also || []).length ? 1 : 0, `also of ${v.rule_id}`);
-      for (const a of v.also || []) assert.ok(also[0].includes(a.rule_id), `${a.rule_id} in ${also[0]}`);
+      const alsos = vs.flatMap((v) => v.also || []);
+      assert.equal(also.length, alsos.length ? 1 : 0, `also of ${vs[0].text}`);
+      for (const a of alsos) assert.ok(also[0].includes(a.rule_id), `${a.rule_id} in ${also[0]}`);
     }
+    // Two categories and three spans of one utterance: one row.
+    const twice = [...rows0.values()].find((vs) => vs[0].text === '啊，急什么，这不归我管');
+    assert.ok(twice && new Set(twice.map((v) => v.category)).size >= 2, 'fixture: one utterance, two categories');
+    const twiceRow = rowOf(twice);
+    assert.equal(await page.locator('#feed tr[data-conversation="chat-g1"][data-seq="4"]').count(), 1);
+    const twiceCats = await twiceRow.locator('td.category .cat').allTextContents();
+    assert.ok(twiceCats.includes('服务忌语') && twiceCats.includes('语气词'), `both categories in ${twiceCats}`);
+    assert.deepEqual(await twiceRow.locator('td.text mark').allTextContents(), ['啊', '急什么', '不归我管']);
+    assert.equal(await twiceRow.locator('td.sev').textContent(), '高');
     const escalations = want0.violations.filter((v) => v.category === 'escalation');
     assert.ok(escalations.length >= 1, 'fixture: an escalation');
     assert.ok(want0.violations.some((v) => v.note), 'fixture: a verdict with a note');
     assert.ok(want0.violations.some((v) => (v.also || []).length), 'fixture: a violation standing for another rule');
     for (const v of escalations) {
-      const row = page.locator(`#feed tr[data-id="${v.id}"]`);
-      assert.equal(await row.locator('td.category').textContent(), '客户投诉升级');
+      const row = page.locator(`#feed tr[data-ids~="${v.id}"]`);
+      assert.ok((await row.locator('td.category .cat').allTextContents()).includes('客户投诉升级'));
       assert.equal(await row.getAttribute('class'), 'sev-critical');
+      assert.equal(await row.locator('td.sev').textContent(), '严重');
       const [bg, sevBg] = await row.evaluate((tr) => [getComputedStyle(tr.cells[0]).backgroundColor,
         getComputedStyle(tr.querySelector('td.sev')).backgroundColor]);
       assert.notEqual(bg, 'rgb(255, 255, 255)', 'a critical row is tinted');
       assert.equal(sevBg, 'rgb(176, 0, 32)', 'its severity is a red badge');
     }
 
+    // 1c. The English switch: every label, the severities; back to zh-CN.
+    await page.click('#lang');
+    assert.deepEqual(await headers(), ['Time', 'Tenant', 'Agent', 'Conversation', 'Category', 'Severity', 'Rule', 'Utterance']);
+    assert.equal(await page.locator('#status').textContent(), 'live');
+    assert.equal(await page.locator('#pause').textContent(), 'Pause');
+    assert.equal(await page.locator('#lang').textContent(), '中文');
+    assert.deepEqual(await page.locator('#f-severity option').allTextContents(), ['all', 'critical', 'high', 'medium', 'low']);
+    assert.equal(await twiceRow.locator('td.sev').textContent(), 'high');
+    assert.equal(await page.evaluate(() => localStorage.getItem('zhijian-lang')), 'en');
+    assert.equal(await rows().count(), rows0.size, 'switching language keeps the rows');
+    await page.click('#lang');
+    assert.equal(await page.locator('#status').textContent(), '实时');
+    assert.equal(await twiceRow.locator('td.sev').textContent(), '高');
+    assert.equal(await page.evaluate(() => localStorage.getItem('zhijian-lang')), 'zh-CN');
+
     // 2. Untrusted text stays text; phone numbers are masked.
     const texts = await page.locator('#feed td.text').allTextContents();
-    assert.ok(texts.includes(XSS_SCRIPT), 'the <script> transcript is shown literally');
+    assert.ok(texts.some((t) => t.startsWith(XSS_SCRIPT)), 'the <script> transcript is shown literally');
     assert.ok(texts.some((t) => t.startsWith('<img src=x onerror=')), 'the <img> transcript is shown literally');
     assert.equal(await page.locator('#feed script, #feed img, #detail script, #detail img').count(), 0);
     assert.equal(await page.evaluate(() => window.__pwned), undefined, 'no transcript ran as code');
@@ -239,7 +330,7 @@ async function main() {
     assert.deepEqual(await page.locator('.counter').evaluateAll((cs) => cs.map((c) => c.dataset.category)), present);
     assert.ok(await page.locator('.counter.critical[data-category="escalation"]').count() === 1, 'the escalation counter stands out');
     const options = await page.locator('#f-category option').evaluateAll((os) => os.map((o) => [o.value, o.textContent]));
-    assert.deepEqual(options, [['', 'all'], ...present.map((c) => [c, names.get(c)])]);
+    assert.deepEqual(options, [['', '全部'], ...present.map((c) => [c, names.get(c)])]);
     const perAgent = new Map();
     for (const v of want0.violations) perAgent.set(v.agent_id, (perAgent.get(v.agent_id) || 0) + 1);
     const [topAgent, topCount] = [...perAgent.entries()].sort((a, b) => b[1] - a[1])[0];
@@ -247,28 +338,35 @@ async function main() {
     assert.equal(await first.getAttribute('data-agent'), topAgent);
     assert.equal(await first.getAttribute('data-count'), String(topCount));
 
-    // 4. Filters.
+    // 4. Filters: rows with any violation that passes; each filter in the
+    // URL (replaceState).
     const visible = () => rows().evaluateAll((trs) => trs.map((tr) => ({ ...tr.dataset })));
+    const groups0 = [...rows0.values()];
+    const rowsWith = (pred) => groups0.filter((vs) => vs.some(pred)).length;
     const checkFilter = async (select, value, field, wantCount) => {
       await page.selectOption(select, value);
       const shown = await visible();
       assert.equal(shown.length, wantCount, `${select}=${value}`);
-      assert.ok(shown.every((r) => r[field] === value), `${select}=${value} shows only ${value}`);
+      assert.ok(shown.every((r) => r[field].split(' ').includes(value)), `${select}=${value} shows only ${value}`);
+      assert.equal(new URL(page.url()).searchParams.get(select.slice(3)), value, `${select}=${value} in the URL`);
       await page.selectOption(select, '');
+      assert.equal(new URL(page.url()).searchParams.get(select.slice(3)), null, `${select} cleared from the URL`);
     };
-    await checkFilter('#f-category', 'filler', 'category', byCategory(want0.violations, 'filler'));
-    await checkFilter('#f-category', 'escalation', 'category', byCategory(want0.violations, 'escalation'));
-    await checkFilter('#f-tenant', 'globex', 'tenant', want0.violations.filter((v) => v.tenant === 'globex').length);
+    await checkFilter('#f-category', 'filler', 'categories', rowsWith((v) => v.category === 'filler'));
+    await checkFilter('#f-category', 'escalation', 'categories', rowsWith((v) => v.category === 'escalation'));
+    await checkFilter('#f-tenant', 'globex', 'tenant', rowsWith((v) => v.tenant === 'globex'));
     const sev = want0.violations[0].severity;
     await page.selectOption('#f-severity', sev);
-    assert.equal((await visible()).length, want0.violations.filter((v) => v.severity === sev).length, `severity ${sev}`);
+    assert.equal((await visible()).length, rowsWith((v) => v.severity === sev), `severity ${sev}`);
     await page.selectOption('#f-severity', '');
     await page.fill('#f-agent', 'agent-li');
     const liRows = await visible();
-    assert.equal(liRows.length, perAgent.get('agent-li'));
-    assert.ok(liRows.every((r) => r.agent === 'agent-li'));
+    assert.equal(liRows.length, rowsWith((v) => v.agent_id === 'agent-li'));
+    assert.ok(liRows.every((r) => r.agent === 'agent-li'), JSON.stringify(liRows));
+    assert.equal(new URL(page.url()).searchParams.get('agent'), 'agent-li');
     await page.fill('#f-agent', '');
-    await waitRows(want0.violations.length);
+    await waitRows(rows0.size);
+    assert.equal(new URL(page.url()).search, '', 'no filter, no query string');
 
     // 5. A conversation: its segments, highlighted, and its score.
     await page.locator('#feed tr[data-tenant="acme"] button.conv', { hasText: 'call-a1' }).first().click();
@@ -291,10 +389,12 @@ async function main() {
     const want1 = expected(1);
     const newWhilePaused = want1.violations.length - want0.violations.length;
     assert.ok(newWhilePaused > 0);
-    await page.waitForFunction((n) => document.getElementById('waiting').textContent.startsWith(`${n} new`), newWhilePaused);
-    assert.equal(await rows().count(), want0.violations.length, 'paused: the table does not move');
+    await page.waitForSelector(`#waiting[data-count="${newWhilePaused}"]`);
+    assert.equal(await page.locator('#waiting').textContent(), `${newWhilePaused} 条新告警（已暂停）`);
+    assert.equal(await page.locator('#pause').textContent(), '继续');
+    assert.equal(await rows().count(), rows0.size, 'paused: the table does not move');
     await page.click('#pause');
-    await waitRows(want1.violations.length);
+    await waitRows(utterances(want1.violations).size);
 
     // 7. The daemon restarts; what was published meanwhile appears, once.
     daemon.kill('SIGTERM');
@@ -305,19 +405,43 @@ async function main() {
     daemon = await startDaemon();
     await page.waitForSelector('#status[data-state="live"]');
     const want2 = expected(2);
-    await waitRows(want2.violations.length);
+    const rows2 = utterances(want2.violations);
+    await waitRows(rows2.size);
     await new Promise((r) => setTimeout(r, 1000)); // anything extra would show by now
     const finalRows = await visible();
-    assert.equal(finalRows.length, want2.violations.length);
-    assert.equal(new Set(finalRows.map((r) => r.id)).size, finalRows.length, 'no alert shown twice');
-    assert.deepEqual(finalRows.map((r) => r.id).sort(), want2.violations.map((v) => v.id).sort());
+    assert.equal(finalRows.length, rows2.size);
+    assert.equal(new Set(finalRows.map((r) => r.key)).size, finalRows.length, 'no utterance shown twice');
+    const finalIds = finalRows.flatMap((r) => r.ids.split(' '));
+    assert.equal(new Set(finalIds).size, finalIds.length, 'no alert shown twice');
+    assert.deepEqual(finalIds.sort(), want2.violations.map((v) => v.id).sort());
     assert.equal(await page.locator('#status').getAttribute('data-duplicates'), null, 'the server resent nothing');
+
+    // 8. A shared view: a URL with filters applies them on load; the
+    // language chosen is remembered (same browser profile).
+    await page.click('#lang');
+    const shared = await context.newPage();
+    shared.setDefaultTimeout(TIMEOUT);
+    shared.on('pageerror', (e) => pageErrors.push(String(e)));
+    await shared.goto(`http://127.0.0.1:${consolePort}/?tenant=globex&category=forbidden`);
+    await shared.waitForSelector('#status[data-state="live"]');
+    const wantShared = [...rows2.values()].filter((vs) => vs[0].tenant === 'globex' && vs.some((v) => v.category === 'forbidden'));
+    assert.ok(wantShared.length >= 1 && wantShared.length < rows2.size, 'fixture: the shared view filters');
+    await shared.waitForFunction((n) => document.querySelectorAll('#feed tr').length === n, wantShared.length);
+    assert.equal(await shared.locator('#f-tenant').inputValue(), 'globex');
+    assert.equal(await shared.locator('#f-category').inputValue(), 'forbidden');
+    const sharedRows = await shared.locator('#feed tr').evaluateAll((trs) => trs.map((tr) => ({ ...tr.dataset })));
+    assert.ok(sharedRows.every((r) => r.tenant === 'globex' && r.categories.split(' ').includes('forbidden')));
+    assert.equal(await shared.locator('#lang').textContent(), '中文', 'the English choice is remembered');
+    assert.equal(await shared.locator('table.feed th').first().textContent(), 'Time');
+    await shared.selectOption('#f-severity', 'critical');
+    assert.equal(new URL(shared.url()).search, '?tenant=globex&category=forbidden&severity=critical');
+    await shared.close();
 
     assert.deepEqual(dialogs, [], 'no dialog opened');
     assert.deepEqual(pageErrors, [], 'no script errors');
     fs.mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: path.join(ARTIFACTS, 'console.png'), fullPage: true });
-    console.log(`console e2e: ok (${want2.violations.length} alerts, restart resumed without duplicates); screenshot ${path.join(ARTIFACTS, 'console.png')}`);
+    console.log(`console e2e: ok (${want2.violations.length} alerts in ${rows2.size} rows, restart resumed without duplicates); screenshot ${path.join(ARTIFACTS, 'console.png')}`);
   } catch (e) {
     fs.mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: path.join(ARTIFACTS, 'console-failure.png'), fullPage: true }).catch(() => {});

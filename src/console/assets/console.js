@@ -1,5 +1,10 @@
 // zhijian console: the live feed of violations for QA supervisors.
 //
+// Labels are zh-CN unless the supervisor switches to English (kept in
+// localStorage). The feed has one row per utterance (tenant, conversation,
+// segment): every rule it broke, every matched span, its worst severity.
+// The filters live in the query string, so a view can be shared.
+//
 // Transcript text is untrusted: it only ever reaches the page through
 // textContent / text nodes, never as HTML. The server's CSP allows no inline
 // script either.
@@ -14,6 +19,10 @@
     lastSeq: null,            // stream sequence of the last event received
     duplicates: 0,            // events at or below lastSeq (the server never resends)
     violations: [],           // {seq, raised, v}, oldest first
+    // One row per utterance: "tenant/conversation/seq" -> {key, first,
+    // items}, the violations of that segment in stream order; `first` is
+    // the stream sequence of the first (the row's place in the feed).
+    utterances: new Map(),
     summaries: new Map(),     // "tenant/conversation" -> summary
     tenants: new Set(),
     // Category id -> display name (null until an event names it). The
@@ -25,6 +34,10 @@
     waiting: 0,               // alerts received while paused
     token: sessionStorage.getItem('zhijian-token') || '',
     detail: null,             // {tenant, id} shown in the detail panel
+    notice: null,             // key of the notice shown
+    // The filters, also in the URL's query string (?tenant=&category=
+    // &severity=&agent=) so a view can be shared; read once on load.
+    filter: { tenant: '', category: '', severity: '', agent: '' },
   };
 
   // ---- small DOM helpers (text only) ----
@@ -33,6 +46,74 @@
     if (cls) e.className = cls;
     if (text !== undefined && text !== null) e.textContent = String(text);
     return e;
+  }
+
+  // ---- labels: zh-CN by default, English on request (remembered) ----
+  const LANGS = {
+    'zh-CN': {
+      title: '质检 · 实时告警', subtitle: 'zhijian · 实时告警', token: '访问令牌', connect: '连接',
+      tenant: '租户', category: '类别', severity: '严重程度', agent: '坐席', 'agent-id': '坐席工号',
+      all: '全部', 'th.time': '时间', 'th.conversation': '会话', 'th.rule': '规则', 'th.utterance': '话语',
+      empty: '暂无告警。', 'ranking.before': '坐席告警排行，最近', 'ranking.after': '分钟', close: '关闭',
+      pause: '暂停', resume: '继续', switch: 'English',
+      'sev.critical': '严重', 'sev.high': '高', 'sev.medium': '中', 'sev.low': '低',
+      'st.connecting': '连接中…', 'st.reconnecting': '重新连接中…', 'st.live': '实时', 'st.unauthorized': '需要令牌',
+      waiting: (n) => `${n} 条新告警（已暂停）`,
+      'notice.gap': '服务器已不再保留部分较早的告警。', 'notice.lagged': '处理落后，正在追赶。',
+      'notice.reset': '服务器重置了事件历史。',
+      spoken: '发言时间 ', also: '同时命中：', 'detail.error': '无法加载会话：',
+      closed: (reason, greeted, closing) => ` 已结束（${reason}）· 开头语 ${greeted} · 结束语 ${closing}`,
+      'no-violations': ' · 无违规', progress: (n) => `进行中 · 已有 ${n} 条告警`,
+      'who.agent': '坐席', 'who.customer': '客户',
+    },
+    en: {
+      title: 'zhijian 质检 · live alerts', subtitle: 'zhijian · live alerts', token: 'Access token', connect: 'Connect',
+      tenant: 'Tenant', category: 'Category', severity: 'Severity', agent: 'Agent', 'agent-id': 'agent id',
+      all: 'all', 'th.time': 'Time', 'th.conversation': 'Conversation', 'th.rule': 'Rule', 'th.utterance': 'Utterance',
+      empty: 'No alerts yet.', 'ranking.before': 'Agents by alerts, last', 'ranking.after': 'min', close: 'Close',
+      pause: 'Pause', resume: 'Resume', switch: '中文',
+      'sev.critical': 'critical', 'sev.high': 'high', 'sev.medium': 'medium', 'sev.low': 'low',
+      'st.connecting': 'connecting…', 'st.reconnecting': 'reconnecting…', 'st.live': 'live', 'st.unauthorized': 'token needed',
+      waiting: (n) => `${n} new while paused`,
+      'notice.gap': 'Some older alerts are no longer kept by the server.', 'notice.lagged': 'Fell behind; catching up.',
+      'notice.reset': 'The server restarted its event history.',
+      spoken: 'spoken ', also: 'also: ', 'detail.error': 'Cannot load the conversation: ',
+      closed: (reason, greeted, closing) => ` closed (${reason}) · greeted ${greeted} · closing ${closing}`,
+      'no-violations': ' · no violations', progress: (n) => `in progress · ${n} alerts so far`,
+      'who.agent': 'agent', 'who.customer': 'customer',
+    },
+  };
+  const LANG_KEY = 'zhijian-lang';
+  let lang = LANGS[localStorage.getItem(LANG_KEY)] ? localStorage.getItem(LANG_KEY) : 'zh-CN';
+
+  // The label `key` in the chosen language (a function of `args` for
+  // labels with numbers in them); the key itself when unknown.
+  function t(key, ...args) {
+    const v = LANGS[lang][key] ?? LANGS['zh-CN'][key];
+    if (typeof v === 'function') return v(...args);
+    return v === undefined ? key : v;
+  }
+
+  const SEVERITIES = ['critical', 'high', 'medium', 'low']; // most severe first
+  function severityRank(s) {
+    const i = SEVERITIES.indexOf(s);
+    return i < 0 ? SEVERITIES.length : i;
+  }
+
+  // The static labels of the page (data-i18n, data-i18n-placeholder).
+  function applyLabels() {
+    document.documentElement.lang = lang;
+    document.title = t('title');
+    for (const e of document.querySelectorAll('[data-i18n]')) e.textContent = t(e.dataset.i18n);
+    for (const e of document.querySelectorAll('[data-i18n-placeholder]')) e.placeholder = t(e.dataset.i18nPlaceholder);
+    const button = $('lang');
+    button.textContent = t('switch');
+    button.lang = lang === 'en' ? 'zh-CN' : 'en';
+    button.dataset.lang = lang;
+    $('pause').textContent = t(state.paused ? 'resume' : 'pause');
+    setStatus($('status').dataset.state);
+    showWaiting();
+    showNotice(state.notice);
   }
 
   // `text` with the code points [start, end) in <mark>; offsets are Unicode
@@ -92,20 +173,58 @@
     return v.category_name || categoryLabel(v.category);
   }
 
-  function setStatus(s, text) {
+  function setStatus(s) {
     const e = $('status');
     e.dataset.state = s;
-    e.textContent = text || s;
+    e.textContent = t('st.' + s);
+  }
+
+  function showWaiting() {
+    const e = $('waiting');
+    e.dataset.count = String(state.waiting);
+    e.textContent = state.waiting ? t('waiting', state.waiting) : '';
+  }
+
+  function showNotice(key) {
+    state.notice = key;
+    const e = $('notice');
+    e.dataset.notice = key || '';
+    e.textContent = key ? t('notice.' + key) : '';
   }
 
   // ---- filters ----
+  const FILTERS = ['tenant', 'category', 'severity', 'agent'];
+
   function filters() {
-    return {
+    return state.filter;
+  }
+
+  // The filters from the URL (loading a shared view).
+  function filtersFromUrl() {
+    const q = new URLSearchParams(location.search);
+    for (const k of FILTERS) state.filter[k] = (q.get(k) || '').trim();
+    if (!SEVERITIES.includes(state.filter.severity)) state.filter.severity = '';
+    $('f-severity').value = state.filter.severity;
+    $('f-agent').value = state.filter.agent;
+    renderTenants();
+  }
+
+  // The filters from the controls, into the URL (history.replaceState: a
+  // filter change is no new page to go back to).
+  function filtersChanged() {
+    state.filter = {
       tenant: $('f-tenant').value,
       category: $('f-category').value,
       severity: $('f-severity').value,
       agent: $('f-agent').value.trim(),
     };
+    const url = new URL(location.href);
+    for (const k of FILTERS) {
+      if (state.filter[k]) url.searchParams.set(k, state.filter[k]);
+      else url.searchParams.delete(k);
+    }
+    history.replaceState(history.state, '', url.pathname + url.search + url.hash);
+    renderAll();
   }
 
   function passes(v, f, ignoreCategory) {
@@ -115,40 +234,92 @@
       && (!f.agent || (v.agent_id || '') === f.agent);
   }
 
+  // An utterance is shown when any of its violations passes the filters.
+  function utterancePasses(u, f) {
+    return u.items.some((item) => passes(item.v, f, false));
+  }
+
+  function utteranceKey(v) {
+    return JSON.stringify([v.tenant, v.conversation_id, v.seq]);
+  }
+
   // ---- rendering ----
-  function row(item) {
-    const v = item.v;
-    const tr = el('tr', 'sev-' + v.severity);
-    tr.dataset.id = v.id;
-    tr.dataset.seq = String(item.seq);
-    tr.dataset.category = v.category;
-    tr.dataset.tenant = v.tenant;
-    tr.dataset.agent = v.agent_id || '';
-    const time = el('td', 'time', timeOf(item.raised));
-    time.title = 'spoken ' + new Date(v.ts_ms).toLocaleString('zh-CN', { hour12: false });
+  // The text a row shows: the violations' `text` is the segment or an
+  // excerpt of it (from text_start); the one covering most spans is used.
+  function rowText(vs) {
+    let best = vs[0];
+    let bestCovered = -1;
+    for (const v of vs) {
+      const from = v.text_start || 0;
+      const to = from + Array.from(v.text).length;
+      const covered = vs.flatMap(spansOf).filter(([s, e]) => s >= from && e <= to).length;
+      if (covered > bestCovered) [best, bestCovered] = [v, covered];
+    }
+    return best;
+  }
+
+  // One row per utterance: every rule it broke (category by display name,
+  // rule id as the detail), every span of all of them highlighted, the
+  // severity of the most severe.
+  function row(u) {
+    const vs = u.items.map((item) => item.v);
+    const last = u.items[u.items.length - 1];
+    const head = vs[0];
+    const severity = vs.map((v) => v.severity).sort((a, b) => severityRank(a) - severityRank(b))[0];
+    const categories = [...new Set(vs.map((v) => v.category))];
+    // A customer's words carry no agent, a verdict on them (no apology) does.
+    const agent = vs.map((v) => v.agent_id).find(Boolean) || '';
+    const tr = el('tr', 'sev-' + severity);
+    tr.dataset.key = u.key;
+    tr.dataset.ids = vs.map((v) => v.id).join(' ');
+    tr.dataset.count = String(vs.length);
+    tr.dataset.seq = String(head.seq);
+    tr.dataset.severity = severity;
+    tr.dataset.categories = categories.join(' ');
+    tr.dataset.tenant = head.tenant;
+    tr.dataset.conversation = head.conversation_id;
+    tr.dataset.agent = agent;
+    const time = el('td', 'time', timeOf(last.raised));
+    time.title = t('spoken') + new Date(head.ts_ms).toLocaleString('zh-CN', { hour12: false });
     const conv = el('td');
-    const link = el('button', 'conv', v.conversation_id);
+    const link = el('button', 'conv', head.conversation_id);
     link.type = 'button';
-    link.addEventListener('click', () => openDetail(v.tenant, v.conversation_id));
+    link.addEventListener('click', () => openDetail(head.tenant, head.conversation_id));
     conv.append(link);
+    const shown = rowText(vs);
     const text = el('td', 'text');
     // Spans are segment offsets; `text` may be an excerpt from text_start.
-    const from = v.text_start || 0;
-    const ranges = spansOf(v).map(([s, e]) => [s - from, e - from]);
-    text.append(highlighted(v.text, ranges));
-    if (v.count > 1) text.append(el('span', 'count', ` ×${v.count}`));
+    const from = shown.text_start || 0;
+    const ranges = vs.flatMap(spansOf).map(([s, e]) => [s - from, e - from]);
+    text.append(highlighted(shown.text, ranges));
+    const repeated = vs.filter((v) => v.count > 1).map((v) => `×${v.count}`);
+    if (repeated.length) text.append(el('span', 'count', ' ' + repeated.join(' ')));
     // A verdict (a required phrase missing, a reply too late) matched no
     // words: its note says why.
-    if (v.note) text.append(el('div', 'note', v.note));
-    // Rules that matched the same words, folded into this violation.
-    if (Array.isArray(v.also) && v.also.length) {
-      const also = v.also.map((a) => `${a.rule_id} (${categoryLabel(a.category)})`).join(', ');
-      text.append(el('div', 'also', 'also: ' + also));
-    }
-    const category = el('td', 'category', nameOf(v));
-    category.title = v.category;
-    tr.append(time, el('td', 'tenant', v.tenant), el('td', 'agent', v.agent_id || '–'), conv,
-      category, el('td', 'sev', v.severity), el('td', 'rule', v.rule_id), text);
+    for (const v of vs) if (v.note) text.append(el('div', 'note', v.note));
+    // Rules that matched the same words, folded into a violation.
+    const also = vs.flatMap((v) => (Array.isArray(v.also) ? v.also : []))
+      .map((a) => `${categoryLabel(a.category)} (${a.rule_id})`);
+    if (also.length) text.append(el('div', 'also', t('also') + also.join(', ')));
+    const category = el('td', 'category');
+    category.append(...categories.map((c) => {
+      const name = nameOf(vs.find((v) => v.category === c));
+      const span = el('span', 'cat', name);
+      span.dataset.category = c;
+      span.title = c;
+      return span;
+    }));
+    const sev = el('td', 'sev', t('sev.' + severity));
+    sev.title = severity;
+    const rules = el('td', 'rule');
+    rules.append(...vs.map((v) => {
+      const span = el('span', 'rule-id', v.rule_id);
+      span.dataset.id = v.id;
+      span.title = `${nameOf(v)} · ${t('sev.' + v.severity)}`;
+      return span;
+    }));
+    tr.append(time, el('td', 'tenant', head.tenant), el('td', 'agent', agent || '–'), conv,
+      category, sev, rules, text);
     return tr;
   }
 
@@ -156,13 +327,16 @@
     const f = filters();
     const body = $('feed');
     const rows = [];
-    for (let i = state.violations.length - 1; i >= 0 && rows.length < MAX_ROWS; i--) {
-      if (passes(state.violations[i].v, f, false)) rows.push(row(state.violations[i]));
+    // Newest utterance first (the map keeps them in order of their first
+    // violation).
+    const all = [...state.utterances.values()];
+    for (let i = all.length - 1; i >= 0 && rows.length < MAX_ROWS; i--) {
+      if (utterancePasses(all[i], f)) rows.push(row(all[i]));
     }
     body.replaceChildren(...rows);
     $('empty').hidden = rows.length > 0;
     state.waiting = 0;
-    $('waiting').textContent = '';
+    showWaiting();
   }
 
   // One counter per category the page knows, by id; a category with a
@@ -194,8 +368,13 @@
       o.title = id;
       return o;
     });
-    select.replaceChildren(new Option('all', ''), ...options);
-    select.value = ids.includes(selected) ? selected : '';
+    // A category asked for (a shared URL) before any alert named it.
+    const wanted = state.filter.category;
+    if (wanted && !ids.includes(wanted)) options.push(new Option(wanted, wanted));
+    const all = new Option(t('all'), '');
+    all.dataset.i18n = 'all';
+    select.replaceChildren(all, ...options);
+    select.value = wanted;
     $('counters').replaceChildren(...ids.map((id) => {
       const counter = el('span', 'counter', categoryLabel(id) + ' ');
       counter.dataset.category = id;
@@ -227,9 +406,14 @@
   function renderTenants() {
     const select = $('f-tenant');
     const have = new Set([...select.options].map((o) => o.value));
-    for (const t of [...state.tenants].sort()) {
-      if (!have.has(t)) select.append(new Option(t, t));
+    const wanted = state.filter.tenant;
+    for (const tenant of [...state.tenants, ...(wanted ? [wanted] : [])].sort()) {
+      if (!have.has(tenant)) {
+        select.append(new Option(tenant, tenant));
+        have.add(tenant);
+      }
     }
+    select.value = wanted;
   }
 
   // Counters and ranking are recomputed at most once per frame, however
@@ -276,7 +460,22 @@
     if (ev.type !== 'violation') return;
     const item = { seq, raised: data.raised_ms || Date.now(), v: ev };
     state.violations.push(item);
-    if (state.violations.length > MAX_KEPT) state.violations.splice(0, state.violations.length - MAX_KEPT);
+    const key = utteranceKey(ev);
+    let u = state.utterances.get(key);
+    if (!u) {
+      u = { key, first: seq, items: [] };
+      state.utterances.set(key, u);
+    }
+    u.items.push(item);
+    if (state.violations.length > MAX_KEPT) {
+      // The oldest violations go, from their utterances too (each the
+      // oldest of its own).
+      for (const old of state.violations.splice(0, state.violations.length - MAX_KEPT)) {
+        const ou = state.utterances.get(utteranceKey(old.v));
+        ou.items.shift();
+        if (!ou.items.length) state.utterances.delete(ou.key);
+      }
+    }
     if (!state.tenants.has(ev.tenant)) {
       state.tenants.add(ev.tenant);
       renderTenants();
@@ -287,11 +486,18 @@
     if (!passes(ev, filters(), false)) return;
     if (state.paused) {
       state.waiting += 1;
-      $('waiting').textContent = `${state.waiting} new while paused`;
+      showWaiting();
       return;
     }
+    if (!state.utterances.has(key)) return; // trimmed at once (MAX_KEPT)
+    // A new violation of an utterance already shown updates its row.
     const body = $('feed');
-    body.prepend(row(item));
+    const shown = [...body.rows].find((tr) => tr.dataset.key === key);
+    if (shown) {
+      shown.replaceWith(row(u));
+      return;
+    }
+    body.prepend(row(u));
     while (body.rows.length > MAX_ROWS) body.lastElementChild.remove();
     $('empty').hidden = true;
   }
@@ -301,8 +507,9 @@
   function startOver() {
     state.lastSeq = null;
     state.violations = [];
+    state.utterances.clear();
     state.summaries.clear();
-    $('notice').textContent = 'The server restarted its event history.';
+    showNotice('reset');
     renderAll();
   }
 
@@ -330,7 +537,7 @@
         const res = await fetch('/api/events', { headers, cache: 'no-store', signal: abort.signal });
         if (res.status === 401) {
           clearTimeout(watchdog);
-          setStatus('unauthorized', 'token needed');
+          setStatus('unauthorized');
           $('login').hidden = false;
           following = false;
           return;
@@ -374,9 +581,9 @@
           else if (field === 'data') data.push(val);
         }
         if (name === 'gap') {
-          $('notice').textContent = 'Some older alerts are no longer kept by the server.';
+          showNotice('gap');
         } else if (name === 'lagged') {
-          $('notice').textContent = 'Fell behind; catching up.';
+          showNotice('lagged');
         } else if (name === 'reset') {
           startOver();
         } else if (name === 'message' && id !== null && data.length) {
@@ -416,7 +623,7 @@
       if (!res.ok) throw new Error('HTTP ' + res.status);
       view = await res.json();
     } catch (e) {
-      $('detail-summary').textContent = 'Cannot load the conversation: ' + e.message;
+      $('detail-summary').textContent = t('detail.error') + e.message;
       return;
     }
     if (mine !== detailRequest || !state.detail || state.detail.tenant !== tenant || state.detail.id !== id) return;
@@ -431,7 +638,7 @@
     $('detail-segments').replaceChildren(...view.segments.map((s) => {
       const li = el('li', s.speaker);
       li.dataset.seq = String(s.seq);
-      li.append(el('span', 'who', `#${s.seq} ${s.speaker}`), highlighted(s.text, ranges.get(s.seq) || []));
+      li.append(el('span', 'who', `#${s.seq} ${LANGS[lang]['who.' + s.speaker] || s.speaker}`), highlighted(s.text, ranges.get(s.seq) || []));
       return li;
     }));
     const summary = view.summary || state.summaries.get(tenant + '/' + id);
@@ -447,28 +654,39 @@
           return item;
         });
       const parts = counts.length ? counts.flatMap((e) => [document.createTextNode(' · '), e])
-        : [document.createTextNode(' · no violations')];
+        : [document.createTextNode(t('no-violations'))];
       box.replaceChildren(
         el('span', 'score', summary.score),
-        document.createTextNode(` closed (${summary.reason}) · greeted ${summary.greeted ?? '–'} · closing ${summary.closed ?? '–'}`),
+        document.createTextNode(t('closed', summary.reason, summary.greeted ?? '–', summary.closed ?? '–')),
         ...parts,
       );
       box.dataset.score = String(summary.score);
     } else {
-      box.replaceChildren(document.createTextNode(`in progress · ${view.violations.length} alerts so far`));
+      box.replaceChildren(document.createTextNode(t('progress', view.violations.length)));
       delete box.dataset.score;
     }
   }
 
   // ---- controls ----
   function init() {
-    for (const id of ['f-tenant', 'f-category', 'f-severity', 'window']) {
-      $(id).addEventListener('change', renderAll);
+    filtersFromUrl();
+    applyLabels();
+    for (const id of ['f-tenant', 'f-category', 'f-severity']) {
+      $(id).addEventListener('change', filtersChanged);
     }
-    $('f-agent').addEventListener('input', renderAll);
+    $('window').addEventListener('change', renderAll);
+    $('f-agent').addEventListener('input', filtersChanged);
+    $('lang').addEventListener('click', () => {
+      lang = lang === 'en' ? 'zh-CN' : 'en';
+      localStorage.setItem(LANG_KEY, lang);
+      applyLabels();
+      renderCategories();
+      if (!state.paused) renderFeed();
+      if (state.detail) loadDetail();
+    });
     $('pause').addEventListener('click', () => {
       state.paused = !state.paused;
-      $('pause').textContent = state.paused ? 'Resume' : 'Pause';
+      $('pause').textContent = t(state.paused ? 'resume' : 'pause');
       if (!state.paused) renderFeed();
     });
     $('detail-close').addEventListener('click', () => {
