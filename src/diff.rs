@@ -193,6 +193,15 @@ fn index<'a>(events: &'a [Event], side: &mut Side) -> Indexed<'a> {
 const BANDS: [&str; 4] = ["100", "95–99.9", "90–94.9", "< 90"];
 
 impl Report {
+    /// Every category either side has alerts of.
+    fn categories(&self) -> std::collections::BTreeSet<&String> {
+        self.old
+            .per_1000_by_category
+            .keys()
+            .chain(self.new.per_1000_by_category.keys())
+            .collect()
+    }
+
     /// For people, in a terminal.
     pub fn text(&self) -> String {
         let mut s = String::new();
@@ -219,12 +228,7 @@ impl Report {
             );
         }
         let _ = writeln!(s, "\nalerts per 1,000 conversations   old     new");
-        let cats: std::collections::BTreeSet<&String> = self
-            .old
-            .per_1000_by_category
-            .keys()
-            .chain(self.new.per_1000_by_category.keys())
-            .collect();
+        let cats = self.categories();
         for c in cats {
             let o = self.old.per_1000_by_category.get(c).copied().unwrap_or(0.0);
             let n = self.new.per_1000_by_category.get(c).copied().unwrap_or(0.0);
@@ -287,12 +291,7 @@ impl Report {
             );
         }
         s.push_str("</table><h2>Alerts per 1,000 conversations</h2><table><tr><th class=l>category</th><th>old</th><th>new</th></tr>");
-        let cats: std::collections::BTreeSet<&String> = self
-            .old
-            .per_1000_by_category
-            .keys()
-            .chain(self.new.per_1000_by_category.keys())
-            .collect();
+        let cats = self.categories();
         for c in cats {
             let o = self.old.per_1000_by_category.get(c).copied().unwrap_or(0.0);
             let n = self.new.per_1000_by_category.get(c).copied().unwrap_or(0.0);

@@ -510,12 +510,7 @@ async fn idle_conversations_close_with_reason_idle() {
 async fn hot_reload_swaps_a_good_lexicon_and_rejects_a_bad_one() {
     let nats = NatsServer::start();
     let dir = tempdir("lexicon");
-    for e in std::fs::read_dir(lexicons()).expect("lexicons") {
-        let p = e.expect("entry").path();
-        if p.extension().is_some_and(|x| x == "toml") {
-            std::fs::copy(&p, dir.join(p.file_name().expect("name"))).expect("copy");
-        }
-    }
+    copy_lexicons(&dir);
     let daemon = Daemon::start(config(&nats, &dir, "")).await;
     let js = js(&nats).await;
     let seg = |conv: &str, text: &str| {
@@ -580,12 +575,7 @@ async fn hot_reload_swaps_a_good_lexicon_and_rejects_a_bad_one() {
 async fn a_reload_whose_lexicon_tests_fail_is_refused_until_they_pass() {
     let nats = NatsServer::start();
     let dir = tempdir("lexicon-tests");
-    for e in std::fs::read_dir(lexicons()).expect("lexicons") {
-        let p = e.expect("entry").path();
-        if p.extension().is_some_and(|x| x == "toml") {
-            std::fs::copy(&p, dir.join(p.file_name().expect("name"))).expect("copy");
-        }
-    }
+    copy_lexicons(&dir);
     let tests = dir.join("tests");
     std::fs::create_dir(&tests).expect("mkdir");
     let case = |expect: &str| {
@@ -620,6 +610,17 @@ async fn a_reload_whose_lexicon_tests_fail_is_refused_until_they_pass() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     daemon.stop().await;
+}
+
+/// Copies the default lexicon's files (not its tests or overlays) into
+/// `dir`, for tests that change a lexicon.
+pub(crate) fn copy_lexicons(dir: &Path) {
+    for e in std::fs::read_dir(lexicons()).expect("lexicons") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            std::fs::copy(&p, dir.join(p.file_name().expect("name"))).expect("copy");
+        }
+    }
 }
 
 /// The real binary, as a deployment runs it.
@@ -926,12 +927,7 @@ async fn dropped_hits_are_counted_per_rule_and_reason() {
 async fn shadow_mode_keeps_the_candidate_apart_and_counts_agreement() {
     let nats = NatsServer::start();
     let candidate = tempdir("shadow");
-    for e in std::fs::read_dir(lexicons()).expect("lexicons") {
-        let p = e.expect("entry").path();
-        if p.extension().is_some_and(|x| x == "toml") {
-            std::fs::copy(&p, candidate.join(p.file_name().expect("name"))).expect("copy");
-        }
-    }
+    copy_lexicons(&candidate);
     std::fs::write(
         candidate.join("zz-queue.toml"),
         "[[rule]]\nid = \"forbidden.queue\"\ncategory = \"forbidden\"\nseverity = \"low\"\ndeduct = 1\nsection = \"service_language\"\nphrases = [\"要排队\"]\n",
@@ -1005,12 +1001,7 @@ async fn diff_reads_the_last_minutes_of_the_transcripts_stream() {
     let nats = NatsServer::start();
     let daemon = Daemon::start(config(&nats, &lexicons(), "")).await;
     let candidate = tempdir("diff-stream");
-    for e in std::fs::read_dir(lexicons()).expect("lexicons") {
-        let p = e.expect("entry").path();
-        if p.extension().is_some_and(|x| x == "toml") {
-            std::fs::copy(&p, candidate.join(p.file_name().expect("name"))).expect("copy");
-        }
-    }
+    copy_lexicons(&candidate);
     std::fs::write(
         candidate.join("zz-queue.toml"),
         "[[rule]]\nid = \"forbidden.queue\"\ncategory = \"forbidden\"\nseverity = \"low\"\ndeduct = 1\nsection = \"service_language\"\nphrases = [\"要排队\"]\n",
