@@ -36,7 +36,10 @@ struct RawLabel {
     tenant: Option<String>,
     #[serde(default)]
     seq: Option<u64>,
+    /// `customer` on a customer segment's label (informative: the
+    /// comparison is by segment).
     #[serde(default)]
+    #[allow(dead_code)]
     speaker: Option<String>,
     #[serde(default)]
     categories: Option<Vec<String>>,
@@ -111,7 +114,6 @@ impl Labels {
                     ));
                 }
             }
-            let _ = raw.speaker;
         }
         Ok(labels)
     }

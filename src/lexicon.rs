@@ -218,7 +218,7 @@ struct RawFile {
     disable: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMeta {
     name: String,
@@ -229,7 +229,7 @@ struct RawMeta {
     description: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSection {
     id: Spanned<String>,
@@ -237,7 +237,7 @@ struct RawSection {
     max_deduct: Spanned<f64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCategory {
     id: Spanned<String>,
@@ -252,6 +252,7 @@ pub const MAX_CATEGORIES: usize = 64;
 /// Rules per lexicon at most (rule ids are metric labels too).
 pub const MAX_RULES: usize = 4096;
 
+#[derive(Clone)]
 struct SourceFile {
     path: PathBuf,
     text: String,
@@ -355,9 +356,9 @@ pub fn load_set_sources(
             continue;
         }
         match parse_files(&files).and_then(|overlay| {
-            let mut all = base_files.clone_shallow();
+            let mut all = base_files.clone();
             let offset = all.len();
-            all.extend(files.iter().map(SourceFile::clone_shallow_one));
+            all.extend(files.iter().cloned());
             let merged = apply_overlay(&all, &raw, overlay, offset)?;
             build(&all, &merged, Some(&tenant), offset)
         }) {
@@ -391,30 +392,32 @@ fn to_sources(files: Vec<(PathBuf, String)>) -> Vec<SourceFile> {
         .collect()
 }
 
-trait CloneShallow {
-    fn clone_shallow(&self) -> Vec<SourceFile>;
-}
-
-impl CloneShallow for Vec<SourceFile> {
-    fn clone_shallow(&self) -> Vec<SourceFile> {
-        self.iter().map(SourceFile::clone_shallow_one).collect()
-    }
-}
-
-impl SourceFile {
-    fn clone_shallow_one(&self) -> SourceFile {
-        SourceFile {
-            path: self.path.clone(),
-            text: self.text.clone(),
-        }
-    }
-}
-
 /// An entry of a file: which file (index) and where in it.
+#[derive(Clone)]
 struct At<T> {
     file: usize,
     span: Range<usize>,
     value: T,
+}
+
+impl<T> At<T> {
+    /// An entry of file `file`, spanning what the parser saw (or `span`).
+    fn of(file: usize, v: Spanned<T>) -> At<T> {
+        At {
+            file,
+            span: v.span(),
+            value: v.into_inner(),
+        }
+    }
+
+    /// The same entry in a list of files where its file comes `offset`
+    /// later (an overlay's files after the base's).
+    fn shifted(self, offset: usize) -> At<T> {
+        At {
+            file: self.file + offset,
+            ..self
+        }
+    }
 }
 
 /// The parsed files before validation.
@@ -437,45 +440,25 @@ fn parse_files(files: &[SourceFile]) -> Result<RawLexicon, LexiconError> {
         overrides: Vec::new(),
         disable: Vec::new(),
     };
-    let at = |file: usize, s: Range<usize>| (file, s);
     for (i, f) in files.iter().enumerate() {
         match toml::from_str::<RawFile>(&f.text) {
             Ok(r) => {
-                if let Some(m) = r.lexicon {
-                    let (file, span) = at(i, m.span());
-                    raw.meta.push(At {
-                        file,
-                        span,
-                        value: m.into_inner(),
-                    });
-                }
-                let spread = |v: Spanned<_>| At {
-                    file: i,
-                    span: v.span(),
-                    value: v.into_inner(),
+                raw.meta.extend(r.lexicon.map(|m| At::of(i, m)));
+                raw.sections
+                    .extend(r.section.into_iter().map(|v| At::of(i, v)));
+                raw.categories
+                    .extend(r.category.into_iter().map(|v| At::of(i, v)));
+                // A table's whole text, so problems find their key's line.
+                let table = |v: Spanned<Table>| {
+                    let mut a = At::of(i, v);
+                    a.span = table_extent(&f.text, a.span);
+                    a
                 };
-                raw.sections.extend(r.section.into_iter().map(spread));
-                raw.categories.extend(r.category.into_iter().map(|v| At {
-                    file: i,
-                    span: v.span(),
-                    value: v.into_inner(),
-                }));
-                raw.rules.extend(r.rule.into_iter().map(|v| At {
-                    file: i,
-                    span: table_extent(&f.text, v.span()),
-                    value: v.into_inner(),
-                }));
-                raw.overrides.extend(r.overrides.into_iter().map(|v| At {
-                    file: i,
-                    span: table_extent(&f.text, v.span()),
-                    value: v.into_inner(),
-                }));
+                raw.rules.extend(r.rule.into_iter().map(table));
+                raw.overrides.extend(r.overrides.into_iter().map(table));
                 if let Some(d) = r.disable {
-                    raw.disable.extend(d.into_inner().into_iter().map(|v| At {
-                        file: i,
-                        span: v.span(),
-                        value: v.into_inner(),
-                    }));
+                    raw.disable
+                        .extend(d.into_inner().into_iter().map(|v| At::of(i, v)));
                 }
             }
             Err(e) => {
@@ -536,12 +519,7 @@ fn apply_overlay(
             "a tenant overlay has no [lexicon] table (it takes the base's name and version)".into(),
         );
     }
-    let copy_table = |a: &At<Table>| At {
-        file: a.file,
-        span: a.span.clone(),
-        value: a.value.clone(),
-    };
-    let mut rules: Vec<At<Table>> = base.rules.iter().map(copy_table).collect();
+    let mut rules: Vec<At<Table>> = base.rules.clone();
     let rule_id = |t: &Table| t.get("id").and_then(Value::as_str).map(str::to_string);
     for d in &overlay.disable {
         let before = rules.len();
@@ -597,59 +575,18 @@ fn apply_overlay(
         target.file = o.file + offset;
         target.span = o.span;
     }
-    let shifted = |a: At<Table>| At {
-        file: a.file + offset,
-        span: a.span,
-        value: a.value,
-    };
-    rules.extend(overlay.rules.into_iter().map(shifted));
+    rules.extend(overlay.rules.into_iter().map(|r| r.shifted(offset)));
     if !v.problems.is_empty() {
         return Err(LexiconError {
             problems: v.problems,
         });
     }
-    let copy_meta = |m: &At<RawMeta>| At {
-        file: m.file,
-        span: m.span.clone(),
-        value: RawMeta {
-            name: m.value.name.clone(),
-            version: m.value.version.clone(),
-            language: m.value.language.clone(),
-            description: m.value.description.clone(),
-        },
-    };
-    let copy_section = |s: &At<RawSection>| At {
-        file: s.file,
-        span: s.span.clone(),
-        value: RawSection {
-            id: s.value.id.clone(),
-            name: s.value.name.clone(),
-            max_deduct: s.value.max_deduct.clone(),
-        },
-    };
-    let copy_category = |c: &At<RawCategory>| At {
-        file: c.file,
-        span: c.span.clone(),
-        value: RawCategory {
-            id: c.value.id.clone(),
-            name: c.value.name.clone(),
-            description: c.value.description.clone(),
-        },
-    };
-    let mut sections: Vec<At<RawSection>> = base.sections.iter().map(copy_section).collect();
-    sections.extend(overlay.sections.into_iter().map(|s| At {
-        file: s.file + offset,
-        span: s.span,
-        value: s.value,
-    }));
-    let mut categories: Vec<At<RawCategory>> = base.categories.iter().map(copy_category).collect();
-    categories.extend(overlay.categories.into_iter().map(|c| At {
-        file: c.file + offset,
-        span: c.span,
-        value: c.value,
-    }));
+    let mut sections = base.sections.clone();
+    sections.extend(overlay.sections.into_iter().map(|s| s.shifted(offset)));
+    let mut categories = base.categories.clone();
+    categories.extend(overlay.categories.into_iter().map(|c| c.shifted(offset)));
     Ok(RawLexicon {
-        meta: base.meta.iter().map(copy_meta).collect(),
+        meta: base.meta.clone(),
         sections,
         categories,
         rules,
