@@ -494,19 +494,18 @@ pub struct Book {
     group_rule: Vec<u16>,
     /// Rule → its slot in a conversation's state vector.
     slot: Vec<Option<u16>>,
-    /// Slot → rule.
+    /// Slot → rule: the stateful rules, which see every segment, in the
+    /// order of a conversation's state vector.
     slots: Vec<u16>,
-    /// Rules that see every segment (stateful kinds).
-    always: Vec<u16>,
     /// The stateful rules that can hold a deadline, `(slot, rule)`: the
     /// only ones [`Book::next_deadline`] (after every segment) and
     /// [`Book::on_clock`] need to visit.
     timed: Vec<(usize, u16)>,
-    /// Per stateful rule (as `always`): done once its verdict is made (a
+    /// Per stateful rule (as `slots`): done once its verdict is made (a
     /// required rule of a start or conversation scope), so later segments
     /// need not visit it.
     done_when_decided: Vec<bool>,
-    /// Per stateful rule (as `always`): bits of the speakers whose segments
+    /// Per stateful rule (as `slots`): bits of the speakers whose segments
     /// it acts on (all for response rules, which count every segment after
     /// a trigger) and of the channels it applies to (0: every channel).
     /// Checked before the rule itself is read.
@@ -531,7 +530,6 @@ impl Book {
         let mut group_rule = Vec::new();
         let mut slot = Vec::new();
         let mut slots = Vec::new();
-        let mut always = Vec::new();
         let mut timed = Vec::new();
         let mut done_when_decided = Vec::new();
         let mut gates = Vec::new();
@@ -554,7 +552,6 @@ impl Book {
                 }
                 slot.push(Some(slots.len() as u16));
                 slots.push(ix);
-                always.push(ix);
                 let speakers = match &rule.spec {
                     Spec::Response(_) => 0xFF,
                     _ => rule.speakers.iter().fold(0u8, |m, s| m | 1 << (*s as u8)),
@@ -578,7 +575,6 @@ impl Book {
                 group_rule,
                 slot,
                 slots,
-                always,
                 timed,
                 patterns,
             },
@@ -683,7 +679,7 @@ impl Book {
         let speaker_bit = 1u8 << (seg.speaker as u8);
         let channel_bit = seg.channel.map_or(0, |c| 1u8 << (c as u8));
         for (((&r, state), &done_when_decided), &(speakers, channels)) in self
-            .always
+            .slots
             .iter()
             .zip(states.iter_mut())
             .zip(&self.done_when_decided)
@@ -801,7 +797,7 @@ impl Book {
         close: &Close,
         sink: &mut Sink<'_>,
     ) {
-        for (&r, state) in self.always.iter().zip(states.iter_mut()) {
+        for (&r, state) in self.slots.iter().zip(states.iter_mut()) {
             let rr = self.rule_ref(lexicon, r);
             if !rr.rule.applies_on(channel) {
                 continue;
@@ -828,7 +824,7 @@ impl Book {
         states: &[State],
     ) -> (Option<bool>, Option<bool>) {
         let verdict = |category: &str| {
-            self.always.iter().zip(states).find_map(|(&r, st)| {
+            self.slots.iter().zip(states).find_map(|(&r, st)| {
                 let rule = &lexicon.rules[usize::from(r)];
                 match st {
                     State::Required(st) if lexicon.categories[rule.category].id == category => {
