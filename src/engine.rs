@@ -808,11 +808,7 @@ fn judge(
         c.last_agent_text.clear();
         let (head, _) = excerpt(text, 0, cx.excerpt_chars);
         c.last_agent_text.push_str(head);
-        c.last_agent_chars = if head.len() == text.len() {
-            head.chars().count()
-        } else {
-            text.chars().count()
-        };
+        c.last_agent_chars = text.chars().count();
     }
 }
 
@@ -991,11 +987,7 @@ fn emit_spans(
             spans: char_spans.iter().map(|&(s, e, _, _)| [s, e]).collect(),
             text: shown.to_string(),
             text_start,
-            text_chars: if shown.len() == text.len() {
-                shown.chars().count()
-            } else {
-                text.chars().count()
-            },
+            text_chars: text.chars().count(),
             also,
             note: None,
             lexicon_version: scanner.version().to_string(),

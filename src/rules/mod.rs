@@ -458,11 +458,7 @@ impl Shown {
         let (head, _) = crate::event::excerpt(text, 0, excerpt_chars.min(Shown::CHARS));
         Shown {
             text: head.to_string(),
-            chars: if head.len() == text.len() {
-                head.chars().count()
-            } else {
-                text.chars().count()
-            },
+            chars: text.chars().count(),
         }
     }
 }
