@@ -11,7 +11,7 @@
 //! score distribution; as text, JSON, or a self-contained HTML page.
 
 use crate::engine::{Engine, EngineConfig};
-use crate::event::{CloseReason, Event, Violation, decode_str};
+use crate::event::{Event, Violation};
 use crate::matcher::Scanners;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -90,32 +90,16 @@ pub fn compare(old: Arc<Scanners>, new: Arc<Scanners>, input: &str) -> Report {
     let mut report = Report::default();
     report.old.version = old.base().version().to_string();
     report.new.version = new.base().version().to_string();
-    let mut engines = [
-        Engine::with_scanners(old, EngineConfig::default()),
-        Engine::with_scanners(new, EngineConfig::default()),
-    ];
-    let mut events: [Vec<Event>; 2] = [Vec::new(), Vec::new()];
-    let mut now_ms = 0u64;
-    for line in input.lines() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        report.lines += 1;
-        let Ok(i) = decode_str(line) else {
-            report.bad_lines += 1;
-            continue;
-        };
-        if let Some(ts) = i.ts_ms {
-            now_ms = now_ms.max(ts);
-        }
-        for (e, out) in engines.iter_mut().zip(events.iter_mut()) {
-            e.handle(&i, now_ms, out);
-        }
-    }
-    for (e, out) in engines.iter_mut().zip(events.iter_mut()) {
-        e.close_all(CloseReason::Eof, now_ms, out);
-    }
-    let [old_events, new_events] = events;
+    let judge = |s: Arc<Scanners>| {
+        crate::scan::judge_text(
+            &mut Engine::with_scanners(s, EngineConfig::default()),
+            input,
+        )
+    };
+    let (old_events, lines, bad_lines) = judge(old);
+    let (new_events, _, _) = judge(new);
+    report.lines = lines;
+    report.bad_lines = bad_lines;
     let (old_ids, old_scores) = index(&old_events, &mut report.old);
     let (new_ids, new_scores) = index(&new_events, &mut report.new);
     report.conversations = new_scores.len().max(old_scores.len());

@@ -195,14 +195,7 @@ pub struct Report {
 /// Runs `engine` over the JSONL `input` (as `zhijian scan` does) and
 /// compares the events with `labels`.
 pub fn evaluate(engine: &mut Engine, input: &str, labels: &Labels) -> std::io::Result<Report> {
-    let mut out = Vec::new();
-    let mut err = Vec::new();
-    crate::scan::scan(engine, input.as_bytes(), &mut out, &mut err)?;
-    let events: Vec<Event> = out
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| serde_json::from_slice(l).ok())
-        .collect();
+    let (events, _, _) = crate::scan::judge_text(engine, input);
     // The texts, for the list of misses.
     let mut texts: HashMap<(String, String, u64), (Speaker, String)> = HashMap::new();
     for line in input.lines() {

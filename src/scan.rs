@@ -111,6 +111,32 @@ pub fn scan_limited<R: BufRead, W: Write, E: Write>(
     Ok(stats)
 }
 
+/// The events of a JSONL text judged as [`scan`] judges it (the clock is
+/// event time; open conversations close at the end), kept in memory for
+/// tools that compare them (`lexicon eval`, `diff`): `(events, non-blank
+/// lines, bad lines)`.
+pub fn judge_text(engine: &mut Engine, input: &str) -> (Vec<Event>, usize, usize) {
+    let (mut events, mut lines, mut bad) = (Vec::new(), 0, 0);
+    let mut now_ms = 0u64;
+    for line in input.lines() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        lines += 1;
+        let Ok(i) = decode_str(line) else {
+            bad += 1;
+            continue;
+        };
+        if let Some(ts) = i.ts_ms {
+            now_ms = now_ms.max(ts);
+        }
+        engine.handle(&i, now_ms, &mut events);
+    }
+    engine.close_all(CloseReason::Eof, now_ms, &mut events);
+    (events, lines, bad)
+}
+
 /// What [`read_line_bounded`] read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LineRead {
