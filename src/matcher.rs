@@ -40,6 +40,8 @@ struct Use {
     /// For the anchor piece of a phrase with gaps: the phrase, an index
     /// into [`Scanner::rests`]; [`NO_REST`] for a plain phrase.
     rest: u32,
+    /// Written `^…`: only a match at the start of the segment counts.
+    at_start: bool,
 }
 
 const NO_REST: u32 = u32::MAX;
@@ -162,6 +164,7 @@ struct Candidate {
     start: usize,
     end: usize,
     rest: u32,
+    at_start: bool,
 }
 
 /// The patterns of one or more lexicons, for one automaton.
@@ -248,6 +251,7 @@ impl Parts {
                         group,
                         exception,
                         rest,
+                        at_start: v.at_start,
                     });
                 }
             }
@@ -434,6 +438,11 @@ impl Scanner {
         let candidates = &mut scratch.candidates;
         let mut found = |pattern: usize, start: usize, end: usize| {
             for u in &self.uses[pattern] {
+                // `^…` off the segment's start (a phrase with gaps is
+                // checked once its whole span is known).
+                if u.at_start && u.rest == NO_REST && start != 0 {
+                    continue;
+                }
                 if self.group_speakers[usize::from(u.group)] & bit != 0 {
                     any_phrase |= !u.exception;
                     candidates.push(Candidate {
@@ -442,6 +451,7 @@ impl Scanner {
                         start,
                         end,
                         rest: u.rest,
+                        at_start: u.at_start,
                     });
                 }
             }
@@ -487,6 +497,7 @@ impl Scanner {
                     pieces,
                     *anchor,
                 ) {
+                    Some((start, _)) if c.at_start && start != 0 => false,
                     Some((start, end)) => {
                         c.start = start;
                         c.end = end;

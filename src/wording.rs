@@ -8,6 +8,8 @@
 //! | `[a\|b]` | one of them, or nothing | `还有[其他\|别的]问题` | 还有问题, 还有其他问题, 还有别的问题 |
 //! | `{m,n}` | `m` to `n` characters of anything (`{n}`: up to `n`) | `还有{0,4}可以帮您` | 还有什么可以帮您 |
 //!
+//! | `^` first | only at the start of the segment | `^那` | 那什么时候到, not 好的那就这样 |
+//!
 //! Full-width brackets work too: `（没|木）【有】办法`.
 //!
 //! Alternatives and optional parts expand into plain phrases (at most
@@ -40,6 +42,8 @@ pub struct Piece {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Variant {
     pub pieces: Vec<Piece>,
+    /// Written with a leading `^`: the match must begin the segment.
+    pub at_start: bool,
 }
 
 impl Variant {
@@ -74,6 +78,7 @@ fn ascii_syntax(c: char) -> char {
         '｛' => '{',
         '｝' => '}',
         '｜' => '|',
+        '＾' => '^',
         c => c,
     }
 }
@@ -82,11 +87,23 @@ fn ascii_syntax(c: char) -> char {
 pub fn has_syntax(src: &str) -> bool {
     src.chars()
         .map(ascii_syntax)
-        .any(|c| matches!(c, '[' | ']' | '(' | ')' | '{' | '}' | '|'))
+        .any(|c| matches!(c, '[' | ']' | '(' | ')' | '{' | '}' | '|' | '^'))
 }
 
 /// Expands a written phrase into its normalised variants.
 pub fn compile(src: &str) -> Result<Vec<Variant>, String> {
+    let trimmed = src.trim_start();
+    let Some(body) = trimmed.strip_prefix(['^', '＾']) else {
+        return expand(src);
+    };
+    let mut variants = expand(body)?;
+    for v in &mut variants {
+        v.at_start = true;
+    }
+    Ok(variants)
+}
+
+fn expand(src: &str) -> Result<Vec<Variant>, String> {
     if !has_syntax(src) {
         let n = normalize(src);
         if n.is_empty() {
@@ -97,6 +114,7 @@ pub fn compile(src: &str) -> Result<Vec<Variant>, String> {
                 text: n,
                 gap: (0, 0),
             }],
+            at_start: false,
         }]);
     }
     let items = parse(src)?;
@@ -124,7 +142,10 @@ pub fn compile(src: &str) -> Result<Vec<Variant>, String> {
             }
         }
     }
-    let mut variants: Vec<Variant> = vec![Variant { pieces: Vec::new() }];
+    let mut variants: Vec<Variant> = vec![Variant {
+        pieces: Vec::new(),
+        at_start: false,
+    }];
     for (i, (gap, texts)) in segments.iter().enumerate() {
         let mut next = Vec::new();
         for v in &variants {
@@ -144,7 +165,10 @@ pub fn compile(src: &str) -> Result<Vec<Variant>, String> {
                 }
                 let mut pieces = v.pieces.clone();
                 pieces.push(Piece { text: n, gap: *gap });
-                next.push(Variant { pieces });
+                next.push(Variant {
+                    pieces,
+                    at_start: false,
+                });
             }
         }
         if next.len() > MAX_VARIANTS {
@@ -225,6 +249,7 @@ fn parse(src: &str) -> Result<Vec<Item>, String> {
             }
             ']' | ')' | '}' => return Err(format!("{c} without its opening bracket")),
             '|' => return Err("| outside (…) or […]".into()),
+            '^' => return Err("^ belongs at the start of a phrase only".into()),
             _ => literal.push(c),
         }
     }
@@ -337,6 +362,18 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn a_leading_caret_anchors_every_form_and_is_refused_elsewhere() {
+        let v = compile("^另[一个|外]").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v.len(), 3);
+        assert!(v.iter().all(|v| v.at_start));
+        assert!(compile("＾那").is_ok_and(|v| v[0].at_start && v[0].joined() == "那"));
+        assert!(compile("那").is_ok_and(|v| !v[0].at_start));
+        assert!(compile("那^个").is_err());
+        assert!(compile("^").is_err());
+        assert!(compile("^{0,3}那").is_err());
     }
 
     #[test]

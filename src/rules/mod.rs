@@ -96,6 +96,7 @@ impl Spec {
             Spec::Phrase(s) => vec![&s.list],
             Spec::Required(s) => std::iter::once(&s.list)
                 .chain(s.continuation.as_ref())
+                .chain(s.continuation_before.as_ref())
                 .collect(),
             Spec::Response(s) => vec![&s.trigger.list, &s.expect.list],
             Spec::Pattern(_) | Spec::Timing(_) | Spec::Repetition(_) => Vec::new(),
@@ -107,6 +108,14 @@ impl Spec {
     pub fn list_speakers<'a>(&'a self, rule: &'a [Speaker]) -> Vec<&'a [Speaker]> {
         match self {
             Spec::Response(s) => vec![&s.trigger.speakers, &s.expect.speakers],
+            Spec::Required(s) => std::iter::once(rule)
+                .chain(s.continuation.as_ref().map(|_| rule))
+                .chain(
+                    s.continuation_before
+                        .as_ref()
+                        .map(|_| &[Speaker::Customer][..]),
+                )
+                .collect(),
             _ => self.phrase_lists().iter().map(|_| rule).collect(),
         }
     }
@@ -688,7 +697,7 @@ impl Book {
             // Not this speaker's segment: nothing to do, except for a
             // required rule whose scope has not started its clock yet.
             if speakers & speaker_bit == 0
-                && !matches!(&*state, State::Required(st) if st.start_ts.is_none())
+                && !matches!(&*state, State::Required(st) if st.seen == 0 && !st.continued)
             {
                 continue;
             }

@@ -48,6 +48,11 @@ pub struct Spec {
     /// closing question in the second turn of an ungreeted conversation
     /// measured as a missed greeting, not a continuation.
     pub continuation: Option<PhraseList>,
+    /// Start scopes: phrases that, in a customer's segment before the
+    /// speaker first spoke, show the conversation continues an earlier
+    /// contact (`^那…`, a reply such as `^在的`, `说了好几次`): then no
+    /// verdict is made.
+    pub continuation_before: Option<PhraseList>,
 }
 
 pub fn parse(f: &mut Fields<'_>) -> Option<Spec> {
@@ -58,24 +63,8 @@ pub fn parse(f: &mut Fields<'_>) -> Option<Spec> {
         Whole,
     }
     let list = PhraseList::parse(f, Boundary::None, Position::Any);
-    let continuation = f.strings("continuation").map(|phrases| {
-        let mut ok = true;
-        for p in &phrases {
-            if let Err(e) = crate::wording::compile(p) {
-                f.error_at_value("continuation", p, format!("continuation {p:?} {e}"));
-                ok = false;
-            }
-        }
-        (
-            ok,
-            PhraseList {
-                phrases,
-                exceptions: Vec::new(),
-                boundary: Boundary::None,
-                position: Position::Any,
-            },
-        )
-    });
+    let continuation = plain_list(f, "continuation");
+    let before = plain_list(f, "continuation_before");
     let which = f.choice(
         "scope",
         &[
@@ -135,26 +124,55 @@ pub fn parse(f: &mut Fields<'_>) -> Option<Spec> {
             return None;
         }
     };
-    let continuation = match continuation {
-        Some((false, _)) => return None,
-        Some((true, _)) if !matches!(scope, Scope::Start { .. }) => {
-            f.error(
-                "continuation",
-                "continuation applies to a \"start\" scope only".into(),
-            );
-            return None;
+    let start_only = |f: &mut Fields<'_>, key: &str, list: Option<Option<PhraseList>>| match list {
+        Some(None) => Err(()),
+        Some(Some(_)) if !matches!(scope, Scope::Start { .. }) => {
+            f.error(key, format!("{key} applies to a \"start\" scope only"));
+            Err(())
         }
-        Some((true, c)) => Some(c),
-        None => None,
+        Some(list) => Ok(list),
+        None => Ok(None),
+    };
+    let continuation = start_only(f, "continuation", continuation);
+    let continuation_before = start_only(f, "continuation_before", before);
+    let (Ok(continuation), Ok(continuation_before)) = (continuation, continuation_before) else {
+        return None;
     };
     Some(Spec {
         list: list?,
         scope,
         continuation,
+        continuation_before,
     })
 }
 
+/// An optional list of plain phrases (phrase syntax, no exceptions):
+/// `None` when absent, `Some(None)` when a phrase is invalid (said so).
+fn plain_list(f: &mut Fields<'_>, key: &str) -> Option<Option<PhraseList>> {
+    let phrases = f.strings(key)?;
+    let mut ok = true;
+    for p in &phrases {
+        if let Err(e) = crate::wording::compile(p) {
+            f.error_at_value(key, p, format!("{key} {p:?} {e}"));
+            ok = false;
+        }
+    }
+    Some(ok.then(|| PhraseList {
+        phrases,
+        exceptions: Vec::new(),
+        boundary: Boundary::None,
+        position: Position::Any,
+    }))
+}
+
 impl Spec {
+    /// The group index of `continuation_before` (see `Spec::phrase_lists`).
+    fn before_list(&self) -> Option<u16> {
+        self.continuation_before
+            .as_ref()
+            .map(|_| 1 + u16::from(self.continuation.is_some()))
+    }
+
     pub fn describe(&self) -> String {
         let scope = match self.scope {
             Scope::Start {
@@ -244,6 +262,16 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
         st.start_ts = Some(seg.ts_ms);
     }
     if !r.rule.speakers.contains(&seg.speaker) {
+        if let Some(before) = spec.before_list()
+            && st.seen == 0
+            && !st.continued
+            && r.hit(seg, before)
+        {
+            st.continued = true;
+            sink.explain(r.rule, || {
+                "not judged: the customer's first words continue an earlier contact".into()
+            });
+        }
         return;
     }
     st.seen = st.seen.saturating_add(1);

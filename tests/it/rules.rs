@@ -713,4 +713,26 @@ fn a_conversation_that_began_elsewhere_gets_no_greeting_verdict() {
     ]);
     assert_eq!(of(&events, "greeting.std"), rs(&[]));
     assert_eq!(summary(&events).greeted, None);
+    // The customer's words before the agent spoke: `^那` only at their
+    // start, `说了好几次` anywhere; after the agent spoke they do not count.
+    let judged = |first: &str, second: &str| {
+        let events = run(&[
+            say("b", "chat", 0, "customer", first, 0),
+            say("b", "chat", 1, "customer", second, 1),
+            say("b", "chat", 2, "agent", "已经为您处理好了", 2),
+            say("b", "chat", 3, "agent", "好的", 3),
+            end("b", 4),
+        ]);
+        summary(&events).greeted
+    };
+    assert_eq!(judged("那什么时候到", "在吗"), None);
+    assert_eq!(judged("在吗", "我都说了好几次了"), None);
+    assert_eq!(judged("我想问那个订单", "在吗"), Some(false));
+    let after = run(&[
+        say("a", "chat", 0, "agent", "请讲", 0),
+        say("a", "chat", 1, "customer", "那什么时候到", 1),
+        say("a", "chat", 2, "agent", "好的", 2),
+        end("a", 3),
+    ]);
+    assert_eq!(summary(&after).greeted, Some(false));
 }
