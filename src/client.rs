@@ -5,6 +5,7 @@ use crate::daemon::nats;
 use crate::event::{Event, Severity, decode_str};
 use crate::filter::Filter;
 use crate::metrics::Metrics;
+use async_nats::jetstream::context::PublishAckFuture;
 use futures_util::StreamExt;
 use std::collections::VecDeque;
 use std::io::{BufRead, Write};
@@ -36,7 +37,18 @@ pub async fn publish(config: &Config, file: &Path, rate: f64) -> Result<u64, Str
     };
     let prefix = &config.streams.input_prefix;
     let started = Instant::now();
-    let mut in_flight = VecDeque::new();
+    // Ids for the stream's de-duplication: a message sent again after a
+    // lost ack (a server failing over) is stored once. Unique per run, so
+    // publishing a file twice still publishes it twice.
+    let run = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let mut in_flight: VecDeque<(Outgoing, PublishAckFuture)> = VecDeque::new();
     let mut sent = 0u64;
     for (i, line) in reader.lines().enumerate() {
         let line = line.map_err(|e| format!("cannot read {}: {e}", file.display()))?;
@@ -51,25 +63,85 @@ pub async fn publish(config: &Config, file: &Path, rate: f64) -> Result<u64, Str
             let due = started + Duration::from_secs_f64(sent as f64 / rate);
             tokio::time::sleep_until(due.into()).await;
         }
-        let ack = js
-            .publish(subject, line.into_bytes().into())
-            .await
-            .map_err(|e| format!("publish failed: {e}"))?;
-        in_flight.push_back(ack);
+        let out = Outgoing {
+            subject,
+            id: format!("{run}-{i}"),
+            payload: line.into_bytes().into(),
+        };
+        let ack = out.send(&js).await?;
+        in_flight.push_back((out, ack));
         sent += 1;
-        if in_flight.len() >= 1024
-            && let Some(a) = in_flight.pop_front()
-        {
-            a.await
-                .map_err(|e| format!("publish not acknowledged: {e}"))?;
-        }
+        settle(&js, &mut in_flight, 1024).await?;
     }
-    for a in in_flight {
-        a.await
-            .map_err(|e| format!("publish not acknowledged: {e}"))?;
-    }
+    settle(&js, &mut in_flight, 0).await?;
     client.flush().await.map_err(|e| e.to_string())?;
     Ok(sent)
+}
+
+/// A message being published.
+struct Outgoing {
+    subject: String,
+    id: String,
+    payload: bytes::Bytes,
+}
+
+impl Outgoing {
+    async fn send(&self, js: &async_nats::jetstream::Context) -> Result<PublishAckFuture, String> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", self.id.as_str());
+        js.publish_with_headers(self.subject.clone(), headers, self.payload.clone())
+            .await
+            .map_err(|e| format!("publish failed: {e}"))
+    }
+}
+
+/// How long messages are sent again while acks fail without progress (a
+/// JetStream leader election takes a few seconds).
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Waits for acks, oldest first, until at most `keep` are pending. When
+/// one fails, every pending message is sent again, in order, with the
+/// same ids (the stream stores each once), after a backoff.
+async fn settle(
+    js: &async_nats::jetstream::Context,
+    in_flight: &mut VecDeque<(Outgoing, PublishAckFuture)>,
+    keep: usize,
+) -> Result<(), String> {
+    let mut delay = Duration::from_millis(100);
+    let mut failing_since: Option<Instant> = None;
+    while in_flight.len() > keep {
+        let Some((out, ack)) = in_flight.pop_front() else {
+            break;
+        };
+        match ack.await {
+            Ok(_) => {
+                failing_since = None;
+                delay = Duration::from_millis(100);
+            }
+            Err(e) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > PUBLISH_PATIENCE {
+                    return Err(format!("publish not acknowledged: {e}"));
+                }
+                tracing::warn!(error = %e, pending = in_flight.len() + 1, "publish not acknowledged; sending the pending messages again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                let mut again = VecDeque::with_capacity(in_flight.len() + 1);
+                for out in std::iter::once(out).chain(in_flight.drain(..).map(|(o, _)| o)) {
+                    let ack = loop {
+                        match out.send(js).await {
+                            Ok(ack) => break ack,
+                            Err(e) if since.elapsed() > PUBLISH_PATIENCE => return Err(e),
+                            Err(_) => tokio::time::sleep(delay).await,
+                        }
+                    };
+                    again.push_back((out, ack));
+                }
+                *in_flight = again;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How `zhijian tail` prints events.

@@ -315,6 +315,137 @@ impl Default for LogSection {
     }
 }
 
+/// Many instances on one input stream: the stream is split into
+/// `partitions` by conversation (a subject transform computed by NATS),
+/// each partition judged by one instance at a time (a lease in a key-value
+/// bucket), its open conversations checkpointed to that bucket. See
+/// `daemon::cluster`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Partitions of the input stream; 0: one instance, no partitions.
+    /// Used when the stream is created: an existing stream's own count wins.
+    pub partitions: u32,
+    /// This instance's name (letters, digits, `-`, `_`); empty: host name
+    /// and process id. Names must differ between running instances.
+    pub instance: String,
+    /// The key-value bucket of members, leases and checkpoints.
+    pub bucket: String,
+    /// Replicas of the streams and the bucket this daemon creates (3 on a
+    /// three-node cluster).
+    pub replicas: usize,
+    /// How long a lease holds without renewal.
+    pub lease_ms: u64,
+    /// How often members say they are alive and leases are renewed.
+    pub heartbeat_ms: u64,
+    /// How often a partition's open conversations are checkpointed.
+    pub checkpoint_ms: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            partitions: 0,
+            instance: String::new(),
+            bucket: "zhijian_cluster".into(),
+            replicas: 1,
+            lease_ms: 5_000,
+            heartbeat_ms: 1_000,
+            checkpoint_ms: 500,
+        }
+    }
+}
+
+/// The validated cluster settings.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub partitions: u32,
+    pub instance: String,
+    pub bucket: String,
+    pub replicas: usize,
+    pub lease: Duration,
+    pub heartbeat: Duration,
+    pub checkpoint: Duration,
+}
+
+impl ClusterSection {
+    fn validate(&self) -> Result<Option<ClusterConfig>, String> {
+        if self.partitions == 0 {
+            return Ok(None);
+        }
+        if self.partitions > 1024 {
+            return Err(format!(
+                "[cluster] partitions must be 1..=1024, got {}",
+                self.partitions
+            ));
+        }
+        let name_ok = |t: &str| {
+            !t.is_empty()
+                && t.len() <= 64
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        };
+        let instance = if self.instance.is_empty() {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default();
+            let host: String = host
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .take(40)
+                .collect();
+            format!(
+                "{}-{}",
+                if host.is_empty() { "zhijian" } else { &host },
+                std::process::id()
+            )
+        } else {
+            self.instance.clone()
+        };
+        if !name_ok(&instance) {
+            return Err(format!(
+                "[cluster] instance {instance:?}: letters, digits, '-' and '_' only (at most 64)"
+            ));
+        }
+        if !name_ok(&self.bucket) {
+            return Err(format!(
+                "[cluster] bucket {:?}: letters, digits, '-' and '_' only",
+                self.bucket
+            ));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(format!(
+                "[cluster] replicas must be 1..=5, got {}",
+                self.replicas
+            ));
+        }
+        if self.heartbeat_ms == 0 || self.lease_ms < 3 * self.heartbeat_ms {
+            return Err(format!(
+                "[cluster] lease_ms ({}) must be at least 3 × heartbeat_ms ({})",
+                self.lease_ms, self.heartbeat_ms
+            ));
+        }
+        if self.checkpoint_ms == 0 {
+            return Err("[cluster] checkpoint_ms must be >= 1".into());
+        }
+        Ok(Some(ClusterConfig {
+            partitions: self.partitions,
+            instance,
+            bucket: self.bucket.clone(),
+            replicas: self.replicas,
+            lease: Duration::from_millis(self.lease_ms),
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            checkpoint: Duration::from_millis(self.checkpoint_ms),
+        }))
+    }
+}
+
 /// The raw file, as written.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -327,6 +458,7 @@ pub struct RawConfig {
     pub metrics: MetricsSection,
     pub console: ConsoleSection,
     pub shadow: ShadowSection,
+    pub cluster: ClusterSection,
     pub log: LogSection,
 }
 
@@ -358,6 +490,8 @@ pub struct Config {
     pub console: Option<ConsoleConfig>,
     /// Shadow mode, when a candidate lexicon is configured.
     pub shadow: Option<ShadowConfig>,
+    /// Several instances, partitions (None: one instance).
+    pub cluster: Option<ClusterConfig>,
     pub log_json: bool,
     pub log_level: String,
 }
@@ -493,6 +627,13 @@ impl RawConfig {
             ("shadow", "lexicons") => self.shadow.lexicons = s(),
             ("shadow", "prefix") => self.shadow.prefix = s(),
             ("shadow", "stream") => self.shadow.stream = s(),
+            ("cluster", "partitions") => self.cluster.partitions = num(v)?,
+            ("cluster", "instance") => self.cluster.instance = s(),
+            ("cluster", "bucket") => self.cluster.bucket = s(),
+            ("cluster", "replicas") => self.cluster.replicas = num(v)?,
+            ("cluster", "lease_ms") => self.cluster.lease_ms = num(v)?,
+            ("cluster", "heartbeat_ms") => self.cluster.heartbeat_ms = num(v)?,
+            ("cluster", "checkpoint_ms") => self.cluster.checkpoint_ms = num(v)?,
             ("log", "format") => self.log.format = s(),
             ("log", "level") => self.log.level = s(),
             _ => return Err(format!("unknown key [{section}] {key}")),
@@ -625,8 +766,13 @@ impl RawConfig {
                 stream: self.shadow.stream.clone(),
             })
         };
+        let cluster = self.cluster.validate()?;
+        if cluster.is_some() && shadow.is_some() {
+            return Err("[shadow] is not available with [cluster] partitions yet".into());
+        }
         Ok(Config {
             shadow,
+            cluster,
             lexicons: self.engine.lexicons.clone(),
             shards: self.engine.shards,
             idle_timeout: Duration::from_secs(self.engine.idle_timeout_s),

@@ -33,6 +33,10 @@ pub async fn passthrough(config: Config) -> Result<(), String> {
     let client = nats::connect(&config, status, Arc::new(Metrics::new())).await?;
     nats::check_server(&client)?;
     let setup = nats::setup(&client, &config).await?;
+    let consumer = setup
+        .consumer
+        .clone()
+        .ok_or("the pass-through consumer needs one instance (no [cluster])")?;
     let mut senders = Vec::new();
     let mut workers = Vec::new();
     for _ in 0..config.shards {
@@ -84,7 +88,7 @@ pub async fn passthrough(config: Config) -> Result<(), String> {
     loop {
         let mut batch = tokio::select! {
             _ = term.recv() => break,
-            b = setup.consumer.batch().max_messages(256).expires(Duration::from_millis(500)).messages() => {
+            b = consumer.batch().max_messages(256).expires(Duration::from_millis(500)).messages() => {
                 b.map_err(|e| e.to_string())?
             }
         };

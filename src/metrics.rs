@@ -73,6 +73,120 @@ pub struct Metrics {
     pub output_stalls: IntCounter,
     pub limits: IntCounterVec,
     pub poison_removed: IntCounter,
+    /// Several instances: see `daemon::cluster`.
+    pub cluster: ClusterMetrics,
+}
+
+/// Metrics of an instance in a cluster (`[cluster] partitions`).
+pub struct ClusterMetrics {
+    pub members: IntGauge,
+    pub partitions_owned: IntGauge,
+    /// `zhijian_partition_handovers_total{event}`: acquired (a free or
+    /// released partition), failover (taken from a member whose lease
+    /// expired), released, lost.
+    pub handovers: IntCounterVec,
+    /// `zhijian_checkpoints_total{outcome}`: ok, fenced, failed.
+    pub checkpoints: IntCounterVec,
+    pub checkpoint_seconds: Histogram,
+    checkpoint_age: prometheus::GaugeVec,
+    checkpoint_bytes: IntGaugeVec,
+    pub replayed: IntCounter,
+}
+
+impl ClusterMetrics {
+    fn new(r: &Registry) -> ClusterMetrics {
+        let handovers = counter_vec(
+            r,
+            "zhijian_partition_handovers_total",
+            "Partitions changing hands at this instance, by event: acquired (free or released), failover (taken from a member whose lease expired), released, lost (taken by another member).",
+            &["event"],
+        );
+        for e in ["acquired", "failover", "released", "lost"] {
+            handovers.with_label_values(&[e]);
+        }
+        let checkpoints = counter_vec(
+            r,
+            "zhijian_checkpoints_total",
+            "Partition checkpoints written, by outcome: ok, fenced (a newer holder's checkpoint exists), failed.",
+            &["outcome"],
+        );
+        for o in ["ok", "fenced", "failed"] {
+            checkpoints.with_label_values(&[o]);
+        }
+        let checkpoint_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "zhijian_checkpoint_seconds",
+                "Time to write one partition checkpoint (after its events are stored).",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )
+        .expect("static metric definition");
+        r.register(Box::new(checkpoint_seconds.clone()))
+            .expect("unique metric name");
+        let checkpoint_age = prometheus::GaugeVec::new(
+            Opts::new(
+                "zhijian_checkpoint_age_seconds",
+                "Seconds since the partition's last checkpoint, per partition held here.",
+            ),
+            &["partition"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(checkpoint_age.clone()))
+            .expect("unique metric name");
+        let checkpoint_bytes = IntGaugeVec::new(
+            Opts::new(
+                "zhijian_checkpoint_bytes",
+                "Size of the partition's last checkpoint (its open conversations), per partition held here.",
+            ),
+            &["partition"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(checkpoint_bytes.clone()))
+            .expect("unique metric name");
+        ClusterMetrics {
+            members: gauge(
+                r,
+                "zhijian_cluster_members",
+                "Live members of the cluster this instance sees (itself included).",
+            ),
+            partitions_owned: gauge(
+                r,
+                "zhijian_partitions_owned",
+                "Partitions of the input stream this instance judges now.",
+            ),
+            handovers,
+            checkpoints,
+            checkpoint_seconds,
+            checkpoint_age,
+            checkpoint_bytes,
+            replayed: counter(
+                r,
+                "zhijian_replayed_messages_total",
+                "Inputs judged again from a checkpoint when a partition was taken (what waited, and what the former holder judged after its last checkpoint).",
+            ),
+        }
+    }
+
+    pub fn observe_checkpoint_age(&self, partition: u32, age: std::time::Duration) {
+        self.checkpoint_age
+            .with_label_values(&[&partition.to_string()])
+            .set(age.as_secs_f64());
+    }
+
+    pub fn set_checkpoint_bytes(&self, partition: u32, bytes: u64) {
+        self.checkpoint_bytes
+            .with_label_values(&[&partition.to_string()])
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// The partition is no longer held here: its series go.
+    pub fn forget(&self, partition: u32) {
+        let p = partition.to_string();
+        let _ = self.checkpoint_age.remove_label_values(&[&p]);
+        let _ = self.checkpoint_bytes.remove_label_values(&[&p]);
+    }
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -297,7 +411,9 @@ impl Metrics {
         for limit in LIMITS {
             limits.with_label_values(&[limit]);
         }
+        let cluster = ClusterMetrics::new(&r);
         Metrics {
+            cluster,
             segments_resolved,
             input_events: Outcome::ALL.map(|o| input_events.with_label_values(&[o.as_str()])),
             violations,

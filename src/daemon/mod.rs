@@ -27,6 +27,7 @@
 //! were all processed before the crash ends without a summary (its `end`
 //! finds no state: `zhijian_input_events_total{outcome="unknown_end"}`).
 
+pub mod cluster;
 mod http;
 pub mod nats;
 mod poison;
@@ -201,6 +202,51 @@ pub async fn run(
         None => (None, None),
     };
 
+    // Many instances: partitions instead of shards.
+    if let (Some((kv, partitions)), Some(cluster_config)) =
+        (setup.cluster.clone(), config.cluster.clone())
+    {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(reloader(
+            config.lexicons.clone(),
+            config.reload_poll,
+            config.reload_requires_tests,
+            scanner_tx,
+            Some(Arc::clone(&metrics)),
+            stop_rx.clone(),
+        ));
+        tokio::spawn(watchdog(
+            Arc::clone(&shared),
+            Arc::clone(&status),
+            stop_rx.clone(),
+        ));
+        let started = tokio::time::Instant::now();
+        let result = cluster::serve(
+            Arc::clone(&shared),
+            cluster_config,
+            cluster::Streams {
+                input: setup.input.clone(),
+                partitions,
+                kv,
+            },
+            scanner_rx,
+            Arc::clone(&status),
+            shutdown,
+        )
+        .await;
+        status.consumer_bound.store(false, Ordering::Relaxed);
+        let _ = stop_tx.send(true);
+        close(&client, http, console, started + config.shutdown_grace).await;
+        return result.map_err(|e| {
+            DaemonError::Runtime(format!(
+                "unclean shutdown ({e}); the next holders replay from the last checkpoints"
+            ))
+        });
+    }
+    let Some(consumer) = setup.consumer.clone() else {
+        return Err(DaemonError::Runtime("no consumer was set up".into()));
+    };
+
     // Shards, with the state saved by the previous instance.
     let n = config.shards;
     let mut engines: Vec<Engine> = (0..n)
@@ -269,7 +315,7 @@ pub async fn run(
         ));
     }
     tokio::spawn(consumer_gauges(
-        setup.consumer.clone(),
+        consumer.clone(),
         Arc::clone(&metrics),
         stop_rx.clone(),
     ));
@@ -280,7 +326,7 @@ pub async fn run(
     ));
     tokio::spawn(poison::sweeper(
         Arc::clone(&shared),
-        setup.consumer.clone(),
+        consumer.clone(),
         setup.input.clone(),
         Arc::clone(&status),
         stop_rx.clone(),
@@ -288,7 +334,7 @@ pub async fn run(
 
     // Pull until shutdown.
     tokio::pin!(shutdown);
-    let shard_died = dispatch(&setup.consumer, &senders, &shared, &status, &mut shutdown).await;
+    let shard_died = dispatch(&consumer, &senders, &shared, &status, &mut shutdown).await;
     // The grace period, from here: shards finish their queues for half of
     // it, then are told to abort (hand back what they hold); saving state
     // gets what is left, less a margin for draining the connection.
@@ -331,9 +377,6 @@ pub async fn run(
     if !report.is_complete() {
         problems.push(report.describe());
     }
-    if let Err(e) = tokio::time::timeout_at(started + grace, client.flush()).await {
-        tracing::warn!(error = %e, "flush at shutdown timed out");
-    }
     if shard_died {
         problems.push("a shard stopped taking messages before shutdown".into());
     }
@@ -345,6 +388,22 @@ pub async fn run(
             problems.join("; ")
         )))
     };
+    close(&client, http, console, started + grace).await;
+    tracing::info!(took_ms = started.elapsed().as_millis() as u64, "stopped");
+    result
+}
+
+/// Flushes what is sent (until `by`), drains the connection and stops the
+/// HTTP servers.
+async fn close(
+    client: &async_nats::Client,
+    http: http::Http,
+    console: Option<crate::console::Console>,
+    by: tokio::time::Instant,
+) {
+    if let Err(e) = tokio::time::timeout_at(by, client.flush()).await {
+        tracing::warn!(error = %e, "flush at shutdown timed out");
+    }
     if let Err(e) = client.drain().await {
         tracing::warn!(error = %e, "drain failed");
     }
@@ -352,8 +411,6 @@ pub async fn run(
     if let Some(c) = console {
         c.stop();
     }
-    tracing::info!(took_ms = started.elapsed().as_millis() as u64, "stopped");
-    result
 }
 
 /// Fails readiness while work is pending and nothing has been stored for

@@ -98,8 +98,15 @@ pub async fn connect(
         opts = opts.require_tls(true);
     }
     // The URL may hold credentials (nats://user:pass@host): never log it.
+    // A comma-separated list: every server of a cluster to start from.
+    let servers = n
+        .url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("invalid NATS URL {}: {e}", redact_url(&n.url)))?;
     let client = opts
-        .connect(n.url.as_str())
+        .connect(servers)
         .await
         .map_err(|e| format!("cannot connect to NATS at {}: {e}", redact_url(&n.url)))?;
     Ok(client)
@@ -165,42 +172,75 @@ pub struct Setup {
     pub js: jetstream::Context,
     /// The input stream (the poison sweeper reads and deletes by sequence).
     pub input: jetstream::stream::Stream,
-    pub consumer: jetstream::consumer::PullConsumer,
+    /// The durable consumer of one instance (None with `[cluster]`, whose
+    /// partitions are read by ordered consumers).
+    pub consumer: Option<jetstream::consumer::PullConsumer>,
     pub state: kv::Store,
+    /// With `[cluster]`: the bucket of members, leases and checkpoints, and
+    /// the input stream's partition count.
+    pub cluster: Option<(kv::Store, u32)>,
 }
 
 /// Creates (when `streams.create`) or checks the streams, the consumer and
 /// the state bucket.
 pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup, String> {
     let s = &config.streams;
-    // Room for every shard's publish window plus dead letters and state:
-    // a publish then never waits for a permit that only acks it has not
-    // awaited yet could free (see shard.rs).
-    let inflight = config.shards * config.publish_window + 1024;
+    let cluster = config.cluster.as_ref();
+    let partitions = cluster.map_or(0, |c| c.partitions);
+    // Room for every shard's (or partition's) publish window plus dead
+    // letters and state: a publish then never waits for a permit that only
+    // acks it has not awaited yet could free (see shard.rs).
+    let writers = config.shards.max(partitions as usize);
+    let inflight = writers * config.publish_window + 1024;
     let js = jetstream::context::ContextBuilder::new()
         .max_ack_inflight(inflight)
         .build(client.clone());
     let create = s.create;
-    let window = Duration::from_secs(s.duplicate_window_s);
-    let input = ensure_stream(
-        &js,
-        create,
-        &s.input_stream,
-        vec![format!("{}.>", s.input_prefix)],
-        window,
-    )
-    .await?;
+    let shape = Shape {
+        duplicate_window: Duration::from_secs(s.duplicate_window_s),
+        replicas: cluster.map_or(1, |c| c.replicas),
+    };
+    let input = match cluster {
+        None => {
+            ensure_stream(
+                &js,
+                create,
+                &s.input_stream,
+                vec![format!("{}.>", s.input_prefix)],
+                &shape,
+                None,
+            )
+            .await?
+        }
+        Some(c) => {
+            // Only `<prefix>.<tenant>.<id>` is accepted, and stored under
+            // its partition: `<prefix>.<p>.<tenant>.<id>`.
+            ensure_stream(
+                &js,
+                create,
+                &s.input_stream,
+                vec![format!("{}.*.*", s.input_prefix)],
+                &shape,
+                Some(crate::daemon::cluster::transform(
+                    &s.input_prefix,
+                    c.partitions,
+                )),
+            )
+            .await?
+        }
+    };
     let outputs = vec![
         format!("{}.>", s.violations_prefix),
         format!("{}.>", s.summaries_prefix),
     ];
-    ensure_stream(&js, create, &s.output_stream, outputs, window).await?;
+    ensure_stream(&js, create, &s.output_stream, outputs, &shape, None).await?;
     ensure_stream(
         &js,
         create,
         &s.deadletter_stream,
         vec![s.deadletter_subject.clone()],
-        window,
+        &shape,
+        None,
     )
     .await?;
     if let Some(shadow) = &config.shadow {
@@ -209,11 +249,58 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
             create,
             &shadow.stream,
             vec![format!("{}.>", shadow.prefix)],
-            window,
+            &shape,
+            None,
         )
         .await?;
     }
 
+    let consumer = match cluster {
+        Some(_) => None,
+        None => Some(durable_consumer(&input, config).await?),
+    };
+    let state = bucket(
+        &js,
+        create,
+        &s.state_bucket,
+        "zhijian: open conversations across restarts",
+        1,
+    )
+    .await?;
+    let cluster = match cluster {
+        None => None,
+        Some(c) => {
+            let mut input = input.clone();
+            let info = input
+                .info()
+                .await
+                .map_err(|e| format!("stream {:?}: {e}", s.input_stream))?;
+            let partitions = crate::daemon::cluster::check_partitions(&info.config, c.partitions)?;
+            let kv = bucket(
+                &js,
+                create,
+                &c.bucket,
+                "zhijian: members, partition leases and checkpoints",
+                c.replicas,
+            )
+            .await?;
+            Some((kv, partitions))
+        }
+    };
+    Ok(Setup {
+        js,
+        input,
+        consumer,
+        state,
+        cluster,
+    })
+}
+
+async fn durable_consumer(
+    input: &jetstream::stream::Stream,
+    config: &Config,
+) -> Result<jetstream::consumer::PullConsumer, String> {
+    let s = &config.streams;
     let consumer_config = pull::Config {
         durable_name: Some(s.consumer.clone()),
         description: Some("zhijian: judges transcript segments".into()),
@@ -223,7 +310,7 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
         filter_subject: format!("{}.>", s.input_prefix),
         ..Default::default()
     };
-    let consumer = if create {
+    if s.create {
         input
             .get_or_create_consumer(&s.consumer, consumer_config)
             .await
@@ -232,63 +319,104 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
                     "cannot create consumer {:?} on stream {:?}: {e}",
                     s.consumer, s.input_stream
                 )
-            })?
+            })
     } else {
         input.get_consumer(&s.consumer).await.map_err(|e| {
             format!(
                 "consumer {:?} on stream {:?} is missing ({e}); create it, or set [streams] create = true",
                 s.consumer, s.input_stream
             )
-        })?
-    };
-
-    let state = match js.get_key_value(&s.state_bucket).await {
-        Ok(kv) => kv,
-        Err(_) if create => js
-            .create_key_value(kv::Config {
-                bucket: s.state_bucket.clone(),
-                description: "zhijian: open conversations across restarts".into(),
-                history: 1,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("cannot create key-value bucket {:?}: {e}", s.state_bucket))?,
-        Err(e) => {
-            return Err(format!(
-                "key-value bucket {:?} is missing ({e}); create it, or set [streams] create = true",
-                s.state_bucket
-            ));
-        }
-    };
-    Ok(Setup {
-        js,
-        input,
-        consumer,
-        state,
-    })
+        })
+    }
 }
 
-/// Gets the stream, creating it (file storage, de-duplication window) when
+/// Gets a key-value bucket (history 1, file storage), creating it when
 /// `create` is set.
+async fn bucket(
+    js: &jetstream::Context,
+    create: bool,
+    name: &str,
+    description: &str,
+    replicas: usize,
+) -> Result<kv::Store, String> {
+    let mut attempt = 0;
+    loop {
+        let result = match js.get_key_value(name).await {
+            Ok(kv) => return Ok(kv),
+            Err(_) if create => js
+                .create_key_value(kv::Config {
+                    bucket: name.to_string(),
+                    description: description.into(),
+                    history: 1,
+                    storage: stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("cannot create key-value bucket {name:?}: {e}")),
+            Err(e) => {
+                return Err(format!(
+                    "key-value bucket {name:?} is missing ({e}); create it, or set [streams] create = true"
+                ));
+            }
+        };
+        match result {
+            Ok(kv) => return Ok(kv),
+            // Instances starting together race to create it.
+            Err(e) if attempt >= CREATE_ATTEMPTS => return Err(e),
+            Err(e) => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "creating a bucket failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+        }
+    }
+}
+
+/// Attempts at creating a stream or bucket: instances started together on
+/// a fresh cluster race to create them, and a losing create can fail.
+const CREATE_ATTEMPTS: u64 = 5;
+
+/// How this daemon creates streams.
+struct Shape {
+    duplicate_window: Duration,
+    replicas: usize,
+}
+
+/// Gets the stream, creating it (file storage, de-duplication window,
+/// replicas, an optional subject transform) when `create` is set.
 async fn ensure_stream(
     js: &jetstream::Context,
     create: bool,
     name: &str,
     subjects: Vec<String>,
-    duplicate_window: Duration,
+    shape: &Shape,
+    subject_transform: Option<stream::SubjectTransform>,
 ) -> Result<stream::Stream, String> {
     if create {
         let config = stream::Config {
             name: name.to_string(),
             subjects,
             storage: stream::StorageType::File,
-            duplicate_window,
+            duplicate_window: shape.duplicate_window,
+            num_replicas: shape.replicas,
+            subject_transform,
             ..Default::default()
         };
-        js.get_or_create_stream(config)
-            .await
-            .map_err(|e| format!("cannot create stream {name:?}: {e}"))
+        let mut attempt = 0;
+        loop {
+            match js.get_or_create_stream(config.clone()).await {
+                Ok(s) => return Ok(s),
+                Err(e) if attempt >= CREATE_ATTEMPTS => {
+                    return Err(format!("cannot create stream {name:?}: {e}"));
+                }
+                Err(e) => {
+                    attempt += 1;
+                    tracing::debug!(stream = name, error = %e, attempt, "creating a stream failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+            }
+        }
     } else {
         js.get_stream(name).await.map_err(|e| {
             format!("stream {name:?} is missing ({e}); create it, or set [streams] create = true")

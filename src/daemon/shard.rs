@@ -863,7 +863,7 @@ async fn publish_all(
     ))
 }
 
-fn count_failure(shared: &Shared, event: &Event) {
+pub(super) fn count_failure(shared: &Shared, event: &Event) {
     let kind = match event {
         Event::Violation(_) => "violation",
         Event::Summary(_) => "summary",
@@ -875,7 +875,7 @@ fn count_failure(shared: &Shared, event: &Event) {
         .inc();
 }
 
-fn count_stored(shared: &Shared, event: &Event, arrived_ms: Option<u64>) {
+pub(super) fn count_stored(shared: &Shared, event: &Event, arrived_ms: Option<u64>) {
     let m = &shared.metrics;
     let (kind, arrived) = match event {
         Event::Violation(v) => {

@@ -2,6 +2,7 @@
 //! file). They use only fixtures under `tests/fixtures/`, never `../shared`.
 
 mod cli;
+mod cluster;
 mod console;
 mod daemon;
 mod default_lexicon;

@@ -1,0 +1,1200 @@
+//! Many instances on one input stream: partitions, leases, checkpoints.
+//!
+//! ```text
+//! publishers ── transcripts.<tenant>.<id> ──▶ TRANSCRIPTS, stored as
+//!               transcripts.<p>.<tenant>.<id>, p = partition(P, tenant, id) computed by NATS
+//!
+//! instance ── coordinator (every heartbeat) ──▶ bucket zhijian_cluster
+//!     │         member.<instance>   "alive until t"
+//!     │         lease.<p>           owner, until t          (renewed with a revision check)
+//!     │         ckpt.<p>            epoch, seq, chunk count  (written with a revision check)
+//!     │         chunk.<p>.<gen>.<i> open conversations
+//!     └─ one worker per partition it holds the lease of:
+//!          ordered consumer on transcripts.<p>.> from the checkpoint's seq + 1
+//!          ─▶ engine ─▶ publish (Nats-Msg-Id = event id) ─▶ checkpoint
+//! ```
+//!
+//! Who should hold a partition: the live member with the highest
+//! rendezvous score for it, so members agree without talking and a join or
+//! a leave moves about 1/N of the partitions. Who may: the holder of its
+//! lease. A member that sees the membership wrongly may fail to balance,
+//! never judge a partition beside another: only the lease holder runs a
+//! worker, a lease changes hands only when released or expired, and a
+//! worker stops publishing as soon as its lease may have expired (its own
+//! monotonic clock, renewed leases only) and stops for good when a renewal
+//! or a checkpoint finds the revision moved.
+//!
+//! Nothing accepted is lost: a checkpoint is written only after every event
+//! of the inputs it covers is stored, and a new holder replays the
+//! partition from the checkpoint's sequence. What the former holder had
+//! published after its last checkpoint is judged again to the same events
+//! with the same ids, which the output stream drops as duplicates (its
+//! `duplicate_window_s` must exceed the longest takeover). A `kill -9`
+//! therefore loses no window state either: the next holder (or the same
+//! instance restarted) starts from the checkpoint.
+
+use crate::config::ClusterConfig;
+use crate::daemon::Shared;
+use crate::daemon::shard::{self, DeadLetter, SavedConversation};
+use crate::engine::{Engine, EngineConfig};
+use crate::event::{Event, InputKind, decode_limited};
+use crate::matcher::Scanners;
+use async_nats::HeaderMap;
+use async_nats::jetstream::{
+    self,
+    consumer::{DeliverPolicy, pull},
+    context::PublishAckFuture,
+    kv,
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The partition NATS puts a conversation in: `{{partition(n,1,2)}}` of
+/// `<prefix>.<tenant>.<id>` hashes the two tokens joined (FNV-1a, 32 bits).
+pub fn partition_of(tenant: &str, conversation_id: &str, partitions: u32) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in tenant.bytes().chain(conversation_id.bytes()) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % partitions.max(1)
+}
+
+/// The stream transform that partitions `<prefix>.<tenant>.<id>`.
+pub fn transform(prefix: &str, partitions: u32) -> jetstream::stream::SubjectTransform {
+    jetstream::stream::SubjectTransform {
+        source: format!("{prefix}.*.*"),
+        destination: format!(
+            "{prefix}.{{{{partition({partitions},1,2)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}"
+        ),
+    }
+}
+
+/// The partition count of an input stream's transform, if it has one.
+pub fn partitions_of(config: &jetstream::stream::Config) -> Option<u32> {
+    let dest = &config.subject_transform.as_ref()?.destination;
+    let inner = dest.split("{{partition(").nth(1)?;
+    inner.split(',').next()?.trim().parse().ok()
+}
+
+/// Rendezvous score of a member for a partition (highest wins).
+fn score(member: &str, partition: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in member.bytes().chain([0xFF]).chain(partition.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // FNV alone mixes the last bytes poorly: finish like splitmix64.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h
+}
+
+/// The member that should hold `partition`.
+pub fn owner_of(members: &[String], partition: u32) -> Option<&str> {
+    members
+        .iter()
+        .max_by_key(|m| (score(m, partition), m.as_str()))
+        .map(String::as_str)
+}
+
+fn wall_ms() -> u64 {
+    shard::now_ms()
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct MemberValue {
+    until_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LeaseValue {
+    owner: String,
+    until_ms: u64,
+}
+
+/// A checkpoint's head: what the chunks hold and up to which input.
+#[derive(Debug, Serialize, Deserialize)]
+struct Head {
+    version: u32,
+    /// The lease revision of the holder that wrote it.
+    epoch: u64,
+    /// Every input of the partition up to this stream sequence is judged
+    /// and its events stored.
+    seq: u64,
+    generation: String,
+    chunks: u32,
+    conversations: u64,
+    bytes: u64,
+    written_ms: u64,
+}
+
+const HEAD_VERSION: u32 = 1;
+
+/// One lease this instance holds, shared with its worker.
+struct Lease {
+    /// Monotonic ms (since `clock`) until which the lease surely holds.
+    valid_until: AtomicU64,
+    /// The lease was taken by another member: stop, publish nothing more.
+    lost: AtomicBool,
+    clock: Instant,
+}
+
+impl Lease {
+    fn valid(&self) -> bool {
+        !self.lost.load(Ordering::Acquire)
+            && (self.clock.elapsed().as_millis() as u64) < self.valid_until.load(Ordering::Acquire)
+    }
+}
+
+struct Held {
+    revision: u64,
+    lease: Arc<Lease>,
+    stop: watch::Sender<bool>,
+    worker: tokio::task::JoinHandle<Exit>,
+    /// Told to hand the partition over (another member should hold it).
+    releasing: bool,
+}
+
+#[derive(Debug)]
+enum Exit {
+    /// Stopped on request after its last checkpoint.
+    Released,
+    /// The lease or the checkpoint moved: another member holds it.
+    Lost,
+    /// Could not start (checkpoint unreadable, consumer not created).
+    Failed(String),
+}
+
+/// Everything the coordinator and the workers share.
+struct Ctx {
+    shared: Arc<Shared>,
+    cluster: ClusterConfig,
+    partitions: u32,
+    kv: kv::Store,
+    input: jetstream::stream::Stream,
+    scanners: watch::Receiver<Arc<Scanners>>,
+    clock: Instant,
+}
+
+/// The partition count in use: the input stream's own, or (when the
+/// stream has no transform yet and may be created) the configured one.
+pub fn check_partitions(
+    stream: &jetstream::stream::Config,
+    configured: u32,
+) -> Result<u32, String> {
+    match partitions_of(stream) {
+        Some(p) if p > 0 => {
+            if p != configured {
+                tracing::warn!(
+                    stream = %stream.name,
+                    stream_partitions = p,
+                    configured,
+                    "the input stream's partition count wins over [cluster] partitions"
+                );
+            }
+            Ok(p)
+        }
+        _ => Err(format!(
+            "input stream {:?} is not partitioned (no subject transform with partition()); \
+             [cluster] needs a partitioned stream: see the README's \"Many instances\" for the migration",
+            stream.name
+        )),
+    }
+}
+
+/// What the cluster runs on: the partitioned input stream and the bucket.
+pub struct Streams {
+    pub input: jetstream::stream::Stream,
+    pub partitions: u32,
+    pub kv: kv::Store,
+}
+
+/// Runs this instance's part of the cluster until `shutdown`: heartbeats,
+/// leases, one worker per held partition. On shutdown every worker
+/// checkpoints, every lease is released and the member leaves.
+pub async fn serve(
+    shared: Arc<Shared>,
+    cluster: ClusterConfig,
+    on: Streams,
+    scanners: watch::Receiver<Arc<Scanners>>,
+    status: Arc<super::nats::Status>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let ctx = Arc::new(Ctx {
+        shared,
+        cluster,
+        partitions: on.partitions,
+        kv: on.kv,
+        input: on.input,
+        scanners,
+        clock: Instant::now(),
+    });
+    let partitions = ctx.partitions;
+    let metrics = &ctx.shared.metrics;
+    let me = ctx.cluster.instance.clone();
+    tracing::info!(instance = %me, partitions, "joining the cluster");
+    let mut held: HashMap<u32, Held> = HashMap::new();
+    let mut tick = tokio::time::interval(ctx.cluster.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.as_mut() => break,
+            _ = tick.tick() => {}
+        }
+        let members = match heartbeat(&ctx).await {
+            Ok(m) => {
+                status.consumer_bound.store(true, Ordering::Relaxed);
+                m
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster heartbeat failed");
+                // Renewals below may still work; without a member list
+                // nothing new is taken.
+                Vec::new()
+            }
+        };
+        metrics.cluster.members.set(members.len() as i64);
+        renew(&ctx, &mut held).await;
+        reap(&ctx, &mut held).await;
+        if !members.is_empty() {
+            balance(&ctx, &members, &mut held).await;
+        }
+        metrics.cluster.partitions_owned.set(held.len() as i64);
+    }
+    // Shutdown: every worker checkpoints and stops; leases are released.
+    tracing::info!(
+        partitions = held.len(),
+        "leaving the cluster: handing partitions over"
+    );
+    for h in held.values_mut() {
+        h.releasing = true;
+        let _ = h.stop.send(true);
+    }
+    let deadline = tokio::time::Instant::now() + ctx.shared.config.shutdown_grace.mul_f64(0.8);
+    let mut problems = Vec::new();
+    for (p, h) in held.drain() {
+        match tokio::time::timeout_at(deadline, h.worker).await {
+            Ok(Ok(Exit::Released)) => {
+                release(&ctx, p, h.revision).await;
+                metrics.cluster.handovers.with_label_values(&["released"]).inc();
+            }
+            Ok(Ok(other)) => tracing::warn!(partition = p, exit = ?other, "worker ended badly at shutdown"),
+            Ok(Err(e)) => problems.push(format!("partition {p}: worker failed: {e}")),
+            Err(_) => problems.push(format!(
+                "partition {p}: no checkpoint within the grace period (the next holder replays from the last one)"
+            )),
+        }
+    }
+    metrics.cluster.partitions_owned.set(0);
+    if let Err(e) = ctx.kv.delete(format!("member.{me}")).await {
+        tracing::warn!(error = %e, "cannot remove this member");
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// Says this member is alive; returns the live members (this one included).
+async fn heartbeat(ctx: &Ctx) -> Result<Vec<String>, String> {
+    let me = &ctx.cluster.instance;
+    let ttl = ctx.cluster.heartbeat.as_millis() as u64 * 3;
+    let value = serde_json::to_vec(&MemberValue {
+        until_ms: wall_ms() + ttl,
+    })
+    .map_err(|e| e.to_string())?;
+    ctx.kv
+        .put(format!("member.{me}"), value.into())
+        .await
+        .map_err(|e| format!("member key: {e}"))?;
+    let mut keys = ctx
+        .kv
+        .keys()
+        .await
+        .map_err(|e| format!("listing members: {e}"))?;
+    let mut members = vec![me.clone()];
+    let now = wall_ms();
+    while let Some(k) = keys.next().await {
+        let Ok(k) = k else { continue };
+        let Some(name) = k.strip_prefix("member.") else {
+            continue;
+        };
+        if name == me {
+            continue;
+        }
+        if let Ok(Some(v)) = ctx.kv.get(&k).await
+            && let Ok(m) = serde_json::from_slice::<MemberValue>(&v)
+            && m.until_ms > now
+        {
+            members.push(name.to_string());
+        }
+    }
+    members.sort();
+    Ok(members)
+}
+
+fn lease_key(p: u32) -> String {
+    format!("lease.{p}")
+}
+
+fn lease_value(ctx: &Ctx, until_ms: u64) -> Bytes {
+    serde_json::to_vec(&LeaseValue {
+        owner: ctx.cluster.instance.clone(),
+        until_ms,
+    })
+    .map(Bytes::from)
+    .unwrap_or_default()
+}
+
+/// Renews every held lease; a renewal that finds the revision moved means
+/// another member holds it now: that worker stops at once.
+async fn renew(ctx: &Ctx, held: &mut HashMap<u32, Held>) {
+    let lease_ms = ctx.cluster.lease.as_millis() as u64;
+    for (p, h) in held.iter_mut() {
+        if h.lease.lost.load(Ordering::Acquire) {
+            continue;
+        }
+        let asked = ctx.clock.elapsed().as_millis() as u64;
+        let value = lease_value(ctx, wall_ms() + lease_ms);
+        match ctx.kv.update(lease_key(*p), value, h.revision).await {
+            Ok(rev) => {
+                h.revision = rev;
+                // Others count from their clocks when they read it; keep a
+                // fifth of the lease as margin for clock skew and delays.
+                h.lease
+                    .valid_until
+                    .store(asked + lease_ms * 4 / 5, Ordering::Release);
+            }
+            Err(e) => {
+                // Lost, or only a slow server? Look.
+                let moved = match ctx.kv.entry(lease_key(*p)).await {
+                    Ok(Some(entry)) => entry.revision != h.revision,
+                    Ok(None) => true,
+                    Err(_) => false,
+                };
+                if moved {
+                    tracing::warn!(
+                        partition = p,
+                        "lease taken by another member; stopping its worker"
+                    );
+                    h.lease.lost.store(true, Ordering::Release);
+                    let _ = h.stop.send(true);
+                    ctx.shared
+                        .metrics
+                        .cluster
+                        .handovers
+                        .with_label_values(&["lost"])
+                        .inc();
+                } else {
+                    tracing::warn!(partition = p, error = %e, "lease renewal failed; retrying");
+                }
+            }
+        }
+    }
+}
+
+/// Collects workers that ended: released partitions give their lease back.
+async fn reap(ctx: &Ctx, held: &mut HashMap<u32, Held>) {
+    let done: Vec<u32> = held
+        .iter()
+        .filter(|(_, h)| h.worker.is_finished())
+        .map(|(p, _)| *p)
+        .collect();
+    for p in done {
+        let Some(h) = held.remove(&p) else { continue };
+        match h.worker.await {
+            Ok(Exit::Released) => {
+                release(ctx, p, h.revision).await;
+                ctx.shared
+                    .metrics
+                    .cluster
+                    .handovers
+                    .with_label_values(&["released"])
+                    .inc();
+                tracing::info!(partition = p, "partition handed over");
+            }
+            Ok(Exit::Lost) => tracing::info!(partition = p, "partition lost to another member"),
+            Ok(Exit::Failed(e)) => {
+                tracing::error!(partition = p, error = %e, "partition worker failed; releasing it");
+                release(ctx, p, h.revision).await;
+            }
+            Err(e) => {
+                tracing::error!(partition = p, error = %e, "partition worker panicked; releasing it");
+                release(ctx, p, h.revision).await;
+            }
+        }
+    }
+}
+
+/// Gives a lease back at once (expired now), if it is still ours.
+async fn release(ctx: &Ctx, p: u32, revision: u64) {
+    if let Err(e) = ctx
+        .kv
+        .update(lease_key(p), lease_value(ctx, 0), revision)
+        .await
+    {
+        tracing::debug!(partition = p, error = %e, "lease not released (it expires by itself)");
+    }
+}
+
+/// Takes the partitions this member should hold and hands over the others.
+async fn balance(ctx: &Arc<Ctx>, members: &[String], held: &mut HashMap<u32, Held>) {
+    let me = ctx.cluster.instance.as_str();
+    for p in 0..ctx.partitions {
+        let mine = owner_of(members, p) == Some(me);
+        match held.get_mut(&p) {
+            Some(h) if !mine && !h.releasing => {
+                tracing::info!(partition = p, to = ?owner_of(members, p), "handing partition over");
+                h.releasing = true;
+                let _ = h.stop.send(true);
+            }
+            Some(_) => {}
+            None if mine => {
+                if let Some(h) = acquire(ctx, p).await {
+                    held.insert(p, h);
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// Takes the lease of `p` if it is free (never held, released or expired)
+/// and starts its worker.
+async fn acquire(ctx: &Arc<Ctx>, p: u32) -> Option<Held> {
+    let lease_ms = ctx.cluster.lease.as_millis() as u64;
+    let asked = ctx.clock.elapsed().as_millis() as u64;
+    let value = lease_value(ctx, wall_ms() + lease_ms);
+    let (taken, how) = match ctx.kv.entry(lease_key(p)).await {
+        Ok(None) => (ctx.kv.create(lease_key(p), value).await.ok(), "acquired"),
+        Ok(Some(entry)) => {
+            let current = serde_json::from_slice::<LeaseValue>(&entry.value).ok();
+            let how = match &current {
+                Some(l) if l.owner == ctx.cluster.instance => "acquired",
+                Some(l) if l.until_ms == 0 => "acquired",
+                Some(l) if l.until_ms <= wall_ms() => "failover",
+                Some(_) => return None,
+                None => "acquired",
+            };
+            (
+                ctx.kv
+                    .update(lease_key(p), value, entry.revision)
+                    .await
+                    .ok(),
+                how,
+            )
+        }
+        Err(e) => {
+            tracing::debug!(partition = p, error = %e, "cannot read lease");
+            return None;
+        }
+    };
+    let revision = taken?;
+    let lease = Arc::new(Lease {
+        valid_until: AtomicU64::new(asked + lease_ms * 4 / 5),
+        lost: AtomicBool::new(false),
+        clock: ctx.clock,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    ctx.shared
+        .metrics
+        .cluster
+        .handovers
+        .with_label_values(&[how])
+        .inc();
+    tracing::info!(partition = p, epoch = revision, how, "partition taken");
+    let worker = tokio::spawn(work(
+        Arc::clone(ctx),
+        p,
+        revision,
+        Arc::clone(&lease),
+        stop_rx,
+    ));
+    Some(Held {
+        revision,
+        lease,
+        stop: stop_tx,
+        worker,
+        releasing: false,
+    })
+}
+
+/// The judging of one partition while this member holds its lease.
+struct Worker {
+    ctx: Arc<Ctx>,
+    p: u32,
+    epoch: u64,
+    lease: Arc<Lease>,
+    engine: Engine,
+    /// Last input sequence judged (its events sent).
+    seq: u64,
+    /// Revision of the checkpoint head this worker last read or wrote.
+    head_revision: Option<u64>,
+    checkpointed_seq: u64,
+    checkpointed_at: Instant,
+    /// Closes since the last checkpoint (the state changed with no input).
+    dirty: bool,
+    /// Events sent and not yet acknowledged, oldest first, with when
+    /// their input entered the stream.
+    unacked: VecDeque<(Event, Option<u64>, PublishAckFuture)>,
+    /// Open conversations last added to the gauge.
+    reported_open: i64,
+    events: Vec<Event>,
+    generation: u64,
+    last_bytes: u64,
+}
+
+async fn work(
+    ctx: Arc<Ctx>,
+    p: u32,
+    epoch: u64,
+    lease: Arc<Lease>,
+    mut stop: watch::Receiver<bool>,
+) -> Exit {
+    let config = &ctx.shared.config;
+    let engine = Engine::with_scanners(
+        Arc::clone(&ctx.scanners.borrow()),
+        EngineConfig {
+            tombstone_ttl_ms: config.tombstone_ttl.as_millis() as u64,
+            excerpt_chars: config.excerpt_chars,
+            max_open: (config.max_open_conversations / ctx.partitions as usize).max(1),
+            max_segments: config.max_segments_per_conversation,
+        },
+    );
+    let mut w = Worker {
+        ctx: Arc::clone(&ctx),
+        p,
+        epoch,
+        lease,
+        engine,
+        seq: 0,
+        head_revision: None,
+        checkpointed_seq: 0,
+        checkpointed_at: Instant::now(),
+        dirty: false,
+        unacked: VecDeque::new(),
+        events: Vec::new(),
+        generation: 0,
+        last_bytes: 0,
+        reported_open: 0,
+    };
+    if let Err(e) = w.load().await {
+        return Exit::Failed(e);
+    }
+    let exit = w.run(&mut stop).await;
+    w.report_open(true);
+    ctx.shared.metrics.cluster.forget(p);
+    exit
+}
+
+impl Worker {
+    fn head_key(&self) -> String {
+        format!("ckpt.{}", self.p)
+    }
+
+    /// Loads the partition's checkpoint into the engine.
+    async fn load(&mut self) -> Result<(), String> {
+        let kv = &self.ctx.kv;
+        let entry = kv
+            .entry(self.head_key())
+            .await
+            .map_err(|e| format!("checkpoint head: {e}"))?;
+        let Some(entry) = entry else {
+            return Ok(());
+        };
+        self.head_revision = Some(entry.revision);
+        if entry.value.is_empty() {
+            return Ok(());
+        }
+        let head: Head = serde_json::from_slice(&entry.value)
+            .map_err(|e| format!("checkpoint head of partition {}: {e}", self.p))?;
+        if head.version != HEAD_VERSION {
+            return Err(format!(
+                "checkpoint of partition {} has version {}, this build reads {HEAD_VERSION}",
+                self.p, head.version
+            ));
+        }
+        let mut restored = 0u64;
+        for i in 0..head.chunks {
+            let key = format!("chunk.{}.{}.{i}", self.p, head.generation);
+            let bytes = kv
+                .get(&key)
+                .await
+                .map_err(|e| format!("checkpoint chunk {key}: {e}"))?
+                .ok_or_else(|| format!("checkpoint chunk {key} is missing"))?;
+            let convs: Vec<SavedConversation> = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("checkpoint chunk {key}: {e}"))?;
+            for c in convs {
+                self.engine.import(&c.tenant, &c.conversation_id, c.state);
+                restored += 1;
+            }
+        }
+        self.seq = head.seq;
+        self.checkpointed_seq = head.seq;
+        self.last_bytes = head.bytes;
+        self.ctx.shared.metrics.state_restored.inc_by(restored);
+        tracing::info!(
+            partition = self.p,
+            seq = head.seq,
+            conversations = restored,
+            previous_epoch = head.epoch,
+            "checkpoint loaded"
+        );
+        Ok(())
+    }
+
+    async fn run(&mut self, stop: &mut watch::Receiver<bool>) -> Exit {
+        let mut tick = tokio::time::interval(self.ctx.cluster.checkpoint);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut first = true;
+        'consume: loop {
+            let mut messages = match self.consumer(first).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(partition = self.p, error = %e, "cannot consume the partition; retrying");
+                    tokio::select! {
+                        _ = stop.changed() => return self.finish().await,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            first = false;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => return self.finish().await,
+                    _ = tick.tick() => {
+                        if let Err(exit) = self.checkpoint_if_due().await {
+                            return exit;
+                        }
+                    }
+                    m = messages.next() => match m {
+                        Some(Ok(msg)) => {
+                            if let Err(exit) = self.handle(msg).await {
+                                return exit;
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(partition = self.p, error = %e, "partition consumer");
+                        }
+                        None => continue 'consume,
+                    },
+                }
+            }
+        }
+    }
+
+    /// An ordered consumer on the partition from the input after `seq`.
+    async fn consumer(&mut self, first: bool) -> Result<pull::Ordered, String> {
+        let prefix = &self.ctx.shared.config.streams.input_prefix;
+        let deliver_policy = if self.seq == 0 {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: self.seq + 1,
+            }
+        };
+        let mut consumer = self
+            .ctx
+            .input
+            .create_consumer(pull::OrderedConfig {
+                description: Some(format!("zhijian partition {}", self.p)),
+                filter_subject: format!("{prefix}.{}.>", self.p),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        if first {
+            // What the previous holder may have judged after its last
+            // checkpoint, and what waited: judged again from the checkpoint.
+            if let Ok(info) = consumer.info().await {
+                self.ctx
+                    .shared
+                    .metrics
+                    .cluster
+                    .replayed
+                    .inc_by(info.num_pending);
+            }
+        }
+        consumer.messages().await.map_err(|e| e.to_string())
+    }
+
+    /// Judges one input and sends its events.
+    async fn handle(&mut self, msg: jetstream::Message) -> Result<(), Exit> {
+        self.refresh_scanner();
+        let Ok(info) = msg.info() else {
+            return Ok(());
+        };
+        let seq = info.stream_sequence;
+        if seq <= self.seq {
+            return Ok(());
+        }
+        let shared = Arc::clone(&self.ctx.shared);
+        let metrics = &shared.metrics;
+        let received = Instant::now();
+        let arrived = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).ok();
+        let input = match decode_limited(&msg.message.payload, shared.config.max_text_bytes) {
+            Ok(i) => i,
+            Err(e) => {
+                let detail = e.to_string();
+                return self.dead_letter(&msg, seq, e.code(), &detail).await;
+            }
+        };
+        let prefix = &shared.config.streams.input_prefix;
+        let expected = format!(
+            "{prefix}.{}.{}.{}",
+            self.p, input.tenant, input.conversation_id
+        );
+        if msg.message.subject.as_str() != expected {
+            let detail = format!(
+                "the subject must be {prefix}.{}.{} (tenant and conversation_id of the payload)",
+                input.tenant, input.conversation_id
+            );
+            return self
+                .dead_letter(&msg, seq, shard::SUBJECT_MISMATCH, &detail)
+                .await;
+        }
+        if let InputKind::Segment(s) = &input.kind {
+            metrics.segment(input.channel, s.speaker);
+        }
+        let outcome = self.engine.handle(&input, wall_ms(), &mut self.events);
+        metrics
+            .scan_seconds
+            .observe(received.elapsed().as_secs_f64());
+        for (rule, reason, n) in self.engine.take_suppressed() {
+            metrics
+                .suppressed_hits
+                .with_label_values(&[&rule, reason])
+                .inc_by(n);
+        }
+        metrics.outcome(outcome);
+        let events = std::mem::take(&mut self.events);
+        self.send(&events, arrived).await?;
+        self.events = events;
+        self.events.clear();
+        self.seq = seq;
+        self.report_open(false);
+        Ok(())
+    }
+
+    fn refresh_scanner(&mut self) {
+        if self.ctx.scanners.has_changed().unwrap_or(false) {
+            let s = Arc::clone(&self.ctx.scanners.borrow());
+            self.engine.set_scanners(s);
+        }
+    }
+
+    fn report_open(&mut self, gone: bool) {
+        let open = if gone {
+            0
+        } else {
+            self.engine.open_conversations() as i64
+        };
+        self.ctx
+            .shared
+            .metrics
+            .open_conversations
+            .add(open - self.reported_open);
+        self.reported_open = open;
+    }
+
+    /// Waits until the lease surely holds; Err once it is lost.
+    async fn hold(&self) -> Result<(), Exit> {
+        loop {
+            if self.lease.lost.load(Ordering::Acquire) {
+                return Err(Exit::Lost);
+            }
+            if self.lease.valid() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends events (publish, not yet acknowledged), keeping at most
+    /// `publish_window` unacknowledged.
+    async fn send(&mut self, events: &[Event], arrived: Option<u64>) -> Result<(), Exit> {
+        for e in events {
+            self.hold().await?;
+            let shared = &self.ctx.shared;
+            let (subject, mut headers, payload) = shared.encode(e);
+            self.stamp(&mut headers);
+            shared.metrics.output_pending.inc();
+            let ack = loop {
+                match shared
+                    .js
+                    .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                    .await
+                {
+                    Ok(ack) => break ack,
+                    Err(err) => {
+                        tracing::warn!(partition = self.p, error = %err, "publish failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        self.hold().await?;
+                    }
+                }
+            };
+            self.unacked.push_back((e.clone(), arrived, ack));
+            let window = shared.config.publish_window;
+            while self.unacked.len() > window {
+                self.settle_oldest().await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn stamp(&self, headers: &mut HeaderMap) {
+        headers.insert("Zhijian-Partition", self.p.to_string().as_str());
+        headers.insert("Zhijian-Epoch", self.epoch.to_string().as_str());
+    }
+
+    /// Waits for the oldest unacknowledged event; sends it again until it
+    /// is stored (same id: never twice in the stream).
+    async fn settle_oldest(&mut self) -> Result<(), Exit> {
+        let Some((event, arrived, ack)) = self.unacked.pop_front() else {
+            return Ok(());
+        };
+        let shared = Arc::clone(&self.ctx.shared);
+        let mut result = ack.await.map(|a| a.duplicate).map_err(|e| e.to_string());
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match result {
+                Ok(duplicate) => {
+                    shared.metrics.output_pending.dec();
+                    if !duplicate {
+                        shard::count_stored(&shared, &event, arrived);
+                    }
+                    shared.progress();
+                    return Ok(());
+                }
+                Err(e) => {
+                    shard::count_failure(&shared, &event);
+                    shared.metrics.publish_retries.inc();
+                    tracing::warn!(partition = self.p, error = %e, "event not stored; sending it again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    self.hold().await?;
+                    let (subject, mut headers, payload) = shared.encode(&event);
+                    self.stamp(&mut headers);
+                    result = match shared
+                        .js
+                        .publish_with_headers(subject, headers, payload)
+                        .await
+                    {
+                        Ok(ack) => ack.await.map(|a| a.duplicate).map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                }
+            }
+        }
+    }
+
+    async fn settle_all(&mut self) -> Result<(), Exit> {
+        while !self.unacked.is_empty() {
+            self.settle_oldest().await?;
+        }
+        Ok(())
+    }
+
+    /// Bad input: to the dead-letter subject (retried until stored; the
+    /// partition waits, as it must not skip it).
+    async fn dead_letter(
+        &mut self,
+        msg: &jetstream::Message,
+        seq: u64,
+        code: &'static str,
+        detail: &str,
+    ) -> Result<(), Exit> {
+        let stream = self.ctx.shared.config.streams.input_stream.clone();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            self.hold().await?;
+            let letter = DeadLetter {
+                stream: &stream,
+                seq,
+                subject: msg.message.subject.as_str(),
+                code,
+                detail,
+                payload: msg.message.payload.clone(),
+            };
+            match shard::publish_dead_letter(&self.ctx.shared, letter).await {
+                Ok(()) => {
+                    tracing::warn!(
+                        partition = self.p,
+                        subject = %msg.message.subject,
+                        stream_seq = seq,
+                        reason = code,
+                        detail = %detail,
+                        "bad input dead-lettered"
+                    );
+                    self.seq = seq;
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(partition = self.p, error = %e, "cannot dead-letter bad input; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Idle closes, then a checkpoint if the state moved.
+    async fn checkpoint_if_due(&mut self) -> Result<(), Exit> {
+        self.refresh_scanner();
+        let idle_ms = self.ctx.shared.config.idle_timeout.as_millis() as u64;
+        let mut events = std::mem::take(&mut self.events);
+        if self.engine.close_idle(wall_ms(), idle_ms, &mut events) > 0 {
+            self.dirty = true;
+        }
+        if !events.is_empty() {
+            self.send(&events, None).await?;
+        }
+        events.clear();
+        self.events = events;
+        self.report_open(false);
+        let m = &self.ctx.shared.metrics.cluster;
+        m.observe_checkpoint_age(self.p, self.checkpointed_at.elapsed());
+        if self.seq == self.checkpointed_seq && !self.dirty {
+            // Nothing new: the checkpoint is as good as fresh.
+            self.checkpointed_at = Instant::now();
+            return Ok(());
+        }
+        self.checkpoint().await
+    }
+
+    /// Stores every sent event, then writes the checkpoint: chunks under a
+    /// new generation, then the head with a revision check (a former holder
+    /// can never overwrite a newer checkpoint), then the old chunks go.
+    async fn checkpoint(&mut self) -> Result<(), Exit> {
+        self.settle_all().await?;
+        self.hold().await?;
+        let started = Instant::now();
+        let kv = self.ctx.kv.clone();
+        let max_chunk = self
+            .ctx
+            .shared
+            .max_payload
+            .saturating_sub(4096)
+            .max(16 * 1024);
+        self.generation += 1;
+        let generation = format!("{}-{}", self.epoch, self.generation);
+        let mut chunks: Vec<Vec<u8>> = Vec::new();
+        let mut chunk = b"[".to_vec();
+        let mut count = 0u64;
+        let mut bytes_total = 0u64;
+        for (tenant, id, state) in self.engine.export() {
+            let c = SavedConversation {
+                tenant: tenant.to_string(),
+                conversation_id: id.to_string(),
+                state,
+            };
+            let Ok(bytes) = serde_json::to_vec(&c) else {
+                tracing::error!(partition = self.p, conversation = %id, "cannot encode conversation state");
+                continue;
+            };
+            if chunk.len() > 1 && chunk.len() + bytes.len() + 2 > max_chunk {
+                chunk.push(b']');
+                chunks.push(std::mem::replace(&mut chunk, b"[".to_vec()));
+            }
+            if chunk.len() > 1 {
+                chunk.push(b',');
+            }
+            chunk.extend_from_slice(&bytes);
+            count += 1;
+        }
+        if chunk.len() > 1 {
+            chunk.push(b']');
+            chunks.push(chunk);
+        }
+        let m = &self.ctx.shared.metrics.cluster;
+        for (i, c) in chunks.iter().enumerate() {
+            bytes_total += c.len() as u64;
+            let key = format!("chunk.{}.{generation}.{i}", self.p);
+            if let Err(e) = kv.put(&key, Bytes::from(c.clone())).await {
+                m.checkpoints.with_label_values(&["failed"]).inc();
+                tracing::warn!(partition = self.p, error = %e, "checkpoint chunk not written; retrying later");
+                self.purge_generation(&generation, i + 1).await;
+                return Ok(());
+            }
+        }
+        let head = Head {
+            version: HEAD_VERSION,
+            epoch: self.epoch,
+            seq: self.seq,
+            generation: generation.clone(),
+            chunks: chunks.len() as u32,
+            conversations: count,
+            bytes: bytes_total,
+            written_ms: wall_ms(),
+        };
+        let head_bytes = serde_json::to_vec(&head)
+            .map(Bytes::from)
+            .unwrap_or_default();
+        // Last look at the lease before the write that counts.
+        self.hold().await?;
+        let written = match self.head_revision {
+            Some(rev) => kv
+                .update(self.head_key(), head_bytes, rev)
+                .await
+                .map_err(|e| {
+                    let fenced = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
+                    (fenced, e.to_string())
+                }),
+            None => kv.create(self.head_key(), head_bytes).await.map_err(|e| {
+                let fenced = e.kind() == kv::CreateErrorKind::AlreadyExists;
+                (fenced, e.to_string())
+            }),
+        };
+        match written {
+            Ok(rev) => {
+                let previous = self.head_revision.replace(rev);
+                m.checkpoints.with_label_values(&["ok"]).inc();
+                m.checkpoint_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                m.set_checkpoint_bytes(self.p, bytes_total);
+                self.last_bytes = bytes_total;
+                self.checkpointed_seq = self.seq;
+                self.checkpointed_at = Instant::now();
+                self.dirty = false;
+                if previous.is_some() || self.generation > 1 {
+                    self.purge_previous(&generation).await;
+                }
+                Ok(())
+            }
+            Err((true, e)) => {
+                m.checkpoints.with_label_values(&["fenced"]).inc();
+                tracing::warn!(partition = self.p, error = %e, "checkpoint fenced: another member holds the partition");
+                self.purge_generation(&generation, chunks.len()).await;
+                self.lease.lost.store(true, Ordering::Release);
+                Err(Exit::Lost)
+            }
+            Err((false, e)) => {
+                m.checkpoints.with_label_values(&["failed"]).inc();
+                tracing::warn!(partition = self.p, error = %e, "checkpoint head not written; retrying later");
+                self.purge_generation(&generation, chunks.len()).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn purge_generation(&self, generation: &str, chunks: usize) {
+        for i in 0..chunks {
+            let _ = self
+                .ctx
+                .kv
+                .purge(format!("chunk.{}.{generation}.{i}", self.p))
+                .await;
+        }
+    }
+
+    /// Removes chunks of this partition not of `keep` (earlier checkpoints,
+    /// and those of former holders).
+    async fn purge_previous(&self, keep: &str) {
+        let prefix = format!("chunk.{}.", self.p);
+        let Ok(mut keys) = self.ctx.kv.keys().await else {
+            return;
+        };
+        let mut stale = Vec::new();
+        while let Some(k) = keys.next().await {
+            let Ok(k) = k else { continue };
+            if let Some(rest) = k.strip_prefix(&prefix)
+                && !rest.starts_with(&format!("{keep}."))
+            {
+                stale.push(k);
+            }
+        }
+        for k in stale {
+            let _ = self.ctx.kv.purge(&k).await;
+        }
+    }
+
+    /// Stop requested (hand-over or shutdown): store, checkpoint, release.
+    async fn finish(&mut self) -> Exit {
+        if self.lease.lost.load(Ordering::Acquire) {
+            return Exit::Lost;
+        }
+        match self.checkpoint().await {
+            Ok(()) if self.checkpointed_seq == self.seq && !self.dirty => Exit::Released,
+            Ok(()) => {
+                // The checkpoint could not be written: the next holder
+                // replays from the last one (nothing is lost, work repeats).
+                Exit::Released
+            }
+            Err(exit) => exit,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_moves_few_partitions_when_a_member_joins() {
+        let three: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let four: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let p = 64;
+        let mut per = HashMap::new();
+        let mut moved = 0;
+        for i in 0..p {
+            let before = owner_of(&three, i).map(str::to_string);
+            let after = owner_of(&four, i).map(str::to_string);
+            *per.entry(before.clone()).or_insert(0) += 1;
+            if before != after {
+                // Only to the newcomer.
+                assert_eq!(after.as_deref(), Some("d"));
+                moved += 1;
+            }
+        }
+        assert!((8..=26).contains(&moved), "moved {moved} of {p}");
+        assert!(per.values().all(|n| *n >= 10), "{per:?}");
+        assert_eq!(owner_of(&[], 3), None);
+    }
+
+    #[test]
+    fn the_partition_count_is_read_back_from_the_transform() {
+        let t = transform("transcripts", 12);
+        assert_eq!(t.source, "transcripts.*.*");
+        assert_eq!(
+            t.destination,
+            "transcripts.{{partition(12,1,2)}}.{{wildcard(1)}}.{{wildcard(2)}}"
+        );
+        let config = jetstream::stream::Config {
+            name: "T".into(),
+            subject_transform: Some(t),
+            ..Default::default()
+        };
+        assert_eq!(partitions_of(&config), Some(12));
+        assert_eq!(check_partitions(&config, 8), Ok(12));
+        let plain = jetstream::stream::Config {
+            name: "T".into(),
+            ..Default::default()
+        };
+        assert!(check_partitions(&plain, 8).is_err());
+    }
+
+    #[test]
+    fn partitions_spread_conversations() {
+        let mut counts = [0u32; 8];
+        for i in 0..8000 {
+            counts[partition_of("acme", &format!("c{i}"), 8) as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
+    }
+}
