@@ -1029,9 +1029,17 @@ async fn alert_action(
         return Err((StatusCode::BAD_REQUEST, "invalid alert id\n".into()));
     }
     let axum::Json(raw) = body.map_err(|e| (e.status(), format!("{}\n", e.body_text())))?;
-    let req = raw
+    let mut req = raw
         .validate()
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
+    // A note may quote what the customer said: masked like the transcripts,
+    // so the bucket and the export never hold what the page would not show.
+    if s.config.mask_digits
+        && let Some(note) = &mut req.note
+        && let std::borrow::Cow::Owned(masked) = mask::mask(note)
+    {
+        *note = masked;
+    }
     let raised = s.feed.violation(&id).map(|v| desk::Raised::of(&v));
     match s.desk.act(&id, &req, raised, now_ms()).await {
         Ok(shared) => {

@@ -911,7 +911,8 @@ async fn the_desk_is_shared_by_every_instance_and_survives_restarts() {
         "POST",
         rude_path.clone(),
         vec![JSON],
-        r#"{"action":"false_alarm","by":"李四","note":"客户先说的\"急什么\""}"#.into(),
+        r#"{"action":"false_alarm","by":"李四","note":"客户先说的\"急什么\"，回拨13812345678"}"#
+            .into(),
     )
     .await;
     assert_eq!(got, 200, "{body}");
@@ -960,7 +961,10 @@ async fn the_desk_is_shared_by_every_instance_and_survives_restarts() {
     assert_eq!(got, 200);
     let line: serde_json::Value = serde_json::from_str(jsonl.trim()).expect("one JSON line");
     assert_eq!(line["alert"]["spans"][0], serde_json::json!([0, 3]));
-    assert_eq!(line["notes"][0]["text"], "客户先说的\"急什么\"");
+    assert_eq!(
+        line["notes"][0]["text"], "客户先说的\"急什么\"，回拨*******5678",
+        "notes are masked like transcripts"
+    );
     let (got, _) = send_async(
         port_a,
         "GET",
