@@ -23,8 +23,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// How far back the board reads the input stream when it starts.
+/// How far back the board reads the input stream when it starts ...
 pub const LOOKBACK: Duration = Duration::from_secs(30 * 60);
+/// ... but never more than this many messages back (20k segments/s over
+/// 30 minutes would be 36 M messages to read at every start).
+pub const MAX_REPLAY: u64 = 500_000;
 /// How long a closed conversation stays on the board.
 pub const CLOSED_LINGER_MS: u64 = 5 * 60 * 1000;
 /// A conversation with no event for this long leaves the board (its
@@ -386,23 +389,29 @@ impl Board {
     }
 }
 
-/// Follows the input stream into the board, from [`LOOKBACK`] ago, then
-/// after the last message seen when the consumer fails.
+/// Follows the input stream into the board, from [`LOOKBACK`] ago but at
+/// most `max_replay` messages back ([`MAX_REPLAY`]), then after the last
+/// message seen when the consumer fails.
 pub async fn follow_input(
     js: jetstream::Context,
     stream: String,
     subjects: String,
     board: Arc<Board>,
+    max_replay: u64,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut next: Option<u64> = None;
     loop {
         let followed = tokio::select! {
-            r = follow_input_once(&js, &stream, &subjects, &board, &mut next) => r,
+            r = follow_input_once(&js, &stream, &subjects, &board, max_replay, &mut next) => r,
             _ = stop.wait_for(|s| *s) => return,
         };
-        if let Err(e) = followed {
-            tracing::warn!(stream = %stream, error = %e, "console: following the input stream for the board failed; retrying");
+        match followed {
+            Err(e) => {
+                tracing::warn!(stream = %stream, error = %e, "console: following the input stream for the board failed; retrying")
+            }
+            // Restarting nearer the end of the stream: at once.
+            Ok(()) => continue,
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -416,9 +425,16 @@ async fn follow_input_once(
     stream: &str,
     subjects: &str,
     board: &Board,
+    max_replay: u64,
     next: &mut Option<u64>,
 ) -> Result<(), String> {
-    let s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+    let mut s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+    let last = s
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .last_sequence;
     let deliver_policy = match *next {
         Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
         None => DeliverPolicy::ByStartTime {
@@ -435,9 +451,15 @@ async fn follow_input_once(
         .await
         .map_err(|e| e.to_string())?;
     let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let mut first = next.is_none();
     while let Some(m) = messages.next().await {
         let m = m.map_err(|e| e.to_string())?;
         let info = m.info().map_err(|e| e.to_string())?;
+        if std::mem::take(&mut first) && last.saturating_sub(info.stream_sequence) >= max_replay {
+            // The lookback holds too much: start again nearer the end.
+            *next = Some(last.saturating_sub(max_replay) + 1);
+            return Ok(());
+        }
         *next = Some(info.stream_sequence + 1);
         let at_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as u64;
         board.on_input(&m.payload, at_ms);

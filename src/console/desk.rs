@@ -38,8 +38,9 @@ pub const MAX_NOTES: usize = 50;
 pub const MAX_LOG: usize = 100;
 /// Largest action request body, in bytes.
 pub const MAX_BODY_BYTES: usize = 8 * 1024;
-/// How long the bucket keeps an alert's state after its last change.
-const MAX_AGE: Duration = Duration::from_secs(90 * 24 * 3600);
+/// How long the bucket keeps an alert's state after its last change (every
+/// console holds the bucket in memory: export false alarms regularly).
+const MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Alert changes a browser may fall behind before it is told to reconnect.
 const BROADCAST_BUFFER: usize = 1024;
 /// Attempts at an update that another supervisor's raced.
@@ -352,6 +353,13 @@ pub struct Shared {
     pub json: String,
 }
 
+impl Shared {
+    /// When it last changed (epoch ms).
+    pub fn changed_ms(&self) -> u64 {
+        self.state.log.last().map_or(0, |l| l.at_ms)
+    }
+}
+
 /// Why an action failed.
 #[derive(Debug)]
 pub enum ActError {
@@ -442,13 +450,10 @@ impl Desk {
         states.get(id).cloned()
     }
 
-    /// The status of each alert id given (open when never worked).
-    pub fn statuses(&self) -> HashMap<String, Status> {
+    /// The status of an alert (open when no one worked it).
+    pub fn status(&self, id: &str) -> Status {
         let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
-        states
-            .iter()
-            .map(|(id, s)| (id.clone(), s.state.status))
-            .collect()
+        states.get(id).map_or(Status::Open, |s| s.state.status)
     }
 
     /// The false alarms, oldest mark first.

@@ -52,6 +52,9 @@ const BROADCAST_BUFFER: usize = 1024;
 const INITIAL_EVENTS: usize = 500;
 /// Segments returned for one conversation.
 const MAX_SEGMENTS: usize = 2000;
+/// Alert states changed this recently are sent to every browser that
+/// (re)connects, whatever alerts it is about to get.
+const WORKED_RECENTLY: Duration = Duration::from_secs(24 * 3600);
 
 /// One published event as the console serves it.
 struct Item {
@@ -273,6 +276,7 @@ pub async fn start(
         config.streams.input_stream.clone(),
         format!("{}.>", config.streams.input_prefix),
         Arc::clone(&board),
+        board::MAX_REPLAY,
         stopped.clone(),
     ));
     tokio::spawn(follow(
@@ -619,9 +623,12 @@ async fn events(
     }
     let after = last_id.or(q.after);
     let epoch = s.feed.epoch.subscribe();
-    // Every alert's shared state first (a reconnecting browser gets it
-    // again, whatever it missed), then its changes as they come.
+    // The shared state of the alerts worked first, then their changes as
+    // they come: of the alerts the browser is about to get, and of any
+    // changed in the last WORKED_RECENTLY (what a browser that was away
+    // may have missed on alerts it already has). Not the whole bucket.
     let (worked, alerts) = s.desk.subscribe();
+    let recent = now_ms().saturating_sub(WORKED_RECENTLY.as_millis() as u64);
     let client = Client::new(Arc::clone(&s.metrics));
     let Some((backlog, gap, rx)) = s.feed.subscribe(after) else {
         // The stream was recreated after this browser's last event.
@@ -643,6 +650,18 @@ async fn events(
     // read holds a few events in its socket, not a copy of the history
     // (500 such browsers took 1.3 GB when the replay was built up front).
     let replay_filter = filter.clone();
+    let sent: std::collections::HashSet<&str> = backlog
+        .iter()
+        .filter_map(|i| match &i.event {
+            Event::Violation(v) => Some(v.id.as_str()),
+            Event::Summary(_) => None,
+        })
+        .collect();
+    let worked: Vec<Arc<desk::Shared>> = worked
+        .into_iter()
+        .filter(|a| a.changed_ms() >= recent || sent.contains(a.state.id.as_str()))
+        .collect();
+    drop(sent);
     let backlog = futures_util::stream::iter(
         worked.into_iter().map(alert_sse).chain(
             head.into_iter().chain(
@@ -862,12 +881,11 @@ async fn board_view(
 ) -> Result<axum::Json<BoardView>, (StatusCode, String)> {
     let filter = Filter::parse(q.tenant.as_deref(), q.agent.as_deref(), None, None)
         .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
-    let statuses = s.desk.statuses();
     let now = now_ms();
     let rows = s.board.rows(
         now,
         &s.scorecards.get(),
-        |id| statuses.get(id).is_none_or(|st| *st == desk::Status::Open),
+        |id| s.desk.status(id) == desk::Status::Open,
         |tenant, agent| {
             (filter.tenants.is_empty() || filter.tenants.iter().any(|t| t == tenant))
                 && (filter.agents.is_empty()
@@ -933,7 +951,6 @@ async fn agent_view(
         };
         a.as_deref() == Some(agent.as_str()) && tenant.as_ref().is_none_or(|want| want == t)
     });
-    let statuses = s.desk.statuses();
     let mut by_severity = BTreeMap::new();
     let (mut alerts, mut scores) = (Vec::new(), Vec::new());
     for item in &items {
@@ -950,7 +967,7 @@ async fn agent_view(
                     category_name: v.category_name.clone(),
                     severity: v.severity,
                     raised_ms: item.raised_ms,
-                    status: statuses.get(&v.id).copied().unwrap_or(desk::Status::Open),
+                    status: s.desk.status(&v.id),
                 });
             }
             Event::Summary(sm) => scores.push(sm.score),

@@ -1020,3 +1020,78 @@ async fn the_desk_is_shared_by_every_instance_and_survives_restarts() {
     poll_json(port_c, &rude_path, |v| v["status"] == "false_alarm").await;
     c.stop().await;
 }
+
+/// The board reads the input stream from its lookback, but at most its
+/// replay limit of messages back, then follows it live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_board_replays_at_most_its_limit_of_the_input_stream() {
+    use zhijian::console::board::{Board, Scorecard, follow_input};
+    let nats = NatsServer::start();
+    let js = js(&nats).await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BOARD_T".into(),
+        subjects: vec!["bt.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    let seg = |i: usize| {
+        format!(
+            r#"{{"conversation_id":"c{i:02}","tenant":"t","agent_id":"a","seq":0,"speaker":"agent","text":"您好"}}"#
+        )
+    };
+    for i in 0..30 {
+        js.publish(format!("bt.t.c{i:02}"), seg(i).into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    let board = std::sync::Arc::new(Board::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(follow_input(
+        js.clone(),
+        "BOARD_T".into(),
+        "bt.>".into(),
+        std::sync::Arc::clone(&board),
+        10,
+        stopped,
+    ));
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    let ids = |board: &Board| {
+        let mut ids: Vec<String> = board
+            .rows(now(), &Scorecard::default(), |_| true, |_, _| true)
+            .into_iter()
+            .map(|r| r.conversation_id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    let deadline = std::time::Instant::now() + crate::daemon::DEADLINE;
+    while ids(&board).len() < 10 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", ids(&board));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let want: Vec<String> = (20..30).map(|i| format!("c{i:02}")).collect();
+    assert_eq!(
+        ids(&board),
+        want,
+        "the last 10 messages, not the 30 of the lookback"
+    );
+    // Live from there.
+    js.publish("bt.t.c30", seg(30).into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    while ids(&board).len() < 11 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", ids(&board));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(true);
+}
