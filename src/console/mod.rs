@@ -865,11 +865,18 @@ fn now_ms() -> u64 {
 struct BoardQuery {
     tenant: Option<String>,
     agent: Option<String>,
+    /// Rows returned, the most urgent (default and at most [`BOARD_ROWS`]).
+    limit: Option<usize>,
 }
+
+/// Rows of the board sent at most: a page polls it every 2 s.
+const BOARD_ROWS: usize = 500;
 
 #[derive(Serialize)]
 struct BoardView {
     now_ms: u64,
+    /// Conversations on the board (`rows` holds the most urgent of them).
+    total: usize,
     rows: Vec<board::Row>,
 }
 
@@ -882,7 +889,7 @@ async fn board_view(
     let filter = Filter::parse(q.tenant.as_deref(), q.agent.as_deref(), None, None)
         .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
     let now = now_ms();
-    let rows = s.board.rows(
+    let mut rows = s.board.rows(
         now,
         &s.scorecards.get(),
         |id| s.desk.status(id) == desk::Status::Open,
@@ -892,7 +899,13 @@ async fn board_view(
                     || agent.is_some_and(|a| filter.agents.iter().any(|f| f == a)))
         },
     );
-    Ok(axum::Json(BoardView { now_ms: now, rows }))
+    let total = rows.len();
+    rows.truncate(q.limit.unwrap_or(BOARD_ROWS).min(BOARD_ROWS));
+    Ok(axum::Json(BoardView {
+        now_ms: now,
+        total,
+        rows,
+    }))
 }
 
 #[derive(Deserialize)]

@@ -788,6 +788,9 @@ async fn the_desk_is_shared_by_every_instance_and_survives_restarts() {
     })
     .await;
     assert_eq!(only_a2["rows"][0]["conversation_id"], "done-1");
+    let top = poll_json(port_a, "/api/board?limit=1", |v| v["total"] == 2).await;
+    assert_eq!(top["rows"].as_array().map(Vec::len), Some(1), "{top}");
+    assert_eq!(top["rows"][0]["conversation_id"], "open-1");
 
     // Bad actions: clear errors, nothing stored.
     let long_note = format!(

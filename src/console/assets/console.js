@@ -84,7 +84,7 @@
       more: '显示更多', me: '我的名字', 'notify.off': '开启提醒', 'notify.on': '提醒已开启', 'notify.denied': '通知被拒绝（仅声音）',
       'view.feed': '告警流', 'view.board': '实时会话', 'view.agent': '坐席', export: '导出误报（CSV）',
       'th.desk': '处理', 'th.worst': '最需关注', 'th.channel': '渠道', 'th.duration': '时长', 'th.score': '得分',
-      'th.alerts': '未处理/告警', 'th.state': '状态', 'board.empty': '暂无进行中的会话。',
+      'th.alerts': '未处理/告警', 'th.state': '状态', 'board.empty': '暂无进行中的会话。', 'board.more': (n, total) => `显示最需关注的 ${n} 个，共 ${total} 个会话`,
       'st.open': '待处理', 'st.acknowledged': '已确认', 'st.false_alarm': '误报',
       'act.acknowledge': '确认', 'act.assign': '指派', 'act.note': '添加备注', 'act.false_alarm': '误报',
       'act.reopen': '恢复', 'act.work': '处理…', 'work.title': '处理告警', 'work.assignee': '指派给',
@@ -116,7 +116,7 @@
       more: 'Show more', me: 'My name', 'notify.off': 'Enable alerts', 'notify.on': 'Alerts on', 'notify.denied': 'Notifications denied (sound only)',
       'view.feed': 'Feed', 'view.board': 'Live conversations', 'view.agent': 'Agent', export: 'Export false alarms (CSV)',
       'th.desk': 'Handling', 'th.worst': 'Needs attention', 'th.channel': 'Channel', 'th.duration': 'Duration', 'th.score': 'Score',
-      'th.alerts': 'Open/alerts', 'th.state': 'State', 'board.empty': 'No live conversations.',
+      'th.alerts': 'Open/alerts', 'th.state': 'State', 'board.empty': 'No live conversations.', 'board.more': (n, total) => `the ${n} most urgent of ${total} conversations`,
       'st.open': 'open', 'st.acknowledged': 'acknowledged', 'st.false_alarm': 'false alarm',
       'act.acknowledge': 'Acknowledge', 'act.assign': 'Assign', 'act.note': 'Add note', 'act.false_alarm': 'False alarm',
       'act.reopen': 'Reopen', 'act.work': 'Work…', 'work.title': 'Work the alert', 'work.assignee': 'Assign to',
@@ -689,6 +689,9 @@
       && (!f.category || r.worst_open?.category === f.category));
     $('board').replaceChildren(...rows.map(boardRow));
     $('board-empty').hidden = rows.length > 0;
+    const more = $('board-more');
+    more.dataset.total = String(view.total);
+    more.textContent = view.total > view.rows.length ? t('board.more', view.rows.length, view.total) : '';
   }
 
   function boardRow(r) {
