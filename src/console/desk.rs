@@ -464,12 +464,7 @@ impl Desk {
             .filter(|s| s.state.status == Status::FalseAlarm)
             .cloned()
             .collect();
-        out.sort_by_key(|s| {
-            (
-                s.state.false_alarm.as_ref().map_or(0, |m| m.at_ms),
-                s.state.id.clone(),
-            )
-        });
+        sort_marked(&mut out);
         out
     }
 
@@ -580,6 +575,50 @@ impl Desk {
         }
         Err(ActError::Conflict)
     }
+}
+
+fn sort_marked(states: &mut [Arc<Shared>]) {
+    states.sort_by_key(|s| {
+        (
+            s.state.false_alarm.as_ref().map_or(0, |m| m.at_ms),
+            s.state.id.clone(),
+        )
+    });
+}
+
+/// The false alarms in the bucket, read directly (`zhijian false-alarms`,
+/// for a QA lead without the console), oldest mark first.
+pub async fn read_false_alarms(
+    js: &jetstream::Context,
+    bucket: &str,
+) -> Result<Vec<Arc<Shared>>, String> {
+    let kv = js.get_key_value(bucket).await.map_err(|e| {
+        format!("key-value bucket {bucket:?}: {e} (the console creates it on its first start)")
+    })?;
+    let mut keys = kv.keys().await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| e.to_string())?;
+        let Some(entry) = kv.entry(key.as_str()).await.map_err(|e| e.to_string())? else {
+            continue;
+        };
+        if entry.operation != kv::Operation::Put {
+            continue;
+        }
+        match serde_json::from_slice::<AlertState>(&entry.value) {
+            Ok(mut state) if state.status == Status::FalseAlarm => {
+                state.revision = entry.revision;
+                let json = serde_json::to_string(&state).map_err(|e| e.to_string())?;
+                out.push(Arc::new(Shared { state, json }));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("zhijian: key {key:?} of {bucket:?} is not an alert state ({e}); skipped")
+            }
+        }
+    }
+    sort_marked(&mut out);
+    Ok(out)
 }
 
 /// The false alarms as CSV (RFC 4180; a cell a spreadsheet would take for

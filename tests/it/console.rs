@@ -968,6 +968,26 @@ async fn the_desk_is_shared_by_every_instance_and_survives_restarts() {
         line["notes"][0]["text"], "客户先说的\"急什么\"，回拨*******5678",
         "notes are masked like transcripts"
     );
+    // The same export without the console, from the bucket.
+    let url = nats.url();
+    let cli = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_zhijian"))
+            .args(["false-alarms", "--nats-url", &url])
+            .output()
+            .expect("zhijian false-alarms runs")
+    })
+    .await
+    .expect("the export");
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&cli.stdout),
+        csv,
+        "the CLI exports what the console does"
+    );
     let (got, _) = send_async(
         port_a,
         "GET",
