@@ -10,7 +10,7 @@
 //!
 //! The running score is the engine's: 100 minus each scorecard section's
 //! deductions capped at its points, with the sections of the lexicon read
-//! from `[engine] lexicons` (re-read every [`SCORECARD_TTL`]).
+//! from `[engine] lexicons` (re-read every minute).
 
 use crate::event::{Channel, Event, InputKind, Severity, decode};
 use crate::lexicon::{LexiconSet, load_set};

@@ -5,7 +5,12 @@
 //! ```text
 //! VIOLATIONS stream ─(ordered pull consumer)─▶ Feed: ring of the last
 //!   `history` events (masked) + broadcast ─▶ GET /api/events (SSE, one per browser)
+//!                                          └▶ Board (violations, summaries)
 //! TRANSCRIPTS stream ─(per request, filtered by subject)─▶ GET /api/conversations/{tenant}/{id}
+//!                    ─(ordered consumer, last 30 min)─▶ Board ─▶ GET /api/board
+//! KV <state_bucket>_desk ─(watch)─▶ Desk ─▶ SSE `alert` events, GET /api/alerts/{id}
+//!   ◀─(compare-and-set)─ POST /api/alerts/{id}; GET /api/false-alarms
+//! Feed ─▶ GET /api/agents/{agent} (an agent's shift)
 //! ```
 //!
 //! The console reads what the shards already published, from the stream:
