@@ -190,6 +190,17 @@ enum Command {
         passes: usize,
         file: PathBuf,
     },
+    /// Export the alerts supervisors marked as false alarms on the console
+    /// (from the NATS key-value bucket `<state_bucket>_desk`), with their
+    /// rule, spans, (masked) text and lexicon version, oldest mark first.
+    FalseAlarms {
+        #[command(flatten)]
+        common: Common,
+        /// Output format: csv (a header line, then one alert a line) or
+        /// jsonl (one alert state a line).
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ExportFormat,
+    },
     /// Print violations and summaries from NATS as they are published.
     Tail {
         #[command(flatten)]
@@ -216,6 +227,12 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         color: ColorChoice,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Csv,
+    Jsonl,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -426,6 +443,7 @@ pub fn main() -> ExitCode {
             },
         ),
         Command::Publish { common, rate, file } => cmd_publish(&common, rate, &file),
+        Command::FalseAlarms { common, format } => cmd_false_alarms(&common, format),
         Command::Tail {
             common,
             json,
@@ -1022,6 +1040,36 @@ fn cmd_publish(common: &Common, rate: f64, file: &Path) -> Result<(), Failure> {
         .block_on(crate::client::publish(&config, file, rate))
         .map_err(Failure::Runtime)?;
     eprintln!("zhijian publish: {sent} messages published and acknowledged");
+    Ok(())
+}
+
+fn cmd_false_alarms(common: &Common, format: ExportFormat) -> Result<(), Failure> {
+    use crate::console::desk;
+    let flags = Overrides {
+        nats_url: common.nats_url.clone(),
+        ..Overrides::default()
+    };
+    let config = load_config(common, &flags)?;
+    let bucket = format!("{}{}", config.streams.state_bucket, desk::BUCKET_SUFFIX);
+    let marked = runtime()?.block_on(async {
+        let client = crate::daemon::nats::connect(
+            &config,
+            std::sync::Arc::new(crate::daemon::nats::Status::default()),
+            std::sync::Arc::new(crate::metrics::Metrics::new()),
+        )
+        .await?;
+        let js = async_nats::jetstream::new(client);
+        desk::read_false_alarms(&js, &bucket).await
+    });
+    let marked = marked.map_err(Failure::Runtime)?;
+    let out = match format {
+        ExportFormat::Csv => desk::false_alarms_csv(&marked),
+        ExportFormat::Jsonl => desk::false_alarms_jsonl(&marked),
+    };
+    io::stdout()
+        .write_all(out.as_bytes())
+        .map_err(|e| Failure::Runtime(format!("cannot write the export: {e}")))?;
+    eprintln!("zhijian false-alarms: {} from {bucket:?}", marked.len());
     Ok(())
 }
 

@@ -32,7 +32,9 @@
 //!   bounded publishers, dead letters (also for messages the client cannot
 //!   decode), state across restarts, lexicon reload, watchdog, metrics and
 //!   health.
-//! - [`console`]: the live-alerts web console for QA supervisors.
+//! - [`console`]: the live-alerts web console for QA supervisors: the feed,
+//!   the live conversations board (`console::board`) and the desk where
+//!   alerts are worked, shared through NATS (`console::desk`).
 //! - [`filter`]: which output events a supervisor wants to see.
 //! - [`config`]: the daemon's TOML configuration and its overrides.
 //! - [`metrics`]: the Prometheus metrics.

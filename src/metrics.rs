@@ -68,6 +68,7 @@ pub struct Metrics {
     pub console_events: IntCounter,
     pub console_bad_events: IntCounter,
     pub console_lagged: IntCounter,
+    pub console_alert_actions: IntCounter,
     pub output_pending: IntGauge,
     pub output_stalled: IntGauge,
     pub output_stalls: IntCounter,
@@ -498,6 +499,11 @@ impl Metrics {
                 &r,
                 "zhijian_console_lagged_events_total",
                 "Live events a slow browser fell behind on; it is disconnected and catches up from the console's history on reconnect.",
+            ),
+            console_alert_actions: counter(
+                &r,
+                "zhijian_console_alert_actions_total",
+                "Alert actions (acknowledge, assign, note, false alarm, reopen) stored by this console.",
             ),
             output_pending: gauge(
                 &r,

@@ -203,6 +203,21 @@ if [[ ${#CONSOLE_ENV[@]} -eq 1 ]] && command -v curl >/dev/null; then
     if [ "$code" != 200 ] || ! grep -q '"seq"' "$TMP/console.json"; then
         fail "console conversation view failed"
     fi
+    # The desk: acknowledge that conversation's first alert (a compare-and-
+    # set in the bucket zhijian_state_desk), read back through the watch.
+    alert=$(grep -oE '"id":"[0-9a-f]{32}"' "$TMP/console.json" | head -1 | grep -oE '[0-9a-f]{32}' || true)
+    [ -n "$alert" ] || fail "no alert in the conversation view"
+    code=$(curl -s -o "$TMP/desk.json" -w '%{http_code}' -H 'Content-Type: application/json' \
+        -d '{"action":"acknowledge","by":"permtest"}' "http://127.0.0.1:$CONSOLE_PORT/api/alerts/$alert" || true)
+    echo "   console desk: acknowledge HTTP $code"
+    if [ "$code" != 200 ] || ! grep -q '"status":"acknowledged"' "$TMP/desk.json"; then
+        fail "console desk action failed: $(cat "$TMP/desk.json")"
+    fi
+    for _ in $(seq 1 50); do
+        curl -s "http://127.0.0.1:$CONSOLE_PORT/api/alerts/$alert" | grep -q '"acknowledged"' && break
+        sleep 0.1
+    done
+    curl -s "http://127.0.0.1:$CONSOLE_PORT/api/alerts/$alert" | grep -q '"acknowledged"' || fail "the desk's watch did not see the action"
 fi
 
 step "5. SIGTERM saves the open conversations; a restart restores them"

@@ -5,7 +5,12 @@
 //! ```text
 //! VIOLATIONS stream ─(ordered pull consumer)─▶ Feed: ring of the last
 //!   `history` events (masked) + broadcast ─▶ GET /api/events (SSE, one per browser)
+//!                                          └▶ Board (violations, summaries)
 //! TRANSCRIPTS stream ─(per request, filtered by subject)─▶ GET /api/conversations/{tenant}/{id}
+//!                    ─(ordered consumer, last 30 min)─▶ Board ─▶ GET /api/board
+//! KV <state_bucket>_desk ─(watch)─▶ Desk ─▶ SSE `alert` events, GET /api/alerts/{id}
+//!   ◀─(compare-and-set)─ POST /api/alerts/{id}; GET /api/false-alarms
+//! Feed ─▶ GET /api/agents/{agent} (an agent's shift)
 //! ```
 //!
 //! The console reads what the shards already published, from the stream:
@@ -20,6 +25,8 @@
 //! Transcripts are untrusted text: the page only ever renders them with
 //! `textContent`, and the Content-Security-Policy allows no inline script.
 
+pub mod board;
+pub mod desk;
 pub mod mask;
 
 use crate::config::{Config, ConsoleConfig};
@@ -50,11 +57,16 @@ const BROADCAST_BUFFER: usize = 1024;
 const INITIAL_EVENTS: usize = 500;
 /// Segments returned for one conversation.
 const MAX_SEGMENTS: usize = 2000;
+/// Alert states changed this recently are sent to every browser that
+/// (re)connects, whatever alerts it is about to get.
+const WORKED_RECENTLY: Duration = Duration::from_secs(24 * 3600);
 
 /// One published event as the console serves it.
 struct Item {
     /// Its sequence number in the output stream.
     seq: u64,
+    /// When it was stored in the output stream (epoch ms).
+    raised_ms: u64,
     event: Event,
     /// `{"seq":…,"event":…}`, serialized once for every browser.
     json: String,
@@ -139,6 +151,34 @@ impl Feed {
         Some((backlog, gap, rx))
     }
 
+    /// The violation `id`, if still in the ring (newest first: an alert
+    /// being worked is usually recent).
+    fn violation(&self, id: &str) -> Option<crate::event::Violation> {
+        let ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        ring.iter().rev().find_map(|i| match &i.event {
+            Event::Violation(v) if v.id == id => Some(v.clone()),
+            _ => None,
+        })
+    }
+
+    /// The events stored at or after `since_ms` that `keep` selects, and
+    /// when the oldest event of the ring was stored (how far back the
+    /// console can see).
+    fn select(
+        &self,
+        since_ms: u64,
+        keep: impl Fn(&Event) -> bool,
+    ) -> (Vec<Arc<Item>>, Option<u64>) {
+        let ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        let from = ring.partition_point(|i| i.raised_ms < since_ms);
+        let picked = ring
+            .range(from..)
+            .filter(|i| keep(&i.event))
+            .cloned()
+            .collect();
+        (picked, ring.front().map(|i| i.raised_ms))
+    }
+
     /// The events of one conversation still in the ring.
     fn conversation(&self, tenant: &str, id: &str) -> Vec<Arc<Item>> {
         let ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
@@ -189,6 +229,9 @@ fn masked(mut event: Event, on: bool) -> Event {
 #[derive(Clone)]
 struct AppState {
     feed: Arc<Feed>,
+    board: Arc<board::Board>,
+    desk: Arc<desk::Desk>,
+    scorecards: Arc<board::Scorecards>,
     config: Arc<ConsoleConfig>,
     js: jetstream::Context,
     input_stream: String,
@@ -223,11 +266,29 @@ pub async fn start(
         .map_err(|e| format!("cannot listen on {} for the console: {e}", console.addr))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let feed = Arc::new(Feed::new(console.history));
+    let board = Arc::new(board::Board::default());
+    let desk = Arc::new(
+        desk::Desk::open(
+            &js,
+            format!("{}{}", config.streams.state_bucket, desk::BUCKET_SUFFIX),
+        )
+        .await,
+    );
     let (stop, stopped) = watch::channel(false);
+    tokio::spawn(Arc::clone(&desk).follow(stopped.clone()));
+    tokio::spawn(board::follow_input(
+        js.clone(),
+        config.streams.input_stream.clone(),
+        format!("{}.>", config.streams.input_prefix),
+        Arc::clone(&board),
+        board::MAX_REPLAY,
+        stopped.clone(),
+    ));
     tokio::spawn(follow(
         js.clone(),
         config.streams.output_stream.clone(),
         Arc::clone(&feed),
+        Arc::clone(&board),
         console.mask_digits,
         Arc::clone(&metrics),
         stopped.clone(),
@@ -238,6 +299,9 @@ pub async fn start(
         .map(|(u, p)| format!("Basic {}", base64(format!("{u}:{}", p.0).as_bytes())));
     let state = AppState {
         feed,
+        board,
+        desk,
+        scorecards: Arc::new(board::Scorecards::new(config.lexicons.clone())),
         config: Arc::new(console),
         js,
         input_stream: config.streams.input_stream.clone(),
@@ -251,6 +315,15 @@ pub async fn start(
         .route("/console.css", get(style))
         .route("/api/events", get(events))
         .route("/api/conversations/{tenant}/{id}", get(conversation))
+        .route("/api/board", get(board_view))
+        .route("/api/agents/{agent}", get(agent_view))
+        .route(
+            "/api/alerts/{id}",
+            get(alert_view)
+                .post(alert_action)
+                .layer(axum::extract::DefaultBodyLimit::max(desk::MAX_BODY_BYTES)),
+        )
+        .route("/api/false-alarms", get(false_alarms))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn(security_headers))
         .with_state(state);
@@ -274,6 +347,7 @@ async fn follow(
     js: jetstream::Context,
     stream: String,
     feed: Arc<Feed>,
+    board: Arc<board::Board>,
     mask_digits: bool,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
@@ -281,7 +355,7 @@ async fn follow(
     let mut next: Option<u64> = None;
     loop {
         let followed = tokio::select! {
-            r = follow_once(&js, &stream, &feed, mask_digits, &metrics, &mut next) => r,
+            r = follow_once(&js, &stream, &feed, &board, mask_digits, &metrics, &mut next) => r,
             _ = stop.wait_for(|s| *s) => return,
         };
         if let Err(e) = followed {
@@ -298,6 +372,7 @@ async fn follow_once(
     js: &jetstream::Context,
     stream: &str,
     feed: &Feed,
+    board: &board::Board,
     mask_digits: bool,
     metrics: &Metrics,
     next: &mut Option<u64>,
@@ -354,7 +429,13 @@ async fn follow_once(
                     event: &event,
                 })
                 .map_err(|e| e.to_string())?;
-                feed.push(Item { seq, event, json });
+                board.on_event(&event, raised_ms);
+                feed.push(Item {
+                    seq,
+                    raised_ms,
+                    event,
+                    json,
+                });
             }
             Err(e) => {
                 metrics.console_bad_events.inc();
@@ -547,6 +628,12 @@ async fn events(
     }
     let after = last_id.or(q.after);
     let epoch = s.feed.epoch.subscribe();
+    // The shared state of the alerts worked first, then their changes as
+    // they come: of the alerts the browser is about to get, and of any
+    // changed in the last WORKED_RECENTLY (what a browser that was away
+    // may have missed on alerts it already has). Not the whole bucket.
+    let (worked, alerts) = s.desk.subscribe();
+    let recent = now_ms().saturating_sub(WORKED_RECENTLY.as_millis() as u64);
     let client = Client::new(Arc::clone(&s.metrics));
     let Some((backlog, gap, rx)) = s.feed.subscribe(after) else {
         // The stream was recreated after this browser's last event.
@@ -568,16 +655,31 @@ async fn events(
     // read holds a few events in its socket, not a copy of the history
     // (500 such browsers took 1.3 GB when the replay was built up front).
     let replay_filter = filter.clone();
+    let sent: std::collections::HashSet<&str> = backlog
+        .iter()
+        .filter_map(|i| match &i.event {
+            Event::Violation(v) => Some(v.id.as_str()),
+            Event::Summary(_) => None,
+        })
+        .collect();
+    let worked: Vec<Arc<desk::Shared>> = worked
+        .into_iter()
+        .filter(|a| a.changed_ms() >= recent || sent.contains(a.state.id.as_str()))
+        .collect();
+    drop(sent);
     let backlog = futures_util::stream::iter(
-        head.into_iter().chain(
-            backlog
-                .into_iter()
-                .filter(move |i| replay_filter.matches(&i.event))
-                .map(to_sse),
+        worked.into_iter().map(alert_sse).chain(
+            head.into_iter().chain(
+                backlog
+                    .into_iter()
+                    .filter(move |i| replay_filter.matches(&i.event))
+                    .map(to_sse),
+            ),
         ),
     );
-    let live = live(rx, epoch, filter, last, client).map(|l| match l {
+    let live = live(rx, alerts, epoch, filter, last, client).map(|l| match l {
         Live::Item(item) => to_sse(item),
+        Live::Alert(a) => alert_sse(a),
         Live::Lagged(n) => sse::Event::default().event("lagged").data(n.to_string()),
         Live::Reset => sse::Event::default().event("reset").data("start over"),
     });
@@ -588,6 +690,8 @@ async fn events(
 /// What the live part of a browser's feed yields.
 enum Live {
     Item(Arc<Item>),
+    /// An alert was worked (acknowledged, assigned, …) by some supervisor.
+    Alert(Arc<desk::Shared>),
     /// The browser fell this many events behind: the feed ends here, the
     /// browser reconnects and catches up from the ring.
     Lagged(u64),
@@ -599,25 +703,35 @@ enum Live {
 /// the browser falls behind.
 fn live(
     rx: broadcast::Receiver<Arc<Item>>,
+    alerts: broadcast::Receiver<Arc<desk::Shared>>,
     epoch: watch::Receiver<u64>,
     filter: Filter,
     last: Option<u64>,
     client: Client,
 ) -> impl Stream<Item = Live> + Unpin {
     Box::pin(futures_util::stream::unfold(
-        Some((rx, epoch, filter, last, client)),
+        Some((rx, alerts, epoch, filter, last, client)),
         |state| async move {
-            let (mut rx, mut epoch, filter, last, client) = state?;
+            let (mut rx, mut alerts, mut epoch, filter, last, client) = state?;
             loop {
                 let received = tokio::select! {
                     r = rx.recv() => r,
+                    a = alerts.recv() => match a {
+                        Ok(a) => return Some((Live::Alert(a), Some((rx, alerts, epoch, filter, last, client)))),
+                        // Behind on alert changes: reconnect for a fresh snapshot.
+                        Err(broadcast::error::RecvError::Lagged(n)) => return Some((Live::Lagged(n), None)),
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    },
                     _ = epoch.changed() => return Some((Live::Reset, None)),
                 };
                 match received {
                     Ok(item) if last.is_some_and(|l| item.seq <= l) => continue,
                     Ok(item) if !filter.matches(&item.event) => continue,
                     Ok(item) => {
-                        return Some((Live::Item(item), Some((rx, epoch, filter, last, client))));
+                        return Some((
+                            Live::Item(item),
+                            Some((rx, alerts, epoch, filter, last, client)),
+                        ));
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         client.metrics.console_lagged.inc_by(n);
@@ -628,6 +742,10 @@ fn live(
             }
         },
     ))
+}
+
+fn alert_sse(a: Arc<desk::Shared>) -> sse::Event {
+    sse::Event::default().event("alert").data(a.json.as_str())
 }
 
 fn to_sse(item: Arc<Item>) -> sse::Event {
@@ -675,6 +793,10 @@ struct ConversationView {
     truncated: bool,
     violations: Vec<Event>,
     summary: Option<Event>,
+    /// The score (the summary's once closed, else running) and each
+    /// scorecard section's deductions, capped as the engine caps them.
+    score: f64,
+    sections: Vec<board::SectionScore>,
 }
 
 /// `GET /api/conversations/{tenant}/{id}`: the final segments of one
@@ -714,6 +836,17 @@ async fn conversation(
             Event::Summary(_) => summary = Some(item.event.clone()),
         }
     }
+    let (running, sections) = s.scorecards.get().score(
+        &tenant,
+        violations.iter().filter_map(|e| match e {
+            Event::Violation(v) => Some((v.rule_id.as_str(), v.deduct)),
+            Event::Summary(_) => None,
+        }),
+    );
+    let score = match &summary {
+        Some(Event::Summary(sm)) => sm.score,
+        _ => running,
+    };
     Ok(axum::Json(ConversationView {
         tenant,
         conversation_id: id,
@@ -722,7 +855,292 @@ async fn conversation(
         truncated,
         violations,
         summary,
+        score,
+        sections,
     }))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[derive(Deserialize)]
+struct BoardQuery {
+    tenant: Option<String>,
+    agent: Option<String>,
+    /// Rows returned, the most urgent (default and at most [`BOARD_ROWS`]).
+    limit: Option<usize>,
+}
+
+/// Rows of the board sent at most: a page polls it every 2 s.
+const BOARD_ROWS: usize = 500;
+
+#[derive(Serialize)]
+struct BoardView {
+    now_ms: u64,
+    /// Conversations on the board (`rows` holds the most urgent of them).
+    total: usize,
+    rows: Vec<board::Row>,
+}
+
+/// `GET /api/board`: the live conversations, most urgent first
+/// (`?tenant=a,b&agent=x`, as the feed's filters).
+async fn board_view(
+    State(s): State<AppState>,
+    Query(q): Query<BoardQuery>,
+) -> Result<axum::Json<BoardView>, (StatusCode, String)> {
+    let filter = Filter::parse(q.tenant.as_deref(), q.agent.as_deref(), None, None)
+        .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    let now = now_ms();
+    let mut rows = s.board.rows(
+        now,
+        &s.scorecards.get(),
+        |id| s.desk.status(id) == desk::Status::Open,
+        |tenant, agent| {
+            (filter.tenants.is_empty() || filter.tenants.iter().any(|t| t == tenant))
+                && (filter.agents.is_empty()
+                    || agent.is_some_and(|a| filter.agents.iter().any(|f| f == a)))
+        },
+    );
+    let total = rows.len();
+    rows.truncate(q.limit.unwrap_or(BOARD_ROWS).min(BOARD_ROWS));
+    Ok(axum::Json(BoardView {
+        now_ms: now,
+        total,
+        rows,
+    }))
+}
+
+#[derive(Deserialize)]
+struct AgentQuery {
+    tenant: Option<String>,
+    /// The shift: the last this many hours (default 8, at most 24).
+    hours: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct AgentAlert {
+    id: String,
+    tenant: String,
+    conversation_id: String,
+    seq: u64,
+    rule_id: String,
+    category: String,
+    category_name: String,
+    severity: crate::event::Severity,
+    raised_ms: u64,
+    status: desk::Status,
+}
+
+#[derive(Serialize)]
+struct AgentView {
+    agent_id: String,
+    since_ms: u64,
+    /// How far back the console's history reaches: alerts before this are
+    /// not counted, whatever the shift.
+    history_from_ms: Option<u64>,
+    alerts: usize,
+    by_severity: BTreeMap<&'static str, usize>,
+    conversations_closed: usize,
+    average_score: Option<f64>,
+    /// The newest alerts first (at most 200).
+    recent: Vec<AgentAlert>,
+}
+
+/// `GET /api/agents/{agent}`: an agent's alerts and average score over the
+/// shift, from the console's history of the output stream.
+async fn agent_view(
+    State(s): State<AppState>,
+    Path(agent): Path<String>,
+    Query(q): Query<AgentQuery>,
+) -> Result<axum::Json<AgentView>, (StatusCode, String)> {
+    let hours = q.hours.unwrap_or(8);
+    if !(1..=24).contains(&hours) {
+        return Err((StatusCode::BAD_REQUEST, "hours must be 1..=24\n".into()));
+    }
+    let since = now_ms().saturating_sub(hours * 3600 * 1000);
+    let tenant = q.tenant.filter(|t| !t.is_empty());
+    let (items, history_from_ms) = s.feed.select(since, |e| {
+        let (t, a) = match e {
+            Event::Violation(v) => (&v.tenant, &v.agent_id),
+            Event::Summary(sm) => (&sm.tenant, &sm.agent_id),
+        };
+        a.as_deref() == Some(agent.as_str()) && tenant.as_ref().is_none_or(|want| want == t)
+    });
+    let mut by_severity = BTreeMap::new();
+    let (mut alerts, mut scores) = (Vec::new(), Vec::new());
+    for item in &items {
+        match &item.event {
+            Event::Violation(v) => {
+                *by_severity.entry(v.severity.as_str()).or_insert(0) += 1;
+                alerts.push(AgentAlert {
+                    id: v.id.clone(),
+                    tenant: v.tenant.clone(),
+                    conversation_id: v.conversation_id.clone(),
+                    seq: v.seq,
+                    rule_id: v.rule_id.clone(),
+                    category: v.category.clone(),
+                    category_name: v.category_name.clone(),
+                    severity: v.severity,
+                    raised_ms: item.raised_ms,
+                    status: s.desk.status(&v.id),
+                });
+            }
+            Event::Summary(sm) => scores.push(sm.score),
+        }
+    }
+    let average_score = (!scores.is_empty())
+        .then(|| ((scores.iter().sum::<f64>() / scores.len() as f64) * 100.0).round() / 100.0);
+    let count = alerts.len();
+    alerts.reverse();
+    alerts.truncate(200);
+    Ok(axum::Json(AgentView {
+        agent_id: agent,
+        since_ms: since,
+        history_from_ms,
+        alerts: count,
+        by_severity,
+        conversations_closed: scores.len(),
+        average_score,
+        recent: alerts,
+    }))
+}
+
+/// A violation id as events carry it: 32 lower-case hex digits (also a
+/// valid key of the desk's bucket).
+fn alert_id_ok(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// `GET /api/alerts/{id}`: the shared state of one alert (404 when no one
+/// has worked it).
+async fn alert_view(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, (StatusCode, String)> {
+    if !alert_id_ok(&id) {
+        return Err((StatusCode::BAD_REQUEST, "invalid alert id\n".into()));
+    }
+    let shared = s.desk.get(&id).ok_or((
+        StatusCode::NOT_FOUND,
+        "no one has worked this alert\n".into(),
+    ))?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        shared.json.clone(),
+    )
+        .into_response())
+}
+
+/// `POST /api/alerts/{id}` with `{"action": "acknowledge" | "assign" |
+/// "note" | "false_alarm" | "reopen", "by": "…", "assignee"?, "note"?}`.
+///
+/// JSON only (a cross-site form cannot send it without a preflight, which
+/// the console never grants) and refused when the browser says the request
+/// comes from another site: with basic auth or no credentials, the browser
+/// would otherwise act for the supervisor on any page they visit.
+async fn alert_action(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<axum::Json<desk::RawRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, (StatusCode, String)> {
+    if headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v != "same-origin" && v != "none")
+    {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "alert actions come from the console's own page\n".into(),
+        ));
+    }
+    if !alert_id_ok(&id) {
+        return Err((StatusCode::BAD_REQUEST, "invalid alert id\n".into()));
+    }
+    let axum::Json(raw) = body.map_err(|e| (e.status(), format!("{}\n", e.body_text())))?;
+    let mut req = raw
+        .validate()
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
+    // A note may quote what the customer said: masked like the transcripts,
+    // so the bucket and the export never hold what the page would not show.
+    if s.config.mask_digits
+        && let Some(note) = &mut req.note
+        && let std::borrow::Cow::Owned(masked) = mask::mask(note)
+    {
+        *note = masked;
+    }
+    let raised = s.feed.violation(&id).map(|v| desk::Raised::of(&v));
+    match s.desk.act(&id, &req, raised, now_ms()).await {
+        Ok(shared) => {
+            s.metrics.console_alert_actions.inc();
+            Ok((
+                [(header::CONTENT_TYPE, "application/json")],
+                shared.json.clone(),
+            )
+                .into_response())
+        }
+        Err(desk::ActError::UnknownAlert) => Err((
+            StatusCode::NOT_FOUND,
+            "no such alert in the console's history\n".into(),
+        )),
+        Err(desk::ActError::Conflict) => Err((
+            StatusCode::CONFLICT,
+            "other supervisors kept changing this alert; retry\n".into(),
+        )),
+        Err(desk::ActError::Unavailable(e)) => {
+            Err((StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")))
+        }
+        Err(desk::ActError::Store(e)) => {
+            tracing::warn!(id, error = %e, "console: cannot store an alert action");
+            Err((
+                StatusCode::BAD_GATEWAY,
+                "cannot store the action in NATS (see the daemon's log)\n".into(),
+            ))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ExportQuery {
+    format: Option<String>,
+}
+
+/// `GET /api/false-alarms?format=csv|jsonl`: every alert marked a false
+/// alarm, with its rule, spans, (masked) text and lexicon version, for QA
+/// leads tuning the lexicon.
+async fn false_alarms(
+    State(s): State<AppState>,
+    Query(q): Query<ExportQuery>,
+) -> Result<Response, (StatusCode, String)> {
+    let marked = s.desk.false_alarms();
+    let (body, content_type, ext) = match q.format.as_deref().unwrap_or("csv") {
+        "csv" => (
+            desk::false_alarms_csv(&marked),
+            "text/csv; charset=utf-8",
+            "csv",
+        ),
+        "jsonl" => (
+            desk::false_alarms_jsonl(&marked),
+            "application/x-ndjson; charset=utf-8",
+            "jsonl",
+        ),
+        _ => return Err((StatusCode::BAD_REQUEST, "format is csv or jsonl\n".into())),
+    };
+    let disposition = format!("attachment; filename=\"zhijian-false-alarms.{ext}\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 async fn read_segments(
@@ -858,6 +1276,7 @@ mod tests {
         .expect("a summary");
         Item {
             seq,
+            raised_ms: seq,
             event,
             json: String::new(),
         }
@@ -876,9 +1295,17 @@ mod tests {
         for seq in 1..=n {
             feed.push(item(seq));
         }
-        let got: Vec<Live> = live(rx, feed.epoch.subscribe(), Filter::default(), None, client)
-            .collect()
-            .await;
+        let (_alerts_tx, alerts) = broadcast::channel(1);
+        let got: Vec<Live> = live(
+            rx,
+            alerts,
+            feed.epoch.subscribe(),
+            Filter::default(),
+            None,
+            client,
+        )
+        .collect()
+        .await;
         assert!(
             matches!(got.as_slice(), [Live::Lagged(100)]),
             "{} items",

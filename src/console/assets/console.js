@@ -11,7 +11,12 @@
 'use strict';
 
 (() => {
-  const MAX_ROWS = 1000;      // rows in the table
+  // Rows in the table: a page of them, more on request. Laying out a
+  // thousand rows took 200-400 ms in headless Chromium (on a busy 2-core
+  // machine), 200 rows 60-100 ms; a page of 100 keeps a filter change well
+  // under 100 ms with 5,000 alerts in the page.
+  const PAGE_ROWS = 100;
+  const MAX_ROWS = 2000;
   const MAX_KEPT = 20000;     // violations kept for filters, counters, ranking
 
   const $ = (id) => document.getElementById(id);
@@ -38,6 +43,17 @@
     // The filters, also in the URL's query string (?tenant=&category=
     // &severity=&agent=) so a view can be shared; read once on load.
     filter: { tenant: '', category: '', severity: '', agent: '' },
+    // The view (?view=board|agent; the feed by default) and the open
+    // conversation (?conv=tenant/id), in the URL too.
+    view: 'feed',
+    rowLimit: PAGE_ROWS,      // rows shown (a page more on each "more")
+    // Alert id -> its shared state (acknowledged, assigned, notes, false
+    // alarm), as every supervisor sees it (SSE `alert` events).
+    alerts: new Map(),
+    me: localStorage.getItem('zhijian-me') || '',
+    work: null,               // key of the utterance whose alerts are being worked
+    attention: localStorage.getItem('zhijian-attention') === '1',
+    beeps: 0,                 // critical alerts signalled (sound / notification)
   };
 
   // ---- small DOM helpers (text only) ----
@@ -65,6 +81,22 @@
       closed: (reason, greeted, closing) => ` 已结束（${reason}）· 开头语 ${greeted} · 结束语 ${closing}`,
       'no-violations': ' · 无违规', progress: (n) => `进行中 · 已有 ${n} 条告警`,
       'who.agent': '坐席', 'who.customer': '客户',
+      more: '显示更多', me: '我的名字', 'notify.off': '开启提醒', 'notify.on': '提醒已开启', 'notify.denied': '通知被拒绝（仅声音）',
+      'view.feed': '告警流', 'view.board': '实时会话', 'view.agent': '坐席', export: '导出误报（CSV）',
+      'th.desk': '处理', 'th.worst': '最需关注', 'th.channel': '渠道', 'th.duration': '时长', 'th.score': '得分',
+      'th.alerts': '未处理/告警', 'th.state': '状态', 'board.empty': '暂无进行中的会话。', 'board.more': (n, total) => `显示最需关注的 ${n} 个，共 ${total} 个会话`,
+      'st.open': '待处理', 'st.acknowledged': '已确认', 'st.false_alarm': '误报',
+      'act.acknowledge': '确认', 'act.assign': '指派', 'act.note': '添加备注', 'act.false_alarm': '误报',
+      'act.reopen': '恢复', 'act.work': '处理…', 'work.title': '处理告警', 'work.assignee': '指派给',
+      'work.need-name': '请先在页面顶部填写你的名字。', 'work.failed': '操作失败：',
+      'log.acknowledge': '确认', 'log.assign': '指派给', 'log.note': '备注', 'log.false_alarm': '标记误报', 'log.reopen': '恢复',
+      assigned: (who) => `指派给 ${who}`, 'conv.open': '进行中', 'conv.closed': '已结束',
+      'channel.call': '电话', 'channel.chat': '在线', 'none': '无',
+      'agent.title': (a, h) => `坐席 ${a} · 本班次（最近 ${h} 小时）`,
+      'agent.alerts': (n) => `告警 ${n} 条`, 'agent.score': (s, n) => `平均得分 ${s}（${n} 个已结束会话）`,
+      'agent.no-score': '尚无已结束会话', 'agent.since': (t) => `控制台记录始于 ${t}`,
+      'agent.pick': '请在筛选中填写坐席工号。', section: (name, d, max) => `${name}：扣 ${d}${max === null ? '' : ' / ' + max}`,
+      'section.other': '其他（规则已不在词库中）', 'critical.notify': (c, conv) => `严重告警：${c} · ${conv}`,
     },
     en: {
       title: 'zhijian 质检 · live alerts', subtitle: 'zhijian · live alerts', token: 'Access token', connect: 'Connect',
@@ -81,6 +113,22 @@
       closed: (reason, greeted, closing) => ` closed (${reason}) · greeted ${greeted} · closing ${closing}`,
       'no-violations': ' · no violations', progress: (n) => `in progress · ${n} alerts so far`,
       'who.agent': 'agent', 'who.customer': 'customer',
+      more: 'Show more', me: 'My name', 'notify.off': 'Enable alerts', 'notify.on': 'Alerts on', 'notify.denied': 'Notifications denied (sound only)',
+      'view.feed': 'Feed', 'view.board': 'Live conversations', 'view.agent': 'Agent', export: 'Export false alarms (CSV)',
+      'th.desk': 'Handling', 'th.worst': 'Needs attention', 'th.channel': 'Channel', 'th.duration': 'Duration', 'th.score': 'Score',
+      'th.alerts': 'Open/alerts', 'th.state': 'State', 'board.empty': 'No live conversations.', 'board.more': (n, total) => `the ${n} most urgent of ${total} conversations`,
+      'st.open': 'open', 'st.acknowledged': 'acknowledged', 'st.false_alarm': 'false alarm',
+      'act.acknowledge': 'Acknowledge', 'act.assign': 'Assign', 'act.note': 'Add note', 'act.false_alarm': 'False alarm',
+      'act.reopen': 'Reopen', 'act.work': 'Work…', 'work.title': 'Work the alert', 'work.assignee': 'Assign to',
+      'work.need-name': 'Enter your name at the top of the page first.', 'work.failed': 'Failed: ',
+      'log.acknowledge': 'acknowledged', 'log.assign': 'assigned to', 'log.note': 'note', 'log.false_alarm': 'marked false alarm', 'log.reopen': 'reopened',
+      assigned: (who) => `assigned to ${who}`, 'conv.open': 'in progress', 'conv.closed': 'closed',
+      'channel.call': 'call', 'channel.chat': 'chat', 'none': 'none',
+      'agent.title': (a, h) => `Agent ${a} · this shift (last ${h} h)`,
+      'agent.alerts': (n) => `${n} alerts`, 'agent.score': (s, n) => `average score ${s} (${n} closed conversations)`,
+      'agent.no-score': 'no closed conversation yet', 'agent.since': (t) => `the console's history starts at ${t}`,
+      'agent.pick': 'Enter an agent id in the filters.', section: (name, d, max) => `${name}: −${d}${max === null ? '' : ' / ' + max}`,
+      'section.other': 'other (rules no longer in the lexicon)', 'critical.notify': (c, conv) => `Critical: ${c} · ${conv}`,
     },
   };
   const LANG_KEY = 'zhijian-lang';
@@ -103,7 +151,7 @@
   // The static labels of the page (data-i18n, data-i18n-placeholder).
   function applyLabels() {
     document.documentElement.lang = lang;
-    document.title = t('title');
+    showTitle();
     for (const e of document.querySelectorAll('[data-i18n]')) e.textContent = t(e.dataset.i18n);
     for (const e of document.querySelectorAll('[data-i18n-placeholder]')) e.placeholder = t(e.dataset.i18nPlaceholder);
     const button = $('lang');
@@ -111,6 +159,7 @@
     button.lang = lang === 'en' ? 'zh-CN' : 'en';
     button.dataset.lang = lang;
     $('pause').textContent = t(state.paused ? 'resume' : 'pause');
+    showAttention();
     setStatus($('status').dataset.state);
     showWaiting();
     showNotice(state.notice);
@@ -142,8 +191,18 @@
     return v.start !== null && v.end !== null ? [[v.start, v.end]] : [];
   }
 
+  // Formatters built once: toLocaleString builds one per call, which cost
+  // most of the time of rendering a thousand rows.
+  const TIME = new Intl.DateTimeFormat('zh-CN', { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
+  const DATE_TIME = new Intl.DateTimeFormat('zh-CN', {
+    year: 'numeric', month: 'numeric', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false,
+  });
+  function dateTimeOf(ms) {
+    return DATE_TIME.format(ms);
+  }
+
   function timeOf(ms) {
-    return new Date(ms).toLocaleTimeString('zh-CN', { hour12: false });
+    return TIME.format(ms);
   }
 
   function authHeaders() {
@@ -212,6 +271,7 @@
   // The filters from the controls, into the URL (history.replaceState: a
   // filter change is no new page to go back to).
   function filtersChanged() {
+    state.rowLimit = PAGE_ROWS; // a new view starts with one page of rows
     state.filter = {
       tenant: $('f-tenant').value,
       category: $('f-category').value,
@@ -225,6 +285,8 @@
     }
     history.replaceState(history.state, '', url.pathname + url.search + url.hash);
     renderAll();
+    if (state.view === 'board') loadBoard();
+    if (state.view === 'agent') loadAgent();
   }
 
   function passes(v, f, ignoreCategory) {
@@ -261,7 +323,26 @@
   // One row per utterance: every rule it broke (category by display name,
   // rule id as the detail), every span of all of them highlighted, the
   // severity of the most severe.
+  // Rows already built, by utterance key, with what they showed: a filter
+  // change moves them back in instead of building them again.
+  const rowCache = new Map();
+  function rowSig(u) {
+    return lang + '|' + u.items.map((i) => `${i.v.id}:${state.alerts.get(i.v.id)?.revision || 0}`).join(',');
+  }
+
+  function rowFor(u) {
+    const cached = rowCache.get(u.key);
+    if (cached && cached.sig === rowSig(u)) return cached.tr;
+    return row(u);
+  }
+
   function row(u) {
+    const tr = buildRow(u);
+    rowCache.set(u.key, { sig: rowSig(u), tr });
+    return tr;
+  }
+
+  function buildRow(u) {
     const vs = u.items.map((item) => item.v);
     const last = u.items[u.items.length - 1];
     const head = vs[0];
@@ -280,7 +361,7 @@
     tr.dataset.conversation = head.conversation_id;
     tr.dataset.agent = agent;
     const time = el('td', 'time', timeOf(last.raised));
-    time.title = t('spoken') + new Date(head.ts_ms).toLocaleString('zh-CN', { hour12: false });
+    time.title = t('spoken') + dateTimeOf(head.ts_ms);
     const conv = el('td');
     const link = el('button', 'conv', head.conversation_id);
     link.type = 'button';
@@ -318,9 +399,397 @@
       span.title = `${nameOf(v)} · ${t('sev.' + v.severity)}`;
       return span;
     }));
+    const status = rowStatus(vs);
+    tr.dataset.status = status;
     tr.append(time, el('td', 'tenant', head.tenant), el('td', 'agent', agent || '–'), conv,
-      category, sev, rules, text);
+      category, sev, rules, text, deskCell(u, vs, status));
     return tr;
+  }
+
+  // ---- working alerts ----
+  function statusOf(id) {
+    const a = state.alerts.get(id);
+    return a ? a.status : 'open';
+  }
+
+  // An utterance is open while any of its alerts is; else acknowledged,
+  // or a false alarm when every one is.
+  function rowStatus(vs) {
+    const st = vs.map((v) => statusOf(v.id));
+    if (st.includes('open')) return 'open';
+    return st.every((x) => x === 'false_alarm') ? 'false_alarm' : 'acknowledged';
+  }
+
+  // The last mark on any alert of the utterance with this status.
+  function markOf(vs, status) {
+    const key = status === 'acknowledged' ? 'acknowledged' : 'false_alarm';
+    return vs.map((v) => state.alerts.get(v.id)).filter((a) => a && a[key]).map((a) => a[key])
+      .sort((a, b) => b.at_ms - a.at_ms)[0];
+  }
+
+  function statusBadge(status, mark) {
+    const e = el('span', 'st', t('st.' + status) + (mark ? ` · ${mark.by} ${timeOf(mark.at_ms)}` : ''));
+    e.dataset.status = status;
+    return e;
+  }
+
+  function deskCell(u, vs, status) {
+    const td = el('td', 'desk');
+    td.append(statusBadge(status, status === 'open' ? null : markOf(vs, status)));
+    const assignees = [...new Set(vs.map((v) => state.alerts.get(v.id)).filter((a) => a && a.assignee).map((a) => a.assignee))];
+    if (assignees.length) td.append(el('span', 'assignee', t('assigned', assignees.join(', '))));
+    if (status === 'open') {
+      const ack = el('button', 'ack', t('act.acknowledge'));
+      ack.type = 'button';
+      ack.addEventListener('click', () => act(vs.filter((v) => statusOf(v.id) === 'open').map((v) => v.id), { action: 'acknowledge' }));
+      td.append(ack);
+    }
+    const work = el('button', 'work', t('act.work'));
+    work.type = 'button';
+    work.addEventListener('click', () => openWork(u.key));
+    td.append(work);
+    return td;
+  }
+
+  // Sends one action for each alert id; errors shown in the work panel
+  // (or the notice line). The new states come back to every browser as
+  // `alert` events; the answer is applied at once too.
+  async function act(ids, body) {
+    const me = $('me').value.trim();
+    if (!me) {
+      showWorkError(t('work.need-name'));
+      $('me').focus();
+      return false;
+    }
+    for (const id of ids) {
+      let res;
+      try {
+        res = await fetch(`/api/alerts/${encodeURIComponent(id)}`, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json', ...authHeaders() },
+          body: JSON.stringify({ ...body, by: me }),
+          cache: 'no-store',
+        });
+      } catch (e) {
+        showWorkError(t('work.failed') + e.message);
+        return false;
+      }
+      if (!res.ok) {
+        showWorkError(t('work.failed') + (await res.text()).slice(0, 300));
+        return false;
+      }
+      onAlert(await res.json());
+    }
+    showWorkError('');
+    return true;
+  }
+
+  function showWorkError(msg) {
+    const e = $('work-error');
+    e.textContent = msg;
+    e.dataset.error = msg ? '1' : '';
+    if (msg && $('work').hidden) {
+      showNotice(null);
+      $('notice').textContent = msg;
+    }
+  }
+
+  // A shared alert state arrived (from any supervisor, any instance).
+  function onAlert(a) {
+    if (!a || typeof a.id !== 'string') return;
+    const had = state.alerts.get(a.id);
+    if (had && had.revision >= a.revision && a.revision) return;
+    state.alerts.set(a.id, a);
+    const tr = $('feed').querySelector(`tr[data-ids~="${CSS.escape(a.id)}"]`);
+    if (tr) {
+      const u = state.utterances.get(tr.dataset.key);
+      if (u) tr.replaceWith(row(u));
+    }
+    if (state.work && state.utterances.get(state.work)?.items.some((i) => i.v.id === a.id)) renderWork();
+    scheduleTallies();
+    if (state.view === 'board') scheduleBoard();
+  }
+
+  function openWork(key) {
+    state.work = key;
+    $('work').hidden = false;
+    showWorkError('');
+    renderWork();
+  }
+
+  function renderWork() {
+    const u = state.utterances.get(state.work);
+    if (!u) return;
+    const vs = u.items.map((i) => i.v);
+    const shown = rowText(vs);
+    const from = shown.text_start || 0;
+    $('work').dataset.key = u.key;
+    $('work').dataset.status = rowStatus(vs);
+    $('work-text').replaceChildren(highlighted(shown.text, vs.flatMap(spansOf).map(([s, e]) => [s - from, e - from])));
+    $('work-rules').replaceChildren(...vs.map((v) => {
+      const li = el('li', null, `${nameOf(v)} · ${t('sev.' + v.severity)} · ${v.rule_id} `);
+      li.dataset.id = v.id;
+      const status = statusOf(v.id);
+      li.dataset.status = status;
+      li.append(statusBadge(status, null));
+      const flip = status === 'false_alarm' ? 'reopen' : 'false_alarm';
+      const b = el('button', flip, t('act.' + flip));
+      b.type = 'button';
+      b.addEventListener('click', () => act([v.id], { action: flip }));
+      li.append(b);
+      return li;
+    }));
+    const log = [];
+    for (const v of vs) {
+      const a = state.alerts.get(v.id);
+      if (!a) continue;
+      for (const l of a.log || []) log.push({ at: l.at_ms, by: l.by, what: t('log.' + l.action) + (l.action === 'assign' ? ' ' + (l.value || t('none')) : ''), text: null, rule: v.rule_id });
+      for (const n of a.notes || []) log.push({ at: n.at_ms, by: n.by, what: t('log.note'), text: n.text, rule: v.rule_id });
+    }
+    log.sort((a, b) => a.at - b.at);
+    $('work-log').replaceChildren(...log.map((l) => {
+      const li = el('li', null, `${timeOf(l.at)} ${l.by} ${l.what} (${l.rule})`);
+      if (l.text !== null) li.append(el('div', 'text', l.text));
+      return li;
+    }));
+  }
+
+  // ---- attention: the tab title, a sound, a desktop notification ----
+  function openCritical() {
+    let n = 0;
+    for (const { v } of state.violations) if (v.severity === 'critical' && statusOf(v.id) === 'open') n++;
+    return n;
+  }
+
+  function showTitle() {
+    const n = openCritical();
+    document.title = (n ? `(${n}) ` : '') + t('title');
+    document.body.dataset.openCritical = String(n);
+  }
+
+  function showAttention() {
+    const b = $('notify');
+    const perm = 'Notification' in window ? Notification.permission : 'unsupported';
+    b.dataset.on = state.attention ? '1' : '';
+    b.dataset.permission = perm;
+    b.textContent = !state.attention ? t('notify.off') : perm === 'granted' ? t('notify.on') : t('notify.denied');
+  }
+
+  let audio = null;
+  async function enableAttention() {
+    state.attention = !state.attention || !audio;
+    localStorage.setItem('zhijian-attention', state.attention ? '1' : '0');
+    if (state.attention) {
+      // Created in the click: browsers only let a page play sound after a gesture.
+      try {
+        audio = audio || new AudioContext();
+      } catch (e) {
+        audio = null;
+      }
+      if ('Notification' in window && Notification.permission === 'default') {
+        try {
+          await Notification.requestPermission();
+        } catch (e) {
+          // denied or unavailable: sound only
+        }
+      }
+    }
+    showAttention();
+  }
+
+  // A critical alert raised just now (not one replayed from the history).
+  function signalCritical(v, raised) {
+    if (!state.attention || Date.now() - raised > 60000 || statusOf(v.id) !== 'open') return;
+    state.beeps += 1;
+    document.body.dataset.beeps = String(state.beeps);
+    if (audio) {
+      try {
+        const osc = audio.createOscillator();
+        const gain = audio.createGain();
+        osc.frequency.value = 880;
+        gain.gain.value = 0.1;
+        osc.connect(gain).connect(audio.destination);
+        osc.start();
+        osc.stop(audio.currentTime + 0.25);
+      } catch (e) {
+        // no sound device
+      }
+    }
+    if ('Notification' in window && Notification.permission === 'granted') {
+      // Text only: a notification renders no markup.
+      const n = new Notification(t('critical.notify', nameOf(v), v.conversation_id), { body: v.text, tag: v.id });
+      n.onclick = () => {
+        window.focus();
+        openDetail(v.tenant, v.conversation_id);
+      };
+    }
+  }
+
+  // ---- views: the feed, the live conversations board, one agent ----
+  const VIEWS = ['feed', 'board', 'agent'];
+  function showView() {
+    for (const v of VIEWS) {
+      $(v + '-view').hidden = state.view !== v;
+      $('v-' + v).setAttribute('aria-pressed', String(state.view === v));
+    }
+    document.body.dataset.view = state.view;
+    if (state.view === 'board') loadBoard();
+    if (state.view === 'agent') loadAgent();
+  }
+
+  function setView(v) {
+    state.view = VIEWS.includes(v) ? v : 'feed';
+    const url = new URL(location.href);
+    if (state.view === 'feed') url.searchParams.delete('view');
+    else url.searchParams.set('view', state.view);
+    history.replaceState(history.state, '', url.pathname + url.search + url.hash);
+    showView();
+  }
+
+  function durationOf(ms) {
+    const s = Math.floor(ms / 1000);
+    const h = Math.floor(s / 3600);
+    const m = Math.floor((s % 3600) / 60);
+    const pad = (n) => String(n).padStart(2, '0');
+    return (h ? `${h}:${pad(m)}` : String(m)) + ':' + pad(s % 60);
+  }
+
+  function filterQuery() {
+    const q = new URLSearchParams();
+    if (state.filter.tenant) q.set('tenant', state.filter.tenant);
+    if (state.filter.agent) q.set('agent', state.filter.agent);
+    return q.toString();
+  }
+
+  let boardDue = null;
+  function scheduleBoard() {
+    if (boardDue) return;
+    boardDue = setTimeout(() => {
+      boardDue = null;
+      if (state.view === 'board') loadBoard();
+    }, 300);
+  }
+
+  let boardRequest = 0;
+  async function loadBoard() {
+    const mine = ++boardRequest;
+    let view;
+    try {
+      const res = await fetch('/api/board?' + filterQuery(), { headers: authHeaders(), cache: 'no-store' });
+      if (!res.ok) throw new Error('HTTP ' + res.status);
+      view = await res.json();
+    } catch (e) {
+      return;
+    }
+    if (mine !== boardRequest) return;
+    // The severity and category filters pick conversations by their worst
+    // open alert.
+    const f = state.filter;
+    const rows = view.rows.filter((r) => (!f.severity || r.worst_open?.severity === f.severity)
+      && (!f.category || r.worst_open?.category === f.category));
+    $('board').replaceChildren(...rows.map(boardRow));
+    $('board-empty').hidden = rows.length > 0;
+    const more = $('board-more');
+    more.dataset.total = String(view.total);
+    more.textContent = view.total > view.rows.length ? t('board.more', view.rows.length, view.total) : '';
+  }
+
+  function boardRow(r) {
+    const w = r.worst_open;
+    const tr = el('tr', (w ? 'sev-' + w.severity : '') + (r.open ? '' : ' closed'));
+    tr.dataset.tenant = r.tenant;
+    tr.dataset.conversation = r.conversation_id;
+    tr.dataset.agent = r.agent_id || '';
+    tr.dataset.severity = w ? w.severity : '';
+    tr.dataset.open = String(r.open);
+    tr.dataset.score = String(r.score);
+    const worst = el('td', 'worst');
+    if (w) {
+      worst.append(el('span', 'sev', t('sev.' + w.severity)), el('span', 'cat', w.category_name || categoryLabel(w.category)));
+      worst.title = w.rule_id;
+      worst.dataset.id = w.id;
+    } else {
+      worst.textContent = '–';
+    }
+    const conv = el('td');
+    const link = el('button', 'conv', r.conversation_id);
+    link.type = 'button';
+    link.addEventListener('click', () => openDetail(r.tenant, r.conversation_id));
+    conv.append(link);
+    const agent = el('td', 'agent');
+    if (r.agent_id) {
+      const a = el('button', 'conv', r.agent_id);
+      a.type = 'button';
+      a.addEventListener('click', () => showAgent(r.agent_id));
+      agent.append(a);
+    } else {
+      agent.textContent = '–';
+    }
+    tr.append(worst, el('td', 'tenant', r.tenant), conv, agent,
+      el('td', 'channel', r.channel ? t('channel.' + r.channel) : '–'),
+      el('td', 'duration', durationOf(r.duration_ms)),
+      el('td', 'score', r.score),
+      el('td', 'alerts', `${r.open_alerts}/${r.alerts}`),
+      el('td', 'state', r.open ? t('conv.open') : t('conv.closed')));
+    return tr;
+  }
+
+  function showAgent(agent) {
+    $('f-agent').value = agent;
+    filtersChanged();
+    setView('agent');
+  }
+
+  let agentRequest = 0;
+  async function loadAgent() {
+    const agent = state.filter.agent;
+    const mine = ++agentRequest;
+    if (!agent) {
+      $('agent-title').textContent = t('agent.pick');
+      $('agent-stats').replaceChildren();
+      $('agent-alerts').replaceChildren();
+      return;
+    }
+    let view;
+    try {
+      const q = state.filter.tenant ? '?tenant=' + encodeURIComponent(state.filter.tenant) : '';
+      const res = await fetch(`/api/agents/${encodeURIComponent(agent)}${q}`, { headers: authHeaders(), cache: 'no-store' });
+      if (!res.ok) throw new Error('HTTP ' + res.status);
+      view = await res.json();
+    } catch (e) {
+      $('agent-stats').textContent = t('detail.error') + e.message;
+      return;
+    }
+    if (mine !== agentRequest) return;
+    const hours = Math.round((Date.now() - view.since_ms) / 3600000);
+    $('agent-title').textContent = t('agent.title', view.agent_id, hours);
+    const stats = [el('span', 'alerts', t('agent.alerts', view.alerts))];
+    for (const sev of SEVERITIES) {
+      if (view.by_severity[sev]) stats.push(el('span', 'sev-' + sev, `${t('sev.' + sev)} ${view.by_severity[sev]}`));
+    }
+    const score = el('span', 'avg', view.average_score === null ? t('agent.no-score') : t('agent.score', view.average_score, view.conversations_closed));
+    score.dataset.score = view.average_score === null ? '' : String(view.average_score);
+    stats.push(score);
+    if (view.history_from_ms && view.history_from_ms > view.since_ms) {
+      stats.push(el('span', 'since', t('agent.since', dateTimeOf(view.history_from_ms))));
+    }
+    const box = $('agent-stats');
+    box.dataset.alerts = String(view.alerts);
+    box.replaceChildren(...stats);
+    $('agent-alerts').replaceChildren(...view.recent.map((a) => {
+      const tr = el('tr', 'sev-' + a.severity);
+      tr.dataset.id = a.id;
+      const conv = el('td');
+      const link = el('button', 'conv', a.conversation_id);
+      link.type = 'button';
+      link.addEventListener('click', () => openDetail(a.tenant, a.conversation_id));
+      conv.append(link);
+      const status = statusOf(a.id);
+      tr.append(el('td', 'time', timeOf(a.raised_ms)), conv, el('td', 'category', a.category_name || categoryLabel(a.category)),
+        el('td', 'sev', t('sev.' + a.severity)), el('td', 'rule', a.rule_id), el('td', 'desk'));
+      tr.lastChild.append(statusBadge(status, null));
+      return tr;
+    }));
   }
 
   function renderFeed() {
@@ -330,9 +799,16 @@
     // Newest utterance first (the map keeps them in order of their first
     // violation).
     const all = [...state.utterances.values()];
-    for (let i = all.length - 1; i >= 0 && rows.length < MAX_ROWS; i--) {
-      if (utterancePasses(all[i], f)) rows.push(row(all[i]));
+    let more = false;
+    for (let i = all.length - 1; i >= 0; i--) {
+      if (!utterancePasses(all[i], f)) continue;
+      if (rows.length === state.rowLimit) {
+        more = true;
+        break;
+      }
+      rows.push(rowFor(all[i]));
     }
+    $('more').hidden = !more;
     body.replaceChildren(...rows);
     $('empty').hidden = rows.length > 0;
     state.waiting = 0;
@@ -426,6 +902,8 @@
       talliesDue = false;
       renderCounters();
       renderRanking();
+      showTitle();
+      document.body.dataset.alerts = String(state.violations.length);
     });
   }
 
@@ -453,6 +931,7 @@
       }
       if (learnt) renderCategories();
       state.summaries.set(ev.tenant + '/' + ev.conversation_id, ev);
+      if (state.view === 'board') scheduleBoard();
       if (state.summaries.size > MAX_KEPT) state.summaries.delete(state.summaries.keys().next().value);
       refreshDetail(ev.tenant, ev.conversation_id);
       return;
@@ -473,7 +952,10 @@
       for (const old of state.violations.splice(0, state.violations.length - MAX_KEPT)) {
         const ou = state.utterances.get(utteranceKey(old.v));
         ou.items.shift();
-        if (!ou.items.length) state.utterances.delete(ou.key);
+        if (!ou.items.length) {
+          state.utterances.delete(ou.key);
+          rowCache.delete(ou.key);
+        }
       }
     }
     if (!state.tenants.has(ev.tenant)) {
@@ -483,6 +965,8 @@
     if (learnCategory(ev.category, ev.category_name)) renderCategories();
     scheduleTallies();
     refreshDetail(ev.tenant, ev.conversation_id);
+    if (state.view === 'board') scheduleBoard();
+    if (ev.severity === 'critical') signalCritical(ev, item.raised);
     if (!passes(ev, filters(), false)) return;
     if (state.paused) {
       state.waiting += 1;
@@ -498,7 +982,10 @@
       return;
     }
     body.prepend(row(u));
-    while (body.rows.length > MAX_ROWS) body.lastElementChild.remove();
+    while (body.rows.length > state.rowLimit) {
+      body.lastElementChild.remove();
+      $('more').hidden = false;
+    }
     $('empty').hidden = true;
   }
 
@@ -508,6 +995,7 @@
     state.lastSeq = null;
     state.violations = [];
     state.utterances.clear();
+    rowCache.clear();
     state.summaries.clear();
     showNotice('reset');
     renderAll();
@@ -586,6 +1074,8 @@
           showNotice('lagged');
         } else if (name === 'reset') {
           startOver();
+        } else if (name === 'alert' && data.length) {
+          onAlert(JSON.parse(data.join('\n')));
         } else if (name === 'message' && id !== null && data.length) {
           onEvent(Number(id), JSON.parse(data.join('\n')));
         }
@@ -596,6 +1086,7 @@
   // ---- conversation detail ----
   async function openDetail(tenant, id) {
     state.detail = { tenant, id };
+    setUrlParam('conv', `${tenant}/${id}`);
     $('detail').hidden = false;
     $('detail-title').textContent = `${tenant} / ${id}`;
     await loadDetail();
@@ -641,6 +1132,13 @@
       li.append(el('span', 'who', `#${s.seq} ${LANGS[lang]['who.' + s.speaker] || s.speaker}`), highlighted(s.text, ranges.get(s.seq) || []));
       return li;
     }));
+    // The score by scorecard section (the lexicon's names).
+    $('detail-sections').replaceChildren(...(view.sections || []).map((sec) => {
+      const li = el('li', null, t('section', sec.id ? sec.name : t('section.other'), sec.deducted, sec.max_deduct));
+      li.dataset.section = sec.id;
+      li.dataset.deducted = String(sec.deducted);
+      return li;
+    }));
     const summary = view.summary || state.summaries.get(tenant + '/' + id);
     const box = $('detail-summary');
     if (summary) {
@@ -662,15 +1160,29 @@
       );
       box.dataset.score = String(summary.score);
     } else {
-      box.replaceChildren(document.createTextNode(t('progress', view.violations.length)));
+      box.replaceChildren(el('span', 'score', view.score), document.createTextNode(' ' + t('progress', view.violations.length)));
+      box.dataset.running = String(view.score);
       delete box.dataset.score;
     }
   }
 
   // ---- controls ----
+  function setUrlParam(k, v) {
+    const url = new URL(location.href);
+    if (v) url.searchParams.set(k, v);
+    else url.searchParams.delete(k);
+    history.replaceState(history.state, '', url.pathname + url.search + url.hash);
+  }
+
   function init() {
     filtersFromUrl();
     applyLabels();
+    const q = new URLSearchParams(location.search);
+    state.view = VIEWS.includes(q.get('view')) ? q.get('view') : 'feed';
+    showView();
+    const conv = q.get('conv') || '';
+    const cut = conv.indexOf('/');
+    if (cut > 0) openDetail(conv.slice(0, cut), conv.slice(cut + 1));
     for (const id of ['f-tenant', 'f-category', 'f-severity']) {
       $(id).addEventListener('change', filtersChanged);
     }
@@ -683,6 +1195,8 @@
       renderCategories();
       if (!state.paused) renderFeed();
       if (state.detail) loadDetail();
+      if (state.work) renderWork();
+      showView();
     });
     $('pause').addEventListener('click', () => {
       state.paused = !state.paused;
@@ -692,7 +1206,49 @@
     $('detail-close').addEventListener('click', () => {
       state.detail = null;
       $('detail').hidden = true;
+      setUrlParam('conv', '');
     });
+    for (const v of VIEWS) $('v-' + v).addEventListener('click', () => setView(v));
+    $('more').addEventListener('click', () => {
+      state.rowLimit = Math.min(state.rowLimit + PAGE_ROWS, MAX_ROWS);
+      renderFeed();
+    });
+    $('me').value = state.me;
+    $('me').addEventListener('change', () => {
+      state.me = $('me').value.trim();
+      localStorage.setItem('zhijian-me', state.me);
+    });
+    $('notify').addEventListener('click', enableAttention);
+    $('work-close').addEventListener('click', () => {
+      state.work = null;
+      $('work').hidden = true;
+    });
+    const workIds = (open) => {
+      const u = state.utterances.get(state.work);
+      return u ? u.items.map((i) => i.v.id).filter((id) => !open || statusOf(id) === 'open') : [];
+    };
+    $('work-ack').addEventListener('click', () => act(workIds(true), { action: 'acknowledge' }));
+    $('work-assign').addEventListener('click', () => act(workIds(false), { action: 'assign', assignee: $('work-assignee').value }));
+    $('work-add-note').addEventListener('click', async () => {
+      if (await act(workIds(false), { action: 'note', note: $('work-note').value })) $('work-note').value = '';
+    });
+    // The export carries the token when there is one: fetched, then saved.
+    $('export').addEventListener('click', async (e) => {
+      if (!state.token) return;
+      e.preventDefault();
+      const res = await fetch('/api/false-alarms?format=csv', { headers: authHeaders(), cache: 'no-store' });
+      const a = document.createElement('a');
+      a.href = URL.createObjectURL(await res.blob());
+      a.download = 'zhijian-false-alarms.csv';
+      a.click();
+      URL.revokeObjectURL(a.href);
+    });
+    setInterval(() => {
+      if (state.view === 'board') loadBoard();
+    }, 2000);
+    setInterval(() => {
+      if (state.view === 'agent') loadAgent();
+    }, 10000);
     $('token-ok').addEventListener('click', () => {
       state.token = $('token').value;
       sessionStorage.setItem('zhijian-token', state.token);

@@ -1,0 +1,869 @@
+//! Working an alert: acknowledge, assign, note, false alarm. The state of
+//! every alert a supervisor touched lives in a NATS key-value bucket
+//! (`<state_bucket>_desk`, one key per violation id), so every supervisor
+//! and every daemon instance sees the same thing, with who did it and when,
+//! and it survives restarts.
+//!
+//! ```text
+//! POST /api/alerts/{id} ─▶ read entry ─▶ apply ─▶ update(expected revision) ─┐
+//!                                    (conflict: another supervisor; retry)   │
+//! every console: watch the bucket (last value per key, then live) ◀─────────┘
+//!   ─▶ Desk: map id → state + broadcast ─▶ SSE `alert` events to every browser
+//! ```
+//!
+//! What a supervisor types (names, notes) is untrusted: bounded, without
+//! control characters, and only ever rendered by the page as text. A state
+//! keeps a copy of the alert as the console showed it (masked), so a false
+//! alarm can be exported with its rule, span and lexicon version long after
+//! the alert left the console's history.
+
+use crate::event::{Severity, Violation};
+use async_nats::jetstream::{self, kv};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+/// Appended to `[streams] state_bucket` for the desk's bucket.
+pub const BUCKET_SUFFIX: &str = "_desk";
+/// Longest supervisor or assignee name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+/// Longest note, in characters.
+pub const MAX_NOTE_CHARS: usize = 1000;
+/// Notes kept on one alert.
+pub const MAX_NOTES: usize = 50;
+/// Actions logged on one alert (the oldest go first).
+pub const MAX_LOG: usize = 100;
+/// Largest action request body, in bytes.
+pub const MAX_BODY_BYTES: usize = 8 * 1024;
+/// How long the bucket keeps an alert's state after its last change (every
+/// console holds the bucket in memory: export false alarms regularly).
+const MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Alert changes a browser may fall behind before it is told to reconnect.
+const BROADCAST_BUFFER: usize = 1024;
+/// Attempts at an update that another supervisor's raced.
+const ATTEMPTS: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Open,
+    Acknowledged,
+    FalseAlarm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Acknowledge,
+    Assign,
+    Note,
+    FalseAlarm,
+    Reopen,
+}
+
+/// Who did something, and when (epoch ms, the console's clock).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mark {
+    pub by: String,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Note {
+    pub by: String,
+    pub at_ms: u64,
+    pub text: String,
+}
+
+/// One action, as logged on the alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Logged {
+    pub action: Action,
+    pub by: String,
+    pub at_ms: u64,
+    /// The assignee of an `assign` (empty: unassigned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// The alert as the console showed it when it was first worked (masked
+/// when the console masks), for the page and the false-alarm export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Raised {
+    pub tenant: String,
+    pub conversation_id: String,
+    pub seq: u64,
+    pub agent_id: Option<String>,
+    pub rule_id: String,
+    pub category: String,
+    pub category_name: String,
+    pub kind: String,
+    pub severity: Severity,
+    /// Hit spans, code points into the segment.
+    pub spans: Vec<[usize; 2]>,
+    pub matched: Option<String>,
+    pub text: String,
+    /// Where `text` starts in the segment (an excerpt of a long one).
+    pub text_start: usize,
+    pub note: Option<String>,
+    pub lexicon_version: String,
+}
+
+impl Raised {
+    pub fn of(v: &Violation) -> Raised {
+        let spans = if v.spans.is_empty() {
+            match (v.start, v.end) {
+                (Some(s), Some(e)) => vec![[s, e]],
+                _ => Vec::new(),
+            }
+        } else {
+            v.spans.clone()
+        };
+        Raised {
+            tenant: v.tenant.clone(),
+            conversation_id: v.conversation_id.clone(),
+            seq: v.seq,
+            agent_id: v.agent_id.clone(),
+            rule_id: v.rule_id.clone(),
+            category: v.category.clone(),
+            category_name: v.category_name.clone(),
+            kind: v.kind.clone(),
+            severity: v.severity,
+            spans,
+            matched: v.matched.clone(),
+            text: v.text.clone(),
+            text_start: v.text_start,
+            note: v.note.clone(),
+            lexicon_version: v.lexicon_version.clone(),
+        }
+    }
+}
+
+/// The shared state of one alert (the value under its violation id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertState {
+    /// The violation's event id (the key).
+    pub id: String,
+    pub status: Status,
+    pub acknowledged: Option<Mark>,
+    pub false_alarm: Option<Mark>,
+    pub assignee: Option<String>,
+    pub assigned: Option<Mark>,
+    pub notes: Vec<Note>,
+    pub log: Vec<Logged>,
+    pub alert: Raised,
+    /// The bucket's revision of this value (set when read, not stored).
+    #[serde(default)]
+    pub revision: u64,
+}
+
+/// A validated action request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub action: Action,
+    pub by: String,
+    /// `assign`: the assignee; `None` unassigns.
+    pub assignee: Option<String>,
+    /// `note`: the text.
+    pub note: Option<String>,
+}
+
+/// The body of `POST /api/alerts/{id}`, as sent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequest {
+    pub action: String,
+    pub by: String,
+    #[serde(default)]
+    pub assignee: Option<String>,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// A name a person typed: trimmed, 1..=[`MAX_NAME_CHARS`] characters, no
+/// control characters.
+fn name(field: &str, raw: &str) -> Result<String, String> {
+    let v = raw.trim();
+    if v.is_empty() {
+        return Err(format!("`{field}` must not be empty"));
+    }
+    let n = v.chars().count();
+    if n > MAX_NAME_CHARS {
+        return Err(format!(
+            "`{field}` is {n} characters, over the limit of {MAX_NAME_CHARS}"
+        ));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(format!("`{field}` contains a control character"));
+    }
+    Ok(v.to_string())
+}
+
+impl RawRequest {
+    pub fn validate(self) -> Result<Request, String> {
+        let action = match self.action.as_str() {
+            "acknowledge" => Action::Acknowledge,
+            "assign" => Action::Assign,
+            "note" => Action::Note,
+            "false_alarm" => Action::FalseAlarm,
+            "reopen" => Action::Reopen,
+            other => {
+                return Err(format!(
+                    "unknown action {:?} (acknowledge, assign, note, false_alarm, reopen)",
+                    other.chars().take(40).collect::<String>()
+                ));
+            }
+        };
+        let by = name("by", &self.by)?;
+        let assignee = match (action, self.assignee.as_deref().map(str::trim)) {
+            (Action::Assign, None | Some("")) => None,
+            (Action::Assign, Some(a)) => Some(name("assignee", a)?),
+            (_, None) => None,
+            (_, Some(_)) => return Err("`assignee` goes with the assign action only".into()),
+        };
+        let note = match (action, self.note.as_deref().map(str::trim)) {
+            (Action::Note, None | Some("")) => return Err("`note` must not be empty".into()),
+            (Action::Note, Some(t)) => {
+                let n = t.chars().count();
+                if n > MAX_NOTE_CHARS {
+                    return Err(format!(
+                        "`note` is {n} characters, over the limit of {MAX_NOTE_CHARS}"
+                    ));
+                }
+                if t.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+                    return Err("`note` contains a control character".into());
+                }
+                Some(t.to_string())
+            }
+            // A false alarm may say why.
+            (Action::FalseAlarm, Some(t)) if !t.is_empty() => {
+                return RawRequest {
+                    action: "note".into(),
+                    by: by.clone(),
+                    assignee: None,
+                    note: Some(t.to_string()),
+                }
+                .validate()
+                .map(|r| Request {
+                    action,
+                    by,
+                    assignee: None,
+                    note: r.note,
+                });
+            }
+            (_, None | Some("")) => None,
+            (_, Some(_)) => return Err("`note` goes with the note or false_alarm action".into()),
+        };
+        Ok(Request {
+            action,
+            by,
+            assignee,
+            note,
+        })
+    }
+}
+
+impl AlertState {
+    pub fn new(id: &str, alert: Raised) -> AlertState {
+        AlertState {
+            id: id.to_string(),
+            status: Status::Open,
+            acknowledged: None,
+            false_alarm: None,
+            assignee: None,
+            assigned: None,
+            notes: Vec::new(),
+            log: Vec::new(),
+            alert,
+            revision: 0,
+        }
+    }
+
+    /// Applies `req` at `now_ms`. Repeating what is already so (acknowledge
+    /// an acknowledged alert) changes nothing and logs nothing.
+    pub fn apply(&mut self, req: &Request, now_ms: u64) -> bool {
+        let mark = || Mark {
+            by: req.by.clone(),
+            at_ms: now_ms,
+        };
+        let changed = match req.action {
+            Action::Acknowledge if self.status == Status::Acknowledged => false,
+            Action::Acknowledge => {
+                self.status = Status::Acknowledged;
+                self.acknowledged = Some(mark());
+                true
+            }
+            Action::FalseAlarm if self.status == Status::FalseAlarm && req.note.is_none() => false,
+            Action::FalseAlarm => {
+                self.status = Status::FalseAlarm;
+                self.false_alarm = Some(mark());
+                true
+            }
+            Action::Reopen if self.status == Status::Open => false,
+            Action::Reopen => {
+                self.status = Status::Open;
+                self.acknowledged = None;
+                self.false_alarm = None;
+                true
+            }
+            Action::Assign if self.assignee == req.assignee => false,
+            Action::Assign => {
+                self.assignee = req.assignee.clone();
+                self.assigned = Some(mark());
+                true
+            }
+            Action::Note => true,
+        };
+        if !changed {
+            return false;
+        }
+        if let Some(text) = &req.note {
+            if self.notes.len() == MAX_NOTES {
+                self.notes.remove(0);
+            }
+            self.notes.push(Note {
+                by: req.by.clone(),
+                at_ms: now_ms,
+                text: text.clone(),
+            });
+        }
+        if self.log.len() == MAX_LOG {
+            self.log.remove(0);
+        }
+        self.log.push(Logged {
+            action: req.action,
+            by: req.by.clone(),
+            at_ms: now_ms,
+            value: match req.action {
+                Action::Assign => Some(req.assignee.clone().unwrap_or_default()),
+                _ => None,
+            },
+        });
+        true
+    }
+}
+
+/// One state as the console holds and sends it.
+pub struct Shared {
+    pub state: AlertState,
+    /// The state as JSON, serialized once for every browser.
+    pub json: String,
+}
+
+impl Shared {
+    /// When it last changed (epoch ms).
+    pub fn changed_ms(&self) -> u64 {
+        self.state.log.last().map_or(0, |l| l.at_ms)
+    }
+}
+
+/// Why an action failed.
+#[derive(Debug)]
+pub enum ActError {
+    /// The bucket could not be reached or created.
+    Unavailable(String),
+    /// The alert is not in the console's history and has no state yet.
+    UnknownAlert,
+    /// Other supervisors kept changing it.
+    Conflict,
+    Store(String),
+}
+
+/// Every alert state, mirrored from the bucket.
+pub struct Desk {
+    kv: Option<kv::Store>,
+    bucket: String,
+    states: Mutex<HashMap<String, Arc<Shared>>>,
+    live: broadcast::Sender<Arc<Shared>>,
+}
+
+impl Desk {
+    /// Opens (creating it if missing) the bucket; without it the desk is
+    /// read-only and says why.
+    pub async fn open(js: &jetstream::Context, bucket: String) -> Desk {
+        let kv = match js.get_key_value(&bucket).await {
+            Ok(kv) => Some(kv),
+            Err(_) => match js
+                .create_key_value(kv::Config {
+                    bucket: bucket.clone(),
+                    description:
+                        "zhijian console: alerts acknowledged, assigned, noted, marked false alarms"
+                            .into(),
+                    history: 1,
+                    max_age: MAX_AGE,
+                    max_value_size: 64 * 1024,
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(kv) => Some(kv),
+                Err(e) => {
+                    tracing::error!(bucket, error = %e, "console: cannot open or create the desk's key-value bucket; alerts cannot be worked");
+                    None
+                }
+            },
+        };
+        Desk {
+            kv,
+            bucket,
+            states: Mutex::new(HashMap::new()),
+            live: broadcast::channel(BROADCAST_BUFFER).0,
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Takes a state read from the bucket, unless a newer one is known.
+    fn learn(&self, mut state: AlertState, revision: u64) {
+        state.revision = revision;
+        let Ok(json) = serde_json::to_string(&state) else {
+            return;
+        };
+        let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        if states
+            .get(&state.id)
+            .is_some_and(|s| s.state.revision >= revision)
+        {
+            return;
+        }
+        let shared = Arc::new(Shared { state, json });
+        states.insert(shared.state.id.clone(), Arc::clone(&shared));
+        // Under the lock: a browser takes its snapshot and its receiver
+        // under the same lock, so it sees every change once.
+        let _ = self.live.send(shared);
+    }
+
+    /// Every state known, and a receiver of the changes that follow.
+    pub fn subscribe(&self) -> (Vec<Arc<Shared>>, broadcast::Receiver<Arc<Shared>>) {
+        let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        (states.values().cloned().collect(), self.live.subscribe())
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Shared>> {
+        let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        states.get(id).cloned()
+    }
+
+    /// The status of an alert (open when no one worked it).
+    pub fn status(&self, id: &str) -> Status {
+        let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        states.get(id).map_or(Status::Open, |s| s.state.status)
+    }
+
+    /// The false alarms, oldest mark first.
+    pub fn false_alarms(&self) -> Vec<Arc<Shared>> {
+        let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<Arc<Shared>> = states
+            .values()
+            .filter(|s| s.state.status == Status::FalseAlarm)
+            .cloned()
+            .collect();
+        sort_marked(&mut out);
+        out
+    }
+
+    /// Follows the bucket (every key's last value, then changes) until
+    /// stopped, re-watching after an error.
+    pub async fn follow(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Some(kv) = self.kv.clone() else {
+            return;
+        };
+        loop {
+            let watched = tokio::select! {
+                r = self.follow_once(&kv) => r,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            if let Err(e) = watched {
+                tracing::warn!(bucket = %self.bucket, error = %e, "console: watching the desk's bucket failed; retrying");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn follow_once(&self, kv: &kv::Store) -> Result<(), String> {
+        let mut entries = kv
+            .watch_with_history(">")
+            .await
+            .map_err(|e| e.to_string())?;
+        while let Some(entry) = entries.next().await {
+            let entry = entry.map_err(|e| e.to_string())?;
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            match serde_json::from_slice::<AlertState>(&entry.value) {
+                Ok(state) if state.id == entry.key => self.learn(state, entry.revision),
+                Ok(_) | Err(_) => {
+                    tracing::warn!(bucket = %self.bucket, key = %entry.key, "console: not an alert state; skipped");
+                }
+            }
+        }
+        Err("the watch ended".into())
+    }
+
+    /// Applies `req` to alert `id`: from its state in the bucket, or, the
+    /// first time, from `raised` (the violation as the console shows it).
+    /// Compare-and-set on the bucket's revision: of two supervisors acting
+    /// at once, both actions land, one after the other.
+    pub async fn act(
+        &self,
+        id: &str,
+        req: &Request,
+        raised: Option<Raised>,
+        now_ms: u64,
+    ) -> Result<Arc<Shared>, ActError> {
+        let Some(kv) = &self.kv else {
+            return Err(ActError::Unavailable(format!(
+                "the key-value bucket {:?} is not available (see the daemon's log)",
+                self.bucket
+            )));
+        };
+        for _ in 0..ATTEMPTS {
+            let entry = kv
+                .entry(id)
+                .await
+                .map_err(|e| ActError::Store(e.to_string()))?;
+            let (mut state, revision) = match entry {
+                Some(e) if e.operation == kv::Operation::Put => (
+                    serde_json::from_slice::<AlertState>(&e.value)
+                        .map_err(|e| ActError::Store(format!("stored state unreadable: {e}")))?,
+                    Some(e.revision),
+                ),
+                _ => match &raised {
+                    Some(r) => (AlertState::new(id, r.clone()), None),
+                    None => return Err(ActError::UnknownAlert),
+                },
+            };
+            if !state.apply(req, now_ms) {
+                if let Some(rev) = revision {
+                    self.learn(state, rev);
+                }
+                return self.get(id).ok_or(ActError::UnknownAlert);
+            }
+            let body = serde_json::to_vec(&state)
+                .map_err(|e| ActError::Store(e.to_string()))?
+                .into();
+            let stored = match revision {
+                Some(rev) => kv.update(id, body, rev).await.map_err(|e| {
+                    matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision)
+                        .then_some(())
+                        .ok_or_else(|| e.to_string())
+                }),
+                None => kv.create(id, body).await.map_err(|e| {
+                    matches!(e.kind(), kv::CreateErrorKind::AlreadyExists)
+                        .then_some(())
+                        .ok_or_else(|| e.to_string())
+                }),
+            };
+            match stored {
+                Ok(rev) => {
+                    self.learn(state, rev);
+                    return self.get(id).ok_or(ActError::UnknownAlert);
+                }
+                // Another supervisor got there first: read again.
+                Err(Ok(())) => continue,
+                Err(Err(e)) => return Err(ActError::Store(e)),
+            }
+        }
+        Err(ActError::Conflict)
+    }
+}
+
+fn sort_marked(states: &mut [Arc<Shared>]) {
+    states.sort_by_key(|s| {
+        (
+            s.state.false_alarm.as_ref().map_or(0, |m| m.at_ms),
+            s.state.id.clone(),
+        )
+    });
+}
+
+/// The false alarms in the bucket, read directly (`zhijian false-alarms`,
+/// for a QA lead without the console), oldest mark first.
+pub async fn read_false_alarms(
+    js: &jetstream::Context,
+    bucket: &str,
+) -> Result<Vec<Arc<Shared>>, String> {
+    let kv = js.get_key_value(bucket).await.map_err(|e| {
+        format!("key-value bucket {bucket:?}: {e} (the console creates it on its first start)")
+    })?;
+    let mut keys = kv.keys().await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| e.to_string())?;
+        let Some(entry) = kv.entry(key.as_str()).await.map_err(|e| e.to_string())? else {
+            continue;
+        };
+        if entry.operation != kv::Operation::Put {
+            continue;
+        }
+        match serde_json::from_slice::<AlertState>(&entry.value) {
+            Ok(mut state) if state.status == Status::FalseAlarm => {
+                state.revision = entry.revision;
+                let json = serde_json::to_string(&state).map_err(|e| e.to_string())?;
+                out.push(Arc::new(Shared { state, json }));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("zhijian: key {key:?} of {bucket:?} is not an alert state ({e}); skipped")
+            }
+        }
+    }
+    sort_marked(&mut out);
+    Ok(out)
+}
+
+/// The false alarms as CSV (RFC 4180; a cell a spreadsheet would take for
+/// a formula is prefixed with `'`).
+pub fn false_alarms_csv(states: &[Arc<Shared>]) -> String {
+    let mut out = String::from(
+        "alert_id,tenant,conversation_id,seq,agent_id,rule_id,category,category_name,severity,lexicon_version,spans,matched,text,marked_by,marked_at_ms,notes\n",
+    );
+    for s in states {
+        let st = &s.state;
+        let a = &st.alert;
+        let (by, at) = st
+            .false_alarm
+            .as_ref()
+            .map_or((String::new(), String::new()), |m| {
+                (m.by.clone(), m.at_ms.to_string())
+            });
+        let spans = a
+            .spans
+            .iter()
+            .map(|[s, e]| format!("{s}-{e}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let notes = st
+            .notes
+            .iter()
+            .map(|n| format!("{}: {}", n.by, n.text))
+            .collect::<Vec<_>>()
+            .join(" | ");
+        let cells = [
+            st.id.as_str(),
+            &a.tenant,
+            &a.conversation_id,
+            &a.seq.to_string(),
+            a.agent_id.as_deref().unwrap_or(""),
+            &a.rule_id,
+            &a.category,
+            &a.category_name,
+            a.severity.as_str(),
+            &a.lexicon_version,
+            &spans,
+            a.matched.as_deref().unwrap_or(""),
+            &a.text,
+            &by,
+            &at,
+            &notes,
+        ];
+        let line: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
+        out.push_str(&line.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+fn csv_cell(v: &str) -> String {
+    let v = if v.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{v}")
+    } else {
+        v.to_string()
+    };
+    if v.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    } else {
+        v
+    }
+}
+
+/// The false alarms as JSON lines (each an [`AlertState`]).
+pub fn false_alarms_jsonl(states: &[Arc<Shared>]) -> String {
+    let mut out = String::new();
+    for s in states {
+        out.push_str(&s.json);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(action: &str, by: &str, assignee: Option<&str>, note: Option<&str>) -> RawRequest {
+        RawRequest {
+            action: action.into(),
+            by: by.into(),
+            assignee: assignee.map(Into::into),
+            note: note.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn requests_are_validated_with_clear_errors() {
+        let long = "长".repeat(MAX_NAME_CHARS + 1);
+        let long_note = "字".repeat(MAX_NOTE_CHARS + 1);
+        let cases: Vec<(&str, RawRequest, &str)> = vec![
+            (
+                "unknown_action",
+                raw("delete", "张三", None, None),
+                "unknown action \"delete\"",
+            ),
+            (
+                "empty_by",
+                raw("acknowledge", "  ", None, None),
+                "`by` must not be empty",
+            ),
+            (
+                "long_by",
+                raw("acknowledge", &long, None, None),
+                "over the limit of 64",
+            ),
+            (
+                "control_by",
+                raw("acknowledge", "a\u{7}b", None, None),
+                "control character",
+            ),
+            (
+                "empty_note",
+                raw("note", "张三", None, Some(" ")),
+                "`note` must not be empty",
+            ),
+            (
+                "long_note",
+                raw("note", "张三", None, Some(&long_note)),
+                "over the limit of 1000",
+            ),
+            (
+                "note_with_escape",
+                raw("note", "张三", None, Some("a\u{1b}[31m")),
+                "control character",
+            ),
+            (
+                "assignee_on_ack",
+                raw("acknowledge", "张三", Some("李四"), None),
+                "assign action only",
+            ),
+            (
+                "note_on_ack",
+                raw("acknowledge", "张三", None, Some("x")),
+                "note or false_alarm",
+            ),
+        ];
+        for (name, req, want) in cases {
+            match req.validate() {
+                Ok(r) => panic!("case {name}: accepted {r:?}"),
+                Err(e) => assert!(e.contains(want), "case {name}: {e}"),
+            }
+        }
+        let ok = raw(
+            "note",
+            " 张三 ",
+            None,
+            Some("<img src=x onerror=alert(1)>\n第二行"),
+        )
+        .validate()
+        .expect("valid");
+        assert_eq!(ok.by, "张三");
+        assert_eq!(
+            ok.note.as_deref(),
+            Some("<img src=x onerror=alert(1)>\n第二行")
+        );
+        let unassign = raw("assign", "张三", Some(""), None)
+            .validate()
+            .expect("valid");
+        assert_eq!(unassign.assignee, None);
+        let why = raw("false_alarm", "张三", None, Some("客户在复述"))
+            .validate()
+            .expect("valid");
+        assert_eq!(
+            (why.action, why.note.as_deref()),
+            (Action::FalseAlarm, Some("客户在复述"))
+        );
+    }
+
+    fn raised() -> Raised {
+        Raised {
+            tenant: "acme".into(),
+            conversation_id: "c1".into(),
+            seq: 2,
+            agent_id: Some("a1".into()),
+            rule_id: "forbidden.impatience".into(),
+            category: "forbidden".into(),
+            category_name: "服务忌语".into(),
+            kind: "phrase".into(),
+            severity: Severity::High,
+            spans: vec![[0, 3]],
+            matched: Some("急什么".into()),
+            text: "急什么,你说".into(),
+            text_start: 0,
+            note: None,
+            lexicon_version: "v1+abc".into(),
+        }
+    }
+
+    #[test]
+    fn actions_change_the_state_once_and_are_logged() {
+        let mut s = AlertState::new("id1", raised());
+        let req = |a: &str, assignee: Option<&str>, note: Option<&str>| {
+            raw(a, "张三", assignee, note).validate().expect("valid")
+        };
+        assert!(s.apply(&req("acknowledge", None, None), 10));
+        assert!(
+            !s.apply(&req("acknowledge", None, None), 11),
+            "already acknowledged"
+        );
+        assert!(s.apply(&req("assign", Some("李四"), None), 12));
+        assert!(!s.apply(&req("assign", Some("李四"), None), 13));
+        assert!(s.apply(&req("note", None, Some("已回电")), 14));
+        assert!(s.apply(&req("false_alarm", None, Some("客户在复述")), 15));
+        assert!(s.apply(&req("reopen", None, None), 16));
+        assert_eq!(s.status, Status::Open);
+        assert_eq!(s.assignee.as_deref(), Some("李四"));
+        assert_eq!(
+            s.log
+                .iter()
+                .map(|l| (l.action, l.at_ms))
+                .collect::<Vec<_>>(),
+            vec![
+                (Action::Acknowledge, 10),
+                (Action::Assign, 12),
+                (Action::Note, 14),
+                (Action::FalseAlarm, 15),
+                (Action::Reopen, 16)
+            ]
+        );
+        assert_eq!(s.notes.len(), 2);
+        for i in 0..(MAX_LOG + 5) {
+            s.apply(&req("note", None, Some("n")), 100 + i as u64);
+        }
+        assert_eq!((s.log.len(), s.notes.len()), (MAX_LOG, MAX_NOTES));
+    }
+
+    #[test]
+    fn the_csv_export_quotes_and_defuses_formulas() {
+        let mut s = AlertState::new("id1", raised());
+        let req = raw("false_alarm", "王五", None, Some("说的是\"急\",不是骂人"))
+            .validate()
+            .expect("valid");
+        s.apply(&req, 42);
+        let json = serde_json::to_string(&s).expect("json");
+        let csv = false_alarms_csv(&[Arc::new(Shared { state: s, json })]);
+        let line = csv.lines().nth(1).expect("a row");
+        assert_eq!(
+            line,
+            "id1,acme,c1,2,a1,forbidden.impatience,forbidden,服务忌语,high,v1+abc,0-3,急什么,\"急什么,你说\",王五,42,\"王五: 说的是\"\"急\"\",不是骂人\""
+        );
+        assert_eq!(csv_cell("=HYPERLINK(1)"), "'=HYPERLINK(1)");
+    }
+}
