@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 use zhijian::config::{Overrides, RawConfig};
-use zhijian::daemon::cluster::owner_of;
+use zhijian::daemon::cluster::assignment;
 use zhijian::event::Event;
 
 const PARTITIONS: u32 = 8;
@@ -296,9 +296,11 @@ async fn wait_balanced(kv: &jetstream::kv::Store, members: &[String]) {
     loop {
         let l = leases(kv).await;
         let now = now_ms();
+        let table = assignment(members, PARTITIONS);
         let balanced = (0..PARTITIONS).all(|p| {
             l.get(&p).is_some_and(|(owner, until, _)| {
-                *until > now && owner_of(members, p) == Some(owner.as_str())
+                *until > now
+                    && table[p as usize].map(|m| members[m].as_str()) == Some(owner.as_str())
             })
         });
         if balanced {
