@@ -6,7 +6,7 @@
 //! at end of input is closed with reason `eof`.
 
 use crate::engine::{Engine, Outcome};
-use crate::event::{CloseReason, Event, InputKind, decode_str};
+use crate::event::{CloseReason, Event, InputKind, MAX_TEXT_BYTES, decode_plain, decode_str};
 use std::io::{self, BufRead, Write};
 
 /// Totals of one scan, reported on stderr.
@@ -53,11 +53,40 @@ pub fn scan_limited<R: BufRead, W: Write, E: Write>(
     let mut stats = ScanStats::default();
     let mut buf: Vec<u8> = Vec::new();
     let mut events: Vec<Event> = Vec::new();
+    let mut out = Out::new(output);
     let mut now_ms = 0u64;
     let mut line_no = 0u64;
     loop {
-        // Bytes, not a String: invalid UTF-8 is a bad line, not an I/O error
-        // that would end the scan.
+        // Fast path: a whole line in the reader's buffer is judged where it
+        // lies, not copied.
+        let chunk = match input.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        if let Some(n) = memchr::memchr(b'\n', chunk)
+            && n <= max_line_bytes
+        {
+            line_no += 1;
+            let r = judge_line(
+                engine,
+                &chunk[..n],
+                line_no,
+                &mut now_ms,
+                &mut events,
+                &mut out,
+                errors,
+                &mut stats,
+            );
+            input.consume(n + 1);
+            r?;
+            continue;
+        }
+        // A line across the end of the buffer, the last line without a
+        // newline, or one too long.
         match read_line_bounded(&mut input, &mut buf, max_line_bytes)? {
             LineRead::Eof => break,
             LineRead::Line => {}
@@ -73,42 +102,74 @@ pub fn scan_limited<R: BufRead, W: Write, E: Write>(
             }
         }
         line_no += 1;
-        let line = match std::str::from_utf8(&buf) {
-            Ok(s) => s,
-            Err(e) => {
-                stats.lines += 1;
-                stats.bad_lines += 1;
-                writeln!(errors, "line {line_no}: invalid_utf8: {e}")?;
-                continue;
-            }
-        };
-        let trimmed = line.trim();
-        if trimmed.is_empty() {
-            continue;
-        }
-        stats.lines += 1;
-        let parsed = match decode_str(trimmed) {
-            Ok(i) => i,
-            Err(e) => {
-                stats.bad_lines += 1;
-                writeln!(errors, "line {line_no}: {}: {e}", e.code())?;
-                continue;
-            }
-        };
-        if let Some(ts) = parsed.ts_ms {
-            now_ms = now_ms.max(ts);
-        }
-        if engine.handle(&parsed, now_ms, &mut events) == Outcome::Judged {
-            stats.judged += 1;
-        }
-        if matches!(parsed.kind, InputKind::End) || !events.is_empty() {
-            write_events(&mut events, output, &mut stats)?;
-        }
+        judge_line(
+            engine,
+            &buf,
+            line_no,
+            &mut now_ms,
+            &mut events,
+            &mut out,
+            errors,
+            &mut stats,
+        )?;
     }
     engine.close_all(CloseReason::Eof, now_ms, &mut events);
-    write_events(&mut events, output, &mut stats)?;
-    output.flush()?;
+    out.events(&mut events, &mut stats)?;
+    out.finish()?;
     Ok(stats)
+}
+
+/// Decodes and judges one line (without its newline): a blank line is
+/// skipped, a bad one reported on `errors`.
+#[allow(clippy::too_many_arguments)]
+fn judge_line<W: Write, E: Write>(
+    engine: &mut Engine,
+    line: &[u8],
+    line_no: u64,
+    now_ms: &mut u64,
+    events: &mut Vec<Event>,
+    out: &mut Out<'_, W>,
+    errors: &mut E,
+    stats: &mut ScanStats,
+) -> io::Result<()> {
+    let decoded = match decode_plain(line, MAX_TEXT_BYTES) {
+        Some(d) => d,
+        None => {
+            // Bytes, not a String: invalid UTF-8 is a bad line, not an I/O
+            // error that would end the scan.
+            let line = match std::str::from_utf8(line) {
+                Ok(s) => s,
+                Err(e) => {
+                    stats.lines += 1;
+                    stats.bad_lines += 1;
+                    return writeln!(errors, "line {line_no}: invalid_utf8: {e}");
+                }
+            };
+            let trimmed = line.trim();
+            if trimmed.is_empty() {
+                return Ok(());
+            }
+            decode_str(trimmed)
+        }
+    };
+    stats.lines += 1;
+    let parsed = match decoded {
+        Ok(i) => i,
+        Err(e) => {
+            stats.bad_lines += 1;
+            return writeln!(errors, "line {line_no}: {}: {e}", e.code());
+        }
+    };
+    if let Some(ts) = parsed.ts_ms {
+        *now_ms = (*now_ms).max(ts);
+    }
+    if engine.handle(&parsed, *now_ms, events) == Outcome::Judged {
+        stats.judged += 1;
+    }
+    if matches!(parsed.kind, InputKind::End) || !events.is_empty() {
+        out.events(events, stats)?;
+    }
+    Ok(())
 }
 
 /// The events of a JSONL text judged as [`scan`] judges it (the clock is
@@ -173,7 +234,7 @@ pub fn read_line_bounded<R: BufRead>(
             break;
         }
         read_any = true;
-        let (part, used, done) = match chunk.iter().position(|&b| b == b'\n') {
+        let (part, used, done) = match memchr::memchr(b'\n', chunk) {
             Some(i) => (&chunk[..i], i + 1, true),
             None => (chunk, chunk.len(), false),
         };
@@ -205,20 +266,44 @@ pub fn read_line_bounded<R: BufRead>(
     })
 }
 
-fn write_events<W: Write>(
-    events: &mut Vec<Event>,
-    out: &mut W,
-    stats: &mut ScanStats,
-) -> io::Result<()> {
-    for e in events.drain(..) {
-        match e {
-            Event::Violation(_) => stats.violations += 1,
-            Event::Summary(_) => stats.summaries += 1,
+/// The output: events are encoded into one buffer, written out in large
+/// pieces.
+struct Out<'w, W: Write> {
+    w: &'w mut W,
+    buf: Vec<u8>,
+}
+
+impl<'w, W: Write> Out<'w, W> {
+    const FLUSH_AT: usize = 1 << 18;
+
+    fn new(w: &'w mut W) -> Self {
+        Out {
+            w,
+            buf: Vec::with_capacity(Self::FLUSH_AT + (1 << 14)),
         }
-        serde_json::to_writer(&mut *out, &e).map_err(io::Error::other)?;
-        out.write_all(b"\n")?;
     }
-    Ok(())
+
+    fn events(&mut self, events: &mut Vec<Event>, stats: &mut ScanStats) -> io::Result<()> {
+        for e in events.drain(..) {
+            match e {
+                Event::Violation(_) => stats.violations += 1,
+                Event::Summary(_) => stats.summaries += 1,
+            }
+            serde_json::to_writer(&mut self.buf, &e).map_err(io::Error::other)?;
+            self.buf.push(b'\n');
+        }
+        if self.buf.len() >= Self::FLUSH_AT {
+            self.w.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<()> {
+        self.w.write_all(&self.buf)?;
+        self.buf.clear();
+        self.w.flush()
+    }
 }
 
 #[cfg(test)]
