@@ -352,6 +352,21 @@ mod plain {
         i: usize,
     }
 
+    /// The names of [`Wire`]'s fields, as serde knows them.
+    const FIELDS: [&str; 11] = [
+        "conversation_id",
+        "type",
+        "seq",
+        "speaker",
+        "text",
+        "tenant",
+        "channel",
+        "agent_id",
+        "ts_ms",
+        "final",
+        "continued",
+    ];
+
     /// What a field holds, as the decoder sees it.
     enum Value<'a> {
         Str(&'a str),
@@ -417,6 +432,21 @@ mod plain {
             self.i = end + 1;
             // Both ends are ASCII, so both are character boundaries.
             self.s.get(start..end)
+        }
+
+        /// A field name, after its opening quote: the index of a [`FIELDS`]
+        /// name, compared in place, or `None` for another name (read as a
+        /// string, and ignored).
+        fn key(&mut self) -> Option<Option<usize>> {
+            let rest = self.b.get(self.i..)?;
+            for (i, name) in FIELDS.iter().enumerate() {
+                let n = name.len();
+                if rest.get(n) == Some(&b'"') && rest.starts_with(name.as_bytes()) {
+                    self.i += n + 1;
+                    return Some(Some(i));
+                }
+            }
+            self.str_body().map(|_| None)
         }
 
         /// An unsigned integer as serde_json reads one into a `u64`: no
@@ -503,55 +533,55 @@ mod plain {
                 if p.next()? != b'"' {
                     return None;
                 }
-                let key = p.str_body()?;
+                let field = p.key()?;
                 p.ws();
                 if p.next()? != b':' {
                     return None;
                 }
                 p.ws();
                 let v = p.value()?;
-                let bit = match key {
-                    "conversation_id" => {
+                let bit = match field {
+                    Some(0) => {
                         w.conversation_id = text(v)?;
                         Some(0)
                     }
-                    "type" => {
+                    Some(1) => {
                         w.kind = text(v)?;
                         Some(1)
                     }
-                    "seq" => {
+                    Some(2) => {
                         w.seq = uint(v)?;
                         Some(2)
                     }
-                    "speaker" => {
+                    Some(3) => {
                         w.speaker = text(v)?;
                         Some(3)
                     }
-                    "text" => {
+                    Some(4) => {
                         w.text = text(v)?;
                         Some(4)
                     }
-                    "tenant" => {
+                    Some(5) => {
                         w.tenant = text(v)?;
                         Some(5)
                     }
-                    "channel" => {
+                    Some(6) => {
                         w.channel = text(v)?;
                         Some(6)
                     }
-                    "agent_id" => {
+                    Some(7) => {
                         w.agent_id = text(v)?;
                         Some(7)
                     }
-                    "ts_ms" => {
+                    Some(8) => {
                         w.ts_ms = uint(v)?;
                         Some(8)
                     }
-                    "final" => {
+                    Some(9) => {
                         w.is_final = boolean(v)?;
                         Some(9)
                     }
-                    "continued" => {
+                    Some(10) => {
                         w.continued = boolean(v)?;
                         Some(10)
                     }
@@ -1100,6 +1130,8 @@ mod tests {
             "other",
             "conversation\\u005fid",
             "Seq",
+            "texts",
+            "ts",
             "",
         ];
         let values = [
