@@ -48,6 +48,12 @@ pub fn scan<R: BufRead, W: Write, E: Write>(
 /// is never held in memory whole; its first `max_line_bytes` bytes are
 /// buffered, the rest is read and dropped up to the next newline, and the
 /// scan goes on with the line after it.
+///
+/// The engine runs on a second thread, fed batches of decoded lines in
+/// input order; the output is byte for byte what judging line by line on
+/// one thread gives. Output is written a batch at a time (2,048 lines),
+/// so a slow trickle of input (`tail -f | zhijian scan -`) shows its
+/// events a batch late.
 pub fn scan_limited<R: BufRead, W: Write, E: Write>(
     engine: &mut Engine,
     mut input: R,
