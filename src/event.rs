@@ -167,7 +167,8 @@ impl InputError {
 /// the enums and numbers would be slower): what serde cannot type-check
 /// becomes an `invalid_json` error naming the field and column; everything
 /// else is checked in [`decode_str`] with a specific message.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct Wire<'a> {
     #[serde(borrow, default)]
     conversation_id: Option<Cow<'a, str>>,
@@ -200,8 +201,22 @@ pub fn decode(bytes: &[u8]) -> Result<Input<'_>, InputError> {
 
 /// [`decode`] with another limit on `text` (`[limits] max_text_bytes`).
 pub fn decode_limited(bytes: &[u8], max_text_bytes: usize) -> Result<Input<'_>, InputError> {
+    if let Some(w) = plain::wire(bytes) {
+        return from_wire(w, max_text_bytes);
+    }
     let s = std::str::from_utf8(bytes).map_err(|e| InputError::Utf8(e.to_string()))?;
     decode_str_limited(s, max_text_bytes)
+}
+
+/// Decodes the common shape of event quickly, or says it cannot: `None`
+/// when `bytes` is anything but a flat JSON object of plain values (a
+/// string with an escape or a control character, a negative or fractional
+/// number, a nested value, a repeated field, invalid UTF-8, bad JSON). When
+/// it is `Some`, it is exactly what [`decode_limited`] (and [`decode_str`]
+/// on the text with its surrounding whitespace trimmed) returns for the
+/// same bytes; when it is `None`, those decoders say what the event is.
+pub fn decode_plain(bytes: &[u8], max_text_bytes: usize) -> Option<Result<Input<'_>, InputError>> {
+    plain::wire(bytes).map(|w| from_wire(w, max_text_bytes))
 }
 
 /// Decodes one input event from a JSON string (a JSONL line).
@@ -211,6 +226,9 @@ pub fn decode_str(s: &str) -> Result<Input<'_>, InputError> {
 
 /// [`decode_str`] with another limit on `text`.
 pub fn decode_str_limited(s: &str, max_text_bytes: usize) -> Result<Input<'_>, InputError> {
+    if let Some(w) = plain::wire_str(s) {
+        return from_wire(w, max_text_bytes);
+    }
     // serde would decode a JSON array positionally into `Wire` (its fields
     // in declaration order), so `["c1",null,0,"agent","…"]` would be judged
     // as a segment: an event is a JSON object and nothing else.
@@ -232,7 +250,11 @@ pub fn decode_str_limited(s: &str, max_text_bytes: usize) -> Result<Input<'_>, I
         )));
     }
     let w: Wire<'_> = serde_json::from_str(s).map_err(|e| InputError::Json(e.to_string()))?;
+    from_wire(w, max_text_bytes)
+}
 
+/// The checks after decoding: required fields, known values, limits.
+fn from_wire(w: Wire<'_>, max_text_bytes: usize) -> Result<Input<'_>, InputError> {
     let conversation_id = w
         .conversation_id
         .ok_or(InputError::MissingField("conversation_id"))?;
@@ -315,6 +337,276 @@ pub fn decode_str_limited(s: &str, max_text_bytes: usize) -> Result<Input<'_>, I
     })
 }
 
+/// A decoder for the shape nearly every event has: one flat JSON object
+/// whose values are strings without escapes, unsigned integers, booleans
+/// or null. It accepts only input that serde (the [`Wire`] derive) accepts,
+/// and gives the same [`Wire`] for it; anything else is `None`, and serde
+/// decides (with its own messages).
+mod plain {
+    use super::Wire;
+    use std::borrow::Cow;
+
+    struct Bytes<'a> {
+        s: &'a str,
+        b: &'a [u8],
+        i: usize,
+    }
+
+    /// The names of [`Wire`]'s fields, as serde knows them.
+    const FIELDS: [&str; 11] = [
+        "conversation_id",
+        "type",
+        "seq",
+        "speaker",
+        "text",
+        "tenant",
+        "channel",
+        "agent_id",
+        "ts_ms",
+        "final",
+        "continued",
+    ];
+
+    /// What a field holds, as the decoder sees it.
+    enum Value<'a> {
+        Str(&'a str),
+        Uint(u64),
+        Bool(bool),
+        Null,
+    }
+
+    /// The index of the first `"`, `\\` or control character (below
+    /// 0x20) in `b`, eight bytes at a time.
+    pub(super) fn string_end(b: &[u8]) -> Option<usize> {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        let mut at = 0;
+        let mut words = b.chunks_exact(8);
+        for w in &mut words {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(w);
+            let v = u64::from_le_bytes(word);
+            // A byte is flagged when it is zero after the XOR (a quote or a
+            // backslash) or below 0x20; a borrow can only flag bytes after
+            // the first true one, so the lowest flag is exact.
+            let quote = v ^ (ONES * u64::from(b'"'));
+            let slash = v ^ (ONES * u64::from(b'\\'));
+            let found = (quote.wrapping_sub(ONES) & !quote
+                | slash.wrapping_sub(ONES) & !slash
+                | v.wrapping_sub(ONES * 0x20) & !v)
+                & HIGH;
+            if found != 0 {
+                return Some(at + (found.trailing_zeros() / 8) as usize);
+            }
+            at += 8;
+        }
+        words
+            .remainder()
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+            .map(|i| at + i)
+    }
+
+    impl<'a> Bytes<'a> {
+        /// JSON's whitespace, as serde_json skips it.
+        fn ws(&mut self) {
+            while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+                self.i += 1;
+            }
+        }
+
+        fn next(&mut self) -> Option<u8> {
+            let c = *self.b.get(self.i)?;
+            self.i += 1;
+            Some(c)
+        }
+
+        /// A string with no escape and no control character, after its
+        /// opening quote.
+        fn str_body(&mut self) -> Option<&'a str> {
+            let start = self.i;
+            let end = start + string_end(self.b.get(start..)?)?;
+            if self.b[end] != b'"' {
+                return None;
+            }
+            self.i = end + 1;
+            // Both ends are ASCII, so both are character boundaries.
+            self.s.get(start..end)
+        }
+
+        /// A field name, after its opening quote: the index of a [`FIELDS`]
+        /// name, compared in place, or `None` for another name (read as a
+        /// string, and ignored).
+        fn key(&mut self) -> Option<Option<usize>> {
+            let rest = self.b.get(self.i..)?;
+            for (i, name) in FIELDS.iter().enumerate() {
+                let n = name.len();
+                if rest.get(n) == Some(&b'"') && rest.starts_with(name.as_bytes()) {
+                    self.i += n + 1;
+                    return Some(Some(i));
+                }
+            }
+            self.str_body().map(|_| None)
+        }
+
+        /// An unsigned integer as serde_json reads one into a `u64`: no
+        /// sign, no leading zero, no fraction or exponent, no overflow.
+        fn uint(&mut self, first: u8) -> Option<u64> {
+            let mut n = u64::from(first - b'0');
+            if first == b'0' {
+                if let Some(b'0'..=b'9') = self.b.get(self.i) {
+                    return None;
+                }
+            } else {
+                while let Some(&c @ b'0'..=b'9') = self.b.get(self.i) {
+                    n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+                    self.i += 1;
+                }
+            }
+            match self.b.get(self.i) {
+                Some(b'.' | b'e' | b'E') => None,
+                _ => Some(n),
+            }
+        }
+
+        fn word(&mut self, rest: &[u8]) -> Option<()> {
+            let got = self.b.get(self.i..self.i + rest.len())?;
+            (got == rest).then(|| self.i += rest.len())
+        }
+
+        fn value(&mut self) -> Option<Value<'a>> {
+            match self.next()? {
+                b'"' => self.str_body().map(Value::Str),
+                c @ b'0'..=b'9' => self.uint(c).map(Value::Uint),
+                b't' => self.word(b"rue").map(|()| Value::Bool(true)),
+                b'f' => self.word(b"alse").map(|()| Value::Bool(false)),
+                b'n' => self.word(b"ull").map(|()| Value::Null),
+                _ => None,
+            }
+        }
+    }
+
+    fn text(v: Value<'_>) -> Option<Option<Cow<'_, str>>> {
+        match v {
+            Value::Str(s) => Some(Some(Cow::Borrowed(s))),
+            Value::Null => Some(None),
+            _ => None,
+        }
+    }
+
+    fn uint(v: Value<'_>) -> Option<Option<u64>> {
+        match v {
+            Value::Uint(n) => Some(Some(n)),
+            Value::Null => Some(None),
+            _ => None,
+        }
+    }
+
+    fn boolean(v: Value<'_>) -> Option<Option<bool>> {
+        match v {
+            Value::Bool(b) => Some(Some(b)),
+            Value::Null => Some(None),
+            _ => None,
+        }
+    }
+
+    /// [`wire_str`] of bytes: `None` when they are not UTF-8.
+    pub(super) fn wire(b: &[u8]) -> Option<Wire<'_>> {
+        wire_str(std::str::from_utf8(b).ok()?)
+    }
+
+    pub(super) fn wire_str(s: &str) -> Option<Wire<'_>> {
+        let b = s.as_bytes();
+        let mut p = Bytes { s, b, i: 0 };
+        let mut w = Wire::default();
+        // One bit per known field: serde rejects a field given twice.
+        let mut seen = 0u16;
+        p.ws();
+        if p.next()? != b'{' {
+            return None;
+        }
+        p.ws();
+        if b.get(p.i) == Some(&b'}') {
+            p.i += 1;
+        } else {
+            loop {
+                if p.next()? != b'"' {
+                    return None;
+                }
+                let field = p.key()?;
+                p.ws();
+                if p.next()? != b':' {
+                    return None;
+                }
+                p.ws();
+                let v = p.value()?;
+                let bit = match field {
+                    Some(0) => {
+                        w.conversation_id = text(v)?;
+                        Some(0)
+                    }
+                    Some(1) => {
+                        w.kind = text(v)?;
+                        Some(1)
+                    }
+                    Some(2) => {
+                        w.seq = uint(v)?;
+                        Some(2)
+                    }
+                    Some(3) => {
+                        w.speaker = text(v)?;
+                        Some(3)
+                    }
+                    Some(4) => {
+                        w.text = text(v)?;
+                        Some(4)
+                    }
+                    Some(5) => {
+                        w.tenant = text(v)?;
+                        Some(5)
+                    }
+                    Some(6) => {
+                        w.channel = text(v)?;
+                        Some(6)
+                    }
+                    Some(7) => {
+                        w.agent_id = text(v)?;
+                        Some(7)
+                    }
+                    Some(8) => {
+                        w.ts_ms = uint(v)?;
+                        Some(8)
+                    }
+                    Some(9) => {
+                        w.is_final = boolean(v)?;
+                        Some(9)
+                    }
+                    Some(10) => {
+                        w.continued = boolean(v)?;
+                        Some(10)
+                    }
+                    // Ignored, as serde ignores unknown fields.
+                    _ => None,
+                };
+                if let Some(bit) = bit {
+                    if seen & (1 << bit) != 0 {
+                        return None;
+                    }
+                    seen |= 1 << bit;
+                }
+                p.ws();
+                match p.next()? {
+                    b',' => p.ws(),
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+        }
+        p.ws();
+        (p.i == b.len()).then_some(w)
+    }
+}
+
 /// Ids and tenants: non-empty, bounded, no whitespace or control characters.
 /// A tenant also becomes a NATS subject token, so it may not hold `.`, `*`
 /// or `>`.
@@ -324,6 +616,15 @@ fn check_token(
     max_chars: usize,
     subject_token: bool,
 ) -> Result<(), InputError> {
+    // Nearly every id is printable ASCII: one pass over the bytes decides.
+    if value.len() <= max_chars
+        && value.bytes().all(|b| {
+            (0x21..0x7F).contains(&b) && !(subject_token && matches!(b, b'.' | b'*' | b'>'))
+        })
+        && !value.is_empty()
+    {
+        return Ok(());
+    }
     let invalid = |reason: String| InputError::InvalidField { field, reason };
     if value.is_empty() {
         return Err(invalid("must not be empty".into()));
@@ -797,5 +1098,148 @@ mod tests {
         assert_eq!(a.len(), 32);
         // The separator keeps ("c1","2") and ("c","12") apart.
         assert_ne!(a, event_id(&[b"t", b"c", b"12"]));
+    }
+
+    /// What serde alone makes of a line (the decoder before the plain
+    /// path): the reference the plain path must agree with.
+    fn serde_wire(s: &str) -> Option<Wire<'_>> {
+        let start = s.trim_start_matches([' ', '\t', '\n', '\r']);
+        if !start.starts_with('{') {
+            return None;
+        }
+        serde_json::from_str::<Wire<'_>>(s).ok()
+    }
+
+    /// Every line built from the pieces below, and the plain decoder's
+    /// verdict on each: whenever it decodes a line, serde decodes it to the
+    /// same fields; and it does decode the common shapes.
+    #[test]
+    fn the_plain_decoder_agrees_with_serde() {
+        let keys = [
+            "conversation_id",
+            "type",
+            "seq",
+            "speaker",
+            "text",
+            "tenant",
+            "channel",
+            "agent_id",
+            "ts_ms",
+            "final",
+            "continued",
+            "other",
+            "conversation\\u005fid",
+            "Seq",
+            "texts",
+            "ts",
+            "",
+        ];
+        let values = [
+            r#""c1""#,
+            r#""您好，请问""#,
+            r#""a\"b""#,
+            r#""a\nb""#,
+            "\"a\tb\"",
+            "\"a\u{7f}b\"",
+            r#""""#,
+            "0",
+            "7",
+            "00",
+            "-1",
+            "1.5",
+            "1e3",
+            "18446744073709551615",
+            "18446744073709551616",
+            "true",
+            "false",
+            "null",
+            "nul",
+            "tru",
+            "[1]",
+            "{}",
+            r#"{"a":1}"#,
+        ];
+        let (mut plain, mut total) = (0, 0);
+        let mut check = |line: &str| {
+            total += 1;
+            if let Some(w) = plain::wire_str(line) {
+                plain += 1;
+                assert_eq!(serde_wire(line).as_ref(), Some(&w), "{line}");
+                assert_eq!(plain::wire(line.as_bytes()).as_ref(), Some(&w), "{line}");
+            }
+        };
+        for k in keys {
+            for v in values {
+                check(&format!(r#"{{"{k}":{v}}}"#));
+                check(&format!(r#"{{"conversation_id":"c","{k}":{v},"seq":1}}"#));
+                check(&format!(" {{ \"{k}\" : {v} }} \r\n"));
+                check(&format!(r#"{{"{k}":{v},"{k}":{v}}}"#));
+                check(&format!(r#"{{"{k}":{v},}}"#));
+                check(&format!(r#"{{"{k}":{v}}}x"#));
+                check(&format!(r#"{{"{k}":{v}"#));
+                check(&format!(r#"{{"{k}" {v}}}"#));
+                check(&format!(r#"["{k}",{v}]"#));
+            }
+        }
+        for line in [
+            "",
+            "{}",
+            "{",
+            "}",
+            "{\"conversation_id\":\"c\"}\u{3000}",
+            "\u{feff}{\"conversation_id\":\"c\"}",
+            r#"{"conversation_id":"c","seq":1,"speaker":"agent","text":"您好","final":false,"continued":true,"ts_ms":5,"channel":"chat","tenant":"t","agent_id":"a","type":"segment"}"#,
+        ] {
+            check(line);
+        }
+        // The common shapes take the plain path (so the checks above ran).
+        assert!(plain > 200 && plain < total / 4, "{plain} of {total}");
+        let typical = r#"{"channel":"call","conversation_id":"synth-0","seq":1,"speaker":"agent","tenant":"bench","text":"您好，很高兴为您服务。"}"#;
+        assert!(plain::wire_str(typical).is_some());
+        // Invalid UTF-8 is never plain.
+        assert!(plain::wire(b"{\"conversation_id\":\"\xff\"}").is_none());
+        assert!(plain::wire(b"{\"x\xff\":1}").is_none());
+    }
+
+    #[test]
+    fn string_end_finds_the_first_quote_backslash_or_control_byte() {
+        let naive = |b: &[u8]| b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+        // Every position of every special byte in strings of every length
+        // around the eight-byte words, behind plain, high and edge bytes.
+        for len in 0..20 {
+            for fill in [b'a', 0x7f, 0x80, 0xff, 0x20, 0x21, 0x5b, 0x5d] {
+                let base = vec![fill; len];
+                assert_eq!(plain::string_end(&base), naive(&base), "{len} {fill}");
+                for at in 0..len {
+                    for special in [b'"', b'\\', 0x00, 0x01, 0x1f, b'\n'] {
+                        let mut b = base.clone();
+                        b[at] = special;
+                        assert_eq!(plain::string_end(&b), naive(&b), "{b:?}");
+                        // A second special byte after the first.
+                        if at + 1 < len {
+                            b[len - 1] = b'"';
+                            assert_eq!(plain::string_end(&b), naive(&b), "{b:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decoders_agree_on_plain_and_other_lines() {
+        for line in [
+            r#"{"conversation_id":"c1","seq":3,"speaker":"agent","text":"您好"}"#,
+            r#"{"conversation_id":"c1","seq":3,"speaker":"agent","text":"您\u597d"}"#,
+            r#"{"conversation_id":"c 1","type":"end"}"#,
+            r#"{"conversation_id":"c1","type":"end","tenant":"a.b"}"#,
+            r#"{"conversation_id":"c1","seq":3,"speaker":"bot","text":""}"#,
+        ] {
+            let by_str = decode_str(line);
+            assert_eq!(decode(line.as_bytes()), by_str);
+            if let Some(plain) = decode_plain(line.as_bytes(), MAX_TEXT_BYTES) {
+                assert_eq!(plain, by_str);
+            }
+        }
     }
 }

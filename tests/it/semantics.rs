@@ -590,3 +590,87 @@ fn a_hit_padded_with_invisible_characters_carries_a_capped_match() {
     assert_eq!(v.matched.as_deref().map(|m| m.chars().count()), Some(limit));
     assert!(v.text.chars().count() <= limit);
 }
+
+/// `zhijian scan` judges lines where they lie in the reader's buffer and
+/// copies only those that cross its end, and judges them on a second
+/// thread in batches: the output must not depend on where the buffer ends,
+/// and must be what `scan::judge_text` (the same decoder and engine over a
+/// string, line by line on one thread) gives, odd lines included, over
+/// several batches.
+#[test]
+fn scan_output_does_not_depend_on_read_buffer_boundaries() {
+    use std::io::BufReader;
+    use zhijian::event::Event;
+    use zhijian::synth::{self, Mix};
+    let convs = synth::conversations(7, 600, "buf-", &Mix::default());
+    let mut lines = synth::interleaved_jsonl(&convs, "acme", "call");
+    let odd = [
+        String::new(),
+        "   ".to_string(),
+        "\u{3000}".to_string(),
+        format!("{}\r", seg("odd-1", 1, "agent", "您好，请问有什么可以帮您")),
+        format!("\u{3000}{}\u{3000}", seg("odd-1", 2, "agent", "你问我我问谁")),
+        r#"{"conversation_id":"odd-2","seq":1,"speaker":"agent","text":"\u4f60\u95ee\u6211\u6211\u95ee\u8c01"}"#.to_string(),
+        r#"{"conversation_id":"odd-2","seq":2,"speaker":"agent","text":"x","final":false}"#.to_string(),
+        r#"{"conversation_id":"odd-2","seq":3,"seq":4,"speaker":"agent","text":"x"}"#.to_string(),
+        r#"{"conversation_id":"odd-2","seq":5,"speaker":"agent","text":"a	b"}"#.to_string(),
+        r#"["odd-3",null,0,"agent","你问我我问谁"]"#.to_string(),
+        "not json".to_string(),
+        end("odd-1"),
+    ];
+    for (i, l) in odd.iter().enumerate() {
+        lines.insert((i * 797) % lines.len(), l.clone());
+    }
+    let text = lines.join("\n");
+    let last = seg("odd-4", 2, "agent", "您好");
+
+    // The same, with an invalid UTF-8 line and a too-long line (both bad:
+    // they change nothing else), as bytes.
+    let mut bytes = text.clone().into_bytes();
+    bytes.extend_from_slice(b"\n{\"conversation_id\":\"\xff\"}\n");
+    bytes.extend_from_slice(seg("odd-4", 1, "agent", &"长".repeat(2000)).as_bytes());
+    bytes.extend_from_slice(b"\n");
+    bytes.extend_from_slice(last.as_bytes());
+    let (expected, lines_seen, bad) =
+        zhijian::scan::judge_text(&mut engine(), &format!("{text}\n{last}"));
+    assert!(
+        bad >= 4 && lines_seen > 400,
+        "{lines_seen} lines, {bad} bad"
+    );
+
+    let mut first: Option<(Vec<u8>, Vec<u8>)> = None;
+    for capacity in [1, 7, 333, 1 << 16] {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut eng = engine();
+        zhijian::scan::scan_limited(
+            &mut eng,
+            BufReader::with_capacity(capacity, &bytes[..]),
+            &mut out,
+            &mut err,
+            4096,
+        )
+        .expect("in-memory I/O");
+        match &first {
+            None => {
+                let events: Vec<Event> = String::from_utf8(out.clone())
+                    .expect("utf-8")
+                    .lines()
+                    .map(|l| serde_json::from_str(l).expect("an event"))
+                    .collect();
+                assert_eq!(events, expected);
+                let err = String::from_utf8(err.clone()).expect("utf-8");
+                assert!(err.contains(": invalid_utf8: "), "{err}");
+                assert!(err.contains(": line_too_long: "), "{err}");
+                first = Some((out, err.into_bytes()));
+            }
+            Some((o, e)) => {
+                assert_eq!(&out, o, "capacity {capacity}");
+                assert_eq!(
+                    String::from_utf8_lossy(&err),
+                    String::from_utf8_lossy(e),
+                    "capacity {capacity}"
+                );
+            }
+        }
+    }
+}
