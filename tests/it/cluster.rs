@@ -23,8 +23,21 @@ use zhijian::daemon::cluster::assignment;
 use zhijian::event::Event;
 
 const PARTITIONS: u32 = 8;
-const HEARTBEAT_MS: u64 = 250;
-const LEASE_MS: u64 = 1_500;
+
+/// Short leases keep the test quick; CLUSTER_TEST_LEASE_MS and
+/// CLUSTER_TEST_HEARTBEAT_MS measure others (the defaults: 5000 and 1000).
+fn timing() -> (u64, u64) {
+    let get = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    (
+        get("CLUSTER_TEST_HEARTBEAT_MS", 250),
+        get("CLUSTER_TEST_LEASE_MS", 1_500),
+    )
+}
 const DEADLINE: Duration = Duration::from_secs(120);
 
 /// One node of the cluster: its ports and store survive a restart.
@@ -182,7 +195,9 @@ impl Instance {
         std::fs::write(
             &file,
             format!(
-                "{toml}\n[metrics]\naddr = \"127.0.0.1:{metrics}\"\n[cluster]\ninstance = \"{name}\"\npartitions = {PARTITIONS}\nreplicas = 3\nheartbeat_ms = {HEARTBEAT_MS}\nlease_ms = {LEASE_MS}\ncheckpoint_ms = 200\nbucket = \"{}\"\n",
+                "{toml}\n[metrics]\naddr = \"127.0.0.1:{metrics}\"\n[cluster]\ninstance = \"{name}\"\npartitions = {PARTITIONS}\nreplicas = 3\nheartbeat_ms = {}\nlease_ms = {}\ncheckpoint_ms = 200\nbucket = \"{}\"\n",
+                timing().0,
+                timing().1,
                 bucket_of(toml)
             ),
         )
@@ -465,7 +480,7 @@ async fn scenario(cluster: &mut NatsCluster, k: usize, failure: Failure) {
         Failure::Pause => {
             orphaned = orphans_of(&victim_name);
             instances[victim].signal("-STOP");
-            tokio::time::sleep(Duration::from_millis(LEASE_MS * 3)).await;
+            tokio::time::sleep(Duration::from_millis(timing().1 * 3)).await;
             instances[victim].signal("-CONT");
         }
     }
