@@ -276,6 +276,7 @@ pub async fn serve(
     let mut tick = tokio::time::interval(ctx.cluster.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
+    let mut first_round = true;
     loop {
         tokio::select! {
             biased;
@@ -297,9 +298,13 @@ pub async fn serve(
         metrics.cluster.members.set(members.len() as i64);
         renew(&ctx, &mut held).await;
         reap(&ctx, &mut held).await;
-        if !members.is_empty() {
+        // The first round only announces this member: instances started
+        // together then see each other before taking partitions, instead of
+        // taking them all and handing most over a heartbeat later.
+        if !members.is_empty() && !first_round {
             balance(&ctx, &members, &mut held).await;
         }
+        first_round = false;
         metrics.cluster.partitions_owned.set(held.len() as i64);
     }
     // Shutdown: every worker checkpoints and stops; leases are released.
