@@ -588,6 +588,8 @@ struct Worker {
     unacked: VecDeque<(Event, Option<u64>, PublishAckFuture)>,
     /// Open conversations last added to the gauge.
     reported_open: i64,
+    /// The disconnect count at the last sweep for undecodable subjects.
+    swept_at_disconnects: u64,
     events: Vec<Event>,
     generation: u64,
     last_bytes: u64,
@@ -626,6 +628,7 @@ async fn work(
         generation: 0,
         last_bytes: 0,
         reported_open: 0,
+        swept_at_disconnects: u64::MAX,
     };
     if let Err(e) = w.load().await {
         return Exit::Failed(e);
@@ -992,6 +995,7 @@ impl Worker {
     /// Idle closes, then a checkpoint if the state moved.
     async fn checkpoint_if_due(&mut self) -> Result<(), Exit> {
         self.refresh_scanner();
+        self.sweep_undecodable().await;
         let idle_ms = self.ctx.shared.config.idle_timeout.as_millis() as u64;
         let mut events = std::mem::take(&mut self.events);
         if self.engine.close_idle(wall_ms(), idle_ms, &mut events) > 0 {
@@ -1011,6 +1015,34 @@ impl Worker {
             return Ok(());
         }
         self.checkpoint().await
+    }
+
+    /// After a disconnect (and at start): a message whose subject is not
+    /// UTF-8 at the head of the partition drops the connection every time
+    /// it is delivered (see `daemon::poison`); it is dead-lettered and
+    /// removed from the input stream, from the server's side.
+    async fn sweep_undecodable(&mut self) {
+        let disconnects = self.ctx.shared.metrics.nats_disconnects.get();
+        if disconnects == self.swept_at_disconnects {
+            return;
+        }
+        let filter = format!(
+            "{}.{}.>",
+            self.ctx.shared.config.streams.input_prefix, self.p
+        );
+        match super::poison::sweep_partition(
+            &self.ctx.shared,
+            &self.ctx.input,
+            &filter,
+            self.seq + 1,
+        )
+        .await
+        {
+            Ok(_) => self.swept_at_disconnects = disconnects,
+            Err(e) => {
+                tracing::debug!(partition = self.p, error = %e, "poison sweep failed; will retry")
+            }
+        }
     }
 
     /// Stores every sent event, then writes the checkpoint: chunks under a

@@ -75,25 +75,61 @@ async fn sweep(shared: &Shared, consumer: &PullConsumer, input: &Stream) -> Resu
             // Deleted or acked and gone: nothing to do.
             Err(_) => continue,
         };
-        if !msg.subject.as_str().contains('\u{FFFD}') {
-            continue;
+        if remove_if_undecodable(shared, input, seq, msg).await? {
+            removed += 1;
         }
-        let letter = DeadLetter {
-            stream: &shared.config.streams.input_stream,
-            seq,
-            subject: msg.subject.as_str(),
-            code: INVALID_SUBJECT,
-            detail: "the subject is not UTF-8 (invalid bytes shown as U+FFFD); the message was removed from the input stream",
-            payload: msg.payload,
-        };
-        publish_dead_letter(shared, letter).await?;
-        input
-            .delete_message(seq)
-            .await
-            .map_err(|e| format!("cannot delete message {seq}: {e}"))?;
-        shared.metrics.poison_removed.inc();
-        tracing::warn!(stream_seq = seq, subject = %msg.subject, reason = INVALID_SUBJECT, "undecodable input dead-lettered and removed");
-        removed += 1;
     }
     Ok(removed)
+}
+
+/// The first message of `filter` (a partition's subjects) from `from` on,
+/// removed if its subject is not UTF-8 (see [`remove_if_undecodable`]).
+pub async fn sweep_partition(
+    shared: &Shared,
+    input: &Stream,
+    filter: &str,
+    from: u64,
+) -> Result<bool, String> {
+    let msg = match input
+        .raw_message_builder()
+        .sequence(from)
+        .next_by_subject(filter)
+        .send()
+        .await
+    {
+        Ok(m) => m,
+        // Nothing there (yet): nothing to do.
+        Err(_) => return Ok(false),
+    };
+    let seq = msg.sequence;
+    remove_if_undecodable(shared, input, seq, msg).await
+}
+
+/// Dead-letters and deletes message `seq` if its subject is not UTF-8 (the
+/// server shows the invalid bytes as U+FFFD); false for any other message.
+async fn remove_if_undecodable(
+    shared: &Shared,
+    input: &Stream,
+    seq: u64,
+    msg: async_nats::jetstream::message::StreamMessage,
+) -> Result<bool, String> {
+    if !msg.subject.as_str().contains('\u{FFFD}') {
+        return Ok(false);
+    }
+    let letter = DeadLetter {
+        stream: &shared.config.streams.input_stream,
+        seq,
+        subject: msg.subject.as_str(),
+        code: INVALID_SUBJECT,
+        detail: "the subject is not UTF-8 (invalid bytes shown as U+FFFD); the message was removed from the input stream",
+        payload: msg.payload,
+    };
+    publish_dead_letter(shared, letter).await?;
+    input
+        .delete_message(seq)
+        .await
+        .map_err(|e| format!("cannot delete message {seq}: {e}"))?;
+    shared.metrics.poison_removed.inc();
+    tracing::warn!(stream_seq = seq, subject = %msg.subject, reason = INVALID_SUBJECT, "undecodable input dead-lettered and removed");
+    Ok(true)
 }

@@ -265,6 +265,56 @@ async fn a_non_utf8_subject_is_dead_lettered_by_sequence_and_removed() {
     daemon.stop().await;
 }
 
+/// The same with partitions (`[cluster]`): the message sits at the head of
+/// its partition, whose ordered consumer drops the connection on every
+/// delivery; the partition's holder finds it from the server's side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_partitions_a_non_utf8_subject_is_dead_lettered_and_removed() {
+    let nats = NatsServer::start();
+    let cluster =
+        "[cluster]\npartitions = 2\nheartbeat_ms = 100\nlease_ms = 400\ncheckpoint_ms = 100\n";
+    let daemon = Daemon::start(config(&nats, &lexicons(), cluster)).await;
+    let bad =
+        r#"{"conversation_id":"x","tenant":"acme","seq":0,"speaker":"agent","text":"急什么"}"#;
+    publish_raw_subject(&nats, b"transcripts.acme.\xff\xfe", bad);
+    let good = vec![
+        r#"{"conversation_id":"g","tenant":"acme","seq":0,"speaker":"agent","text":"您好，急什么"}"#.to_string(),
+        r#"{"conversation_id":"g","tenant":"acme","type":"end"}"#.to_string(),
+    ];
+    publish(&nats, &good).await;
+    let js = js(&nats).await;
+    wait_for("the good conversation's summary", async || {
+        output_events(&js)
+            .await
+            .iter()
+            .any(|e| matches!(e, Event::Summary(_)))
+    })
+    .await;
+    assert_same(
+        &output_events(&js).await,
+        &scan(&good),
+        "the good conversation",
+    );
+    let letter = the_dead_letter(&js).await;
+    let h = letter.headers.as_ref().expect("headers");
+    assert_eq!(
+        h.get("Zhijian-Error").map(|v| v.as_str()),
+        Some("invalid_subject")
+    );
+    assert_eq!(&letter.payload[..], bad.as_bytes());
+    let port = daemon.metrics_port;
+    wait_for("the message removed", async || {
+        metric(port, "zhijian_undecodable_messages_removed_total").await == 1.0
+    })
+    .await;
+    // Gone: no more deliveries, so no more dropped connections.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let drops = metric(port, "zhijian_nats_disconnects_total").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(metric(port, "zhijian_nats_disconnects_total").await, drops);
+    daemon.stop().await;
+}
+
 /// Issue 10, item 10: ack only after the events are stored, Nak when they
 /// cannot be — checked from the server's side while storage is away,
 /// then every event stored exactly once when it is back. (The old test
