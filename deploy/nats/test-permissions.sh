@@ -20,8 +20,9 @@
 # do not flow or state is not saved and restored.
 #
 # Usage (from anywhere): deploy/nats/test-permissions.sh
-#   ZHIJIAN_BIN      the daemon binary (default target/release/zhijian: run
-#                    `cargo build --release --locked` first)
+#   ZJ_BIN           the daemon binary (default target/release/zhijian: run
+#                    `cargo build --release --locked` first; not ZHIJIAN_BIN:
+#                    the daemon reads every ZHIJIAN_* variable as a setting)
 #   NATS_SERVER_BIN  nats-server 2.11+ (default .local/nats/bin/nats-server)
 #   NATS_CONF        the config to test (default deploy/nats/nats.conf)
 #   KEEP=1           keep the temporary directory with every log
@@ -34,10 +35,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 
-ZHIJIAN_BIN=${ZHIJIAN_BIN:-$ROOT/target/release/zhijian}
+ZJ_BIN=${ZJ_BIN:-$ROOT/target/release/zhijian}
 NATS_SERVER_BIN=${NATS_SERVER_BIN:-$ROOT/.local/nats/bin/nats-server}
 NATS_CONF=${NATS_CONF:-deploy/nats/nats.conf}
-for b in "$ZHIJIAN_BIN" "$NATS_SERVER_BIN"; do
+for b in "$ZJ_BIN" "$NATS_SERVER_BIN"; do
     [ -x "$b" ] || { echo "missing executable: $b" >&2; exit 2; }
 done
 
@@ -126,7 +127,7 @@ as_user() { # user password command...
 CONSOLE_PORT=$(free_port)
 CONSOLE_ENV=()
 probe=$(ZHIJIAN_CONSOLE_ADDR=127.0.0.1:0 ZHIJIAN_NATS_URL=nats://127.0.0.1:1 ZHIJIAN_NATS_CONNECT_TIMEOUT_MS=100 \
-    timeout 10 "$ZHIJIAN_BIN" run --metrics-addr 127.0.0.1:0 --lexicons "$ROOT/lexicons" 2>&1 || true)
+    timeout 10 "$ZJ_BIN" run --metrics-addr 127.0.0.1:0 --lexicons "$ROOT/lexicons" 2>&1 || true)
 if [[ $probe != *"unknown key [console]"* ]]; then
     CONSOLE_ENV=(ZHIJIAN_CONSOLE_ADDR="127.0.0.1:$CONSOLE_PORT")
     [ "${CONSOLE:-1}" = 1 ] || CONSOLE_ENV+=(ZHIJIAN_CONSOLE_ENABLED=false)
@@ -139,7 +140,7 @@ daemon() { # log-file user password create
         ZHIJIAN_NATS_USER="$2" ZHIJIAN_NATS_PASSWORD="$3" \
         ZHIJIAN_STREAMS_CREATE="$4" \
         ZHIJIAN_DAEMON_SHUTDOWN_GRACE_S=10 \
-        "$ZHIJIAN_BIN" run --metrics-addr "127.0.0.1:$METRICS_PORT" --lexicons "$ROOT/lexicons" 2>"$1" &
+        "$ZJ_BIN" run --metrics-addr "127.0.0.1:$METRICS_PORT" --lexicons "$ROOT/lexicons" 2>"$1" &
     DAEMON=$!
     pids+=("$DAEMON")
 }
@@ -157,22 +158,22 @@ step "3. qa_reader tails violations and summaries"
 # env execs tail: $! is tail's own pid (a backgrounded function would be a
 # subshell, and killing it would leave tail running).
 env ZHIJIAN_NATS_USER=qa_reader ZHIJIAN_NATS_PASSWORD="$QA_READER_NATS_PASSWORD" \
-    "$ZHIJIAN_BIN" tail --json --nats-url "nats://$HOST" >"$TMP/tail.out" 2>"$TMP/tail.err" &
+    "$ZJ_BIN" tail --json --nats-url "nats://$HOST" >"$TMP/tail.out" 2>"$TMP/tail.err" &
 pids+=($!)
 sleep 0.5
 
 step "4. asr publishes examples/conversations.jsonl, a bad line and $OPEN open conversations"
-as_user asr "$ASR_NATS_PASSWORD" "$ZHIJIAN_BIN" publish --nats-url "nats://$HOST" examples/conversations.jsonl 2>"$TMP/publish.err" ||
+as_user asr "$ASR_NATS_PASSWORD" "$ZJ_BIN" publish --nats-url "nats://$HOST" examples/conversations.jsonl 2>"$TMP/publish.err" ||
     fail "asr could not publish: $(cat "$TMP/publish.err")"
 echo '{"conversation_id": "broken' |
-    as_user asr "$ASR_NATS_PASSWORD" "$ZHIJIAN_BIN" publish --nats-url "nats://$HOST" - 2>>"$TMP/publish.err" ||
+    as_user asr "$ASR_NATS_PASSWORD" "$ZJ_BIN" publish --nats-url "nats://$HOST" - 2>>"$TMP/publish.err" ||
     fail "asr could not publish the bad line"
 python3 -c '
 import json
 for i in range('"$OPEN"'):
     print(json.dumps({"conversation_id": f"perm-open-{i}", "tenant": "permtest", "seq": 0,
                       "speaker": "agent", "text": "您好，请问有什么可以帮您"}, ensure_ascii=False))' |
-    as_user asr "$ASR_NATS_PASSWORD" "$ZHIJIAN_BIN" publish --nats-url "nats://$HOST" - 2>>"$TMP/publish.err" ||
+    as_user asr "$ASR_NATS_PASSWORD" "$ZJ_BIN" publish --nats-url "nats://$HOST" - 2>>"$TMP/publish.err" ||
     fail "asr could not publish the open conversation"
 lines=$(grep -c . examples/conversations.jsonl)
 want=$((lines + OPEN))
@@ -279,7 +280,7 @@ grep '\[ERR\].*Violation' "$TMP/nats.log" >"$TMP/denials-before" || true
 
 step "7. what must be refused"
 if echo '{"conversation_id":"x","seq":0,"speaker":"agent","text":"hi"}' |
-    as_user qa_reader "$QA_READER_NATS_PASSWORD" timeout 20 "$ZHIJIAN_BIN" publish --nats-url "nats://$HOST" - 2>"$TMP/neg-publish.err"; then
+    as_user qa_reader "$QA_READER_NATS_PASSWORD" timeout 20 "$ZJ_BIN" publish --nats-url "nats://$HOST" - 2>"$TMP/neg-publish.err"; then
     fail "qa_reader could publish a transcript"
 fi
 echo "   qa_reader cannot publish transcripts"
