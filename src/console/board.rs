@@ -398,17 +398,53 @@ pub async fn follow_input(
     subjects: String,
     board: Arc<Board>,
     max_replay: u64,
+    stop: watch::Receiver<bool>,
+) {
+    let what = Following {
+        stream,
+        subjects,
+        lookback: LOOKBACK,
+        max_replay,
+        description: "zhijian console board",
+    };
+    follow_stream(
+        js,
+        what,
+        move |payload, at_ms| board.on_input(payload, at_ms),
+        stop,
+    )
+    .await
+}
+
+/// What [`follow_stream`] reads.
+pub struct Following {
+    pub stream: String,
+    pub subjects: String,
+    /// From this long ago…
+    pub lookback: Duration,
+    /// …but at most this many messages back.
+    pub max_replay: u64,
+    pub description: &'static str,
+}
+
+/// Hands every message of a stream to `on_message` (payload, when it was
+/// stored in ms), from the lookback on, then live; after a failure, from
+/// the message after the last one seen.
+pub async fn follow_stream(
+    js: jetstream::Context,
+    what: Following,
+    on_message: impl Fn(&[u8], u64),
     mut stop: watch::Receiver<bool>,
 ) {
     let mut next: Option<u64> = None;
     loop {
         let followed = tokio::select! {
-            r = follow_input_once(&js, &stream, &subjects, &board, max_replay, &mut next) => r,
+            r = follow_once(&js, &what, &on_message, &mut next) => r,
             _ = stop.wait_for(|s| *s) => return,
         };
         match followed {
             Err(e) => {
-                tracing::warn!(stream = %stream, error = %e, "console: following the input stream for the board failed; retrying")
+                tracing::warn!(stream = %what.stream, what = what.description, error = %e, "console: following a stream failed; retrying")
             }
             // Restarting nearer the end of the stream: at once.
             Ok(()) => continue,
@@ -420,15 +456,16 @@ pub async fn follow_input(
     }
 }
 
-async fn follow_input_once(
+async fn follow_once(
     js: &jetstream::Context,
-    stream: &str,
-    subjects: &str,
-    board: &Board,
-    max_replay: u64,
+    what: &Following,
+    on_message: &impl Fn(&[u8], u64),
     next: &mut Option<u64>,
 ) -> Result<(), String> {
-    let mut s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+    let mut s = js
+        .get_stream(&what.stream)
+        .await
+        .map_err(|e| e.to_string())?;
     let last = s
         .info()
         .await
@@ -438,13 +475,13 @@ async fn follow_input_once(
     let deliver_policy = match *next {
         Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
         None => DeliverPolicy::ByStartTime {
-            start_time: time::OffsetDateTime::now_utc() - LOOKBACK,
+            start_time: time::OffsetDateTime::now_utc() - what.lookback,
         },
     };
     let consumer = s
         .create_consumer(pull::OrderedConfig {
-            description: Some("zhijian console board".into()),
-            filter_subject: subjects.to_string(),
+            description: Some(what.description.into()),
+            filter_subject: what.subjects.clone(),
             deliver_policy,
             ..Default::default()
         })
@@ -455,14 +492,16 @@ async fn follow_input_once(
     while let Some(m) = messages.next().await {
         let m = m.map_err(|e| e.to_string())?;
         let info = m.info().map_err(|e| e.to_string())?;
-        if std::mem::take(&mut first) && last.saturating_sub(info.stream_sequence) >= max_replay {
+        if std::mem::take(&mut first)
+            && last.saturating_sub(info.stream_sequence) >= what.max_replay
+        {
             // The lookback holds too much: start again nearer the end.
-            *next = Some(last.saturating_sub(max_replay) + 1);
+            *next = Some(last.saturating_sub(what.max_replay) + 1);
             return Ok(());
         }
         *next = Some(info.stream_sequence + 1);
         let at_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as u64;
-        board.on_input(&m.payload, at_ms);
+        on_message(&m.payload, at_ms);
     }
     Err("the ordered consumer ended".into())
 }

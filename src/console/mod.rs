@@ -28,6 +28,7 @@
 pub mod board;
 pub mod desk;
 pub mod mask;
+pub mod shift;
 
 use crate::config::{Config, ConsoleConfig};
 use crate::event::{Event, InputKind, decode};
@@ -231,6 +232,7 @@ struct AppState {
     feed: Arc<Feed>,
     board: Arc<board::Board>,
     desk: Arc<desk::Desk>,
+    shift: Arc<shift::Shift>,
     scorecards: Arc<board::Scorecards>,
     config: Arc<ConsoleConfig>,
     js: jetstream::Context,
@@ -284,6 +286,20 @@ pub async fn start(
         board::MAX_REPLAY,
         stopped.clone(),
     ));
+    let shift = Arc::new(shift::Shift::default());
+    let counted = Arc::clone(&shift);
+    tokio::spawn(board::follow_stream(
+        js.clone(),
+        board::Following {
+            stream: config.streams.output_stream.clone(),
+            subjects: String::new(),
+            lookback: shift::KEEP,
+            max_replay: shift::MAX_REPLAY,
+            description: "zhijian console shift",
+        },
+        move |payload, at_ms| counted.on_output(payload, at_ms),
+        stopped.clone(),
+    ));
     tokio::spawn(follow(
         js.clone(),
         config.streams.output_stream.clone(),
@@ -301,6 +317,7 @@ pub async fn start(
         feed,
         board,
         desk,
+        shift,
         scorecards: Arc::new(board::Scorecards::new(config.lexicons.clone())),
         config: Arc::new(console),
         js,
@@ -938,14 +955,17 @@ struct AgentAlert {
 struct AgentView {
     agent_id: String,
     since_ms: u64,
-    /// How far back the console's history reaches: alerts before this are
-    /// not counted, whatever the shift.
+    /// The shift's counts start at the hour `since_ms` falls in, or when
+    /// the console's count of the output stream starts, if later.
+    counted_from_ms: Option<u64>,
+    /// How far back the console's history reaches: the `recent` list
+    /// starts there.
     history_from_ms: Option<u64>,
-    alerts: usize,
-    by_severity: BTreeMap<&'static str, usize>,
-    conversations_closed: usize,
+    alerts: u64,
+    by_severity: BTreeMap<&'static str, u64>,
+    conversations_closed: u64,
     average_score: Option<f64>,
-    /// The newest alerts first (at most 200).
+    /// The newest alerts first (at most 200, from the history).
     recent: Vec<AgentAlert>,
 }
 
@@ -969,41 +989,37 @@ async fn agent_view(
         };
         a.as_deref() == Some(agent.as_str()) && tenant.as_ref().is_none_or(|want| want == t)
     });
-    let mut by_severity = BTreeMap::new();
-    let (mut alerts, mut scores) = (Vec::new(), Vec::new());
+    let mut alerts = Vec::new();
     for item in &items {
-        match &item.event {
-            Event::Violation(v) => {
-                *by_severity.entry(v.severity.as_str()).or_insert(0) += 1;
-                alerts.push(AgentAlert {
-                    id: v.id.clone(),
-                    tenant: v.tenant.clone(),
-                    conversation_id: v.conversation_id.clone(),
-                    seq: v.seq,
-                    rule_id: v.rule_id.clone(),
-                    category: v.category.clone(),
-                    category_name: v.category_name.clone(),
-                    severity: v.severity,
-                    raised_ms: item.raised_ms,
-                    status: s.desk.status(&v.id),
-                });
-            }
-            Event::Summary(sm) => scores.push(sm.score),
+        if let Event::Violation(v) = &item.event {
+            alerts.push(AgentAlert {
+                id: v.id.clone(),
+                tenant: v.tenant.clone(),
+                conversation_id: v.conversation_id.clone(),
+                seq: v.seq,
+                rule_id: v.rule_id.clone(),
+                category: v.category.clone(),
+                category_name: v.category_name.clone(),
+                severity: v.severity,
+                raised_ms: item.raised_ms,
+                status: s.desk.status(&v.id),
+            });
         }
     }
-    let average_score = (!scores.is_empty())
-        .then(|| ((scores.iter().sum::<f64>() / scores.len() as f64) * 100.0).round() / 100.0);
-    let count = alerts.len();
     alerts.reverse();
     alerts.truncate(200);
+    // The counts: the whole shift, from the console's own count of the
+    // output stream (not limited by the history).
+    let totals = s.shift.totals(&agent, tenant.as_deref(), since);
     Ok(axum::Json(AgentView {
         agent_id: agent,
         since_ms: since,
+        counted_from_ms: s.shift.from_ms().map(|f| f.max(since)),
         history_from_ms,
-        alerts: count,
-        by_severity,
-        conversations_closed: scores.len(),
-        average_score,
+        alerts: totals.alerts,
+        by_severity: totals.by_severity,
+        conversations_closed: totals.closed,
+        average_score: totals.average_score,
         recent: alerts,
     }))
 }

@@ -1044,6 +1044,64 @@ async fn the_desk_is_shared_by_every_instance_and_survives_restarts() {
     c.stop().await;
 }
 
+/// An agent's shift is counted from the output stream, not from the
+/// console's history: with a history of 3 events, 8 alerts and 2 closed
+/// conversations are all counted (the list shows what the history holds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_shift_counts_more_than_the_history_holds() {
+    let nats = NatsServer::start();
+    let mut cfg = config(&nats, &lexicons(), "");
+    let port = free_port();
+    cfg.console = Some(ConsoleConfig {
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        token: None,
+        basic: None,
+        mask_digits: true,
+        history: 3,
+    });
+    let daemon = Daemon::start(cfg).await;
+    let mut lines = Vec::new();
+    for c in 0..2 {
+        for seq in 0..4 {
+            lines.push(format!(
+                r#"{{"conversation_id":"s{c}","tenant":"acme","channel":"call","seq":{seq},"speaker":"agent","agent_id":"a7","text":"急什么"}}"#
+            ));
+        }
+        lines.push(format!(
+            r#"{{"conversation_id":"s{c}","tenant":"acme","type":"end"}}"#
+        ));
+    }
+    publish(&nats, &lines).await;
+    let js = js(&nats).await;
+    let events = wait_done(&js, 2).await;
+    let alerts = events
+        .iter()
+        .filter(|e| matches!(e, zhijian::event::Event::Violation(_)))
+        .count() as u64;
+    assert!(
+        alerts > 3,
+        "{alerts} alerts: the test needs more than the history"
+    );
+    let agent = poll_json(port, "/api/agents/a7", |v| {
+        v["alerts"].as_u64() == Some(alerts) && v["conversations_closed"] == 2
+    })
+    .await;
+    assert!(
+        agent["recent"].as_array().is_some_and(|r| r.len() <= 3),
+        "{agent}"
+    );
+    let scores: Vec<f64> = events
+        .iter()
+        .filter_map(|e| match e {
+            zhijian::event::Event::Summary(s) => Some(s.score),
+            _ => None,
+        })
+        .collect();
+    let mean = ((scores.iter().sum::<f64>() / scores.len() as f64) * 100.0).round() / 100.0;
+    assert_eq!(agent["average_score"].as_f64(), Some(mean));
+    daemon.stop().await;
+}
+
 /// The board reads the input stream from its lookback, but at most its
 /// replay limit of messages back, then follows it live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,7 +94,7 @@
       'channel.call': '电话', 'channel.chat': '在线', 'none': '无',
       'agent.title': (a, h) => `坐席 ${a} · 本班次（最近 ${h} 小时）`,
       'agent.alerts': (n) => `告警 ${n} 条`, 'agent.score': (s, n) => `平均得分 ${s}（${n} 个已结束会话）`,
-      'agent.no-score': '尚无已结束会话', 'agent.since': (t) => `控制台记录始于 ${t}`,
+      'agent.no-score': '尚无已结束会话', 'agent.since': (t) => `统计始于 ${t}`, 'agent.list-since': (t) => `下表始于 ${t}`,
       'agent.pick': '请在筛选中填写坐席工号。', section: (name, d, max) => `${name}：扣 ${d}${max === null ? '' : ' / ' + max}`,
       'section.other': '其他（规则已不在词库中）', 'critical.notify': (c, conv) => `严重告警：${c} · ${conv}`,
     },
@@ -126,7 +126,7 @@
       'channel.call': 'call', 'channel.chat': 'chat', 'none': 'none',
       'agent.title': (a, h) => `Agent ${a} · this shift (last ${h} h)`,
       'agent.alerts': (n) => `${n} alerts`, 'agent.score': (s, n) => `average score ${s} (${n} closed conversations)`,
-      'agent.no-score': 'no closed conversation yet', 'agent.since': (t) => `the console's history starts at ${t}`,
+      'agent.no-score': 'no closed conversation yet', 'agent.since': (t) => `counted from ${t}`, 'agent.list-since': (t) => `the list below starts at ${t}`,
       'agent.pick': 'Enter an agent id in the filters.', section: (name, d, max) => `${name}: −${d}${max === null ? '' : ' / ' + max}`,
       'section.other': 'other (rules no longer in the lexicon)', 'critical.notify': (c, conv) => `Critical: ${c} · ${conv}`,
     },
@@ -770,8 +770,11 @@
     const score = el('span', 'avg', view.average_score === null ? t('agent.no-score') : t('agent.score', view.average_score, view.conversations_closed));
     score.dataset.score = view.average_score === null ? '' : String(view.average_score);
     stats.push(score);
+    if (view.counted_from_ms && view.counted_from_ms > view.since_ms) {
+      stats.push(el('span', 'since', t('agent.since', dateTimeOf(view.counted_from_ms))));
+    }
     if (view.history_from_ms && view.history_from_ms > view.since_ms) {
-      stats.push(el('span', 'since', t('agent.since', dateTimeOf(view.history_from_ms))));
+      stats.push(el('span', 'since', t('agent.list-since', dateTimeOf(view.history_from_ms))));
     }
     const box = $('agent-stats');
     box.dataset.alerts = String(view.alerts);
