@@ -148,6 +148,10 @@ struct MemberValue {
 #[derive(Debug, Serialize, Deserialize)]
 struct LeaseValue {
     owner: String,
+    /// Which run of `owner`: two processes started with the same name (a
+    /// misconfiguration) never both count a lease as theirs.
+    #[serde(default)]
+    run: u64,
     until_ms: u64,
 }
 
@@ -213,6 +217,8 @@ struct Ctx {
     input: jetstream::stream::Stream,
     scanners: watch::Receiver<Arc<Scanners>>,
     clock: Instant,
+    /// This process's run (see [`LeaseValue::run`]).
+    run: u64,
 }
 
 /// The partition count in use: the input stream's own, or (when the
@@ -267,6 +273,7 @@ pub async fn serve(
         input: on.input,
         scanners,
         clock: Instant::now(),
+        run: wall_ms() ^ (u64::from(std::process::id()) << 40),
     });
     let partitions = ctx.partitions;
     let metrics = &ctx.shared.metrics;
@@ -387,6 +394,7 @@ fn lease_key(p: u32) -> String {
 fn lease_value(ctx: &Ctx, until_ms: u64) -> Bytes {
     serde_json::to_vec(&LeaseValue {
         owner: ctx.cluster.instance.clone(),
+        run: ctx.run,
         until_ms,
     })
     .map(Bytes::from)
@@ -519,7 +527,7 @@ async fn acquire(ctx: &Arc<Ctx>, p: u32) -> Option<Held> {
         Ok(Some(entry)) => {
             let current = serde_json::from_slice::<LeaseValue>(&entry.value).ok();
             let how = match &current {
-                Some(l) if l.owner == ctx.cluster.instance => "acquired",
+                Some(l) if l.owner == ctx.cluster.instance && l.run == ctx.run => "acquired",
                 Some(l) if l.until_ms == 0 => "acquired",
                 Some(l) if l.until_ms <= wall_ms() => "failover",
                 Some(_) => return None,

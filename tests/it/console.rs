@@ -40,7 +40,17 @@ async fn with_console(
     token: Option<&str>,
     basic: Option<(&str, &str)>,
 ) -> (Daemon, u16) {
-    let mut cfg = config(nats, &lexicons(), "");
+    with_console_in(nats, token, basic, "").await
+}
+
+/// [`with_console`] with more configuration.
+async fn with_console_in(
+    nats: &NatsServer,
+    token: Option<&str>,
+    basic: Option<(&str, &str)>,
+    extra: &str,
+) -> (Daemon, u16) {
+    let mut cfg = config(nats, &lexicons(), extra);
     let console = ConsoleConfig {
         addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
         token: token.map(|t| Secret(t.into())),
@@ -723,16 +733,21 @@ async fn poll_json(
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 
-/// Two instances of the daemon on one NATS (one durable consumer, shared
-/// work): each console shows every conversation on its board; an alert
+/// Two instances of the daemon on one NATS, sharing a partitioned input
+/// (`[cluster]`): each console shows every conversation on its board; an alert
 /// acknowledged on one is acknowledged on the other, survives a restart,
 /// and a false alarm is exported with its rule, span and lexicon version,
 /// digits masked. Alert actions are validated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_desk_is_shared_by_every_instance_and_survives_restarts() {
     let nats = NatsServer::start();
-    let (a, port_a) = with_console(&nats, None, None).await;
-    let (b, port_b) = with_console(&nats, None, None).await;
+    let member = |name: &str| {
+        format!(
+            "[cluster]\npartitions = 2\ninstance = \"{name}\"\nheartbeat_ms = 100\nlease_ms = 400\ncheckpoint_ms = 100\n"
+        )
+    };
+    let (a, port_a) = with_console_in(&nats, None, None, &member("a")).await;
+    let (b, port_b) = with_console_in(&nats, None, None, &member("b")).await;
     let lines: Vec<String> = [
         r#"{"conversation_id":"open-1","tenant":"acme","channel":"call","seq":0,"speaker":"agent","agent_id":"a1","text":"您好"}"#,
         r#"{"conversation_id":"open-1","tenant":"acme","channel":"call","seq":1,"speaker":"customer","text":"再不修我就投诉你们"}"#,
@@ -745,7 +760,19 @@ async fn the_desk_is_shared_by_every_instance_and_survives_restarts() {
     .to_vec();
     publish(&nats, &lines).await;
     let js = js(&nats).await;
-    let events = wait_done(&js, 1).await;
+    let events = crate::daemon::wait_events(&js, "the alerts and done-1's summary", |events| {
+        let has = |rule: &str| {
+            events
+                .iter()
+                .any(|e| matches!(e, zhijian::event::Event::Violation(v) if v.rule_id == rule))
+        };
+        has("escalation.complaint_threat")
+            && has("forbidden.impatience")
+            && events
+                .iter()
+                .any(|e| matches!(e, zhijian::event::Event::Summary(_)))
+    })
+    .await;
     let id_of = |rule: &str| {
         events
             .iter()
@@ -1037,7 +1064,7 @@ async fn the_desk_is_shared_by_every_instance_and_survives_restarts() {
     // Both instances restart: the state is in NATS, not in them.
     a.stop().await;
     b.stop().await;
-    let (c, port_c) = with_console(&nats, None, None).await;
+    let (c, port_c) = with_console_in(&nats, None, None, &member("c")).await;
     let state = poll_json(port_c, &path, |v| v["status"] == "acknowledged").await;
     assert_eq!(state["acknowledged"]["by"], "<b>张三</b>");
     poll_json(port_c, &rude_path, |v| v["status"] == "false_alarm").await;

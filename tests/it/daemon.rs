@@ -191,6 +191,28 @@ pub(crate) async fn wait_done(js: &jetstream::Context, summaries: usize) -> Vec<
     }
 }
 
+/// Waits until the stored events satisfy `done` (for instances without the
+/// durable consumer `wait_done` asks, i.e. with `[cluster]`).
+pub(crate) async fn wait_events(
+    js: &jetstream::Context,
+    what: &str,
+    done: impl Fn(&[Event]) -> bool,
+) -> Vec<Event> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let events = output_events(js).await;
+        if done(&events) {
+            return events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not there after {DEADLINE:?} ({} events)",
+            events.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// What must match between scan and daemon: everything but the clocks.
 type Key = (
     String,
