@@ -5,6 +5,7 @@ use crate::daemon::nats;
 use crate::event::{Event, Severity, decode_str};
 use crate::filter::Filter;
 use crate::metrics::Metrics;
+use crate::subject;
 use async_nats::jetstream::context::PublishAckFuture;
 use futures_util::StreamExt;
 use std::collections::VecDeque;
@@ -35,7 +36,7 @@ pub async fn publish(config: &Config, file: &Path, rate: f64) -> Result<u64, Str
             .map_err(|e| format!("cannot open {}: {e}", file.display()))?;
         Box::new(std::io::BufReader::new(f))
     };
-    let prefix = &config.streams.input_prefix;
+    let streams = &config.streams;
     let started = Instant::now();
     // Ids for the stream's de-duplication: a message sent again after a
     // lost ack (a server failing over) is stored once. Unique per run, so
@@ -56,8 +57,8 @@ pub async fn publish(config: &Config, file: &Path, rate: f64) -> Result<u64, Str
             continue;
         }
         let subject = match decode_str(&line) {
-            Ok(input) => format!("{prefix}.{}.{}", input.tenant, input.conversation_id),
-            Err(_) => format!("{prefix}.invalid.line-{}", i + 1),
+            Ok(input) => subject::input(streams, &input.tenant, &input.conversation_id),
+            Err(_) => subject::input_invalid_line(streams, i + 1),
         };
         if rate > 0.0 {
             let due = started + Duration::from_secs_f64(sent as f64 / rate);
@@ -174,7 +175,7 @@ pub async fn read_transcripts(config: &Config, since_ms: u64) -> Result<Vec<Stri
             .map_err(|e| format!("start time: {e}"))?;
     let mut consumer = stream
         .create_consumer(pull::OrderedConfig {
-            filter_subject: format!("{}.>", s.input_prefix),
+            filter_subject: subject::inputs(s),
             deliver_policy: DeliverPolicy::ByStartTime { start_time },
             ..Default::default()
         })
@@ -238,8 +239,8 @@ pub async fn tail(config: &Config, filter: &Filter, style: Style) -> Result<(), 
         .map_err(|e| format!("ordered consumer: {e}"))?;
     let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
     eprintln!(
-        "zhijian tail: listening on {}.> and {}.> (Ctrl-C to stop)",
-        s.violations_prefix, s.summaries_prefix
+        "zhijian tail: listening on {} (Ctrl-C to stop)",
+        subject::outputs(s).join(" and ")
     );
     let stdout = std::io::stdout();
     while let Some(msg) = messages.next().await {

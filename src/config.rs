@@ -722,11 +722,7 @@ impl RawConfig {
             ("summaries_prefix", &st.summaries_prefix),
             ("deadletter_subject", &st.deadletter_subject),
         ] {
-            if token.is_empty()
-                || token.contains(['*', '>', ' '])
-                || token.starts_with('.')
-                || token.ends_with('.')
-            {
+            if !crate::subject::is_literal_subject(token) {
                 return Err(format!("[streams] {key} {token:?} is not a valid subject"));
             }
         }
@@ -734,13 +730,9 @@ impl RawConfig {
         let shadow = if self.shadow.lexicons.trim().is_empty() {
             None
         } else {
-            let token_ok = |t: &str| {
-                !t.is_empty()
-                    && !t
-                        .chars()
-                        .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>'))
-            };
-            if !token_ok(&self.shadow.prefix) || !token_ok(&self.shadow.stream) {
+            if !crate::subject::is_token(&self.shadow.prefix)
+                || !crate::subject::is_token(&self.shadow.stream)
+            {
                 return Err(
                     "[shadow] prefix and stream must be one subject token each (no '.', '*', '>' or spaces)"
                         .into(),

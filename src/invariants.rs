@@ -37,7 +37,7 @@ pub fn check_decode(bytes: &[u8]) -> Option<Input<'_>> {
             assert!(
                 !input.tenant.is_empty()
                     && input.tenant.chars().count() <= MAX_TENANT_CHARS
-                    && !input.tenant.contains(['.', '*', '>']),
+                    && !input.tenant.contains(crate::subject::is_subject_special),
                 "tenant {:?}",
                 input.tenant
             );

@@ -37,6 +37,8 @@
 //!   alerts are worked, shared through NATS (`console::desk`).
 //! - [`filter`]: which output events a supervisor wants to see.
 //! - [`config`]: the daemon's TOML configuration and its overrides.
+//! - [`subject`]: the NATS subjects, built and parsed in one place, and the
+//!   checks of the tokens that go into them.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`client`]: `zhijian publish` and `zhijian tail`.
 //! - [`loadgen`]: `zhijian bench`, the load generator and its pass-through
@@ -74,6 +76,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod rules;
 pub mod scan;
+pub mod subject;
 pub mod suite;
 pub mod synth;
 mod unicode_tables;

@@ -33,6 +33,7 @@ use crate::config::{Config, ConsoleConfig};
 use crate::event::{Event, InputKind, decode};
 use crate::filter::Filter;
 use crate::metrics::Metrics;
+use crate::subject;
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
 use axum::Router;
 use axum::extract::{Path, Query, Request, State};
@@ -235,7 +236,7 @@ struct AppState {
     config: Arc<ConsoleConfig>,
     js: jetstream::Context,
     input_stream: String,
-    input_prefix: String,
+    streams: Arc<crate::config::StreamsConfig>,
     metrics: Arc<Metrics>,
     /// `Basic <base64(user:password)>`, precomputed.
     basic: Option<String>,
@@ -279,7 +280,7 @@ pub async fn start(
     tokio::spawn(board::follow_input(
         js.clone(),
         config.streams.input_stream.clone(),
-        format!("{}.>", config.streams.input_prefix),
+        subject::inputs(&config.streams),
         Arc::clone(&board),
         board::MAX_REPLAY,
         stopped.clone(),
@@ -305,7 +306,7 @@ pub async fn start(
         config: Arc::new(console),
         js,
         input_stream: config.streams.input_stream.clone(),
-        input_prefix: config.streams.input_prefix.clone(),
+        streams: Arc::new(config.streams.clone()),
         metrics,
         basic,
     };
@@ -806,17 +807,13 @@ async fn conversation(
     State(s): State<AppState>,
     Path((tenant, id)): Path<(String, String)>,
 ) -> Result<axum::Json<ConversationView>, (StatusCode, String)> {
-    let token_ok = |t: &str| {
-        !t.is_empty()
-            && !t.contains(|c: char| c.is_whitespace() || c.is_control() || c == '*' || c == '>')
-    };
-    if !token_ok(&tenant) || tenant.contains('.') || !token_ok(&id) {
+    if !subject::is_token(&tenant) || !subject::is_literal_tail(&id) {
         return Err((
             StatusCode::BAD_REQUEST,
             "invalid tenant or conversation id\n".into(),
         ));
     }
-    let subject = format!("{}.{tenant}.{id}", s.input_prefix);
+    let subject = subject::input(&s.streams, &tenant, &id);
     let (segments, ended, truncated) =
         read_segments(&s, &tenant, &id, &subject)
             .await

@@ -33,12 +33,13 @@
 //! therefore loses no window state either: the next holder (or the same
 //! instance restarted) starts from the checkpoint.
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, StreamsConfig};
 use crate::daemon::Shared;
 use crate::daemon::shard::{self, DeadLetter, SavedConversation};
 use crate::engine::{Engine, EngineConfig};
 use crate::event::{Event, InputKind, decode_limited};
 use crate::matcher::Scanners;
+use crate::subject;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{
     self,
@@ -67,20 +68,16 @@ pub fn partition_of(tenant: &str, conversation_id: &str, partitions: u32) -> u32
 }
 
 /// The stream transform that partitions `<prefix>.<tenant>.<id>`.
-pub fn transform(prefix: &str, partitions: u32) -> jetstream::stream::SubjectTransform {
+pub fn transform(streams: &StreamsConfig, partitions: u32) -> jetstream::stream::SubjectTransform {
     jetstream::stream::SubjectTransform {
-        source: format!("{prefix}.*.*"),
-        destination: format!(
-            "{prefix}.{{{{partition({partitions},1,2)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}"
-        ),
+        source: subject::input_unpartitioned(streams),
+        destination: subject::partition_destination(streams, partitions),
     }
 }
 
 /// The partition count of an input stream's transform, if it has one.
 pub fn partitions_of(config: &jetstream::stream::Config) -> Option<u32> {
-    let dest = &config.subject_transform.as_ref()?.destination;
-    let inner = dest.split("{{partition(").nth(1)?;
-    inner.split(',').next()?.trim().parse().ok()
+    subject::parse_partition_count(&config.subject_transform.as_ref()?.destination)
 }
 
 /// Rendezvous score of a member for a partition (highest wins).
@@ -697,7 +694,7 @@ impl Worker {
 
     /// An ordered consumer on the partition from the input after `seq`.
     async fn consumer(&mut self, first: bool) -> Result<pull::Ordered, String> {
-        let prefix = &self.ctx.shared.config.streams.input_prefix;
+        let streams = &self.ctx.shared.config.streams;
         let deliver_policy = if self.seq == 0 {
             DeliverPolicy::All
         } else {
@@ -710,7 +707,7 @@ impl Worker {
             .input
             .create_consumer(pull::OrderedConfig {
                 description: Some(format!("zhijian partition {}", self.p)),
-                filter_subject: format!("{prefix}.{}.>", self.p),
+                filter_subject: subject::partition_all(streams, self.p),
                 deliver_policy,
                 ..Default::default()
             })
@@ -752,15 +749,13 @@ impl Worker {
                 return self.dead_letter(&msg, seq, e.code(), &detail).await;
             }
         };
-        let prefix = &shared.config.streams.input_prefix;
-        let expected = format!(
-            "{prefix}.{}.{}.{}",
-            self.p, input.tenant, input.conversation_id
-        );
+        let streams = &shared.config.streams;
+        let expected =
+            subject::partitioned_input(streams, self.p, &input.tenant, &input.conversation_id);
         if msg.message.subject.as_str() != expected {
             let detail = format!(
-                "the subject must be {prefix}.{}.{} (tenant and conversation_id of the payload)",
-                input.tenant, input.conversation_id
+                "the subject must be {} (tenant and conversation_id of the payload)",
+                subject::input(streams, &input.tenant, &input.conversation_id)
             );
             return self
                 .dead_letter(&msg, seq, shard::SUBJECT_MISMATCH, &detail)
@@ -1166,7 +1161,7 @@ mod tests {
 
     #[test]
     fn the_partition_count_is_read_back_from_the_transform() {
-        let t = transform("transcripts", 12);
+        let t = transform(&StreamsConfig::default(), 12);
         assert_eq!(t.source, "transcripts.*.*");
         assert_eq!(
             t.destination,

@@ -39,6 +39,7 @@ use crate::event::Event;
 use crate::lexicon;
 use crate::matcher::{Scanner, Scanners, default_segmenter};
 use crate::metrics::Metrics;
+use crate::subject;
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bytes::Bytes;
@@ -90,8 +91,8 @@ impl Shared {
     pub fn encode(&self, event: &Event) -> (String, HeaderMap, Bytes) {
         let s = &self.config.streams;
         let subject = match event {
-            Event::Violation(v) => format!("{}.{}.{}", s.violations_prefix, v.tenant, v.category),
-            Event::Summary(x) => format!("{}.{}", s.summaries_prefix, x.tenant),
+            Event::Violation(v) => subject::violation(s, &v.tenant, &v.category),
+            Event::Summary(x) => subject::summary(s, &x.tenant),
         };
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", event.id());
@@ -462,7 +463,6 @@ async fn dispatch(
     let (config, metrics) = (&shared.config, &*shared.metrics);
     const BATCH: usize = 256;
     const BATCH_EXPIRES: Duration = Duration::from_millis(500);
-    let prefix = format!("{}.", config.streams.input_prefix);
     let mut backoff = Duration::from_millis(100);
     let mut idle_since = std::time::Instant::now();
     loop {
@@ -525,8 +525,11 @@ async fn dispatch(
                 }
                 Ok(msg) => {
                     got += 1;
-                    let shard =
-                        shard_of_subject(msg.message.subject.as_str(), &prefix, senders.len());
+                    let shard = shard_of_subject(
+                        msg.message.subject.as_str(),
+                        &config.streams,
+                        senders.len(),
+                    );
                     shared.inputs_queued.fetch_add(1, Ordering::Relaxed);
                     // A full queue must not make shutdown wait for it.
                     let permit = tokio::select! {

@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::subject;
 use async_nats::jetstream::{self, consumer::pull, kv, stream};
 use async_nats::{ConnectOptions, Event};
 use std::sync::Arc;
@@ -206,7 +207,7 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
                 &js,
                 create,
                 &s.input_stream,
-                vec![format!("{}.>", s.input_prefix)],
+                vec![subject::inputs(s)],
                 &shape,
                 None,
             )
@@ -219,26 +220,20 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
                 &js,
                 create,
                 &s.input_stream,
-                vec![format!("{}.*.*", s.input_prefix)],
+                vec![subject::input_unpartitioned(s)],
                 &shape,
-                Some(crate::daemon::cluster::transform(
-                    &s.input_prefix,
-                    c.partitions,
-                )),
+                Some(crate::daemon::cluster::transform(s, c.partitions)),
             )
             .await?
         }
     };
-    let outputs = vec![
-        format!("{}.>", s.violations_prefix),
-        format!("{}.>", s.summaries_prefix),
-    ];
+    let outputs = subject::outputs(s);
     ensure_stream(&js, create, &s.output_stream, outputs, &shape, None).await?;
     ensure_stream(
         &js,
         create,
         &s.deadletter_stream,
-        vec![s.deadletter_subject.clone()],
+        vec![subject::deadletter(s).to_string()],
         &shape,
         None,
     )
@@ -248,7 +243,7 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
             &js,
             create,
             &shadow.stream,
-            vec![format!("{}.>", shadow.prefix)],
+            vec![subject::all(&shadow.prefix)],
             &shape,
             None,
         )
@@ -307,7 +302,7 @@ async fn durable_consumer(
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_secs(s.ack_wait_s),
         max_ack_pending: s.max_ack_pending,
-        filter_subject: format!("{}.>", s.input_prefix),
+        filter_subject: subject::inputs(s),
         ..Default::default()
     };
     if s.create {

@@ -29,10 +29,12 @@
 //! input is Nak'ed: the engine already recorded the segment, so its
 //! redelivery is a duplicate to the engine, and the stash is published then.
 
+use crate::config::StreamsConfig;
 use crate::daemon::Shared;
 use crate::engine::{Conversation, Engine, Outcome};
 use crate::event::{CloseReason, Event, Input, InputKind, decode_limited};
 use crate::matcher::Scanners;
+use crate::subject;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, context::PublishAckFuture};
 use serde::{Deserialize, Serialize};
@@ -189,7 +191,7 @@ impl Shadow {
         };
         for e in self.events.drain(..) {
             let (subject, headers, payload) = shared.encode(&e);
-            let subject = format!("{}.{subject}", config.prefix);
+            let subject = subject::below(&config.prefix, &subject);
             if self.out.try_send((subject, headers, payload)).is_err() {
                 m.shadow_publish_failures.inc();
             }
@@ -382,22 +384,16 @@ impl Shard {
         };
         // Sharding (and restored state) follow the subject, the engine the
         // payload: they must name the same conversation.
-        let subject_matches = msg
-            .message
-            .subject
-            .as_str()
-            .strip_prefix(self.shared.config.streams.input_prefix.as_str())
-            .and_then(|r| r.strip_prefix('.'))
-            .and_then(|r| r.strip_prefix(input.tenant.as_ref()))
-            .and_then(|r| r.strip_prefix('.'))
-            == Some(input.conversation_id.as_ref());
+        let streams = &self.shared.config.streams;
+        let subject_matches = subject::parse_input(streams, msg.message.subject.as_str())
+            == Some((input.tenant.as_ref(), input.conversation_id.as_ref()));
         if !subject_matches {
             metrics
                 .scan_seconds
                 .observe(received.elapsed().as_secs_f64());
             let detail = format!(
-                "the subject must be {}.{}.{} (tenant and conversation_id of the payload)",
-                self.shared.config.streams.input_prefix, input.tenant, input.conversation_id
+                "the subject must be {} (tenant and conversation_id of the payload)",
+                subject::input(streams, &input.tenant, &input.conversation_id)
             );
             dead_letter(&self.shared, &msg, SUBJECT_MISMATCH, &detail).await;
             return;
@@ -935,7 +931,7 @@ async fn dead_letter(shared: &Shared, msg: &jetstream::Message, code: &'static s
                 stream_seq = seq,
                 reason = code,
                 detail = %detail,
-                deadletter = %shared.config.streams.deadletter_subject,
+                deadletter = %subject::deadletter(&shared.config.streams),
                 "bad input dead-lettered"
             );
             ack(msg, AckKind::Term).await;
@@ -1009,7 +1005,7 @@ pub async fn publish_dead_letter(shared: &Shared, letter: DeadLetter<'_>) -> Res
     let sent = shared
         .js
         .publish_with_headers(
-            shared.config.streams.deadletter_subject.clone(),
+            subject::deadletter(&shared.config.streams).to_string(),
             headers,
             payload,
         )
@@ -1091,11 +1087,9 @@ pub fn shard_of(tenant: &str, conversation_id: &str, shards: usize) -> usize {
     (h % shards as u64) as usize
 }
 
-/// The shard of a message by its subject `<prefix>.<tenant>.<conversation_id>`
-/// (`prefix` includes the trailing dot).
-pub fn shard_of_subject(subject: &str, prefix: &str, shards: usize) -> usize {
-    let key = subject.strip_prefix(prefix).unwrap_or(subject);
-    let (tenant, id) = key.split_once('.').unwrap_or(("", key));
+/// The shard of a message by its input subject.
+pub fn shard_of_subject(subject: &str, streams: &StreamsConfig, shards: usize) -> usize {
+    let (tenant, id) = subject::parse_input(streams, subject).unwrap_or(("", subject));
     shard_of(tenant, id, shards)
 }
 
