@@ -5,7 +5,7 @@
 use crate::config::{Config, Overrides, RawConfig};
 use crate::engine::{Engine, EngineConfig};
 use crate::event::Speaker;
-use crate::matcher::{Scanner, Scratch};
+use crate::matcher::{Scanner, Scanners, Scratch};
 use crate::normalize::char_offset;
 use crate::scan;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -538,6 +538,12 @@ pub enum Failure {
     Runtime(String),
 }
 
+impl From<crate::matcher::LoadError> for Failure {
+    fn from(e: crate::matcher::LoadError) -> Failure {
+        Failure::Config(e.to_string())
+    }
+}
+
 impl From<io::Error> for Failure {
     fn from(e: io::Error) -> Failure {
         Failure::Runtime(e.to_string())
@@ -546,11 +552,11 @@ impl From<io::Error> for Failure {
 
 /// Loads and compiles a lexicon directory.
 pub fn load_scanner(dir: &Path) -> Result<Arc<Scanner>, Failure> {
-    crate::daemon::load_scanner(dir).map_err(Failure::Config)
+    Ok(crate::matcher::load_base(dir)?)
 }
 
 fn cmd_scan(lexicons: &Path, file: &str, max_line_bytes: usize) -> Result<(), Failure> {
-    let scanners = Arc::new(crate::daemon::load_scanners(lexicons).map_err(Failure::Config)?);
+    let scanners = Arc::new(Scanners::load(lexicons)?);
     let mut engine = Engine::with_scanners(scanners, EngineConfig::default());
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
@@ -589,7 +595,7 @@ fn cmd_scan(lexicons: &Path, file: &str, max_line_bytes: usize) -> Result<(), Fa
 }
 
 fn cmd_check(dir: &Path) -> Result<(), Failure> {
-    let scanners = crate::daemon::load_scanners(dir).map_err(Failure::Config)?;
+    let scanners = Scanners::load(dir)?;
     let scanner = scanners.base();
     let lex = scanner.lexicon();
     // Not println!: a closed pipe (`| head`) is an error, not a panic.
@@ -666,7 +672,7 @@ fn cmd_eval(lexicons: &Path, labels: &Path, input: &Path, misses: bool) -> Resul
     };
     let labels = crate::eval::Labels::parse(&read(labels)?).map_err(Failure::Config)?;
     let input = read(input)?;
-    let scanners = Arc::new(crate::daemon::load_scanners(lexicons).map_err(Failure::Config)?);
+    let scanners = Arc::new(Scanners::load(lexicons)?);
     let mut engine = Engine::with_scanners(Arc::clone(&scanners), EngineConfig::default());
     let report = crate::eval::evaluate(&mut engine, &input, &labels)
         .map_err(|e| Failure::Runtime(e.to_string()))?;
@@ -710,11 +716,7 @@ fn cmd_diff(
     last_minutes: Option<u64>,
     common: &Common,
 ) -> Result<(), Failure> {
-    let load = |d: &Path| {
-        crate::daemon::load_scanners(d)
-            .map(Arc::new)
-            .map_err(Failure::Config)
-    };
+    let load = |d: &Path| Scanners::load(d).map(Arc::new).map_err(Failure::from);
     let (old, new) = (load(old)?, load(new)?);
     let text = match (input, last_minutes) {
         (Some(input), _) => std::fs::read_to_string(input)
@@ -749,7 +751,7 @@ fn cmd_diff(
 }
 
 fn cmd_suite(lexicons: &Path, dir: &Path) -> Result<(), Failure> {
-    let scanners = Arc::new(crate::daemon::load_scanners(lexicons).map_err(Failure::Config)?);
+    let scanners = Arc::new(Scanners::load(lexicons)?);
     let outcome = crate::suite::run(dir, &scanners).map_err(Failure::Config)?;
     let mut out = io::stdout().lock();
     write!(out, "{}", outcome.report)?;
@@ -792,7 +794,7 @@ fn speaker_prefix(text: &str, default: Speaker) -> (Speaker, &str) {
 fn cmd_test(lexicons: &Path, opts: TestOptions, texts: &[String]) -> Result<(), Failure> {
     use crate::event::{InputKind, Segment};
     use crate::matcher::Suppression;
-    let scanners = Arc::new(crate::daemon::load_scanners(lexicons).map_err(Failure::Config)?);
+    let scanners = Arc::new(Scanners::load(lexicons)?);
     let tenant = opts.tenant.as_deref().unwrap_or("default");
     let scanner = Arc::clone(scanners.for_tenant(tenant));
     let mut engine = Engine::with_scanners(Arc::clone(&scanners), EngineConfig::default());
@@ -1021,6 +1023,8 @@ fn cmd_run(common: &Common, flags: Overrides) -> Result<(), Failure> {
             .map_err(|e| match e {
                 crate::daemon::DaemonError::Config(m) => Failure::Config(m),
                 crate::daemon::DaemonError::Runtime(m) => Failure::Runtime(m),
+                e @ crate::daemon::DaemonError::Lexicon(_) => Failure::Config(e.to_string()),
+                e @ crate::daemon::DaemonError::Nats(_) => Failure::Runtime(e.to_string()),
             })
     });
     // The daemon has finished its shutdown within the grace period; what
@@ -1052,12 +1056,9 @@ fn cmd_false_alarms(common: &Common, format: ExportFormat) -> Result<(), Failure
     let config = load_config(common, &flags)?;
     let bucket = format!("{}{}", config.streams.state_bucket, desk::BUCKET_SUFFIX);
     let marked = runtime()?.block_on(async {
-        let client = crate::daemon::nats::connect(
-            &config,
-            std::sync::Arc::new(crate::daemon::nats::Status::default()),
-            std::sync::Arc::new(crate::metrics::Metrics::new()),
-        )
-        .await?;
+        let client = crate::nats_conn::connect(&config.nats)
+            .await
+            .map_err(|e| e.to_string())?;
         let js = async_nats::jetstream::new(client);
         desk::read_false_alarms(&js, &bucket).await
     });

@@ -1,26 +1,21 @@
 //! `zhijian publish` and `zhijian tail`: the daemon from a terminal.
 
 use crate::config::Config;
-use crate::daemon::nats;
 use crate::event::{Event, Severity, decode_str};
 use crate::filter::Filter;
-use crate::metrics::Metrics;
+use crate::nats_conn;
 use crate::subject;
 use async_nats::jetstream::context::PublishAckFuture;
 use futures_util::StreamExt;
 use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 async fn connect(config: &Config) -> Result<async_nats::Client, String> {
-    nats::connect(
-        config,
-        Arc::new(nats::Status::default()),
-        Arc::new(Metrics::new()),
-    )
-    .await
+    nats_conn::connect(&config.nats)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Publishes a JSONL file onto the input subjects through JetStream, waiting

@@ -40,6 +40,8 @@
 //! - [`subject`]: the NATS subjects, built and parsed in one place, and the
 //!   checks of the tokens that go into them.
 //! - [`metrics`]: the Prometheus metrics.
+//! - [`nats_conn`]: connecting to NATS (authentication, TLS, the server
+//!   check), for the daemon and every command that talks to the server.
 //! - [`client`]: `zhijian publish` and `zhijian tail`.
 //! - [`loadgen`]: `zhijian bench`, the load generator and its pass-through
 //!   baseline; `zhijian soak`.
@@ -73,6 +75,7 @@ pub mod lexicon;
 pub mod loadgen;
 pub mod matcher;
 pub mod metrics;
+pub mod nats_conn;
 pub mod normalize;
 pub mod rules;
 pub mod scan;

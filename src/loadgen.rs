@@ -14,7 +14,7 @@ use crate::config::{Config, StreamsConfig};
 use crate::daemon::{self, nats};
 use crate::engine::{Engine, EngineConfig};
 use crate::event::Event;
-use crate::metrics::Metrics;
+use crate::nats_conn;
 use crate::subject;
 use crate::synth::{self, Mix};
 use async_nats::jetstream::{self, AckKind};
@@ -30,9 +30,10 @@ use tokio::sync::mpsc;
 /// pulls and sharding as the daemon; per input it publishes one small event
 /// through JetStream, waits for the ack, then acks the input.
 pub async fn passthrough(config: Config) -> Result<(), String> {
-    let status = Arc::new(nats::Status::default());
-    let client = nats::connect(&config, status, Arc::new(Metrics::new())).await?;
-    nats::check_server(&client)?;
+    let client = nats_conn::connect(&config.nats)
+        .await
+        .map_err(|e| e.to_string())?;
+    nats_conn::check_server(&client).map_err(|e| e.to_string())?;
     let setup = nats::setup(&client, &config).await?;
     let consumer = setup
         .consumer
@@ -211,7 +212,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<Vec<ModeReport>, String> {
     };
     let convs = synth::conversations(7, opts.conversations, "bench-", &mix);
     let lines = synth::staggered_jsonl(&convs, opts.open, "bench", "call");
-    let lexicon = Arc::new(daemon::load_scanner(&opts.lexicons)?);
+    let lexicon = Arc::new(crate::matcher::load_base(&opts.lexicons).map_err(|e| e.to_string())?);
     let out = judge_offline(&lexicon, &lines)?;
     let expected: Vec<Event> = out
         .split(|b| *b == b'\n')
@@ -791,7 +792,7 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, String> {
         })
     };
 
-    let lexicon = Arc::new(daemon::load_scanner(&opts.lexicons)?);
+    let lexicon = Arc::new(crate::matcher::load_base(&opts.lexicons).map_err(|e| e.to_string())?);
     let mix = Mix::default();
     // About five seconds of traffic per round.
     let per_round = ((opts.rate * 5.0) / (2.0 * mix.agent_turns as f64 + 1.0)).max(100.0) as usize;

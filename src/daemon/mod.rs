@@ -36,9 +36,9 @@ pub mod shard;
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::event::Event;
-use crate::lexicon;
-use crate::matcher::{Scanner, Scanners, default_segmenter};
+use crate::matcher::{LoadError, Scanners};
 use crate::metrics::Metrics;
+use crate::nats_conn::{self, ConnectError};
 use crate::subject;
 use async_nats::HeaderMap;
 use async_nats::jetstream;
@@ -64,6 +64,12 @@ pub enum DaemonError {
     /// NATS, HTTP or I/O: exit code 1.
     #[error("{0}")]
     Runtime(String),
+    /// The lexicon: exit code 2.
+    #[error(transparent)]
+    Lexicon(#[from] LoadError),
+    /// No usable NATS server: exit code 1.
+    #[error(transparent)]
+    Nats(#[from] ConnectError),
 }
 
 /// What every task shares.
@@ -102,32 +108,6 @@ impl Shared {
     }
 }
 
-/// Loads and compiles the lexicon directory's base lexicon (tools that do
-/// not judge by tenant).
-pub fn load_scanner(dir: &Path) -> Result<Arc<Scanner>, String> {
-    load_scanners(dir).map(|s| Arc::clone(s.base()))
-}
-
-/// Loads and compiles the lexicon directory: the base lexicon and every
-/// tenant overlay under `tenants/`.
-pub fn load_scanners(dir: &Path) -> Result<Scanners, String> {
-    if !dir.is_dir() {
-        let cwd = std::env::current_dir()
-            .map(|d| d.display().to_string())
-            .unwrap_or_else(|_| "?".into());
-        return Err(format!(
-            "no lexicon directory at {} (relative to {cwd}); point to one with --lexicons DIR, \
-             [engine] lexicons in the config, or ZHIJIAN_ENGINE_LEXICONS (the repository's \
-             lexicons/ holds the default lexicon)",
-            dir.display()
-        ));
-    }
-    let set =
-        lexicon::load_set(dir).map_err(|e| format!("invalid lexicon {}:\n{e}", dir.display()))?;
-    Scanners::new(set, default_segmenter())
-        .map_err(|e| format!("cannot compile lexicon {}: {e}", dir.display()))
-}
-
 /// Runs the daemon until `shutdown` resolves (or SIGTERM/SIGINT when started
 /// from the command line, which passes a signal future).
 pub async fn run(
@@ -137,7 +117,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::with_max_tenants(config.max_tenants));
     let status = Arc::new(nats::Status::default());
 
-    let scanners = Arc::new(load_scanners(&config.lexicons).map_err(DaemonError::Config)?);
+    let scanners = Arc::new(Scanners::load(&config.lexicons)?);
     metrics.set_lexicon(scanners.base().version());
     metrics.set_categories(&scanners);
     status.lexicon_loaded.store(true, Ordering::Relaxed);
@@ -152,10 +132,8 @@ pub async fn run(
     .map_err(DaemonError::Runtime)?;
     tracing::info!(addr = %http.addr, "metrics on /metrics, health on /healthz and /readyz");
 
-    let client = nats::connect(&config, Arc::clone(&status), Arc::clone(&metrics))
-        .await
-        .map_err(DaemonError::Runtime)?;
-    let version = nats::check_server(&client).map_err(DaemonError::Runtime)?;
+    let client = nats::connect(&config, Arc::clone(&status), Arc::clone(&metrics)).await?;
+    let version = nats_conn::check_server(&client)?;
     status.connected.store(true, Ordering::Relaxed);
     metrics.nats_connected.set(1);
     let setup = nats::setup(&client, &config)
@@ -163,7 +141,7 @@ pub async fn run(
         .map_err(DaemonError::Runtime)?;
     tracing::info!(
         server = %version,
-        url = %nats::redact_url(&config.nats.url),
+        url = %nats_conn::redact_url(&config.nats.url),
         input = %config.streams.input_stream,
         consumer = %config.streams.consumer,
         "JetStream ready"
@@ -193,7 +171,7 @@ pub async fn run(
     let (shadow_tx, shadow_rx) = match &config.shadow {
         Some(sh) => {
             let s = Arc::new(
-                load_scanners(&sh.lexicons)
+                Scanners::load(&sh.lexicons)
                     .map_err(|e| DaemonError::Config(format!("[shadow] lexicons: {e}")))?,
             );
             log_lexicons(&s, &sh.lexicons, "shadow lexicon loaded");
@@ -667,10 +645,10 @@ async fn reloader(
     }
 }
 
-/// [`load_scanners`], then, when `requires_tests` and the directory has a
+/// [`Scanners::load`], then, when `requires_tests` and the directory has a
 /// `tests/` suite, the suite: a lexicon whose tests fail is an error.
 fn load_tested(dir: &Path, requires_tests: bool) -> Result<Arc<Scanners>, String> {
-    let scanners = Arc::new(load_scanners(dir)?);
+    let scanners = Arc::new(Scanners::load(dir).map_err(|e| e.to_string())?);
     let tests = dir.join("tests");
     if requires_tests && tests.is_dir() {
         let outcome = crate::suite::run(&tests, &scanners)?;

