@@ -966,8 +966,8 @@ fn print_events(out: &mut impl Write, events: &mut Vec<crate::event::Event>) -> 
 
 /// File, then environment, then flags.
 fn load_config(common: &Common, flags: &Overrides) -> Result<Config, Failure> {
-    let mut raw = RawConfig::load(common.config.as_deref()).map_err(Failure::Config)?;
-    raw.apply_env(std::env::vars()).map_err(Failure::Config)?;
+    let raw = RawConfig::load_with_env(common.config.as_deref(), std::env::vars())
+        .map_err(Failure::Config)?;
     raw.validate(flags).map_err(Failure::Config)
 }
 

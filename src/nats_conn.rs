@@ -3,11 +3,10 @@
 //! configured authentication, TLS and URL list, the version check, and URLs
 //! with their credentials hidden for logs.
 
-use crate::config::NatsConfig;
+use crate::config::{NatsAuth, NatsSettings};
 use async_nats::{ConnectOptions, Event};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The oldest server with the features the daemon relies on (consumer
 /// priority groups, KV with async-nats 0.51; 2.9 silently ignores some).
@@ -42,20 +41,20 @@ pub enum ConnectError {
 }
 
 /// Connects, logging connection events.
-pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, ConnectError> {
+pub async fn connect(config: &NatsSettings) -> Result<async_nats::Client, ConnectError> {
     connect_with(config, |_| {}).await
 }
 
 /// Connects, logging connection events and passing each to `on_event`
 /// (the daemon tracks its readiness and metrics with it).
 pub async fn connect_with(
-    n: &NatsConfig,
+    n: &NatsSettings,
     on_event: impl Fn(&Event) + Send + Sync + 'static,
 ) -> Result<async_nats::Client, ConnectError> {
     let on_event = Arc::new(on_event);
     let mut opts = ConnectOptions::new()
         .name(&n.name)
-        .connection_timeout(Duration::from_millis(n.connect_timeout_ms))
+        .connection_timeout(n.connect_timeout)
         // Keep reconnecting forever: an outage must not end the daemon.
         .max_reconnects(None)
         .event_callback(move |event| {
@@ -73,31 +72,29 @@ pub async fn connect_with(
                 }
             }
         });
-    if let (Some(user), Some(password)) = (&n.user, &n.password) {
-        opts = opts.user_and_password(user.clone(), password.0.clone());
-    } else if n.token.is_none() && n.credentials_file.is_none() {
-        match url_credentials(&n.url) {
-            Some((user, Some(password))) => opts = opts.user_and_password(user, password),
-            Some((token, None)) => opts = opts.token(token),
-            None => {}
+    opts = match &n.auth {
+        NatsAuth::None => match url_credentials(&n.url) {
+            Some((user, Some(password))) => opts.user_and_password(user, password),
+            Some((token, None)) => opts.token(token),
+            None => opts,
+        },
+        NatsAuth::UserPassword { user, password } => {
+            opts.user_and_password(user.clone(), password.0.clone())
         }
-    }
-    if let Some(token) = &n.token {
-        opts = opts.token(token.0.clone());
-    }
-    if let Some(creds) = &n.credentials_file {
-        opts = opts
-            .credentials_file(creds)
-            .await
-            .map_err(|source| ConnectError::Credentials {
-                path: creds.clone(),
-                source,
-            })?;
-    }
+        NatsAuth::Token(token) => opts.token(token.0.clone()),
+        NatsAuth::CredentialsFile(path) => {
+            opts.credentials_file(path)
+                .await
+                .map_err(|source| ConnectError::Credentials {
+                    path: path.clone(),
+                    source,
+                })?
+        }
+    };
     if let Some(ca) = &n.tls_ca_file {
         opts = opts.add_root_certificates(ca.clone());
     }
-    if let (Some(cert), Some(key)) = (&n.tls_client_cert, &n.tls_client_key) {
+    if let Some((cert, key)) = &n.tls_client {
         opts = opts.add_client_certificate(cert.clone(), key.clone());
     }
     if n.tls_required {
