@@ -345,13 +345,13 @@ fn lease_key(p: u32) -> String {
     format!("lease.{p}")
 }
 
-fn lease_value(ctx: &Ctx, until_ms: u64) -> Bytes {
+/// A lease's value; the error is a bug, and no lease is written with it.
+fn lease_value(ctx: &Ctx, until_ms: u64) -> Result<Bytes, serde_json::Error> {
     serde_json::to_vec(&LeaseValue {
         owner: ctx.cluster.instance.clone(),
         until_ms,
     })
     .map(Bytes::from)
-    .unwrap_or_default()
 }
 
 /// Renews every held lease; a renewal that finds the revision moved means
@@ -363,7 +363,13 @@ async fn renew(ctx: &Ctx, held: &mut HashMap<u32, Held>) {
             continue;
         }
         let asked = ctx.clock.elapsed().as_millis() as u64;
-        let value = lease_value(ctx, wall_ms() + lease_ms);
+        let value = match lease_value(ctx, wall_ms() + lease_ms) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(partition = p, error = %e, "cannot encode the lease; not renewed");
+                continue;
+            }
+        };
         match ctx.kv.update(lease_key(*p), value, h.revision).await {
             Ok(rev) => {
                 h.revision = rev;
@@ -436,11 +442,14 @@ async fn reap(ctx: &Ctx, held: &mut HashMap<u32, Held>) {
 
 /// Gives a lease back at once (expired now), if it is still ours.
 async fn release(ctx: &Ctx, p: u32, revision: u64) {
-    if let Err(e) = ctx
-        .kv
-        .update(lease_key(p), lease_value(ctx, 0), revision)
-        .await
-    {
+    let value = match lease_value(ctx, 0) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(partition = p, error = %e, "cannot encode the lease; not released (it expires by itself)");
+            return;
+        }
+    };
+    if let Err(e) = ctx.kv.update(lease_key(p), value, revision).await {
         tracing::debug!(partition = p, error = %e, "lease not released (it expires by itself)");
     }
 }
@@ -472,7 +481,13 @@ async fn balance(ctx: &Arc<Ctx>, members: &[String], held: &mut HashMap<u32, Hel
 async fn acquire(ctx: &Arc<Ctx>, p: u32) -> Option<Held> {
     let lease_ms = ctx.cluster.lease.as_millis() as u64;
     let asked = ctx.clock.elapsed().as_millis() as u64;
-    let value = lease_value(ctx, wall_ms() + lease_ms);
+    let value = match lease_value(ctx, wall_ms() + lease_ms) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(partition = p, error = %e, "cannot encode a lease");
+            return None;
+        }
+    };
     let (taken, how) = match ctx.kv.entry(lease_key(p)).await {
         Ok(None) => (ctx.kv.create(lease_key(p), value).await.ok(), "acquired"),
         Ok(Some(entry)) => {
@@ -824,7 +839,8 @@ impl Worker {
         for e in events {
             self.hold().await?;
             let shared = &self.ctx.shared;
-            let (subject, mut headers, payload) = shared.encode(e);
+            let (subject, mut headers, payload) =
+                shared.encode(e).map_err(|e| Exit::Failed(e.to_string()))?;
             self.stamp(&mut headers);
             shared.metrics.output_pending.inc();
             let ack = loop {
@@ -881,7 +897,9 @@ impl Worker {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                     self.hold().await?;
-                    let (subject, mut headers, payload) = shared.encode(&event);
+                    let (subject, mut headers, payload) = shared
+                        .encode(&event)
+                        .map_err(|e| Exit::Failed(e.to_string()))?;
                     self.stamp(&mut headers);
                     result = match shared
                         .js
@@ -1035,9 +1053,15 @@ impl Worker {
             bytes: bytes_total,
             written_ms: wall_ms(),
         };
-        let head_bytes = serde_json::to_vec(&head)
-            .map(Bytes::from)
-            .unwrap_or_default();
+        let head_bytes = match serde_json::to_vec(&head) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                m.checkpoints.with_label_values(&["failed"]).inc();
+                tracing::error!(partition = self.p, error = %e, "cannot encode the checkpoint head");
+                self.purge_generation(&generation, chunks.len()).await;
+                return Ok(());
+            }
+        };
         // Last look at the lease before the write that counts.
         self.hold().await?;
         let written = match self.head_revision {

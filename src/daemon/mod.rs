@@ -72,6 +72,14 @@ pub enum DaemonError {
     Nats(#[from] ConnectError),
 }
 
+/// An output event that does not serialize (a bug, not bad input).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serialize event {id}: {source}")]
+pub struct EncodeError {
+    id: String,
+    source: serde_json::Error,
+}
+
 /// What every task shares.
 pub struct Shared {
     pub config: Config,
@@ -94,7 +102,7 @@ impl Shared {
     }
 
     /// Subject, headers (`Nats-Msg-Id` = event id) and payload of an event.
-    pub fn encode(&self, event: &Event) -> (String, HeaderMap, Bytes) {
+    pub fn encode(&self, event: &Event) -> Result<(String, HeaderMap, Bytes), EncodeError> {
         let s = &self.config.streams;
         let subject = match event {
             Event::Violation(v) => subject::violation(s, &v.tenant, &v.category),
@@ -102,9 +110,14 @@ impl Shared {
         };
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", event.id());
-        // Serialising our own event types cannot fail.
-        let payload = serde_json::to_vec(event).unwrap_or_default();
-        (subject, headers, Bytes::from(payload))
+        // Our own event types serialize; were one not to, nothing is sent
+        // (never an empty payload) and the caller treats it as a failed
+        // publish.
+        let payload = serde_json::to_vec(event).map_err(|source| EncodeError {
+            id: event.id().to_string(),
+            source,
+        })?;
+        Ok((subject, headers, Bytes::from(payload)))
     }
 }
 

@@ -190,7 +190,14 @@ impl Shadow {
             return;
         };
         for e in self.events.drain(..) {
-            let (subject, headers, payload) = shared.encode(&e);
+            let (subject, headers, payload) = match shared.encode(&e) {
+                Ok(encoded) => encoded,
+                Err(err) => {
+                    tracing::error!(error = %err, "shadow event not sent");
+                    m.shadow_publish_failures.inc();
+                    continue;
+                }
+            };
             let subject = subject::below(&config.prefix, &subject);
             if self.out.try_send((subject, headers, payload)).is_err() {
                 m.shadow_publish_failures.inc();
@@ -659,13 +666,15 @@ impl Publisher {
             let Some(pending) = self.jobs.back_mut().filter(|p| p.id == id) else {
                 return true;
             };
-            let (subject, headers, payload) = self.shared.encode(&pending.job.events[i]);
-            let sent = self
-                .shared
-                .js
-                .publish_with_headers(subject, headers, payload)
-                .await
-                .map_err(|e| e.to_string());
+            let sent = match self.shared.encode(&pending.job.events[i]) {
+                Ok((subject, headers, payload)) => self
+                    .shared
+                    .js
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
             pending.unresolved += 1;
             self.window.push_back((id, i, sent));
         }
@@ -828,12 +837,14 @@ async fn publish_all(
         tokio::time::sleep(Duration::from_millis(50 << attempt.min(6))).await;
         let mut failed = Vec::new();
         for e in todo {
-            let (subject, headers, payload) = shared.encode(e);
-            let sent = shared
-                .js
-                .publish_with_headers(subject, headers, payload)
-                .await
-                .map_err(|e| e.to_string());
+            let sent = match shared.encode(e) {
+                Ok((subject, headers, payload)) => shared
+                    .js
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
             match stored(sent).await {
                 Ok(duplicate) => {
                     if !duplicate {
