@@ -544,6 +544,12 @@ impl From<crate::matcher::LoadError> for Failure {
     }
 }
 
+impl From<crate::client::ClientError> for Failure {
+    fn from(e: crate::client::ClientError) -> Failure {
+        Failure::Runtime(e.to_string())
+    }
+}
+
 impl From<io::Error> for Failure {
     fn from(e: io::Error) -> Failure {
         Failure::Runtime(e.to_string())
@@ -730,8 +736,7 @@ fn cmd_diff(
             let since =
                 crate::daemon::shard::now_ms().saturating_sub(minutes.saturating_mul(60_000));
             runtime()?
-                .block_on(crate::client::read_transcripts(&config, since))
-                .map_err(Failure::Runtime)?
+                .block_on(crate::client::read_transcripts(&config, since))?
                 .join("\n")
         }
         (None, None) => return Err(Failure::Config("give INPUT or --last-minutes".into())),
@@ -1040,9 +1045,7 @@ fn cmd_publish(common: &Common, rate: f64, file: &Path) -> Result<(), Failure> {
         ..Overrides::default()
     };
     let config = load_config(common, &flags)?;
-    let sent = runtime()?
-        .block_on(crate::client::publish(&config, file, rate))
-        .map_err(Failure::Runtime)?;
+    let sent = runtime()?.block_on(crate::client::publish(&config, file, rate))?;
     eprintln!("zhijian publish: {sent} messages published and acknowledged");
     Ok(())
 }
@@ -1109,7 +1112,7 @@ fn cmd_tail(
     let config = load_config(common, &flags)?;
     runtime()?.block_on(async {
         tokio::select! {
-            r = crate::client::tail(&config, filter, style) => r.map_err(Failure::Runtime),
+            r = crate::client::tail(&config, filter, style) => Ok(r?),
             _ = terminate_signal() => Ok(()),
         }
     })
