@@ -1023,13 +1023,15 @@ fn cmd_run(common: &Common, flags: Overrides) -> Result<(), Failure> {
     init_logging(&config);
     let rt = runtime()?;
     let result = rt.block_on(async {
+        use crate::daemon::DaemonError;
         crate::daemon::run(config, terminate_signal())
             .await
             .map_err(|e| match e {
-                crate::daemon::DaemonError::Config(m) => Failure::Config(m),
-                crate::daemon::DaemonError::Runtime(m) => Failure::Runtime(m),
-                e @ crate::daemon::DaemonError::Lexicon(_) => Failure::Config(e.to_string()),
-                e @ crate::daemon::DaemonError::Nats(_) => Failure::Runtime(e.to_string()),
+                e @ DaemonError::Config(_) => Failure::Config(e.to_string()),
+                DaemonError::Runtime(m) => Failure::Runtime(m),
+                e @ (DaemonError::Nats(_) | DaemonError::Setup(_) | DaemonError::Listen(_)) => {
+                    Failure::Runtime(e.to_string())
+                }
             })
     });
     // The daemon has finished its shutdown within the grace period; what

@@ -40,6 +40,7 @@
 //! - [`subject`]: the NATS subjects, built and parsed in one place, and the
 //!   checks of the tokens that go into them.
 //! - [`metrics`]: the Prometheus metrics.
+//! - [`listen`]: binding the daemon's and the console's HTTP listeners.
 //! - [`nats_conn`]: connecting to NATS (authentication, TLS, the server
 //!   check), for the daemon and every command that talks to the server.
 //! - [`client`]: `zhijian publish` and `zhijian tail`.
@@ -72,6 +73,7 @@ pub mod event;
 pub mod filter;
 pub mod invariants;
 pub mod lexicon;
+pub mod listen;
 pub mod loadgen;
 pub mod matcher;
 pub mod metrics;

@@ -34,7 +34,9 @@ pub async fn passthrough(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     nats_conn::check_server(&client).map_err(|e| e.to_string())?;
-    let setup = nats::setup(&client, &config).await?;
+    let setup = nats::setup(&client, &config)
+        .await
+        .map_err(|e| e.to_string())?;
     let consumer = setup
         .consumer
         .clone()

@@ -261,11 +261,8 @@ pub async fn start(
     console: ConsoleConfig,
     js: jetstream::Context,
     metrics: Arc<Metrics>,
-) -> Result<Console, String> {
-    let listener = tokio::net::TcpListener::bind(console.addr)
-        .await
-        .map_err(|e| format!("cannot listen on {} for the console: {e}", console.addr))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+) -> Result<Console, crate::listen::ListenError> {
+    let (listener, addr) = crate::listen::bind(console.addr, "the console").await?;
     let feed = Arc::new(Feed::new(console.history));
     let board = Arc::new(board::Board::default());
     let desk = Arc::new(

@@ -186,7 +186,7 @@ struct Ctx {
 pub fn check_partitions(
     stream: &jetstream::stream::Config,
     configured: u32,
-) -> Result<u32, String> {
+) -> Result<u32, super::nats::SetupError> {
     match partitions_of(stream) {
         Some(p) if p > 0 => {
             if p != configured {
@@ -199,11 +199,9 @@ pub fn check_partitions(
             }
             Ok(p)
         }
-        _ => Err(format!(
-            "input stream {:?} is not partitioned (no subject transform with partition()); \
-             [cluster] needs a partitioned stream: see the README's \"Many instances\" for the migration",
-            stream.name
-        )),
+        _ => Err(super::nats::SetupError::NotPartitioned {
+            name: stream.name.clone(),
+        }),
     }
 }
 
@@ -1197,7 +1195,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(partitions_of(&config), Some(12));
-        assert_eq!(check_partitions(&config, 8), Ok(12));
+        assert_eq!(check_partitions(&config, 8).ok(), Some(12));
         let plain = jetstream::stream::Config {
             name: "T".into(),
             ..Default::default()

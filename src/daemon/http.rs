@@ -2,6 +2,7 @@
 //! and `/readyz` (connected to NATS, lexicon loaded, consumer bound).
 
 use super::nats::Status;
+use crate::listen::ListenError;
 use crate::metrics::Metrics;
 use axum::Router;
 use axum::extract::State;
@@ -36,11 +37,8 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
-) -> Result<Http, String> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+) -> Result<Http, ListenError> {
+    let (listener, addr) = crate::listen::bind(addr, "metrics").await?;
     let app = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(|| async { "ok\n" }))

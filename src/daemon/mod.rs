@@ -59,17 +59,29 @@ use tokio::sync::{mpsc, watch};
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// Configuration or lexicon: exit code 2.
-    #[error("{0}")]
-    Config(String),
-    /// NATS, HTTP or I/O: exit code 1.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// An unclean shutdown: exit code 1.
     #[error("{0}")]
     Runtime(String),
-    /// The lexicon: exit code 2.
+    /// The streams, consumer or buckets: exit code 1.
     #[error(transparent)]
-    Lexicon(#[from] LoadError),
+    Setup(#[from] nats::SetupError),
+    /// The metrics or console listener: exit code 1.
+    #[error(transparent)]
+    Listen(#[from] crate::listen::ListenError),
     /// No usable NATS server: exit code 1.
     #[error(transparent)]
     Nats(#[from] ConnectError),
+}
+
+/// A lexicon the daemon cannot start with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Lexicon(#[from] LoadError),
+    #[error("[shadow] lexicons: {0}")]
+    ShadowLexicon(#[source] LoadError),
 }
 
 /// An output event that does not serialize (a bug, not bad input).
@@ -130,7 +142,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::with_max_tenants(config.max_tenants));
     let status = Arc::new(nats::Status::default());
 
-    let scanners = Arc::new(Scanners::load(&config.lexicons)?);
+    let scanners = Arc::new(Scanners::load(&config.lexicons).map_err(ConfigError::from)?);
     metrics.set_lexicon(scanners.base().version());
     metrics.set_categories(&scanners);
     status.lexicon_loaded.store(true, Ordering::Relaxed);
@@ -141,17 +153,14 @@ pub async fn run(
         Arc::clone(&metrics),
         Arc::clone(&status),
     )
-    .await
-    .map_err(DaemonError::Runtime)?;
+    .await?;
     tracing::info!(addr = %http.addr, "metrics on /metrics, health on /healthz and /readyz");
 
     let client = nats::connect(&config, Arc::clone(&status), Arc::clone(&metrics)).await?;
     let version = nats_conn::check_server(&client)?;
     status.connected.store(true, Ordering::Relaxed);
     metrics.nats_connected.set(1);
-    let setup = nats::setup(&client, &config)
-        .await
-        .map_err(DaemonError::Runtime)?;
+    let setup = nats::setup(&client, &config).await?;
     tracing::info!(
         server = %version,
         url = %nats_conn::redact_url(&config.nats.url),
@@ -162,9 +171,8 @@ pub async fn run(
 
     let console = match config.console.clone() {
         Some(c) => {
-            let console = crate::console::start(&config, c, setup.js.clone(), Arc::clone(&metrics))
-                .await
-                .map_err(DaemonError::Runtime)?;
+            let console =
+                crate::console::start(&config, c, setup.js.clone(), Arc::clone(&metrics)).await?;
             tracing::info!(url = %format!("http://{}/", console.addr), "console for QA supervisors");
             Some(console)
         }
@@ -183,10 +191,7 @@ pub async fn run(
     // Shadow mode: the candidate lexicon, loaded like the live one.
     let (shadow_tx, shadow_rx) = match &config.shadow {
         Some(sh) => {
-            let s = Arc::new(
-                Scanners::load(&sh.lexicons)
-                    .map_err(|e| DaemonError::Config(format!("[shadow] lexicons: {e}")))?,
-            );
+            let s = Arc::new(Scanners::load(&sh.lexicons).map_err(ConfigError::ShadowLexicon)?);
             log_lexicons(&s, &sh.lexicons, "shadow lexicon loaded");
             let (tx, rx) = watch::channel(s);
             (Some(tx), Some(rx))

@@ -7,6 +7,10 @@ use crate::metrics::Metrics;
 use crate::nats_conn::{self, ConnectError};
 use crate::subject;
 use async_nats::Event;
+use async_nats::jetstream::context::{
+    CreateKeyValueError, CreateStreamError, GetStreamError, KeyValueError,
+};
+use async_nats::jetstream::stream::ConsumerError;
 use async_nats::jetstream::{self, consumer::pull, kv, stream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +60,54 @@ pub async fn connect(
     .await
 }
 
+/// Why the streams, the consumer or a bucket are not there to use.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot create stream {name:?}: {source}")]
+    CreateStream {
+        name: String,
+        source: CreateStreamError,
+    },
+    #[error("stream {name:?} is missing ({source}); create it, or set [streams] create = true")]
+    MissingStream {
+        name: String,
+        source: GetStreamError,
+    },
+    #[error("stream {name:?}: {source}")]
+    StreamInfo {
+        name: String,
+        source: stream::InfoError,
+    },
+    #[error("cannot create consumer {consumer:?} on stream {stream:?}: {source}")]
+    CreateConsumer {
+        consumer: String,
+        stream: String,
+        source: ConsumerError,
+    },
+    #[error(
+        "consumer {consumer:?} on stream {stream:?} is missing ({source}); create it, or set [streams] create = true"
+    )]
+    MissingConsumer {
+        consumer: String,
+        stream: String,
+        source: async_nats::Error,
+    },
+    #[error("cannot create key-value bucket {name:?}: {source}")]
+    CreateBucket {
+        name: String,
+        source: CreateKeyValueError,
+    },
+    #[error(
+        "key-value bucket {name:?} is missing ({source}); create it, or set [streams] create = true"
+    )]
+    MissingBucket { name: String, source: KeyValueError },
+    #[error(
+        "input stream {name:?} is not partitioned (no subject transform with partition()); \
+         [cluster] needs a partitioned stream: see the README's \"Many instances\" for the migration"
+    )]
+    NotPartitioned { name: String },
+}
+
 /// Everything the daemon uses on the server.
 pub struct Setup {
     pub js: jetstream::Context,
@@ -72,7 +124,7 @@ pub struct Setup {
 
 /// Creates (when `streams.create`) or checks the streams, the consumer and
 /// the state bucket.
-pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup, String> {
+pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup, SetupError> {
     let s = &config.streams;
     let cluster = config.cluster.as_ref();
     let partitions = cluster.map_or(0, |c| c.partitions);
@@ -157,7 +209,10 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
             let info = input
                 .info()
                 .await
-                .map_err(|e| format!("stream {:?}: {e}", s.input_stream))?;
+                .map_err(|source| SetupError::StreamInfo {
+                    name: s.input_stream.clone(),
+                    source,
+                })?;
             let partitions = crate::daemon::cluster::check_partitions(&info.config, c.partitions)?;
             let kv = bucket(
                 &js,
@@ -182,7 +237,7 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
 async fn durable_consumer(
     input: &jetstream::stream::Stream,
     config: &Config,
-) -> Result<jetstream::consumer::PullConsumer, String> {
+) -> Result<jetstream::consumer::PullConsumer, SetupError> {
     let s = &config.streams;
     let consumer_config = pull::Config {
         durable_name: Some(s.consumer.clone()),
@@ -197,19 +252,20 @@ async fn durable_consumer(
         input
             .get_or_create_consumer(&s.consumer, consumer_config)
             .await
-            .map_err(|e| {
-                format!(
-                    "cannot create consumer {:?} on stream {:?}: {e}",
-                    s.consumer, s.input_stream
-                )
+            .map_err(|source| SetupError::CreateConsumer {
+                consumer: s.consumer.clone(),
+                stream: s.input_stream.clone(),
+                source,
             })
     } else {
-        input.get_consumer(&s.consumer).await.map_err(|e| {
-            format!(
-                "consumer {:?} on stream {:?} is missing ({e}); create it, or set [streams] create = true",
-                s.consumer, s.input_stream
-            )
-        })
+        input
+            .get_consumer(&s.consumer)
+            .await
+            .map_err(|source| SetupError::MissingConsumer {
+                consumer: s.consumer.clone(),
+                stream: s.input_stream.clone(),
+                source,
+            })
     }
 }
 
@@ -221,7 +277,7 @@ async fn bucket(
     name: &str,
     description: &str,
     replicas: usize,
-) -> Result<kv::Store, String> {
+) -> Result<kv::Store, SetupError> {
     let mut attempt = 0;
     loop {
         let result = match js.get_key_value(name).await {
@@ -236,11 +292,15 @@ async fn bucket(
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| format!("cannot create key-value bucket {name:?}: {e}")),
-            Err(e) => {
-                return Err(format!(
-                    "key-value bucket {name:?} is missing ({e}); create it, or set [streams] create = true"
-                ));
+                .map_err(|source| SetupError::CreateBucket {
+                    name: name.to_string(),
+                    source,
+                }),
+            Err(source) => {
+                return Err(SetupError::MissingBucket {
+                    name: name.to_string(),
+                    source,
+                });
             }
         };
         match result {
@@ -275,7 +335,7 @@ async fn ensure_stream(
     subjects: Vec<String>,
     shape: &Shape,
     subject_transform: Option<stream::SubjectTransform>,
-) -> Result<stream::Stream, String> {
+) -> Result<stream::Stream, SetupError> {
     if create {
         let config = stream::Config {
             name: name.to_string(),
@@ -290,8 +350,11 @@ async fn ensure_stream(
         loop {
             match js.get_or_create_stream(config.clone()).await {
                 Ok(s) => return Ok(s),
-                Err(e) if attempt >= CREATE_ATTEMPTS => {
-                    return Err(format!("cannot create stream {name:?}: {e}"));
+                Err(source) if attempt >= CREATE_ATTEMPTS => {
+                    return Err(SetupError::CreateStream {
+                        name: name.to_string(),
+                        source,
+                    });
                 }
                 Err(e) => {
                     attempt += 1;
@@ -301,8 +364,11 @@ async fn ensure_stream(
             }
         }
     } else {
-        js.get_stream(name).await.map_err(|e| {
-            format!("stream {name:?} is missing ({e}); create it, or set [streams] create = true")
-        })
+        js.get_stream(name)
+            .await
+            .map_err(|source| SetupError::MissingStream {
+                name: name.to_string(),
+                source,
+            })
     }
 }
