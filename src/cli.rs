@@ -101,6 +101,7 @@ enum Command {
         /// JSONL file, or - for standard input.
         file: PathBuf,
     },
+    #[cfg(feature = "bench-tools")]
     /// Load generator: drive the daemon and a pass-through consumer through
     /// a real nats-server and report throughput, latency, loss, duplicates.
     Bench {
@@ -138,6 +139,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         reload_every_ms: u64,
     },
+    #[cfg(feature = "bench-tools")]
     /// Soak: the daemon under steady load for a long time, with
     /// conversations opening and closing; its RSS sampled, loss and
     /// duplicates counted.
@@ -162,6 +164,7 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         sample_every_s: u64,
     },
+    #[cfg(feature = "bench-tools")]
     /// The pass-through consumer the bench compares against (consume,
     /// publish one small event, ack; no scanning).
     #[command(hide = true)]
@@ -169,6 +172,7 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    #[cfg(feature = "bench-tools")]
     /// Write generated conversations as input JSONL to stdout (for
     /// benchmarks and peer comparisons).
     #[command(hide = true)]
@@ -178,6 +182,7 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    #[cfg(feature = "bench-tools")]
     /// Time `Scanner::scan` over the agent segments of a JSONL file (one
     /// thread, no JSON in the timed loop): the engine side of the peer
     /// comparison in benches/peers.py.
@@ -453,7 +458,9 @@ pub fn main() -> ExitCode {
             severity,
             color,
         } => cmd_tail(&common, [tenant, agent, category, severity], json, color),
+        #[cfg(feature = "bench-tools")]
         Command::Passthrough { common } => cmd_passthrough(&common),
+        #[cfg(feature = "bench-tools")]
         Command::Synth {
             conversations,
             seed,
@@ -470,11 +477,13 @@ pub fn main() -> ExitCode {
                 .try_for_each(|l| writeln!(out, "{l}"))
                 .map_err(Failure::from)
         }
+        #[cfg(feature = "bench-tools")]
         Command::ScanBench {
             lexicons,
             passes,
             file,
         } => cmd_scan_bench(&lexicons, passes, &file),
+        #[cfg(feature = "bench-tools")]
         Command::Soak {
             nats_url,
             lexicons,
@@ -492,6 +501,7 @@ pub fn main() -> ExitCode {
             shards,
             sample_every: std::time::Duration::from_secs(sample_every_s.max(1)),
         }),
+        #[cfg(feature = "bench-tools")]
         Command::Bench {
             nats_url,
             lexicons,
@@ -1120,6 +1130,7 @@ fn cmd_tail(
     })
 }
 
+#[cfg(feature = "bench-tools")]
 fn cmd_passthrough(common: &Common) -> Result<(), Failure> {
     let flags = Overrides {
         nats_url: common.nats_url.clone(),
@@ -1132,6 +1143,7 @@ fn cmd_passthrough(common: &Common) -> Result<(), Failure> {
         .map_err(Failure::Runtime)
 }
 
+#[cfg(feature = "bench-tools")]
 fn cmd_soak(opts: crate::loadgen::SoakOptions) -> Result<(), Failure> {
     if opts.rate <= 0.0 {
         return Err(Failure::Config("--rate must be > 0".into()));
@@ -1168,6 +1180,7 @@ fn cmd_soak(opts: crate::loadgen::SoakOptions) -> Result<(), Failure> {
     Ok(())
 }
 
+#[cfg(feature = "bench-tools")]
 fn cmd_bench(opts: crate::loadgen::BenchOptions) -> Result<(), Failure> {
     let reports = runtime()?
         .block_on(crate::loadgen::bench(&opts))
@@ -1213,6 +1226,7 @@ fn cmd_bench(opts: crate::loadgen::BenchOptions) -> Result<(), Failure> {
     }
 }
 
+#[cfg(feature = "bench-tools")]
 fn cmd_scan_bench(lexicons: &Path, passes: usize, file: &Path) -> Result<(), Failure> {
     let scanner = load_scanner(lexicons)?;
     let text = std::fs::read_to_string(file)

@@ -44,8 +44,8 @@
 //! - [`nats_conn`]: connecting to NATS (authentication, TLS, the server
 //!   check), for the daemon and every command that talks to the server.
 //! - [`client`]: `zhijian publish` and `zhijian tail`.
-//! - [`loadgen`]: `zhijian bench`, the load generator and its pass-through
-//!   baseline; `zhijian soak`.
+//! - `loadgen` (feature `bench-tools`): `zhijian bench`, the load
+//!   generator and its pass-through baseline; `zhijian soak`.
 //! - [`synth`]: synthetic traffic for benchmarks, load tests and the demo.
 //! - [`cli`]: the command line.
 //! - [`invariants`]: what must hold for any input, checked by the fuzz
@@ -74,6 +74,7 @@ pub mod filter;
 pub mod invariants;
 pub mod lexicon;
 pub mod listen;
+#[cfg(feature = "bench-tools")]
 pub mod loadgen;
 pub mod matcher;
 pub mod metrics;
