@@ -193,7 +193,7 @@ async fn settle(
 
 /// How `zhijian tail` prints events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Style {
+pub(crate) enum Style {
     /// The events' JSON, one per line, for scripts.
     Json,
     /// One readable line per event, the matched words in 【】.
@@ -206,7 +206,10 @@ pub enum Style {
 /// (epoch milliseconds) on, in stream order, as JSONL lines: read with an
 /// ephemeral ordered consumer of its own (never the daemon's), up to what
 /// the stream held when the read began.
-pub async fn read_transcripts(config: &Config, since_ms: u64) -> Result<Vec<String>, ClientError> {
+pub(crate) async fn read_transcripts(
+    config: &Config,
+    since_ms: u64,
+) -> Result<Vec<String>, ClientError> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull};
     use futures_util::StreamExt;
     let client = connect(config).await?;
@@ -259,7 +262,11 @@ pub async fn read_transcripts(config: &Config, since_ms: u64) -> Result<Vec<Stri
 /// on the output stream, which holds violations and summaries in the order
 /// the daemon stored them: a conversation's summary prints after its
 /// violations (two subscriptions, one per subject, raced).
-pub async fn tail(config: &Config, filter: &Filter, style: Style) -> Result<(), ClientError> {
+pub(crate) async fn tail(
+    config: &Config,
+    filter: &Filter,
+    style: Style,
+) -> Result<(), ClientError> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull};
     let client = connect(config).await?;
     let js = async_nats::jetstream::new(client);

@@ -37,7 +37,7 @@
 //!   alerts are worked, shared through NATS (`console::desk`).
 //! - [`filter`]: which output events a supervisor wants to see.
 //! - [`config`]: the daemon's TOML configuration and its overrides.
-//! - [`subject`]: the NATS subjects, built and parsed in one place, and the
+//! - `subject`: the NATS subjects, built and parsed in one place, and the
 //!   checks of the tokens that go into them.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`listen`]: binding the daemon's and the console's HTTP listeners.
@@ -82,7 +82,7 @@ pub mod nats_conn;
 pub mod normalize;
 pub mod rules;
 pub mod scan;
-pub mod subject;
+pub(crate) mod subject;
 pub mod suite;
 pub mod synth;
 mod unicode_tables;

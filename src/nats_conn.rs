@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 /// The oldest server with the features the daemon relies on (consumer
 /// priority groups, KV with async-nats 0.51; 2.9 silently ignores some).
-pub const MIN_SERVER: (u64, u64) = (2, 11);
+pub(crate) const MIN_SERVER: (u64, u64) = (2, 11);
 
 /// Why there is no connection, or not to a server zhijian can use.
 #[derive(Debug, thiserror::Error)]
@@ -41,13 +41,13 @@ pub enum ConnectError {
 }
 
 /// Connects, logging connection events.
-pub async fn connect(config: &NatsSettings) -> Result<async_nats::Client, ConnectError> {
+pub(crate) async fn connect(config: &NatsSettings) -> Result<async_nats::Client, ConnectError> {
     connect_with(config, |_| {}).await
 }
 
 /// Connects, logging connection events and passing each to `on_event`
 /// (the daemon tracks its readiness and metrics with it).
-pub async fn connect_with(
+pub(crate) async fn connect_with(
     n: &NatsSettings,
     on_event: impl Fn(&Event) + Send + Sync + 'static,
 ) -> Result<async_nats::Client, ConnectError> {
@@ -120,7 +120,7 @@ pub async fn connect_with(
 }
 
 /// `nats://user:pass@host:4222` → `nats://***@host:4222`.
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     url.split(',')
         .map(|u| match (u.find("://"), u.rfind('@')) {
             (Some(scheme), Some(at)) if at > scheme => {
@@ -134,14 +134,14 @@ pub fn redact_url(url: &str) -> String {
 
 /// Refuses servers older than [`MIN_SERVER`] or without JetStream; the
 /// server's version otherwise.
-pub fn check_server(client: &async_nats::Client) -> Result<String, ConnectError> {
+pub(crate) fn check_server(client: &async_nats::Client) -> Result<String, ConnectError> {
     let info = client.server_info();
     check_version(&info.version, info.jetstream)?;
     Ok(info.version)
 }
 
 /// The version rule of [`check_server`], on the server's INFO fields.
-pub fn check_version(version: &str, jetstream: bool) -> Result<(), ConnectError> {
+pub(crate) fn check_version(version: &str, jetstream: bool) -> Result<(), ConnectError> {
     let mut parts = version
         .trim_start_matches('v')
         .split(['.', '-'])

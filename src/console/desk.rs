@@ -415,10 +415,6 @@ impl Desk {
         }
     }
 
-    pub fn bucket(&self) -> &str {
-        &self.bucket
-    }
-
     /// Takes a state read from the bucket, unless a newer one is known.
     fn learn(&self, mut state: AlertState, revision: u64) {
         state.revision = revision;

@@ -26,8 +26,8 @@
 //! `textContent`, and the Content-Security-Policy allows no inline script.
 
 pub mod board;
-pub mod desk;
-pub mod mask;
+pub(crate) mod desk;
+pub(crate) mod mask;
 
 use crate::config::{Config, ConsoleConfig};
 use crate::event::{Event, InputKind, decode};
@@ -243,7 +243,7 @@ struct AppState {
 }
 
 /// A running console.
-pub struct Console {
+pub(crate) struct Console {
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
 }
@@ -256,7 +256,7 @@ impl Console {
 
 /// Binds the console's address, starts following the output stream and
 /// serves until stopped.
-pub async fn start(
+pub(crate) async fn start(
     config: &Config,
     console: ConsoleConfig,
     js: jetstream::Context,

@@ -58,7 +58,9 @@ use tokio::sync::watch;
 
 /// The partition NATS puts a conversation in: `{{partition(n,1,2)}}` of
 /// `<prefix>.<tenant>.<id>` hashes the two tokens joined (FNV-1a, 32 bits).
-pub fn partition_of(tenant: &str, conversation_id: &str, partitions: u32) -> u32 {
+/// NATS computes it; this model is the tests'.
+#[cfg(test)]
+fn partition_of(tenant: &str, conversation_id: &str, partitions: u32) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in tenant.bytes().chain(conversation_id.bytes()) {
         h ^= u32::from(b);
@@ -68,7 +70,10 @@ pub fn partition_of(tenant: &str, conversation_id: &str, partitions: u32) -> u32
 }
 
 /// The stream transform that partitions `<prefix>.<tenant>.<id>`.
-pub fn transform(streams: &StreamsConfig, partitions: u32) -> jetstream::stream::SubjectTransform {
+pub(crate) fn transform(
+    streams: &StreamsConfig,
+    partitions: u32,
+) -> jetstream::stream::SubjectTransform {
     jetstream::stream::SubjectTransform {
         source: subject::input_unpartitioned(streams),
         destination: subject::partition_destination(streams, partitions),
@@ -76,7 +81,7 @@ pub fn transform(streams: &StreamsConfig, partitions: u32) -> jetstream::stream:
 }
 
 /// The partition count of an input stream's transform, if it has one.
-pub fn partitions_of(config: &jetstream::stream::Config) -> Option<u32> {
+pub(crate) fn partitions_of(config: &jetstream::stream::Config) -> Option<u32> {
     subject::parse_partition_count(&config.subject_transform.as_ref()?.destination)
 }
 
@@ -183,7 +188,7 @@ struct Ctx {
 
 /// The partition count in use: the input stream's own, or (when the
 /// stream has no transform yet and may be created) the configured one.
-pub fn check_partitions(
+pub(crate) fn check_partitions(
     stream: &jetstream::stream::Config,
     configured: u32,
 ) -> Result<u32, super::nats::SetupError> {
@@ -206,7 +211,7 @@ pub fn check_partitions(
 }
 
 /// What the cluster runs on: the partitioned input stream and the bucket.
-pub struct Streams {
+pub(crate) struct Streams {
     pub input: jetstream::stream::Stream,
     pub partitions: u32,
     pub kv: kv::Store,
@@ -215,7 +220,7 @@ pub struct Streams {
 /// Runs this instance's part of the cluster until `shutdown`: heartbeats,
 /// leases, one worker per held partition. On shutdown every worker
 /// checkpoints, every lease is released and the member leaves.
-pub async fn serve(
+pub(crate) async fn serve(
     shared: Arc<Shared>,
     cluster: ClusterConfig,
     on: Streams,

@@ -29,9 +29,9 @@
 
 pub mod cluster;
 mod http;
-pub mod nats;
+pub(crate) mod nats;
 mod poison;
-pub mod shard;
+pub(crate) mod shard;
 
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
@@ -87,13 +87,13 @@ pub enum ConfigError {
 /// An output event that does not serialize (a bug, not bad input).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot serialize event {id}: {source}")]
-pub struct EncodeError {
+pub(crate) struct EncodeError {
     id: String,
     source: serde_json::Error,
 }
 
 /// What every task shares.
-pub struct Shared {
+pub(crate) struct Shared {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub js: jetstream::Context,
