@@ -427,14 +427,9 @@ async fn follow_input_once(
     board: &Board,
     max_replay: u64,
     next: &mut Option<u64>,
-) -> Result<(), String> {
-    let mut s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
-    let last = s
-        .info()
-        .await
-        .map_err(|e| e.to_string())?
-        .state
-        .last_sequence;
+) -> Result<(), async_nats::Error> {
+    let mut s = js.get_stream(stream).await?;
+    let last = s.info().await?.state.last_sequence;
     let deliver_policy = match *next {
         Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
         None => DeliverPolicy::ByStartTime {
@@ -448,13 +443,12 @@ async fn follow_input_once(
             deliver_policy,
             ..Default::default()
         })
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        .await?;
+    let mut messages = consumer.messages().await?;
     let mut first = next.is_none();
     while let Some(m) = messages.next().await {
-        let m = m.map_err(|e| e.to_string())?;
-        let info = m.info().map_err(|e| e.to_string())?;
+        let m = m?;
+        let info = m.info()?;
         if std::mem::take(&mut first) && last.saturating_sub(info.stream_sequence) >= max_replay {
             // The lookback holds too much: start again nearer the end.
             *next = Some(last.saturating_sub(max_replay) + 1);

@@ -374,9 +374,9 @@ async fn follow_once(
     mask_digits: bool,
     metrics: &Metrics,
     next: &mut Option<u64>,
-) -> Result<(), String> {
-    let mut s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
-    let state = s.info().await.map_err(|e| e.to_string())?.state.clone();
+) -> Result<(), async_nats::Error> {
+    let mut s = js.get_stream(stream).await?;
+    let state = s.info().await?.state.clone();
     if next.is_some_and(|n| n > state.last_sequence.saturating_add(1)) {
         tracing::warn!(
             stream,
@@ -405,12 +405,11 @@ async fn follow_once(
             },
             ..Default::default()
         })
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        .await?;
+    let mut messages = consumer.messages().await?;
     while let Some(m) = messages.next().await {
-        let m = m.map_err(|e| e.to_string())?;
-        let info = m.info().map_err(|e| e.to_string())?;
+        let m = m?;
+        let info = m.info()?;
         let seq = info.stream_sequence;
         let raised_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as u64;
         *next = Some(seq + 1);
@@ -425,8 +424,7 @@ async fn follow_once(
                     seq,
                     raised_ms,
                     event: &event,
-                })
-                .map_err(|e| e.to_string())?;
+                })?;
                 board.on_event(&event, raised_ms);
                 feed.push(Item {
                     seq,
@@ -1126,20 +1124,16 @@ async fn read_segments(
     tenant: &str,
     id: &str,
     subject: &str,
-) -> Result<(Vec<SegmentView>, bool, bool), String> {
-    let stream =
-        s.js.get_stream(&s.input_stream)
-            .await
-            .map_err(|e| e.to_string())?;
+) -> Result<(Vec<SegmentView>, bool, bool), async_nats::Error> {
+    let stream = s.js.get_stream(&s.input_stream).await?;
     let mut consumer = stream
         .create_consumer(pull::OrderedConfig {
             filter_subject: subject.to_string(),
             deliver_policy: DeliverPolicy::All,
             ..Default::default()
         })
-        .await
-        .map_err(|e| e.to_string())?;
-    let info = consumer.info().await.map_err(|e| e.to_string())?;
+        .await?;
+    let info = consumer.info().await?;
     let (name, pending) = (info.name.clone(), info.num_pending);
     let read = async {
         let mut by_seq = BTreeMap::new();
@@ -1147,11 +1141,11 @@ async fn read_segments(
         if complete {
             return Ok((by_seq, ended, complete));
         }
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while let Ok(Some(m)) = tokio::time::timeout_at(deadline, messages.next()).await {
-            let m = m.map_err(|e| e.to_string())?;
-            let left = m.info().map_err(|e| e.to_string())?.pending;
+            let m = m?;
+            let left = m.info()?.pending;
             // Only what the daemon judged as this conversation: a message on
             // its subject that names another one was dead-lettered.
             if let Ok(input) = decode(&m.payload)
@@ -1185,7 +1179,7 @@ async fn read_segments(
                 break;
             }
         }
-        Ok::<_, String>((by_seq, ended, complete))
+        Ok::<_, async_nats::Error>((by_seq, ended, complete))
     }
     .await;
     // Ordered consumers are ephemeral but linger on the server for their

@@ -63,9 +63,13 @@ pub async fn sweeper(
 }
 
 /// One sweep; returns how many messages were removed.
-async fn sweep(shared: &Shared, consumer: &PullConsumer, input: &Stream) -> Result<u64, String> {
+async fn sweep(
+    shared: &Shared,
+    consumer: &PullConsumer,
+    input: &Stream,
+) -> Result<u64, async_nats::Error> {
     let mut consumer = consumer.clone();
-    let info = consumer.info().await.map_err(|e| e.to_string())?;
+    let info = consumer.info().await?;
     let floor = info.ack_floor.stream_sequence;
     let last = info.delivered.stream_sequence.min(floor + WINDOW);
     let mut removed = 0;
