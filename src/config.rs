@@ -275,6 +275,10 @@ impl Default for LimitsSection {
     }
 }
 
+/// Tenants with their own metric series by default (`[metrics]
+/// max_tenants`).
+pub const DEFAULT_MAX_TENANTS: usize = 100;
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSection {
@@ -287,7 +291,7 @@ impl Default for MetricsSection {
     fn default() -> Self {
         MetricsSection {
             addr: "127.0.0.1:9464".into(),
-            max_tenants: crate::metrics::DEFAULT_MAX_TENANTS,
+            max_tenants: DEFAULT_MAX_TENANTS,
         }
     }
 }
@@ -757,7 +761,7 @@ impl RawConfig {
             ("summaries_prefix", &st.summaries_prefix),
             ("deadletter_subject", &st.deadletter_subject),
         ] {
-            if !crate::subject::is_literal_subject(token) {
+            if !crate::subject::token::is_literal_subject(token) {
                 return Err(format!("[streams] {key} {token:?} is not a valid subject"));
             }
         }
@@ -765,8 +769,8 @@ impl RawConfig {
         let shadow = if self.shadow.lexicons.trim().is_empty() {
             None
         } else {
-            if !crate::subject::is_token(&self.shadow.prefix)
-                || !crate::subject::is_token(&self.shadow.stream)
+            if !crate::subject::token::is_token(&self.shadow.prefix)
+                || !crate::subject::token::is_token(&self.shadow.stream)
             {
                 return Err(
                     "[shadow] prefix and stream must be one subject token each (no '.', '*', '>' or spaces)"

@@ -96,7 +96,7 @@ pub async fn passthrough(config: Config) -> Result<(), String> {
             }
         };
         while let Some(Ok(msg)) = batch.next().await {
-            let shard = daemon::shard::shard_of_subject(
+            let shard = daemon::shard_of_subject(
                 msg.message.subject.as_str(),
                 &config.streams,
                 senders.len(),

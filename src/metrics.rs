@@ -22,7 +22,7 @@ use std::sync::Mutex;
 pub const OTHER_TENANT: &str = "_other";
 
 /// Tenants with their own series by default (`[metrics] max_tenants`).
-pub const DEFAULT_MAX_TENANTS: usize = 100;
+pub use crate::config::DEFAULT_MAX_TENANTS;
 
 /// Every metric the daemon exports.
 pub struct Metrics {

@@ -11,44 +11,12 @@
 //! | shadow output | `<shadow prefix>.<one of the output subjects>` |
 //!
 //! A tenant is one subject token; a conversation id may hold `.` (it is the
-//! rest of the subject after the tenant).
+//! rest of the subject after the tenant). The checks of tokens are in
+//! [`token`], which depends on nothing.
 
 use crate::config::StreamsConfig;
 
-/// `.`, `*` and `>`: the token separator and the wildcards.
-pub fn is_subject_special(c: char) -> bool {
-    matches!(c, '.' | '*' | '>')
-}
-
-/// Whitespace or a control character: in no id, tenant or token.
-pub fn is_blank_or_control(c: char) -> bool {
-    c.is_whitespace() || c.is_control()
-}
-
-/// One subject token (a tenant, a prefix of one token): not empty, no
-/// whitespace, control characters, `.`, `*` or `>`.
-pub fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && !s
-            .chars()
-            .any(|c| is_blank_or_control(c) || is_subject_special(c))
-}
-
-/// The tail of a subject that may span tokens but never matches more than
-/// itself in a filter (a conversation id): not empty, no whitespace,
-/// control characters, `*` or `>`.
-pub fn is_literal_tail(s: &str) -> bool {
-    !s.is_empty()
-        && !s
-            .chars()
-            .any(|c| is_blank_or_control(c) || matches!(c, '*' | '>'))
-}
-
-/// A configured subject or prefix (possibly of several tokens): not empty,
-/// no wildcards or spaces, no empty token at either end.
-pub fn is_literal_subject(s: &str) -> bool {
-    !(s.is_empty() || s.contains(['*', '>', ' ']) || s.starts_with('.') || s.ends_with('.'))
-}
+pub(crate) mod token;
 
 /// Every subject below `prefix`: `<prefix>.>`.
 pub fn all(prefix: &str) -> String {
@@ -167,19 +135,5 @@ mod tests {
             parse_partition_count(&partition_destination(&s, 8)),
             Some(8)
         );
-    }
-
-    #[test]
-    fn tokens() {
-        assert!(is_token("acme-1"));
-        for bad in ["", "a.b", "a*", ">", "a b", "a\u{7}"] {
-            assert!(!is_token(bad), "{bad:?}");
-        }
-        assert!(is_literal_tail("c.1"));
-        assert!(!is_literal_tail("c*"));
-        assert!(is_literal_subject("zhijian.deadletter"));
-        for bad in ["", ".a", "a.", "a.>", "a b"] {
-            assert!(!is_literal_subject(bad), "{bad:?}");
-        }
     }
 }

@@ -786,7 +786,7 @@ async fn conversation(
     State(s): State<AppState>,
     Path((tenant, id)): Path<(String, String)>,
 ) -> Result<axum::Json<ConversationView>, (StatusCode, String)> {
-    if !subject::is_token(&tenant) || !subject::is_literal_tail(&id) {
+    if !subject::token::is_token(&tenant) || !subject::token::is_literal_tail(&id) {
         return Err((
             StatusCode::BAD_REQUEST,
             "invalid tenant or conversation id\n".into(),

@@ -187,11 +187,9 @@ struct Ctx {
 }
 
 /// The partition count in use: the input stream's own, or (when the
-/// stream has no transform yet and may be created) the configured one.
-pub(crate) fn check_partitions(
-    stream: &jetstream::stream::Config,
-    configured: u32,
-) -> Result<u32, super::nats::SetupError> {
+/// stream has no transform yet and may be created) the configured one;
+/// None when the stream is not partitioned.
+pub(crate) fn check_partitions(stream: &jetstream::stream::Config, configured: u32) -> Option<u32> {
     match partitions_of(stream) {
         Some(p) if p > 0 => {
             if p != configured {
@@ -202,11 +200,9 @@ pub(crate) fn check_partitions(
                     "the input stream's partition count wins over [cluster] partitions"
                 );
             }
-            Ok(p)
+            Some(p)
         }
-        _ => Err(super::nats::SetupError::NotPartitioned {
-            name: stream.name.clone(),
-        }),
+        _ => None,
     }
 }
 
@@ -225,7 +221,7 @@ pub(crate) async fn serve(
     cluster: ClusterConfig,
     on: Streams,
     scanners: watch::Receiver<Arc<Scanners>>,
-    status: Arc<super::nats::Status>,
+    status: Arc<super::http::Status>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
     let ctx = Arc::new(Ctx {
@@ -1200,12 +1196,12 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(partitions_of(&config), Some(12));
-        assert_eq!(check_partitions(&config, 8).ok(), Some(12));
+        assert_eq!(check_partitions(&config, 8), Some(12));
         let plain = jetstream::stream::Config {
             name: "T".into(),
             ..Default::default()
         };
-        assert!(check_partitions(&plain, 8).is_err());
+        assert!(check_partitions(&plain, 8).is_none());
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub(crate) mod nats;
 mod poison;
 pub(crate) mod shard;
 
-use crate::config::Config;
+use crate::config::{Config, StreamsConfig};
 use crate::engine::{Engine, EngineConfig};
 use crate::event::Event;
 use crate::matcher::{LoadError, Scanners};
@@ -44,10 +44,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use shard::{
-    Remains, SavedConversation, SavedStash, Shard, Stash, shard_of, shard_of_stash,
-    shard_of_subject,
-};
+use shard::{Remains, SavedConversation, SavedStash, Shard, Stash, shard_of, shard_of_stash};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -73,6 +70,12 @@ pub enum DaemonError {
     /// No usable NATS server: exit code 1.
     #[error(transparent)]
     Nats(#[from] ConnectError),
+}
+
+/// The shard of a message by its input subject.
+pub(crate) fn shard_of_subject(subject: &str, streams: &StreamsConfig, shards: usize) -> usize {
+    let (tenant, id) = subject::parse_input(streams, subject).unwrap_or(("", subject));
+    shard_of(tenant, id, shards)
 }
 
 /// A lexicon the daemon cannot start with.
@@ -140,7 +143,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::with_max_tenants(config.max_tenants));
-    let status = Arc::new(nats::Status::default());
+    let status = Arc::new(http::Status::default());
 
     let scanners = Arc::new(Scanners::load(&config.lexicons).map_err(ConfigError::from)?);
     metrics.set_lexicon(scanners.base().version());
@@ -413,7 +416,7 @@ async fn close(
 /// Fails readiness while work is pending and nothing has been stored for
 /// `[daemon] watchdog_s`: a daemon that judges but cannot store must be
 /// seen (and, in Kubernetes, taken out of service), not look healthy.
-async fn watchdog(shared: Arc<Shared>, status: Arc<nats::Status>, mut stop: watch::Receiver<bool>) {
+async fn watchdog(shared: Arc<Shared>, status: Arc<http::Status>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let limit = shared.config.watchdog.as_millis() as u64;
     loop {
@@ -453,7 +456,7 @@ async fn dispatch(
     consumer: &jetstream::consumer::PullConsumer,
     senders: &[mpsc::Sender<jetstream::Message>],
     shared: &Shared,
-    status: &nats::Status,
+    status: &http::Status,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> bool {
     let (config, metrics) = (&shared.config, &*shared.metrics);

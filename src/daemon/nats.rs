@@ -2,6 +2,7 @@
 //! checking the streams, the consumer and the state bucket. Connecting
 //! itself is [`crate::nats_conn`]'s.
 
+use super::http::Status;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::nats_conn::{self, ConnectError};
@@ -13,27 +14,8 @@ use async_nats::jetstream::context::{
 use async_nats::jetstream::stream::ConsumerError;
 use async_nats::jetstream::{self, consumer::pull, kv, stream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-/// Shared connection status, read by `/readyz`.
-#[derive(Debug, Default)]
-pub struct Status {
-    pub connected: AtomicBool,
-    pub consumer_bound: AtomicBool,
-    pub lexicon_loaded: AtomicBool,
-    /// Set by the watchdog: work pending, nothing stored for a while.
-    pub output_stalled: AtomicBool,
-}
-
-impl Status {
-    pub fn ready(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
-            && self.consumer_bound.load(Ordering::Relaxed)
-            && self.lexicon_loaded.load(Ordering::Relaxed)
-            && !self.output_stalled.load(Ordering::Relaxed)
-    }
-}
 
 /// Connects, tracking the connection state in `status` and `metrics`.
 pub async fn connect(
@@ -213,7 +195,10 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
                     name: s.input_stream.clone(),
                     source,
                 })?;
-            let partitions = crate::daemon::cluster::check_partitions(&info.config, c.partitions)?;
+            let partitions = crate::daemon::cluster::check_partitions(&info.config, c.partitions)
+                .ok_or_else(|| SetupError::NotPartitioned {
+                name: info.config.name.clone(),
+            })?;
             let kv = bucket(
                 &js,
                 create,

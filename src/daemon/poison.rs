@@ -14,7 +14,7 @@
 //! left for the shards, which dead-letter a wrong one themselves.
 
 use crate::daemon::Shared;
-use crate::daemon::nats::Status;
+use crate::daemon::http::Status;
 use crate::daemon::shard::{DeadLetter, INVALID_SUBJECT, publish_dead_letter};
 use async_nats::jetstream::{consumer::PullConsumer, stream::Stream};
 use std::sync::Arc;

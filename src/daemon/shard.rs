@@ -29,7 +29,6 @@
 //! input is Nak'ed: the engine already recorded the segment, so its
 //! redelivery is a duplicate to the engine, and the stash is published then.
 
-use crate::config::StreamsConfig;
 use crate::daemon::Shared;
 use crate::engine::{Conversation, Engine, Outcome};
 use crate::event::{CloseReason, Event, Input, InputKind, decode_limited};
@@ -1096,12 +1095,6 @@ pub fn shard_of(tenant: &str, conversation_id: &str, shards: usize) -> usize {
         h = h.wrapping_mul(0x100000001b3);
     }
     (h % shards as u64) as usize
-}
-
-/// The shard of a message by its input subject.
-pub fn shard_of_subject(subject: &str, streams: &StreamsConfig, shards: usize) -> usize {
-    let (tenant, id) = subject::parse_input(streams, subject).unwrap_or(("", subject));
-    shard_of(tenant, id, shards)
 }
 
 /// The shard of a stash key (`tenant\0conversation\0…`).
