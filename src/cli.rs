@@ -560,6 +560,18 @@ impl From<crate::client::ClientError> for Failure {
     }
 }
 
+impl From<crate::nats_conn::ConnectError> for Failure {
+    fn from(e: crate::nats_conn::ConnectError) -> Failure {
+        Failure::Runtime(e.to_string())
+    }
+}
+
+impl From<crate::console::desk::ReadError> for Failure {
+    fn from(e: crate::console::desk::ReadError) -> Failure {
+        Failure::Runtime(e.to_string())
+    }
+}
+
 impl From<io::Error> for Failure {
     fn from(e: io::Error) -> Failure {
         Failure::Runtime(e.to_string())
@@ -1071,13 +1083,10 @@ fn cmd_false_alarms(common: &Common, format: ExportFormat) -> Result<(), Failure
     let config = load_config(common, &flags)?;
     let bucket = format!("{}{}", config.streams.state_bucket, desk::BUCKET_SUFFIX);
     let marked = runtime()?.block_on(async {
-        let client = crate::nats_conn::connect(&config.nats)
-            .await
-            .map_err(|e| e.to_string())?;
+        let client = crate::nats_conn::connect(&config.nats).await?;
         let js = async_nats::jetstream::new(client);
-        desk::read_false_alarms(&js, &bucket).await
-    });
-    let marked = marked.map_err(Failure::Runtime)?;
+        Ok::<_, Failure>(desk::read_false_alarms(&js, &bucket).await?)
+    })?;
     let out = match format {
         ExportFormat::Csv => desk::false_alarms_csv(&marked),
         ExportFormat::Jsonl => desk::false_alarms_jsonl(&marked),
