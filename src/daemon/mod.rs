@@ -95,6 +95,15 @@ pub(crate) struct EncodeError {
     source: serde_json::Error,
 }
 
+/// An event not sent, or sent and not stored.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    #[error(transparent)]
+    Publish(#[from] jetstream::context::PublishError),
+}
+
 /// What every task shares.
 pub(crate) struct Shared {
     pub config: Config,
@@ -114,6 +123,18 @@ impl Shared {
     pub fn progress(&self) {
         self.last_progress_ms
             .store(shard::now_ms(), Ordering::Relaxed);
+    }
+
+    /// Publishes an event; its ack is still to come.
+    pub async fn send(
+        &self,
+        event: &Event,
+    ) -> Result<jetstream::context::PublishAckFuture, SendError> {
+        let (subject, headers, payload) = self.encode(event)?;
+        Ok(self
+            .js
+            .publish_with_headers(subject, headers, payload)
+            .await?)
     }
 
     /// Subject, headers (`Nats-Msg-Id` = event id) and payload of an event.

@@ -29,7 +29,7 @@
 //! input is Nak'ed: the engine already recorded the segment, so its
 //! redelivery is a duplicate to the engine, and the stash is published then.
 
-use crate::daemon::Shared;
+use crate::daemon::{SendError, Shared};
 use crate::engine::{Conversation, Engine, Outcome};
 use crate::event::{CloseReason, Event, Input, InputKind, decode_limited};
 use crate::matcher::Scanners;
@@ -563,7 +563,7 @@ struct Publisher {
     shared: Arc<Shared>,
     done: mpsc::UnboundedSender<Done>,
     /// Sent events by (job id, event index), oldest first.
-    window: VecDeque<(u64, usize, Result<PublishAckFuture, String>)>,
+    window: VecDeque<(u64, usize, Result<PublishAckFuture, SendError>)>,
     jobs: VecDeque<Pending>,
     next_id: u64,
     abort: watch::Receiver<bool>,
@@ -665,15 +665,7 @@ impl Publisher {
             let Some(pending) = self.jobs.back_mut().filter(|p| p.id == id) else {
                 return true;
             };
-            let sent = match self.shared.encode(&pending.job.events[i]) {
-                Ok((subject, headers, payload)) => self
-                    .shared
-                    .js
-                    .publish_with_headers(subject, headers, payload)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
+            let sent = self.shared.send(&pending.job.events[i]).await;
             pending.unresolved += 1;
             self.window.push_back((id, i, sent));
         }
@@ -815,11 +807,8 @@ impl Publisher {
 }
 
 /// Whether a publish was stored: Ok(duplicate) or the error.
-async fn stored(sent: Result<PublishAckFuture, String>) -> Result<bool, String> {
-    match sent {
-        Ok(ack) => ack.await.map(|a| a.duplicate).map_err(|e| e.to_string()),
-        Err(e) => Err(e),
-    }
+async fn stored(sent: Result<PublishAckFuture, SendError>) -> Result<bool, SendError> {
+    Ok(sent?.await.map_err(SendError::from)?.duplicate)
 }
 
 /// Publishes events and waits for them to be stored, retrying failures up
@@ -836,14 +825,7 @@ async fn publish_all(
         tokio::time::sleep(Duration::from_millis(50 << attempt.min(6))).await;
         let mut failed = Vec::new();
         for e in todo {
-            let sent = match shared.encode(e) {
-                Ok((subject, headers, payload)) => shared
-                    .js
-                    .publish_with_headers(subject, headers, payload)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
+            let sent = shared.send(e).await;
             match stored(sent).await {
                 Ok(duplicate) => {
                     if !duplicate {
@@ -852,7 +834,7 @@ async fn publish_all(
                 }
                 Err(err) => {
                     count_failure(shared, e);
-                    last_error = err;
+                    last_error = err.to_string();
                     failed.push(e);
                 }
             }
@@ -972,7 +954,7 @@ pub struct DeadLetter<'a> {
 /// message size, with `Zhijian-Truncated` giving the original length) and
 /// the reason, subject and original stream sequence in headers. Counted
 /// as bad input once stored.
-pub async fn publish_dead_letter(shared: &Shared, letter: DeadLetter<'_>) -> Result<(), String> {
+pub async fn publish_dead_letter(shared: &Shared, letter: DeadLetter<'_>) -> Result<(), SendError> {
     let code = letter.code;
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -1020,7 +1002,7 @@ pub async fn publish_dead_letter(shared: &Shared, letter: DeadLetter<'_>) -> Res
             payload,
         )
         .await
-        .map_err(|e| e.to_string());
+        .map_err(SendError::from);
     match stored(sent).await {
         Ok(_) => {
             shared.metrics.bad_messages.with_label_values(&[code]).inc();
