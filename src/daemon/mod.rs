@@ -689,19 +689,38 @@ async fn reloader(
 
 /// [`Scanners::load`], then, when `requires_tests` and the directory has a
 /// `tests/` suite, the suite: a lexicon whose tests fail is an error.
-fn load_tested(dir: &Path, requires_tests: bool) -> Result<Arc<Scanners>, String> {
-    let scanners = Arc::new(Scanners::load(dir).map_err(|e| e.to_string())?);
+fn load_tested(dir: &Path, requires_tests: bool) -> Result<Arc<Scanners>, ReloadError> {
+    let scanners = Arc::new(Scanners::load(dir)?);
     let tests = dir.join("tests");
     if requires_tests && tests.is_dir() {
-        let outcome = crate::suite::run(&tests, &scanners)?;
+        let outcome = crate::suite::run(&tests, &scanners).map_err(ReloadError::Suite)?;
         if outcome.failed > 0 {
-            return Err(format!(
-                "{} of {} lexicon test cases fail ([engine] reload_requires_tests):\n{}",
-                outcome.failed, outcome.cases, outcome.report
-            ));
+            return Err(ReloadError::TestsFail {
+                failed: outcome.failed,
+                cases: outcome.cases,
+                report: outcome.report,
+            });
         }
     }
     Ok(scanners)
+}
+
+/// Why a lexicon reload was rejected (the previous lexicon keeps serving).
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The test suite could not be read.
+    #[error("{0}")]
+    Suite(String),
+    #[error(
+        "{failed} of {cases} lexicon test cases fail ([engine] reload_requires_tests):\n{report}"
+    )]
+    TestsFail {
+        failed: usize,
+        cases: usize,
+        report: String,
+    },
 }
 
 /// One log line per lexicon: the base and each tenant's.
