@@ -289,8 +289,8 @@ impl Metrics {
             &["reason"],
         );
         for code in InputError::CODES.into_iter().chain([
-            crate::daemon::shard::SUBJECT_MISMATCH,
-            crate::daemon::shard::INVALID_SUBJECT,
+            crate::subject::SUBJECT_MISMATCH,
+            crate::subject::INVALID_SUBJECT,
         ]) {
             bad_messages.with_label_values(&[code]);
             deadlettered.with_label_values(&[code]);

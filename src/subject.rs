@@ -18,6 +18,14 @@ use crate::config::StreamsConfig;
 
 pub(crate) mod token;
 
+/// Dead-letter reason: the subject does not name the payload's
+/// conversation.
+pub const SUBJECT_MISMATCH: &str = "subject_mismatch";
+
+/// Dead-letter reason: the subject is not UTF-8, so the client cannot even
+/// receive the message (see `daemon::poison`).
+pub const INVALID_SUBJECT: &str = "invalid_subject";
+
 /// Every subject below `prefix`: `<prefix>.>`.
 pub fn all(prefix: &str) -> String {
     format!("{prefix}.>")

@@ -772,7 +772,7 @@ impl Worker {
                 subject::input(streams, &input.tenant, &input.conversation_id)
             );
             return self
-                .dead_letter(&msg, seq, shard::SUBJECT_MISMATCH, &detail)
+                .dead_letter(&msg, seq, subject::SUBJECT_MISMATCH, &detail)
                 .await;
         }
         if let InputKind::Segment(s) = &input.kind {

@@ -15,7 +15,8 @@
 
 use crate::daemon::Shared;
 use crate::daemon::http::Status;
-use crate::daemon::shard::{DeadLetter, INVALID_SUBJECT, publish_dead_letter};
+use crate::daemon::shard::{DeadLetter, publish_dead_letter};
+use crate::subject::INVALID_SUBJECT;
 use async_nats::jetstream::{consumer::PullConsumer, stream::Stream};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

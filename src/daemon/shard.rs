@@ -69,14 +69,6 @@ struct Done {
     failed: Option<Vec<Event>>,
 }
 
-/// Dead-letter reason: the subject does not name the payload's
-/// conversation.
-pub const SUBJECT_MISMATCH: &str = "subject_mismatch";
-
-/// Dead-letter reason: the subject is not UTF-8, so the client cannot even
-/// receive the message (see `daemon::poison`).
-pub const INVALID_SUBJECT: &str = "invalid_subject";
-
 /// Stash keys of saved idle-close events (no input will ask for them).
 const PENDING_KEY: &str = "\u{0}pending";
 
@@ -401,7 +393,7 @@ impl Shard {
                 "the subject must be {} (tenant and conversation_id of the payload)",
                 subject::input(streams, &input.tenant, &input.conversation_id)
             );
-            dead_letter(&self.shared, &msg, SUBJECT_MISMATCH, &detail).await;
+            dead_letter(&self.shared, &msg, subject::SUBJECT_MISMATCH, &detail).await;
             return;
         }
         if let InputKind::Segment(s) = &input.kind {
