@@ -5,7 +5,7 @@
 use crate::config::{Config, Overrides, RawConfig};
 use crate::engine::{Engine, EngineConfig};
 use crate::event::Speaker;
-use crate::matcher::{Scanner, Scratch};
+use crate::matcher::{Scanner, Scanners, Scratch};
 use crate::normalize::char_offset;
 use crate::scan;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -101,6 +101,7 @@ enum Command {
         /// JSONL file, or - for standard input.
         file: PathBuf,
     },
+    #[cfg(feature = "bench-tools")]
     /// Load generator: drive the daemon and a pass-through consumer through
     /// a real nats-server and report throughput, latency, loss, duplicates.
     Bench {
@@ -138,6 +139,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         reload_every_ms: u64,
     },
+    #[cfg(feature = "bench-tools")]
     /// Soak: the daemon under steady load for a long time, with
     /// conversations opening and closing; its RSS sampled, loss and
     /// duplicates counted.
@@ -162,6 +164,7 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         sample_every_s: u64,
     },
+    #[cfg(feature = "bench-tools")]
     /// The pass-through consumer the bench compares against (consume,
     /// publish one small event, ack; no scanning).
     #[command(hide = true)]
@@ -169,6 +172,7 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    #[cfg(feature = "bench-tools")]
     /// Write generated conversations as input JSONL to stdout (for
     /// benchmarks and peer comparisons).
     #[command(hide = true)]
@@ -178,6 +182,7 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    #[cfg(feature = "bench-tools")]
     /// Time `Scanner::scan` over the agent segments of a JSONL file (one
     /// thread, no JSON in the timed loop): the engine side of the peer
     /// comparison in benches/peers.py.
@@ -453,7 +458,9 @@ pub fn main() -> ExitCode {
             severity,
             color,
         } => cmd_tail(&common, [tenant, agent, category, severity], json, color),
+        #[cfg(feature = "bench-tools")]
         Command::Passthrough { common } => cmd_passthrough(&common),
+        #[cfg(feature = "bench-tools")]
         Command::Synth {
             conversations,
             seed,
@@ -470,11 +477,13 @@ pub fn main() -> ExitCode {
                 .try_for_each(|l| writeln!(out, "{l}"))
                 .map_err(Failure::from)
         }
+        #[cfg(feature = "bench-tools")]
         Command::ScanBench {
             lexicons,
             passes,
             file,
         } => cmd_scan_bench(&lexicons, passes, &file),
+        #[cfg(feature = "bench-tools")]
         Command::Soak {
             nats_url,
             lexicons,
@@ -492,6 +501,7 @@ pub fn main() -> ExitCode {
             shards,
             sample_every: std::time::Duration::from_secs(sample_every_s.max(1)),
         }),
+        #[cfg(feature = "bench-tools")]
         Command::Bench {
             nats_url,
             lexicons,
@@ -538,6 +548,30 @@ pub enum Failure {
     Runtime(String),
 }
 
+impl From<crate::matcher::LoadError> for Failure {
+    fn from(e: crate::matcher::LoadError) -> Failure {
+        Failure::Config(e.to_string())
+    }
+}
+
+impl From<crate::client::ClientError> for Failure {
+    fn from(e: crate::client::ClientError) -> Failure {
+        Failure::Runtime(e.to_string())
+    }
+}
+
+impl From<crate::nats_conn::ConnectError> for Failure {
+    fn from(e: crate::nats_conn::ConnectError) -> Failure {
+        Failure::Runtime(e.to_string())
+    }
+}
+
+impl From<crate::console::desk::ReadError> for Failure {
+    fn from(e: crate::console::desk::ReadError) -> Failure {
+        Failure::Runtime(e.to_string())
+    }
+}
+
 impl From<io::Error> for Failure {
     fn from(e: io::Error) -> Failure {
         Failure::Runtime(e.to_string())
@@ -546,11 +580,11 @@ impl From<io::Error> for Failure {
 
 /// Loads and compiles a lexicon directory.
 pub fn load_scanner(dir: &Path) -> Result<Arc<Scanner>, Failure> {
-    crate::daemon::load_scanner(dir).map_err(Failure::Config)
+    Ok(crate::matcher::load_base(dir)?)
 }
 
 fn cmd_scan(lexicons: &Path, file: &str, max_line_bytes: usize) -> Result<(), Failure> {
-    let scanners = Arc::new(crate::daemon::load_scanners(lexicons).map_err(Failure::Config)?);
+    let scanners = Arc::new(Scanners::load(lexicons)?);
     let mut engine = Engine::with_scanners(scanners, EngineConfig::default());
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
@@ -589,7 +623,7 @@ fn cmd_scan(lexicons: &Path, file: &str, max_line_bytes: usize) -> Result<(), Fa
 }
 
 fn cmd_check(dir: &Path) -> Result<(), Failure> {
-    let scanners = crate::daemon::load_scanners(dir).map_err(Failure::Config)?;
+    let scanners = Scanners::load(dir)?;
     let scanner = scanners.base();
     let lex = scanner.lexicon();
     // Not println!: a closed pipe (`| head`) is an error, not a panic.
@@ -666,7 +700,7 @@ fn cmd_eval(lexicons: &Path, labels: &Path, input: &Path, misses: bool) -> Resul
     };
     let labels = crate::eval::Labels::parse(&read(labels)?).map_err(Failure::Config)?;
     let input = read(input)?;
-    let scanners = Arc::new(crate::daemon::load_scanners(lexicons).map_err(Failure::Config)?);
+    let scanners = Arc::new(Scanners::load(lexicons)?);
     let mut engine = Engine::with_scanners(Arc::clone(&scanners), EngineConfig::default());
     let report = crate::eval::evaluate(&mut engine, &input, &labels)
         .map_err(|e| Failure::Runtime(e.to_string()))?;
@@ -710,11 +744,7 @@ fn cmd_diff(
     last_minutes: Option<u64>,
     common: &Common,
 ) -> Result<(), Failure> {
-    let load = |d: &Path| {
-        crate::daemon::load_scanners(d)
-            .map(Arc::new)
-            .map_err(Failure::Config)
-    };
+    let load = |d: &Path| Scanners::load(d).map(Arc::new).map_err(Failure::from);
     let (old, new) = (load(old)?, load(new)?);
     let text = match (input, last_minutes) {
         (Some(input), _) => std::fs::read_to_string(input)
@@ -728,8 +758,7 @@ fn cmd_diff(
             let since =
                 crate::daemon::shard::now_ms().saturating_sub(minutes.saturating_mul(60_000));
             runtime()?
-                .block_on(crate::client::read_transcripts(&config, since))
-                .map_err(Failure::Runtime)?
+                .block_on(crate::client::read_transcripts(&config, since))?
                 .join("\n")
         }
         (None, None) => return Err(Failure::Config("give INPUT or --last-minutes".into())),
@@ -749,7 +778,7 @@ fn cmd_diff(
 }
 
 fn cmd_suite(lexicons: &Path, dir: &Path) -> Result<(), Failure> {
-    let scanners = Arc::new(crate::daemon::load_scanners(lexicons).map_err(Failure::Config)?);
+    let scanners = Arc::new(Scanners::load(lexicons)?);
     let outcome = crate::suite::run(dir, &scanners).map_err(Failure::Config)?;
     let mut out = io::stdout().lock();
     write!(out, "{}", outcome.report)?;
@@ -792,7 +821,7 @@ fn speaker_prefix(text: &str, default: Speaker) -> (Speaker, &str) {
 fn cmd_test(lexicons: &Path, opts: TestOptions, texts: &[String]) -> Result<(), Failure> {
     use crate::event::{InputKind, Segment};
     use crate::matcher::Suppression;
-    let scanners = Arc::new(crate::daemon::load_scanners(lexicons).map_err(Failure::Config)?);
+    let scanners = Arc::new(Scanners::load(lexicons)?);
     let tenant = opts.tenant.as_deref().unwrap_or("default");
     let scanner = Arc::clone(scanners.for_tenant(tenant));
     let mut engine = Engine::with_scanners(Arc::clone(&scanners), EngineConfig::default());
@@ -964,8 +993,8 @@ fn print_events(out: &mut impl Write, events: &mut Vec<crate::event::Event>) -> 
 
 /// File, then environment, then flags.
 fn load_config(common: &Common, flags: &Overrides) -> Result<Config, Failure> {
-    let mut raw = RawConfig::load(common.config.as_deref()).map_err(Failure::Config)?;
-    raw.apply_env(std::env::vars()).map_err(Failure::Config)?;
+    let raw = RawConfig::load_with_env(common.config.as_deref(), std::env::vars())
+        .map_err(Failure::Config)?;
     raw.validate(flags).map_err(Failure::Config)
 }
 
@@ -1016,11 +1045,15 @@ fn cmd_run(common: &Common, flags: Overrides) -> Result<(), Failure> {
     init_logging(&config);
     let rt = runtime()?;
     let result = rt.block_on(async {
+        use crate::daemon::DaemonError;
         crate::daemon::run(config, terminate_signal())
             .await
             .map_err(|e| match e {
-                crate::daemon::DaemonError::Config(m) => Failure::Config(m),
-                crate::daemon::DaemonError::Runtime(m) => Failure::Runtime(m),
+                e @ DaemonError::Config(_) => Failure::Config(e.to_string()),
+                DaemonError::Runtime(m) => Failure::Runtime(m),
+                e @ (DaemonError::Nats(_) | DaemonError::Setup(_) | DaemonError::Listen(_)) => {
+                    Failure::Runtime(e.to_string())
+                }
             })
     });
     // The daemon has finished its shutdown within the grace period; what
@@ -1036,9 +1069,7 @@ fn cmd_publish(common: &Common, rate: f64, file: &Path) -> Result<(), Failure> {
         ..Overrides::default()
     };
     let config = load_config(common, &flags)?;
-    let sent = runtime()?
-        .block_on(crate::client::publish(&config, file, rate))
-        .map_err(Failure::Runtime)?;
+    let sent = runtime()?.block_on(crate::client::publish(&config, file, rate))?;
     eprintln!("zhijian publish: {sent} messages published and acknowledged");
     Ok(())
 }
@@ -1052,16 +1083,10 @@ fn cmd_false_alarms(common: &Common, format: ExportFormat) -> Result<(), Failure
     let config = load_config(common, &flags)?;
     let bucket = format!("{}{}", config.streams.state_bucket, desk::BUCKET_SUFFIX);
     let marked = runtime()?.block_on(async {
-        let client = crate::daemon::nats::connect(
-            &config,
-            std::sync::Arc::new(crate::daemon::nats::Status::default()),
-            std::sync::Arc::new(crate::metrics::Metrics::new()),
-        )
-        .await?;
+        let client = crate::nats_conn::connect(&config.nats).await?;
         let js = async_nats::jetstream::new(client);
-        desk::read_false_alarms(&js, &bucket).await
-    });
-    let marked = marked.map_err(Failure::Runtime)?;
+        Ok::<_, Failure>(desk::read_false_alarms(&js, &bucket).await?)
+    })?;
     let out = match format {
         ExportFormat::Csv => desk::false_alarms_csv(&marked),
         ExportFormat::Jsonl => desk::false_alarms_jsonl(&marked),
@@ -1108,12 +1133,13 @@ fn cmd_tail(
     let config = load_config(common, &flags)?;
     runtime()?.block_on(async {
         tokio::select! {
-            r = crate::client::tail(&config, filter, style) => r.map_err(Failure::Runtime),
+            r = crate::client::tail(&config, filter, style) => Ok(r?),
             _ = terminate_signal() => Ok(()),
         }
     })
 }
 
+#[cfg(feature = "bench-tools")]
 fn cmd_passthrough(common: &Common) -> Result<(), Failure> {
     let flags = Overrides {
         nats_url: common.nats_url.clone(),
@@ -1126,6 +1152,7 @@ fn cmd_passthrough(common: &Common) -> Result<(), Failure> {
         .map_err(Failure::Runtime)
 }
 
+#[cfg(feature = "bench-tools")]
 fn cmd_soak(opts: crate::loadgen::SoakOptions) -> Result<(), Failure> {
     if opts.rate <= 0.0 {
         return Err(Failure::Config("--rate must be > 0".into()));
@@ -1162,6 +1189,7 @@ fn cmd_soak(opts: crate::loadgen::SoakOptions) -> Result<(), Failure> {
     Ok(())
 }
 
+#[cfg(feature = "bench-tools")]
 fn cmd_bench(opts: crate::loadgen::BenchOptions) -> Result<(), Failure> {
     let reports = runtime()?
         .block_on(crate::loadgen::bench(&opts))
@@ -1207,6 +1235,7 @@ fn cmd_bench(opts: crate::loadgen::BenchOptions) -> Result<(), Failure> {
     }
 }
 
+#[cfg(feature = "bench-tools")]
 fn cmd_scan_bench(lexicons: &Path, passes: usize, file: &Path) -> Result<(), Failure> {
     let scanner = load_scanner(lexicons)?;
     let text = std::fs::read_to_string(file)

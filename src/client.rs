@@ -1,41 +1,82 @@
 //! `zhijian publish` and `zhijian tail`: the daemon from a terminal.
 
 use crate::config::Config;
-use crate::daemon::nats;
 use crate::event::{Event, Severity, decode_str};
 use crate::filter::Filter;
-use crate::metrics::Metrics;
+use crate::nats_conn::{self, ConnectError};
+use crate::subject;
 use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::context::{GetStreamError, PublishError};
+use async_nats::jetstream::stream::ConsumerError;
 use futures_util::StreamExt;
 use std::collections::VecDeque;
 use std::io::{BufRead, Write};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-async fn connect(config: &Config) -> Result<async_nats::Client, String> {
-    nats::connect(
-        config,
-        Arc::new(nats::Status::default()),
-        Arc::new(Metrics::new()),
-    )
-    .await
+/// Why `publish`, `tail` or a transcript read stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("publish failed: {0}")]
+    Publish(#[source] PublishError),
+    #[error("publish not acknowledged: {0}")]
+    NotAcknowledged(#[source] PublishError),
+    #[error("stream {name:?}: {source}")]
+    Stream {
+        name: String,
+        source: GetStreamError,
+    },
+    #[error("output stream {name:?}: {source} (the daemon creates it on its first start)")]
+    OutputStream {
+        name: String,
+        source: GetStreamError,
+    },
+    #[error("start time: {0}")]
+    StartTime(#[source] time::error::ComponentRange),
+    #[error("ordered consumer: {0}")]
+    Consumer(#[source] ConsumerError),
+    /// Reading from the server after the start.
+    #[error("{0}")]
+    Nats(#[source] async_nats::Error),
+}
+
+/// A server error met while reading.
+fn nats(e: impl Into<async_nats::Error>) -> ClientError {
+    ClientError::Nats(e.into())
+}
+
+async fn connect(config: &Config) -> Result<async_nats::Client, ConnectError> {
+    nats_conn::connect(&config.nats).await
 }
 
 /// Publishes a JSONL file onto the input subjects through JetStream, waiting
 /// for every ack. Lines that are not valid input are published too (to
 /// `<prefix>.invalid.line-N`), so the daemon's dead-lettering can be seen.
-pub async fn publish(config: &Config, file: &Path, rate: f64) -> Result<u64, String> {
+pub async fn publish(config: &Config, file: &Path, rate: f64) -> Result<u64, ClientError> {
     let client = connect(config).await?;
     let js = async_nats::jetstream::new(client.clone());
     let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
-        let f = std::fs::File::open(file)
-            .map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+        let f = std::fs::File::open(file).map_err(|source| ClientError::Open {
+            path: file.to_path_buf(),
+            source,
+        })?;
         Box::new(std::io::BufReader::new(f))
     };
-    let prefix = &config.streams.input_prefix;
+    let streams = &config.streams;
     let started = Instant::now();
     // Ids for the stream's de-duplication: a message sent again after a
     // lost ack (a server failing over) is stored once. Unique per run, so
@@ -51,13 +92,16 @@ pub async fn publish(config: &Config, file: &Path, rate: f64) -> Result<u64, Str
     let mut in_flight: VecDeque<(Outgoing, PublishAckFuture)> = VecDeque::new();
     let mut sent = 0u64;
     for (i, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let line = line.map_err(|source| ClientError::Read {
+            path: file.to_path_buf(),
+            source,
+        })?;
         if line.trim().is_empty() {
             continue;
         }
         let subject = match decode_str(&line) {
-            Ok(input) => format!("{prefix}.{}.{}", input.tenant, input.conversation_id),
-            Err(_) => format!("{prefix}.invalid.line-{}", i + 1),
+            Ok(input) => subject::input(streams, &input.tenant, &input.conversation_id),
+            Err(_) => subject::input_invalid_line(streams, i + 1),
         };
         if rate > 0.0 {
             let due = started + Duration::from_secs_f64(sent as f64 / rate);
@@ -74,7 +118,7 @@ pub async fn publish(config: &Config, file: &Path, rate: f64) -> Result<u64, Str
         settle(&js, &mut in_flight, 1024).await?;
     }
     settle(&js, &mut in_flight, 0).await?;
-    client.flush().await.map_err(|e| e.to_string())?;
+    client.flush().await.map_err(nats)?;
     Ok(sent)
 }
 
@@ -86,12 +130,15 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    async fn send(&self, js: &async_nats::jetstream::Context) -> Result<PublishAckFuture, String> {
+    async fn send(
+        &self,
+        js: &async_nats::jetstream::Context,
+    ) -> Result<PublishAckFuture, ClientError> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", self.id.as_str());
         js.publish_with_headers(self.subject.clone(), headers, self.payload.clone())
             .await
-            .map_err(|e| format!("publish failed: {e}"))
+            .map_err(ClientError::Publish)
     }
 }
 
@@ -106,7 +153,7 @@ async fn settle(
     js: &async_nats::jetstream::Context,
     in_flight: &mut VecDeque<(Outgoing, PublishAckFuture)>,
     keep: usize,
-) -> Result<(), String> {
+) -> Result<(), ClientError> {
     let mut delay = Duration::from_millis(100);
     let mut failing_since: Option<Instant> = None;
     while in_flight.len() > keep {
@@ -121,7 +168,7 @@ async fn settle(
             Err(e) => {
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > PUBLISH_PATIENCE {
-                    return Err(format!("publish not acknowledged: {e}"));
+                    return Err(ClientError::NotAcknowledged(e));
                 }
                 tracing::warn!(error = %e, pending = in_flight.len() + 1, "publish not acknowledged; sending the pending messages again");
                 tokio::time::sleep(delay).await;
@@ -146,7 +193,7 @@ async fn settle(
 
 /// How `zhijian tail` prints events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Style {
+pub(crate) enum Style {
     /// The events' JSON, one per line, for scripts.
     Json,
     /// One readable line per event, the matched words in 【】.
@@ -159,7 +206,10 @@ pub enum Style {
 /// (epoch milliseconds) on, in stream order, as JSONL lines: read with an
 /// ephemeral ordered consumer of its own (never the daemon's), up to what
 /// the stream held when the read began.
-pub async fn read_transcripts(config: &Config, since_ms: u64) -> Result<Vec<String>, String> {
+pub(crate) async fn read_transcripts(
+    config: &Config,
+    since_ms: u64,
+) -> Result<Vec<String>, ClientError> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull};
     use futures_util::StreamExt;
     let client = connect(config).await?;
@@ -168,39 +218,33 @@ pub async fn read_transcripts(config: &Config, since_ms: u64) -> Result<Vec<Stri
     let stream = js
         .get_stream(&s.input_stream)
         .await
-        .map_err(|e| format!("stream {:?}: {e}", s.input_stream))?;
+        .map_err(|source| ClientError::Stream {
+            name: s.input_stream.clone(),
+            source,
+        })?;
     let start_time =
         time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since_ms) * 1_000_000)
-            .map_err(|e| format!("start time: {e}"))?;
+            .map_err(ClientError::StartTime)?;
     let mut consumer = stream
         .create_consumer(pull::OrderedConfig {
-            filter_subject: format!("{}.>", s.input_prefix),
+            filter_subject: subject::inputs(s),
             deliver_policy: DeliverPolicy::ByStartTime { start_time },
             ..Default::default()
         })
         .await
-        .map_err(|e| format!("ordered consumer: {e}"))?;
-    let pending = consumer
-        .info()
-        .await
-        .map_err(|e| e.to_string())?
-        .num_pending;
+        .map_err(ClientError::Consumer)?;
+    let pending = consumer.info().await.map_err(nats)?.num_pending;
     let mut lines = Vec::new();
     if pending == 0 {
         return Ok(lines);
     }
     // Up to what the stream held now: the daemon's inputs keep coming.
     let mut stream = stream;
-    let last = stream
-        .info()
-        .await
-        .map_err(|e| e.to_string())?
-        .state
-        .last_sequence;
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let last = stream.info().await.map_err(nats)?.state.last_sequence;
+    let mut messages = consumer.messages().await.map_err(nats)?;
     while let Some(m) = messages.next().await {
-        let m = m.map_err(|e| e.to_string())?;
-        let info = m.info().map_err(|e| e.to_string())?;
+        let m = m.map_err(nats)?;
+        let info = m.info().map_err(nats)?;
         let (seq, left) = (info.stream_sequence, info.pending);
         if seq > last {
             break;
@@ -218,32 +262,37 @@ pub async fn read_transcripts(config: &Config, since_ms: u64) -> Result<Vec<Stri
 /// on the output stream, which holds violations and summaries in the order
 /// the daemon stored them: a conversation's summary prints after its
 /// violations (two subscriptions, one per subject, raced).
-pub async fn tail(config: &Config, filter: &Filter, style: Style) -> Result<(), String> {
+pub(crate) async fn tail(
+    config: &Config,
+    filter: &Filter,
+    style: Style,
+) -> Result<(), ClientError> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull};
     let client = connect(config).await?;
     let js = async_nats::jetstream::new(client);
     let s = &config.streams;
-    let stream = js.get_stream(&s.output_stream).await.map_err(|e| {
-        format!(
-            "output stream {:?}: {e} (the daemon creates it on its first start)",
-            s.output_stream
-        )
-    })?;
+    let stream =
+        js.get_stream(&s.output_stream)
+            .await
+            .map_err(|source| ClientError::OutputStream {
+                name: s.output_stream.clone(),
+                source,
+            })?;
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             deliver_policy: DeliverPolicy::New,
             ..Default::default()
         })
         .await
-        .map_err(|e| format!("ordered consumer: {e}"))?;
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        .map_err(ClientError::Consumer)?;
+    let mut messages = consumer.messages().await.map_err(nats)?;
     eprintln!(
-        "zhijian tail: listening on {}.> and {}.> (Ctrl-C to stop)",
-        s.violations_prefix, s.summaries_prefix
+        "zhijian tail: listening on {} (Ctrl-C to stop)",
+        subject::outputs(s).join(" and ")
     );
     let stdout = std::io::stdout();
     while let Some(msg) = messages.next().await {
-        let msg = msg.map_err(|e| e.to_string())?;
+        let msg = msg.map_err(nats)?;
         let text = String::from_utf8_lossy(&msg.payload);
         let line = match serde_json::from_str::<Event>(&text) {
             Ok(e) if !filter.matches(&e) => continue,

@@ -2,8 +2,10 @@
 //! default in `deploy/zhijian.toml`), overridden by environment variables
 //! `ZHIJIAN_<SECTION>_<KEY>` (e.g. `ZHIJIAN_NATS_URL`), overridden by flags.
 //!
-//! The file is parsed into raw structs with `deny_unknown_fields` (a typo is
-//! an error naming the key), then validated once into [`Config`]. Secrets are
+//! The file, with the environment variables set over it as TOML values, is
+//! deserialized into raw structs with `deny_unknown_fields` (a typo is an
+//! error naming the key; the structs are the one list of keys), then
+//! validated once into [`Config`]. Secrets are
 //! wrapped in [`Secret`], whose `Debug` never prints them.
 
 use serde::Deserialize;
@@ -60,6 +62,72 @@ impl Default for NatsConfig {
             tls_required: false,
             connect_timeout_ms: 5_000,
         }
+    }
+}
+
+/// How zhijian authenticates to NATS: one kind at most.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NatsAuth {
+    /// None configured: credentials written into the URL
+    /// (`nats://user:password@host`, `nats://token@host`), if any.
+    None,
+    UserPassword {
+        user: String,
+        password: Secret,
+    },
+    Token(Secret),
+    /// A `.creds` file (JWT + nkey seed).
+    CredentialsFile(PathBuf),
+}
+
+/// The validated NATS settings.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    /// Server URL(s), comma-separated.
+    pub url: String,
+    /// Connection name shown by the server.
+    pub name: String,
+    pub auth: NatsAuth,
+    /// PEM file of CA certificates to trust (custom CA).
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// Refuse to connect without TLS.
+    pub tls_required: bool,
+    pub connect_timeout: Duration,
+}
+
+impl NatsConfig {
+    fn validate(self) -> Result<NatsSettings, String> {
+        let auth = match (self.user, self.password, self.token, self.credentials_file) {
+            (None, None, None, None) => NatsAuth::None,
+            (Some(user), Some(password), None, None) => NatsAuth::UserPassword { user, password },
+            (None, None, Some(token), None) => NatsAuth::Token(token),
+            (None, None, None, Some(path)) => NatsAuth::CredentialsFile(path),
+            (user, password, _, _) if user.is_some() != password.is_some() => {
+                return Err("[nats] user and password go together".into());
+            }
+            _ => {
+                return Err(
+                    "[nats] authentication: set one of user and password, token or credentials_file"
+                        .into(),
+                );
+            }
+        };
+        let tls_client = match (self.tls_client_cert, self.tls_client_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err("[nats] tls_client_cert and tls_client_key go together".into()),
+        };
+        Ok(NatsSettings {
+            url: self.url,
+            name: self.name,
+            auth,
+            tls_ca_file: self.tls_ca_file,
+            tls_client,
+            tls_required: self.tls_required,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+        })
     }
 }
 
@@ -207,6 +275,10 @@ impl Default for LimitsSection {
     }
 }
 
+/// Tenants with their own metric series by default (`[metrics]
+/// max_tenants`).
+pub const DEFAULT_MAX_TENANTS: usize = 100;
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSection {
@@ -219,7 +291,7 @@ impl Default for MetricsSection {
     fn default() -> Self {
         MetricsSection {
             addr: "127.0.0.1:9464".into(),
-            max_tenants: crate::metrics::DEFAULT_MAX_TENANTS,
+            max_tenants: DEFAULT_MAX_TENANTS,
         }
     }
 }
@@ -465,7 +537,7 @@ pub struct RawConfig {
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub nats: NatsConfig,
+    pub nats: NatsSettings,
     pub streams: StreamsConfig,
     pub lexicons: PathBuf,
     pub shards: usize,
@@ -496,6 +568,44 @@ pub struct Config {
     pub log_level: String,
 }
 
+/// The TOML value of an environment variable for `[section] key`: the
+/// first reading of the text (an integer, a boolean, the text itself) that
+/// the key takes. Booleans may also be written 1/0, yes/no, on/off.
+fn env_value(section: &str, key: &str, v: &str) -> Result<toml::Value, String> {
+    let trimmed = v.trim();
+    let mut readings = Vec::new();
+    if let Ok(i) = trimmed.parse::<i64>() {
+        readings.push(toml::Value::Integer(i));
+    }
+    match trimmed.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => readings.push(toml::Value::Boolean(true)),
+        "0" | "false" | "no" | "off" => readings.push(toml::Value::Boolean(false)),
+        _ => {}
+    }
+    readings.push(toml::Value::String(v.to_string()));
+    let mut first_error = None;
+    for reading in readings {
+        let mut one = toml::Table::new();
+        one.insert(key.to_string(), reading.clone());
+        let mut probe = toml::Table::new();
+        probe.insert(section.to_string(), toml::Value::Table(one));
+        match RawConfig::deserialize(probe) {
+            Ok(_) => return Ok(reading),
+            Err(e) => {
+                let message = e.message().trim().to_string();
+                if message.starts_with("unknown field") {
+                    return Err(format!("unknown key [{section}] {key}"));
+                }
+                first_error.get_or_insert(message);
+            }
+        }
+    }
+    let why = first_error.unwrap_or_default();
+    Err(format!(
+        "[{section}] {key}: {v:?} is not valid here ({why})"
+    ))
+}
+
 /// Flags that override the file and the environment.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -506,16 +616,6 @@ pub struct Overrides {
 }
 
 impl RawConfig {
-    /// Reads a config file (`None`: defaults only).
-    pub fn load(path: Option<&Path>) -> Result<RawConfig, String> {
-        let Some(path) = path else {
-            return Ok(RawConfig::default());
-        };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-        RawConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
-    }
-
     pub fn parse(text: &str) -> Result<RawConfig, String> {
         toml::from_str(text).map_err(|e| {
             let line = e
@@ -528,11 +628,38 @@ impl RawConfig {
         })
     }
 
-    /// Applies `ZHIJIAN_<SECTION>_<KEY>` variables from `vars`.
-    pub fn apply_env<I: IntoIterator<Item = (String, String)>>(
-        &mut self,
+    /// Reads a config file (`None`: defaults only) and applies the
+    /// `ZHIJIAN_<SECTION>_<KEY>` variables of `vars` over it.
+    pub fn load_with_env<I: IntoIterator<Item = (String, String)>>(
+        path: Option<&Path>,
         vars: I,
-    ) -> Result<(), String> {
+    ) -> Result<RawConfig, String> {
+        let text = match path {
+            None => String::new(),
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read config {}: {e}", path.display()))?,
+        };
+        RawConfig::parse_with_env(&text, vars).map_err(|e| match path {
+            Some(path) if !e.starts_with("environment variable ") => {
+                format!("{}: {e}", path.display())
+            }
+            _ => e,
+        })
+    }
+
+    /// Parses a config file's text with the `ZHIJIAN_<SECTION>_<KEY>`
+    /// variables of `vars` set over it: each variable becomes the key's
+    /// TOML value (of the type the key takes), and file and variables are
+    /// deserialized together, so the keys and their types are defined once,
+    /// by the sections' structs.
+    pub fn parse_with_env<I: IntoIterator<Item = (String, String)>>(
+        text: &str,
+        vars: I,
+    ) -> Result<RawConfig, String> {
+        // The file alone first: its errors name their line.
+        let from_file = RawConfig::parse(text)?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        let mut any = false;
         for (name, value) in vars {
             let Some(rest) = name.strip_prefix("ZHIJIAN_") else {
                 continue;
@@ -543,104 +670,21 @@ impl RawConfig {
                     "environment variable {name}: expected ZHIJIAN_<SECTION>_<KEY>"
                 ));
             };
-            self.set(section, key, &value)
+            let value = env_value(section, key, &value)
                 .map_err(|e| format!("environment variable {name}: {e}"))?;
-        }
-        Ok(())
-    }
-
-    /// Sets one key from its string form (environment variables).
-    fn set(&mut self, section: &str, key: &str, v: &str) -> Result<(), String> {
-        fn num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
-            v.trim()
-                .parse()
-                .map_err(|_| format!("{v:?} is not a number"))
-        }
-        fn flag(v: &str) -> Result<bool, String> {
-            match v.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => Ok(true),
-                "0" | "false" | "no" | "off" => Ok(false),
-                _ => Err(format!("{v:?} is not a boolean")),
+            let section = table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(section) = section {
+                section.insert(key.to_string(), value);
             }
+            any = true;
         }
-        let s = || v.to_string();
-        let path = || Some(PathBuf::from(v));
-        let (n, st, e, d) = (
-            &mut self.nats,
-            &mut self.streams,
-            &mut self.engine,
-            &mut self.daemon,
-        );
-        match (section, key) {
-            ("nats", "url") => n.url = s(),
-            ("nats", "name") => n.name = s(),
-            ("nats", "user") => n.user = Some(s()),
-            ("nats", "password") => n.password = Some(Secret(s())),
-            ("nats", "token") => n.token = Some(Secret(s())),
-            ("nats", "credentials_file") => n.credentials_file = path(),
-            ("nats", "tls_ca_file") => n.tls_ca_file = path(),
-            ("nats", "tls_client_cert") => n.tls_client_cert = path(),
-            ("nats", "tls_client_key") => n.tls_client_key = path(),
-            ("nats", "tls_required") => n.tls_required = flag(v)?,
-            ("nats", "connect_timeout_ms") => n.connect_timeout_ms = num(v)?,
-            ("streams", "create") => st.create = flag(v)?,
-            ("streams", "input_stream") => st.input_stream = s(),
-            ("streams", "input_prefix") => st.input_prefix = s(),
-            ("streams", "consumer") => st.consumer = s(),
-            ("streams", "output_stream") => st.output_stream = s(),
-            ("streams", "violations_prefix") => st.violations_prefix = s(),
-            ("streams", "summaries_prefix") => st.summaries_prefix = s(),
-            ("streams", "deadletter_subject") => st.deadletter_subject = s(),
-            ("streams", "deadletter_stream") => st.deadletter_stream = s(),
-            ("streams", "state_bucket") => st.state_bucket = s(),
-            ("streams", "duplicate_window_s") => st.duplicate_window_s = num(v)?,
-            ("streams", "max_ack_pending") => st.max_ack_pending = num(v)?,
-            ("streams", "ack_wait_s") => st.ack_wait_s = num(v)?,
-            ("engine", "lexicons") => e.lexicons = PathBuf::from(v),
-            ("engine", "shards") => e.shards = num(v)?,
-            ("engine", "idle_timeout_s") => e.idle_timeout_s = num(v)?,
-            ("engine", "tombstone_ttl_s") => e.tombstone_ttl_s = num(v)?,
-            ("engine", "reload_poll_ms") => e.reload_poll_ms = num(v)?,
-            ("engine", "reload_requires_tests") => e.reload_requires_tests = flag(v)?,
-            ("daemon", "shutdown_grace_s") => d.shutdown_grace_s = num(v)?,
-            ("daemon", "publish_attempts") => d.publish_attempts = num(v)?,
-            ("daemon", "nak_delay_ms") => d.nak_delay_ms = num(v)?,
-            ("daemon", "stall_timeout_s") => d.stall_timeout_s = num(v)?,
-            ("daemon", "shard_queue") => d.shard_queue = num(v)?,
-            ("daemon", "publish_window") => d.publish_window = num(v)?,
-            ("daemon", "watchdog_s") => d.watchdog_s = num(v)?,
-            ("limits", "excerpt_chars") => self.limits.excerpt_chars = num(v)?,
-            ("limits", "max_open_conversations") => self.limits.max_open_conversations = num(v)?,
-            ("limits", "max_segments_per_conversation") => {
-                self.limits.max_segments_per_conversation = num(v)?
-            }
-            ("limits", "max_text_bytes") => self.limits.max_text_bytes = num(v)?,
-            ("metrics", "addr") => self.metrics.addr = s(),
-            ("metrics", "max_tenants") => self.metrics.max_tenants = num(v)?,
-            ("console", "enabled") => self.console.enabled = flag(v)?,
-            ("console", "addr") => self.console.addr = s(),
-            ("console", "token") => self.console.token = Some(Secret(s())),
-            ("console", "user") => self.console.user = Some(s()),
-            ("console", "password") => self.console.password = Some(Secret(s())),
-            ("console", "mask_digits") => self.console.mask_digits = flag(v)?,
-            ("console", "history") => self.console.history = num(v)?,
-            ("shadow", "lexicons") => self.shadow.lexicons = s(),
-            ("shadow", "prefix") => self.shadow.prefix = s(),
-            ("shadow", "stream") => self.shadow.stream = s(),
-            ("cluster", "partitions") => self.cluster.partitions = num(v)?,
-            ("cluster", "instance") => self.cluster.instance = s(),
-            ("cluster", "bucket") => self.cluster.bucket = s(),
-            ("cluster", "replicas") => self.cluster.replicas = num(v)?,
-            ("cluster", "lease_ms") => self.cluster.lease_ms = num(v)?,
-            ("cluster", "heartbeat_ms") => self.cluster.heartbeat_ms = num(v)?,
-            ("cluster", "checkpoint_ms") => self.cluster.checkpoint_ms = num(v)?,
-            ("log", "format") => self.log.format = s(),
-            ("log", "level") => self.log.level = s(),
-            _ => return Err(format!("unknown key [{section}] {key}")),
+        if !any {
+            return Ok(from_file);
         }
-        Ok(())
+        RawConfig::deserialize(table).map_err(|e| e.message().trim().to_string())
     }
-
     /// Validates into the config the daemon uses.
     pub fn validate(mut self, flags: &Overrides) -> Result<Config, String> {
         if let Some(u) = &flags.nats_url {
@@ -709,12 +753,7 @@ impl RawConfig {
                 l.max_text_bytes
             ));
         }
-        if self.nats.password.is_some() != self.nats.user.is_some() {
-            return Err("[nats] user and password go together".into());
-        }
-        if self.nats.tls_client_cert.is_some() != self.nats.tls_client_key.is_some() {
-            return Err("[nats] tls_client_cert and tls_client_key go together".into());
-        }
+        let nats = self.nats.clone().validate()?;
         let st = &self.streams;
         for (key, token) in [
             ("input_prefix", &st.input_prefix),
@@ -722,11 +761,7 @@ impl RawConfig {
             ("summaries_prefix", &st.summaries_prefix),
             ("deadletter_subject", &st.deadletter_subject),
         ] {
-            if token.is_empty()
-                || token.contains(['*', '>', ' '])
-                || token.starts_with('.')
-                || token.ends_with('.')
-            {
+            if !crate::subject::token::is_literal_subject(token) {
                 return Err(format!("[streams] {key} {token:?} is not a valid subject"));
             }
         }
@@ -734,13 +769,9 @@ impl RawConfig {
         let shadow = if self.shadow.lexicons.trim().is_empty() {
             None
         } else {
-            let token_ok = |t: &str| {
-                !t.is_empty()
-                    && !t
-                        .chars()
-                        .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>'))
-            };
-            if !token_ok(&self.shadow.prefix) || !token_ok(&self.shadow.stream) {
+            if !crate::subject::token::is_token(&self.shadow.prefix)
+                || !crate::subject::token::is_token(&self.shadow.stream)
+            {
                 return Err(
                     "[shadow] prefix and stream must be one subject token each (no '.', '*', '>' or spaces)"
                         .into(),
@@ -796,7 +827,7 @@ impl RawConfig {
             console,
             log_json,
             log_level: self.log.level,
-            nats: self.nats,
+            nats,
             streams: self.streams,
         })
     }
@@ -859,15 +890,16 @@ mod tests {
 
     #[test]
     fn file_then_env_then_flags() {
-        let mut raw = RawConfig::parse("[nats]\nurl = \"nats://a:1\"\n[engine]\nshards = 2\n")
-            .expect("parses");
-        raw.apply_env([
-            ("ZHIJIAN_ENGINE_SHARDS".to_string(), "8".to_string()),
-            ("ZHIJIAN_NATS_PASSWORD".to_string(), "s3cret".to_string()),
-            ("ZHIJIAN_NATS_USER".to_string(), "qa".to_string()),
-            ("ZHIJIAN_STREAMS_CREATE".to_string(), "false".to_string()),
-            ("PATH".to_string(), "/bin".to_string()),
-        ])
+        let raw = RawConfig::parse_with_env(
+            "[nats]\nurl = \"nats://a:1\"\n[engine]\nshards = 2\n",
+            [
+                ("ZHIJIAN_ENGINE_SHARDS".to_string(), "8".to_string()),
+                ("ZHIJIAN_NATS_PASSWORD".to_string(), "s3cret".to_string()),
+                ("ZHIJIAN_NATS_USER".to_string(), "qa".to_string()),
+                ("ZHIJIAN_STREAMS_CREATE".to_string(), "false".to_string()),
+                ("PATH".to_string(), "/bin".to_string()),
+            ],
+        )
         .expect("env applies");
         let flags = Overrides {
             nats_url: Some("nats://b:2".into()),
@@ -893,6 +925,14 @@ mod tests {
             ("[engine]\nshards = 0\n", "[engine] shards"),
             ("[log]\nformat = \"xml\"\n", "[log] format"),
             ("[nats]\nuser = \"u\"\n", "user and password go together"),
+            (
+                "[nats]\ntoken = \"t\"\ncredentials_file = \"c\"\n",
+                "set one of user and password, token or credentials_file",
+            ),
+            (
+                "[nats]\ntls_client_cert = \"c\"\n",
+                "tls_client_cert and tls_client_key go together",
+            ),
             ("[streams]\ninput_prefix = \"a.>\"\n", "input_prefix"),
             (
                 "[console]\naddr = \"0.0.0.0:9465\"\n",
@@ -906,13 +946,60 @@ mod tests {
             let err = got.expect_err(text);
             assert!(err.contains(want), "{text:?}: want {want:?} in {err:?}");
         }
-        let mut raw = RawConfig::default();
-        let err = raw
-            .apply_env([("ZHIJIAN_ENGINE_SHARDZ".to_string(), "2".to_string())])
-            .expect_err("unknown key");
+        let err =
+            RawConfig::parse_with_env("", [("ZHIJIAN_ENGINE_SHARDZ".to_string(), "2".to_string())])
+                .expect_err("unknown key");
         assert!(
             err.contains("ZHIJIAN_ENGINE_SHARDZ: unknown key [engine] shardz"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn environment_values_take_the_type_of_their_key() {
+        let env = |pairs: &[(&str, &str)]| {
+            RawConfig::parse_with_env(
+                "[nats]\nname = \"file\"\n",
+                pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            )
+        };
+        let raw = env(&[
+            ("ZHIJIAN_NATS_NAME", "123"),
+            ("ZHIJIAN_NATS_TLS_REQUIRED", "yes"),
+            ("ZHIJIAN_NATS_TOKEN", "true"),
+            ("ZHIJIAN_STREAMS_MAX_ACK_PENDING", " 7 "),
+            ("ZHIJIAN_ENGINE_RELOAD_REQUIRES_TESTS", "0"),
+            ("ZHIJIAN_ENGINE_LEXICONS", "/etc/zhijian/lexicons"),
+        ])
+        .expect("valid");
+        assert_eq!(raw.nats.name, "123");
+        assert!(raw.nats.tls_required);
+        assert_eq!(raw.nats.token, Some(Secret("true".into())));
+        assert_eq!(raw.streams.max_ack_pending, 7);
+        assert!(!raw.engine.reload_requires_tests);
+        assert_eq!(raw.engine.lexicons, PathBuf::from("/etc/zhijian/lexicons"));
+        // The file's other keys stay.
+        assert_eq!(env(&[]).expect("valid").nats.name, "file");
+        for (pairs, want) in [
+            (
+                &[("ZHIJIAN_ENGINE_SHARDS", "four")][..],
+                "ZHIJIAN_ENGINE_SHARDS: [engine] shards: \"four\" is not valid here",
+            ),
+            (
+                &[("ZHIJIAN_STREAMS_CREATE", "maybe")][..],
+                "ZHIJIAN_STREAMS_CREATE: [streams] create: \"maybe\"",
+            ),
+            (
+                &[("ZHIJIAN_NOPE_KEY", "1")][..],
+                "ZHIJIAN_NOPE_KEY: unknown key [nope] key",
+            ),
+            (
+                &[("ZHIJIAN_BIN", "x")][..],
+                "ZHIJIAN_BIN: expected ZHIJIAN_<SECTION>_<KEY>",
+            ),
+        ] {
+            let err = env(pairs).expect_err(want);
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+        }
     }
 }

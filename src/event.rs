@@ -6,6 +6,7 @@
 //! snake_case string used as a metric label and in logs, and whose message
 //! says what is wrong in words a person can act on.
 
+use crate::subject::token::{is_blank_or_control, is_subject_special};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
@@ -635,12 +636,12 @@ fn check_token(
             "{chars} characters, over the limit of {max_chars}"
         )));
     }
-    if let Some(c) = value.chars().find(|c| c.is_whitespace() || c.is_control()) {
+    if let Some(c) = value.chars().find(|&c| is_blank_or_control(c)) {
         return Err(invalid(format!(
             "contains whitespace or control character {c:?}"
         )));
     }
-    if subject_token && let Some(c) = value.chars().find(|c| matches!(c, '.' | '*' | '>')) {
+    if subject_token && let Some(c) = value.chars().find(|&c| is_subject_special(c)) {
         return Err(invalid(format!(
             "contains {c:?}, which is not allowed in a NATS subject token"
         )));

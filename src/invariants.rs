@@ -37,7 +37,9 @@ pub fn check_decode(bytes: &[u8]) -> Option<Input<'_>> {
             assert!(
                 !input.tenant.is_empty()
                     && input.tenant.chars().count() <= MAX_TENANT_CHARS
-                    && !input.tenant.contains(['.', '*', '>']),
+                    && !input
+                        .tenant
+                        .contains(crate::subject::token::is_subject_special),
                 "tenant {:?}",
                 input.tenant
             );

@@ -1241,10 +1241,7 @@ fn valid_id(id: &str) -> bool {
 
 /// Tenant directory names: what a tenant may be in an input event.
 fn valid_tenant(t: &str) -> bool {
-    (1..=crate::event::MAX_TENANT_CHARS).contains(&t.chars().count())
-        && !t
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>'))
+    t.chars().count() <= crate::event::MAX_TENANT_CHARS && crate::subject::token::is_token(t)
 }
 
 /// First 8 hex digits of the FNV-1a hash of every file's name and contents.

@@ -37,10 +37,15 @@
 //!   alerts are worked, shared through NATS (`console::desk`).
 //! - [`filter`]: which output events a supervisor wants to see.
 //! - [`config`]: the daemon's TOML configuration and its overrides.
+//! - `subject`: the NATS subjects, built and parsed in one place, and the
+//!   checks of the tokens that go into them.
 //! - [`metrics`]: the Prometheus metrics.
+//! - [`listen`]: binding the daemon's and the console's HTTP listeners.
+//! - [`nats_conn`]: connecting to NATS (authentication, TLS, the server
+//!   check), for the daemon and every command that talks to the server.
 //! - [`client`]: `zhijian publish` and `zhijian tail`.
-//! - [`loadgen`]: `zhijian bench`, the load generator and its pass-through
-//!   baseline; `zhijian soak`.
+//! - `loadgen` (feature `bench-tools`): `zhijian bench`, the load
+//!   generator and its pass-through baseline; `zhijian soak`.
 //! - [`synth`]: synthetic traffic for benchmarks, load tests and the demo.
 //! - [`cli`]: the command line.
 //! - [`invariants`]: what must hold for any input, checked by the fuzz
@@ -68,12 +73,16 @@ pub mod event;
 pub mod filter;
 pub mod invariants;
 pub mod lexicon;
+pub mod listen;
+#[cfg(feature = "bench-tools")]
 pub mod loadgen;
 pub mod matcher;
 pub mod metrics;
+pub mod nats_conn;
 pub mod normalize;
 pub mod rules;
 pub mod scan;
+pub(crate) mod subject;
 pub mod suite;
 pub mod synth;
 mod unicode_tables;

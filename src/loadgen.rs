@@ -10,11 +10,12 @@
 //! throughput, latency percentiles (input publish → output received),
 //! events lost and duplicated, and the child's peak RSS.
 
-use crate::config::Config;
+use crate::config::{Config, StreamsConfig};
 use crate::daemon::{self, nats};
 use crate::engine::{Engine, EngineConfig};
 use crate::event::Event;
-use crate::metrics::Metrics;
+use crate::nats_conn;
+use crate::subject;
 use crate::synth::{self, Mix};
 use async_nats::jetstream::{self, AckKind};
 use futures_util::StreamExt;
@@ -29,10 +30,13 @@ use tokio::sync::mpsc;
 /// pulls and sharding as the daemon; per input it publishes one small event
 /// through JetStream, waits for the ack, then acks the input.
 pub async fn passthrough(config: Config) -> Result<(), String> {
-    let status = Arc::new(nats::Status::default());
-    let client = nats::connect(&config, status, Arc::new(Metrics::new())).await?;
-    nats::check_server(&client)?;
-    let setup = nats::setup(&client, &config).await?;
+    let client = nats_conn::connect(&config.nats)
+        .await
+        .map_err(|e| e.to_string())?;
+    nats_conn::check_server(&client).map_err(|e| e.to_string())?;
+    let setup = nats::setup(&client, &config)
+        .await
+        .map_err(|e| e.to_string())?;
     let consumer = setup
         .consumer
         .clone()
@@ -43,7 +47,7 @@ pub async fn passthrough(config: Config) -> Result<(), String> {
         let (tx, mut rx) = mpsc::channel::<jetstream::Message>(config.shard_queue);
         senders.push(tx);
         let js = setup.js.clone();
-        let subject = format!("{}.bench.passthrough", config.streams.violations_prefix);
+        let subject = subject::violation(&config.streams, "bench", "passthrough");
         // Like the daemon's shards: publish, hand the ack wait to an acker
         // task, take the next message.
         let (ack_tx, mut ack_rx) = mpsc::channel::<(
@@ -80,7 +84,6 @@ pub async fn passthrough(config: Config) -> Result<(), String> {
             }
         }));
     }
-    let prefix = format!("{}.", config.streams.input_prefix);
     // One signal stream for the whole run: a SIGTERM that arrives while a
     // batch is being read must not be missed.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -93,9 +96,9 @@ pub async fn passthrough(config: Config) -> Result<(), String> {
             }
         };
         while let Some(Ok(msg)) = batch.next().await {
-            let shard = daemon::shard::shard_of_subject(
+            let shard = daemon::shard_of_subject(
                 msg.message.subject.as_str(),
-                &prefix,
+                &config.streams,
                 senders.len(),
             );
             if senders[shard].send(msg).await.is_err() {
@@ -211,7 +214,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<Vec<ModeReport>, String> {
     };
     let convs = synth::conversations(7, opts.conversations, "bench-", &mix);
     let lines = synth::staggered_jsonl(&convs, opts.open, "bench", "call");
-    let lexicon = Arc::new(daemon::load_scanner(&opts.lexicons)?);
+    let lexicon = Arc::new(crate::matcher::load_base(&opts.lexicons).map_err(|e| e.to_string())?);
     let out = judge_offline(&lexicon, &lines)?;
     let expected: Vec<Event> = out
         .split(|b| *b == b'\n')
@@ -289,12 +292,14 @@ async fn run_mode(
         lines.len()
     };
 
+    // The child runs with the default subjects.
+    let streams = StreamsConfig::default();
     let mut outputs = client
-        .subscribe("violations.>")
+        .subscribe(subject::all(&streams.violations_prefix))
         .await
         .map_err(|e| e.to_string())?;
     let mut summaries = client
-        .subscribe("summaries.>")
+        .subscribe(subject::all(&streams.summaries_prefix))
         .await
         .map_err(|e| e.to_string())?;
     let pubs = Arc::clone(&published);
@@ -390,8 +395,8 @@ async fn run_mode(
             }
         }
         let subject = match crate::event::decode_str(l) {
-            Ok(input) => format!("transcripts.{}.{}", input.tenant, input.conversation_id),
-            Err(_) => "transcripts.invalid.x".to_string(),
+            Ok(input) => subject::input(&streams, &input.tenant, &input.conversation_id),
+            Err(_) => subject::input(&streams, "invalid", "x"),
         };
         if let Ok(mut p) = published.lock() {
             p[i] = Some(Instant::now());
@@ -728,12 +733,14 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, String> {
     let seen: Arc<Mutex<std::collections::HashSet<u128>>> = Arc::default();
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // The child runs with the default subjects.
+    let streams = StreamsConfig::default();
     let mut outputs = client
-        .subscribe("violations.>")
+        .subscribe(subject::all(&streams.violations_prefix))
         .await
         .map_err(|e| e.to_string())?;
     let mut summaries = client
-        .subscribe("summaries.>")
+        .subscribe(subject::all(&streams.summaries_prefix))
         .await
         .map_err(|e| e.to_string())?;
     let (seen_rx, received_rx) = (Arc::clone(&seen), Arc::clone(&received));
@@ -787,7 +794,7 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, String> {
         })
     };
 
-    let lexicon = Arc::new(daemon::load_scanner(&opts.lexicons)?);
+    let lexicon = Arc::new(crate::matcher::load_base(&opts.lexicons).map_err(|e| e.to_string())?);
     let mix = Mix::default();
     // About five seconds of traffic per round.
     let per_round = ((opts.rate * 5.0) / (2.0 * mix.agent_turns as f64 + 1.0)).max(100.0) as usize;
@@ -811,7 +818,7 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, String> {
                 tokio::time::sleep_until(due.into()).await;
             }
             let subject = match crate::event::decode_str(l) {
-                Ok(input) => format!("transcripts.{}.{}", input.tenant, input.conversation_id),
+                Ok(input) => subject::input(&streams, &input.tenant, &input.conversation_id),
                 Err(e) => return Err(format!("generated an invalid line: {e}")),
             };
             publish_windowed(&js, &mut in_flight, subject, l).await?;

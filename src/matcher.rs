@@ -12,12 +12,13 @@
 
 use crate::chardfa::CharDfa;
 use crate::event::Speaker;
-use crate::lexicon::{Lexicon, LexiconSet, Rule};
+use crate::lexicon::{Lexicon, LexiconError, LexiconSet, Rule};
 use crate::normalize::Normalized;
 use crate::rules::{Book, Boundary, Position};
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use jieba_rs::Jieba;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
 /// The jieba segmenter with its default dictionary, built once per process
@@ -665,7 +666,51 @@ pub struct Scanners {
     tenants: hashbrown::HashMap<String, Arc<Scanner>>,
 }
 
+/// Why a lexicon directory cannot be judged with.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "no lexicon directory at {} (relative to {cwd}); point to one with --lexicons DIR, \
+         [engine] lexicons in the config, or ZHIJIAN_ENGINE_LEXICONS (the repository's \
+         lexicons/ holds the default lexicon)",
+        dir.display()
+    )]
+    NoDirectory { dir: PathBuf, cwd: String },
+    #[error("invalid lexicon {}:\n{source}", dir.display())]
+    Invalid { dir: PathBuf, source: LexiconError },
+    #[error("cannot compile lexicon {}: {reason}", dir.display())]
+    Compile { dir: PathBuf, reason: String },
+}
+
+/// Loads and compiles a lexicon directory's base lexicon (tools that do not
+/// judge by tenant).
+pub fn load_base(dir: &Path) -> Result<Arc<Scanner>, LoadError> {
+    Scanners::load(dir).map(|s| Arc::clone(s.base()))
+}
+
 impl Scanners {
+    /// Loads and compiles a lexicon directory: the base lexicon and every
+    /// tenant overlay under `tenants/`.
+    pub fn load(dir: &Path) -> Result<Scanners, LoadError> {
+        if !dir.is_dir() {
+            let cwd = std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            return Err(LoadError::NoDirectory {
+                dir: dir.to_path_buf(),
+                cwd,
+            });
+        }
+        let set = crate::lexicon::load_set(dir).map_err(|source| LoadError::Invalid {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        Scanners::new(set, default_segmenter()).map_err(|reason| LoadError::Compile {
+            dir: dir.to_path_buf(),
+            reason,
+        })
+    }
+
     /// Compiles a validated lexicon set. The base and every overlay share
     /// one automaton over all their patterns: overlays mostly repeat the
     /// base, and one table stays in the cache where one per tenant would

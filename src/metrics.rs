@@ -22,7 +22,7 @@ use std::sync::Mutex;
 pub const OTHER_TENANT: &str = "_other";
 
 /// Tenants with their own series by default (`[metrics] max_tenants`).
-pub const DEFAULT_MAX_TENANTS: usize = 100;
+pub use crate::config::DEFAULT_MAX_TENANTS;
 
 /// Every metric the daemon exports.
 pub struct Metrics {
@@ -289,8 +289,8 @@ impl Metrics {
             &["reason"],
         );
         for code in InputError::CODES.into_iter().chain([
-            crate::daemon::shard::SUBJECT_MISMATCH,
-            crate::daemon::shard::INVALID_SUBJECT,
+            crate::subject::SUBJECT_MISMATCH,
+            crate::subject::INVALID_SUBJECT,
         ]) {
             bad_messages.with_label_values(&[code]);
             deadlettered.with_label_values(&[code]);

@@ -461,17 +461,9 @@ async fn follow_once(
     what: &Following,
     on_message: &impl Fn(&[u8], u64),
     next: &mut Option<u64>,
-) -> Result<(), String> {
-    let mut s = js
-        .get_stream(&what.stream)
-        .await
-        .map_err(|e| e.to_string())?;
-    let last = s
-        .info()
-        .await
-        .map_err(|e| e.to_string())?
-        .state
-        .last_sequence;
+) -> Result<(), async_nats::Error> {
+    let mut s = js.get_stream(&what.stream).await?;
+    let last = s.info().await?.state.last_sequence;
     let deliver_policy = match *next {
         Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
         None => DeliverPolicy::ByStartTime {
@@ -485,13 +477,12 @@ async fn follow_once(
             deliver_policy,
             ..Default::default()
         })
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        .await?;
+    let mut messages = consumer.messages().await?;
     let mut first = next.is_none();
     while let Some(m) = messages.next().await {
-        let m = m.map_err(|e| e.to_string())?;
-        let info = m.info().map_err(|e| e.to_string())?;
+        let m = m?;
+        let info = m.info()?;
         if std::mem::take(&mut first)
             && last.saturating_sub(info.stream_sequence) >= what.max_replay
         {

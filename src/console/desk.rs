@@ -415,10 +415,6 @@ impl Desk {
         }
     }
 
-    pub fn bucket(&self) -> &str {
-        &self.bucket
-    }
-
     /// Takes a state read from the bucket, unless a newer one is known.
     fn learn(&self, mut state: AlertState, revision: u64) {
         state.revision = revision;
@@ -489,13 +485,10 @@ impl Desk {
         }
     }
 
-    async fn follow_once(&self, kv: &kv::Store) -> Result<(), String> {
-        let mut entries = kv
-            .watch_with_history(">")
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn follow_once(&self, kv: &kv::Store) -> Result<(), async_nats::Error> {
+        let mut entries = kv.watch_with_history(">").await?;
         while let Some(entry) = entries.next().await {
-            let entry = entry.map_err(|e| e.to_string())?;
+            let entry = entry?;
             if entry.operation != kv::Operation::Put {
                 continue;
             }
@@ -586,20 +579,41 @@ fn sort_marked(states: &mut [Arc<Shared>]) {
     });
 }
 
+/// Why the false alarms could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("key-value bucket {bucket:?}: {source} (the console creates it on its first start)")]
+    Bucket {
+        bucket: String,
+        source: jetstream::context::KeyValueError,
+    },
+    /// Reading the bucket after it was found.
+    #[error("{0}")]
+    Read(#[source] async_nats::Error),
+}
+
 /// The false alarms in the bucket, read directly (`zhijian false-alarms`,
 /// for a QA lead without the console), oldest mark first.
 pub async fn read_false_alarms(
     js: &jetstream::Context,
     bucket: &str,
-) -> Result<Vec<Arc<Shared>>, String> {
-    let kv = js.get_key_value(bucket).await.map_err(|e| {
-        format!("key-value bucket {bucket:?}: {e} (the console creates it on its first start)")
-    })?;
-    let mut keys = kv.keys().await.map_err(|e| e.to_string())?;
+) -> Result<Vec<Arc<Shared>>, ReadError> {
+    let kv = js
+        .get_key_value(bucket)
+        .await
+        .map_err(|source| ReadError::Bucket {
+            bucket: bucket.to_string(),
+            source,
+        })?;
+    let mut keys = kv.keys().await.map_err(|e| ReadError::Read(e.into()))?;
     let mut out = Vec::new();
     while let Some(key) = keys.next().await {
-        let key = key.map_err(|e| e.to_string())?;
-        let Some(entry) = kv.entry(key.as_str()).await.map_err(|e| e.to_string())? else {
+        let key = key.map_err(|e| ReadError::Read(e.into()))?;
+        let Some(entry) = kv
+            .entry(key.as_str())
+            .await
+            .map_err(|e| ReadError::Read(e.into()))?
+        else {
             continue;
         };
         if entry.operation != kv::Operation::Put {
@@ -608,7 +622,7 @@ pub async fn read_false_alarms(
         match serde_json::from_slice::<AlertState>(&entry.value) {
             Ok(mut state) if state.status == Status::FalseAlarm => {
                 state.revision = entry.revision;
-                let json = serde_json::to_string(&state).map_err(|e| e.to_string())?;
+                let json = serde_json::to_string(&state).map_err(|e| ReadError::Read(e.into()))?;
                 out.push(Arc::new(Shared { state, json }));
             }
             Ok(_) => {}

@@ -26,14 +26,15 @@
 //! `textContent`, and the Content-Security-Policy allows no inline script.
 
 pub mod board;
-pub mod desk;
-pub mod mask;
-pub mod shift;
+pub(crate) mod desk;
+pub(crate) mod mask;
+pub(crate) mod shift;
 
 use crate::config::{Config, ConsoleConfig};
 use crate::event::{Event, InputKind, decode};
 use crate::filter::Filter;
 use crate::metrics::Metrics;
+use crate::subject;
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
 use axum::Router;
 use axum::extract::{Path, Query, Request, State};
@@ -237,14 +238,14 @@ struct AppState {
     config: Arc<ConsoleConfig>,
     js: jetstream::Context,
     input_stream: String,
-    input_prefix: String,
+    streams: Arc<crate::config::StreamsConfig>,
     metrics: Arc<Metrics>,
     /// `Basic <base64(user:password)>`, precomputed.
     basic: Option<String>,
 }
 
 /// A running console.
-pub struct Console {
+pub(crate) struct Console {
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
 }
@@ -257,16 +258,13 @@ impl Console {
 
 /// Binds the console's address, starts following the output stream and
 /// serves until stopped.
-pub async fn start(
+pub(crate) async fn start(
     config: &Config,
     console: ConsoleConfig,
     js: jetstream::Context,
     metrics: Arc<Metrics>,
-) -> Result<Console, String> {
-    let listener = tokio::net::TcpListener::bind(console.addr)
-        .await
-        .map_err(|e| format!("cannot listen on {} for the console: {e}", console.addr))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+) -> Result<Console, crate::listen::ListenError> {
+    let (listener, addr) = crate::listen::bind(console.addr, "the console").await?;
     let feed = Arc::new(Feed::new(console.history));
     let board = Arc::new(board::Board::default());
     let desk = Arc::new(
@@ -281,7 +279,7 @@ pub async fn start(
     tokio::spawn(board::follow_input(
         js.clone(),
         config.streams.input_stream.clone(),
-        format!("{}.>", config.streams.input_prefix),
+        subject::inputs(&config.streams),
         Arc::clone(&board),
         board::MAX_REPLAY,
         stopped.clone(),
@@ -322,7 +320,7 @@ pub async fn start(
         config: Arc::new(console),
         js,
         input_stream: config.streams.input_stream.clone(),
-        input_prefix: config.streams.input_prefix.clone(),
+        streams: Arc::new(config.streams.clone()),
         metrics,
         basic,
     };
@@ -393,9 +391,9 @@ async fn follow_once(
     mask_digits: bool,
     metrics: &Metrics,
     next: &mut Option<u64>,
-) -> Result<(), String> {
-    let mut s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
-    let state = s.info().await.map_err(|e| e.to_string())?.state.clone();
+) -> Result<(), async_nats::Error> {
+    let mut s = js.get_stream(stream).await?;
+    let state = s.info().await?.state.clone();
     if next.is_some_and(|n| n > state.last_sequence.saturating_add(1)) {
         tracing::warn!(
             stream,
@@ -424,12 +422,11 @@ async fn follow_once(
             },
             ..Default::default()
         })
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        .await?;
+    let mut messages = consumer.messages().await?;
     while let Some(m) = messages.next().await {
-        let m = m.map_err(|e| e.to_string())?;
-        let info = m.info().map_err(|e| e.to_string())?;
+        let m = m?;
+        let info = m.info()?;
         let seq = info.stream_sequence;
         let raised_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as u64;
         *next = Some(seq + 1);
@@ -444,8 +441,7 @@ async fn follow_once(
                     seq,
                     raised_ms,
                     event: &event,
-                })
-                .map_err(|e| e.to_string())?;
+                })?;
                 board.on_event(&event, raised_ms);
                 feed.push(Item {
                     seq,
@@ -554,29 +550,13 @@ async fn security_headers(req: Request, next: Next) -> Response {
     res
 }
 
+/// Equal, in a time that does not depend on where they differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    bool::from(subtle::ConstantTimeEq::ct_eq(a, b))
 }
 
 fn base64(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -823,17 +803,13 @@ async fn conversation(
     State(s): State<AppState>,
     Path((tenant, id)): Path<(String, String)>,
 ) -> Result<axum::Json<ConversationView>, (StatusCode, String)> {
-    let token_ok = |t: &str| {
-        !t.is_empty()
-            && !t.contains(|c: char| c.is_whitespace() || c.is_control() || c == '*' || c == '>')
-    };
-    if !token_ok(&tenant) || tenant.contains('.') || !token_ok(&id) {
+    if !subject::token::is_token(&tenant) || !subject::token::is_literal_tail(&id) {
         return Err((
             StatusCode::BAD_REQUEST,
             "invalid tenant or conversation id\n".into(),
         ));
     }
-    let subject = format!("{}.{tenant}.{id}", s.input_prefix);
+    let subject = subject::input(&s.streams, &tenant, &id);
     let (segments, ended, truncated) =
         read_segments(&s, &tenant, &id, &subject)
             .await
@@ -1014,7 +990,7 @@ async fn agent_view(
     Ok(axum::Json(AgentView {
         agent_id: agent,
         since_ms: since,
-        counted_from_ms: s.shift.from_ms().map(|f| f.max(since)),
+        counted_from_ms: s.shift.counted_since_ms().map(|f| f.max(since)),
         history_from_ms,
         alerts: totals.alerts,
         by_severity: totals.by_severity,
@@ -1164,20 +1140,16 @@ async fn read_segments(
     tenant: &str,
     id: &str,
     subject: &str,
-) -> Result<(Vec<SegmentView>, bool, bool), String> {
-    let stream =
-        s.js.get_stream(&s.input_stream)
-            .await
-            .map_err(|e| e.to_string())?;
+) -> Result<(Vec<SegmentView>, bool, bool), async_nats::Error> {
+    let stream = s.js.get_stream(&s.input_stream).await?;
     let mut consumer = stream
         .create_consumer(pull::OrderedConfig {
             filter_subject: subject.to_string(),
             deliver_policy: DeliverPolicy::All,
             ..Default::default()
         })
-        .await
-        .map_err(|e| e.to_string())?;
-    let info = consumer.info().await.map_err(|e| e.to_string())?;
+        .await?;
+    let info = consumer.info().await?;
     let (name, pending) = (info.name.clone(), info.num_pending);
     let read = async {
         let mut by_seq = BTreeMap::new();
@@ -1185,11 +1157,11 @@ async fn read_segments(
         if complete {
             return Ok((by_seq, ended, complete));
         }
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while let Ok(Some(m)) = tokio::time::timeout_at(deadline, messages.next()).await {
-            let m = m.map_err(|e| e.to_string())?;
-            let left = m.info().map_err(|e| e.to_string())?.pending;
+            let m = m?;
+            let left = m.info()?.pending;
             // Only what the daemon judged as this conversation: a message on
             // its subject that names another one was dead-lettered.
             if let Ok(input) = decode(&m.payload)
@@ -1223,7 +1195,7 @@ async fn read_segments(
                 break;
             }
         }
-        Ok::<_, String>((by_seq, ended, complete))
+        Ok::<_, async_nats::Error>((by_seq, ended, complete))
     }
     .await;
     // Ordered consumers are ephemeral but linger on the server for their

@@ -123,7 +123,7 @@ impl Shift {
     }
 
     /// When the oldest event counted was stored (None: nothing yet).
-    pub fn from_ms(&self) -> Option<u64> {
+    pub fn counted_since_ms(&self) -> Option<u64> {
         Some(self.from_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0)
     }
 }
@@ -171,7 +171,7 @@ mod tests {
         let later = s.totals("a", Some("t"), 11 * h);
         assert_eq!((later.alerts, later.closed), (1, 2));
         assert_eq!(s.totals("a", Some("other"), 0), Totals::default());
-        assert_eq!(s.from_ms(), Some(10 * h + 5));
+        assert_eq!(s.counted_since_ms(), Some(10 * h + 5));
         // Past KEEP, old hours go.
         for i in 0..30 {
             s.record(&violation("a", "low"), (40 + i) * h);

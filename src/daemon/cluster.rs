@@ -33,12 +33,13 @@
 //! therefore loses no window state either: the next holder (or the same
 //! instance restarted) starts from the checkpoint.
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, StreamsConfig};
 use crate::daemon::Shared;
 use crate::daemon::shard::{self, DeadLetter, SavedConversation};
 use crate::engine::{Engine, EngineConfig};
 use crate::event::{Event, InputKind, decode_limited};
 use crate::matcher::Scanners;
+use crate::subject;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{
     self,
@@ -57,7 +58,9 @@ use tokio::sync::watch;
 
 /// The partition NATS puts a conversation in: `{{partition(n,1,2)}}` of
 /// `<prefix>.<tenant>.<id>` hashes the two tokens joined (FNV-1a, 32 bits).
-pub fn partition_of(tenant: &str, conversation_id: &str, partitions: u32) -> u32 {
+/// NATS computes it; this model is the tests'.
+#[cfg(test)]
+fn partition_of(tenant: &str, conversation_id: &str, partitions: u32) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in tenant.bytes().chain(conversation_id.bytes()) {
         h ^= u32::from(b);
@@ -67,20 +70,19 @@ pub fn partition_of(tenant: &str, conversation_id: &str, partitions: u32) -> u32
 }
 
 /// The stream transform that partitions `<prefix>.<tenant>.<id>`.
-pub fn transform(prefix: &str, partitions: u32) -> jetstream::stream::SubjectTransform {
+pub(crate) fn transform(
+    streams: &StreamsConfig,
+    partitions: u32,
+) -> jetstream::stream::SubjectTransform {
     jetstream::stream::SubjectTransform {
-        source: format!("{prefix}.*.*"),
-        destination: format!(
-            "{prefix}.{{{{partition({partitions},1,2)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}"
-        ),
+        source: subject::input_unpartitioned(streams),
+        destination: subject::partition_destination(streams, partitions),
     }
 }
 
 /// The partition count of an input stream's transform, if it has one.
-pub fn partitions_of(config: &jetstream::stream::Config) -> Option<u32> {
-    let dest = &config.subject_transform.as_ref()?.destination;
-    let inner = dest.split("{{partition(").nth(1)?;
-    inner.split(',').next()?.trim().parse().ok()
+pub(crate) fn partitions_of(config: &jetstream::stream::Config) -> Option<u32> {
+    subject::parse_partition_count(&config.subject_transform.as_ref()?.destination)
 }
 
 /// Rendezvous score of a member for a partition (highest wins).
@@ -222,11 +224,9 @@ struct Ctx {
 }
 
 /// The partition count in use: the input stream's own, or (when the
-/// stream has no transform yet and may be created) the configured one.
-pub fn check_partitions(
-    stream: &jetstream::stream::Config,
-    configured: u32,
-) -> Result<u32, String> {
+/// stream has no transform yet and may be created) the configured one;
+/// None when the stream is not partitioned.
+pub(crate) fn check_partitions(stream: &jetstream::stream::Config, configured: u32) -> Option<u32> {
     match partitions_of(stream) {
         Some(p) if p > 0 => {
             if p != configured {
@@ -237,18 +237,14 @@ pub fn check_partitions(
                     "the input stream's partition count wins over [cluster] partitions"
                 );
             }
-            Ok(p)
+            Some(p)
         }
-        _ => Err(format!(
-            "input stream {:?} is not partitioned (no subject transform with partition()); \
-             [cluster] needs a partitioned stream: see the README's \"Many instances\" for the migration",
-            stream.name
-        )),
+        _ => None,
     }
 }
 
 /// What the cluster runs on: the partitioned input stream and the bucket.
-pub struct Streams {
+pub(crate) struct Streams {
     pub input: jetstream::stream::Stream,
     pub partitions: u32,
     pub kv: kv::Store,
@@ -257,12 +253,12 @@ pub struct Streams {
 /// Runs this instance's part of the cluster until `shutdown`: heartbeats,
 /// leases, one worker per held partition. On shutdown every worker
 /// checkpoints, every lease is released and the member leaves.
-pub async fn serve(
+pub(crate) async fn serve(
     shared: Arc<Shared>,
     cluster: ClusterConfig,
     on: Streams,
     scanners: watch::Receiver<Arc<Scanners>>,
-    status: Arc<super::nats::Status>,
+    status: Arc<super::http::Status>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
     let ctx = Arc::new(Ctx {
@@ -391,14 +387,14 @@ fn lease_key(p: u32) -> String {
     format!("lease.{p}")
 }
 
-fn lease_value(ctx: &Ctx, until_ms: u64) -> Bytes {
+/// A lease's value; the error is a bug, and no lease is written with it.
+fn lease_value(ctx: &Ctx, until_ms: u64) -> Result<Bytes, serde_json::Error> {
     serde_json::to_vec(&LeaseValue {
         owner: ctx.cluster.instance.clone(),
         run: ctx.run,
         until_ms,
     })
     .map(Bytes::from)
-    .unwrap_or_default()
 }
 
 /// Renews every held lease; a renewal that finds the revision moved means
@@ -410,7 +406,13 @@ async fn renew(ctx: &Ctx, held: &mut HashMap<u32, Held>) {
             continue;
         }
         let asked = ctx.clock.elapsed().as_millis() as u64;
-        let value = lease_value(ctx, wall_ms() + lease_ms);
+        let value = match lease_value(ctx, wall_ms() + lease_ms) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(partition = p, error = %e, "cannot encode the lease; not renewed");
+                continue;
+            }
+        };
         match ctx.kv.update(lease_key(*p), value, h.revision).await {
             Ok(rev) => {
                 h.revision = rev;
@@ -483,11 +485,14 @@ async fn reap(ctx: &Ctx, held: &mut HashMap<u32, Held>) {
 
 /// Gives a lease back at once (expired now), if it is still ours.
 async fn release(ctx: &Ctx, p: u32, revision: u64) {
-    if let Err(e) = ctx
-        .kv
-        .update(lease_key(p), lease_value(ctx, 0), revision)
-        .await
-    {
+    let value = match lease_value(ctx, 0) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(partition = p, error = %e, "cannot encode the lease; not released (it expires by itself)");
+            return;
+        }
+    };
+    if let Err(e) = ctx.kv.update(lease_key(p), value, revision).await {
         tracing::debug!(partition = p, error = %e, "lease not released (it expires by itself)");
     }
 }
@@ -521,7 +526,13 @@ async fn balance(ctx: &Arc<Ctx>, members: &[String], held: &mut HashMap<u32, Hel
 async fn acquire(ctx: &Arc<Ctx>, p: u32) -> Option<Held> {
     let lease_ms = ctx.cluster.lease.as_millis() as u64;
     let asked = ctx.clock.elapsed().as_millis() as u64;
-    let value = lease_value(ctx, wall_ms() + lease_ms);
+    let value = match lease_value(ctx, wall_ms() + lease_ms) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(partition = p, error = %e, "cannot encode a lease");
+            return None;
+        }
+    };
     let (taken, how) = match ctx.kv.entry(lease_key(p)).await {
         Ok(None) => (ctx.kv.create(lease_key(p), value).await.ok(), "acquired"),
         Ok(Some(entry)) => {
@@ -746,7 +757,7 @@ impl Worker {
 
     /// An ordered consumer on the partition from the input after `seq`.
     async fn consumer(&mut self, first: bool) -> Result<pull::Ordered, String> {
-        let prefix = &self.ctx.shared.config.streams.input_prefix;
+        let streams = &self.ctx.shared.config.streams;
         let deliver_policy = if self.seq == 0 {
             DeliverPolicy::All
         } else {
@@ -759,7 +770,7 @@ impl Worker {
             .input
             .create_consumer(pull::OrderedConfig {
                 description: Some(format!("zhijian partition {}", self.p)),
-                filter_subject: format!("{prefix}.{}.>", self.p),
+                filter_subject: subject::partition_all(streams, self.p),
                 deliver_policy,
                 ..Default::default()
             })
@@ -801,18 +812,16 @@ impl Worker {
                 return self.dead_letter(&msg, seq, e.code(), &detail).await;
             }
         };
-        let prefix = &shared.config.streams.input_prefix;
-        let expected = format!(
-            "{prefix}.{}.{}.{}",
-            self.p, input.tenant, input.conversation_id
-        );
+        let streams = &shared.config.streams;
+        let expected =
+            subject::partitioned_input(streams, self.p, &input.tenant, &input.conversation_id);
         if msg.message.subject.as_str() != expected {
             let detail = format!(
-                "the subject must be {prefix}.{}.{} (tenant and conversation_id of the payload)",
-                input.tenant, input.conversation_id
+                "the subject must be {} (tenant and conversation_id of the payload)",
+                subject::input(streams, &input.tenant, &input.conversation_id)
             );
             return self
-                .dead_letter(&msg, seq, shard::SUBJECT_MISMATCH, &detail)
+                .dead_letter(&msg, seq, subject::SUBJECT_MISMATCH, &detail)
                 .await;
         }
         if let InputKind::Segment(s) = &input.kind {
@@ -878,7 +887,8 @@ impl Worker {
         for e in events {
             self.hold().await?;
             let shared = &self.ctx.shared;
-            let (subject, mut headers, payload) = shared.encode(e);
+            let (subject, mut headers, payload) =
+                shared.encode(e).map_err(|e| Exit::Failed(e.to_string()))?;
             self.stamp(&mut headers);
             shared.metrics.output_pending.inc();
             let ack = loop {
@@ -935,7 +945,9 @@ impl Worker {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                     self.hold().await?;
-                    let (subject, mut headers, payload) = shared.encode(&event);
+                    let (subject, mut headers, payload) = shared
+                        .encode(&event)
+                        .map_err(|e| Exit::Failed(e.to_string()))?;
                     self.stamp(&mut headers);
                     result = match shared
                         .js
@@ -1118,9 +1130,15 @@ impl Worker {
             bytes: bytes_total,
             written_ms: wall_ms(),
         };
-        let head_bytes = serde_json::to_vec(&head)
-            .map(Bytes::from)
-            .unwrap_or_default();
+        let head_bytes = match serde_json::to_vec(&head) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                m.checkpoints.with_label_values(&["failed"]).inc();
+                tracing::error!(partition = self.p, error = %e, "cannot encode the checkpoint head");
+                self.purge_generation(&generation, chunks.len()).await;
+                return Ok(());
+            }
+        };
         // Last look at the lease before the write that counts.
         self.hold().await?;
         let written = match self.head_revision {
@@ -1259,7 +1277,7 @@ mod tests {
 
     #[test]
     fn the_partition_count_is_read_back_from_the_transform() {
-        let t = transform("transcripts", 12);
+        let t = transform(&StreamsConfig::default(), 12);
         assert_eq!(t.source, "transcripts.*.*");
         assert_eq!(
             t.destination,
@@ -1271,12 +1289,12 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(partitions_of(&config), Some(12));
-        assert_eq!(check_partitions(&config, 8), Ok(12));
+        assert_eq!(check_partitions(&config, 8), Some(12));
         let plain = jetstream::stream::Config {
             name: "T".into(),
             ..Default::default()
         };
-        assert!(check_partitions(&plain, 8).is_err());
+        assert!(check_partitions(&plain, 8).is_none());
     }
 
     #[test]

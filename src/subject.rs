@@ -1,0 +1,147 @@
+//! The NATS subjects zhijian reads and writes, built and parsed here only,
+//! and the checks of the tokens that go into them.
+//!
+//! | what | subject |
+//! |---|---|
+//! | input | `<input_prefix>.<tenant>.<conversation_id>` |
+//! | input, partitioned (`[cluster]`) | `<input_prefix>.<partition>.<tenant>.<conversation_id>` |
+//! | violation | `<violations_prefix>.<tenant>.<category>` |
+//! | summary | `<summaries_prefix>.<tenant>` |
+//! | dead letter | `<deadletter_subject>` |
+//! | shadow output | `<shadow prefix>.<one of the output subjects>` |
+//!
+//! A tenant is one subject token; a conversation id may hold `.` (it is the
+//! rest of the subject after the tenant). The checks of tokens are in
+//! [`token`], which depends on nothing.
+
+use crate::config::StreamsConfig;
+
+pub(crate) mod token;
+
+/// Dead-letter reason: the subject does not name the payload's
+/// conversation.
+pub const SUBJECT_MISMATCH: &str = "subject_mismatch";
+
+/// Dead-letter reason: the subject is not UTF-8, so the client cannot even
+/// receive the message (see `daemon::poison`).
+pub const INVALID_SUBJECT: &str = "invalid_subject";
+
+/// Every subject below `prefix`: `<prefix>.>`.
+pub fn all(prefix: &str) -> String {
+    format!("{prefix}.>")
+}
+
+/// `<prefix>.<rest>`: a subject moved below another prefix (the shadow's).
+pub fn below(prefix: &str, rest: &str) -> String {
+    format!("{prefix}.{rest}")
+}
+
+/// Every input subject.
+pub fn inputs(s: &StreamsConfig) -> String {
+    all(&s.input_prefix)
+}
+
+/// The input subject of a conversation.
+pub fn input(s: &StreamsConfig, tenant: &str, conversation_id: &str) -> String {
+    format!("{}.{tenant}.{conversation_id}", s.input_prefix)
+}
+
+/// Where `zhijian publish` puts line `line` (1-based) of a file when it is
+/// not valid input, for the daemon to dead-letter.
+pub fn input_invalid_line(s: &StreamsConfig, line: usize) -> String {
+    format!("{}.invalid.line-{line}", s.input_prefix)
+}
+
+/// `(tenant, conversation_id)` of an input subject (the id is everything
+/// after the tenant); None for a subject not below the input prefix.
+pub fn parse_input<'a>(s: &StreamsConfig, subject: &'a str) -> Option<(&'a str, &'a str)> {
+    subject
+        .strip_prefix(s.input_prefix.as_str())?
+        .strip_prefix('.')?
+        .split_once('.')
+}
+
+/// The input subjects a cluster's stream accepts: `<input_prefix>.*.*`.
+pub fn input_unpartitioned(s: &StreamsConfig) -> String {
+    format!("{}.*.*", s.input_prefix)
+}
+
+/// Where the stream transform stores `<input_prefix>.<tenant>.<id>`: under
+/// its partition, `<input_prefix>.<p>.<tenant>.<id>`, NATS computing `p`
+/// from the two tokens.
+pub fn partition_destination(s: &StreamsConfig, partitions: u32) -> String {
+    format!(
+        "{}.{{{{partition({partitions},1,2)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}",
+        s.input_prefix
+    )
+}
+
+/// The partition count of a transform destination made by
+/// [`partition_destination`].
+pub fn parse_partition_count(destination: &str) -> Option<u32> {
+    let inner = destination.split("{{partition(").nth(1)?;
+    inner.split(',').next()?.trim().parse().ok()
+}
+
+/// Every input of partition `p`: `<input_prefix>.<p>.>`.
+pub fn partition_all(s: &StreamsConfig, p: u32) -> String {
+    format!("{}.{p}.>", s.input_prefix)
+}
+
+/// The stored subject of a conversation's input in partition `p`.
+pub fn partitioned_input(s: &StreamsConfig, p: u32, tenant: &str, conversation_id: &str) -> String {
+    format!("{}.{p}.{tenant}.{conversation_id}", s.input_prefix)
+}
+
+/// The subject of a violation.
+pub fn violation(s: &StreamsConfig, tenant: &str, category: &str) -> String {
+    format!("{}.{tenant}.{category}", s.violations_prefix)
+}
+
+/// The subject of a summary.
+pub fn summary(s: &StreamsConfig, tenant: &str) -> String {
+    format!("{}.{tenant}", s.summaries_prefix)
+}
+
+/// What the output stream holds: every violation and summary subject.
+pub fn outputs(s: &StreamsConfig) -> Vec<String> {
+    vec![all(&s.violations_prefix), all(&s.summaries_prefix)]
+}
+
+/// The dead-letter subject.
+pub fn deadletter(s: &StreamsConfig) -> &str {
+    &s.deadletter_subject
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_built_and_parsed_back() {
+        let s = StreamsConfig::default();
+        let subject = input(&s, "acme", "c.1");
+        assert_eq!(subject, "transcripts.acme.c.1");
+        assert_eq!(parse_input(&s, &subject), Some(("acme", "c.1")));
+        assert_eq!(parse_input(&s, "transcriptsX.acme.c"), None);
+        assert_eq!(parse_input(&s, "transcripts.acme"), None);
+        assert_eq!(
+            violation(&s, "acme", "forbidden"),
+            "violations.acme.forbidden"
+        );
+        assert_eq!(summary(&s, "acme"), "summaries.acme");
+        assert_eq!(
+            partitioned_input(&s, 3, "acme", "c1"),
+            "transcripts.3.acme.c1"
+        );
+        assert_eq!(partition_all(&s, 3), "transcripts.3.>");
+        assert_eq!(
+            partition_destination(&s, 8),
+            "transcripts.{{partition(8,1,2)}}.{{wildcard(1)}}.{{wildcard(2)}}"
+        );
+        assert_eq!(
+            parse_partition_count(&partition_destination(&s, 8)),
+            Some(8)
+        );
+    }
+}
