@@ -108,10 +108,10 @@ impl ClusterMetrics {
         let checkpoints = counter_vec(
             r,
             "zhijian_checkpoints_total",
-            "Partition checkpoints written, by outcome: ok, fenced (a newer holder's checkpoint exists), failed.",
+            "Partition checkpoints written, by outcome: ok, fenced (a newer holder's checkpoint exists), failed; and chunks found unreadable when loading one (unreadable: their conversations continued without state).",
             &["outcome"],
         );
-        for o in ["ok", "fenced", "failed"] {
+        for o in ["ok", "fenced", "failed", "unreadable"] {
             checkpoints.with_label_values(&[o]);
         }
         let checkpoint_seconds = Histogram::with_opts(

@@ -598,6 +598,9 @@ struct Worker {
     seq: u64,
     /// Revision of the checkpoint head this worker last read or wrote.
     head_revision: Option<u64>,
+    /// Generation and chunk count of that head (its chunks go when a new
+    /// head replaces it).
+    head_chunks: Option<(String, u32)>,
     checkpointed_seq: u64,
     checkpointed_at: Instant,
     /// Closes since the last checkpoint (the state changed with no input).
@@ -639,6 +642,7 @@ async fn work(
         engine,
         seq: 0,
         head_revision: None,
+        head_chunks: None,
         checkpointed_seq: 0,
         checkpointed_at: Instant::now(),
         dirty: false,
@@ -688,18 +692,35 @@ impl Worker {
         let mut restored = 0u64;
         for i in 0..head.chunks {
             let key = format!("chunk.{}.{}.{i}", self.p, head.generation);
-            let bytes = kv
-                .get(&key)
-                .await
-                .map_err(|e| format!("checkpoint chunk {key}: {e}"))?
-                .ok_or_else(|| format!("checkpoint chunk {key} is missing"))?;
-            let convs: Vec<SavedConversation> = serde_json::from_slice(&bytes)
-                .map_err(|e| format!("checkpoint chunk {key}: {e}"))?;
-            for c in convs {
-                self.engine.import(&c.tenant, &c.conversation_id, c.state);
-                restored += 1;
+            let convs = match kv.get(&key).await {
+                Ok(Some(bytes)) => serde_json::from_slice::<Vec<SavedConversation>>(&bytes)
+                    .map_err(|e| e.to_string()),
+                Ok(None) => Err("missing".to_string()),
+                Err(e) => return Err(format!("checkpoint chunk {key}: {e}")),
+            };
+            match convs {
+                Ok(convs) => {
+                    for c in convs {
+                        self.engine.import(&c.tenant, &c.conversation_id, c.state);
+                        restored += 1;
+                    }
+                }
+                // Its conversations go on without their window state (as
+                // if first seen mid-way: no greeting verdict is made up);
+                // stopping here would stall the partition for good.
+                Err(e) => {
+                    self.ctx
+                        .shared
+                        .metrics
+                        .cluster
+                        .checkpoints
+                        .with_label_values(&["unreadable"])
+                        .inc();
+                    tracing::error!(partition = self.p, chunk = %key, error = %e, "checkpoint chunk unreadable; its conversations continue without their state");
+                }
             }
         }
+        self.head_chunks = Some((head.generation.clone(), head.chunks));
         self.seq = head.seq;
         self.checkpointed_seq = head.seq;
         self.last_bytes = head.bytes;
@@ -1156,7 +1177,7 @@ impl Worker {
         };
         match written {
             Ok(rev) => {
-                let previous = self.head_revision.replace(rev);
+                self.head_revision = Some(rev);
                 m.checkpoints.with_label_values(&["ok"]).inc();
                 m.checkpoint_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -1165,8 +1186,15 @@ impl Worker {
                 self.checkpointed_seq = self.seq;
                 self.checkpointed_at = Instant::now();
                 self.dirty = false;
-                if previous.is_some() || self.generation > 1 {
-                    self.purge_previous(&generation).await;
+                // The chunks the new head replaced, exactly: never a
+                // listing, which could take a newer holder's fresh chunks.
+                let replaced = self
+                    .head_chunks
+                    .replace((generation.clone(), chunks.len() as u32));
+                if let Some((old, n)) = replaced
+                    && old != generation
+                {
+                    self.purge_generation(&old, n as usize).await;
                 }
                 Ok(())
             }
@@ -1193,27 +1221,6 @@ impl Worker {
                 .kv
                 .purge(format!("chunk.{}.{generation}.{i}", self.p))
                 .await;
-        }
-    }
-
-    /// Removes chunks of this partition not of `keep` (earlier checkpoints,
-    /// and those of former holders).
-    async fn purge_previous(&self, keep: &str) {
-        let prefix = format!("chunk.{}.", self.p);
-        let Ok(mut keys) = self.ctx.kv.keys().await else {
-            return;
-        };
-        let mut stale = Vec::new();
-        while let Some(k) = keys.next().await {
-            let Ok(k) = k else { continue };
-            if let Some(rest) = k.strip_prefix(&prefix)
-                && !rest.starts_with(&format!("{keep}."))
-            {
-                stale.push(k);
-            }
-        }
-        for k in stale {
-            let _ = self.ctx.kv.purge(&k).await;
         }
     }
 

@@ -315,6 +315,57 @@ async fn with_partitions_a_non_utf8_subject_is_dead_lettered_and_removed() {
     daemon.stop().await;
 }
 
+/// A checkpoint chunk gone (deleted by hand, or by a former holder that
+/// had not yet noticed it lost the partition): the next holder loads what
+/// is left, counts it, and the partition goes on; it must not stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_partitions_a_missing_checkpoint_chunk_does_not_stall_the_partition() {
+    let nats = NatsServer::start();
+    let cluster = "[cluster]\npartitions = 1\ninstance = \"one\"\nheartbeat_ms = 100\nlease_ms = 400\ncheckpoint_ms = 100\n";
+    let daemon = Daemon::start(config(&nats, &lexicons(), cluster)).await;
+    let open: Vec<String> = (0..3)
+        .map(|i| format!(r#"{{"conversation_id":"o{i}","tenant":"acme","seq":0,"speaker":"agent","text":"您好"}}"#))
+        .collect();
+    publish(&nats, &open).await;
+    let port = daemon.metrics_port;
+    wait_for("a checkpoint", async || {
+        metric(port, "zhijian_checkpoints_total{outcome=\"ok\"}").await >= 1.0
+    })
+    .await;
+    daemon.stop().await;
+    let js = js(&nats).await;
+    let kv = js.get_key_value("zhijian_cluster").await.expect("bucket");
+    let mut keys = kv.keys().await.expect("keys");
+    let mut chunks = Vec::new();
+    while let Some(k) = futures_util::StreamExt::next(&mut keys).await {
+        let k = k.expect("key");
+        if k.starts_with("chunk.0.") {
+            chunks.push(k);
+        }
+    }
+    assert_eq!(chunks.len(), 1, "{chunks:?}");
+    kv.purge(&chunks[0]).await.expect("purge");
+    let daemon = Daemon::start(config(&nats, &lexicons(), cluster)).await;
+    let port = daemon.metrics_port;
+    let more = vec![
+        r#"{"conversation_id":"n","tenant":"acme","seq":0,"speaker":"agent","text":"您好，急什么"}"#.to_string(),
+        r#"{"conversation_id":"n","tenant":"acme","type":"end"}"#.to_string(),
+    ];
+    publish(&nats, &more).await;
+    wait_for("the new conversation judged", async || {
+        output_events(&js)
+            .await
+            .iter()
+            .any(|e| matches!(e, Event::Summary(s) if s.conversation_id == "n"))
+    })
+    .await;
+    assert_eq!(
+        metric(port, "zhijian_checkpoints_total{outcome=\"unreadable\"}").await,
+        1.0
+    );
+    daemon.stop().await;
+}
+
 /// Issue 10, item 10: ack only after the events are stored, Nak when they
 /// cannot be — checked from the server's side while storage is away,
 /// then every event stored exactly once when it is back. (The old test
