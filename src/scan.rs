@@ -259,11 +259,7 @@ impl<W: Write, E: Write> Reader<'_, W, E> {
         loop {
             // Fast path: a whole line in the reader's buffer is decoded
             // where it lies, not copied.
-            let chunk = match input.fill_buf() {
-                Ok(c) => c,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
+            let chunk = fill(input)?;
             if chunk.is_empty() {
                 return Ok(());
             }
@@ -410,11 +406,7 @@ pub fn read_line_bounded<R: BufRead>(
     let mut too_long = false;
     let mut read_any = false;
     loop {
-        let chunk = match input.fill_buf() {
-            Ok(c) => c,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
+        let chunk = fill(input)?;
         if chunk.is_empty() {
             break;
         }
@@ -449,6 +441,19 @@ pub fn read_line_bounded<R: BufRead>(
     } else {
         LineRead::Line
     })
+}
+
+/// The reader's buffered bytes, refilled if empty (empty at the end);
+/// interrupted reads are retried.
+fn fill<R: BufRead>(input: &mut R) -> io::Result<&[u8]> {
+    loop {
+        match input.fill_buf() {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    input.fill_buf()
 }
 
 #[cfg(test)]

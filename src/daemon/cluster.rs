@@ -37,7 +37,7 @@ use crate::config::{ClusterConfig, StreamsConfig};
 use crate::daemon::Shared;
 use crate::daemon::shard::{self, DeadLetter, SavedConversation};
 use crate::engine::{Engine, EngineConfig};
-use crate::event::{Event, InputKind, decode_limited};
+use crate::event::{Event, decode_limited};
 use crate::matcher::Scanners;
 use crate::subject;
 use async_nats::HeaderMap;
@@ -845,19 +845,14 @@ impl Worker {
                 .dead_letter(&msg, seq, subject::SUBJECT_MISMATCH, &detail)
                 .await;
         }
-        if let InputKind::Segment(s) = &input.kind {
-            metrics.segment(input.channel, s.speaker);
-        }
-        let outcome = self.engine.handle(&input, wall_ms(), &mut self.events);
-        metrics
-            .scan_seconds
-            .observe(received.elapsed().as_secs_f64());
-        for (rule, reason, n) in self.engine.take_suppressed() {
-            metrics
-                .suppressed_hits
-                .with_label_values(&[&rule, reason])
-                .inc_by(n);
-        }
+        let outcome = shard::judge(
+            &mut self.engine,
+            &input,
+            wall_ms(),
+            &mut self.events,
+            metrics,
+            received,
+        );
         metrics.outcome(outcome);
         let events = std::mem::take(&mut self.events);
         self.send(&events, arrived).await?;
@@ -1003,14 +998,7 @@ impl Worker {
         let mut delay = Duration::from_millis(100);
         loop {
             self.hold().await?;
-            let letter = DeadLetter {
-                stream: &stream,
-                seq,
-                subject: msg.message.subject.as_str(),
-                code,
-                detail,
-                payload: msg.message.payload.clone(),
-            };
+            let letter = DeadLetter::of(msg, &stream, seq, code, detail);
             match shard::publish_dead_letter(&self.ctx.shared, letter).await {
                 Ok(()) => {
                     tracing::warn!(

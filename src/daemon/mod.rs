@@ -223,24 +223,26 @@ pub async fn run(
         None => (None, None),
     };
 
+    // Both ways of running: the lexicon reloader and the watchdog.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(reloader(
+        config.lexicons.clone(),
+        config.reload_poll,
+        config.reload_requires_tests,
+        scanner_tx,
+        Some(Arc::clone(&metrics)),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(watchdog(
+        Arc::clone(&shared),
+        Arc::clone(&status),
+        stop_rx.clone(),
+    ));
+
     // Many instances: partitions instead of shards.
     if let (Some((kv, partitions)), Some(cluster_config)) =
         (setup.cluster.clone(), config.cluster.clone())
     {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(reloader(
-            config.lexicons.clone(),
-            config.reload_poll,
-            config.reload_requires_tests,
-            scanner_tx,
-            Some(Arc::clone(&metrics)),
-            stop_rx.clone(),
-        ));
-        tokio::spawn(watchdog(
-            Arc::clone(&shared),
-            Arc::clone(&status),
-            stop_rx.clone(),
-        ));
         let started = tokio::time::Instant::now();
         let result = cluster::serve(
             Arc::clone(&shared),
@@ -316,15 +318,6 @@ pub async fn run(
         workers.push(tokio::spawn(shard.run(rx)));
     }
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(reloader(
-        config.lexicons.clone(),
-        config.reload_poll,
-        config.reload_requires_tests,
-        scanner_tx,
-        Some(Arc::clone(&metrics)),
-        stop_rx.clone(),
-    ));
     if let (Some(shadow), Some(tx)) = (&config.shadow, shadow_tx) {
         tokio::spawn(reloader(
             shadow.lexicons.clone(),
@@ -338,11 +331,6 @@ pub async fn run(
     tokio::spawn(consumer_gauges(
         consumer.clone(),
         Arc::clone(&metrics),
-        stop_rx.clone(),
-    ));
-    tokio::spawn(watchdog(
-        Arc::clone(&shared),
-        Arc::clone(&status),
         stop_rx.clone(),
     ));
     tokio::spawn(poison::sweeper(

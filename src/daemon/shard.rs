@@ -396,21 +396,16 @@ impl Shard {
             dead_letter(&self.shared, &msg, subject::SUBJECT_MISMATCH, &detail).await;
             return;
         }
-        if let InputKind::Segment(s) = &input.kind {
-            metrics.segment(input.channel, s.speaker);
-        }
         // One clock for the live engine and the shadow.
         let now = now_ms();
-        let outcome = self.engine.handle(&input, now, &mut self.events);
-        metrics
-            .scan_seconds
-            .observe(received.elapsed().as_secs_f64());
-        for (rule, reason, n) in self.engine.take_suppressed() {
-            metrics
-                .suppressed_hits
-                .with_label_values(&[&rule, reason])
-                .inc_by(n);
-        }
+        let outcome = judge(
+            &mut self.engine,
+            &input,
+            now,
+            &mut self.events,
+            metrics,
+            received,
+        );
         if let Some(shadow) = self.shadow.as_mut() {
             shadow.refresh();
             shadow.engine.handle(&input, now, &mut shadow.events);
@@ -900,14 +895,7 @@ async fn dead_letter(shared: &Shared, msg: &jetstream::Message, code: &'static s
         .info()
         .map(|i| (i.stream.to_string(), i.stream_sequence))
         .unwrap_or_default();
-    let letter = DeadLetter {
-        stream: &stream,
-        seq,
-        subject: msg.message.subject.as_str(),
-        code,
-        detail,
-        payload: msg.message.payload.clone(),
-    };
+    let letter = DeadLetter::of(msg, &stream, seq, code, detail);
     match publish_dead_letter(shared, letter).await {
         Ok(()) => {
             tracing::warn!(
@@ -940,6 +928,26 @@ pub struct DeadLetter<'a> {
     pub code: &'static str,
     pub detail: &'a str,
     pub payload: bytes::Bytes,
+}
+
+impl<'a> DeadLetter<'a> {
+    /// The dead letter of input message `msg`, sequence `seq` of `stream`.
+    pub fn of(
+        msg: &'a jetstream::Message,
+        stream: &'a str,
+        seq: u64,
+        code: &'static str,
+        detail: &'a str,
+    ) -> DeadLetter<'a> {
+        DeadLetter {
+            stream,
+            seq,
+            subject: msg.message.subject.as_str(),
+            code,
+            detail,
+            payload: msg.message.payload.clone(),
+        }
+    }
 }
 
 /// Stores a dead letter: the payload (cut to fit the server's maximum
@@ -1036,6 +1044,32 @@ async fn until_set(flag: &mut watch::Receiver<bool>) {
 /// Asks for a message again at once (it was not judged).
 pub async fn nak_now(msg: &jetstream::Message) {
     ack(msg, AckKind::Nak(None)).await;
+}
+
+/// Judges one input with `engine`, counting the segment, the time it took
+/// since `received` and the hits dropped (by rule and reason).
+pub(super) fn judge(
+    engine: &mut Engine,
+    input: &Input<'_>,
+    now: u64,
+    out: &mut Vec<Event>,
+    metrics: &crate::metrics::Metrics,
+    received: Instant,
+) -> Outcome {
+    if let InputKind::Segment(s) = &input.kind {
+        metrics.segment(input.channel, s.speaker);
+    }
+    let outcome = engine.handle(input, now, out);
+    metrics
+        .scan_seconds
+        .observe(received.elapsed().as_secs_f64());
+    for (rule, reason, n) in engine.take_suppressed() {
+        metrics
+            .suppressed_hits
+            .with_label_values(&[&rule, reason])
+            .inc_by(n);
+    }
+    outcome
 }
 
 /// Acknowledges; a failed ack only means a redelivery, which is harmless.

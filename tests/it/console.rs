@@ -17,11 +17,35 @@ fn request(port: u16, path: &str, auth: Option<&str>) -> (u16, String, String) {
 
 /// [`request`] naming `host` in the `Host` header.
 fn request_as(port: u16, host: &str, path: &str, auth: Option<&str>) -> (u16, String, String) {
+    let auth = auth.map(|a| ("Authorization", a));
+    http(port, "GET", host, path, auth.as_slice(), None)
+}
+
+/// One HTTP/1.0 request: status, head (lower case) and body.
+fn http(
+    port: u16,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("console listens");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n{auth}\r\n").expect("send");
+    let mut extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    if let Some(b) = body {
+        extra.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\n{extra}\r\n{}",
+        body.unwrap_or_default()
+    )
+    .expect("send");
     let mut buf = String::new();
     s.read_to_string(&mut buf).expect("answer");
     let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
@@ -672,28 +696,8 @@ fn send(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("console listens");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{extra}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send");
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).expect("answer");
-    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, body.to_string())
+    let (code, _, body) = http(port, method, "127.0.0.1", path, headers, Some(body));
+    (code, body)
 }
 
 async fn send_async(
