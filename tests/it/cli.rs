@@ -195,6 +195,13 @@ fn the_documented_config_example_is_valid_and_complete() {
         "history",
         "format",
         "level",
+        "partitions",
+        "instance",
+        "bucket",
+        "replicas",
+        "lease_ms",
+        "heartbeat_ms",
+        "checkpoint_ms",
     ] {
         assert!(
             text.contains(&format!("{key} =")),
