@@ -721,6 +721,7 @@ impl Worker {
             }
         }
         self.head_chunks = Some((head.generation.clone(), head.chunks));
+        self.purge_older_than(&head.generation).await;
         self.seq = head.seq;
         self.checkpointed_seq = head.seq;
         self.last_bytes = head.bytes;
@@ -1212,6 +1213,38 @@ impl Worker {
         }
     }
 
+    /// Once per take-over: chunks of generations before `generation` (the
+    /// head just loaded) are left by a checkpoint cut short (a crash
+    /// between the chunks and the head) and can never be referenced again:
+    /// a head is written with a revision check, and a holder that wrote an
+    /// older generation has lost that race. Later generations are left
+    /// alone (a former holder may be writing them; it purges its own when
+    /// its head is refused).
+    async fn purge_older_than(&self, generation: &str) {
+        let Some(current) = generation_order(generation) else {
+            return;
+        };
+        let prefix = format!("chunk.{}.", self.p);
+        let Ok(mut keys) = self.ctx.kv.keys().await else {
+            return;
+        };
+        let mut stale = Vec::new();
+        while let Some(k) = keys.next().await {
+            let Ok(k) = k else { continue };
+            let older = k
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.rsplit_once('.'))
+                .and_then(|(g, _)| generation_order(g))
+                .is_some_and(|g| g < current);
+            if older {
+                stale.push(k);
+            }
+        }
+        for k in stale {
+            let _ = self.ctx.kv.purge(&k).await;
+        }
+    }
+
     /// Stop requested (hand-over or shutdown): store, checkpoint, release.
     async fn finish(&mut self) -> Exit {
         if self.lease.lost.load(Ordering::Acquire) {
@@ -1229,9 +1262,24 @@ impl Worker {
     }
 }
 
+/// A checkpoint generation `<epoch>-<n>` as comparable numbers.
+fn generation_order(generation: &str) -> Option<(u64, u64)> {
+    let (epoch, n) = generation.split_once('-')?;
+    Some((epoch.parse().ok()?, n.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generations_order_by_epoch_then_number() {
+        assert_eq!(generation_order("12-3"), Some((12, 3)));
+        assert!(generation_order("9-10") < generation_order("12-1"));
+        assert!(generation_order("12-2") < generation_order("12-10"));
+        assert_eq!(generation_order("x-1"), None);
+        assert_eq!(generation_order("12"), None);
+    }
 
     #[test]
     fn partitions_are_balanced_and_a_join_moves_few() {

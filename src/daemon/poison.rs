@@ -103,8 +103,17 @@ pub async fn sweep_partition(
         .await
     {
         Ok(m) => m,
-        // Nothing there (yet): nothing to do.
-        Err(_) => return Ok(false),
+        // Nothing there (yet): nothing to do. Any other error (a
+        // disconnect, a timeout) is one: the sweep is tried again.
+        Err(e)
+            if matches!(
+                e.kind(),
+                async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
+            ) =>
+        {
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
     };
     let seq = msg.sequence;
     remove_if_undecodable(shared, input, seq, msg).await

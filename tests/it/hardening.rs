@@ -363,6 +363,42 @@ async fn with_partitions_a_missing_checkpoint_chunk_does_not_stall_the_partition
     daemon.stop().await;
 }
 
+/// Chunks left by a checkpoint cut short (older generations than the head)
+/// are removed when a holder takes the partition; a later generation (a
+/// former holder may still be writing it) is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_partitions_leftover_checkpoint_chunks_are_removed_at_take_over() {
+    let nats = NatsServer::start();
+    let cluster = "[cluster]\npartitions = 1\ninstance = \"one\"\nheartbeat_ms = 100\nlease_ms = 400\ncheckpoint_ms = 100\n";
+    let daemon = Daemon::start(config(&nats, &lexicons(), cluster)).await;
+    let open = vec![
+        r#"{"conversation_id":"o","tenant":"acme","seq":0,"speaker":"agent","text":"您好"}"#
+            .to_string(),
+    ];
+    publish(&nats, &open).await;
+    let port = daemon.metrics_port;
+    wait_for("a checkpoint", async || {
+        metric(port, "zhijian_checkpoints_total{outcome=\"ok\"}").await >= 1.0
+    })
+    .await;
+    daemon.stop().await;
+    let js = js(&nats).await;
+    let kv = js.get_key_value("zhijian_cluster").await.expect("bucket");
+    kv.put("chunk.0.1-1.0", "[]".into())
+        .await
+        .expect("old chunk");
+    kv.put("chunk.0.999999-1.0", "[]".into())
+        .await
+        .expect("later chunk");
+    let daemon = Daemon::start(config(&nats, &lexicons(), cluster)).await;
+    wait_for("the old chunk removed", async || {
+        kv.get("chunk.0.1-1.0").await.ok().flatten().is_none()
+    })
+    .await;
+    assert!(kv.get("chunk.0.999999-1.0").await.ok().flatten().is_some());
+    daemon.stop().await;
+}
+
 /// Issue 10, item 10: ack only after the events are stored, Nak when they
 /// cannot be — checked from the server's side while storage is away,
 /// then every event stored exactly once when it is back. (The old test
