@@ -21,6 +21,10 @@
 //! verdict. Messages are pulled in short batches, so normally none is left
 //! behind in a client buffer at shutdown.
 //!
+//! One instance judges per consumer: it holds a lease in the state bucket
+//! and a second instance waits as a standby (see `standby`); several that
+//! share the work run with `[cluster]` (see `cluster`).
+//!
 //! A crash (SIGKILL, OOM) loses the in-memory state since the last start:
 //! unacked messages are redelivered and every forbidden/filler violation is
 //! still produced (de-duplicated by id), but a conversation whose segments
@@ -32,6 +36,7 @@ mod http;
 pub(crate) mod nats;
 mod poison;
 pub(crate) mod shard;
+mod standby;
 
 use crate::config::{Config, StreamsConfig};
 use crate::engine::{Engine, EngineConfig};
@@ -269,6 +274,21 @@ pub async fn run(
     let Some(consumer) = setup.consumer.clone() else {
         return Err(DaemonError::Runtime("no consumer was set up".into()));
     };
+    // One instance on the consumer: the others wait as standbys.
+    tokio::pin!(shutdown);
+    let Some(lease) = standby::acquire(&setup.state, &config.streams.consumer, &mut shutdown).await
+    else {
+        let _ = stop_tx.send(true);
+        close(
+            &client,
+            http,
+            console,
+            tokio::time::Instant::now() + config.shutdown_grace,
+        )
+        .await;
+        tracing::info!("stopped while waiting as a standby");
+        return Ok(());
+    };
 
     // Shards, with the state saved by the previous instance.
     let n = config.shards;
@@ -341,9 +361,16 @@ pub async fn run(
         stop_rx.clone(),
     ));
 
-    // Pull until shutdown.
-    tokio::pin!(shutdown);
-    let shard_died = dispatch(&consumer, &senders, &shared, &status, &mut shutdown).await;
+    // Pull until shutdown, or until another instance took the lease.
+    let mut lost = lease.lost();
+    let until = async {
+        tokio::select! {
+            _ = shutdown.as_mut() => {}
+            _ = lost.wait_for(|l| *l) => {}
+        }
+    };
+    tokio::pin!(until);
+    let shard_died = dispatch(&consumer, &senders, &shared, &status, &mut until).await;
     // The grace period, from here: shards finish their queues for half of
     // it, then are told to abort (hand back what they hold); saving state
     // gets what is left, less a margin for draining the connection.
@@ -382,10 +409,19 @@ pub async fn run(
             "the grace period ran short: queued inputs were Nak'ed unjudged and unstored events stashed"
         );
     }
-    let report = save_state(&setup.state, remains, &metrics, save_by).await;
-    if !report.is_complete() {
-        problems.push(report.describe());
+    if lease.is_lost() {
+        // The instance that took over restored the saved state already:
+        // what this one holds would come back stale at the next start.
+        problems.push("another instance took the lease: open conversations not saved".into());
+    } else {
+        let report = save_state(&setup.state, remains, &metrics, save_by).await;
+        if !report.is_complete() {
+            problems.push(report.describe());
+        }
     }
+    // Within the grace period (with NATS gone it cannot be given back; it
+    // then expires by itself).
+    let _ = tokio::time::timeout_at(started + grace.mul_f64(0.96), lease.release()).await;
     if shard_died {
         problems.push("a shard stopped taking messages before shutdown".into());
     }
@@ -969,6 +1005,10 @@ async fn restore_state(
     let n = engines.len();
     let mut restored = 0u64;
     for key in keys {
+        // The instance lease (see `standby`) is not saved state.
+        if key.starts_with("lease.") {
+            continue;
+        }
         let value = match kv.get(&key).await {
             Ok(Some(v)) => v,
             _ => continue,

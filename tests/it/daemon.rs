@@ -462,6 +462,53 @@ async fn garbage_goes_to_the_dead_letter_subject_and_the_next_message_is_process
     daemon.stop().await;
 }
 
+/// Two instances without `[cluster]` on one consumer would judge half of
+/// every conversation: the second waits as a standby (not ready), takes
+/// over when the first stops, and the verdicts are those of one instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_waits_as_a_standby_and_takes_over() {
+    let nats = NatsServer::start();
+    let first = Daemon::start(config(&nats, &lexicons(), "")).await;
+    let cfg = config(&nats, &lexicons(), "");
+    let port = cfg.metrics_addr.port();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let second = tokio::spawn(zhijian::daemon::run(cfg, async {
+        let _ = stopped.await;
+    }));
+    let ready = || async move {
+        tokio::task::spawn_blocking(move || http_get(port, "/readyz"))
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|(code, _)| code == 200)
+    };
+    let lines = traffic(40, 11);
+    let (a, b) = lines.split_at(lines.len() / 2);
+    publish(&nats, a).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !ready().await,
+        "the standby is ready while the first judges"
+    );
+    first.stop().await;
+    let deadline = Instant::now() + DEADLINE;
+    while !ready().await {
+        assert!(Instant::now() < deadline, "the standby never took over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    publish(&nats, b).await;
+    let js = js(&nats).await;
+    let got = wait_done(&js, summaries_in(&lines)).await;
+    assert_no_duplicate_ids(&got);
+    assert_same(&got, &scan(&lines), "one instance, then its standby");
+    let _ = stop.send(());
+    let stopped = tokio::time::timeout(DEADLINE, second).await;
+    assert!(
+        matches!(stopped, Ok(Ok(Ok(())))),
+        "the standby did not stop cleanly: {stopped:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_restart_mid_stream_loses_nothing() {
     let mut nats = NatsServer::start();
