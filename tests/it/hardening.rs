@@ -312,24 +312,32 @@ async fn with_partitions_a_non_utf8_subject_is_dead_lettered_and_removed() {
     daemon.stop().await;
 }
 
-/// A checkpoint chunk gone (deleted by hand, or by a former holder that
-/// had not yet noticed it lost the partition): the next holder loads what
-/// is left, counts it, and the partition goes on; it must not stall.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_partitions_a_missing_checkpoint_chunk_does_not_stall_the_partition() {
-    let nats = NatsServer::start();
+/// One partition, one instance: `open` conversations left open, checkpointed,
+/// the instance stopped. Returns the `[cluster]` configuration to restart
+/// it with.
+async fn checkpointed_partition(nats: &NatsServer, open: usize) -> &'static str {
     let cluster = "[cluster]\npartitions = 1\ninstance = \"one\"\nheartbeat_ms = 100\nlease_ms = 400\ncheckpoint_ms = 100\n";
-    let daemon = Daemon::start(config(&nats, &lexicons(), cluster)).await;
-    let open: Vec<String> = (0..3)
+    let daemon = Daemon::start(config(nats, &lexicons(), cluster)).await;
+    let lines: Vec<String> = (0..open)
         .map(|i| format!(r#"{{"conversation_id":"o{i}","tenant":"acme","seq":0,"speaker":"agent","text":"您好"}}"#))
         .collect();
-    publish(&nats, &open).await;
+    publish(nats, &lines).await;
     let port = daemon.metrics_port;
     wait_for("a checkpoint", async || {
         metric(port, "zhijian_checkpoints_total{outcome=\"ok\"}").await >= 1.0
     })
     .await;
     daemon.stop().await;
+    cluster
+}
+
+/// A checkpoint chunk gone (deleted by hand, or by a former holder that
+/// had not yet noticed it lost the partition): the next holder loads what
+/// is left, counts it, and the partition goes on; it must not stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_partitions_a_missing_checkpoint_chunk_does_not_stall_the_partition() {
+    let nats = NatsServer::start();
+    let cluster = checkpointed_partition(&nats, 3).await;
     let js = js(&nats).await;
     let kv = js.get_key_value("zhijian_cluster").await.expect("bucket");
     let mut keys = kv.keys().await.expect("keys");
@@ -369,19 +377,7 @@ async fn with_partitions_a_missing_checkpoint_chunk_does_not_stall_the_partition
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_partitions_leftover_checkpoint_chunks_are_removed_at_take_over() {
     let nats = NatsServer::start();
-    let cluster = "[cluster]\npartitions = 1\ninstance = \"one\"\nheartbeat_ms = 100\nlease_ms = 400\ncheckpoint_ms = 100\n";
-    let daemon = Daemon::start(config(&nats, &lexicons(), cluster)).await;
-    let open = vec![
-        r#"{"conversation_id":"o","tenant":"acme","seq":0,"speaker":"agent","text":"您好"}"#
-            .to_string(),
-    ];
-    publish(&nats, &open).await;
-    let port = daemon.metrics_port;
-    wait_for("a checkpoint", async || {
-        metric(port, "zhijian_checkpoints_total{outcome=\"ok\"}").await >= 1.0
-    })
-    .await;
-    daemon.stop().await;
+    let cluster = checkpointed_partition(&nats, 1).await;
     let js = js(&nats).await;
     let kv = js.get_key_value("zhijian_cluster").await.expect("bucket");
     kv.put("chunk.0.1-1.0", "[]".into())
