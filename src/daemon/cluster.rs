@@ -206,8 +206,8 @@ enum Exit {
     Released,
     /// The lease or the checkpoint moved: another member holds it.
     Lost,
-    /// Could not start (checkpoint unreadable, consumer not created).
-    Failed(String),
+    /// Could not go on (checkpoint head unreadable, an event not encoded).
+    Failed(ClusterError),
 }
 
 /// Everything the coordinator and the workers share.
@@ -243,6 +243,46 @@ pub(crate) fn check_partitions(stream: &jetstream::stream::Config, configured: u
     }
 }
 
+/// What goes wrong in cluster mode, with its source.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClusterError {
+    #[error("{what}: {source}")]
+    Nats {
+        what: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Event(#[from] super::EncodeError),
+    #[error("checkpoint head of partition {partition} is unreadable: {source}")]
+    Head {
+        partition: u32,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "checkpoint of partition {partition} has version {found}, this build reads {HEAD_VERSION}"
+    )]
+    Version { partition: u32, found: u32 },
+    #[error("{}", .0.join("; "))]
+    Shutdown(Vec<String>),
+}
+
+impl ClusterError {
+    fn nats(what: impl Into<String>, source: impl Into<async_nats::Error>) -> ClusterError {
+        ClusterError::Nats {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+}
+
 /// What the cluster runs on: the partitioned input stream and the bucket.
 pub(crate) struct Streams {
     pub input: jetstream::stream::Stream,
@@ -260,7 +300,7 @@ pub(crate) async fn serve(
     scanners: watch::Receiver<Arc<Scanners>>,
     status: Arc<super::http::Status>,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), String> {
+) -> Result<(), ClusterError> {
     let ctx = Arc::new(Ctx {
         shared,
         cluster,
@@ -341,27 +381,30 @@ pub(crate) async fn serve(
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(problems.join("; "))
+        Err(ClusterError::Shutdown(problems))
     }
 }
 
 /// Says this member is alive; returns the live members (this one included).
-async fn heartbeat(ctx: &Ctx) -> Result<Vec<String>, String> {
+async fn heartbeat(ctx: &Ctx) -> Result<Vec<String>, ClusterError> {
     let me = &ctx.cluster.instance;
     let ttl = ctx.cluster.heartbeat.as_millis() as u64 * 3;
     let value = serde_json::to_vec(&MemberValue {
         until_ms: wall_ms() + ttl,
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|source| ClusterError::Encode {
+        what: "the member key",
+        source,
+    })?;
     ctx.kv
         .put(format!("member.{me}"), value.into())
         .await
-        .map_err(|e| format!("member key: {e}"))?;
+        .map_err(|e| ClusterError::nats("writing the member key", e))?;
     let mut keys = ctx
         .kv
         .keys()
         .await
-        .map_err(|e| format!("listing members: {e}"))?;
+        .map_err(|e| ClusterError::nats("listing members", e))?;
     let mut members = vec![me.clone()];
     let now = wall_ms();
     while let Some(k) = keys.next().await {
@@ -668,12 +711,12 @@ impl Worker {
     }
 
     /// Loads the partition's checkpoint into the engine.
-    async fn load(&mut self) -> Result<(), String> {
+    async fn load(&mut self) -> Result<(), ClusterError> {
         let kv = &self.ctx.kv;
         let entry = kv
             .entry(self.head_key())
             .await
-            .map_err(|e| format!("checkpoint head: {e}"))?;
+            .map_err(|e| ClusterError::nats("reading the checkpoint head", e))?;
         let Some(entry) = entry else {
             return Ok(());
         };
@@ -681,13 +724,16 @@ impl Worker {
         if entry.value.is_empty() {
             return Ok(());
         }
-        let head: Head = serde_json::from_slice(&entry.value)
-            .map_err(|e| format!("checkpoint head of partition {}: {e}", self.p))?;
+        let head: Head =
+            serde_json::from_slice(&entry.value).map_err(|source| ClusterError::Head {
+                partition: self.p,
+                source,
+            })?;
         if head.version != HEAD_VERSION {
-            return Err(format!(
-                "checkpoint of partition {} has version {}, this build reads {HEAD_VERSION}",
-                self.p, head.version
-            ));
+            return Err(ClusterError::Version {
+                partition: self.p,
+                found: head.version,
+            });
         }
         let mut restored = 0u64;
         for i in 0..head.chunks {
@@ -696,7 +742,12 @@ impl Worker {
                 Ok(Some(bytes)) => serde_json::from_slice::<Vec<SavedConversation>>(&bytes)
                     .map_err(|e| e.to_string()),
                 Ok(None) => Err("missing".to_string()),
-                Err(e) => return Err(format!("checkpoint chunk {key}: {e}")),
+                Err(e) => {
+                    return Err(ClusterError::nats(
+                        format!("reading checkpoint chunk {key}"),
+                        e,
+                    ));
+                }
             };
             match convs {
                 Ok(convs) => {
@@ -778,7 +829,7 @@ impl Worker {
     }
 
     /// An ordered consumer on the partition from the input after `seq`.
-    async fn consumer(&mut self, first: bool) -> Result<pull::Ordered, String> {
+    async fn consumer(&mut self, first: bool) -> Result<pull::Ordered, ClusterError> {
         let streams = &self.ctx.shared.config.streams;
         let deliver_policy = if self.seq == 0 {
             DeliverPolicy::All
@@ -797,7 +848,7 @@ impl Worker {
                 ..Default::default()
             })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ClusterError::nats("creating the partition's consumer", e))?;
         if first {
             // What the previous holder may have judged after its last
             // checkpoint, and what waited: judged again from the checkpoint.
@@ -810,7 +861,10 @@ impl Worker {
                     .inc_by(info.num_pending);
             }
         }
-        consumer.messages().await.map_err(|e| e.to_string())
+        consumer
+            .messages()
+            .await
+            .map_err(|e| ClusterError::nats("reading the partition", e))
     }
 
     /// Judges one input and sends its events.
@@ -905,7 +959,7 @@ impl Worker {
             self.hold().await?;
             let shared = &self.ctx.shared;
             let (subject, mut headers, payload) =
-                shared.encode(e).map_err(|e| Exit::Failed(e.to_string()))?;
+                shared.encode(e).map_err(|e| Exit::Failed(e.into()))?;
             self.stamp(&mut headers);
             shared.metrics.output_pending.inc();
             let ack = loop {
@@ -943,7 +997,7 @@ impl Worker {
             return Ok(());
         };
         let shared = Arc::clone(&self.ctx.shared);
-        let mut result = ack.await.map(|a| a.duplicate).map_err(|e| e.to_string());
+        let mut result = ack.await.map(|a| a.duplicate);
         let mut delay = Duration::from_millis(100);
         loop {
             match result {
@@ -962,17 +1016,16 @@ impl Worker {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                     self.hold().await?;
-                    let (subject, mut headers, payload) = shared
-                        .encode(&event)
-                        .map_err(|e| Exit::Failed(e.to_string()))?;
+                    let (subject, mut headers, payload) =
+                        shared.encode(&event).map_err(|e| Exit::Failed(e.into()))?;
                     self.stamp(&mut headers);
                     result = match shared
                         .js
                         .publish_with_headers(subject, headers, payload)
                         .await
                     {
-                        Ok(ack) => ack.await.map(|a| a.duplicate).map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
+                        Ok(ack) => ack.await.map(|a| a.duplicate),
+                        Err(e) => Err(e),
                     };
                 }
             }
