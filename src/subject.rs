@@ -46,6 +46,12 @@ pub fn input(s: &StreamsConfig, tenant: &str, conversation_id: &str) -> String {
     format!("{}.{tenant}.{conversation_id}", s.input_prefix)
 }
 
+/// The stored subjects of a conversation's inputs in a partitioned stream
+/// (`[cluster]`), whatever its partition: `<prefix>.*.<tenant>.<id>`.
+pub fn input_partitioned(s: &StreamsConfig, tenant: &str, conversation_id: &str) -> String {
+    format!("{}.*.{tenant}.{conversation_id}", s.input_prefix)
+}
+
 /// Where `zhijian publish` puts line `line` (1-based) of a file when it is
 /// not valid input, for the daemon to dead-letter.
 pub fn input_invalid_line(s: &StreamsConfig, line: usize) -> String {

@@ -239,6 +239,8 @@ struct AppState {
     js: jetstream::Context,
     input_stream: String,
     streams: Arc<crate::config::StreamsConfig>,
+    /// The input stream is partitioned (`[cluster]`).
+    partitioned: bool,
     metrics: Arc<Metrics>,
     /// `Basic <base64(user:password)>`, precomputed.
     basic: Option<String>,
@@ -321,6 +323,7 @@ pub(crate) async fn start(
         js,
         input_stream: config.streams.input_stream.clone(),
         streams: Arc::new(config.streams.clone()),
+        partitioned: config.cluster.is_some(),
         metrics,
         basic,
     };
@@ -809,7 +812,12 @@ async fn conversation(
             "invalid tenant or conversation id\n".into(),
         ));
     }
-    let subject = subject::input(&s.streams, &tenant, &id);
+    // Stored under their partition when the input is partitioned.
+    let subject = if s.partitioned {
+        subject::input_partitioned(&s.streams, &tenant, &id)
+    } else {
+        subject::input(&s.streams, &tenant, &id)
+    };
     let (segments, ended, truncated) =
         read_segments(&s, &tenant, &id, &subject)
             .await

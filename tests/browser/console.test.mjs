@@ -22,7 +22,7 @@
 // (median of five, printed). A screenshot is left in
 // target/browser-artifacts/.
 //
-//   ZHIJIAN_BIN (target/debug/zhijian), NATS_SERVER_BIN (.local/nats/...),
+//   ZJ_BIN (target/debug/zhijian; not ZHIJIAN_BIN, which the daemon would read as a setting), NATS_SERVER_BIN (.local/nats/...),
 //   CHROMIUM_BIN (/usr/bin/chromium), ARTIFACTS_DIR (target/browser-artifacts)
 
 import assert from 'node:assert/strict';
@@ -35,7 +35,7 @@ import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const ZHIJIAN = process.env.ZHIJIAN_BIN || path.join(ROOT, 'target/debug/zhijian');
+const ZHIJIAN = process.env.ZJ_BIN || path.join(ROOT, 'target/debug/zhijian');
 const NATS = process.env.NATS_SERVER_BIN || path.join(ROOT, '.local/nats/bin/nats-server');
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const ARTIFACTS = process.env.ARTIFACTS_DIR || path.join(ROOT, 'target/browser-artifacts');
@@ -99,7 +99,9 @@ const LIVE = [
   seg('acme', 'live-x', XSS_AGENT, 2, 'agent', '急什么'),
 ];
 // A conversation id that is markup (no '>': it is a NATS subject token).
-const XSS_CONV = '<img/src=x/onerror=window.__pwned=7//';
+// No '.' in a conversation id: a partitioned input (the test runs two
+// instances with [cluster]) takes `<prefix>.<tenant>.<id>` only.
+const XSS_CONV = "<img/src=x/onerror=window['__pwned']=7//";
 const LIVE2 = [
   seg('globex', XSS_CONV, 'agent-zhou', 0, 'agent', '您好'),
   seg('globex', XSS_CONV, 'agent-zhou', 1, 'customer', '我要打12315投诉你们'),
@@ -213,6 +215,9 @@ async function main() {
     '[daemon]', 'shutdown_grace_s = 10',
     '[metrics]', `addr = "127.0.0.1:${metricsPort}"`,
     '[console]', `addr = "127.0.0.1:${consolePort}"`, 'history = 20000',
+    // Two instances share the work (steps 10 and 11): partitions. (Without
+    // them a second instance on the same consumer waits as a standby.)
+    '[cluster]', 'partitions = 2', 'instance = "a"', 'heartbeat_ms = 100', 'lease_ms = 400', 'checkpoint_ms = 100',
     '[log]', 'level = "warn"', '',
   ].join('\n'));
   const startDaemon = async () => {
@@ -221,13 +226,14 @@ async function main() {
     return d;
   };
   let daemon = await startDaemon();
-  // A second instance (same NATS, same consumer: shared work) with its
+  // A second instance (same NATS, the partitions shared) with its
   // own console, for steps 10 and 11.
   const [metricsPortB, consolePortB] = [await freePort(), await freePort()];
   const configB = path.join(dir, 'zhijian-b.toml');
   fs.writeFileSync(configB, fs.readFileSync(config, 'utf8')
     .replace(`addr = "127.0.0.1:${metricsPort}"`, `addr = "127.0.0.1:${metricsPortB}"`)
-    .replace(`addr = "127.0.0.1:${consolePort}"`, `addr = "127.0.0.1:${consolePortB}"`));
+    .replace(`addr = "127.0.0.1:${consolePort}"`, `addr = "127.0.0.1:${consolePortB}"`)
+    .replace('instance = "a"', 'instance = "b"'));
   const startDaemonB = async () => {
     const d = start('daemon-b', ZHIJIAN, ['run', '--config', configB]);
     await waitHttp(`http://127.0.0.1:${metricsPortB}/readyz`, 'zhijian (second instance)');
@@ -617,7 +623,7 @@ async function main() {
     assert.equal(await xssConvRow.locator('button.conv').textContent(), XSS_CONV);
     await page2.click('#v-board');
     await page2.waitForFunction((c) => [...document.querySelectorAll('#board tr')].some((tr) => tr.dataset.conversation === c), XSS_CONV);
-    await page2.locator('#board tr[data-tenant="globex"] button.conv', { hasText: 'pwned=7' }).click();
+    await page2.locator('#board tr[data-tenant="globex"] button.conv', { hasText: "__pwned']=7" }).click();
     await page2.waitForFunction((c) => document.querySelector('#detail-title').textContent === `globex / ${c}`, XSS_CONV);
     for (const p of [page, page2]) {
       assert.equal(await p.evaluate(() => window.__pwned), undefined, 'nothing ran as code');
