@@ -440,6 +440,13 @@ pub struct ClusterConfig {
     pub checkpoint: Duration,
 }
 
+/// This machine's host name (empty when it cannot be read).
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
 impl ClusterSection {
     fn validate(&self) -> Result<Option<ClusterConfig>, String> {
         if self.partitions == 0 {
@@ -458,10 +465,7 @@ impl ClusterSection {
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
         };
         let instance = if self.instance.is_empty() {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_default();
-            let host: String = host
+            let host: String = host_name()
                 .chars()
                 .map(|c| {
                     if c.is_ascii_alphanumeric() || c == '-' {

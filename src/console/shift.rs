@@ -83,8 +83,8 @@ impl Shift {
                 hour.score_sum += s.score;
             }
         }
-        // Drop what is older than KEEP, now and then (on the hour's first
-        // event of an agent).
+        // Drop what is older than KEEP once an agent has more hours than
+        // that (an agent no longer seen keeps at most 26 hours' counters).
         if agent_hours.len() > 26 {
             let oldest = (at_ms.saturating_sub(KEEP.as_millis() as u64)) / HOUR_MS;
             agent_hours.retain(|h, _| *h >= oldest);

@@ -657,7 +657,6 @@ struct Worker {
     swept_at_disconnects: u64,
     events: Vec<Event>,
     generation: u64,
-    last_bytes: u64,
 }
 
 async fn work(
@@ -692,7 +691,6 @@ async fn work(
         unacked: VecDeque::new(),
         events: Vec::new(),
         generation: 0,
-        last_bytes: 0,
         reported_open: 0,
         swept_at_disconnects: u64::MAX,
     };
@@ -775,7 +773,6 @@ impl Worker {
         self.purge_older_than(&head.generation).await;
         self.seq = head.seq;
         self.checkpointed_seq = head.seq;
-        self.last_bytes = head.bytes;
         self.ctx.shared.metrics.state_restored.inc_by(restored);
         tracing::info!(
             partition = self.p,
@@ -1224,7 +1221,6 @@ impl Worker {
                 m.checkpoint_seconds
                     .observe(started.elapsed().as_secs_f64());
                 m.set_checkpoint_bytes(self.p, bytes_total);
-                self.last_bytes = bytes_total;
                 self.checkpointed_seq = self.seq;
                 self.checkpointed_at = Instant::now();
                 self.dirty = false;
@@ -1303,13 +1299,10 @@ impl Worker {
         if self.lease.lost.load(Ordering::Acquire) {
             return Exit::Lost;
         }
+        // A checkpoint that could not be written costs work, not data:
+        // the next holder replays from the last one.
         match self.checkpoint().await {
-            Ok(()) if self.checkpointed_seq == self.seq && !self.dirty => Exit::Released,
-            Ok(()) => {
-                // The checkpoint could not be written: the next holder
-                // replays from the last one (nothing is lost, work repeats).
-                Exit::Released
-            }
+            Ok(()) => Exit::Released,
             Err(exit) => exit,
         }
     }

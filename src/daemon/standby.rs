@@ -7,6 +7,7 @@
 //! ([`LEASE`] after a crash). Several instances that share the work:
 //! `[cluster]`.
 
+use super::shard::now_ms;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -47,10 +48,6 @@ fn value(owner: &str, until_ms: u64) -> Option<Bytes> {
     .map(Bytes::from)
 }
 
-fn now_ms() -> u64 {
-    super::shard::now_ms()
-}
-
 /// Takes the lease of `consumer`, waiting while another live instance
 /// holds it; None if `shutdown` comes first.
 pub async fn acquire<F: Future<Output = ()>>(
@@ -61,9 +58,7 @@ pub async fn acquire<F: Future<Output = ()>>(
     let key = format!("lease.{consumer}");
     let owner = format!(
         "{}-{}-{}",
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default(),
+        crate::config::host_name(),
         std::process::id(),
         now_ms()
     );
