@@ -387,17 +387,20 @@ impl Default for LogSection {
     }
 }
 
-/// Many instances on one input stream: the stream is split into
-/// `partitions` by conversation (a subject transform computed by NATS),
-/// each partition judged by one instance at a time (a lease in a key-value
-/// bucket), its open conversations checkpointed to that bucket. See
-/// `daemon::cluster`.
+/// Partitions: the input stream is split into `partitions` by conversation
+/// (a subject transform computed by NATS), each partition judged by one
+/// instance at a time (a lease in a key-value bucket), its open
+/// conversations checkpointed to that bucket. One instance or many run the
+/// same way. See `daemon::cluster`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSection {
-    /// Partitions of the input stream; 0: one instance, no partitions.
-    /// Used when the stream is created: an existing stream's own count wins.
-    pub partitions: u32,
+    /// Partitions of the input stream when this daemon creates it (unset:
+    /// [`DEFAULT_PARTITIONS`]); an existing stream's own count wins. 0: no
+    /// partitions (one instance judges, the others stand by, and a
+    /// `kill -9` loses open conversations' state); unset on an unpartitioned
+    /// stream made by an older version: the same.
+    pub partitions: Option<u32>,
     /// This instance's name (letters, digits, `-`, `_`); empty: host name
     /// and process id. Names must differ between running instances.
     pub instance: String,
@@ -414,10 +417,15 @@ pub struct ClusterSection {
     pub checkpoint_ms: u64,
 }
 
+/// Partitions of an input stream this daemon creates when
+/// `[cluster] partitions` is not set: room for twelve instances, and even
+/// shares for 1, 2, 3, 4 and 6.
+pub const DEFAULT_PARTITIONS: u32 = 12;
+
 impl Default for ClusterSection {
     fn default() -> Self {
         ClusterSection {
-            partitions: 0,
+            partitions: None,
             instance: String::new(),
             bucket: "zhijian_cluster".into(),
             replicas: 1,
@@ -431,7 +439,8 @@ impl Default for ClusterSection {
 /// The validated cluster settings.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    pub partitions: u32,
+    /// As configured (see [`ClusterSection::partitions`]).
+    pub partitions: Option<u32>,
     pub instance: String,
     pub bucket: String,
     pub replicas: usize,
@@ -448,15 +457,9 @@ pub(crate) fn host_name() -> String {
 }
 
 impl ClusterSection {
-    fn validate(&self) -> Result<Option<ClusterConfig>, String> {
-        if self.partitions == 0 {
-            return Ok(None);
-        }
-        if self.partitions > 1024 {
-            return Err(format!(
-                "[cluster] partitions must be 1..=1024, got {}",
-                self.partitions
-            ));
+    fn validate(&self) -> Result<ClusterConfig, String> {
+        if let Some(p) = self.partitions.filter(|p| *p > 1024) {
+            return Err(format!("[cluster] partitions must be 0..=1024, got {p}"));
         }
         let name_ok = |t: &str| {
             !t.is_empty()
@@ -510,7 +513,7 @@ impl ClusterSection {
         if self.checkpoint_ms == 0 {
             return Err("[cluster] checkpoint_ms must be >= 1".into());
         }
-        Ok(Some(ClusterConfig {
+        Ok(ClusterConfig {
             partitions: self.partitions,
             instance,
             bucket: self.bucket.clone(),
@@ -518,7 +521,7 @@ impl ClusterSection {
             lease: Duration::from_millis(self.lease_ms),
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             checkpoint: Duration::from_millis(self.checkpoint_ms),
-        }))
+        })
     }
 }
 
@@ -566,8 +569,8 @@ pub struct Config {
     pub console: Option<ConsoleConfig>,
     /// Shadow mode, when a candidate lexicon is configured.
     pub shadow: Option<ShadowConfig>,
-    /// Several instances, partitions (None: one instance).
-    pub cluster: Option<ClusterConfig>,
+    /// Partitions, leases and checkpoints.
+    pub cluster: ClusterConfig,
     pub log_json: bool,
     pub log_level: String,
 }
@@ -802,9 +805,6 @@ impl RawConfig {
             })
         };
         let cluster = self.cluster.validate()?;
-        if cluster.is_some() && shadow.is_some() {
-            return Err("[shadow] is not available with [cluster] partitions yet".into());
-        }
         Ok(Config {
             shadow,
             cluster,

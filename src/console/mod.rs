@@ -239,7 +239,7 @@ struct AppState {
     js: jetstream::Context,
     input_stream: String,
     streams: Arc<crate::config::StreamsConfig>,
-    /// The input stream is partitioned (`[cluster]`).
+    /// The input stream is partitioned.
     partitioned: bool,
     metrics: Arc<Metrics>,
     /// `Basic <base64(user:password)>`, precomputed.
@@ -259,11 +259,13 @@ impl Console {
 }
 
 /// Binds the console's address, starts following the output stream and
-/// serves until stopped.
+/// serves until stopped. `partitioned`: the input stream stores segments
+/// under their partition.
 pub(crate) async fn start(
     config: &Config,
     console: ConsoleConfig,
     js: jetstream::Context,
+    partitioned: bool,
     metrics: Arc<Metrics>,
 ) -> Result<Console, crate::listen::ListenError> {
     let (listener, addr) = crate::listen::bind(console.addr, "the console").await?;
@@ -323,7 +325,7 @@ pub(crate) async fn start(
         js,
         input_stream: config.streams.input_stream.clone(),
         streams: Arc::new(config.streams.clone()),
-        partitioned: config.cluster.is_some(),
+        partitioned,
         metrics,
         basic,
     };

@@ -36,7 +36,7 @@
 use crate::config::{ClusterConfig, StreamsConfig};
 use crate::daemon::Shared;
 use crate::daemon::shard::{self, DeadLetter, SavedConversation};
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::Engine;
 use crate::event::{Event, decode_limited};
 use crate::matcher::Scanners;
 use crate::subject;
@@ -218,29 +218,11 @@ struct Ctx {
     kv: kv::Store,
     input: jetstream::stream::Stream,
     scanners: watch::Receiver<Arc<Scanners>>,
+    /// The candidate lexicon in shadow mode.
+    shadow: Option<watch::Receiver<Arc<Scanners>>>,
     clock: Instant,
     /// This process's run (see [`LeaseValue::run`]).
     run: u64,
-}
-
-/// The partition count in use: the input stream's own, or (when the
-/// stream has no transform yet and may be created) the configured one;
-/// None when the stream is not partitioned.
-pub(crate) fn check_partitions(stream: &jetstream::stream::Config, configured: u32) -> Option<u32> {
-    match partitions_of(stream) {
-        Some(p) if p > 0 => {
-            if p != configured {
-                tracing::warn!(
-                    stream = %stream.name,
-                    stream_partitions = p,
-                    configured,
-                    "the input stream's partition count wins over [cluster] partitions"
-                );
-            }
-            Some(p)
-        }
-        _ => None,
-    }
 }
 
 /// What goes wrong in cluster mode, with its source.
@@ -298,6 +280,7 @@ pub(crate) async fn serve(
     cluster: ClusterConfig,
     on: Streams,
     scanners: watch::Receiver<Arc<Scanners>>,
+    shadow: Option<watch::Receiver<Arc<Scanners>>>,
     status: Arc<super::http::Status>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ClusterError> {
@@ -308,6 +291,7 @@ pub(crate) async fn serve(
         kv: on.kv,
         input: on.input,
         scanners,
+        shadow,
         clock: Instant::now(),
         run: wall_ms() ^ (u64::from(std::process::id()) << 40),
     });
@@ -359,24 +343,40 @@ pub(crate) async fn serve(
         h.releasing = true;
         let _ = h.stop.send(true);
     }
-    let deadline = tokio::time::Instant::now() + ctx.shared.config.shutdown_grace.mul_f64(0.8);
+    // Within the grace period, NATS gone or not: workers checkpoint for
+    // most of it, then leases and the member key get what is left.
+    let started = tokio::time::Instant::now();
+    let grace = ctx.shared.config.shutdown_grace;
+    let (workers_by, release_by) = (started + grace.mul_f64(0.8), started + grace.mul_f64(0.9));
     let mut problems = Vec::new();
-    for (p, h) in held.drain() {
-        match tokio::time::timeout_at(deadline, h.worker).await {
+    for (p, mut h) in held.drain() {
+        match tokio::time::timeout_at(workers_by, &mut h.worker).await {
             Ok(Ok(Exit::Released)) => {
-                release(&ctx, p, h.revision).await;
-                metrics.cluster.handovers.with_label_values(&["released"]).inc();
+                let _ = tokio::time::timeout_at(release_by, release(&ctx, p, h.revision)).await;
+                metrics
+                    .cluster
+                    .handovers
+                    .with_label_values(&["released"])
+                    .inc();
             }
-            Ok(Ok(other)) => tracing::warn!(partition = p, exit = ?other, "worker ended badly at shutdown"),
+            Ok(Ok(other)) => {
+                tracing::warn!(partition = p, exit = ?other, "worker ended badly at shutdown")
+            }
             Ok(Err(e)) => problems.push(format!("partition {p}: worker failed: {e}")),
-            Err(_) => problems.push(format!(
-                "partition {p}: no checkpoint within the grace period (the next holder replays from the last one)"
-            )),
+            Err(_) => {
+                // It must not publish after this instance said it stopped.
+                h.worker.abort();
+                problems.push(format!(
+                    "partition {p}: no checkpoint within the grace period (the next holder replays from the last one)"
+                ));
+            }
         }
     }
     metrics.cluster.partitions_owned.set(0);
-    if let Err(e) = ctx.kv.delete(format!("member.{me}")).await {
-        tracing::warn!(error = %e, "cannot remove this member");
+    match tokio::time::timeout_at(release_by, ctx.kv.delete(format!("member.{me}"))).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove this member"),
+        Err(_) => tracing::warn!("cannot remove this member in time (it expires by itself)"),
     }
     if problems.is_empty() {
         Ok(())
@@ -637,6 +637,14 @@ struct Worker {
     epoch: u64,
     lease: Arc<Lease>,
     engine: Engine,
+    /// The live lexicon, as reloaded.
+    scanners: watch::Receiver<Arc<Scanners>>,
+    /// Shadow mode: the candidate lexicon's engine (its state is not
+    /// checkpointed).
+    shadow: Option<shard::Shadow>,
+    /// Inputs of the partition after the last one judged (added to
+    /// `zhijian_consumer_pending`).
+    pending: i64,
     /// Last input sequence judged (its events sent).
     seq: u64,
     /// Revision of the checkpoint head this worker last read or wrote.
@@ -667,21 +675,25 @@ async fn work(
     mut stop: watch::Receiver<bool>,
 ) -> Exit {
     let config = &ctx.shared.config;
+    let max_open = config.max_open_conversations / ctx.partitions as usize;
+    let mut scanners = ctx.scanners.clone();
     let engine = Engine::with_scanners(
-        Arc::clone(&ctx.scanners.borrow()),
-        EngineConfig {
-            tombstone_ttl_ms: config.tombstone_ttl.as_millis() as u64,
-            excerpt_chars: config.excerpt_chars,
-            max_open: (config.max_open_conversations / ctx.partitions as usize).max(1),
-            max_segments: config.max_segments_per_conversation,
-        },
+        Arc::clone(&scanners.borrow_and_update()),
+        super::engine_config(config, max_open),
     );
+    let shadow = ctx
+        .shadow
+        .as_ref()
+        .map(|rx| shard::Shadow::new(rx, &ctx.shared, max_open));
     let mut w = Worker {
         ctx: Arc::clone(&ctx),
         p,
         epoch,
         lease,
         engine,
+        scanners,
+        shadow,
+        pending: 0,
         seq: 0,
         head_revision: None,
         head_chunks: None,
@@ -699,6 +711,7 @@ async fn work(
     }
     let exit = w.run(&mut stop).await;
     w.report_open(true);
+    w.report_pending(0);
     ctx.shared.metrics.cluster.forget(p);
     exit
 }
@@ -897,14 +910,19 @@ impl Worker {
                 .dead_letter(&msg, seq, subject::SUBJECT_MISMATCH, &detail)
                 .await;
         }
+        // One clock for the live engine and the shadow.
+        let now = wall_ms();
         let outcome = shard::judge(
             &mut self.engine,
             &input,
-            wall_ms(),
+            now,
             &mut self.events,
             metrics,
             received,
         );
+        if let Some(shadow) = self.shadow.as_mut() {
+            shadow.judge(&shared, &input, now, &self.events);
+        }
         metrics.outcome(outcome);
         let events = std::mem::take(&mut self.events);
         self.send(&events, arrived).await?;
@@ -912,14 +930,25 @@ impl Worker {
         self.events.clear();
         self.seq = seq;
         self.report_open(false);
+        self.report_pending(i64::try_from(info.pending).unwrap_or(i64::MAX));
         Ok(())
     }
 
     fn refresh_scanner(&mut self) {
-        if self.ctx.scanners.has_changed().unwrap_or(false) {
-            let s = Arc::clone(&self.ctx.scanners.borrow());
+        if self.scanners.has_changed().unwrap_or(false) {
+            let s = Arc::clone(&self.scanners.borrow_and_update());
             self.engine.set_scanners(s);
         }
+    }
+
+    /// This partition's share of `zhijian_consumer_pending`.
+    fn report_pending(&mut self, pending: i64) {
+        self.ctx
+            .shared
+            .metrics
+            .consumer_pending
+            .add(pending - self.pending);
+        self.pending = pending;
     }
 
     fn report_open(&mut self, gone: bool) {
@@ -1080,6 +1109,9 @@ impl Worker {
         let mut events = std::mem::take(&mut self.events);
         if self.engine.close_idle(wall_ms(), idle_ms, &mut events) > 0 {
             self.dirty = true;
+        }
+        if let Some(shadow) = self.shadow.as_mut() {
+            shadow.close_idle(&self.ctx.shared, idle_ms, &events);
         }
         if !events.is_empty() {
             self.send(&events, None).await?;
@@ -1378,12 +1410,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(partitions_of(&config), Some(12));
-        assert_eq!(check_partitions(&config, 8), Some(12));
         let plain = jetstream::stream::Config {
             name: "T".into(),
             ..Default::default()
         };
-        assert!(check_partitions(&plain, 8).is_none());
+        assert!(partitions_of(&plain).is_none());
     }
 
     #[test]

@@ -162,6 +162,17 @@ impl Shared {
     }
 }
 
+/// The engine settings of the configuration, for an engine holding at most
+/// `max_open` open conversations (a shard's or a partition's share).
+pub(crate) fn engine_config(config: &Config, max_open: usize) -> EngineConfig {
+    EngineConfig {
+        tombstone_ttl_ms: config.tombstone_ttl.as_millis() as u64,
+        excerpt_chars: config.excerpt_chars,
+        max_open: max_open.max(1),
+        max_segments: config.max_segments_per_conversation,
+    }
+}
+
 /// Runs the daemon until `shutdown` resolves (or SIGTERM/SIGINT when started
 /// from the command line, which passes a signal future).
 pub async fn run(
@@ -200,8 +211,14 @@ pub async fn run(
 
     let console = match config.console.clone() {
         Some(c) => {
-            let console =
-                crate::console::start(&config, c, setup.js.clone(), Arc::clone(&metrics)).await?;
+            let console = crate::console::start(
+                &config,
+                c,
+                setup.js.clone(),
+                setup.cluster.is_some(),
+                Arc::clone(&metrics),
+            )
+            .await?;
             tracing::info!(url = %format!("http://{}/", console.addr), "console for QA supervisors");
             Some(console)
         }
@@ -244,20 +261,31 @@ pub async fn run(
         stop_rx.clone(),
     ));
 
-    // Many instances: partitions instead of shards.
-    if let (Some((kv, partitions)), Some(cluster_config)) =
-        (setup.cluster.clone(), config.cluster.clone())
-    {
+    if let (Some(shadow), Some(tx)) = (&config.shadow, shadow_tx) {
+        tokio::spawn(reloader(
+            shadow.lexicons.clone(),
+            config.reload_poll,
+            config.reload_requires_tests,
+            tx,
+            None,
+            stop_rx.clone(),
+        ));
+    }
+
+    // A partitioned stream: partitions instead of shards, however many
+    // instances run.
+    if let Some((kv, partitions)) = setup.cluster.clone() {
         let started = tokio::time::Instant::now();
         let result = cluster::serve(
             Arc::clone(&shared),
-            cluster_config,
+            config.cluster.clone(),
             cluster::Streams {
                 input: setup.input.clone(),
                 partitions,
                 kv,
             },
             scanner_rx,
+            shadow_rx,
             Arc::clone(&status),
             shutdown,
         )
@@ -296,12 +324,7 @@ pub async fn run(
         .map(|_| {
             Engine::with_scanners(
                 Arc::clone(&scanners),
-                EngineConfig {
-                    tombstone_ttl_ms: config.tombstone_ttl.as_millis() as u64,
-                    excerpt_chars: config.excerpt_chars,
-                    max_open: (config.max_open_conversations / n).max(1),
-                    max_segments: config.max_segments_per_conversation,
-                },
+                engine_config(&config, config.max_open_conversations / n),
             )
         })
         .collect();
@@ -315,18 +338,9 @@ pub async fn run(
     for (engine, stash) in engines.into_iter().zip(stashes) {
         let (tx, rx) = mpsc::channel(config.shard_queue);
         senders.push(tx);
-        let shadow = shadow_rx.as_ref().map(|rx| {
-            let engine = Engine::with_scanners(
-                Arc::clone(&rx.borrow()),
-                EngineConfig {
-                    tombstone_ttl_ms: config.tombstone_ttl.as_millis() as u64,
-                    excerpt_chars: config.excerpt_chars,
-                    max_open: (config.max_open_conversations / n).max(1),
-                    max_segments: config.max_segments_per_conversation,
-                },
-            );
-            shard::Shadow::new(engine, rx.clone(), &shared)
-        });
+        let shadow = shadow_rx
+            .as_ref()
+            .map(|rx| shard::Shadow::new(rx, &shared, config.max_open_conversations / n));
         let shard = Shard::new(
             Arc::clone(&shared),
             engine,
@@ -338,16 +352,6 @@ pub async fn run(
         workers.push(tokio::spawn(shard.run(rx)));
     }
 
-    if let (Some(shadow), Some(tx)) = (&config.shadow, shadow_tx) {
-        tokio::spawn(reloader(
-            shadow.lexicons.clone(),
-            config.reload_poll,
-            config.reload_requires_tests,
-            tx,
-            None,
-            stop_rx.clone(),
-        ));
-    }
     tokio::spawn(consumer_gauges(
         consumer.clone(),
         Arc::clone(&metrics),

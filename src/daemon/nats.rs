@@ -3,7 +3,7 @@
 //! itself is [`crate::nats_conn`]'s.
 
 use super::http::Status;
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_PARTITIONS};
 use crate::metrics::Metrics;
 use crate::nats_conn::{self, ConnectError};
 use crate::subject;
@@ -84,10 +84,15 @@ pub enum SetupError {
     )]
     MissingBucket { name: String, source: KeyValueError },
     #[error(
-        "input stream {name:?} is not partitioned (no subject transform with partition()); \
-         [cluster] needs a partitioned stream: see the README's \"Many instances\" for the migration"
+        "input stream {name:?} is not partitioned (no subject transform with partition()) \
+         but [cluster] partitions is set: see the README's \"Many instances\" for the migration"
     )]
     NotPartitioned { name: String },
+    #[error(
+        "input stream {name:?} has {partitions} partitions but [cluster] partitions = 0: \
+         remove the setting (the stream's count is used)"
+    )]
+    Partitioned { name: String, partitions: u32 },
 }
 
 /// Everything the daemon uses on the server.
@@ -95,12 +100,13 @@ pub struct Setup {
     pub js: jetstream::Context,
     /// The input stream (the poison sweeper reads and deletes by sequence).
     pub input: jetstream::stream::Stream,
-    /// The durable consumer of one instance (None with `[cluster]`, whose
-    /// partitions are read by ordered consumers).
+    /// The durable consumer of an unpartitioned stream's one judging
+    /// instance (None on a partitioned stream, whose partitions are read by
+    /// ordered consumers).
     pub consumer: Option<jetstream::consumer::PullConsumer>,
     pub state: kv::Store,
-    /// With `[cluster]`: the bucket of members, leases and checkpoints, and
-    /// the input stream's partition count.
+    /// On a partitioned stream: the bucket of members, leases and
+    /// checkpoints, and the stream's partition count.
     pub cluster: Option<(kv::Store, u32)>,
 }
 
@@ -108,23 +114,18 @@ pub struct Setup {
 /// the state bucket.
 pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup, SetupError> {
     let s = &config.streams;
-    let cluster = config.cluster.as_ref();
-    let partitions = cluster.map_or(0, |c| c.partitions);
-    // Room for every shard's (or partition's) publish window plus dead
-    // letters and state: a publish then never waits for a permit that only
-    // acks it has not awaited yet could free (see shard.rs).
-    let writers = config.shards.max(partitions as usize);
-    let inflight = writers * config.publish_window + 1024;
-    let js = jetstream::context::ContextBuilder::new()
-        .max_ack_inflight(inflight)
-        .build(client.clone());
+    let c = &config.cluster;
     let create = s.create;
     let shape = Shape {
         duplicate_window: Duration::from_secs(s.duplicate_window_s),
-        replicas: cluster.map_or(1, |c| c.replicas),
+        replicas: c.replicas,
     };
-    let input = match cluster {
-        None => {
+    // The partition count is the input stream's: chosen when it is created,
+    // read back from its transform by every instance.
+    let create_partitions = c.partitions.unwrap_or(DEFAULT_PARTITIONS);
+    let (input, partitions) = {
+        let js = jetstream::new(client.clone());
+        let input = if create_partitions == 0 {
             ensure_stream(
                 &js,
                 create,
@@ -134,8 +135,7 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
                 None,
             )
             .await?
-        }
-        Some(c) => {
+        } else {
             // Only `<prefix>.<tenant>.<id>` is accepted, and stored under
             // its partition: `<prefix>.<p>.<tenant>.<id>`.
             ensure_stream(
@@ -144,11 +144,55 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
                 &s.input_stream,
                 vec![subject::input_unpartitioned(s)],
                 &shape,
-                Some(crate::daemon::cluster::transform(s, c.partitions)),
+                Some(crate::daemon::cluster::transform(s, create_partitions)),
             )
             .await?
+        };
+        let mut probe = input.clone();
+        let info = probe
+            .info()
+            .await
+            .map_err(|source| SetupError::StreamInfo {
+                name: s.input_stream.clone(),
+                source,
+            })?;
+        let partitions = crate::daemon::cluster::partitions_of(&info.config).unwrap_or(0);
+        match (partitions, c.partitions) {
+            (0, Some(wanted)) if wanted > 0 => {
+                return Err(SetupError::NotPartitioned {
+                    name: info.config.name.clone(),
+                });
+            }
+            (p, Some(0)) if p > 0 => {
+                return Err(SetupError::Partitioned {
+                    name: info.config.name.clone(),
+                    partitions: p,
+                });
+            }
+            (0, _) => tracing::warn!(
+                stream = %info.config.name,
+                "the input stream is not partitioned: one instance judges, others stand by, \
+                 and open conversations are saved only at shutdown (see the README's \
+                 \"Many instances\" for the migration)"
+            ),
+            (p, Some(wanted)) if p != wanted => tracing::warn!(
+                stream = %info.config.name,
+                stream_partitions = p,
+                configured = wanted,
+                "the input stream's partition count wins over [cluster] partitions"
+            ),
+            _ => {}
         }
+        (input, partitions)
     };
+    // Room for every shard's (or partition's) publish window plus dead
+    // letters and state: a publish then never waits for a permit that only
+    // acks it has not awaited yet could free (see shard.rs).
+    let writers = config.shards.max(partitions as usize);
+    let inflight = writers * config.publish_window + 1024;
+    let js = jetstream::context::ContextBuilder::new()
+        .max_ack_inflight(inflight)
+        .build(client.clone());
     let outputs = subject::outputs(s);
     ensure_stream(&js, create, &s.output_stream, outputs, &shape, None).await?;
     ensure_stream(
@@ -172,9 +216,9 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
         .await?;
     }
 
-    let consumer = match cluster {
-        Some(_) => None,
-        None => Some(durable_consumer(&input, config).await?),
+    let consumer = match partitions {
+        0 => Some(durable_consumer(&input, config).await?),
+        _ => None,
     };
     let state = bucket(
         &js,
@@ -184,21 +228,9 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
         1,
     )
     .await?;
-    let cluster = match cluster {
-        None => None,
-        Some(c) => {
-            let mut input = input.clone();
-            let info = input
-                .info()
-                .await
-                .map_err(|source| SetupError::StreamInfo {
-                    name: s.input_stream.clone(),
-                    source,
-                })?;
-            let partitions = crate::daemon::cluster::check_partitions(&info.config, c.partitions)
-                .ok_or_else(|| SetupError::NotPartitioned {
-                name: info.config.name.clone(),
-            })?;
+    let cluster = match partitions {
+        0 => None,
+        p => {
             let kv = bucket(
                 &js,
                 create,
@@ -207,7 +239,7 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
                 c.replicas,
             )
             .await?;
-            Some((kv, partitions))
+            Some((kv, p))
         }
     };
     Ok(Setup {

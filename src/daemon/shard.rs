@@ -115,7 +115,18 @@ pub struct Shadow {
 const SHADOW_QUEUE: usize = 4096;
 
 impl Shadow {
-    pub fn new(engine: Engine, rx: watch::Receiver<Arc<Scanners>>, shared: &Arc<Shared>) -> Shadow {
+    /// A shadow engine with the candidate lexicon of `rx`, holding at most
+    /// `max_open` conversations.
+    pub fn new(
+        rx: &watch::Receiver<Arc<Scanners>>,
+        shared: &Arc<Shared>,
+        max_open: usize,
+    ) -> Shadow {
+        let engine = Engine::with_scanners(
+            Arc::clone(&rx.borrow()),
+            super::engine_config(&shared.config, max_open),
+        );
+        let rx = rx.clone();
         let (out, mut queue) = mpsc::channel::<(String, HeaderMap, bytes::Bytes)>(SHADOW_QUEUE);
         let client = shared.js.client();
         let failures = shared.metrics.shadow_publish_failures.clone();
@@ -143,6 +154,24 @@ impl Shadow {
             let s = Arc::clone(&self.rx.borrow_and_update());
             self.engine.set_scanners(s);
         }
+    }
+
+    /// Judges the input the live engine judged (at the same `now`) and
+    /// compares with the live engine's `live` events.
+    pub(super) fn judge(&mut self, shared: &Shared, input: &Input<'_>, now: u64, live: &[Event]) {
+        self.refresh();
+        self.engine.handle(input, now, &mut self.events);
+        // The shadow's own drops are not the live lexicon's.
+        let _ = self.engine.take_suppressed();
+        self.report(shared, live);
+    }
+
+    /// Closes idle conversations as the live engine did (`live`: its
+    /// closing events).
+    pub(super) fn close_idle(&mut self, shared: &Shared, idle_ms: u64, live: &[Event]) {
+        self.refresh();
+        self.engine.close_idle(now_ms(), idle_ms, &mut self.events);
+        self.report(shared, live);
     }
 
     /// Counts agreement per rule of `live` and the shadow's events, and
@@ -407,11 +436,7 @@ impl Shard {
             received,
         );
         if let Some(shadow) = self.shadow.as_mut() {
-            shadow.refresh();
-            shadow.engine.handle(&input, now, &mut shadow.events);
-            // The shadow's own drops are not the live lexicon's.
-            let _ = shadow.engine.take_suppressed();
-            shadow.report(&self.shared, &self.events);
+            shadow.judge(&self.shared, &input, now, &self.events);
         }
         metrics.outcome(outcome);
         self.report_open();
@@ -511,11 +536,7 @@ impl Shard {
         self.engine.close_idle(now_ms(), idle_ms, &mut events);
         self.report_open();
         if let Some(shadow) = self.shadow.as_mut() {
-            shadow.refresh();
-            shadow
-                .engine
-                .close_idle(now_ms(), idle_ms, &mut shadow.events);
-            shadow.report(&self.shared, &events[before..]);
+            shadow.close_idle(&self.shared, idle_ms, &events[before..]);
         }
         if events.is_empty() {
             self.pending = events;

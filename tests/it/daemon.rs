@@ -4,7 +4,7 @@
 
 use crate::nats_support::{NatsServer, free_port, http_get, tempdir};
 use crate::support::scan_jsonl;
-use async_nats::jetstream::{self, consumer::DeliverPolicy};
+use async_nats::jetstream::{self, consumer::DeliverPolicy, stream::LastRawMessageErrorKind};
 use futures_util::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -18,6 +18,10 @@ use zhijian::event::Event;
 use zhijian::synth::{self, Mix};
 
 pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The extra configuration of an unpartitioned input stream (as an older
+/// version made it): one durable consumer, one judging instance.
+pub(crate) const UNPARTITIONED: &str = "[cluster]\npartitions = 0\n";
 
 pub(crate) fn lexicons() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("lexicons")
@@ -160,8 +164,10 @@ pub(crate) async fn output_events(js: &jetstream::Context) -> Vec<Event> {
         .collect()
 }
 
-/// Waits until `n` summaries are stored and the consumer has nothing
-/// pending or unacknowledged.
+/// Waits until `n` summaries are stored and every input is judged: on a
+/// partitioned input stream (the default), each partition's checkpoint
+/// covers its last input; on an unpartitioned one, the durable consumer
+/// has nothing pending or unacknowledged.
 pub(crate) async fn wait_done(js: &jetstream::Context, summaries: usize) -> Vec<Event> {
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -170,25 +176,68 @@ pub(crate) async fn wait_done(js: &jetstream::Context, summaries: usize) -> Vec<
             .iter()
             .filter(|e| matches!(e, Event::Summary(_)))
             .count();
-        if got >= summaries {
-            let mut c: jetstream::consumer::PullConsumer = js
-                .get_stream("TRANSCRIPTS")
-                .await
-                .expect("input stream")
-                .get_consumer("zhijian")
-                .await
-                .expect("consumer");
-            let info = c.info().await.expect("consumer info");
-            if info.num_pending == 0 && info.num_ack_pending == 0 {
-                return output_events(js).await;
-            }
+        if got >= summaries && all_judged(js).await {
+            return output_events(js).await;
         }
         assert!(
             Instant::now() < deadline,
-            "only {got} of {summaries} summaries after {DEADLINE:?}"
+            "only {got} of {summaries} summaries (or inputs not all judged) after {DEADLINE:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The partition count of the input stream (0: not partitioned), read from
+/// its transform as the daemon reads it.
+pub(crate) async fn input_partitions(js: &jetstream::Context) -> u32 {
+    let mut stream = js.get_stream("TRANSCRIPTS").await.expect("input stream");
+    let info = stream.info().await.expect("input stream info");
+    info.config
+        .subject_transform
+        .as_ref()
+        .and_then(|t| t.destination.split("{{partition(").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every input stored so far is judged and its events stored.
+pub(crate) async fn all_judged(js: &jetstream::Context) -> bool {
+    let partitions = input_partitions(js).await;
+    let stream = js.get_stream("TRANSCRIPTS").await.expect("input stream");
+    if partitions == 0 {
+        let mut c: jetstream::consumer::PullConsumer =
+            stream.get_consumer("zhijian").await.expect("consumer");
+        let info = c.info().await.expect("consumer info");
+        return info.num_pending == 0 && info.num_ack_pending == 0;
+    }
+    let Ok(kv) = js.get_key_value("zhijian_cluster").await else {
+        return false;
+    };
+    for p in 0..partitions {
+        let last = match stream
+            .get_last_raw_message_by_subject(&format!("transcripts.{p}.>"))
+            .await
+        {
+            Ok(m) => m.sequence,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => 0,
+            Err(_) => return false,
+        };
+        if last == 0 {
+            continue;
+        }
+        let judged = match kv.get(format!("ckpt.{p}")).await {
+            Ok(Some(head)) => serde_json::from_slice::<serde_json::Value>(&head)
+                .ok()
+                .and_then(|h| h["seq"].as_u64())
+                .unwrap_or(0),
+            _ => 0,
+        };
+        if judged < last {
+            return false;
+        }
+    }
+    true
 }
 
 /// Waits until the stored events satisfy `done` (for instances without the
@@ -468,8 +517,8 @@ async fn garbage_goes_to_the_dead_letter_subject_and_the_next_message_is_process
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_waits_as_a_standby_and_takes_over() {
     let nats = NatsServer::start();
-    let first = Daemon::start(config(&nats, &lexicons(), "")).await;
-    let cfg = config(&nats, &lexicons(), "");
+    let first = Daemon::start(config(&nats, &lexicons(), UNPARTITIONED)).await;
+    let cfg = config(&nats, &lexicons(), UNPARTITIONED);
     let port = cfg.metrics_addr.port();
     let (stop, stopped) = oneshot::channel::<()>();
     let second = tokio::spawn(zhijian::daemon::run(cfg, async {
@@ -787,46 +836,140 @@ async fn sigterm_mid_stream_then_restart_loses_and_duplicates_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_stream_redelivers_without_duplicate_events() {
+async fn sigkill_mid_stream_loses_no_state_and_duplicates_nothing() {
+    sigkill_mid_stream("", true).await;
+}
+
+/// On an unpartitioned stream (an older version's), state is saved only at
+/// shutdown: after `kill -9` the unacked inputs come back, and every
+/// per-segment verdict is there, but a conversation's window state is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpartitioned_sigkill_mid_stream_redelivers_without_duplicate_events() {
+    sigkill_mid_stream(UNPARTITIONED, false).await;
+}
+
+/// `kill -9` while the input is judged, then a new instance. With
+/// partitions (`keeps_state`), the result equals `scan`'s.
+async fn sigkill_mid_stream(extra: &str, keeps_state: bool) {
     let nats = NatsServer::start();
     let metrics_port = free_port();
     let dir = tempdir("sigkill");
     let cfg = dir.join("zhijian.toml");
-    std::fs::write(&cfg, config_toml(&nats, &lexicons(), metrics_port, "")).expect("config");
+    std::fs::write(&cfg, config_toml(&nats, &lexicons(), metrics_port, extra)).expect("config");
     let lines = traffic(60, 4);
     let daemon = ChildDaemon::start(&cfg, metrics_port).await;
     publish(&nats, &lines).await;
     daemon.signal("-KILL");
     let _ = daemon.wait().await;
-    // Unacked messages come back after ack_wait (2 s) to the new process.
+    // Partitions: the new instance replays from the last checkpoints.
+    // Unpartitioned: unacked messages come back after ack_wait (2 s).
     let daemon = ChildDaemon::start(&cfg, metrics_port).await;
     let js = js(&nats).await;
-    let got = wait_done(&js, 0).await;
-    assert_no_duplicate_ids(&got);
-    // Per-segment verdicts never depend on the lost state: all are there.
     let want = scan(&lines);
-    let phrase = |events: &[Event]| -> Vec<String> {
-        let mut v: Vec<String> = events
+    let got = if keeps_state {
+        let summaries = want
             .iter()
-            .filter_map(|e| match e {
-                Event::Violation(v) if v.matched.is_some() => Some(v.id.clone()),
-                _ => None,
-            })
-            .collect();
-        v.sort();
-        v
+            .filter(|e| matches!(e, Event::Summary(_)))
+            .count();
+        wait_done(&js, summaries).await
+    } else {
+        wait_done(&js, 0).await
     };
-    assert_eq!(phrase(&got), phrase(&want));
-    // Summaries: a subset of the expected ones (a conversation wholly
-    // processed before the crash has none: documented).
-    let want_ids: std::collections::HashSet<&str> = want.iter().map(Event::id).collect();
-    assert!(
-        got.iter()
-            .all(|e| want_ids.contains(e.id()) || matches!(e, Event::Violation(_)))
-    );
-    let _ = daemon.metrics_port;
+    assert_no_duplicate_ids(&got);
+    if keeps_state {
+        assert_same(&got, &want, "after kill -9 and a new instance");
+        assert_eq!(got.len(), want.len(), "each event stored once");
+    } else {
+        // Per-segment verdicts never depend on the lost state: all are
+        // there.
+        let phrase = |events: &[Event]| -> Vec<String> {
+            let mut v: Vec<String> = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Violation(v) if v.matched.is_some() => Some(v.id.clone()),
+                    _ => None,
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(phrase(&got), phrase(&want));
+        // Summaries: a subset of the expected ones (a conversation wholly
+        // processed before the crash has none: documented).
+        let want_ids: std::collections::HashSet<&str> = want.iter().map(Event::id).collect();
+        assert!(
+            got.iter()
+                .all(|e| want_ids.contains(e.id()) || matches!(e, Event::Violation(_)))
+        );
+    }
     daemon.signal("-TERM");
     assert!(daemon.wait().await.success());
+}
+
+/// The partition count is the input stream's: chosen once when it is
+/// created, read back by every instance whatever it is configured with; an
+/// unpartitioned stream (an older version's) keeps its one durable
+/// consumer; a setting that contradicts the stream refuses start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partition_count_is_the_input_streams() {
+    let lines = vec![
+        r#"{"conversation_id":"p1","tenant":"acme","seq":0,"speaker":"agent","text":"不关我的事"}"#
+            .to_string(),
+        r#"{"conversation_id":"p1","tenant":"acme","type":"end"}"#.to_string(),
+    ];
+    // Created with 4; an instance configured with 8, or not at all, uses 4.
+    let nats = NatsServer::start();
+    let first = Daemon::start(config(&nats, &lexicons(), "[cluster]\npartitions = 4\n")).await;
+    let js4 = js(&nats).await;
+    assert_eq!(input_partitions(&js4).await, 4);
+    first.stop().await;
+    for extra in ["[cluster]\npartitions = 8\n", ""] {
+        let daemon = Daemon::start(config(&nats, &lexicons(), extra)).await;
+        let port = daemon.metrics_port;
+        let deadline = Instant::now() + DEADLINE;
+        while metric(port, "zhijian_partitions_owned").await != 4.0 {
+            assert!(
+                Instant::now() < deadline,
+                "{extra:?}: 4 partitions not taken"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        daemon.stop().await;
+    }
+    assert_eq!(input_partitions(&js4).await, 4);
+    let err = zhijian::daemon::run(
+        config(&nats, &lexicons(), UNPARTITIONED),
+        std::future::pending::<()>(),
+    )
+    .await
+    .expect_err("partitions = 0 on a partitioned stream");
+    assert!(err.to_string().contains("has 4 partitions"), "{err}");
+    publish(&nats, &lines).await;
+    let daemon = Daemon::start(config(&nats, &lexicons(), "")).await;
+    assert_same(&wait_done(&js4, 1).await, &scan(&lines), "partitioned");
+    daemon.stop().await;
+
+    // An unpartitioned stream: the durable consumer, by default too.
+    let nats = NatsServer::start();
+    let first = Daemon::start(config(&nats, &lexicons(), UNPARTITIONED)).await;
+    first.stop().await;
+    let js = js(&nats).await;
+    publish(&nats, &lines).await;
+    let daemon = Daemon::start(config(&nats, &lexicons(), "")).await;
+    assert_same(&wait_done(&js, 1).await, &scan(&lines), "unpartitioned");
+    assert_eq!(input_partitions(&js).await, 0);
+    assert_eq!(
+        metric(daemon.metrics_port, "zhijian_partitions_owned").await,
+        0.0
+    );
+    daemon.stop().await;
+    let err = zhijian::daemon::run(
+        config(&nats, &lexicons(), "[cluster]\npartitions = 4\n"),
+        std::future::pending::<()>(),
+    )
+    .await
+    .expect_err("partitions on an unpartitioned stream");
+    assert!(err.to_string().contains("is not partitioned"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

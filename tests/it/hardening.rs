@@ -3,8 +3,8 @@
 //! the code that had it.
 
 use crate::daemon::{
-    ChildDaemon, DEADLINE, Daemon, assert_no_duplicate_ids, assert_same, config, config_toml, js,
-    lexicons, metric, output_events, publish, scan, stream_messages, wait_done,
+    ChildDaemon, DEADLINE, Daemon, UNPARTITIONED, assert_no_duplicate_ids, assert_same, config,
+    config_toml, js, lexicons, metric, output_events, publish, scan, stream_messages, wait_done,
 };
 use crate::nats_support::{NatsServer, free_port, http_get, tempdir};
 use async_nats::jetstream;
@@ -132,7 +132,7 @@ async fn one_segment_with_thousands_of_hits_is_one_stored_violation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_message_of_the_maximum_payload_is_dead_lettered_and_terminated() {
     let nats = NatsServer::start();
-    let daemon = Daemon::start(config(&nats, &lexicons(), "")).await;
+    let daemon = Daemon::start(config(&nats, &lexicons(), UNPARTITIONED)).await;
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let max = client.server_info().max_payload;
     let jsx = jetstream::new(client);
@@ -233,7 +233,7 @@ async fn publish_poison_then_good(nats: &NatsServer) -> (&'static str, Vec<Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_utf8_subject_is_dead_lettered_by_sequence_and_removed() {
     let nats = NatsServer::start();
-    let daemon = Daemon::start(config(&nats, &lexicons(), "")).await;
+    let daemon = Daemon::start(config(&nats, &lexicons(), UNPARTITIONED)).await;
     let (bad, good) = publish_poison_then_good(&nats).await;
     let js = js(&nats).await;
     let got = wait_done(&js, 1).await;
@@ -403,7 +403,7 @@ async fn with_partitions_leftover_checkpoint_chunks_are_removed_at_take_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inputs_stay_unacked_while_output_is_away_and_events_are_stored_once_after() {
     let nats = NatsServer::start();
-    let mut cfg = config(&nats, &lexicons(), "");
+    let mut cfg = config(&nats, &lexicons(), UNPARTITIONED);
     cfg.watchdog = Duration::from_secs(1);
     let daemon = Daemon::start(cfg).await;
     let js = js(&nats).await;
@@ -475,6 +475,11 @@ async fn sigterm_with_20k_open_conversations_saves_every_one_in_time() {
     assert!(status.success(), "exit status after SIGTERM: {status}");
     assert!(took < Duration::from_secs(5), "took {took:?}");
     let daemon = ChildDaemon::start(&cfg, metrics_port).await;
+    // Partitions are taken a heartbeat or two after start-up.
+    wait_for("every conversation restored", async || {
+        metric(metrics_port, "zhijian_state_restored_conversations_total").await >= N as f64
+    })
+    .await;
     assert_eq!(
         metric(metrics_port, "zhijian_state_restored_conversations_total").await,
         N as f64
@@ -636,7 +641,7 @@ async fn sigterm_with_nats_gone_exits_within_the_grace_period_naming_what_was_lo
     let metrics_port = free_port();
     let dir = tempdir("sigterm-nats-gone");
     let cfg = dir.join("zhijian.toml");
-    let toml = config_toml(&nats, &lexicons(), metrics_port, "")
+    let toml = config_toml(&nats, &lexicons(), metrics_port, UNPARTITIONED)
         .replace("shutdown_grace_s = 15", "shutdown_grace_s = 4");
     std::fs::write(&cfg, toml).expect("config");
     let log = dir.join("stderr.log");
@@ -691,5 +696,64 @@ async fn sigterm_with_nats_gone_exits_within_the_grace_period_naming_what_was_lo
         stderr.contains("1 of 1 open conversations not saved: acme/gone"),
         "{stderr}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same on a partitioned stream (the default): SIGTERM with NATS gone
+/// exits within the grace period, saying the partitions were not
+/// checkpointed; nothing is lost, as the next start replays them from
+/// their last checkpoint: the conversation's greeting is still known when
+/// it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_partitions_sigterm_with_nats_gone_exits_in_time_and_loses_nothing() {
+    let mut nats = NatsServer::start();
+    let metrics_port = free_port();
+    let dir = tempdir("natsgone-partitions");
+    let cfg = dir.join("zhijian.toml");
+    let toml = config_toml(&nats, &lexicons(), metrics_port, "")
+        .replace("shutdown_grace_s = 15", "shutdown_grace_s = 4");
+    std::fs::write(&cfg, toml).expect("config");
+    let daemon = ChildDaemon::start(&cfg, metrics_port).await;
+    let lines = vec![
+        r#"{"conversation_id":"gone","tenant":"acme","seq":0,"speaker":"agent","text":"您好，请问有什么可以帮您"}"#
+            .to_string(),
+    ];
+    publish(&nats, &lines).await;
+    wait_for("the conversation open", async || {
+        metric(metrics_port, "zhijian_open_conversations").await == 1.0
+    })
+    .await;
+    let (port, monitor, store) = (nats.port, nats.monitor, nats.store.clone());
+    nats.stop_gracefully();
+    let stopping = Instant::now();
+    daemon.signal("-TERM");
+    let status = daemon.wait().await;
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_millis(4500), "took {took:?}");
+    assert!(
+        !status.success(),
+        "no checkpoint could be written, yet exit 0"
+    );
+    // Back, and a new instance: the segment is judged again or restored.
+    let nats = NatsServer::start_at(port, monitor, store);
+    let daemon = ChildDaemon::start(&cfg, metrics_port).await;
+    let end = vec![r#"{"conversation_id":"gone","tenant":"acme","type":"end"}"#.to_string()];
+    publish(&nats, &end).await;
+    let js = js(&nats).await;
+    let got = wait_done(&js, 1).await;
+    assert_no_duplicate_ids(&got);
+    let summary = got
+        .iter()
+        .find_map(|e| match e {
+            Event::Summary(s) => Some(s),
+            Event::Violation(_) => None,
+        })
+        .expect("a summary");
+    assert_eq!(summary.greeted, Some(true), "{summary:?}");
+    let mut all = lines.clone();
+    all.extend(end);
+    assert_same(&got, &scan(&all), "after NATS came back");
+    daemon.signal("-TERM");
+    assert!(daemon.wait().await.success());
     let _ = std::fs::remove_dir_all(&dir);
 }
