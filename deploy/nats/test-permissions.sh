@@ -4,6 +4,8 @@
 # loopback ports, random passwords) and
 #
 #   1. admin provisions: `zhijian run` with streams.create = true, stopped
+#      (an unpartitioned stream, `[cluster] partitions = 0`, whose state is
+#      saved at shutdown; CLUSTER=1 runs the default, partitions)
 #   2. zhijian (the daemon) runs with streams.create = false
 #      (and serves its console: live feed and one conversation view)
 #   3. qa_reader runs `zhijian tail` (core subscribe on violations/summaries)
@@ -30,7 +32,7 @@
 #                    listing big enough for JetStream flow control)
 #   CONSOLE=0        turn the daemon's console off (it is on by default)
 #   TRACE=1          nats-server traces every protocol message (nats.log)
-#   CLUSTER=1        many instances ([cluster]): a partitioned stream, two
+#   CLUSTER=1        partitions (the default): a partitioned stream, two
 #                    daemons sharing it, a hand-over on SIGTERM
 # Not part of deploy/check: it needs a built daemon.
 set -euo pipefail
@@ -140,7 +142,7 @@ fi
 daemon() { # log-file user password create
     env "${CONSOLE_ENV[@]}" ZHIJIAN_NATS_URL="nats://$HOST" \
         ZHIJIAN_NATS_USER="$2" ZHIJIAN_NATS_PASSWORD="$3" \
-        ZHIJIAN_STREAMS_CREATE="$4" \
+        ZHIJIAN_STREAMS_CREATE="$4" ZHIJIAN_CLUSTER_PARTITIONS=0 \
         ZHIJIAN_DAEMON_SHUTDOWN_GRACE_S=10 \
         "$ZJ_BIN" run --metrics-addr "127.0.0.1:$METRICS_PORT" --lexicons "$ROOT/lexicons" 2>"$1" &
     DAEMON=$!
