@@ -554,6 +554,18 @@ impl From<crate::matcher::LoadError> for Failure {
     }
 }
 
+impl From<crate::config::ParseError> for Failure {
+    fn from(e: crate::config::ParseError) -> Failure {
+        Failure::Config(e.to_string())
+    }
+}
+
+impl From<crate::config::InvalidConfig> for Failure {
+    fn from(e: crate::config::InvalidConfig) -> Failure {
+        Failure::Config(e.to_string())
+    }
+}
+
 impl From<crate::client::ClientError> for Failure {
     fn from(e: crate::client::ClientError) -> Failure {
         Failure::Runtime(e.to_string())
@@ -993,9 +1005,8 @@ fn print_events(out: &mut impl Write, events: &mut Vec<crate::event::Event>) -> 
 
 /// File, then environment, then flags.
 fn load_config(common: &Common, flags: &Overrides) -> Result<Config, Failure> {
-    let raw = RawConfig::load_with_env(common.config.as_deref(), std::env::vars())
-        .map_err(Failure::Config)?;
-    raw.validate(flags).map_err(Failure::Config)
+    let raw = RawConfig::load_with_env(common.config.as_deref(), std::env::vars())?;
+    Ok(raw.validate(flags)?)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
