@@ -554,6 +554,18 @@ impl From<crate::matcher::LoadError> for Failure {
     }
 }
 
+impl From<crate::config::ParseError> for Failure {
+    fn from(e: crate::config::ParseError) -> Failure {
+        Failure::Config(e.to_string())
+    }
+}
+
+impl From<crate::config::InvalidConfig> for Failure {
+    fn from(e: crate::config::InvalidConfig) -> Failure {
+        Failure::Config(e.to_string())
+    }
+}
+
 impl From<crate::client::ClientError> for Failure {
     fn from(e: crate::client::ClientError) -> Failure {
         Failure::Runtime(e.to_string())
@@ -568,6 +580,13 @@ impl From<crate::nats_conn::ConnectError> for Failure {
 
 impl From<crate::console::desk::ReadError> for Failure {
     fn from(e: crate::console::desk::ReadError) -> Failure {
+        Failure::Runtime(e.to_string())
+    }
+}
+
+#[cfg(feature = "bench-tools")]
+impl From<crate::loadgen::BenchError> for Failure {
+    fn from(e: crate::loadgen::BenchError) -> Failure {
         Failure::Runtime(e.to_string())
     }
 }
@@ -993,9 +1012,8 @@ fn print_events(out: &mut impl Write, events: &mut Vec<crate::event::Event>) -> 
 
 /// File, then environment, then flags.
 fn load_config(common: &Common, flags: &Overrides) -> Result<Config, Failure> {
-    let raw = RawConfig::load_with_env(common.config.as_deref(), std::env::vars())
-        .map_err(Failure::Config)?;
-    raw.validate(flags).map_err(Failure::Config)
+    let raw = RawConfig::load_with_env(common.config.as_deref(), std::env::vars())?;
+    Ok(raw.validate(flags)?)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -1147,9 +1165,7 @@ fn cmd_passthrough(common: &Common) -> Result<(), Failure> {
     };
     let config = load_config(common, &flags)?;
     init_logging(&config);
-    runtime()?
-        .block_on(crate::loadgen::passthrough(config))
-        .map_err(Failure::Runtime)
+    Ok(runtime()?.block_on(crate::loadgen::passthrough(config))?)
 }
 
 #[cfg(feature = "bench-tools")]
@@ -1157,9 +1173,7 @@ fn cmd_soak(opts: crate::loadgen::SoakOptions) -> Result<(), Failure> {
     if opts.rate <= 0.0 {
         return Err(Failure::Config("--rate must be > 0".into()));
     }
-    let r = runtime()?
-        .block_on(crate::loadgen::soak(&opts))
-        .map_err(Failure::Runtime)?;
+    let r = runtime()?.block_on(crate::loadgen::soak(&opts))?;
     println!("| t (s) | daemon RSS (MB) | inputs published | events received |");
     println!("|---|---|---|---|");
     for s in &r.samples {
@@ -1186,14 +1200,18 @@ fn cmd_soak(opts: crate::loadgen::SoakOptions) -> Result<(), Failure> {
             "the soak lost or duplicated events".into(),
         ));
     }
+    if r.undecodable > 0 {
+        return Err(Failure::Runtime(format!(
+            "the soak received {} outputs without a readable event id",
+            r.undecodable
+        )));
+    }
     Ok(())
 }
 
 #[cfg(feature = "bench-tools")]
 fn cmd_bench(opts: crate::loadgen::BenchOptions) -> Result<(), Failure> {
-    let reports = runtime()?
-        .block_on(crate::loadgen::bench(&opts))
-        .map_err(Failure::Runtime)?;
+    let reports = runtime()?.block_on(crate::loadgen::bench(&opts))?;
     println!(
         "{} conversations ({} open at once) x {} agent turns, rate {}, {} shards",
         opts.conversations,
@@ -1225,14 +1243,22 @@ fn cmd_bench(opts: crate::loadgen::BenchOptions) -> Result<(), Failure> {
         .iter()
         .filter(|r| r.lost > 0 || r.duplicated_in_stream > 0)
         .collect();
-    if bad.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure::Runtime(format!(
+    if !bad.is_empty() {
+        return Err(Failure::Runtime(format!(
             "{} mode(s) lost or duplicated events",
             bad.len()
-        )))
+        )));
     }
+    let garbled = reports
+        .iter()
+        .filter(|r| r.undecodable > 0 || r.without_msg_id > 0)
+        .count();
+    if garbled > 0 {
+        return Err(Failure::Runtime(format!(
+            "{garbled} mode(s) received outputs that do not decode or stored outputs without a Nats-Msg-Id"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(feature = "bench-tools")]

@@ -14,6 +14,131 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// A configuration file or environment that cannot be read into a
+/// [`RawConfig`].
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("cannot read config {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML, an unknown key, a value of the wrong type: with its line
+    /// in the file when the error has one.
+    #[error("{}{}", .line.map(|l| format!("line {l}: ")).unwrap_or_default(), .source.message().trim())]
+    Toml {
+        line: Option<usize>,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// A `ZHIJIAN_…` variable.
+    #[error("environment variable {name}: {source}")]
+    Env {
+        name: String,
+        #[source]
+        source: EnvError,
+    },
+    /// An error in the file named.
+    #[error("{}: {source}", .path.display())]
+    InFile {
+        path: PathBuf,
+        #[source]
+        source: Box<ParseError>,
+    },
+}
+
+/// Why a `ZHIJIAN_<SECTION>_<KEY>` variable cannot be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error("expected ZHIJIAN_<SECTION>_<KEY>")]
+    Shape,
+    #[error("unknown key [{section}] {key}")]
+    UnknownKey { section: String, key: String },
+    /// No reading of the text (integer, boolean, text) is of the key's type;
+    /// the source is what the first reading was refused for.
+    #[error(
+        "[{section}] {key}: {value:?} is not valid here ({})",
+        .source.as_ref().map(|e| e.message().trim()).unwrap_or_default()
+    )]
+    Value {
+        section: String,
+        key: String,
+        value: String,
+        #[source]
+        source: Option<Box<toml::de::Error>>,
+    },
+}
+
+/// A configuration that deserializes but cannot be used: which key, and
+/// what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidConfig {
+    /// A number outside the values its key takes.
+    #[error("[{section}] {key} must be {bound}, got {got}")]
+    OutOfRange {
+        section: &'static str,
+        key: &'static str,
+        /// The values it takes, e.g. `1..=256`.
+        bound: &'static str,
+        got: u64,
+    },
+    /// A number below what its key takes (the message says the bound).
+    #[error("[{section}] {key} must be {bound}")]
+    Bound {
+        section: &'static str,
+        key: &'static str,
+        /// e.g. `> 0`, `>= 1`, `>= [engine] shards`.
+        bound: &'static str,
+    },
+    /// `[cluster] lease_ms` shorter than three heartbeats.
+    #[error("[cluster] lease_ms ({lease_ms}) must be at least 3 × heartbeat_ms ({heartbeat_ms})")]
+    LeaseTooShort { lease_ms: u64, heartbeat_ms: u64 },
+    /// An address that does not parse as `host:port`.
+    #[error("[{section}] addr {addr:?} is not host:port")]
+    NotHostPort { section: &'static str, addr: String },
+    #[error("[log] format {0:?} is not \"text\" or \"json\"")]
+    LogFormat(String),
+    /// Two keys set without each other.
+    #[error("[{section}] {first} and {second} go together")]
+    GoTogether {
+        section: &'static str,
+        first: &'static str,
+        second: &'static str,
+    },
+    /// More than one kind of NATS authentication.
+    #[error("[nats] authentication: set one of user and password, token or credentials_file")]
+    NatsAuth,
+    /// A `[streams]` prefix or subject that is not a literal subject.
+    #[error("[streams] {key} {value:?} is not a valid subject")]
+    NotSubject { key: &'static str, value: String },
+    /// A name with characters or a length its key does not take.
+    #[error("[{section}] {key} {value:?}: {rule}")]
+    BadName {
+        section: &'static str,
+        key: &'static str,
+        value: String,
+        /// What the key takes.
+        rule: &'static str,
+    },
+    #[error(
+        "[console] token must be non-empty printable ASCII without spaces (it travels in an HTTP header)"
+    )]
+    ConsoleToken,
+    /// The console on a public address without credentials.
+    #[error(
+        "[console] addr {0} is not loopback: set a token or user and password (transcripts are personal data)"
+    )]
+    OpenConsole(SocketAddr),
+    #[error(
+        "[shadow] prefix and stream must be one subject token each (no '.', '*', '>' or spaces)"
+    )]
+    ShadowTokens,
+    /// The shadow prefix is the first token of a live subject.
+    #[error("[shadow] prefix {0:?} would share subjects with the live streams")]
+    ShadowPrefix(String),
+}
+
 /// A value that must never reach a log line.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
@@ -98,26 +223,31 @@ pub struct NatsSettings {
 }
 
 impl NatsConfig {
-    fn validate(self) -> Result<NatsSettings, String> {
+    fn validate(self) -> Result<NatsSettings, InvalidConfig> {
         let auth = match (self.user, self.password, self.token, self.credentials_file) {
             (None, None, None, None) => NatsAuth::None,
             (Some(user), Some(password), None, None) => NatsAuth::UserPassword { user, password },
             (None, None, Some(token), None) => NatsAuth::Token(token),
             (None, None, None, Some(path)) => NatsAuth::CredentialsFile(path),
             (user, password, _, _) if user.is_some() != password.is_some() => {
-                return Err("[nats] user and password go together".into());
+                return Err(InvalidConfig::GoTogether {
+                    section: "nats",
+                    first: "user",
+                    second: "password",
+                });
             }
-            _ => {
-                return Err(
-                    "[nats] authentication: set one of user and password, token or credentials_file"
-                        .into(),
-                );
-            }
+            _ => return Err(InvalidConfig::NatsAuth),
         };
         let tls_client = match (self.tls_client_cert, self.tls_client_key) {
             (Some(cert), Some(key)) => Some((cert, key)),
             (None, None) => None,
-            _ => return Err("[nats] tls_client_cert and tls_client_key go together".into()),
+            _ => {
+                return Err(InvalidConfig::GoTogether {
+                    section: "nats",
+                    first: "tls_client_cert",
+                    second: "tls_client_key",
+                });
+            }
         };
         Ok(NatsSettings {
             url: self.url,
@@ -457,9 +587,14 @@ pub(crate) fn host_name() -> String {
 }
 
 impl ClusterSection {
-    fn validate(&self) -> Result<ClusterConfig, String> {
+    fn validate(&self) -> Result<ClusterConfig, InvalidConfig> {
         if let Some(p) = self.partitions.filter(|p| *p > 1024) {
-            return Err(format!("[cluster] partitions must be 0..=1024, got {p}"));
+            return Err(InvalidConfig::OutOfRange {
+                section: "cluster",
+                key: "partitions",
+                bound: "0..=1024",
+                got: p.into(),
+            });
         }
         let name_ok = |t: &str| {
             !t.is_empty()
@@ -488,30 +623,41 @@ impl ClusterSection {
             self.instance.clone()
         };
         if !name_ok(&instance) {
-            return Err(format!(
-                "[cluster] instance {instance:?}: letters, digits, '-' and '_' only (at most 64)"
-            ));
+            return Err(InvalidConfig::BadName {
+                section: "cluster",
+                key: "instance",
+                value: instance,
+                rule: "letters, digits, '-' and '_' only (at most 64)",
+            });
         }
         if !name_ok(&self.bucket) {
-            return Err(format!(
-                "[cluster] bucket {:?}: letters, digits, '-' and '_' only",
-                self.bucket
-            ));
+            return Err(InvalidConfig::BadName {
+                section: "cluster",
+                key: "bucket",
+                value: self.bucket.clone(),
+                rule: "letters, digits, '-' and '_' only",
+            });
         }
         if !(1..=5).contains(&self.replicas) {
-            return Err(format!(
-                "[cluster] replicas must be 1..=5, got {}",
-                self.replicas
-            ));
+            return Err(InvalidConfig::OutOfRange {
+                section: "cluster",
+                key: "replicas",
+                bound: "1..=5",
+                got: self.replicas as u64,
+            });
         }
         if self.heartbeat_ms == 0 || self.lease_ms < 3 * self.heartbeat_ms {
-            return Err(format!(
-                "[cluster] lease_ms ({}) must be at least 3 × heartbeat_ms ({})",
-                self.lease_ms, self.heartbeat_ms
-            ));
+            return Err(InvalidConfig::LeaseTooShort {
+                lease_ms: self.lease_ms,
+                heartbeat_ms: self.heartbeat_ms,
+            });
         }
         if self.checkpoint_ms == 0 {
-            return Err("[cluster] checkpoint_ms must be >= 1".into());
+            return Err(InvalidConfig::Bound {
+                section: "cluster",
+                key: "checkpoint_ms",
+                bound: ">= 1",
+            });
         }
         Ok(ClusterConfig {
             partitions: self.partitions,
@@ -578,7 +724,7 @@ pub struct Config {
 /// The TOML value of an environment variable for `[section] key`: the
 /// first reading of the text (an integer, a boolean, the text itself) that
 /// the key takes. Booleans may also be written 1/0, yes/no, on/off.
-fn env_value(section: &str, key: &str, v: &str) -> Result<toml::Value, String> {
+fn env_value(section: &str, key: &str, v: &str) -> Result<toml::Value, EnvError> {
     let trimmed = v.trim();
     let mut readings = Vec::new();
     if let Ok(i) = trimmed.parse::<i64>() {
@@ -599,18 +745,22 @@ fn env_value(section: &str, key: &str, v: &str) -> Result<toml::Value, String> {
         match RawConfig::deserialize(probe) {
             Ok(_) => return Ok(reading),
             Err(e) => {
-                let message = e.message().trim().to_string();
-                if message.starts_with("unknown field") {
-                    return Err(format!("unknown key [{section}] {key}"));
+                if e.message().trim().starts_with("unknown field") {
+                    return Err(EnvError::UnknownKey {
+                        section: section.to_string(),
+                        key: key.to_string(),
+                    });
                 }
-                first_error.get_or_insert(message);
+                first_error.get_or_insert(Box::new(e));
             }
         }
     }
-    let why = first_error.unwrap_or_default();
-    Err(format!(
-        "[{section}] {key}: {v:?} is not valid here ({why})"
-    ))
+    Err(EnvError::Value {
+        section: section.to_string(),
+        key: key.to_string(),
+        value: v.to_string(),
+        source: first_error,
+    })
 }
 
 /// Flags that override the file and the environment.
@@ -623,14 +773,14 @@ pub struct Overrides {
 }
 
 impl RawConfig {
-    pub fn parse(text: &str) -> Result<RawConfig, String> {
-        toml::from_str(text).map_err(|e| {
-            let line = e
+    pub fn parse(text: &str) -> Result<RawConfig, ParseError> {
+        toml::from_str(text).map_err(|source| {
+            let line = source
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            match line {
-                Some(l) => format!("line {l}: {}", e.message().trim()),
-                None => e.message().trim().to_string(),
+            ParseError::Toml {
+                line,
+                source: Box::new(source),
             }
         })
     }
@@ -640,16 +790,19 @@ impl RawConfig {
     pub fn load_with_env<I: IntoIterator<Item = (String, String)>>(
         path: Option<&Path>,
         vars: I,
-    ) -> Result<RawConfig, String> {
+    ) -> Result<RawConfig, ParseError> {
         let text = match path {
             None => String::new(),
-            Some(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read config {}: {e}", path.display()))?,
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ParseError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?,
         };
         RawConfig::parse_with_env(&text, vars).map_err(|e| match path {
-            Some(path) if !e.starts_with("environment variable ") => {
-                format!("{}: {e}", path.display())
-            }
+            Some(path) if !matches!(e, ParseError::Env { .. }) => ParseError::InFile {
+                path: path.to_path_buf(),
+                source: Box::new(e),
+            },
             _ => e,
         })
     }
@@ -662,10 +815,13 @@ impl RawConfig {
     pub fn parse_with_env<I: IntoIterator<Item = (String, String)>>(
         text: &str,
         vars: I,
-    ) -> Result<RawConfig, String> {
+    ) -> Result<RawConfig, ParseError> {
         // The file alone first: its errors name their line.
         let from_file = RawConfig::parse(text)?;
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|source| ParseError::Toml {
+            line: None,
+            source: Box::new(source),
+        })?;
         let mut any = false;
         for (name, value) in vars {
             let Some(rest) = name.strip_prefix("ZHIJIAN_") else {
@@ -673,12 +829,15 @@ impl RawConfig {
             };
             let rest = rest.to_ascii_lowercase();
             let Some((section, key)) = rest.split_once('_') else {
-                return Err(format!(
-                    "environment variable {name}: expected ZHIJIAN_<SECTION>_<KEY>"
-                ));
+                return Err(ParseError::Env {
+                    name,
+                    source: EnvError::Shape,
+                });
             };
-            let value = env_value(section, key, &value)
-                .map_err(|e| format!("environment variable {name}: {e}"))?;
+            let value = match env_value(section, key, &value) {
+                Ok(value) => value,
+                Err(source) => return Err(ParseError::Env { name, source }),
+            };
             let section = table
                 .entry(section)
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -690,10 +849,13 @@ impl RawConfig {
         if !any {
             return Ok(from_file);
         }
-        RawConfig::deserialize(table).map_err(|e| e.message().trim().to_string())
+        RawConfig::deserialize(table).map_err(|source| ParseError::Toml {
+            line: None,
+            source: Box::new(source),
+        })
     }
     /// Validates into the config the daemon uses.
-    pub fn validate(mut self, flags: &Overrides) -> Result<Config, String> {
+    pub fn validate(mut self, flags: &Overrides) -> Result<Config, InvalidConfig> {
         if let Some(u) = &flags.nats_url {
             self.nats.url = u.clone();
         }
@@ -706,59 +868,92 @@ impl RawConfig {
         if let Some(f) = &flags.log_format {
             self.log.format = f.clone();
         }
-        let metrics_addr: SocketAddr = self
-            .metrics
-            .addr
-            .parse()
-            .map_err(|_| format!("[metrics] addr {:?} is not host:port", self.metrics.addr))?;
+        let metrics_addr: SocketAddr =
+            self.metrics
+                .addr
+                .parse()
+                .map_err(|_| InvalidConfig::NotHostPort {
+                    section: "metrics",
+                    addr: self.metrics.addr.clone(),
+                })?;
         let log_json = match self.log.format.as_str() {
             "text" => false,
             "json" => true,
-            other => {
-                return Err(format!(
-                    "[log] format {other:?} is not \"text\" or \"json\""
-                ));
-            }
+            other => return Err(InvalidConfig::LogFormat(other.to_string())),
         };
         if self.engine.shards == 0 || self.engine.shards > 256 {
-            return Err(format!(
-                "[engine] shards must be 1..=256, got {}",
-                self.engine.shards
-            ));
+            return Err(InvalidConfig::OutOfRange {
+                section: "engine",
+                key: "shards",
+                bound: "1..=256",
+                got: self.engine.shards as u64,
+            });
         }
         if self.engine.idle_timeout_s == 0 {
-            return Err("[engine] idle_timeout_s must be > 0".into());
+            return Err(InvalidConfig::Bound {
+                section: "engine",
+                key: "idle_timeout_s",
+                bound: "> 0",
+            });
         }
         if self.daemon.publish_attempts == 0 {
-            return Err("[daemon] publish_attempts must be >= 1".into());
+            return Err(InvalidConfig::Bound {
+                section: "daemon",
+                key: "publish_attempts",
+                bound: ">= 1",
+            });
         }
         if self.daemon.shard_queue == 0 {
-            return Err("[daemon] shard_queue must be >= 1".into());
+            return Err(InvalidConfig::Bound {
+                section: "daemon",
+                key: "shard_queue",
+                bound: ">= 1",
+            });
         }
         if self.daemon.publish_window == 0 || self.daemon.publish_window > 4096 {
-            return Err(format!(
-                "[daemon] publish_window must be 1..=4096, got {}",
-                self.daemon.publish_window
-            ));
+            return Err(InvalidConfig::OutOfRange {
+                section: "daemon",
+                key: "publish_window",
+                bound: "1..=4096",
+                got: self.daemon.publish_window as u64,
+            });
         }
         if self.daemon.watchdog_s == 0 {
-            return Err("[daemon] watchdog_s must be > 0".into());
+            return Err(InvalidConfig::Bound {
+                section: "daemon",
+                key: "watchdog_s",
+                bound: "> 0",
+            });
         }
         let l = &self.limits;
         if l.excerpt_chars < 16 {
-            return Err("[limits] excerpt_chars must be >= 16".into());
+            return Err(InvalidConfig::Bound {
+                section: "limits",
+                key: "excerpt_chars",
+                bound: ">= 16",
+            });
         }
         if l.max_open_conversations < self.engine.shards {
-            return Err("[limits] max_open_conversations must be >= [engine] shards".into());
+            return Err(InvalidConfig::Bound {
+                section: "limits",
+                key: "max_open_conversations",
+                bound: ">= [engine] shards",
+            });
         }
         if l.max_segments_per_conversation == 0 {
-            return Err("[limits] max_segments_per_conversation must be >= 1".into());
+            return Err(InvalidConfig::Bound {
+                section: "limits",
+                key: "max_segments_per_conversation",
+                bound: ">= 1",
+            });
         }
         if !(1..=1024 * 1024).contains(&l.max_text_bytes) {
-            return Err(format!(
-                "[limits] max_text_bytes must be 1..=1048576, got {}",
-                l.max_text_bytes
-            ));
+            return Err(InvalidConfig::OutOfRange {
+                section: "limits",
+                key: "max_text_bytes",
+                bound: "1..=1048576",
+                got: l.max_text_bytes as u64,
+            });
         }
         let nats = self.nats.clone().validate()?;
         let st = &self.streams;
@@ -769,7 +964,10 @@ impl RawConfig {
             ("deadletter_subject", &st.deadletter_subject),
         ] {
             if !crate::subject::token::is_literal_subject(token) {
-                return Err(format!("[streams] {key} {token:?} is not a valid subject"));
+                return Err(InvalidConfig::NotSubject {
+                    key,
+                    value: token.clone(),
+                });
             }
         }
         let console = self.console.validate()?;
@@ -779,10 +977,7 @@ impl RawConfig {
             if !crate::subject::token::is_token(&self.shadow.prefix)
                 || !crate::subject::token::is_token(&self.shadow.stream)
             {
-                return Err(
-                    "[shadow] prefix and stream must be one subject token each (no '.', '*', '>' or spaces)"
-                        .into(),
-                );
+                return Err(InvalidConfig::ShadowTokens);
             }
             let live = [
                 &self.streams.input_prefix,
@@ -793,10 +988,7 @@ impl RawConfig {
                 .iter()
                 .any(|p| p.split('.').next() == Some(self.shadow.prefix.as_str()))
             {
-                return Err(format!(
-                    "[shadow] prefix {:?} would share subjects with the live streams",
-                    self.shadow.prefix
-                ));
+                return Err(InvalidConfig::ShadowPrefix(self.shadow.prefix.clone()));
             }
             Some(ShadowConfig {
                 lexicons: PathBuf::from(self.shadow.lexicons.trim()),
@@ -838,35 +1030,41 @@ impl RawConfig {
 }
 
 impl ConsoleSection {
-    fn validate(&self) -> Result<Option<ConsoleConfig>, String> {
+    fn validate(&self) -> Result<Option<ConsoleConfig>, InvalidConfig> {
         if !self.enabled {
             return Ok(None);
         }
-        let addr: SocketAddr = self
-            .addr
-            .parse()
-            .map_err(|_| format!("[console] addr {:?} is not host:port", self.addr))?;
+        let addr: SocketAddr = self.addr.parse().map_err(|_| InvalidConfig::NotHostPort {
+            section: "console",
+            addr: self.addr.clone(),
+        })?;
         let basic = match (&self.user, &self.password) {
             (Some(u), Some(p)) => Some((u.clone(), p.clone())),
             (None, None) => None,
-            _ => return Err("[console] user and password go together".into()),
+            _ => {
+                return Err(InvalidConfig::GoTogether {
+                    section: "console",
+                    first: "user",
+                    second: "password",
+                });
+            }
         };
         if self
             .token
             .as_ref()
             .is_some_and(|t| t.0.is_empty() || !t.0.bytes().all(|b| b.is_ascii_graphic()))
         {
-            return Err(
-                "[console] token must be non-empty printable ASCII without spaces (it travels in an HTTP header)".into(),
-            );
+            return Err(InvalidConfig::ConsoleToken);
         }
         if !addr.ip().is_loopback() && self.token.is_none() && basic.is_none() {
-            return Err(format!(
-                "[console] addr {addr} is not loopback: set a token or user and password (transcripts are personal data)"
-            ));
+            return Err(InvalidConfig::OpenConsole(addr));
         }
         if self.history == 0 || self.history > 1_000_000 {
-            return Err("[console] history must be 1..=1000000 events".into());
+            return Err(InvalidConfig::Bound {
+                section: "console",
+                key: "history",
+                bound: "1..=1000000 events",
+            });
         }
         Ok(Some(ConsoleConfig {
             addr,
@@ -945,18 +1143,188 @@ mod tests {
             ("[console]\nuser = \"qa\"\n", "[console] user and password"),
         ];
         for (text, want) in cases {
-            let got =
-                RawConfig::parse(text).and_then(|r| r.validate(&Overrides::default()).map(|_| ()));
-            let err = got.expect_err(text);
+            let err = match RawConfig::parse(text) {
+                Err(e) => e.to_string(),
+                Ok(r) => r
+                    .validate(&Overrides::default())
+                    .expect_err(text)
+                    .to_string(),
+            };
             assert!(err.contains(want), "{text:?}: want {want:?} in {err:?}");
         }
         let err =
             RawConfig::parse_with_env("", [("ZHIJIAN_ENGINE_SHARDZ".to_string(), "2".to_string())])
-                .expect_err("unknown key");
+                .expect_err("unknown key")
+                .to_string();
         assert!(
             err.contains("ZHIJIAN_ENGINE_SHARDZ: unknown key [engine] shardz"),
             "{err}"
         );
+    }
+
+    /// Each kind of mistake is its own variant, and says what it said as a
+    /// string.
+    #[test]
+    fn invalid_configs_are_typed_with_the_same_words() {
+        let invalid = |text: &str| {
+            RawConfig::parse(text)
+                .expect("parses")
+                .validate(&Overrides::default())
+                .expect_err(text)
+        };
+        let cases = [
+            (
+                "[engine]\nshards = 300\n",
+                InvalidConfig::OutOfRange {
+                    section: "engine",
+                    key: "shards",
+                    bound: "1..=256",
+                    got: 300,
+                },
+                "[engine] shards must be 1..=256, got 300",
+            ),
+            (
+                "[engine]\nidle_timeout_s = 0\n",
+                InvalidConfig::Bound {
+                    section: "engine",
+                    key: "idle_timeout_s",
+                    bound: "> 0",
+                },
+                "[engine] idle_timeout_s must be > 0",
+            ),
+            (
+                "[console]\nhistory = 0\n",
+                InvalidConfig::Bound {
+                    section: "console",
+                    key: "history",
+                    bound: "1..=1000000 events",
+                },
+                "[console] history must be 1..=1000000 events",
+            ),
+            (
+                "[log]\nformat = \"xml\"\n",
+                InvalidConfig::LogFormat("xml".into()),
+                "[log] format \"xml\" is not \"text\" or \"json\"",
+            ),
+            (
+                "[nats]\npassword = \"p\"\n",
+                InvalidConfig::GoTogether {
+                    section: "nats",
+                    first: "user",
+                    second: "password",
+                },
+                "[nats] user and password go together",
+            ),
+            (
+                "[console]\ntoken = \"a b\"\n",
+                InvalidConfig::ConsoleToken,
+                "[console] token must be non-empty printable ASCII without spaces (it travels in an HTTP header)",
+            ),
+            (
+                "[shadow]\nlexicons = \"x\"\nprefix = \"violations\"\n",
+                InvalidConfig::ShadowPrefix("violations".into()),
+                "[shadow] prefix \"violations\" would share subjects with the live streams",
+            ),
+            (
+                "[cluster]\npartitions = 2000\n",
+                InvalidConfig::OutOfRange {
+                    section: "cluster",
+                    key: "partitions",
+                    bound: "0..=1024",
+                    got: 2000,
+                },
+                "[cluster] partitions must be 0..=1024, got 2000",
+            ),
+            (
+                "[cluster]\npartitions = 2\nlease_ms = 100\nheartbeat_ms = 50\n",
+                InvalidConfig::LeaseTooShort {
+                    lease_ms: 100,
+                    heartbeat_ms: 50,
+                },
+                "[cluster] lease_ms (100) must be at least 3 × heartbeat_ms (50)",
+            ),
+            (
+                "[cluster]\npartitions = 2\nbucket = \"a.b\"\n",
+                InvalidConfig::BadName {
+                    section: "cluster",
+                    key: "bucket",
+                    value: "a.b".into(),
+                    rule: "letters, digits, '-' and '_' only",
+                },
+                "[cluster] bucket \"a.b\": letters, digits, '-' and '_' only",
+            ),
+        ];
+        for (text, want, says) in cases {
+            let err = invalid(text);
+            assert_eq!(err, want, "{text:?}");
+            assert_eq!(err.to_string(), says, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_keep_their_source() {
+        use std::error::Error as _;
+        let err = RawConfig::parse("[engine]\nshards = \"four\"\n").expect_err("wrong type");
+        assert!(
+            matches!(err, ParseError::Toml { line: Some(2), .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.source()
+                .is_some_and(|s| s.to_string().contains("invalid type")),
+            "{err:?}"
+        );
+        let err = RawConfig::parse_with_env(
+            "",
+            [("ZHIJIAN_ENGINE_SHARDS".to_string(), "four".to_string())],
+        )
+        .expect_err("wrong type");
+        let ParseError::Env { name, source } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(name, "ZHIJIAN_ENGINE_SHARDS");
+        assert!(
+            matches!(
+                source,
+                EnvError::Value {
+                    source: Some(_),
+                    ..
+                }
+            ),
+            "{source:?}"
+        );
+        // A file's errors name the file; a variable's name the variable.
+        let dir = std::env::temp_dir().join(format!("zhijian-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "[engine]\nshardz = 1\n").expect("write");
+        let err = RawConfig::load_with_env(Some(&file), []).expect_err("unknown key");
+        assert!(matches!(err, ParseError::InFile { .. }), "{err:?}");
+        assert!(
+            err.to_string().starts_with(&format!(
+                "{}: line 2: unknown field `shardz`",
+                file.display()
+            )),
+            "{err}"
+        );
+        let err =
+            RawConfig::load_with_env(Some(&file), [("ZHIJIAN_BIN".to_string(), "x".to_string())])
+                .expect_err("the file first");
+        assert!(matches!(err, ParseError::InFile { .. }), "{err:?}");
+        std::fs::write(&file, "").expect("write");
+        let err =
+            RawConfig::load_with_env(Some(&file), [("ZHIJIAN_BIN".to_string(), "x".to_string())])
+                .expect_err("bad variable");
+        assert!(matches!(err, ParseError::Env { .. }), "{err:?}");
+        let missing = dir.join("missing.toml");
+        let err = RawConfig::load_with_env(Some(&missing), []).expect_err("no file");
+        assert!(matches!(err, ParseError::Read { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot read config {}: ", missing.display())),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -1002,7 +1370,7 @@ mod tests {
                 "ZHIJIAN_BIN: expected ZHIJIAN_<SECTION>_<KEY>",
             ),
         ] {
-            let err = env(pairs).expect_err(want);
+            let err = env(pairs).expect_err(want).to_string();
             assert!(err.contains(want), "want {want:?} in {err:?}");
         }
     }

@@ -26,21 +26,89 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
+/// Why a benchmark could not be run or finished, with its source.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Connect(#[from] nats_conn::ConnectError),
+    #[error(transparent)]
+    Setup(#[from] nats::SetupError),
+    #[error("the pass-through consumer needs one instance (no [cluster])")]
+    Clustered,
+    #[error("cannot listen for SIGTERM: {0}")]
+    Signal(#[source] std::io::Error),
+    /// A file, a port or a process of the bench's own.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The NATS server (connecting, subscribing, publishing, reading a
+    /// stream).
+    #[error("{what}: {source}")]
+    Nats {
+        what: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error(transparent)]
+    Lexicon(#[from] crate::matcher::LoadError),
+    /// `zhijian scan` over the generated traffic, for the expected events.
+    #[error("cannot judge the generated traffic: {0}")]
+    Judge(#[source] std::io::Error),
+    /// An event of the offline judgement that does not decode (a bug).
+    #[error("an expected event does not decode: {0}")]
+    Expected(#[source] serde_json::Error),
+    #[error("the generated traffic yields no expected events: nothing to measure")]
+    NothingToMeasure,
+    #[error("unknown mode {0:?} (daemon, daemon-shadow, passthrough)")]
+    UnknownMode(String),
+    #[error("no lexicon file to change")]
+    NoLexiconFile,
+    #[error("cannot start zhijian {sub}: {source}")]
+    Start {
+        sub: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("zhijian {0} not ready after 30 s")]
+    NotReady(String),
+    #[error("generated an invalid line: {0}")]
+    InvalidLine(#[source] crate::event::InputError),
+    #[error("an event id that is not 32 hex digits")]
+    EventId,
+    /// The output receiver task panicked or was cancelled.
+    #[error("the output receiver failed: {0}")]
+    Receiver(#[from] tokio::task::JoinError),
+    #[error("poisoned")]
+    Poisoned,
+}
+
+impl BenchError {
+    fn io(what: impl Into<String>, source: std::io::Error) -> BenchError {
+        BenchError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    fn nats(what: impl Into<String>, source: impl Into<async_nats::Error>) -> BenchError {
+        BenchError::Nats {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+}
+
 /// `zhijian passthrough`: the baseline consumer. Same streams, same batched
 /// pulls and sharding as the daemon; per input it publishes one small event
 /// through JetStream, waits for the ack, then acks the input.
-pub async fn passthrough(config: Config) -> Result<(), String> {
-    let client = nats_conn::connect(&config.nats)
-        .await
-        .map_err(|e| e.to_string())?;
-    nats_conn::check_server(&client).map_err(|e| e.to_string())?;
-    let setup = nats::setup(&client, &config)
-        .await
-        .map_err(|e| e.to_string())?;
-    let consumer = setup
-        .consumer
-        .clone()
-        .ok_or("the pass-through consumer needs one instance (no [cluster])")?;
+pub async fn passthrough(config: Config) -> Result<(), BenchError> {
+    let client = nats_conn::connect(&config.nats).await?;
+    nats_conn::check_server(&client)?;
+    let setup = nats::setup(&client, &config).await?;
+    let consumer = setup.consumer.clone().ok_or(BenchError::Clustered)?;
     let mut senders = Vec::new();
     let mut workers = Vec::new();
     for _ in 0..config.shards {
@@ -70,6 +138,9 @@ pub async fn passthrough(config: Config) -> Result<(), String> {
         }));
         workers.push(tokio::spawn(async move {
             while let Some(m) = rx.recv().await {
+                // 0, which no stream sequence is, when the message has no
+                // JetStream info: the bench counts such a reply as
+                // undecodable and its input as lost, nothing is hidden.
                 let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Nats-Msg-Id", format!("pt.{seq}").as_str());
@@ -87,12 +158,12 @@ pub async fn passthrough(config: Config) -> Result<(), String> {
     // One signal stream for the whole run: a SIGTERM that arrives while a
     // batch is being read must not be missed.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("cannot listen for SIGTERM: {e}"))?;
+        .map_err(BenchError::Signal)?;
     loop {
         let mut batch = tokio::select! {
             _ = term.recv() => break,
             b = consumer.batch().max_messages(256).expires(Duration::from_millis(500)).messages() => {
-                b.map_err(|e| e.to_string())?
+                b.map_err(|e| BenchError::nats("cannot pull a batch from the consumer", e))?
             }
         };
         while let Some(Ok(msg)) = batch.next().await {
@@ -150,6 +221,18 @@ pub struct ModeReport {
     pub peak_rss_mb: f64,
     /// Successful lexicon reloads during the run (daemon mode).
     pub reloads: u64,
+    /// Outputs received that are neither an event nor a pass-through reply
+    /// naming its input (not counted as received).
+    pub undecodable: usize,
+    /// Messages in the output stream without a `Nats-Msg-Id` (not counted
+    /// among the duplicates: they have no id to compare).
+    pub without_msg_id: usize,
+}
+
+/// What the pass-through consumer publishes per input.
+#[derive(serde::Deserialize)]
+struct PassthroughReply {
+    input_seq: u64,
 }
 
 impl ModeReport {
@@ -179,16 +262,26 @@ impl ModeReport {
 
 /// A private copy of the lexicon directory (plus the extra rule), so the
 /// run can add to it and change it without touching the original.
-fn lexicon_copy(opts: &BenchOptions) -> Result<PathBuf, String> {
+fn lexicon_copy(opts: &BenchOptions) -> Result<PathBuf, BenchError> {
     let dir = std::env::temp_dir().join(format!("zhijian-bench-lexicon-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    for entry in std::fs::read_dir(&opts.lexicons).map_err(|e| e.to_string())? {
-        let path = entry.map_err(|e| e.to_string())?.path();
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| BenchError::io(format!("cannot create {}", dir.display()), e))?;
+    for entry in std::fs::read_dir(&opts.lexicons)
+        .map_err(|e| BenchError::io(format!("cannot read {}", opts.lexicons.display()), e))?
+    {
+        let path = entry
+            .map_err(|e| BenchError::io(format!("cannot read {}", opts.lexicons.display()), e))?
+            .path();
         if path.extension().is_some_and(|x| x == "toml")
             && let Some(name) = path.file_name()
         {
-            std::fs::copy(&path, dir.join(name)).map_err(|e| e.to_string())?;
+            std::fs::copy(&path, dir.join(name)).map_err(|e| {
+                BenchError::io(
+                    format!("cannot copy {} to {}", path.display(), dir.display()),
+                    e,
+                )
+            })?;
         }
     }
     if opts.extra_phrases > 0 {
@@ -196,13 +289,18 @@ fn lexicon_copy(opts: &BenchOptions) -> Result<PathBuf, String> {
             dir.join("zz-bench-extra.toml"),
             synth::large_rule_toml(opts.extra_phrases, 1),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            BenchError::io(
+                format!("cannot write the extra rule into {}", dir.display()),
+                e,
+            )
+        })?;
     }
     Ok(dir)
 }
 
 /// Runs every requested mode and returns their reports.
-pub async fn bench(opts: &BenchOptions) -> Result<Vec<ModeReport>, String> {
+pub async fn bench(opts: &BenchOptions) -> Result<Vec<ModeReport>, BenchError> {
     let mut opts = opts.clone();
     if opts.extra_phrases > 0 || opts.reload_every.is_some() {
         opts.lexicons = lexicon_copy(&opts)?;
@@ -214,16 +312,16 @@ pub async fn bench(opts: &BenchOptions) -> Result<Vec<ModeReport>, String> {
     };
     let convs = synth::conversations(7, opts.conversations, "bench-", &mix);
     let lines = synth::staggered_jsonl(&convs, opts.open, "bench", "call");
-    let lexicon = Arc::new(crate::matcher::load_base(&opts.lexicons).map_err(|e| e.to_string())?);
+    let lexicon = Arc::new(crate::matcher::load_base(&opts.lexicons)?);
     let out = judge_offline(&lexicon, &lines)?;
     let expected: Vec<Event> = out
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .map(serde_json::from_slice)
         .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(BenchError::Expected)?;
     if expected.is_empty() {
-        return Err("the generated traffic yields no expected events: nothing to measure".into());
+        return Err(BenchError::NothingToMeasure);
     }
     let mut reports = Vec::new();
     for mode in &opts.modes {
@@ -253,14 +351,12 @@ async fn run_mode(
     mode: &str,
     lines: &[String],
     expected: &[Event],
-) -> Result<ModeReport, String> {
+) -> Result<ModeReport, BenchError> {
     let sub = match mode {
         "daemon" | "daemon-shadow" => "run",
         "passthrough" => "passthrough",
         other => {
-            return Err(format!(
-                "unknown mode {other:?} (daemon, daemon-shadow, passthrough)"
-            ));
+            return Err(BenchError::UnknownMode(other.to_string()));
         }
     };
     let Child {
@@ -297,15 +393,16 @@ async fn run_mode(
     let mut outputs = client
         .subscribe(subject::all(&streams.violations_prefix))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| BenchError::nats("cannot subscribe to the violations", e))?;
     let mut summaries = client
         .subscribe(subject::all(&streams.summaries_prefix))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| BenchError::nats("cannot subscribe to the summaries", e))?;
     let pubs = Arc::clone(&published);
     let receiver = tokio::spawn(async move {
         let mut latencies = Vec::new();
         let mut seen: HashMap<String, u32> = HashMap::new();
+        let mut undecodable = 0usize;
         let mut last = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(300);
         while seen.len() < expected_events && Instant::now() < deadline {
@@ -316,7 +413,6 @@ async fn run_mode(
             };
             let Some(msg) = msg else { break };
             let now = Instant::now();
-            last = now;
             let (id, line) = match serde_json::from_slice::<Event>(&msg.payload) {
                 Ok(Event::Violation(v)) => {
                     // A missing closing is decided by the `end` event, though
@@ -332,14 +428,22 @@ async fn run_mode(
                     let k = format!("{}#end", s.conversation_id);
                     (s.id, line_of.get(&k).copied())
                 }
-                Err(_) => {
+                Err(_) => match serde_json::from_slice::<PassthroughReply>(&msg.payload) {
                     // Pass-through: {"input_seq": N}, N = line + 1.
-                    let v: serde_json::Value =
-                        serde_json::from_slice(&msg.payload).unwrap_or_default();
-                    let seq = v["input_seq"].as_u64().unwrap_or(0) as usize;
-                    (format!("pt.{seq}"), seq.checked_sub(1))
-                }
+                    Ok(r) if r.input_seq > 0 => (
+                        format!("pt.{}", r.input_seq),
+                        usize::try_from(r.input_seq - 1).ok(),
+                    ),
+                    // Neither an event nor a reply naming its input: counted,
+                    // and not taken as received (it would stand in for an
+                    // output that never came).
+                    _ => {
+                        undecodable += 1;
+                        continue;
+                    }
+                },
             };
+            last = now;
             let first = {
                 let c = seen.entry(id).or_insert(0);
                 *c += 1;
@@ -353,7 +457,7 @@ async fn run_mode(
                 latencies.push(now.duration_since(*t).as_secs_f64() * 1000.0);
             }
         }
-        (latencies, seen, last)
+        (latencies, seen, last, undecodable)
     });
 
     // Lexicon changes during the run: a comment appended to one file, so
@@ -362,11 +466,11 @@ async fn run_mode(
     let reloader = match (opts.reload_every, mode) {
         (Some(every), "daemon") => {
             let file = std::fs::read_dir(&opts.lexicons)
-                .map_err(|e| e.to_string())?
+                .map_err(|e| BenchError::io(format!("cannot read {}", opts.lexicons.display()), e))?
                 .filter_map(Result::ok)
                 .map(|e| e.path())
                 .find(|p| p.extension().is_some_and(|x| x == "toml"))
-                .ok_or("no lexicon file to change")?;
+                .ok_or(BenchError::NoLexiconFile)?;
             Some(tokio::spawn(async move {
                 let mut n = 0u64;
                 loop {
@@ -404,10 +508,11 @@ async fn run_mode(
         publish_windowed(&js, &mut in_flight, subject, l).await?;
     }
     for a in in_flight {
-        a.await.map_err(|e| e.to_string())?;
+        a.await
+            .map_err(|e| BenchError::nats("an input was not stored", e))?;
     }
     let published_in = started.elapsed().as_secs_f64();
-    let (mut latencies, seen, last) = receiver.await.map_err(|e| e.to_string())?;
+    let (mut latencies, seen, last, undecodable) = receiver.await?;
     let seconds = last.duration_since(started).as_secs_f64();
     let peak_rss_mb = peak_rss_mb(pid);
     let _ = stop_reloads.send(true);
@@ -425,7 +530,10 @@ async fn run_mode(
     let _ = child.0.wait();
 
     // Stored duplicates: messages in the output stream vs distinct ids.
-    let stored = stream_ids(&js, "VIOLATIONS").await?;
+    let StoredIds {
+        ids: stored,
+        without_id,
+    } = stream_ids(&js, "VIOLATIONS").await?;
     let distinct: std::collections::HashSet<&String> = stored.iter().collect();
     let want: Vec<String> = if mode.starts_with("daemon") {
         expected.iter().map(|e| e.id().to_string()).collect()
@@ -445,6 +553,14 @@ async fn run_mode(
         "{mode}: published {} inputs in {published_in:.2} s, last output after {seconds:.2} s",
         lines.len()
     );
+    if undecodable > 0 {
+        eprintln!(
+            "{mode}: {undecodable} outputs received that are neither an event nor a pass-through reply"
+        );
+    }
+    if without_id > 0 {
+        eprintln!("{mode}: {without_id} messages stored in VIOLATIONS without a Nats-Msg-Id");
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(ModeReport {
         mode: mode.to_string(),
@@ -457,6 +573,8 @@ async fn run_mode(
         received_unique: seen.len(),
         lost,
         duplicated_in_stream: stored.len() - distinct.len(),
+        undecodable,
+        without_msg_id: without_id,
         peak_rss_mb,
         reloads,
     })
@@ -486,12 +604,31 @@ async fn reload_count(metrics_port: u16) -> u64 {
         .unwrap_or(0)
 }
 
+/// The `Nats-Msg-Id`s of the messages in a stream.
+struct StoredIds {
+    ids: Vec<String>,
+    /// Messages without one.
+    without_id: usize,
+}
+
 /// The `Nats-Msg-Id` of every message in a stream.
-async fn stream_ids(js: &jetstream::Context, stream: &str) -> Result<Vec<String>, String> {
-    let mut s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
-    let n = s.info().await.map_err(|e| e.to_string())?.state.messages as usize;
+async fn stream_ids(js: &jetstream::Context, stream: &str) -> Result<StoredIds, BenchError> {
+    let mut s = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| BenchError::nats(format!("stream {stream}"), e))?;
+    let n = s
+        .info()
+        .await
+        .map_err(|e| BenchError::nats(format!("stream {stream}"), e))?
+        .state
+        .messages as usize;
+    let mut out = StoredIds {
+        ids: Vec::with_capacity(n),
+        without_id: 0,
+    };
     if n == 0 {
-        return Ok(Vec::new());
+        return Ok(out);
     }
     let consumer = s
         .create_consumer(jetstream::consumer::pull::Config {
@@ -499,21 +636,25 @@ async fn stream_ids(js: &jetstream::Context, stream: &str) -> Result<Vec<String>
             ..Default::default()
         })
         .await
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::with_capacity(n);
-    let mut msgs = consumer.messages().await.map_err(|e| e.to_string())?;
-    while out.len() < n {
+        .map_err(|e| BenchError::nats(format!("cannot read stream {stream}"), e))?;
+    let mut msgs = consumer
+        .messages()
+        .await
+        .map_err(|e| BenchError::nats(format!("cannot read stream {stream}"), e))?;
+    while out.ids.len() + out.without_id < n {
         match tokio::time::timeout(Duration::from_secs(10), msgs.next()).await {
-            Ok(Some(Ok(m))) => {
-                let id = m
-                    .message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("Nats-Msg-Id"))
-                    .map(|v| v.as_str().to_string())
-                    .unwrap_or_default();
-                out.push(id);
-            }
+            Ok(Some(Ok(m))) => match m
+                .message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+            {
+                Some(id) => out.ids.push(id.as_str().to_string()),
+                // Every output is published with one: counted, not taken
+                // as an empty id (all of them would look like duplicates
+                // of each other).
+                None => out.without_id += 1,
+            },
             _ => break,
         }
     }
@@ -527,16 +668,17 @@ async fn publish_windowed(
     in_flight: &mut std::collections::VecDeque<jetstream::context::PublishAckFuture>,
     subject: String,
     line: &str,
-) -> Result<(), String> {
+) -> Result<(), BenchError> {
     let ack = js
         .publish(subject, line.to_string().into_bytes().into())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| BenchError::nats("cannot publish an input", e))?;
     in_flight.push_back(ack);
     if in_flight.len() >= 4096
         && let Some(a) = in_flight.pop_front()
     {
-        a.await.map_err(|e| e.to_string())?;
+        a.await
+            .map_err(|e| BenchError::nats("an input was not stored", e))?;
     }
     Ok(())
 }
@@ -546,7 +688,7 @@ async fn publish_windowed(
 fn judge_offline(
     lexicon: &Arc<crate::matcher::Scanner>,
     lines: &[String],
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, BenchError> {
     let mut engine = Engine::new(Arc::clone(lexicon), EngineConfig::default());
     let mut out = Vec::new();
     crate::scan::scan(
@@ -555,7 +697,7 @@ fn judge_offline(
         &mut out,
         &mut std::io::sink(),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(BenchError::Judge)?;
     Ok(out)
 }
 
@@ -578,28 +720,34 @@ async fn start_child(
     sub: &str,
     what: &str,
     shadow: bool,
-) -> Result<Child, String> {
+) -> Result<Child, BenchError> {
     let client = async_nats::connect(opts.nats_url.as_str())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| BenchError::nats(format!("cannot connect to {}", opts.nats_url), e))?;
     let js = jetstream::new(client.clone());
     for s in ["TRANSCRIPTS", "VIOLATIONS", "ZHIJIAN_DEADLETTER", "SHADOW"] {
         let _ = js.delete_stream(s).await;
     }
     let _ = js.delete_key_value("zhijian_state").await;
     let dir = std::env::temp_dir().join(format!("zhijian-{what}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| BenchError::io(format!("cannot create {}", dir.display()), e))?;
     let metrics_port = free_port()?;
     let cfg = dir.join(format!("{sub}.toml"));
-    std::fs::write(&cfg, config_text(opts, metrics_port, shadow)).map_err(|e| e.to_string())?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    std::fs::write(&cfg, config_text(opts, metrics_port, shadow))
+        .map_err(|e| BenchError::io(format!("cannot write {}", cfg.display()), e))?;
+    let exe =
+        std::env::current_exe().map_err(|e| BenchError::io("cannot find this executable", e))?;
     let child = std::process::Command::new(exe)
         .args([sub, "--config"])
         .arg(&cfg)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
         .spawn()
-        .map_err(|e| format!("cannot start zhijian {sub}: {e}"))?;
+        .map_err(|source| BenchError::Start {
+            sub: sub.to_string(),
+            source,
+        })?;
     let child = KillOnDrop(child);
     let ready_by = Instant::now() + Duration::from_secs(30);
     loop {
@@ -611,7 +759,7 @@ async fn start_child(
             break;
         }
         if Instant::now() > ready_by {
-            return Err(format!("zhijian {sub} not ready after 30 s"));
+            return Err(BenchError::NotReady(sub.to_string()));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -636,21 +784,32 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+fn free_port() -> Result<u16, BenchError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| BenchError::io("cannot pick a free port", e))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| BenchError::io("cannot pick a free port", e))
 }
 
-/// VmHWM of a process, in MB (0 if unreadable).
+/// VmHWM of a process, in MB.
 fn peak_rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))
-        .unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+    status_mb(pid, "VmHWM:")
+}
+
+/// A size in `/proc/<pid>/status`, in MB; NaN when unreadable (the process
+/// gone), not 0, which would pass for a small footprint.
+fn status_mb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// `zhijian soak`: the daemon under steady live-like load for a long time.
@@ -686,6 +845,9 @@ pub struct SoakReport {
     pub lost: u64,
     /// Ids received that no conversation should produce.
     pub unexpected: u64,
+    /// Outputs received without a readable event id (not counted as
+    /// received).
+    pub undecodable: u64,
     pub stored: u64,
     pub duplicated_in_stream: i64,
     pub seconds: f64,
@@ -704,7 +866,7 @@ fn id_number(id: &str) -> Option<u128> {
 /// outputs received over core NATS, the daemon's RSS sampled. Loss:
 /// expected ids never received. Duplicates: messages stored in the output
 /// stream beyond the distinct expected ones.
-pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, String> {
+pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, BenchError> {
     let bench = BenchOptions {
         nats_url: opts.nats_url.clone(),
         lexicons: opts.lexicons.clone(),
@@ -732,18 +894,23 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, String> {
     }
     let seen: Arc<Mutex<std::collections::HashSet<u128>>> = Arc::default();
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let undecodable = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
     // The child runs with the default subjects.
     let streams = StreamsConfig::default();
     let mut outputs = client
         .subscribe(subject::all(&streams.violations_prefix))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| BenchError::nats("cannot subscribe to the violations", e))?;
     let mut summaries = client
         .subscribe(subject::all(&streams.summaries_prefix))
         .await
-        .map_err(|e| e.to_string())?;
-    let (seen_rx, received_rx) = (Arc::clone(&seen), Arc::clone(&received));
+        .map_err(|e| BenchError::nats("cannot subscribe to the summaries", e))?;
+    let (seen_rx, received_rx, undecodable_rx) = (
+        Arc::clone(&seen),
+        Arc::clone(&received),
+        Arc::clone(&undecodable),
+    );
     let receiver = tokio::spawn(async move {
         loop {
             let msg = tokio::select! {
@@ -751,9 +918,16 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, String> {
                 m = summaries.next() => m,
             };
             let Some(msg) = msg else { break };
-            if let Ok(e) = serde_json::from_slice::<IdOnly>(&msg.payload)
-                && let Some(n) = id_number(&e.id)
-                && let Ok(mut s) = seen_rx.lock()
+            let Some(n) = serde_json::from_slice::<IdOnly>(&msg.payload)
+                .ok()
+                .and_then(|e| id_number(&e.id))
+            else {
+                // Counted, not dropped: an output without a readable id is
+                // a fault the report shows.
+                undecodable_rx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            };
+            if let Ok(mut s) = seen_rx.lock()
                 && s.insert(n)
             {
                 received_rx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -794,7 +968,7 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, String> {
         })
     };
 
-    let lexicon = Arc::new(crate::matcher::load_base(&opts.lexicons).map_err(|e| e.to_string())?);
+    let lexicon = Arc::new(crate::matcher::load_base(&opts.lexicons)?);
     let mix = Mix::default();
     // About five seconds of traffic per round.
     let per_round = ((opts.rate * 5.0) / (2.0 * mix.agent_turns as f64 + 1.0)).max(100.0) as usize;
@@ -808,8 +982,8 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, String> {
         let lines = synth::staggered_jsonl(&convs, opts.open, "soak", "call");
         let out = judge_offline(&lexicon, &lines)?;
         for l in out.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let e: IdOnly = serde_json::from_slice(l).map_err(|e| e.to_string())?;
-            expected.insert(id_number(&e.id).ok_or("an event id that is not 32 hex digits")?);
+            let e: IdOnly = serde_json::from_slice(l).map_err(BenchError::Expected)?;
+            expected.insert(id_number(&e.id).ok_or(BenchError::EventId)?);
         }
         conversations += convs.len() as u64;
         for l in &lines {
@@ -819,7 +993,7 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, String> {
             }
             let subject = match crate::event::decode_str(l) {
                 Ok(input) => subject::input(&streams, &input.tenant, &input.conversation_id),
-                Err(e) => return Err(format!("generated an invalid line: {e}")),
+                Err(e) => return Err(BenchError::InvalidLine(e)),
             };
             publish_windowed(&js, &mut in_flight, subject, l).await?;
             sent += 1;
@@ -828,7 +1002,8 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, String> {
         round += 1;
     }
     for a in in_flight {
-        a.await.map_err(|e| e.to_string())?;
+        a.await
+            .map_err(|e| BenchError::nats("an input was not stored", e))?;
     }
     // Drain: until every expected event arrived, or nothing for 60 s.
     let mut last = (0u64, Instant::now());
@@ -853,17 +1028,17 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, String> {
     let stored = js
         .get_stream("VIOLATIONS")
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| BenchError::nats("stream VIOLATIONS", e))?
         .info()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| BenchError::nats("stream VIOLATIONS", e))?
         .state
         .messages;
-    let seen = seen.lock().map_err(|_| "poisoned")?.clone();
+    let seen = seen.lock().map_err(|_| BenchError::Poisoned)?.clone();
     let lost = expected.iter().filter(|id| !seen.contains(id)).count() as u64;
     let unexpected = seen.iter().filter(|id| !expected.contains(id)).count() as u64;
     let _ = std::fs::remove_dir_all(&dir);
-    let samples = samples.lock().map_err(|_| "poisoned")?.clone();
+    let samples = samples.lock().map_err(|_| BenchError::Poisoned)?.clone();
     Ok(SoakReport {
         published: sent,
         conversations,
@@ -871,6 +1046,7 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, String> {
         received_unique: seen.len() as u64,
         lost,
         unexpected,
+        undecodable: undecodable.load(std::sync::atomic::Ordering::Relaxed),
         stored,
         duplicated_in_stream: stored as i64 - expected.len() as i64 + lost as i64
             - unexpected as i64,
@@ -879,14 +1055,7 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, String> {
     })
 }
 
-/// VmRSS of a process, in MB (0 if unreadable).
+/// VmRSS of a process, in MB.
 fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))
-        .unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+    status_mb(pid, "VmRSS:")
 }

@@ -183,27 +183,52 @@ pub struct RawRequest {
     pub note: Option<String>,
 }
 
+/// Why an action request is refused (`400 Bad Request`, the text its
+/// body).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// Its first 40 characters.
+    #[error("unknown action {0:?} (acknowledge, assign, note, false_alarm, reopen)")]
+    UnknownAction(String),
+    #[error("`{0}` must not be empty")]
+    Empty(&'static str),
+    #[error("`{field}` is {chars} characters, over the limit of {limit}")]
+    TooLong {
+        field: &'static str,
+        chars: usize,
+        limit: usize,
+    },
+    #[error("`{0}` contains a control character")]
+    ControlCharacter(&'static str),
+    #[error("`assignee` goes with the assign action only")]
+    AssigneeWithoutAssign,
+    #[error("`note` goes with the note or false_alarm action")]
+    NoteWithoutNote,
+}
+
 /// A name a person typed: trimmed, 1..=[`MAX_NAME_CHARS`] characters, no
 /// control characters.
-fn name(field: &str, raw: &str) -> Result<String, String> {
+fn name(field: &'static str, raw: &str) -> Result<String, RequestError> {
     let v = raw.trim();
     if v.is_empty() {
-        return Err(format!("`{field}` must not be empty"));
+        return Err(RequestError::Empty(field));
     }
     let n = v.chars().count();
     if n > MAX_NAME_CHARS {
-        return Err(format!(
-            "`{field}` is {n} characters, over the limit of {MAX_NAME_CHARS}"
-        ));
+        return Err(RequestError::TooLong {
+            field,
+            chars: n,
+            limit: MAX_NAME_CHARS,
+        });
     }
     if v.chars().any(char::is_control) {
-        return Err(format!("`{field}` contains a control character"));
+        return Err(RequestError::ControlCharacter(field));
     }
     Ok(v.to_string())
 }
 
 impl RawRequest {
-    pub fn validate(self) -> Result<Request, String> {
+    pub fn validate(self) -> Result<Request, RequestError> {
         let action = match self.action.as_str() {
             "acknowledge" => Action::Acknowledge,
             "assign" => Action::Assign,
@@ -211,9 +236,8 @@ impl RawRequest {
             "false_alarm" => Action::FalseAlarm,
             "reopen" => Action::Reopen,
             other => {
-                return Err(format!(
-                    "unknown action {:?} (acknowledge, assign, note, false_alarm, reopen)",
-                    other.chars().take(40).collect::<String>()
+                return Err(RequestError::UnknownAction(
+                    other.chars().take(40).collect::<String>(),
                 ));
             }
         };
@@ -222,19 +246,21 @@ impl RawRequest {
             (Action::Assign, None | Some("")) => None,
             (Action::Assign, Some(a)) => Some(name("assignee", a)?),
             (_, None) => None,
-            (_, Some(_)) => return Err("`assignee` goes with the assign action only".into()),
+            (_, Some(_)) => return Err(RequestError::AssigneeWithoutAssign),
         };
         let note = match (action, self.note.as_deref().map(str::trim)) {
-            (Action::Note, None | Some("")) => return Err("`note` must not be empty".into()),
+            (Action::Note, None | Some("")) => return Err(RequestError::Empty("note")),
             (Action::Note, Some(t)) => {
                 let n = t.chars().count();
                 if n > MAX_NOTE_CHARS {
-                    return Err(format!(
-                        "`note` is {n} characters, over the limit of {MAX_NOTE_CHARS}"
-                    ));
+                    return Err(RequestError::TooLong {
+                        field: "note",
+                        chars: n,
+                        limit: MAX_NOTE_CHARS,
+                    });
                 }
                 if t.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-                    return Err("`note` contains a control character".into());
+                    return Err(RequestError::ControlCharacter("note"));
                 }
                 Some(t.to_string())
             }
@@ -255,7 +281,7 @@ impl RawRequest {
                 });
             }
             (_, None | Some("")) => None,
-            (_, Some(_)) => return Err("`note` goes with the note or false_alarm action".into()),
+            (_, Some(_)) => return Err(RequestError::NoteWithoutNote),
         };
         Ok(Request {
             action,
@@ -361,15 +387,26 @@ impl Shared {
 }
 
 /// Why an action failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ActError {
     /// The bucket could not be reached or created.
-    Unavailable(String),
+    #[error("the key-value bucket {bucket:?} is not available (see the daemon's log)")]
+    Unavailable { bucket: String },
     /// The alert is not in the console's history and has no state yet.
+    #[error("no such alert in the console's history")]
     UnknownAlert,
     /// Other supervisors kept changing it.
+    #[error("other supervisors kept changing this alert; retry")]
     Conflict,
-    Store(String),
+    /// The alert's value in the bucket is not an alert state.
+    #[error("stored state unreadable: {0}")]
+    Unreadable(#[source] serde_json::Error),
+    /// A state that does not serialize (a bug, not bad input).
+    #[error("{0}")]
+    Encode(#[source] serde_json::Error),
+    /// Reading or writing the bucket.
+    #[error("{0}")]
+    Store(#[source] async_nats::Error),
 }
 
 /// Every alert state, mirrored from the bucket.
@@ -514,20 +551,15 @@ impl Desk {
         now_ms: u64,
     ) -> Result<Arc<Shared>, ActError> {
         let Some(kv) = &self.kv else {
-            return Err(ActError::Unavailable(format!(
-                "the key-value bucket {:?} is not available (see the daemon's log)",
-                self.bucket
-            )));
+            return Err(ActError::Unavailable {
+                bucket: self.bucket.clone(),
+            });
         };
         for _ in 0..ATTEMPTS {
-            let entry = kv
-                .entry(id)
-                .await
-                .map_err(|e| ActError::Store(e.to_string()))?;
+            let entry = kv.entry(id).await.map_err(|e| ActError::Store(e.into()))?;
             let (mut state, revision) = match entry {
                 Some(e) if e.operation == kv::Operation::Put => (
-                    serde_json::from_slice::<AlertState>(&e.value)
-                        .map_err(|e| ActError::Store(format!("stored state unreadable: {e}")))?,
+                    serde_json::from_slice::<AlertState>(&e.value).map_err(ActError::Unreadable)?,
                     Some(e.revision),
                 ),
                 _ => match &raised {
@@ -541,19 +573,17 @@ impl Desk {
                 }
                 return self.get(id).ok_or(ActError::UnknownAlert);
             }
-            let body = serde_json::to_vec(&state)
-                .map_err(|e| ActError::Store(e.to_string()))?
-                .into();
+            let body = serde_json::to_vec(&state).map_err(ActError::Encode)?.into();
             let stored = match revision {
                 Some(rev) => kv.update(id, body, rev).await.map_err(|e| {
                     matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision)
                         .then_some(())
-                        .ok_or_else(|| e.to_string())
+                        .ok_or_else(|| async_nats::Error::from(e))
                 }),
                 None => kv.create(id, body).await.map_err(|e| {
                     matches!(e.kind(), kv::CreateErrorKind::AlreadyExists)
                         .then_some(())
-                        .ok_or_else(|| e.to_string())
+                        .ok_or_else(|| async_nats::Error::from(e))
                 }),
             };
             match stored {
@@ -723,6 +753,45 @@ mod tests {
         }
     }
 
+    /// Each refusal is its own variant; its text is the response body.
+    #[test]
+    fn refusals_are_typed_with_their_words() {
+        let long_note = "字".repeat(MAX_NOTE_CHARS + 1);
+        for (req, want, says) in [
+            (
+                raw(&"x".repeat(50), "张三", None, None),
+                RequestError::UnknownAction("x".repeat(40)),
+                format!(
+                    "unknown action {:?} (acknowledge, assign, note, false_alarm, reopen)",
+                    "x".repeat(40)
+                ),
+            ),
+            (
+                raw("acknowledge", " ", None, None),
+                RequestError::Empty("by"),
+                "`by` must not be empty".to_string(),
+            ),
+            (
+                raw("note", "张三", None, Some(&long_note)),
+                RequestError::TooLong {
+                    field: "note",
+                    chars: MAX_NOTE_CHARS + 1,
+                    limit: MAX_NOTE_CHARS,
+                },
+                "`note` is 1001 characters, over the limit of 1000".to_string(),
+            ),
+            (
+                raw("assign", "张三", Some("李\u{7}四"), None),
+                RequestError::ControlCharacter("assignee"),
+                "`assignee` contains a control character".to_string(),
+            ),
+        ] {
+            let err = req.validate().expect_err(&says);
+            assert_eq!(err, want);
+            assert_eq!(err.to_string(), says);
+        }
+    }
+
     #[test]
     fn requests_are_validated_with_clear_errors() {
         let long = "长".repeat(MAX_NAME_CHARS + 1);
@@ -777,7 +846,7 @@ mod tests {
         for (name, req, want) in cases {
             match req.validate() {
                 Ok(r) => panic!("case {name}: accepted {r:?}"),
-                Err(e) => assert!(e.contains(want), "case {name}: {e}"),
+                Err(e) => assert!(e.to_string().contains(want), "case {name}: {e}"),
             }
         }
         let ok = raw(

@@ -1087,18 +1087,16 @@ async fn alert_action(
             )
                 .into_response())
         }
-        Err(desk::ActError::UnknownAlert) => Err((
-            StatusCode::NOT_FOUND,
-            "no such alert in the console's history\n".into(),
-        )),
-        Err(desk::ActError::Conflict) => Err((
-            StatusCode::CONFLICT,
-            "other supervisors kept changing this alert; retry\n".into(),
-        )),
-        Err(desk::ActError::Unavailable(e)) => {
+        Err(e @ desk::ActError::UnknownAlert) => Err((StatusCode::NOT_FOUND, format!("{e}\n"))),
+        Err(e @ desk::ActError::Conflict) => Err((StatusCode::CONFLICT, format!("{e}\n"))),
+        Err(e @ desk::ActError::Unavailable { .. }) => {
             Err((StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")))
         }
-        Err(desk::ActError::Store(e)) => {
+        Err(
+            e @ (desk::ActError::Unreadable(_)
+            | desk::ActError::Encode(_)
+            | desk::ActError::Store(_)),
+        ) => {
             tracing::warn!(id, error = %e, "console: cannot store an alert action");
             Err((
                 StatusCode::BAD_GATEWAY,

@@ -420,7 +420,8 @@ async fn scenario(cluster: &mut NatsCluster, k: usize, failure: Failure) {
     let input = dir.join("input.jsonl");
     std::fs::write(&input, lines.join("\n")).expect("input");
     let client_cfg = RawConfig::parse(&toml)
-        .and_then(|r| r.validate(&Overrides::default()))
+        .expect("client config parses")
+        .validate(&Overrides::default())
         .expect("client config");
     // Its own thread and runtime (the publisher's reader is not Send).
     let publisher = tokio::task::spawn_blocking(move || {

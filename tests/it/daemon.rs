@@ -44,7 +44,8 @@ pub(crate) fn config_toml(
 
 pub(crate) fn config(nats: &NatsServer, lexicons: &Path, extra: &str) -> Config {
     RawConfig::parse(&config_toml(nats, lexicons, free_port(), extra))
-        .and_then(|r| r.validate(&Overrides::default()))
+        .expect("test config parses")
+        .validate(&Overrides::default())
         .expect("test config")
 }
 
@@ -109,7 +110,8 @@ pub(crate) async fn publish(nats: &NatsServer, lines: &[String]) {
     let file = dir.join("input.jsonl");
     std::fs::write(&file, lines.join("\n")).expect("write input");
     let cfg = RawConfig::parse(&format!("[nats]\nurl = \"{}\"\n", nats.url()))
-        .and_then(|r| r.validate(&Overrides::default()))
+        .expect("client config parses")
+        .validate(&Overrides::default())
         .expect("client config");
     zhijian::client::publish(&cfg, &file, 0.0)
         .await
@@ -1077,7 +1079,8 @@ async fn user_and_password_authentication() {
     };
     let parse = |t: String| {
         RawConfig::parse(&t)
-            .and_then(|r| r.validate(&Overrides::default()))
+            .expect("config parses")
+            .validate(&Overrides::default())
             .expect("config")
     };
     let err = zhijian::daemon::run(parse(toml("wrong")), std::future::pending::<()>())
