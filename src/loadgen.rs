@@ -728,7 +728,9 @@ async fn start_child(
     for s in ["TRANSCRIPTS", "VIOLATIONS", "ZHIJIAN_DEADLETTER", "SHADOW"] {
         let _ = js.delete_stream(s).await;
     }
-    let _ = js.delete_key_value("zhijian_state").await;
+    for bucket in ["zhijian_state", "zhijian_cluster"] {
+        let _ = js.delete_key_value(bucket).await;
+    }
     let dir = std::env::temp_dir().join(format!("zhijian-{what}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)
         .map_err(|e| BenchError::io(format!("cannot create {}", dir.display()), e))?;

@@ -86,7 +86,8 @@ pub struct ClusterMetrics {
     /// released partition), failover (taken from a member whose lease
     /// expired), released, lost.
     pub handovers: IntCounterVec,
-    /// `zhijian_checkpoints_total{outcome}`: ok, fenced, failed.
+    /// `zhijian_checkpoints_total{outcome}`: ok, fenced, failed, unreadable,
+    /// other_stream.
     pub checkpoints: IntCounterVec,
     pub checkpoint_seconds: Histogram,
     checkpoint_age: prometheus::GaugeVec,
@@ -108,10 +109,10 @@ impl ClusterMetrics {
         let checkpoints = counter_vec(
             r,
             "zhijian_checkpoints_total",
-            "Partition checkpoints written, by outcome: ok, fenced (a newer holder's checkpoint exists), failed; and chunks found unreadable when loading one (unreadable: their conversations continued without state).",
+            "Partition checkpoints written, by outcome: ok, fenced (a newer holder's checkpoint exists), failed; chunks found unreadable when loading one (unreadable: their conversations continued without state), and checkpoints of an earlier stream of the same name, ignored (other_stream).",
             &["outcome"],
         );
-        for o in ["ok", "fenced", "failed", "unreadable"] {
+        for o in ["ok", "fenced", "failed", "unreadable", "other_stream"] {
             checkpoints.with_label_values(&[o]);
         }
         let checkpoint_seconds = Histogram::with_opts(

@@ -171,6 +171,12 @@ struct Head {
     conversations: u64,
     bytes: u64,
     written_ms: u64,
+    /// When the input stream it covers was created (nanoseconds since the
+    /// epoch): a stream deleted and made again starts its sequences anew,
+    /// and a checkpoint of the old one must not skip the new one's inputs.
+    /// Absent in heads written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stream_created: Option<String>,
 }
 
 const HEAD_VERSION: u32 = 1;
@@ -223,6 +229,8 @@ struct Ctx {
     clock: Instant,
     /// This process's run (see [`LeaseValue::run`]).
     run: u64,
+    /// When the input stream was created (see [`Head::stream_created`]).
+    stream_created: String,
 }
 
 /// What goes wrong in cluster mode, with its source.
@@ -284,6 +292,12 @@ pub(crate) async fn serve(
     status: Arc<super::http::Status>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ClusterError> {
+    let stream_created = on
+        .input
+        .cached_info()
+        .created
+        .unix_timestamp_nanos()
+        .to_string();
     let ctx = Arc::new(Ctx {
         shared,
         cluster,
@@ -292,6 +306,7 @@ pub(crate) async fn serve(
         input: on.input,
         scanners,
         shadow,
+        stream_created,
         clock: Instant::now(),
         run: wall_ms() ^ (u64::from(std::process::id()) << 40),
     });
@@ -745,6 +760,31 @@ impl Worker {
                 partition: self.p,
                 found: head.version,
             });
+        }
+        if head
+            .stream_created
+            .as_ref()
+            .is_some_and(|c| *c != self.ctx.stream_created)
+        {
+            // The stream was deleted and made again: its sequences start
+            // anew. Judged from its first input; the old chunks go when
+            // this holder's first checkpoint replaces the head.
+            self.ctx
+                .shared
+                .metrics
+                .cluster
+                .checkpoints
+                .with_label_values(&["other_stream"])
+                .inc();
+            tracing::warn!(
+                partition = self.p,
+                stream = %self.ctx.shared.config.streams.input_stream,
+                checkpoint_seq = head.seq,
+                "the checkpoint belongs to an earlier input stream of this name; \
+                 judging this stream's partition from its first input"
+            );
+            self.head_chunks = Some((head.generation, head.chunks));
+            return Ok(());
         }
         let mut restored = 0u64;
         for i in 0..head.chunks {
@@ -1221,6 +1261,7 @@ impl Worker {
             conversations: count,
             bytes: bytes_total,
             written_ms: wall_ms(),
+            stream_created: Some(self.ctx.stream_created.clone()),
         };
         let head_bytes = match serde_json::to_vec(&head) {
             Ok(b) => Bytes::from(b),

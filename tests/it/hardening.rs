@@ -395,6 +395,45 @@ async fn with_partitions_leftover_checkpoint_chunks_are_removed_at_take_over() {
     daemon.stop().await;
 }
 
+/// The input stream deleted and made again (its sequences start anew)
+/// while the bucket keeps the old stream's checkpoints: the new stream is
+/// judged from its first input, not from the old checkpoint's sequence
+/// (which skipped its first inputs, silently).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_partitions_a_recreated_stream_is_not_skipped_by_an_old_checkpoint() {
+    let nats = NatsServer::start();
+    let cluster =
+        "[cluster]\npartitions = 1\nheartbeat_ms = 100\nlease_ms = 400\ncheckpoint_ms = 100\n";
+    let lines = crate::daemon::traffic(6, 11);
+    let want = scan(&lines);
+    let summaries = want
+        .iter()
+        .filter(|e| matches!(e, Event::Summary(_)))
+        .count();
+    let js = js(&nats).await;
+    let daemon = Daemon::start(config(&nats, &lexicons(), cluster)).await;
+    publish(&nats, &lines).await;
+    assert_same(&wait_done(&js, summaries).await, &want, "first stream");
+    daemon.stop().await;
+    for s in ["TRANSCRIPTS", "VIOLATIONS"] {
+        js.delete_stream(s).await.expect("delete stream");
+    }
+    let daemon = Daemon::start(config(&nats, &lexicons(), cluster)).await;
+    publish(&nats, &lines).await;
+    let got = wait_done(&js, summaries).await;
+    assert_same(&got, &want, "the stream made again");
+    assert_eq!(got.len(), want.len());
+    assert_eq!(
+        metric(
+            daemon.metrics_port,
+            "zhijian_checkpoints_total{outcome=\"other_stream\"}"
+        )
+        .await,
+        1.0
+    );
+    daemon.stop().await;
+}
+
 /// Issue 10, item 10: ack only after the events are stored, Nak when they
 /// cannot be — checked from the server's side while storage is away,
 /// then every event stored exactly once when it is back. (The old test
