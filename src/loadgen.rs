@@ -582,6 +582,15 @@ async fn run_mode(
 
 /// `zhijian_lexicon_reloads_total{result="success"}` of the daemon.
 async fn reload_count(metrics_port: u16) -> u64 {
+    metric_value(metrics_port, "zhijian_lexicon_reloads_total{result=\"success\"}")
+        .await
+        .unwrap_or(0.0) as u64
+}
+
+/// The value of one series of the daemon's metrics (None: no answer, or no
+/// such series).
+async fn metric_value(metrics_port: u16, series: &str) -> Option<f64> {
+    let prefix = format!("{series} ");
     let fetch = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port))
             .await
@@ -593,15 +602,13 @@ async fn reload_count(metrics_port: u16) -> u64 {
         let mut body = String::new();
         s.read_to_string(&mut body).await.ok()?;
         body.lines()
-            .find_map(|l| l.strip_prefix("zhijian_lexicon_reloads_total{result=\"success\"} "))
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
             .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|v| v as u64)
     };
     tokio::time::timeout(Duration::from_secs(5), fetch)
         .await
         .ok()
         .flatten()
-        .unwrap_or(0)
 }
 
 /// The `Nats-Msg-Id`s of the messages in a stream.
@@ -753,6 +760,14 @@ async fn start_child(
     let child = KillOnDrop(child);
     let ready_by = Instant::now() + Duration::from_secs(30);
     loop {
+        // Partitioned (the default): the daemon holds its partitions; the
+        // pass-through and an unpartitioned stream: the durable consumer.
+        if metric_value(metrics_port, "zhijian_partitions_owned")
+            .await
+            .is_some_and(|n| n > 0.0)
+        {
+            break;
+        }
         if let Ok(s) = js.get_stream("TRANSCRIPTS").await
             && s.get_consumer::<jetstream::consumer::pull::Config>("zhijian")
                 .await
