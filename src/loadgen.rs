@@ -582,9 +582,12 @@ async fn run_mode(
 
 /// `zhijian_lexicon_reloads_total{result="success"}` of the daemon.
 async fn reload_count(metrics_port: u16) -> u64 {
-    metric_value(metrics_port, "zhijian_lexicon_reloads_total{result=\"success\"}")
-        .await
-        .unwrap_or(0.0) as u64
+    metric_value(
+        metrics_port,
+        "zhijian_lexicon_reloads_total{result=\"success\"}",
+    )
+    .await
+    .unwrap_or(0.0) as u64
 }
 
 /// The value of one series of the daemon's metrics (None: no answer, or no

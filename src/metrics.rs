@@ -292,6 +292,7 @@ impl Metrics {
         for code in InputError::CODES.into_iter().chain([
             crate::subject::SUBJECT_MISMATCH,
             crate::subject::INVALID_SUBJECT,
+            crate::subject::UNROUTABLE_SUBJECT,
         ]) {
             bad_messages.with_label_values(&[code]);
             deadlettered.with_label_values(&[code]);

@@ -26,6 +26,12 @@ pub const SUBJECT_MISMATCH: &str = "subject_mismatch";
 /// receive the message (see `daemon::poison`).
 pub const INVALID_SUBJECT: &str = "invalid_subject";
 
+/// Dead-letter reason: on a partitioned input stream, a subject below the
+/// input prefix that is not `<prefix>.<tenant>.<id>` of one token each (a
+/// conversation id holding `.`, or no id), which the partitioned stream
+/// cannot take (see [`input_unroutable`]).
+pub const UNROUTABLE_SUBJECT: &str = "unroutable_subject";
+
 /// Every subject below `prefix`: `<prefix>.>`.
 pub fn all(prefix: &str) -> String {
     format!("{prefix}.>")
@@ -70,6 +76,20 @@ pub fn parse_input<'a>(s: &StreamsConfig, subject: &'a str) -> Option<(&'a str, 
 /// The input subjects a cluster's stream accepts: `<input_prefix>.*.*`.
 pub fn input_unpartitioned(s: &StreamsConfig) -> String {
     format!("{}.*.*", s.input_prefix)
+}
+
+/// What a partitioned input stream cannot take, kept by a stream of its
+/// own to be dead-lettered: `<input_prefix>.*` and `<input_prefix>.*.*.>`.
+pub fn input_unroutable(s: &StreamsConfig) -> Vec<String> {
+    vec![
+        format!("{}.*", s.input_prefix),
+        format!("{}.*.*.>", s.input_prefix),
+    ]
+}
+
+/// The stream of [`input_unroutable`]: `<input_stream>_UNROUTABLE`.
+pub fn unroutable_stream(s: &StreamsConfig) -> String {
+    format!("{}_UNROUTABLE", s.input_stream)
 }
 
 /// Where the stream transform stores `<input_prefix>.<tenant>.<id>`: under

@@ -149,10 +149,10 @@ daemon() { # log-file user password create
     pids+=("$DAEMON")
 }
 
-# CLUSTER=1: many instances ([cluster]) instead: admin provisions the
-# partitioned stream and the cluster bucket, two daemons share the
-# partitions as zhijian, one hands over on SIGTERM; any permission
-# violation fails.
+# CLUSTER=1: partitions instead: admin provisions the partitioned stream,
+# the stream of unroutable inputs and the cluster bucket, two daemons share
+# the partitions as zhijian, a dotted conversation id is dead-lettered, one
+# daemon hands over on SIGTERM; any permission violation fails.
 cluster_permissions() {
     local partitions=4 m1 m2 d1 d2 lines bad=0
     cdaemon() { # log user password create instance metrics-port
@@ -193,6 +193,17 @@ cluster_permissions() {
     done
     echo "   judged: $(judged)/$lines, violations: $(($(metric "$m1" zhijian_violations_total) + $(metric "$m2" zhijian_violations_total)))"
     [ "$(judged)" -ge "$lines" ] || fail "only $(judged) of $lines inputs judged"
+    step "C3b. asr publishes a conversation id holding '.': kept apart and dead-lettered"
+    echo '{"conversation_id":"call.7","tenant":"acme","seq":0,"speaker":"agent","text":"您好"}' |
+        as_user asr "$ASR_NATS_PASSWORD" "$ZJ_BIN" publish --nats-url "nats://$HOST" - 2>>"$TMP/publish.err" ||
+        fail "asr could not publish the dotted id: $(cat "$TMP/publish.err")"
+    unroutable() { echo $(($(metric "$m1" 'zhijian_deadlettered_total{reason="unroutable_subject"}') + $(metric "$m2" 'zhijian_deadlettered_total{reason="unroutable_subject"}'))); }
+    for _ in $(seq 1 100); do
+        [ "$(unroutable)" -ge 1 ] && break
+        sleep 0.1
+    done
+    echo "   dead-lettered as unroutable_subject: $(unroutable)"
+    [ "$(unroutable)" -eq 1 ] || fail "the dotted id was not dead-lettered once"
     step "C4. SIGTERM hands zj-1's partitions to zj-2 (checkpoint, release, take over)"
     stop "$d1" || fail "zj-1 exited non-zero on SIGTERM: $(tail -5 "$TMP/daemon-1.log")"
     for _ in $(seq 1 100); do

@@ -275,6 +275,13 @@ pub async fn run(
     // A partitioned stream: partitions instead of shards, however many
     // instances run.
     if let Some((kv, partitions)) = setup.cluster.clone() {
+        if let Some(consumer) = setup.unroutable.clone() {
+            tokio::spawn(poison::unroutable(
+                Arc::clone(&shared),
+                consumer,
+                stop_rx.clone(),
+            ));
+        }
         let started = tokio::time::Instant::now();
         let result = cluster::serve(
             Arc::clone(&shared),

@@ -108,6 +108,10 @@ pub struct Setup {
     /// On a partitioned stream: the bucket of members, leases and
     /// checkpoints, and the stream's partition count.
     pub cluster: Option<(kv::Store, u32)>,
+    /// On a partitioned stream: the durable consumer of the stream that
+    /// keeps what the partitioned one cannot take (see
+    /// `subject::input_unroutable`), when there is one.
+    pub unroutable: Option<jetstream::consumer::PullConsumer>,
 }
 
 /// Creates (when `streams.create`) or checks the streams, the consumer and
@@ -228,6 +232,10 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
         1,
     )
     .await?;
+    let unroutable = match partitions {
+        0 => None,
+        _ => unroutable(&js, config, &shape).await?,
+    };
     let cluster = match partitions {
         0 => None,
         p => {
@@ -248,7 +256,63 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
         consumer,
         state,
         cluster,
+        unroutable,
     })
+}
+
+/// The stream of inputs a partitioned stream cannot take, and its durable
+/// consumer: made when `streams.create`; without, a missing one is a
+/// warning (such publishes then find no stream, and a JetStream publisher
+/// gets the error).
+async fn unroutable(
+    js: &jetstream::Context,
+    config: &Config,
+    shape: &Shape,
+) -> Result<Option<jetstream::consumer::PullConsumer>, SetupError> {
+    let s = &config.streams;
+    let name = subject::unroutable_stream(s);
+    let consumer_config = pull::Config {
+        durable_name: Some(s.consumer.clone()),
+        description: Some("zhijian: dead-letters inputs no partition can take".into()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        ..Default::default()
+    };
+    if !s.create {
+        let found = match js.get_stream(&name).await {
+            Ok(stream) => stream.get_consumer(&s.consumer).await.ok(),
+            Err(_) => None,
+        };
+        if found.is_none() {
+            tracing::warn!(
+                stream = %name,
+                consumer = %s.consumer,
+                "no stream (or consumer) for inputs the partitioned stream cannot take: \
+                 a conversation id with '.' finds no stream (see deploy/nats)"
+            );
+        }
+        return Ok(found);
+    }
+    let config = stream::Config {
+        name: name.clone(),
+        description: Some("zhijian: inputs no partition can take, until dead-lettered".into()),
+        subjects: subject::input_unroutable(s),
+        storage: stream::StorageType::File,
+        duplicate_window: shape.duplicate_window,
+        num_replicas: shape.replicas,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        ..Default::default()
+    };
+    create_stream(js, config)
+        .await?
+        .get_or_create_consumer(&s.consumer, consumer_config)
+        .await
+        .map(Some)
+        .map_err(|source| SetupError::CreateConsumer {
+            consumer: s.consumer.clone(),
+            stream: name,
+            source,
+        })
 }
 
 async fn durable_consumer(
@@ -337,6 +401,31 @@ async fn bucket(
 /// a fresh cluster race to create them, and a losing create can fail.
 const CREATE_ATTEMPTS: u64 = 5;
 
+/// Gets the stream of `config.name`, creating it with `config` if missing;
+/// retried, as instances starting together race to create it.
+async fn create_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, SetupError> {
+    let mut attempt = 0;
+    loop {
+        match js.get_or_create_stream(config.clone()).await {
+            Ok(s) => return Ok(s),
+            Err(source) if attempt >= CREATE_ATTEMPTS => {
+                return Err(SetupError::CreateStream {
+                    name: config.name,
+                    source,
+                });
+            }
+            Err(e) => {
+                attempt += 1;
+                tracing::debug!(stream = %config.name, error = %e, attempt, "creating a stream failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+        }
+    }
+}
+
 /// How this daemon creates streams.
 struct Shape {
     duplicate_window: Duration,
@@ -363,23 +452,7 @@ async fn ensure_stream(
             subject_transform,
             ..Default::default()
         };
-        let mut attempt = 0;
-        loop {
-            match js.get_or_create_stream(config.clone()).await {
-                Ok(s) => return Ok(s),
-                Err(source) if attempt >= CREATE_ATTEMPTS => {
-                    return Err(SetupError::CreateStream {
-                        name: name.to_string(),
-                        source,
-                    });
-                }
-                Err(e) => {
-                    attempt += 1;
-                    tracing::debug!(stream = name, error = %e, attempt, "creating a stream failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
-            }
-        }
+        create_stream(js, config).await
     } else {
         js.get_stream(name)
             .await

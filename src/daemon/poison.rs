@@ -16,7 +16,7 @@
 use crate::daemon::Shared;
 use crate::daemon::http::Status;
 use crate::daemon::shard::{DeadLetter, publish_dead_letter};
-use crate::subject::INVALID_SUBJECT;
+use crate::subject::{INVALID_SUBJECT, UNROUTABLE_SUBJECT};
 use async_nats::jetstream::{consumer::PullConsumer, stream::Stream};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -146,4 +146,82 @@ async fn remove_if_undecodable(
     shared.metrics.poison_removed.inc();
     tracing::warn!(stream_seq = seq, subject = %msg.subject, reason = INVALID_SUBJECT, "undecodable input dead-lettered and removed");
     Ok(true)
+}
+
+/// Dead-letters what a partitioned input stream cannot take (kept by
+/// `subject::unroutable_stream`: a conversation id holding `.`, or none):
+/// each message is copied to the dead letters (reason `unroutable_subject`,
+/// with its subject and sequence) and then acknowledged. Every instance
+/// runs one on the same durable consumer; a redelivered message's dead
+/// letter has the same `Nats-Msg-Id`, so it is stored once.
+pub async fn unroutable(
+    shared: Arc<Shared>,
+    consumer: PullConsumer,
+    mut stop: watch::Receiver<bool>,
+) {
+    let streams = &shared.config.streams;
+    let stream = crate::subject::unroutable_stream(streams);
+    let detail = format!(
+        "the input stream is partitioned: the subject must be {}.<tenant>.<conversation_id>, \
+         each one token (no '.' in the conversation id)",
+        streams.input_prefix
+    );
+    loop {
+        let batch = consumer
+            .fetch()
+            .max_messages(64)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the unroutable inputs; retrying");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = stop.changed() => return,
+                m = futures_util::StreamExt::next(&mut batch) => m,
+            };
+            let msg = match next {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "reading the unroutable inputs");
+                    break;
+                }
+                Some(Ok(msg)) => msg,
+            };
+            let Ok(info) = msg.info() else { continue };
+            let seq = info.stream_sequence;
+            let mut delay = Duration::from_millis(100);
+            loop {
+                let letter = DeadLetter::of(&msg, &stream, seq, UNROUTABLE_SUBJECT, &detail);
+                match publish_dead_letter(&shared, letter).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot dead-letter an unroutable input; retrying");
+                        tokio::select! {
+                            _ = stop.changed() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            tracing::warn!(
+                subject = %msg.subject,
+                stream_seq = seq,
+                reason = UNROUTABLE_SUBJECT,
+                "input the partitioned stream cannot take dead-lettered"
+            );
+            if let Err(e) = msg.ack().await {
+                tracing::debug!(error = %e, "ack of a dead-lettered unroutable input failed; it comes back and is stored once");
+            }
+        }
+    }
 }

@@ -796,3 +796,72 @@ async fn with_partitions_sigterm_with_nats_gone_exits_in_time_and_loses_nothing(
     assert!(daemon.wait().await.success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// On a partitioned stream (the default) a conversation id holding `.`, or
+/// none, makes a subject the stream cannot take: such publishes, core NATS
+/// or JetStream, are kept by a stream of their own and dead-lettered
+/// (`unroutable_subject`), never lost without a trace; good input goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_partitions_an_unroutable_subject_is_dead_lettered() {
+    let nats = NatsServer::start();
+    let daemon = Daemon::start(config(&nats, &lexicons(), "")).await;
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let dotted =
+        r#"{"conversation_id":"a.b","tenant":"acme","seq":0,"speaker":"agent","text":"您好"}"#;
+    client
+        .publish("transcripts.acme.a.b", dotted.into())
+        .await
+        .expect("core publish");
+    client
+        .publish("transcripts.acme", "no id".into())
+        .await
+        .expect("core publish");
+    client.flush().await.expect("flush");
+    // `zhijian publish` (JetStream): stored, then dead-lettered.
+    let lines = vec![
+        r#"{"conversation_id":"x.y","tenant":"acme","seq":0,"speaker":"agent","text":"不关我的事"}"#.to_string(),
+        r#"{"conversation_id":"ok1","tenant":"acme","seq":0,"speaker":"agent","text":"不关我的事"}"#.to_string(),
+        r#"{"conversation_id":"ok1","tenant":"acme","type":"end"}"#.to_string(),
+    ];
+    publish(&nats, &lines).await;
+    let js = js(&nats).await;
+    wait_for("three dead letters", async || {
+        stream_messages(&js, "ZHIJIAN_DEADLETTER").await.len() >= 3
+    })
+    .await;
+    let letters = stream_messages(&js, "ZHIJIAN_DEADLETTER").await;
+    assert_eq!(letters.len(), 3);
+    let mut subjects: Vec<String> = letters
+        .iter()
+        .map(|l| {
+            let h = l.headers.as_ref().expect("headers");
+            assert_eq!(
+                h.get("Zhijian-Error").map(|v| v.as_str()),
+                Some("unroutable_subject")
+            );
+            h.get("Zhijian-Original-Subject")
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    subjects.sort();
+    assert_eq!(
+        subjects,
+        [
+            "transcripts.acme",
+            "transcripts.acme.a.b",
+            "transcripts.acme.x.y"
+        ]
+    );
+    assert_eq!(
+        metric(
+            daemon.metrics_port,
+            "zhijian_deadlettered_total{reason=\"unroutable_subject\"}"
+        )
+        .await,
+        3.0
+    );
+    let got = wait_done(&js, 1).await;
+    assert_same(&got, &scan(&lines[1..]), "the good conversation");
+    daemon.stop().await;
+}
