@@ -680,6 +680,8 @@ struct Worker {
     swept_at_disconnects: u64,
     events: Vec<Event>,
     generation: u64,
+    /// Chunks of earlier epochs were purged after this holder's first head.
+    swept_earlier_epochs: bool,
 }
 
 async fn work(
@@ -718,6 +720,7 @@ async fn work(
         unacked: VecDeque::new(),
         events: Vec::new(),
         generation: 0,
+        swept_earlier_epochs: false,
         reported_open: 0,
         swept_at_disconnects: u64::MAX,
     };
@@ -1307,6 +1310,10 @@ impl Worker {
                 {
                     self.purge_generation(&old, n as usize).await;
                 }
+                if !self.swept_earlier_epochs {
+                    self.swept_earlier_epochs = true;
+                    self.purge_earlier_epochs().await;
+                }
                 Ok(())
             }
             Err((true, e)) => {
@@ -1343,26 +1350,39 @@ impl Worker {
     /// alone (a former holder may be writing them; it purges its own when
     /// its head is refused).
     async fn purge_older_than(&self, generation: &str) {
-        let Some(current) = generation_order(generation) else {
-            return;
-        };
+        if let Some(current) = generation_order(generation) {
+            self.purge_chunks(|g| g < current).await;
+        }
+    }
+
+    /// Once this holder's head is written, no head of an earlier holder can
+    /// be (their revision checks fail), so every chunk of an earlier epoch
+    /// is garbage: left by a holder that died between its chunks and its
+    /// head, or fenced. A later epoch's chunks (a newer holder's) are never
+    /// touched.
+    async fn purge_earlier_epochs(&self) {
+        self.purge_chunks(|(epoch, _)| epoch < self.epoch).await;
+    }
+
+    /// Purges this partition's chunks whose generation `(epoch, n)` is
+    /// `stale` (one listing of the bucket's keys).
+    async fn purge_chunks(&self, stale: impl Fn((u64, u64)) -> bool) {
         let prefix = format!("chunk.{}.", self.p);
         let Ok(mut keys) = self.ctx.kv.keys().await else {
             return;
         };
-        let mut stale = Vec::new();
+        let mut found = Vec::new();
         while let Some(k) = keys.next().await {
             let Ok(k) = k else { continue };
-            let older = k
-                .strip_prefix(&prefix)
+            if k.strip_prefix(&prefix)
                 .and_then(|rest| rest.rsplit_once('.'))
                 .and_then(|(g, _)| generation_order(g))
-                .is_some_and(|g| g < current);
-            if older {
-                stale.push(k);
+                .is_some_and(&stale)
+            {
+                found.push(k);
             }
         }
-        for k in stale {
+        for k in found {
             let _ = self.ctx.kv.purge(&k).await;
         }
     }

@@ -372,23 +372,41 @@ async fn with_partitions_a_missing_checkpoint_chunk_does_not_stall_the_partition
 }
 
 /// Chunks left by a checkpoint cut short (older generations than the head)
-/// are removed when a holder takes the partition; a later generation (a
-/// former holder may still be writing it) is left alone.
+/// are removed when a holder takes the partition; those of the former
+/// holder's epoch but later than its head (it died between its chunks and
+/// its head) once the new holder's first head is written; a later epoch's
+/// (a newer holder's) are left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_partitions_leftover_checkpoint_chunks_are_removed_at_take_over() {
     let nats = NatsServer::start();
     let cluster = checkpointed_partition(&nats, 1).await;
     let js = js(&nats).await;
     let kv = js.get_key_value("zhijian_cluster").await.expect("bucket");
-    kv.put("chunk.0.1-1.0", "[]".into())
-        .await
-        .expect("old chunk");
-    kv.put("chunk.0.999999-1.0", "[]".into())
-        .await
-        .expect("later chunk");
+    let head: serde_json::Value = serde_json::from_slice(
+        &kv.get("ckpt.0")
+            .await
+            .expect("head read")
+            .expect("a checkpoint head"),
+    )
+    .expect("head JSON");
+    let epoch = head["epoch"].as_u64().expect("epoch");
+    let cut_short = format!("chunk.0.{epoch}-999999.0");
+    for key in ["chunk.0.1-1.0", cut_short.as_str(), "chunk.0.999999-1.0"] {
+        kv.put(key, "[]".into()).await.expect("chunk");
+    }
     let daemon = Daemon::start(config(&nats, &lexicons(), cluster)).await;
     wait_for("the old chunk removed", async || {
         kv.get("chunk.0.1-1.0").await.ok().flatten().is_none()
+    })
+    .await;
+    // The new holder's first head: after an input.
+    let lines = vec![
+        r#"{"conversation_id":"n1","tenant":"acme","seq":0,"speaker":"agent","text":"您好"}"#
+            .to_string(),
+    ];
+    publish(&nats, &lines).await;
+    wait_for("the cut-short chunk removed", async || {
+        kv.get(&cut_short).await.ok().flatten().is_none()
     })
     .await;
     assert!(kv.get("chunk.0.999999-1.0").await.ok().flatten().is_some());
