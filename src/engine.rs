@@ -655,12 +655,24 @@ impl Engine {
     /// `(tenant, conversation id, state)`, the rules' state keyed by rule
     /// id.
     pub fn export(&self) -> impl Iterator<Item = (&str, &str, Conversation)> {
-        self.open.iter().map(|(k, c)| {
-            let scanner = self.scanners.for_tenant(&k.tenant);
-            let mut saved = c.clone();
-            saved.saved_rules = named_states(scanner, std::mem::take(&mut saved.states));
-            (&*k.tenant, &*k.id, saved)
-        })
+        self.open
+            .iter()
+            .map(|(k, c)| (&*k.tenant, &*k.id, self.saved(&k.tenant, c)))
+    }
+
+    /// One open conversation's state as [`Engine::export`] gives it; None
+    /// when it is not open (closed, or never seen).
+    pub fn export_one(&self, tenant: &str, id: &str) -> Option<Conversation> {
+        let c = self.open.get(&KeyRef { tenant, id })?;
+        Some(self.saved(tenant, c))
+    }
+
+    /// A conversation's state to save: its rules' state keyed by rule id.
+    fn saved(&self, tenant: &str, c: &Conversation) -> Conversation {
+        let scanner = self.scanners.for_tenant(tenant);
+        let mut saved = c.clone();
+        saved.saved_rules = named_states(scanner, std::mem::take(&mut saved.states));
+        saved
     }
 
     /// Restores a saved conversation (replacing any state under that key).

@@ -92,6 +92,8 @@ pub struct ClusterMetrics {
     pub checkpoint_seconds: Histogram,
     checkpoint_age: prometheus::GaugeVec,
     checkpoint_bytes: IntGaugeVec,
+    /// `zhijian_checkpoint_written_bytes_total{kind}`: base, delta.
+    pub checkpoint_written: IntCounterVec,
     pub replayed: IntCounter,
 }
 
@@ -140,13 +142,22 @@ impl ClusterMetrics {
         let checkpoint_bytes = IntGaugeVec::new(
             Opts::new(
                 "zhijian_checkpoint_bytes",
-                "Size of the partition's last checkpoint (its open conversations), per partition held here.",
+                "Bytes the partition's last checkpoint wrote (a base: every open conversation; a delta: those changed or closed since the checkpoint before), per partition held here.",
             ),
             &["partition"],
         )
         .expect("static metric definition");
         r.register(Box::new(checkpoint_bytes.clone()))
             .expect("unique metric name");
+        let checkpoint_written = counter_vec(
+            r,
+            "zhijian_checkpoint_written_bytes_total",
+            "Bytes of checkpoint chunks written to the cluster bucket, by kind: base (every open conversation of a partition) or delta (what changed since the checkpoint before).",
+            &["kind"],
+        );
+        for k in ["base", "delta"] {
+            checkpoint_written.with_label_values(&[k]);
+        }
         ClusterMetrics {
             members: gauge(
                 r,
@@ -163,6 +174,7 @@ impl ClusterMetrics {
             checkpoint_seconds,
             checkpoint_age,
             checkpoint_bytes,
+            checkpoint_written,
             replayed: counter(
                 r,
                 "zhijian_replayed_messages_total",

@@ -50,7 +50,7 @@ use async_nats::jetstream::{
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -157,7 +157,11 @@ struct LeaseValue {
     until_ms: u64,
 }
 
-/// A checkpoint's head: what the chunks hold and up to which input.
+/// A checkpoint's head: what the chunks hold and up to which input. The
+/// base (`generation`, `chunks`) holds every open conversation; each delta
+/// after it only the conversations that changed (their whole state) or
+/// closed since the checkpoint before, so a checkpoint writes what moved,
+/// not every open conversation.
 #[derive(Debug, Serialize, Deserialize)]
 struct Head {
     version: u32,
@@ -168,9 +172,14 @@ struct Head {
     seq: u64,
     generation: String,
     chunks: u32,
+    /// Open conversations it restores.
     conversations: u64,
+    /// Bytes of the base and the deltas.
     bytes: u64,
     written_ms: u64,
+    /// Changes since the base, oldest first (version 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    deltas: Vec<Part>,
     /// When the input stream it covers was created (nanoseconds since the
     /// epoch): a stream deleted and made again starts its sequences anew,
     /// and a checkpoint of the old one must not skip the new one's inputs.
@@ -179,7 +188,46 @@ struct Head {
     stream_created: Option<String>,
 }
 
-const HEAD_VERSION: u32 = 1;
+/// Heads without deltas are written as version 1 (what builds before
+/// deltas read); with deltas as 2, which those builds refuse rather than
+/// misread.
+const HEAD_VERSION: u32 = 2;
+
+impl Head {
+    /// The base, then the deltas.
+    fn parts(&self) -> Vec<Part> {
+        let base = Part {
+            generation: self.generation.clone(),
+            chunks: self.chunks,
+            bytes: self
+                .bytes
+                .saturating_sub(self.deltas.iter().map(|d| d.bytes).sum()),
+        };
+        std::iter::once(base)
+            .chain(self.deltas.iter().cloned())
+            .collect()
+    }
+}
+
+/// Chunks of one generation: a base or a delta.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Part {
+    generation: String,
+    chunks: u32,
+    bytes: u64,
+}
+
+/// An entry of a delta: a conversation's state, or None when it closed.
+#[derive(Debug, Serialize, Deserialize)]
+struct DeltaEntry {
+    tenant: String,
+    conversation_id: String,
+    state: Option<crate::engine::Conversation>,
+}
+
+/// Deltas after a base before the next checkpoint is a base again (also
+/// when the deltas together outgrow the base).
+const MAX_DELTAS: usize = 32;
 
 /// One lease this instance holds, shared with its worker.
 struct Lease {
@@ -664,9 +712,14 @@ struct Worker {
     seq: u64,
     /// Revision of the checkpoint head this worker last read or wrote.
     head_revision: Option<u64>,
-    /// Generation and chunk count of that head (its chunks go when a new
-    /// head replaces it).
-    head_chunks: Option<(String, u32)>,
+    /// The base and deltas of that head (their chunks go when a new base
+    /// replaces them).
+    head_parts: Vec<Part>,
+    /// Conversations changed or closed since the last checkpoint.
+    changed: HashSet<(String, String)>,
+    /// The next checkpoint writes a base (a new holder's first does: its
+    /// head must not refer to an earlier holder's chunks).
+    base_next: bool,
     checkpointed_seq: u64,
     checkpointed_at: Instant,
     /// Closes since the last checkpoint (the state changed with no input).
@@ -713,7 +766,9 @@ async fn work(
         pending: 0,
         seq: 0,
         head_revision: None,
-        head_chunks: None,
+        head_parts: Vec::new(),
+        changed: HashSet::new(),
+        base_next: true,
         checkpointed_seq: 0,
         checkpointed_at: Instant::now(),
         dirty: false,
@@ -758,7 +813,7 @@ impl Worker {
                 partition: self.p,
                 source,
             })?;
-        if head.version != HEAD_VERSION {
+        if !(1..=HEAD_VERSION).contains(&head.version) {
             return Err(ClusterError::Version {
                 partition: self.p,
                 found: head.version,
@@ -786,46 +841,32 @@ impl Worker {
                 "the checkpoint belongs to an earlier input stream of this name; \
                  judging this stream's partition from its first input"
             );
-            self.head_chunks = Some((head.generation, head.chunks));
+            self.head_parts = head.parts();
             return Ok(());
         }
-        let mut restored = 0u64;
-        for i in 0..head.chunks {
-            let key = format!("chunk.{}.{}.{i}", self.p, head.generation);
-            let convs = match kv.get(&key).await {
-                Ok(Some(bytes)) => serde_json::from_slice::<Vec<SavedConversation>>(&bytes)
-                    .map_err(|e| e.to_string()),
-                Ok(None) => Err("missing".to_string()),
-                Err(e) => {
-                    return Err(ClusterError::nats(
-                        format!("reading checkpoint chunk {key}"),
-                        e,
-                    ));
+        // The base, then each delta over it.
+        let mut open: HashMap<(String, String), crate::engine::Conversation> = HashMap::new();
+        let parts = head.parts();
+        for (i, part) in parts.iter().enumerate() {
+            if i == 0 {
+                for c in self.read_part::<SavedConversation>(part).await? {
+                    open.insert((c.tenant, c.conversation_id), c.state);
                 }
-            };
-            match convs {
-                Ok(convs) => {
-                    for c in convs {
-                        self.engine.import(&c.tenant, &c.conversation_id, c.state);
-                        restored += 1;
-                    }
-                }
-                // Its conversations go on without their window state (as
-                // if first seen mid-way: no greeting verdict is made up);
-                // stopping here would stall the partition for good.
-                Err(e) => {
-                    self.ctx
-                        .shared
-                        .metrics
-                        .cluster
-                        .checkpoints
-                        .with_label_values(&["unreadable"])
-                        .inc();
-                    tracing::error!(partition = self.p, chunk = %key, error = %e, "checkpoint chunk unreadable; its conversations continue without their state");
+            } else {
+                for d in self.read_part::<DeltaEntry>(part).await? {
+                    let key = (d.tenant, d.conversation_id);
+                    match d.state {
+                        Some(state) => open.insert(key, state),
+                        None => open.remove(&key),
+                    };
                 }
             }
         }
-        self.head_chunks = Some((head.generation.clone(), head.chunks));
+        let restored = open.len() as u64;
+        for ((tenant, id), state) in open {
+            self.engine.import(&tenant, &id, state);
+        }
+        self.head_parts = parts;
         self.purge_older_than(&head.generation).await;
         self.seq = head.seq;
         self.checkpointed_seq = head.seq;
@@ -838,6 +879,46 @@ impl Worker {
             "checkpoint loaded"
         );
         Ok(())
+    }
+
+    /// The entries of a checkpoint part's chunks. A chunk missing or
+    /// unreadable is counted and skipped: its conversations go on without
+    /// their window state (as if first seen mid-way: no greeting verdict is
+    /// made up); stopping here would stall the partition for good.
+    async fn read_part<T: serde::de::DeserializeOwned>(
+        &self,
+        part: &Part,
+    ) -> Result<Vec<T>, ClusterError> {
+        let mut entries = Vec::new();
+        for i in 0..part.chunks {
+            let key = format!("chunk.{}.{}.{i}", self.p, part.generation);
+            let read = match self.ctx.kv.get(&key).await {
+                Ok(Some(bytes)) => {
+                    serde_json::from_slice::<Vec<T>>(&bytes).map_err(|e| e.to_string())
+                }
+                Ok(None) => Err("missing".to_string()),
+                Err(e) => {
+                    return Err(ClusterError::nats(
+                        format!("reading checkpoint chunk {key}"),
+                        e,
+                    ));
+                }
+            };
+            match read {
+                Ok(mut chunk) => entries.append(&mut chunk),
+                Err(e) => {
+                    self.ctx
+                        .shared
+                        .metrics
+                        .cluster
+                        .checkpoints
+                        .with_label_values(&["unreadable"])
+                        .inc();
+                    tracing::error!(partition = self.p, chunk = %key, error = %e, "checkpoint chunk unreadable; its conversations continue without their state");
+                }
+            }
+        }
+        Ok(entries)
     }
 
     async fn run(&mut self, stop: &mut watch::Receiver<bool>) -> Exit {
@@ -966,6 +1047,9 @@ impl Worker {
         if let Some(shadow) = self.shadow.as_mut() {
             shadow.judge(&shared, &input, now, &self.events);
         }
+        self.changed
+            .insert((input.tenant.to_string(), input.conversation_id.to_string()));
+        mark_closed(&mut self.changed, &self.events);
         metrics.outcome(outcome);
         let events = std::mem::take(&mut self.events);
         self.send(&events, arrived).await?;
@@ -1156,6 +1240,7 @@ impl Worker {
         if let Some(shadow) = self.shadow.as_mut() {
             shadow.close_idle(&self.ctx.shared, idle_ms, &events);
         }
+        mark_closed(&mut self.changed, &events);
         if !events.is_empty() {
             self.send(&events, None).await?;
         }
@@ -1216,35 +1301,39 @@ impl Worker {
             .max(16 * 1024);
         self.generation += 1;
         let generation = format!("{}-{}", self.epoch, self.generation);
-        let mut chunks: Vec<Vec<u8>> = Vec::new();
-        let mut chunk = b"[".to_vec();
-        let mut count = 0u64;
-        let mut bytes_total = 0u64;
-        for (tenant, id, state) in self.engine.export() {
-            let c = SavedConversation {
-                tenant: tenant.to_string(),
-                conversation_id: id.to_string(),
-                state,
-            };
-            let Ok(bytes) = serde_json::to_vec(&c) else {
-                tracing::error!(partition = self.p, conversation = %id, "cannot encode conversation state");
-                continue;
-            };
-            if chunk.len() > 1 && chunk.len() + bytes.len() + 2 > max_chunk {
-                chunk.push(b']');
-                chunks.push(std::mem::replace(&mut chunk, b"[".to_vec()));
-            }
-            if chunk.len() > 1 {
-                chunk.push(b',');
-            }
-            chunk.extend_from_slice(&bytes);
-            count += 1;
-        }
-        if chunk.len() > 1 {
-            chunk.push(b']');
-            chunks.push(chunk);
-        }
+        // A base (every open conversation) when due, else a delta (what
+        // changed or closed since the last checkpoint).
+        let delta_bytes: u64 = self.head_parts.iter().skip(1).map(|d| d.bytes).sum();
+        let base = self.base_next
+            || self.head_parts.is_empty()
+            || self.head_parts.len() > MAX_DELTAS
+            || self
+                .head_parts
+                .first()
+                .is_some_and(|b| delta_bytes > b.bytes);
+        let chunks = if base {
+            chunked(
+                self.engine
+                    .export()
+                    .map(|(tenant, id, state)| SavedConversation {
+                        tenant: tenant.to_string(),
+                        conversation_id: id.to_string(),
+                        state,
+                    }),
+                max_chunk,
+            )
+        } else {
+            chunked(
+                self.changed.iter().map(|(tenant, id)| DeltaEntry {
+                    state: self.engine.export_one(tenant, id),
+                    tenant: tenant.clone(),
+                    conversation_id: id.clone(),
+                }),
+                max_chunk,
+            )
+        };
         let m = &self.ctx.shared.metrics.cluster;
+        let mut bytes_total = 0u64;
         for (i, c) in chunks.iter().enumerate() {
             bytes_total += c.len() as u64;
             let key = format!("chunk.{}.{generation}.{i}", self.p);
@@ -1255,15 +1344,29 @@ impl Worker {
                 return Ok(());
             }
         }
-        let head = Head {
-            version: HEAD_VERSION,
-            epoch: self.epoch,
-            seq: self.seq,
+        let part = Part {
             generation: generation.clone(),
             chunks: chunks.len() as u32,
-            conversations: count,
             bytes: bytes_total,
+        };
+        let parts: Vec<Part> = if base {
+            vec![part]
+        } else if part.chunks == 0 {
+            // Nothing changed, only the sequence moved (bad input, repeats).
+            self.head_parts.clone()
+        } else {
+            self.head_parts.iter().cloned().chain([part]).collect()
+        };
+        let head = Head {
+            version: if parts.len() > 1 { HEAD_VERSION } else { 1 },
+            epoch: self.epoch,
+            seq: self.seq,
+            generation: parts[0].generation.clone(),
+            chunks: parts[0].chunks,
+            conversations: self.engine.open_conversations() as u64,
+            bytes: parts.iter().map(|p| p.bytes).sum(),
             written_ms: wall_ms(),
+            deltas: parts[1..].to_vec(),
             stream_created: Some(self.ctx.stream_created.clone()),
         };
         let head_bytes = match serde_json::to_vec(&head) {
@@ -1297,18 +1400,25 @@ impl Worker {
                 m.checkpoint_seconds
                     .observe(started.elapsed().as_secs_f64());
                 m.set_checkpoint_bytes(self.p, bytes_total);
+                m.checkpoint_written
+                    .with_label_values(&[if base { "base" } else { "delta" }])
+                    .inc_by(bytes_total);
                 self.checkpointed_seq = self.seq;
                 self.checkpointed_at = Instant::now();
                 self.dirty = false;
-                // The chunks the new head replaced, exactly: never a
-                // listing, which could take a newer holder's fresh chunks.
-                let replaced = self
-                    .head_chunks
-                    .replace((generation.clone(), chunks.len() as u32));
-                if let Some((old, n)) = replaced
-                    && old != generation
-                {
-                    self.purge_generation(&old, n as usize).await;
+                self.changed.clear();
+                self.base_next = false;
+                // A new base replaces the chunks of the old head, exactly:
+                // never a listing, which could take a newer holder's fresh
+                // chunks.
+                let replaced = std::mem::replace(&mut self.head_parts, parts);
+                if base {
+                    for old in replaced {
+                        if old.generation != generation {
+                            self.purge_generation(&old.generation, old.chunks as usize)
+                                .await;
+                        }
+                    }
                 }
                 if !self.swept_earlier_epochs {
                     self.swept_earlier_epochs = true;
@@ -1399,6 +1509,42 @@ impl Worker {
             Err(exit) => exit,
         }
     }
+}
+
+/// Conversations closed (a summary: ended, idle, or closed to make room for
+/// another) go into the next delta.
+fn mark_closed(changed: &mut HashSet<(String, String)>, events: &[Event]) {
+    for e in events {
+        if let Event::Summary(s) = e {
+            changed.insert((s.tenant.clone(), s.conversation_id.clone()));
+        }
+    }
+}
+
+/// JSON arrays of `items`, each at most about `max` bytes (one item more
+/// when a single one is larger).
+fn chunked<T: Serialize>(items: impl Iterator<Item = T>, max: usize) -> Vec<Vec<u8>> {
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    let mut chunk = b"[".to_vec();
+    for item in items {
+        let Ok(bytes) = serde_json::to_vec(&item) else {
+            tracing::error!("cannot encode conversation state; left out of the checkpoint");
+            continue;
+        };
+        if chunk.len() > 1 && chunk.len() + bytes.len() + 2 > max {
+            chunk.push(b']');
+            chunks.push(std::mem::replace(&mut chunk, b"[".to_vec()));
+        }
+        if chunk.len() > 1 {
+            chunk.push(b',');
+        }
+        chunk.extend_from_slice(&bytes);
+    }
+    if chunk.len() > 1 {
+        chunk.push(b']');
+        chunks.push(chunk);
+    }
+    chunks
 }
 
 /// A checkpoint generation `<epoch>-<n>` as comparable numbers.

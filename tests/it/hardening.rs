@@ -883,3 +883,81 @@ async fn with_partitions_an_unroutable_subject_is_dead_lettered() {
     assert_same(&got, &scan(&lines[1..]), "the good conversation");
     daemon.stop().await;
 }
+
+/// A checkpoint writes what changed since the last one (a delta over the
+/// last base), not every open conversation: one conversation changed among
+/// 300 writes a small delta; a closed one is recorded as closed; a new
+/// holder restores base and deltas to the same verdicts as `scan`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_partitions_a_checkpoint_writes_what_changed() {
+    const N: usize = 300;
+    let nats = NatsServer::start();
+    let metrics_port = free_port();
+    let dir = tempdir("deltas");
+    let cfg = dir.join("zhijian.toml");
+    let cluster =
+        "[cluster]\npartitions = 1\nheartbeat_ms = 100\nlease_ms = 400\ncheckpoint_ms = 100\n";
+    std::fs::write(&cfg, config_toml(&nats, &lexicons(), metrics_port, cluster)).expect("config");
+    let daemon = ChildDaemon::start(&cfg, metrics_port).await;
+    let mut lines: Vec<String> = (0..N)
+        .map(|i| {
+            format!(r#"{{"conversation_id":"d{i}","tenant":"acme","seq":0,"speaker":"agent","text":"您好，请问有什么可以帮您"}}"#)
+        })
+        .collect();
+    publish(&nats, &lines).await;
+    let ok = "zhijian_checkpoints_total{outcome=\"ok\"}";
+    let bytes = "zhijian_checkpoint_bytes{partition=\"0\"}";
+    wait_for("the base", async || {
+        metric(metrics_port, "zhijian_open_conversations").await == N as f64
+            && metric(metrics_port, ok).await >= 1.0
+            && metric(metrics_port, bytes).await > 0.0
+    })
+    .await;
+    // Every open conversation is in the base once it covers them all.
+    wait_for("a base of every conversation", async || {
+        metric(metrics_port, bytes).await > (N * 200) as f64
+    })
+    .await;
+    let base = metric(metrics_port, bytes).await;
+    let before = metric(metrics_port, ok).await;
+    let more = vec![
+        r#"{"conversation_id":"d7","tenant":"acme","seq":1,"speaker":"agent","text":"不关我的事"}"#
+            .to_string(),
+        r#"{"conversation_id":"d8","tenant":"acme","type":"end"}"#.to_string(),
+    ];
+    publish(&nats, &more).await;
+    wait_for("the delta", async || {
+        metric(metrics_port, ok).await > before
+    })
+    .await;
+    let delta = metric(metrics_port, bytes).await;
+    assert!(
+        delta * 20.0 < base,
+        "a delta of 2 conversations wrote {delta} bytes, the base of {N} {base}"
+    );
+    lines.extend(more);
+    daemon.signal("-KILL");
+    let _ = daemon.wait().await;
+    let daemon = ChildDaemon::start(&cfg, metrics_port).await;
+    wait_for("the restore", async || {
+        metric(metrics_port, "zhijian_state_restored_conversations_total").await > 0.0
+    })
+    .await;
+    assert_eq!(
+        metric(metrics_port, "zhijian_state_restored_conversations_total").await,
+        (N - 1) as f64,
+        "d8 ended: not restored"
+    );
+    let ends: Vec<String> = (0..N)
+        .filter(|i| *i != 8)
+        .map(|i| format!(r#"{{"conversation_id":"d{i}","tenant":"acme","type":"end"}}"#))
+        .collect();
+    publish(&nats, &ends).await;
+    lines.extend(ends);
+    let js = js(&nats).await;
+    let got = wait_done(&js, N).await;
+    assert_no_duplicate_ids(&got);
+    assert_same(&got, &scan(&lines), "after base, delta and kill -9");
+    daemon.signal("-TERM");
+    assert!(daemon.wait().await.success());
+}
