@@ -545,6 +545,9 @@ pub struct ClusterSection {
     pub heartbeat_ms: u64,
     /// How often a partition's open conversations are checkpointed.
     pub checkpoint_ms: u64,
+    /// Checkpoints that write only what changed (deltas) between two that
+    /// write every open conversation (bases); 0: every checkpoint a base.
+    pub max_deltas: usize,
 }
 
 /// Partitions of an input stream this daemon creates when
@@ -562,6 +565,7 @@ impl Default for ClusterSection {
             lease_ms: 5_000,
             heartbeat_ms: 1_000,
             checkpoint_ms: 500,
+            max_deltas: 32,
         }
     }
 }
@@ -577,6 +581,7 @@ pub struct ClusterConfig {
     pub lease: Duration,
     pub heartbeat: Duration,
     pub checkpoint: Duration,
+    pub max_deltas: usize,
 }
 
 /// This machine's host name (empty when it cannot be read).
@@ -667,6 +672,7 @@ impl ClusterSection {
             lease: Duration::from_millis(self.lease_ms),
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             checkpoint: Duration::from_millis(self.checkpoint_ms),
+            max_deltas: self.max_deltas,
         })
     }
 }

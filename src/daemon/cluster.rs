@@ -225,10 +225,6 @@ struct DeltaEntry {
     state: Option<crate::engine::Conversation>,
 }
 
-/// Deltas after a base before the next checkpoint is a base again (also
-/// when the deltas together outgrow the base).
-const MAX_DELTAS: usize = 32;
-
 /// One lease this instance holds, shared with its worker.
 struct Lease {
     /// Monotonic ms (since `clock`) until which the lease surely holds.
@@ -1306,7 +1302,7 @@ impl Worker {
         let delta_bytes: u64 = self.head_parts.iter().skip(1).map(|d| d.bytes).sum();
         let base = self.base_next
             || self.head_parts.is_empty()
-            || self.head_parts.len() > MAX_DELTAS
+            || self.head_parts.len() > self.ctx.cluster.max_deltas
             || self
                 .head_parts
                 .first()

@@ -202,6 +202,7 @@ fn the_documented_config_example_is_valid_and_complete() {
         "lease_ms",
         "heartbeat_ms",
         "checkpoint_ms",
+        "max_deltas",
     ] {
         assert!(
             text.contains(&format!("{key} =")),
