@@ -620,9 +620,12 @@ impl Metrics {
     /// The exposition in Prometheus text format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        // Encoding into a Vec cannot fail for the text format.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        // Fails only for a metric family the registry itself refuses to
+        // hold (e.g. clashing labels): said, and what was encoded served.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "metrics exposition incomplete");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
     }
 }
 

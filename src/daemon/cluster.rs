@@ -277,6 +277,16 @@ struct Ctx {
     stream_created: String,
 }
 
+/// A checkpoint chunk that cannot be loaded (its conversations go on
+/// without state).
+#[derive(Debug, thiserror::Error)]
+enum ChunkError {
+    #[error("missing")]
+    Missing,
+    #[error("unreadable: {0}")]
+    Decode(serde_json::Error),
+}
+
 /// What goes wrong in cluster mode, with its source.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ClusterError {
@@ -890,9 +900,9 @@ impl Worker {
             let key = format!("chunk.{}.{}.{i}", self.p, part.generation);
             let read = match self.ctx.kv.get(&key).await {
                 Ok(Some(bytes)) => {
-                    serde_json::from_slice::<Vec<T>>(&bytes).map_err(|e| e.to_string())
+                    serde_json::from_slice::<Vec<T>>(&bytes).map_err(ChunkError::Decode)
                 }
-                Ok(None) => Err("missing".to_string()),
+                Ok(None) => Err(ChunkError::Missing),
                 Err(e) => {
                     return Err(ClusterError::nats(
                         format!("reading checkpoint chunk {key}"),

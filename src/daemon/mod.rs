@@ -833,6 +833,17 @@ fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Why a piece of state was not saved at shutdown.
+#[derive(Debug, thiserror::Error)]
+enum SaveError {
+    #[error("out of time")]
+    OutOfTime,
+    #[error(transparent)]
+    Put(async_nats::jetstream::kv::PutError),
+    #[error("cannot encode: {0}")]
+    Encode(serde_json::Error),
+}
+
 /// What [`save_state`] could and could not save.
 #[derive(Debug, Default)]
 struct SaveReport {
@@ -942,10 +953,11 @@ async fn save_state(
         futures_util::stream::iter(chunks.into_iter().enumerate().map(|(i, (bytes, names))| {
             let key = format!("convs.{nonce}.{i}");
             async move {
-                let result = tokio::time::timeout_at(deadline, kv.put(&key, bytes.into()))
-                    .await
-                    .map_err(|_| "out of time".to_string())
-                    .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
+                let result =
+                    match tokio::time::timeout_at(deadline, kv.put(&key, bytes.into())).await {
+                        Err(_) => Err(SaveError::OutOfTime),
+                        Ok(put) => put.map(|_| ()).map_err(SaveError::Put),
+                    };
                 (key, names, result)
             }
         }))
@@ -964,11 +976,13 @@ async fn save_state(
         let n = events.len();
         let value = SavedStash { key, events };
         let result = match serde_json::to_vec(&value) {
-            Ok(bytes) => tokio::time::timeout_at(deadline, kv.put(&kv_key, bytes.into()))
-                .await
-                .map_err(|_| "out of time".to_string())
-                .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string())),
-            Err(e) => Err(e.to_string()),
+            Ok(bytes) => {
+                match tokio::time::timeout_at(deadline, kv.put(&kv_key, bytes.into())).await {
+                    Err(_) => Err(SaveError::OutOfTime),
+                    Ok(put) => put.map(|_| ()).map_err(SaveError::Put),
+                }
+            }
+            Err(e) => Err(SaveError::Encode(e)),
         };
         if let Err(e) = result {
             tracing::error!(key = kv_key, events = n, error = %e, "cannot save unstored events");

@@ -825,9 +825,9 @@ async fn publish_all(
     shared: &Shared,
     events: &[Event],
     arrived_ms: Option<u64>,
-) -> Result<(), String> {
+) -> Result<(), NotStored> {
     let mut todo: Vec<&Event> = events.iter().collect();
-    let mut last_error = String::new();
+    let mut last_error = None;
     for attempt in 1..shared.config.publish_attempts.max(2) {
         shared.metrics.publish_retries.inc_by(todo.len() as u64);
         tokio::time::sleep(Duration::from_millis(50 << attempt.min(6))).await;
@@ -842,7 +842,7 @@ async fn publish_all(
                 }
                 Err(err) => {
                     count_failure(shared, e);
-                    last_error = err.to_string();
+                    last_error = Some(err);
                     failed.push(e);
                 }
             }
@@ -852,11 +852,22 @@ async fn publish_all(
         }
         todo = failed;
     }
-    Err(format!(
-        "{} of {} events not stored: {last_error}",
-        todo.len(),
-        events.len()
-    ))
+    Err(NotStored {
+        failed: todo.len(),
+        total: events.len(),
+        source: last_error,
+    })
+}
+
+/// Events still not stored after the configured attempts, with the last
+/// attempt's error.
+#[derive(Debug, thiserror::Error)]
+#[error("{failed} of {total} events not stored{}", .source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+pub(super) struct NotStored {
+    failed: usize,
+    total: usize,
+    #[source]
+    source: Option<SendError>,
 }
 
 pub(super) fn count_failure(shared: &Shared, event: &Event) {
