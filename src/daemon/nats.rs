@@ -152,14 +152,15 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
             )
             .await?
         };
-        let mut probe = input.clone();
-        let info = probe
-            .info()
-            .await
-            .map_err(|source| SetupError::StreamInfo {
-                name: s.input_stream.clone(),
-                source,
-            })?;
+        let info = retried("reading the input stream's info", || {
+            let mut probe = input.clone();
+            async move { probe.info().await.cloned() }
+        })
+        .await
+        .map_err(|source| SetupError::StreamInfo {
+            name: s.input_stream.clone(),
+            source,
+        })?;
         let partitions = crate::daemon::cluster::partitions_of(&info.config).unwrap_or(0);
         match (partitions, c.partitions) {
             (0, Some(wanted)) if wanted > 0 => {
@@ -303,16 +304,17 @@ async fn unroutable(
         max_age: Duration::from_secs(7 * 24 * 3600),
         ..Default::default()
     };
-    create_stream(js, config)
-        .await?
-        .get_or_create_consumer(&s.consumer, consumer_config)
-        .await
-        .map(Some)
-        .map_err(|source| SetupError::CreateConsumer {
-            consumer: s.consumer.clone(),
-            stream: name,
-            source,
-        })
+    let stream = create_stream(js, config).await?;
+    retried("creating a consumer", || {
+        stream.get_or_create_consumer(&s.consumer, consumer_config.clone())
+    })
+    .await
+    .map(Some)
+    .map_err(|source| SetupError::CreateConsumer {
+        consumer: s.consumer.clone(),
+        stream: name,
+        source,
+    })
 }
 
 async fn durable_consumer(
@@ -330,14 +332,15 @@ async fn durable_consumer(
         ..Default::default()
     };
     if s.create {
-        input
-            .get_or_create_consumer(&s.consumer, consumer_config)
-            .await
-            .map_err(|source| SetupError::CreateConsumer {
-                consumer: s.consumer.clone(),
-                stream: s.input_stream.clone(),
-                source,
-            })
+        retried("creating a consumer", || {
+            input.get_or_create_consumer(&s.consumer, consumer_config.clone())
+        })
+        .await
+        .map_err(|source| SetupError::CreateConsumer {
+            consumer: s.consumer.clone(),
+            stream: s.input_stream.clone(),
+            source,
+        })
     } else {
         input
             .get_consumer(&s.consumer)
@@ -359,10 +362,9 @@ async fn bucket(
     description: &str,
     replicas: usize,
 ) -> Result<kv::Store, SetupError> {
-    let mut attempt = 0;
-    loop {
-        let result = match js.get_key_value(name).await {
-            Ok(kv) => return Ok(kv),
+    retried("creating a bucket", || async {
+        match js.get_key_value(name).await {
+            Ok(kv) => Ok(kv),
             Err(_) if create => js
                 .create_key_value(kv::Config {
                     bucket: name.to_string(),
@@ -377,29 +379,39 @@ async fn bucket(
                     name: name.to_string(),
                     source,
                 }),
-            Err(source) => {
-                return Err(SetupError::MissingBucket {
-                    name: name.to_string(),
-                    source,
-                });
-            }
-        };
-        match result {
-            Ok(kv) => return Ok(kv),
-            // Instances starting together race to create it.
+            Err(source) => Err(SetupError::MissingBucket {
+                name: name.to_string(),
+                source,
+            }),
+        }
+    })
+    .await
+}
+
+/// Attempts at creating a stream, consumer or bucket: instances started
+/// together on a fresh cluster race to create them, and a losing create
+/// (or a request to a stream whose leader is still being elected) can fail.
+const CREATE_ATTEMPTS: u64 = 5;
+
+/// `step` until it succeeds, [`CREATE_ATTEMPTS`] more times at most, with
+/// a growing pause; the last error if none did.
+async fn retried<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    mut step: impl FnMut() -> F,
+) -> Result<T, E> {
+    let mut attempt = 0;
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
             Err(e) if attempt >= CREATE_ATTEMPTS => return Err(e),
             Err(e) => {
                 attempt += 1;
-                tracing::debug!(error = %e, attempt, "creating a bucket failed; retrying");
+                tracing::debug!(what, error = %e, attempt, "failed; retrying");
                 tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
             }
         }
     }
 }
-
-/// Attempts at creating a stream or bucket: instances started together on
-/// a fresh cluster race to create them, and a losing create can fail.
-const CREATE_ATTEMPTS: u64 = 5;
 
 /// Gets the stream of `config.name`, creating it with `config` if missing;
 /// retried, as instances starting together race to create it.
@@ -407,23 +419,14 @@ async fn create_stream(
     js: &jetstream::Context,
     config: stream::Config,
 ) -> Result<stream::Stream, SetupError> {
-    let mut attempt = 0;
-    loop {
-        match js.get_or_create_stream(config.clone()).await {
-            Ok(s) => return Ok(s),
-            Err(source) if attempt >= CREATE_ATTEMPTS => {
-                return Err(SetupError::CreateStream {
-                    name: config.name,
-                    source,
-                });
-            }
-            Err(e) => {
-                attempt += 1;
-                tracing::debug!(stream = %config.name, error = %e, attempt, "creating a stream failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            }
-        }
-    }
+    retried("creating a stream", || {
+        js.get_or_create_stream(config.clone())
+    })
+    .await
+    .map_err(|source| SetupError::CreateStream {
+        name: config.name.clone(),
+        source,
+    })
 }
 
 /// How this daemon creates streams.
