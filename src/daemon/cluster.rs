@@ -723,8 +723,8 @@ struct Worker {
     head_parts: Vec<Part>,
     /// Conversations changed or closed since the last checkpoint.
     changed: HashSet<(String, String)>,
-    /// The next checkpoint writes a base (a new holder's first does: its
-    /// head must not refer to an earlier holder's chunks).
+    /// The next checkpoint writes a base: the head loaded belongs to an
+    /// earlier stream of the same name, so no delta may build on it.
     base_next: bool,
     checkpointed_seq: u64,
     checkpointed_at: Instant,
@@ -774,7 +774,7 @@ async fn work(
         head_revision: None,
         head_parts: Vec::new(),
         changed: HashSet::new(),
-        base_next: true,
+        base_next: false,
         checkpointed_seq: 0,
         checkpointed_at: Instant::now(),
         dirty: false,
@@ -848,6 +848,7 @@ impl Worker {
                  judging this stream's partition from its first input"
             );
             self.head_parts = head.parts();
+            self.base_next = true;
             return Ok(());
         }
         // The base, then each delta over it.
@@ -1473,11 +1474,18 @@ impl Worker {
 
     /// Once this holder's head is written, no head of an earlier holder can
     /// be (their revision checks fail), so every chunk of an earlier epoch
-    /// is garbage: left by a holder that died between its chunks and its
-    /// head, or fenced. A later epoch's chunks (a newer holder's) are never
-    /// touched.
+    /// that this head does not build on (its base and deltas may be an
+    /// earlier holder's) is garbage: left by a holder that died between its
+    /// chunks and its head, or fenced. A later epoch's chunks (a newer
+    /// holder's) are never touched.
     async fn purge_earlier_epochs(&self) {
-        self.purge_chunks(|(epoch, _)| epoch < self.epoch).await;
+        let kept: Vec<(u64, u64)> = self
+            .head_parts
+            .iter()
+            .filter_map(|p| generation_order(&p.generation))
+            .collect();
+        self.purge_chunks(|g| g.0 < self.epoch && !kept.contains(&g))
+            .await;
     }
 
     /// Purges this partition's chunks whose generation `(epoch, n)` is
