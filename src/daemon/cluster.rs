@@ -1077,12 +1077,8 @@ impl Worker {
 
     /// This partition's share of `zhijian_consumer_pending`.
     fn report_pending(&mut self, pending: i64) {
-        self.ctx
-            .shared
-            .metrics
-            .consumer_pending
-            .add(pending - self.pending);
-        self.pending = pending;
+        let gauge = &self.ctx.shared.metrics.consumer_pending;
+        report_share(gauge, &mut self.pending, pending);
     }
 
     fn report_open(&mut self, gone: bool) {
@@ -1091,12 +1087,8 @@ impl Worker {
         } else {
             self.engine.open_conversations() as i64
         };
-        self.ctx
-            .shared
-            .metrics
-            .open_conversations
-            .add(open - self.reported_open);
-        self.reported_open = open;
+        let gauge = &self.ctx.shared.metrics.open_conversations;
+        report_share(gauge, &mut self.reported_open, open);
     }
 
     /// Waits until the lease surely holds; Err once it is lost.
@@ -1523,6 +1515,12 @@ impl Worker {
             Err(exit) => exit,
         }
     }
+}
+
+/// Sets this worker's share of a gauge the instance's workers add up to.
+fn report_share(gauge: &prometheus::IntGauge, reported: &mut i64, now: i64) {
+    gauge.add(now - *reported);
+    *reported = now;
 }
 
 /// Conversations closed (a summary: ended, idle, or closed to make room for
