@@ -270,6 +270,10 @@ pub struct Engine {
     /// Candidate hits dropped since the last [`Engine::take_suppressed`]:
     /// `(rule id, reason, count)`.
     suppressed: Vec<(String, &'static str, u64)>,
+    /// Conversations whose rule state a clock pass changed (deadlines in
+    /// [`Engine::close_idle`]), when tracked: see
+    /// [`Engine::take_clock_changes`].
+    clock_changed: Option<Vec<(String, String)>>,
 }
 
 /// Which verdicts to explain (for `zhijian lexicon test`).
@@ -293,7 +297,24 @@ impl Engine {
             pattern_scratch: rules::pattern::Scratch::default(),
             found: Vec::new(),
             suppressed: Vec::new(),
+            clock_changed: None,
         }
+    }
+
+    /// Records, from now on, the conversations whose state a clock pass
+    /// changes with no input (`(tenant, id)`), for a caller that saves only
+    /// what changed; drained by [`Engine::take_clock_changes`].
+    pub fn track_clock_changes(&mut self) {
+        self.clock_changed.get_or_insert_with(Vec::new);
+    }
+
+    /// The conversations a clock pass changed since the last call (empty
+    /// unless tracked).
+    pub fn take_clock_changes(&mut self) -> Vec<(String, String)> {
+        self.clock_changed
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Swaps in a new compiled lexicon for every tenant.
@@ -528,6 +549,9 @@ impl Engine {
                 let t = c.time_at(now_ms);
                 book.on_clock(lexicon, &mut c.states, c.channel, t, &mut sink);
                 c.deadline = book.next_deadline(lexicon, &c.states);
+                if let Some(changed) = self.clock_changed.as_mut() {
+                    changed.push((k.tenant.to_string(), k.id.to_string()));
+                }
                 emit_verdicts(
                     scanner,
                     &k.tenant,

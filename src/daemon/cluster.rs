@@ -753,10 +753,11 @@ async fn work(
     let config = &ctx.shared.config;
     let max_open = config.max_open_conversations / ctx.partitions as usize;
     let mut scanners = ctx.scanners.clone();
-    let engine = Engine::with_scanners(
+    let mut engine = Engine::with_scanners(
         Arc::clone(&scanners.borrow_and_update()),
         super::engine_config(config, max_open),
     );
+    engine.track_clock_changes();
     let shadow = ctx
         .shadow
         .as_ref()
@@ -1234,6 +1235,11 @@ impl Worker {
         let idle_ms = self.ctx.shared.config.idle_timeout.as_millis() as u64;
         let mut events = std::mem::take(&mut self.events);
         if self.engine.close_idle(wall_ms(), idle_ms, &mut events) > 0 {
+            self.dirty = true;
+        }
+        // Deadlines passed by the clock change state with no input.
+        for key in self.engine.take_clock_changes() {
+            self.changed.insert(key);
             self.dirty = true;
         }
         if let Some(shadow) = self.shadow.as_mut() {

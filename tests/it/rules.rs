@@ -736,3 +736,33 @@ fn a_conversation_that_began_elsewhere_gets_no_greeting_verdict() {
     ]);
     assert_eq!(summary(&after).greeted, Some(false));
 }
+
+/// A deadline passed by the clock changes a conversation with no input: an
+/// engine that tracks it says which, so a checkpoint of what changed (a
+/// partition's delta) carries it; untracked, nothing is kept.
+#[test]
+fn a_clock_pass_names_the_conversations_it_changed() {
+    let steps = [
+        say("c", "call", 0, "agent", "您好", 0),
+        say("quiet", "call", 0, "agent", "您好", 0),
+        say("quiet", "call", 1, "customer", "我想查一下", 1),
+    ];
+    let mut e = engine();
+    e.track_clock_changes();
+    let mut out = Vec::new();
+    play(&mut e, &steps, &mut out);
+    assert!(e.take_clock_changes().is_empty(), "inputs are not the clock");
+    play(&mut e, &[Step::Tick(30_000)], &mut out);
+    assert!(e.take_clock_changes().is_empty(), "no deadline passed yet");
+    play(&mut e, &[Step::Tick(61_000)], &mut out);
+    let changed = e.take_clock_changes();
+    assert!(
+        changed.contains(&("default".to_string(), "c".to_string())),
+        "{changed:?}"
+    );
+    assert!(e.take_clock_changes().is_empty(), "drained");
+    let mut untracked = engine();
+    play(&mut untracked, &steps, &mut out);
+    play(&mut untracked, &[Step::Tick(61_000)], &mut out);
+    assert!(untracked.take_clock_changes().is_empty());
+}
