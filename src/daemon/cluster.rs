@@ -311,9 +311,17 @@ pub(crate) enum ClusterError {
         source: serde_json::Error,
     },
     #[error(
-        "checkpoint of partition {partition} has version {found}, this build reads {HEAD_VERSION}"
+        "checkpoint of partition {partition} has version {found}, this build reads 1 to {HEAD_VERSION}"
     )]
     Version { partition: u32, found: u32 },
+    #[error(
+        "checkpoint of partition {partition} was written by a newer holder (epoch {head_epoch}, this one {epoch})"
+    )]
+    Superseded {
+        partition: u32,
+        head_epoch: u64,
+        epoch: u64,
+    },
     #[error("{}", .0.join("; "))]
     Shutdown(Vec<String>),
 }
@@ -442,7 +450,12 @@ pub(crate) async fn serve(
         }
     }
     metrics.cluster.partitions_owned.set(0);
-    match tokio::time::timeout_at(release_by, ctx.kv.delete(format!("member.{me}"))).await {
+    match tokio::time::timeout_at(
+        release_by,
+        super::remove_keys(&ctx.kv, &format!("member.{me}")),
+    )
+    .await
+    {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove this member"),
         Err(_) => tracing::warn!("cannot remove this member in time (it expires by itself)"),
@@ -786,8 +799,14 @@ async fn work(
         reported_open: 0,
         swept_at_disconnects: u64::MAX,
     };
-    if let Err(e) = w.load().await {
-        return Exit::Failed(e);
+    match w.load().await {
+        Ok(()) => {}
+        // A newer holder wrote the head: this one's lease is gone.
+        Err(ClusterError::Superseded { .. }) => {
+            w.lease.lost.store(true, Ordering::Release);
+            return Exit::Lost;
+        }
+        Err(e) => return Exit::Failed(e),
     }
     let exit = w.run(&mut stop).await;
     w.report_open(true);
@@ -824,6 +843,13 @@ impl Worker {
             return Err(ClusterError::Version {
                 partition: self.p,
                 found: head.version,
+            });
+        }
+        if head.epoch > self.epoch {
+            return Err(ClusterError::Superseded {
+                partition: self.p,
+                head_epoch: head.epoch,
+                epoch: self.epoch,
             });
         }
         if head
@@ -1345,7 +1371,7 @@ impl Worker {
             if let Err(e) = kv.put(&key, Bytes::from(c.clone())).await {
                 m.checkpoints.with_label_values(&["failed"]).inc();
                 tracing::warn!(partition = self.p, error = %e, "checkpoint chunk not written; retrying later");
-                self.purge_generation(&generation, i + 1).await;
+                self.purge_generation(&generation).await;
                 return Ok(());
             }
         }
@@ -1379,7 +1405,7 @@ impl Worker {
             Err(e) => {
                 m.checkpoints.with_label_values(&["failed"]).inc();
                 tracing::error!(partition = self.p, error = %e, "cannot encode the checkpoint head");
-                self.purge_generation(&generation, chunks.len()).await;
+                self.purge_generation(&generation).await;
                 return Ok(());
             }
         };
@@ -1397,6 +1423,18 @@ impl Worker {
                 let fenced = e.kind() == kv::CreateErrorKind::AlreadyExists;
                 (fenced, e.to_string())
             }),
+        };
+        // A write that failed without a verdict (a timeout) may still have
+        // been stored: then the head names this generation, and its chunks
+        // must stay.
+        let written = match written {
+            Err((false, e)) => match kv.entry(self.head_key()).await {
+                Ok(Some(entry)) if names_generation(&entry.value, &generation) => {
+                    Ok(entry.revision)
+                }
+                _ => Err((false, e)),
+            },
+            other => other,
         };
         match written {
             Ok(rev) => {
@@ -1420,8 +1458,7 @@ impl Worker {
                 if base {
                     for old in replaced {
                         if old.generation != generation {
-                            self.purge_generation(&old.generation, old.chunks as usize)
-                                .await;
+                            self.purge_generation(&old.generation).await;
                         }
                     }
                 }
@@ -1434,26 +1471,24 @@ impl Worker {
             Err((true, e)) => {
                 m.checkpoints.with_label_values(&["fenced"]).inc();
                 tracing::warn!(partition = self.p, error = %e, "checkpoint fenced: another member holds the partition");
-                self.purge_generation(&generation, chunks.len()).await;
+                self.purge_generation(&generation).await;
                 self.lease.lost.store(true, Ordering::Release);
                 Err(Exit::Lost)
             }
             Err((false, e)) => {
                 m.checkpoints.with_label_values(&["failed"]).inc();
                 tracing::warn!(partition = self.p, error = %e, "checkpoint head not written; retrying later");
-                self.purge_generation(&generation, chunks.len()).await;
+                self.purge_generation(&generation).await;
                 Ok(())
             }
         }
     }
 
-    async fn purge_generation(&self, generation: &str, chunks: usize) {
-        for i in 0..chunks {
-            let _ = self
-                .ctx
-                .kv
-                .purge(format!("chunk.{}.{generation}.{i}", self.p))
-                .await;
+    /// Removes a generation's chunks (one request, whatever their count).
+    async fn purge_generation(&self, generation: &str) {
+        let keys = format!("chunk.{}.{generation}.>", self.p);
+        if let Err(e) = super::remove_keys(&self.ctx.kv, &keys).await {
+            tracing::debug!(partition = self.p, error = %e, "checkpoint chunks not removed");
         }
     }
 
@@ -1505,7 +1540,7 @@ impl Worker {
             }
         }
         for k in found {
-            let _ = self.ctx.kv.purge(&k).await;
+            let _ = super::remove_keys(&self.ctx.kv, &k).await;
         }
     }
 
@@ -1521,6 +1556,12 @@ impl Worker {
             Err(exit) => exit,
         }
     }
+}
+
+/// A stored head whose base or a delta is `generation`.
+fn names_generation(head: &[u8], generation: &str) -> bool {
+    serde_json::from_slice::<Head>(head)
+        .is_ok_and(|h| h.parts().iter().any(|p| p.generation == generation))
 }
 
 /// Sets this worker's share of a gauge the instance's workers add up to.

@@ -162,6 +162,21 @@ impl Shared {
     }
 }
 
+/// Removes the keys matching `keys` (a key, or a pattern with `*`/`>`) from
+/// a bucket for good: a purge of the bucket's stream by subject, which
+/// leaves no marker behind (a key-value purge or delete leaves one per key
+/// for ever, and every listing of the keys reads them all).
+pub(crate) async fn remove_keys(
+    kv: &async_nats::jetstream::kv::Store,
+    keys: &str,
+) -> Result<(), async_nats::jetstream::stream::PurgeError> {
+    kv.stream
+        .purge()
+        .filter(format!("{}{keys}", kv.prefix))
+        .await
+        .map(|_| ())
+}
+
 /// The engine settings of the configuration, for an engine holding at most
 /// `max_open` open conversations (a shard's or a partition's share).
 pub(crate) fn engine_config(config: &Config, max_open: usize) -> EngineConfig {
@@ -1075,7 +1090,7 @@ async fn restore_state(
                 Err(e) => tracing::error!(key, error = %e, "unreadable saved events; skipped"),
             }
         }
-        if let Err(e) = kv.purge(&key).await {
+        if let Err(e) = remove_keys(kv, &key).await {
             tracing::warn!(key, error = %e, "cannot delete restored state");
         }
     }

@@ -958,6 +958,21 @@ async fn with_partitions_a_checkpoint_writes_what_changed() {
     let got = wait_done(&js, N).await;
     assert_no_duplicate_ids(&got);
     assert_same(&got, &scan(&lines), "after base, delta and kill -9");
+    // Replaced chunks leave nothing behind: the bucket's stream holds its
+    // live keys only, no purge markers piling up with every checkpoint.
+    let kv = js.get_key_value("zhijian_cluster").await.expect("bucket");
+    let mut keys = kv.keys().await.expect("keys");
+    let mut live = 0u64;
+    while let Some(k) = futures_util::StreamExt::next(&mut keys).await {
+        k.expect("key");
+        live += 1;
+    }
+    let mut stream = js.get_stream("KV_zhijian_cluster").await.expect("stream");
+    let stored = stream.info().await.expect("info").state.messages;
+    assert_eq!(stored, live, "messages in the bucket's stream against live keys");
+    assert!(
+        metric(metrics_port, "zhijian_checkpoints_total{outcome=\"ok\"}").await >= 1.0
+    );
     daemon.signal("-TERM");
     assert!(daemon.wait().await.success());
 }

@@ -751,7 +751,10 @@ fn a_clock_pass_names_the_conversations_it_changed() {
     e.track_clock_changes();
     let mut out = Vec::new();
     play(&mut e, &steps, &mut out);
-    assert!(e.take_clock_changes().is_empty(), "inputs are not the clock");
+    assert!(
+        e.take_clock_changes().is_empty(),
+        "inputs are not the clock"
+    );
     play(&mut e, &[Step::Tick(30_000)], &mut out);
     assert!(e.take_clock_changes().is_empty(), "no deadline passed yet");
     play(&mut e, &[Step::Tick(61_000)], &mut out);
