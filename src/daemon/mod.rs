@@ -290,7 +290,16 @@ pub async fn run(
     // A partitioned stream: partitions instead of shards, however many
     // instances run.
     if let Some((kv, partitions)) = setup.cluster.clone() {
-        if let Some(consumer) = setup.unroutable.clone() {
+        if let Some((stream, consumer)) = setup.unroutable.clone() {
+            // A subject that is not UTF-8 would drop the connection at each
+            // delivery there too: swept from the server's side first.
+            tokio::spawn(poison::sweeper(
+                Arc::clone(&shared),
+                consumer.clone(),
+                stream,
+                Arc::clone(&status),
+                stop_rx.clone(),
+            ));
             tokio::spawn(poison::unroutable(
                 Arc::clone(&shared),
                 consumer,

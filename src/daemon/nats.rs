@@ -111,7 +111,7 @@ pub struct Setup {
     /// On a partitioned stream: the durable consumer of the stream that
     /// keeps what the partitioned one cannot take (see
     /// `subject::input_unroutable`), when there is one.
-    pub unroutable: Option<jetstream::consumer::PullConsumer>,
+    pub unroutable: Option<(jetstream::stream::Stream, jetstream::consumer::PullConsumer)>,
 }
 
 /// Creates (when `streams.create`) or checks the streams, the consumer and
@@ -269,7 +269,7 @@ async fn unroutable(
     js: &jetstream::Context,
     config: &Config,
     shape: &Shape,
-) -> Result<Option<jetstream::consumer::PullConsumer>, SetupError> {
+) -> Result<Option<(stream::Stream, jetstream::consumer::PullConsumer)>, SetupError> {
     let s = &config.streams;
     let name = subject::unroutable_stream(s);
     let consumer_config = pull::Config {
@@ -281,7 +281,11 @@ async fn unroutable(
     };
     if !s.create {
         let found = match js.get_stream(&name).await {
-            Ok(stream) => stream.get_consumer(&s.consumer).await.ok(),
+            Ok(stream) => stream
+                .get_consumer(&s.consumer)
+                .await
+                .ok()
+                .map(|c| (stream, c)),
             Err(_) => None,
         };
         if found.is_none() {
@@ -309,7 +313,7 @@ async fn unroutable(
         stream.get_or_create_consumer(&s.consumer, consumer_config.clone())
     })
     .await
-    .map(Some)
+    .map(|c| Some((stream, c)))
     .map_err(|source| SetupError::CreateConsumer {
         consumer: s.consumer.clone(),
         stream: name,

@@ -131,7 +131,9 @@ async fn remove_if_undecodable(
         return Ok(false);
     }
     let letter = DeadLetter {
-        stream: &shared.config.streams.input_stream,
+        // The input stream, or the stream of what a partitioned one cannot
+        // take (its own sequences: the dead letters' ids must not collide).
+        stream: &input.cached_info().config.name,
         seq,
         subject: msg.subject.as_str(),
         code: INVALID_SUBJECT,

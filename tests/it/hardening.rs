@@ -312,6 +312,48 @@ async fn with_partitions_a_non_utf8_subject_is_dead_lettered_and_removed() {
     daemon.stop().await;
 }
 
+/// The same where a partitioned stream cannot take the subject (four
+/// tokens): the stream of unroutable inputs keeps it, and its sweep
+/// dead-letters and removes it before its consumer would drop the
+/// connection at every delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_partitions_a_non_utf8_unroutable_subject_is_dead_lettered_and_removed() {
+    let nats = NatsServer::start();
+    let daemon = Daemon::start(config(&nats, &lexicons(), "")).await;
+    let bad =
+        r#"{"conversation_id":"x.y","tenant":"acme","seq":0,"speaker":"agent","text":"急什么"}"#;
+    publish_raw_subject(&nats, b"transcripts.acme.\xff\xfe.y", bad);
+    let js = js(&nats).await;
+    let letter = the_dead_letter(&js).await;
+    let h = letter.headers.as_ref().expect("headers");
+    assert_eq!(
+        h.get("Zhijian-Error").map(|v| v.as_str()),
+        Some("invalid_subject")
+    );
+    assert_eq!(&letter.payload[..], bad.as_bytes());
+    let port = daemon.metrics_port;
+    wait_for("the message removed", async || {
+        metric(port, "zhijian_undecodable_messages_removed_total").await == 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let drops = metric(port, "zhijian_nats_disconnects_total").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(metric(port, "zhijian_nats_disconnects_total").await, drops);
+    // Good input goes on.
+    let good = vec![
+        r#"{"conversation_id":"g","tenant":"acme","seq":0,"speaker":"agent","text":"您好，急什么"}"#.to_string(),
+        r#"{"conversation_id":"g","tenant":"acme","type":"end"}"#.to_string(),
+    ];
+    publish(&nats, &good).await;
+    assert_same(
+        &wait_done(&js, 1).await,
+        &scan(&good),
+        "the good conversation",
+    );
+    daemon.stop().await;
+}
+
 /// One partition, one instance: `open` conversations left open, checkpointed,
 /// the instance stopped. Returns the `[cluster]` configuration to restart
 /// it with.
@@ -969,10 +1011,11 @@ async fn with_partitions_a_checkpoint_writes_what_changed() {
     }
     let mut stream = js.get_stream("KV_zhijian_cluster").await.expect("stream");
     let stored = stream.info().await.expect("info").state.messages;
-    assert_eq!(stored, live, "messages in the bucket's stream against live keys");
-    assert!(
-        metric(metrics_port, "zhijian_checkpoints_total{outcome=\"ok\"}").await >= 1.0
+    assert_eq!(
+        stored, live,
+        "messages in the bucket's stream against live keys"
     );
+    assert!(metric(metrics_port, "zhijian_checkpoints_total{outcome=\"ok\"}").await >= 1.0);
     daemon.signal("-TERM");
     assert!(daemon.wait().await.success());
 }
