@@ -95,6 +95,8 @@ pub struct ClusterMetrics {
     /// `zhijian_checkpoint_written_bytes_total{kind}`: base, delta.
     pub checkpoint_written: IntCounterVec,
     pub replayed: IntCounter,
+    /// `zhijian_partition_consumer_restarts_total`.
+    pub consumer_restarts: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -175,6 +177,11 @@ impl ClusterMetrics {
             checkpoint_age,
             checkpoint_bytes,
             checkpoint_written,
+            consumer_restarts: counter(
+                r,
+                "zhijian_partition_consumer_restarts_total",
+                "Partition consumers made again because they delivered nothing while inputs waited.",
+            ),
             replayed: counter(
                 r,
                 "zhijian_replayed_messages_total",

@@ -188,6 +188,14 @@ struct Head {
     stream_created: Option<String>,
 }
 
+/// How long a partition's consumer may deliver nothing while inputs wait
+/// before it is made again.
+const STALL: Duration = Duration::from_secs(3);
+
+/// How long a partition's worker waits for a look at the stream (a poison
+/// sweep, a stall check) before trying again later.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Heads without deltas are written as version 1 (what builds before
 /// deltas read); with deltas as 2, which those builds refuse rather than
 /// misread.
@@ -324,6 +332,8 @@ pub(crate) enum ClusterError {
     },
     #[error("{}", .0.join("; "))]
     Shutdown(Vec<String>),
+    #[error("{0}: timed out")]
+    TimedOut(&'static str),
 }
 
 impl ClusterError {
@@ -750,6 +760,9 @@ struct Worker {
     reported_open: i64,
     /// The disconnect count at the last sweep for undecodable subjects.
     swept_at_disconnects: u64,
+    /// When the partition's consumer last delivered (see `stalled`).
+    heard_at: Instant,
+    stall_checked_at: Instant,
     events: Vec<Event>,
     generation: u64,
     /// Chunks of earlier epochs were purged after this holder's first head.
@@ -798,6 +811,8 @@ async fn work(
         swept_earlier_epochs: false,
         reported_open: 0,
         swept_at_disconnects: u64::MAX,
+        heard_at: Instant::now(),
+        stall_checked_at: Instant::now(),
     };
     match w.load().await {
         Ok(()) => {}
@@ -960,7 +975,19 @@ impl Worker {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut first = true;
         'consume: loop {
-            let mut messages = match self.consumer(first).await {
+            // Bounded, and given up for a stop: a request whose answer a
+            // disconnect lost would otherwise hold the partition for the
+            // client's whole timeout.
+            let made = tokio::select! {
+                _ = stop.changed() => None,
+                made = tokio::time::timeout(PROBE_TIMEOUT * 2, self.consumer(first)) => Some(made),
+            };
+            let made = match made {
+                None => return self.finish().await,
+                Some(Ok(made)) => made,
+                Some(Err(_)) => Err(ClusterError::TimedOut("creating the partition's consumer")),
+            };
+            let mut messages = match made {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(partition = self.p, error = %e, "cannot consume the partition; retrying");
@@ -979,9 +1006,13 @@ impl Worker {
                         if let Err(exit) = self.checkpoint_if_due().await {
                             return exit;
                         }
+                        if self.stalled().await {
+                            continue 'consume;
+                        }
                     }
                     m = messages.next() => match m {
                         Some(Ok(msg)) => {
+                            self.heard_at = Instant::now();
                             if let Err(exit) = self.handle(msg).await {
                                 return exit;
                             }
@@ -994,6 +1025,37 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// True when the consumer has delivered nothing for [`STALL`] while
+    /// the partition holds an input after `seq` (a pull lost in a
+    /// disconnect was seen to leave an ordered consumer silent for good):
+    /// the caller then makes a new one from `seq`. Asked of the server at
+    /// most once per [`STALL`].
+    async fn stalled(&mut self) -> bool {
+        if self.heard_at.elapsed() < STALL || self.stall_checked_at.elapsed() < STALL {
+            return false;
+        }
+        self.stall_checked_at = Instant::now();
+        let filter = subject::partition_all(&self.ctx.shared.config.streams, self.p);
+        let probe = self
+            .ctx
+            .input
+            .raw_message_builder()
+            .sequence(self.seq + 1)
+            .next_by_subject(filter)
+            .send();
+        let waiting = matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(_)));
+        if waiting {
+            self.ctx.shared.metrics.cluster.consumer_restarts.inc();
+            tracing::warn!(
+                partition = self.p,
+                seq = self.seq,
+                "the partition's consumer delivered nothing while inputs wait; making a new one"
+            );
+            self.heard_at = Instant::now();
+        }
+        waiting
     }
 
     /// An ordered consumer on the partition from the input after `seq`.
@@ -1301,18 +1363,20 @@ impl Worker {
             "{}.{}.>",
             self.ctx.shared.config.streams.input_prefix, self.p
         );
-        match super::poison::sweep_partition(
+        // Bounded: a request whose answer a disconnect lost would hold the
+        // partition (and its shutdown) for the client's whole timeout.
+        let sweep = super::poison::sweep_partition(
             &self.ctx.shared,
             &self.ctx.input,
             &filter,
             self.seq + 1,
-        )
-        .await
-        {
-            Ok(_) => self.swept_at_disconnects = disconnects,
-            Err(e) => {
+        );
+        match tokio::time::timeout(PROBE_TIMEOUT, sweep).await {
+            Ok(Ok(_)) => self.swept_at_disconnects = disconnects,
+            Ok(Err(e)) => {
                 tracing::debug!(partition = self.p, error = %e, "poison sweep failed; will retry")
             }
+            Err(_) => tracing::debug!(partition = self.p, "poison sweep timed out; will retry"),
         }
     }
 
