@@ -1128,7 +1128,7 @@ fn cmd_tail(
         category.as_deref(),
         severity.as_deref(),
     )
-    .map_err(Failure::Config)?;
+    .map_err(|e| Failure::Config(e.to_string()))?;
     let colour = match color {
         ColorChoice::Always => true,
         ColorChoice::Never => false,

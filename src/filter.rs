@@ -23,6 +23,17 @@ fn list(s: Option<&str>) -> impl Iterator<Item = &str> {
         .filter(|x| !x.is_empty())
 }
 
+/// A filter value that is not accepted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FilterError {
+    #[error(
+        "unknown category {0:?}: category ids are a-z, 0-9, '.', '_' or '-' (e.g. forbidden, escalation)"
+    )]
+    Category(String),
+    #[error("unknown severity {0:?} (low, medium, high, critical)")]
+    Severity(String),
+}
+
 impl Filter {
     /// Parses the comma-separated lists; unknown categories and severities
     /// are errors naming the accepted values.
@@ -31,19 +42,19 @@ impl Filter {
         agents: Option<&str>,
         categories: Option<&str>,
         severities: Option<&str>,
-    ) -> Result<Filter, String> {
+    ) -> Result<Filter, FilterError> {
         let categories = list(categories)
             .map(|c| {
                 let plain = c.len() <= 64
                     && c.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+                        b.is_ascii_lowercase()
+                            || b.is_ascii_digit()
+                            || matches!(b, b'.' | b'_' | b'-')
                     });
                 if plain {
                     Ok(c.to_string())
                 } else {
-                    Err(format!(
-                        "unknown category {c:?}: category ids are a-z, 0-9, '.', '_' or '-' (e.g. forbidden, escalation)"
-                    ))
+                    Err(FilterError::Category(c.to_string()))
                 }
             })
             .collect::<Result<_, _>>()?;
@@ -52,7 +63,7 @@ impl Filter {
                 Severity::ALL
                     .into_iter()
                     .find(|k| k.as_str() == s)
-                    .ok_or_else(|| format!("unknown severity {s:?} (low, medium, high, critical)"))
+                    .ok_or_else(|| FilterError::Severity(s.to_string()))
             })
             .collect::<Result<_, _>>()?;
         Ok(Filter {
@@ -122,8 +133,16 @@ mod tests {
     #[test]
     fn unknown_values_are_errors() {
         let err = Filter::parse(None, None, Some("Rude!"), None).expect_err("unknown");
-        assert!(err.contains("unknown category \"Rude!\""), "{err}");
+        assert_eq!(err, FilterError::Category("Rude!".into()));
+        assert!(
+            err.to_string().contains("unknown category \"Rude!\""),
+            "{err}"
+        );
         let err = Filter::parse(None, None, None, Some("severe")).expect_err("unknown");
-        assert!(err.contains("unknown severity \"severe\""), "{err}");
+        assert_eq!(err, FilterError::Severity("severe".into()));
+        assert!(
+            err.to_string().contains("unknown severity \"severe\""),
+            "{err}"
+        );
     }
 }

@@ -611,7 +611,7 @@ async fn events(
         q.category.as_deref(),
         q.severity.as_deref(),
     )
-    .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
     let last_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -895,7 +895,7 @@ async fn board_view(
     Query(q): Query<BoardQuery>,
 ) -> Result<axum::Json<BoardView>, (StatusCode, String)> {
     let filter = Filter::parse(q.tenant.as_deref(), q.agent.as_deref(), None, None)
-        .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
     let now = now_ms();
     let mut rows = s.board.rows(
         now,
