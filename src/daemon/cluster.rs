@@ -1130,19 +1130,14 @@ impl Worker {
                 .dead_letter(&msg, seq, subject::SUBJECT_MISMATCH, &detail)
                 .await;
         }
-        // One clock for the live engine and the shadow.
-        let now = wall_ms();
         let outcome = shard::judge(
             &mut self.engine,
+            self.shadow.as_mut(),
+            &shared,
             &input,
-            now,
             &mut self.events,
-            metrics,
             received,
         );
-        if let Some(shadow) = self.shadow.as_mut() {
-            shadow.judge(&shared, &input, now, &self.events);
-        }
         self.changed
             .insert((input.tenant.to_string(), input.conversation_id.to_string()));
         mark_closed(&mut self.changed, &self.events);

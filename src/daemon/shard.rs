@@ -425,19 +425,14 @@ impl Shard {
             dead_letter(&self.shared, &msg, subject::SUBJECT_MISMATCH, &detail).await;
             return;
         }
-        // One clock for the live engine and the shadow.
-        let now = now_ms();
         let outcome = judge(
             &mut self.engine,
+            self.shadow.as_mut(),
+            &self.shared,
             &input,
-            now,
             &mut self.events,
-            metrics,
             received,
         );
-        if let Some(shadow) = self.shadow.as_mut() {
-            shadow.judge(&self.shared, &input, now, &self.events);
-        }
         metrics.outcome(outcome);
         self.report_open();
         let mut events = std::mem::take(&mut self.events);
@@ -1080,18 +1075,25 @@ pub async fn nak_now(msg: &jetstream::Message) {
 
 /// Judges one input with `engine`, counting the segment, the time it took
 /// since `received` and the hits dropped (by rule and reason).
+/// Judges one input with the live engine at the wall clock's `now`, and
+/// with the shadow (shadow mode) at the same `now`.
 pub(super) fn judge(
     engine: &mut Engine,
+    shadow: Option<&mut Shadow>,
+    shared: &Shared,
     input: &Input<'_>,
-    now: u64,
     out: &mut Vec<Event>,
-    metrics: &crate::metrics::Metrics,
     received: Instant,
 ) -> Outcome {
+    let metrics = &shared.metrics;
     if let InputKind::Segment(s) = &input.kind {
         metrics.segment(input.channel, s.speaker);
     }
+    let now = now_ms();
     let outcome = engine.handle(input, now, out);
+    if let Some(shadow) = shadow {
+        shadow.judge(shared, input, now, out);
+    }
     metrics
         .scan_seconds
         .observe(received.elapsed().as_secs_f64());

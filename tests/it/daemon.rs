@@ -749,7 +749,42 @@ pub(crate) struct ChildDaemon {
     metrics_port: u16,
 }
 
+/// A child daemon's files: its temporary directory (removed when dropped),
+/// config file and metrics port, for starting it again.
+pub(crate) struct ChildFiles {
+    pub(crate) _dir: crate::support::TempDir,
+    pub(crate) cfg: PathBuf,
+    pub(crate) metrics_port: u16,
+}
+
 impl ChildDaemon {
+    /// Writes the test configuration (with `extra`, a shutdown grace of
+    /// `grace_s` seconds) into a new temporary directory named after
+    /// `what`, and starts `zhijian run` with it.
+    pub(crate) async fn with_config(
+        nats: &NatsServer,
+        what: &str,
+        extra: &str,
+        grace_s: u32,
+    ) -> (ChildFiles, ChildDaemon) {
+        let metrics_port = free_port();
+        let dir = tempdir(what);
+        let cfg = dir.join("zhijian.toml");
+        let toml = config_toml(nats, &lexicons(), metrics_port, extra).replace(
+            "shutdown_grace_s = 15",
+            &format!("shutdown_grace_s = {grace_s}"),
+        );
+        assert!(toml.contains(&format!("shutdown_grace_s = {grace_s}")));
+        std::fs::write(&cfg, toml).expect("config");
+        let daemon = ChildDaemon::start(&cfg, metrics_port).await;
+        let files = ChildFiles {
+            _dir: dir,
+            cfg,
+            metrics_port,
+        };
+        (files, daemon)
+    }
+
     pub(crate) async fn start(config_file: &Path, metrics_port: u16) -> ChildDaemon {
         let child = Command::new(env!("CARGO_BIN_EXE_zhijian"))
             .args(["run", "--config"])
@@ -854,18 +889,15 @@ async fn unpartitioned_sigkill_mid_stream_redelivers_without_duplicate_events() 
 /// partitions (`keeps_state`), the result equals `scan`'s.
 async fn sigkill_mid_stream(extra: &str, keeps_state: bool) {
     let nats = NatsServer::start();
-    let metrics_port = free_port();
-    let dir = tempdir("sigkill");
-    let cfg = dir.join("zhijian.toml");
-    std::fs::write(&cfg, config_toml(&nats, &lexicons(), metrics_port, extra)).expect("config");
     let lines = traffic(60, 4);
-    let daemon = ChildDaemon::start(&cfg, metrics_port).await;
+    let (files, daemon) = ChildDaemon::with_config(&nats, "sigkill", extra, 15).await;
+    let (cfg, metrics_port) = (&files.cfg, files.metrics_port);
     publish(&nats, &lines).await;
     daemon.signal("-KILL");
     let _ = daemon.wait().await;
     // Partitions: the new instance replays from the last checkpoints.
     // Unpartitioned: unacked messages come back after ack_wait (2 s).
-    let daemon = ChildDaemon::start(&cfg, metrics_port).await;
+    let daemon = ChildDaemon::start(cfg, metrics_port).await;
     let js = js(&nats).await;
     let want = scan(&lines);
     let got = if keeps_state {

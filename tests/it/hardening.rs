@@ -547,16 +547,10 @@ async fn inputs_stay_unacked_while_output_is_away_and_events_are_stored_once_aft
 async fn sigterm_with_20k_open_conversations_saves_every_one_in_time() {
     const N: usize = 20_000;
     let nats = NatsServer::start();
-    let metrics_port = free_port();
-    let dir = tempdir("sigterm20k");
-    let cfg = dir.join("zhijian.toml");
     // A short grace period: one KV round trip per conversation (the old
     // save) cannot make it; 20k conversations in chunks can.
-    let toml = config_toml(&nats, &lexicons(), metrics_port, "")
-        .replace("shutdown_grace_s = 15", "shutdown_grace_s = 5");
-    assert!(toml.contains("shutdown_grace_s = 5"));
-    std::fs::write(&cfg, toml).expect("config");
-    let daemon = ChildDaemon::start(&cfg, metrics_port).await;
+    let (files, daemon) = ChildDaemon::with_config(&nats, "sigterm20k", "", 5).await;
+    let (cfg, metrics_port) = (&files.cfg, files.metrics_port);
     let lines: Vec<String> = (0..N)
         .map(|i| {
             format!(r#"{{"conversation_id":"o{i}","tenant":"acme","seq":0,"speaker":"agent","text":"您好，请问有什么可以帮您"}}"#)
@@ -573,7 +567,7 @@ async fn sigterm_with_20k_open_conversations_saves_every_one_in_time() {
     let took = stopping.elapsed();
     assert!(status.success(), "exit status after SIGTERM: {status}");
     assert!(took < Duration::from_secs(5), "took {took:?}");
-    let daemon = ChildDaemon::start(&cfg, metrics_port).await;
+    let daemon = ChildDaemon::start(cfg, metrics_port).await;
     // Partitions are taken a heartbeat or two after start-up.
     wait_for("every conversation restored", async || {
         metric(metrics_port, "zhijian_state_restored_conversations_total").await >= N as f64
@@ -600,7 +594,6 @@ async fn sigterm_with_20k_open_conversations_saves_every_one_in_time() {
     .await;
     daemon.signal("-TERM");
     assert!(daemon.wait().await.success());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Resident memory of a process, in MiB.
@@ -695,7 +688,6 @@ async fn browsers_that_never_read_cost_little_memory_and_return_it() {
     );
     daemon.signal("-TERM");
     assert!(daemon.wait().await.success());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Segment length is a configurable limit: over it, a dead letter naming
@@ -806,13 +798,8 @@ async fn sigterm_with_nats_gone_exits_within_the_grace_period_naming_what_was_lo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_partitions_sigterm_with_nats_gone_exits_in_time_and_loses_nothing() {
     let mut nats = NatsServer::start();
-    let metrics_port = free_port();
-    let dir = tempdir("natsgone-partitions");
-    let cfg = dir.join("zhijian.toml");
-    let toml = config_toml(&nats, &lexicons(), metrics_port, "")
-        .replace("shutdown_grace_s = 15", "shutdown_grace_s = 4");
-    std::fs::write(&cfg, toml).expect("config");
-    let daemon = ChildDaemon::start(&cfg, metrics_port).await;
+    let (files, daemon) = ChildDaemon::with_config(&nats, "natsgone-partitions", "", 4).await;
+    let (cfg, metrics_port) = (&files.cfg, files.metrics_port);
     let lines = vec![
         r#"{"conversation_id":"gone","tenant":"acme","seq":0,"speaker":"agent","text":"您好，请问有什么可以帮您"}"#
             .to_string(),
@@ -835,7 +822,7 @@ async fn with_partitions_sigterm_with_nats_gone_exits_in_time_and_loses_nothing(
     );
     // Back, and a new instance: the segment is judged again or restored.
     let nats = NatsServer::start_at(port, monitor, store);
-    let daemon = ChildDaemon::start(&cfg, metrics_port).await;
+    let daemon = ChildDaemon::start(cfg, metrics_port).await;
     let end = vec![r#"{"conversation_id":"gone","tenant":"acme","type":"end"}"#.to_string()];
     publish(&nats, &end).await;
     let js = js(&nats).await;
@@ -854,7 +841,6 @@ async fn with_partitions_sigterm_with_nats_gone_exits_in_time_and_loses_nothing(
     assert_same(&got, &scan(&all), "after NATS came back");
     daemon.signal("-TERM");
     assert!(daemon.wait().await.success());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// On a partitioned stream (the default) a conversation id holding `.`, or
@@ -934,13 +920,10 @@ async fn with_partitions_an_unroutable_subject_is_dead_lettered() {
 async fn with_partitions_a_checkpoint_writes_what_changed() {
     const N: usize = 300;
     let nats = NatsServer::start();
-    let metrics_port = free_port();
-    let dir = tempdir("deltas");
-    let cfg = dir.join("zhijian.toml");
     let cluster =
         "[cluster]\npartitions = 1\nheartbeat_ms = 100\nlease_ms = 400\ncheckpoint_ms = 100\n";
-    std::fs::write(&cfg, config_toml(&nats, &lexicons(), metrics_port, cluster)).expect("config");
-    let daemon = ChildDaemon::start(&cfg, metrics_port).await;
+    let (files, daemon) = ChildDaemon::with_config(&nats, "deltas", cluster, 15).await;
+    let (cfg, metrics_port) = (&files.cfg, files.metrics_port);
     let mut lines: Vec<String> = (0..N)
         .map(|i| {
             format!(r#"{{"conversation_id":"d{i}","tenant":"acme","seq":0,"speaker":"agent","text":"您好，请问有什么可以帮您"}}"#)
@@ -980,7 +963,7 @@ async fn with_partitions_a_checkpoint_writes_what_changed() {
     lines.extend(more);
     daemon.signal("-KILL");
     let _ = daemon.wait().await;
-    let daemon = ChildDaemon::start(&cfg, metrics_port).await;
+    let daemon = ChildDaemon::start(cfg, metrics_port).await;
     wait_for("the restore", async || {
         metric(metrics_port, "zhijian_state_restored_conversations_total").await > 0.0
     })
