@@ -735,7 +735,13 @@ async fn start_child(
         .await
         .map_err(|e| BenchError::nats(format!("cannot connect to {}", opts.nats_url), e))?;
     let js = jetstream::new(client.clone());
-    for s in ["TRANSCRIPTS", "VIOLATIONS", "ZHIJIAN_DEADLETTER", "SHADOW"] {
+    for s in [
+        "TRANSCRIPTS",
+        "TRANSCRIPTS_UNROUTABLE",
+        "VIOLATIONS",
+        "ZHIJIAN_DEADLETTER",
+        "SHADOW",
+    ] {
         let _ = js.delete_stream(s).await;
     }
     for bucket in ["zhijian_state", "zhijian_cluster"] {
@@ -756,9 +762,12 @@ async fn start_child(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
         .spawn()
-        .map_err(|source| BenchError::Start {
-            sub: sub.to_string(),
-            source,
+        .map_err(|source| {
+            let _ = std::fs::remove_dir_all(&dir);
+            BenchError::Start {
+                sub: sub.to_string(),
+                source,
+            }
         })?;
     let child = KillOnDrop(child);
     let ready_by = Instant::now() + Duration::from_secs(30);
@@ -779,6 +788,8 @@ async fn start_child(
             break;
         }
         if Instant::now() > ready_by {
+            drop(child);
+            let _ = std::fs::remove_dir_all(&dir);
             return Err(BenchError::NotReady(sub.to_string()));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
