@@ -114,9 +114,19 @@ pub fn partition_all(s: &StreamsConfig, p: u32) -> String {
     format!("{}.{p}.>", s.input_prefix)
 }
 
-/// The stored subject of a conversation's input in partition `p`.
-pub fn partitioned_input(s: &StreamsConfig, p: u32, tenant: &str, conversation_id: &str) -> String {
-    format!("{}.{p}.{tenant}.{conversation_id}", s.input_prefix)
+/// `(partition, tenant, conversation_id)` of a stored input subject of a
+/// partitioned stream, `<input_prefix>.<p>.<tenant>.<id>`; None for any
+/// other subject.
+pub fn parse_partitioned_input<'a>(
+    s: &StreamsConfig,
+    subject: &'a str,
+) -> Option<(u32, &'a str, &'a str)> {
+    let (p, rest) = subject
+        .strip_prefix(s.input_prefix.as_str())?
+        .strip_prefix('.')?
+        .split_once('.')?;
+    let (tenant, id) = rest.split_once('.')?;
+    Some((p.parse().ok()?, tenant, id))
 }
 
 /// The subject of a violation.
@@ -157,9 +167,11 @@ mod tests {
         );
         assert_eq!(summary(&s, "acme"), "summaries.acme");
         assert_eq!(
-            partitioned_input(&s, 3, "acme", "c1"),
-            "transcripts.3.acme.c1"
+            parse_partitioned_input(&s, "transcripts.3.acme.c1"),
+            Some((3, "acme", "c1"))
         );
+        assert_eq!(parse_partitioned_input(&s, "transcripts.x.acme.c1"), None);
+        assert_eq!(parse_partitioned_input(&s, "transcripts.3.acme"), None);
         assert_eq!(partition_all(&s, 3), "transcripts.3.>");
         assert_eq!(
             partition_destination(&s, 8),

@@ -744,15 +744,14 @@ struct Worker {
     /// The base and deltas of that head (their chunks go when a new base
     /// replaces them).
     head_parts: Vec<Part>,
-    /// Conversations changed or closed since the last checkpoint.
-    changed: HashSet<(String, String)>,
+    /// Conversations changed or closed since the last checkpoint (with
+    /// no input too: closes, deadlines passed by the clock).
+    changed: Changed,
     /// The next checkpoint writes a base: the head loaded belongs to an
     /// earlier stream of the same name, so no delta may build on it.
     base_next: bool,
     checkpointed_seq: u64,
     checkpointed_at: Instant,
-    /// Closes since the last checkpoint (the state changed with no input).
-    dirty: bool,
     /// Events sent and not yet acknowledged, oldest first, with when
     /// their input entered the stream.
     unacked: VecDeque<(Event, Option<u64>, PublishAckFuture)>,
@@ -800,11 +799,10 @@ async fn work(
         seq: 0,
         head_revision: None,
         head_parts: Vec::new(),
-        changed: HashSet::new(),
+        changed: Changed::default(),
         base_next: false,
         checkpointed_seq: 0,
         checkpointed_at: Instant::now(),
-        dirty: false,
         unacked: VecDeque::new(),
         events: Vec::new(),
         generation: 0,
@@ -1119,9 +1117,16 @@ impl Worker {
             }
         };
         let streams = &shared.config.streams;
-        let expected =
-            subject::partitioned_input(streams, self.p, &input.tenant, &input.conversation_id);
-        if msg.message.subject.as_str() != expected {
+        // Restored state follows the partition, the engine the payload:
+        // they must name the same conversation.
+        let subject_matches =
+            subject::parse_partitioned_input(streams, msg.message.subject.as_str())
+                == Some((
+                    self.p,
+                    input.tenant.as_ref(),
+                    input.conversation_id.as_ref(),
+                ));
+        if !subject_matches {
             let detail = format!(
                 "the subject must be {} (tenant and conversation_id of the payload)",
                 subject::input(streams, &input.tenant, &input.conversation_id)
@@ -1138,9 +1143,8 @@ impl Worker {
             &mut self.events,
             received,
         );
-        self.changed
-            .insert((input.tenant.to_string(), input.conversation_id.to_string()));
-        mark_closed(&mut self.changed, &self.events);
+        self.changed.mark(&input.tenant, &input.conversation_id);
+        self.changed.mark_closed(&self.events);
         metrics.outcome(outcome);
         let events = std::mem::take(&mut self.events);
         self.send(&events, arrived).await?;
@@ -1317,18 +1321,15 @@ impl Worker {
         self.sweep_undecodable().await;
         let idle_ms = self.ctx.shared.config.idle_timeout.as_millis() as u64;
         let mut events = std::mem::take(&mut self.events);
-        if self.engine.close_idle(wall_ms(), idle_ms, &mut events) > 0 {
-            self.dirty = true;
-        }
+        self.engine.close_idle(wall_ms(), idle_ms, &mut events);
         // Deadlines passed by the clock change state with no input.
-        for key in self.engine.take_clock_changes() {
-            self.changed.insert(key);
-            self.dirty = true;
+        for (tenant, id) in self.engine.take_clock_changes() {
+            self.changed.mark(&tenant, &id);
         }
         if let Some(shadow) = self.shadow.as_mut() {
             shadow.close_idle(&self.ctx.shared, idle_ms, &events);
         }
-        mark_closed(&mut self.changed, &events);
+        self.changed.mark_closed(&events);
         if !events.is_empty() {
             self.send(&events, None).await?;
         }
@@ -1337,7 +1338,7 @@ impl Worker {
         self.report_open(false);
         let m = &self.ctx.shared.metrics.cluster;
         m.observe_checkpoint_age(self.p, self.checkpointed_at.elapsed());
-        if self.seq == self.checkpointed_seq && !self.dirty {
+        if self.seq == self.checkpointed_seq && self.changed.is_empty() {
             // Nothing new: the checkpoint is as good as fresh.
             self.checkpointed_at = Instant::now();
             return Ok(());
@@ -1416,8 +1417,8 @@ impl Worker {
             chunked(
                 self.changed.iter().map(|(tenant, id)| DeltaEntry {
                     state: self.engine.export_one(tenant, id),
-                    tenant: tenant.clone(),
-                    conversation_id: id.clone(),
+                    tenant: tenant.to_string(),
+                    conversation_id: id.to_string(),
                 }),
                 max_chunk,
             )
@@ -1507,7 +1508,6 @@ impl Worker {
                     .inc_by(bytes_total);
                 self.checkpointed_seq = self.seq;
                 self.checkpointed_at = Instant::now();
-                self.dirty = false;
                 self.changed.clear();
                 self.base_next = false;
                 // A new base replaces the chunks of the old head, exactly:
@@ -1629,13 +1629,47 @@ fn report_share(gauge: &prometheus::IntGauge, reported: &mut i64, now: i64) {
     *reported = now;
 }
 
-/// Conversations closed (a summary: ended, idle, or closed to make room for
-/// another) go into the next delta.
-fn mark_closed(changed: &mut HashSet<(String, String)>, events: &[Event]) {
-    for e in events {
-        if let Event::Summary(s) = e {
-            changed.insert((s.tenant.clone(), s.conversation_id.clone()));
+/// Conversations by tenant, looked up without allocating (most inputs are
+/// of a conversation already marked since the last checkpoint).
+#[derive(Debug, Default)]
+struct Changed(HashMap<String, HashSet<String>>);
+
+impl Changed {
+    fn mark(&mut self, tenant: &str, id: &str) {
+        match self.0.get_mut(tenant) {
+            Some(ids) if ids.contains(id) => {}
+            Some(ids) => {
+                ids.insert(id.to_string());
+            }
+            None => {
+                self.0
+                    .insert(tenant.to_string(), HashSet::from([id.to_string()]));
+            }
         }
+    }
+
+    /// Conversations closed (a summary: ended, idle, or closed to make
+    /// room for another).
+    fn mark_closed(&mut self, events: &[Event]) {
+        for e in events {
+            if let Event::Summary(s) = e {
+                self.mark(&s.tenant, &s.conversation_id);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0
+            .iter()
+            .flat_map(|(t, ids)| ids.iter().map(move |id| (t.as_str(), id.as_str())))
     }
 }
 

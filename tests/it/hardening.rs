@@ -23,6 +23,14 @@ async fn consumer_info(js: &jetstream::Context) -> jetstream::consumer::Info {
     c.info().await.expect("consumer info").clone()
 }
 
+/// `[cluster]` with `partitions` and short heartbeats, leases and
+/// checkpoints (a test's failures and hand-overs in fractions of a second).
+fn fast_partitions(partitions: u32) -> String {
+    format!(
+        "[cluster]\npartitions = {partitions}\nheartbeat_ms = 100\nlease_ms = 400\ncheckpoint_ms = 100\n"
+    )
+}
+
 async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
     while !check().await {
@@ -278,9 +286,7 @@ async fn a_non_utf8_subject_is_dead_lettered_by_sequence_and_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_partitions_a_non_utf8_subject_is_dead_lettered_and_removed() {
     let nats = NatsServer::start();
-    let cluster =
-        "[cluster]\npartitions = 2\nheartbeat_ms = 100\nlease_ms = 400\ncheckpoint_ms = 100\n";
-    let daemon = Daemon::start(config(&nats, &lexicons(), cluster)).await;
+    let daemon = Daemon::start(config(&nats, &lexicons(), &fast_partitions(2))).await;
     let (bad, good) = publish_poison_then_good(&nats).await;
     let js = js(&nats).await;
     wait_for("the good conversation's summary", async || {
@@ -357,9 +363,9 @@ async fn with_partitions_a_non_utf8_unroutable_subject_is_dead_lettered_and_remo
 /// One partition, one instance: `open` conversations left open, checkpointed,
 /// the instance stopped. Returns the `[cluster]` configuration to restart
 /// it with.
-async fn checkpointed_partition(nats: &NatsServer, open: usize) -> &'static str {
-    let cluster = "[cluster]\npartitions = 1\ninstance = \"one\"\nheartbeat_ms = 100\nlease_ms = 400\ncheckpoint_ms = 100\n";
-    let daemon = Daemon::start(config(nats, &lexicons(), cluster)).await;
+async fn checkpointed_partition(nats: &NatsServer, open: usize) -> String {
+    let cluster = format!("{}instance = \"one\"\n", fast_partitions(1));
+    let daemon = Daemon::start(config(nats, &lexicons(), &cluster)).await;
     let lines: Vec<String> = (0..open)
         .map(|i| format!(r#"{{"conversation_id":"o{i}","tenant":"acme","seq":0,"speaker":"agent","text":"您好"}}"#))
         .collect();
@@ -392,7 +398,7 @@ async fn with_partitions_a_missing_checkpoint_chunk_does_not_stall_the_partition
     }
     assert_eq!(chunks.len(), 1, "{chunks:?}");
     kv.purge(&chunks[0]).await.expect("purge");
-    let daemon = Daemon::start(config(&nats, &lexicons(), cluster)).await;
+    let daemon = Daemon::start(config(&nats, &lexicons(), &cluster)).await;
     let port = daemon.metrics_port;
     let more = vec![
         r#"{"conversation_id":"n","tenant":"acme","seq":0,"speaker":"agent","text":"您好，急什么"}"#.to_string(),
@@ -436,7 +442,7 @@ async fn with_partitions_leftover_checkpoint_chunks_are_removed_at_take_over() {
     for key in ["chunk.0.1-1.0", cut_short.as_str(), "chunk.0.999999-1.0"] {
         kv.put(key, "[]".into()).await.expect("chunk");
     }
-    let daemon = Daemon::start(config(&nats, &lexicons(), cluster)).await;
+    let daemon = Daemon::start(config(&nats, &lexicons(), &cluster)).await;
     wait_for("the old chunk removed", async || {
         kv.get("chunk.0.1-1.0").await.ok().flatten().is_none()
     })
@@ -462,8 +468,7 @@ async fn with_partitions_leftover_checkpoint_chunks_are_removed_at_take_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_partitions_a_recreated_stream_is_not_skipped_by_an_old_checkpoint() {
     let nats = NatsServer::start();
-    let cluster =
-        "[cluster]\npartitions = 1\nheartbeat_ms = 100\nlease_ms = 400\ncheckpoint_ms = 100\n";
+    let cluster = &fast_partitions(1);
     let lines = crate::daemon::traffic(6, 11);
     let want = scan(&lines);
     let summaries = want
@@ -920,8 +925,7 @@ async fn with_partitions_an_unroutable_subject_is_dead_lettered() {
 async fn with_partitions_a_checkpoint_writes_what_changed() {
     const N: usize = 300;
     let nats = NatsServer::start();
-    let cluster =
-        "[cluster]\npartitions = 1\nheartbeat_ms = 100\nlease_ms = 400\ncheckpoint_ms = 100\n";
+    let cluster = &fast_partitions(1);
     let (files, daemon) = ChildDaemon::with_config(&nats, "deltas", cluster, 15).await;
     let (cfg, metrics_port) = (&files.cfg, files.metrics_port);
     let mut lines: Vec<String> = (0..N)
