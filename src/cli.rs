@@ -123,8 +123,6 @@ enum Command {
         /// Input segments per second (0: as fast as JetStream acks allow).
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
-        #[arg(long, default_value_t = 2)]
-        shards: usize,
         /// Comma-separated: passthrough, daemon, daemon-shadow (the daemon
         /// with the same lexicon as a shadow candidate: every segment
         /// judged twice).
@@ -158,8 +156,6 @@ enum Command {
         /// Conversations in progress at any time.
         #[arg(long, default_value_t = 2000)]
         open: usize,
-        #[arg(long, default_value_t = 2)]
-        shards: usize,
         /// Sample the daemon's RSS this often (seconds).
         #[arg(long, default_value_t = 10)]
         sample_every_s: u64,
@@ -490,7 +486,6 @@ pub fn main() -> ExitCode {
             seconds,
             rate,
             open,
-            shards,
             sample_every_s,
         } => cmd_soak(crate::loadgen::SoakOptions {
             nats_url,
@@ -498,7 +493,6 @@ pub fn main() -> ExitCode {
             seconds,
             rate,
             open,
-            shards,
             sample_every: std::time::Duration::from_secs(sample_every_s.max(1)),
         }),
         #[cfg(feature = "bench-tools")]
@@ -509,7 +503,6 @@ pub fn main() -> ExitCode {
             open,
             agent_turns,
             rate,
-            shards,
             modes,
             extra_phrases,
             reload_every_ms,
@@ -520,7 +513,6 @@ pub fn main() -> ExitCode {
             open,
             agent_turns,
             rate,
-            shards,
             modes: modes.split(',').map(|m| m.trim().to_string()).collect(),
             extra_phrases,
             reload_every: (reload_every_ms > 0)
@@ -774,8 +766,7 @@ fn cmd_diff(
                 ..Overrides::default()
             };
             let config = load_config(common, &flags)?;
-            let since =
-                crate::daemon::shard::now_ms().saturating_sub(minutes.saturating_mul(60_000));
+            let since = crate::daemon::now_ms().saturating_sub(minutes.saturating_mul(60_000));
             runtime()?
                 .block_on(crate::client::read_transcripts(&config, since))?
                 .join("\n")
@@ -1068,10 +1059,10 @@ fn cmd_run(common: &Common, flags: Overrides) -> Result<(), Failure> {
             .await
             .map_err(|e| match e {
                 e @ DaemonError::Config(_) => Failure::Config(e.to_string()),
-                DaemonError::Runtime(m) => Failure::Runtime(m),
-                e @ (DaemonError::Nats(_) | DaemonError::Setup(_) | DaemonError::Listen(_)) => {
-                    Failure::Runtime(e.to_string())
-                }
+                e @ (DaemonError::Unclean(_)
+                | DaemonError::Nats(_)
+                | DaemonError::Setup(_)
+                | DaemonError::Listen(_)) => Failure::Runtime(e.to_string()),
             })
     });
     // The daemon has finished its shutdown within the grace period; what
@@ -1213,7 +1204,7 @@ fn cmd_soak(opts: crate::loadgen::SoakOptions) -> Result<(), Failure> {
 fn cmd_bench(opts: crate::loadgen::BenchOptions) -> Result<(), Failure> {
     let reports = runtime()?.block_on(crate::loadgen::bench(&opts))?;
     println!(
-        "{} conversations ({} open at once) x {} agent turns, rate {}, {} shards",
+        "{} conversations ({} open at once) x {} agent turns, rate {}",
         opts.conversations,
         opts.open,
         opts.agent_turns,
@@ -1221,8 +1212,7 @@ fn cmd_bench(opts: crate::loadgen::BenchOptions) -> Result<(), Failure> {
             format!("{}/s", opts.rate)
         } else {
             "max".into()
-        },
-        opts.shards
+        }
     );
     println!("{}", crate::loadgen::ModeReport::HEADER);
     for r in &reports {

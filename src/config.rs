@@ -88,7 +88,7 @@ pub enum InvalidConfig {
     Bound {
         section: &'static str,
         key: &'static str,
-        /// e.g. `> 0`, `>= 1`, `>= [engine] shards`.
+        /// e.g. `> 0`, `>= 1`.
         bound: &'static str,
     },
     /// `[cluster] lease_ms` shorter than three heartbeats.
@@ -281,13 +281,14 @@ pub struct StreamsConfig {
     pub deadletter_subject: String,
     /// Stream that keeps dead letters for a person to inspect.
     pub deadletter_stream: String,
-    /// Key-value bucket holding open conversations across restarts.
+    /// The console desk's key-value bucket is `<state_bucket>_desk`.
     pub state_bucket: String,
     /// The output stream's de-duplication window (`Nats-Msg-Id`).
     pub duplicate_window_s: u64,
-    /// Messages delivered but not yet acknowledged, at most.
-    pub max_ack_pending: i64,
-    /// Redeliver a message not acknowledged within this time.
+    /// No longer used (the partitions' consumers acknowledge nothing).
+    pub max_ack_pending: Option<i64>,
+    /// The unroutable stream's consumer redelivers a message not
+    /// acknowledged within this time.
     pub ack_wait_s: u64,
 }
 
@@ -305,7 +306,7 @@ impl Default for StreamsConfig {
             deadletter_stream: "ZHIJIAN_DEADLETTER".into(),
             state_bucket: "zhijian_state".into(),
             duplicate_window_s: 600,
-            max_ack_pending: 20_000,
+            max_ack_pending: None,
             ack_wait_s: 30,
         }
     }
@@ -315,8 +316,8 @@ impl Default for StreamsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSection {
     pub lexicons: PathBuf,
-    /// Worker tasks; a conversation always goes to the same one.
-    pub shards: usize,
+    /// No longer used: a partition is the unit of work (`[cluster]`).
+    pub shards: Option<usize>,
     /// Close a conversation after this long without an event.
     pub idle_timeout_s: u64,
     /// Remember closed conversations this long (late events are ignored).
@@ -332,7 +333,7 @@ impl Default for EngineSection {
     fn default() -> Self {
         EngineSection {
             lexicons: PathBuf::from("lexicons"),
-            shards: 4,
+            shards: None,
             idle_timeout_s: 300,
             tombstone_ttl_s: 600,
             reload_poll_ms: 1000,
@@ -344,22 +345,23 @@ impl Default for EngineSection {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonSection {
-    /// After SIGTERM: finish, publish, ack and save state within this time.
+    /// After SIGTERM: store, checkpoint and hand partitions over within
+    /// this time, whatever NATS does.
     pub shutdown_grace_s: u64,
-    /// Publish attempts per event before the input is Nak'ed.
-    pub publish_attempts: u32,
-    /// Redelivery delay asked for with a Nak.
-    pub nak_delay_ms: u64,
-    /// No message and no heartbeat for this long while messages are
-    /// pending: the pull stream is considered stalled and recreated.
-    pub stall_timeout_s: u64,
-    /// Messages buffered per shard.
-    pub shard_queue: usize,
-    /// Events per shard sent and not yet acknowledged by JetStream, at
+    /// No longer used (events are sent again until stored).
+    pub publish_attempts: Option<u32>,
+    /// No longer used (nothing is Nak'ed).
+    pub nak_delay_ms: Option<u64>,
+    /// No longer used (a partition's consumer is made again after 3 s
+    /// without delivery while inputs wait).
+    pub stall_timeout_s: Option<u64>,
+    /// No longer used (no shards).
+    pub shard_queue: Option<usize>,
+    /// Events per partition sent and not yet acknowledged by JetStream, at
     /// most: the backpressure that keeps a burst from exhausting the
     /// client's window of unacknowledged publishes.
     pub publish_window: usize,
-    /// Work pending and nothing stored for this long: `/readyz` fails and
+    /// An event waiting this long to be stored: `/readyz` fails and
     /// `zhijian_output_stalled` is 1.
     pub watchdog_s: u64,
 }
@@ -368,10 +370,10 @@ impl Default for DaemonSection {
     fn default() -> Self {
         DaemonSection {
             shutdown_grace_s: 20,
-            publish_attempts: 3,
-            nak_delay_ms: 1000,
-            stall_timeout_s: 15,
-            shard_queue: 1024,
+            publish_attempts: None,
+            nak_delay_ms: None,
+            stall_timeout_s: None,
+            shard_queue: None,
             publish_window: 512,
             watchdog_s: 30,
         }
@@ -384,7 +386,8 @@ impl Default for DaemonSection {
 pub struct LimitsSection {
     /// Characters of its segment a violation carries at most.
     pub excerpt_chars: usize,
-    /// Open conversations per daemon at most (split evenly over shards).
+    /// Open conversations per instance at most (split evenly over the
+    /// partitions).
     pub max_open_conversations: usize,
     /// Final segments per conversation at most.
     pub max_segments_per_conversation: u32,
@@ -521,15 +524,12 @@ impl Default for LogSection {
 /// (a subject transform computed by NATS), each partition judged by one
 /// instance at a time (a lease in a key-value bucket), its open
 /// conversations checkpointed to that bucket. One instance or many run the
-/// same way. See `daemon::cluster`.
+/// same way. See `daemon::membership`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSection {
     /// Partitions of the input stream when this daemon creates it (unset:
-    /// [`DEFAULT_PARTITIONS`]); an existing stream's own count wins. 0: no
-    /// partitions (one instance judges, the others stand by, and a
-    /// `kill -9` loses open conversations' state); unset on an unpartitioned
-    /// stream made by an older version: the same.
+    /// [`DEFAULT_PARTITIONS`]); an existing stream's own count wins.
     pub partitions: Option<u32>,
     /// This instance's name (letters, digits, `-`, `_`); empty: host name
     /// and process id. Names must differ between running instances.
@@ -593,11 +593,12 @@ pub(crate) fn host_name() -> String {
 
 impl ClusterSection {
     fn validate(&self) -> Result<ClusterConfig, InvalidConfig> {
-        if let Some(p) = self.partitions.filter(|p| *p > 1024) {
+        if let Some(p) = self.partitions.filter(|p| !(1..=1024).contains(p)) {
+            // 0 was the unpartitioned runtime, which is gone.
             return Err(InvalidConfig::OutOfRange {
                 section: "cluster",
                 key: "partitions",
-                bound: "0..=1024",
+                bound: "1..=1024 (0, no partitions, is gone: see docs/operations.md)",
                 got: p.into(),
             });
         }
@@ -699,16 +700,11 @@ pub struct Config {
     pub nats: NatsSettings,
     pub streams: StreamsConfig,
     pub lexicons: PathBuf,
-    pub shards: usize,
     pub idle_timeout: Duration,
     pub tombstone_ttl: Duration,
     pub reload_poll: Option<Duration>,
     pub reload_requires_tests: bool,
     pub shutdown_grace: Duration,
-    pub publish_attempts: u32,
-    pub nak_delay: Duration,
-    pub stall_timeout: Duration,
-    pub shard_queue: usize,
     pub publish_window: usize,
     pub watchdog: Duration,
     pub excerpt_chars: usize,
@@ -723,6 +719,8 @@ pub struct Config {
     pub shadow: Option<ShadowConfig>,
     /// Partitions, leases and checkpoints.
     pub cluster: ClusterConfig,
+    /// Keys set in the file that no longer do anything (warned at start).
+    pub deprecated: Vec<&'static str>,
     pub log_json: bool,
     pub log_level: String,
 }
@@ -887,33 +885,11 @@ impl RawConfig {
             "json" => true,
             other => return Err(InvalidConfig::LogFormat(other.to_string())),
         };
-        if self.engine.shards == 0 || self.engine.shards > 256 {
-            return Err(InvalidConfig::OutOfRange {
-                section: "engine",
-                key: "shards",
-                bound: "1..=256",
-                got: self.engine.shards as u64,
-            });
-        }
         if self.engine.idle_timeout_s == 0 {
             return Err(InvalidConfig::Bound {
                 section: "engine",
                 key: "idle_timeout_s",
                 bound: "> 0",
-            });
-        }
-        if self.daemon.publish_attempts == 0 {
-            return Err(InvalidConfig::Bound {
-                section: "daemon",
-                key: "publish_attempts",
-                bound: ">= 1",
-            });
-        }
-        if self.daemon.shard_queue == 0 {
-            return Err(InvalidConfig::Bound {
-                section: "daemon",
-                key: "shard_queue",
-                bound: ">= 1",
             });
         }
         if self.daemon.publish_window == 0 || self.daemon.publish_window > 4096 {
@@ -939,11 +915,11 @@ impl RawConfig {
                 bound: ">= 16",
             });
         }
-        if l.max_open_conversations < self.engine.shards {
+        if l.max_open_conversations == 0 {
             return Err(InvalidConfig::Bound {
                 section: "limits",
                 key: "max_open_conversations",
-                bound: ">= [engine] shards",
+                bound: ">= 1",
             });
         }
         if l.max_segments_per_conversation == 0 {
@@ -1003,21 +979,37 @@ impl RawConfig {
             })
         };
         let cluster = self.cluster.validate()?;
+        let deprecated = [
+            ("[engine] shards", self.engine.shards.is_some()),
+            (
+                "[daemon] publish_attempts",
+                self.daemon.publish_attempts.is_some(),
+            ),
+            ("[daemon] nak_delay_ms", self.daemon.nak_delay_ms.is_some()),
+            (
+                "[daemon] stall_timeout_s",
+                self.daemon.stall_timeout_s.is_some(),
+            ),
+            ("[daemon] shard_queue", self.daemon.shard_queue.is_some()),
+            (
+                "[streams] max_ack_pending",
+                self.streams.max_ack_pending.is_some(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect();
         Ok(Config {
             shadow,
             cluster,
+            deprecated,
             lexicons: self.engine.lexicons.clone(),
-            shards: self.engine.shards,
             idle_timeout: Duration::from_secs(self.engine.idle_timeout_s),
             tombstone_ttl: Duration::from_secs(self.engine.tombstone_ttl_s),
             reload_poll: (self.engine.reload_poll_ms > 0)
                 .then(|| Duration::from_millis(self.engine.reload_poll_ms)),
             reload_requires_tests: self.engine.reload_requires_tests,
             shutdown_grace: Duration::from_secs(self.daemon.shutdown_grace_s),
-            publish_attempts: self.daemon.publish_attempts,
-            nak_delay: Duration::from_millis(self.daemon.nak_delay_ms),
-            stall_timeout: Duration::from_secs(self.daemon.stall_timeout_s.max(1)),
-            shard_queue: self.daemon.shard_queue,
             publish_window: self.daemon.publish_window,
             watchdog: Duration::from_secs(self.daemon.watchdog_s),
             excerpt_chars: self.limits.excerpt_chars,
@@ -1099,9 +1091,9 @@ mod tests {
     #[test]
     fn file_then_env_then_flags() {
         let raw = RawConfig::parse_with_env(
-            "[nats]\nurl = \"nats://a:1\"\n[engine]\nshards = 2\n",
+            "[nats]\nurl = \"nats://a:1\"\n[engine]\nidle_timeout_s = 2\n",
             [
-                ("ZHIJIAN_ENGINE_SHARDS".to_string(), "8".to_string()),
+                ("ZHIJIAN_ENGINE_IDLE_TIMEOUT_S".to_string(), "8".to_string()),
                 ("ZHIJIAN_NATS_PASSWORD".to_string(), "s3cret".to_string()),
                 ("ZHIJIAN_NATS_USER".to_string(), "qa".to_string()),
                 ("ZHIJIAN_STREAMS_CREATE".to_string(), "false".to_string()),
@@ -1115,7 +1107,7 @@ mod tests {
         };
         let c = raw.validate(&flags).expect("valid");
         assert_eq!(c.nats.url, "nats://b:2");
-        assert_eq!(c.shards, 8);
+        assert_eq!(c.idle_timeout, Duration::from_secs(8));
         assert!(!c.streams.create);
         let shown = format!("{c:?}");
         assert!(
@@ -1128,9 +1120,13 @@ mod tests {
     fn errors_name_the_key() {
         let cases: &[(&str, &str)] = &[
             ("[nats]\nurll = \"x\"\n", "line 2: unknown field `urll`"),
-            ("[engine]\nshards = \"four\"\n", "line 2: invalid type"),
+            (
+                "[engine]\nidle_timeout_s = \"four\"\n",
+                "line 2: invalid type",
+            ),
             ("[metrics]\naddr = \"nowhere\"\n", "[metrics] addr"),
-            ("[engine]\nshards = 0\n", "[engine] shards"),
+            ("[engine]\nidle_timeout_s = 0\n", "[engine] idle_timeout_s"),
+            ("[cluster]\npartitions = 0\n", "0, no partitions, is gone"),
             ("[log]\nformat = \"xml\"\n", "[log] format"),
             ("[nats]\nuser = \"u\"\n", "user and password go together"),
             (
@@ -1168,6 +1164,31 @@ mod tests {
         );
     }
 
+    /// Keys of the runtime before partitions still parse (a file written
+    /// for it starts), do nothing, and are named so start-up can warn.
+    #[test]
+    fn keys_of_the_old_runtime_are_accepted_and_named() {
+        let c = RawConfig::parse(
+            "[engine]\nshards = 4\n[daemon]\nnak_delay_ms = 5\nshard_queue = 9\n[streams]\nmax_ack_pending = 7\n",
+        )
+        .expect("parses")
+        .validate(&Overrides::default())
+        .expect("valid");
+        assert_eq!(
+            c.deprecated,
+            [
+                "[engine] shards",
+                "[daemon] nak_delay_ms",
+                "[daemon] shard_queue",
+                "[streams] max_ack_pending"
+            ]
+        );
+        let none = RawConfig::default()
+            .validate(&Overrides::default())
+            .expect("valid");
+        assert!(none.deprecated.is_empty());
+    }
+
     /// Each kind of mistake is its own variant, and says what it said as a
     /// string.
     #[test]
@@ -1180,14 +1201,14 @@ mod tests {
         };
         let cases = [
             (
-                "[engine]\nshards = 300\n",
+                "[daemon]\npublish_window = 5000\n",
                 InvalidConfig::OutOfRange {
-                    section: "engine",
-                    key: "shards",
-                    bound: "1..=256",
-                    got: 300,
+                    section: "daemon",
+                    key: "publish_window",
+                    bound: "1..=4096",
+                    got: 5000,
                 },
-                "[engine] shards must be 1..=256, got 300",
+                "[daemon] publish_window must be 1..=4096, got 5000",
             ),
             (
                 "[engine]\nidle_timeout_s = 0\n",
@@ -1236,10 +1257,10 @@ mod tests {
                 InvalidConfig::OutOfRange {
                     section: "cluster",
                     key: "partitions",
-                    bound: "0..=1024",
+                    bound: "1..=1024 (0, no partitions, is gone: see docs/operations.md)",
                     got: 2000,
                 },
-                "[cluster] partitions must be 0..=1024, got 2000",
+                "[cluster] partitions must be 1..=1024 (0, no partitions, is gone: see docs/operations.md), got 2000",
             ),
             (
                 "[cluster]\npartitions = 2\nlease_ms = 100\nheartbeat_ms = 50\n",
@@ -1353,7 +1374,7 @@ mod tests {
         assert_eq!(raw.nats.name, "123");
         assert!(raw.nats.tls_required);
         assert_eq!(raw.nats.token, Some(Secret("true".into())));
-        assert_eq!(raw.streams.max_ack_pending, 7);
+        assert_eq!(raw.streams.max_ack_pending, Some(7));
         assert!(!raw.engine.reload_requires_tests);
         assert_eq!(raw.engine.lexicons, PathBuf::from("/etc/zhijian/lexicons"));
         // The file's other keys stay.

@@ -195,6 +195,19 @@ pub struct Conversation {
     /// Saved form of `states`: `(rule id, state)`; empty in memory.
     #[serde(default, rename = "rules", skip_serializing_if = "Vec::is_empty")]
     pub saved_rules: Vec<(String, State)>,
+    /// Which of the engine's lexicons judges it: the one current when it
+    /// opened, to its end (see [`Engine::set_scanners`]).
+    #[serde(skip)]
+    pub lexicon: u32,
+    /// In saved state: the version of the lexicon that judges it, so that
+    /// whoever restores it judges it on with that version (see
+    /// [`Engine::register`]); empty in memory and in state saved before it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub lexicon_version: String,
+    /// Versions that judged it earlier, when its own could not be had
+    /// after a restore (named in its summary).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_lexicons: Vec<String>,
     /// State format 1 (before rule kinds): the greeting verdict and the
     /// closing window bits, moved into the rules' state when loaded.
     #[serde(default, skip_serializing)]
@@ -208,8 +221,11 @@ fn never() -> u64 {
 }
 
 impl Conversation {
-    fn new(order: u64, first_seq: Option<u64>, states: Vec<State>) -> Conversation {
+    fn new(order: u64, first_seq: Option<u64>, states: Vec<State>, lexicon: u32) -> Conversation {
         Conversation {
+            lexicon,
+            lexicon_version: String::new(),
+            earlier_lexicons: Vec::new(),
             order,
             channel: None,
             agent_id: None,
@@ -258,7 +274,15 @@ struct Tombstone {
 
 /// Judges conversations.
 pub struct Engine {
+    /// The current lexicons: new conversations are judged by them.
     scanners: Arc<Scanners>,
+    /// Their generation (see [`Conversation::lexicon`]).
+    generation: u32,
+    /// Earlier (or registered) lexicons that open conversations still
+    /// use, by generation: a handful at most, dropped when none uses them.
+    earlier: Vec<(u32, Arc<Scanners>)>,
+    /// The next generation to hand out.
+    next_generation: u32,
     config: EngineConfig,
     open: Map<Conversation>,
     /// Recently closed conversations.
@@ -289,6 +313,9 @@ impl Engine {
     pub fn with_scanners(scanners: Arc<Scanners>, config: EngineConfig) -> Engine {
         Engine {
             scanners,
+            generation: 0,
+            earlier: Vec::new(),
+            next_generation: 1,
             config,
             open: Map::default(),
             closed: Map::default(),
@@ -322,23 +349,58 @@ impl Engine {
         self.set_scanners(Arc::new(Scanners::single(scanner)));
     }
 
-    /// Swaps in new compiled lexicons; conversations keep their state: the
-    /// state of each rule moves to the rule of the same id and kind in the
-    /// new lexicon (rules that are new start fresh).
+    /// Swaps in new compiled lexicons for the conversations that open from
+    /// now on. An open conversation is judged by the lexicon it opened
+    /// with, to its end: a score is one lexicon's, and its summary names
+    /// the version that judged every segment (a reload or a rolling
+    /// upgrade never mixes two in one conversation).
     pub fn set_scanners(&mut self, scanners: Arc<Scanners>) {
-        let old = std::mem::replace(&mut self.scanners, scanners);
-        for (key, conv) in self.open.iter_mut() {
-            let before = old.for_tenant(&key.tenant);
-            let after = self.scanners.for_tenant(&key.tenant);
-            if Arc::ptr_eq(before, after) {
-                continue;
-            }
-            let mut named = named_states(before, std::mem::take(&mut conv.states));
-            conv.states = after
-                .book()
-                .states_from(after.lexicon(), &mut |id| take_named(&mut named, id));
-            conv.deadline = after.book().next_deadline(after.lexicon(), &conv.states);
+        if Arc::ptr_eq(&self.scanners, &scanners) {
+            return;
         }
+        let old = std::mem::replace(&mut self.scanners, scanners);
+        let was = std::mem::replace(&mut self.generation, self.next_generation);
+        self.next_generation += 1;
+        if self.open.values().any(|c| c.lexicon == was) {
+            self.earlier.push((was, old));
+        }
+    }
+
+    /// Makes lexicons known for conversations restored with their version
+    /// (see [`Engine::import`]); they judge nothing new.
+    pub fn register(&mut self, scanners: Arc<Scanners>) {
+        let known = std::iter::once(&self.scanners)
+            .chain(self.earlier.iter().map(|(_, s)| s))
+            .any(|s| s.base().version() == scanners.base().version());
+        if !known {
+            self.earlier.push((self.next_generation, scanners));
+            self.next_generation += 1;
+        }
+    }
+
+    /// Whether a conversation of `tenant` saved with lexicon `version` can
+    /// be judged on with that version (an empty version: state saved
+    /// before versions were, judged by the current lexicon).
+    pub fn knows(&self, tenant: &str, version: &str) -> bool {
+        version.is_empty() || self.generation_of(tenant, version).is_some()
+    }
+
+    fn generation_of(&self, tenant: &str, version: &str) -> Option<u32> {
+        std::iter::once((self.generation, &self.scanners))
+            .chain(self.earlier.iter().map(|(g, s)| (*g, s)))
+            .find(|(_, s)| s.for_tenant(tenant).version() == version)
+            .map(|(g, _)| g)
+    }
+
+    /// The lexicon of a conversation of `tenant` in `generation`.
+    fn lexicon(&self, tenant: &str, generation: u32) -> &Arc<Scanner> {
+        lexicon_of(
+            &self.scanners,
+            self.generation,
+            &self.earlier,
+            tenant,
+            generation,
+        )
     }
 
     pub fn scanners(&self) -> &Arc<Scanners> {
@@ -397,14 +459,12 @@ impl Engine {
         {
             self.evict(now_ms, out);
         }
-        // A field borrow, not an `Arc` clone: no atomic operations per
-        // segment.
-        let scanner: &Scanner = self.scanners.for_tenant(key.tenant);
         // Hot path: an open conversation. Only a miss needs the tombstone
         // check (open and closed are disjoint).
         let conv = match self.open.get_mut(&key) {
             Some(c) => c,
             None => {
+                let scanner: &Scanner = self.scanners.for_tenant(key.tenant);
                 if let Some(t) = self.closed.get_mut(&key) {
                     if !t.seen.insert(segment.seq) {
                         return Outcome::Duplicate;
@@ -441,11 +501,21 @@ impl Engine {
                 let order = self.next_order;
                 self.next_order += 1;
                 let states = scanner.book().initial_states(scanner.lexicon());
-                self.open
-                    .entry(key.to_key())
-                    .or_insert_with(|| Conversation::new(order, Some(segment.seq), states))
+                let generation = self.generation;
+                self.open.entry(key.to_key()).or_insert_with(|| {
+                    Conversation::new(order, Some(segment.seq), states, generation)
+                })
             }
         };
+        // Field borrows, not an `Arc` clone: no atomic operations per
+        // segment.
+        let scanner: &Scanner = lexicon_of(
+            &self.scanners,
+            self.generation,
+            &self.earlier,
+            key.tenant,
+            conv.lexicon,
+        );
         if !conv.seen.insert(segment.seq) {
             return Outcome::Duplicate;
         }
@@ -540,7 +610,13 @@ impl Engine {
                 continue;
             }
             if c.deadline != u64::MAX && c.time_at(now_ms) > c.deadline {
-                let scanner = self.scanners.for_tenant(&k.tenant);
+                let scanner = lexicon_of(
+                    &self.scanners,
+                    self.generation,
+                    &self.earlier,
+                    &k.tenant,
+                    c.lexicon,
+                );
                 let (book, lexicon) = (scanner.book(), scanner.lexicon());
                 let mut sink = rules::Sink {
                     found: &mut self.found,
@@ -570,6 +646,12 @@ impl Engine {
         let ttl = self.config.tombstone_ttl_ms;
         self.closed
             .retain(|_, t| now_ms.saturating_sub(t.closed_at_ms) < ttl);
+        // Earlier lexicons no open conversation uses any more go.
+        if !self.earlier.is_empty() {
+            let open = &self.open;
+            self.earlier
+                .retain(|(g, _)| open.values().any(|c| c.lexicon == *g));
+        }
         n
     }
 
@@ -606,7 +688,7 @@ impl Engine {
         out: &mut Vec<Event>,
         explain: Option<&mut Explain>,
     ) {
-        let scanner = Arc::clone(self.scanners.for_tenant(&key.tenant));
+        let scanner = Arc::clone(self.lexicon(&key.tenant, conv.lexicon));
         let (tenant, id) = (&*key.tenant, &*key.id);
         let (book, lexicon) = (scanner.book(), scanner.lexicon());
         let close = rules::Close {
@@ -663,6 +745,7 @@ impl Engine {
             closed,
             score,
             lexicon_version: scanner.version().to_string(),
+            earlier_lexicon_versions: std::mem::take(&mut conv.earlier_lexicons),
             ts_ms: now_ms,
         }));
         self.closed.insert(
@@ -693,9 +776,10 @@ impl Engine {
 
     /// A conversation's state to save: its rules' state keyed by rule id.
     fn saved(&self, tenant: &str, c: &Conversation) -> Conversation {
-        let scanner = self.scanners.for_tenant(tenant);
+        let scanner = self.lexicon(tenant, c.lexicon);
         let mut saved = c.clone();
         saved.saved_rules = named_states(scanner, std::mem::take(&mut saved.states));
+        saved.lexicon_version = scanner.version().to_string();
         saved
     }
 
@@ -703,10 +787,25 @@ impl Engine {
     /// Rule state is matched to the lexicon's rules by id; state saved by
     /// format 1 (greeting verdict, closing bits) goes to the required rules
     /// of categories `missing_greeting` and `missing_closing`.
+    ///
+    /// It is judged on by the lexicon version it was saved with when that
+    /// is known ([`Engine::register`]); else by the current one, and its
+    /// summary names the version that judged it before
+    /// (`earlier_lexicon_versions`).
     pub fn import(&mut self, tenant: &str, id: &str, mut conv: Conversation) {
         conv.order = self.next_order;
         self.next_order += 1;
-        let scanner = self.scanners.for_tenant(tenant);
+        let saved_with = std::mem::take(&mut conv.lexicon_version);
+        conv.lexicon = match self.generation_of(tenant, &saved_with) {
+            Some(g) => g,
+            None => {
+                if !saved_with.is_empty() && !conv.earlier_lexicons.contains(&saved_with) {
+                    conv.earlier_lexicons.push(saved_with);
+                }
+                self.generation
+            }
+        };
+        let scanner = self.lexicon(tenant, conv.lexicon);
         let (book, lexicon) = (scanner.book(), scanner.lexicon());
         let mut named = std::mem::take(&mut conv.saved_rules);
         let legacy = (conv.greeted.take(), conv.closing_bits.take());
@@ -730,6 +829,25 @@ fn named_states(scanner: &Scanner, states: Vec<State>) -> Vec<(String, State)> {
         .zip(states)
         .map(|(&r, s)| (scanner.rule(r).id.clone(), s))
         .collect()
+}
+
+/// The lexicon of a conversation of `tenant` in `generation` (fields, not
+/// `&self`, so the caller may hold a conversation of the same engine).
+fn lexicon_of<'a>(
+    current: &'a Arc<Scanners>,
+    current_generation: u32,
+    earlier: &'a [(u32, Arc<Scanners>)],
+    tenant: &str,
+    generation: u32,
+) -> &'a Arc<Scanner> {
+    if generation == current_generation {
+        return current.for_tenant(tenant);
+    }
+    earlier
+        .iter()
+        .find(|(g, _)| *g == generation)
+        .map_or(current, |(_, s)| s)
+        .for_tenant(tenant)
 }
 
 fn take_named(named: &mut Vec<(String, State)>, id: &str) -> Option<State> {

@@ -874,7 +874,14 @@ pub struct Summary {
     pub closed: Option<bool>,
     /// 100 minus the deductions, each scorecard section capped.
     pub score: f64,
+    /// The lexicon version that judged the conversation.
     pub lexicon_version: String,
+    /// Versions that judged earlier segments, when a restore could not have
+    /// the version that opened it (a rolling upgrade that could not fetch
+    /// it): then the score mixes versions, and this says which. Absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_lexicon_versions: Vec<String>,
     /// The engine clock when the conversation closed.
     pub ts_ms: u64,
 }

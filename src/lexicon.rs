@@ -305,6 +305,19 @@ pub fn load_dir(dir: &Path) -> Result<Lexicon, LexiconError> {
 /// Loads the base lexicon of `dir` and every tenant overlay under
 /// `dir/tenants/<tenant>/`. A problem in any of them rejects the whole set.
 pub fn load_set(dir: &Path) -> Result<LexiconSet, LexiconError> {
+    let (base, overlays) = read_set_files(dir)?;
+    load_set_sources(base, overlays)
+}
+
+/// The base files and tenant overlays of `dir` for [`load_set_sources`],
+/// as `(path, contents)`: what [`load_set`] reads.
+pub type SetFiles = (
+    Vec<(PathBuf, String)>,
+    Vec<(String, Vec<(PathBuf, String)>)>,
+);
+
+/// Reads what [`load_set`] loads, without loading it.
+pub fn read_set_files(dir: &Path) -> Result<SetFiles, LexiconError> {
     let base_files = read_toml_files(dir)?;
     let tenants_dir = dir.join("tenants");
     let mut overlays = Vec::new();
@@ -325,7 +338,7 @@ pub fn load_set(dir: &Path) -> Result<LexiconSet, LexiconError> {
             overlays.push((tenant, read_toml_files(&d)?));
         }
     }
-    load_set_sources(base_files, overlays)
+    Ok((base_files, overlays))
 }
 
 /// [`load_set`] from `(path, contents)` pairs: the base files, and per

@@ -11,20 +11,19 @@
 //! events lost and duplicated, and the child's peak RSS.
 
 use crate::config::{Config, StreamsConfig};
-use crate::daemon::{self, nats};
+use crate::daemon::setup;
 use crate::engine::{Engine, EngineConfig};
 use crate::event::Event;
 use crate::nats_conn;
 use crate::subject;
 use crate::synth::{self, Mix};
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// Why a benchmark could not be run or finished, with its source.
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +31,7 @@ pub enum BenchError {
     #[error(transparent)]
     Connect(#[from] nats_conn::ConnectError),
     #[error(transparent)]
-    Setup(#[from] nats::SetupError),
-    #[error("the pass-through consumer needs one instance (no [cluster])")]
-    Clustered,
+    Setup(#[from] setup::SetupError),
     #[error("cannot listen for SIGTERM: {0}")]
     Signal(#[source] std::io::Error),
     /// A file, a port or a process of the bench's own.
@@ -101,87 +98,74 @@ impl BenchError {
     }
 }
 
-/// `zhijian passthrough`: the baseline consumer. Same streams, same batched
-/// pulls and sharding as the daemon; per input it publishes one small event
-/// through JetStream, waits for the ack, then acks the input.
+/// `zhijian passthrough`: the baseline consumer. The same partitioned
+/// stream read the way the daemon reads it (one consumer per partition, no
+/// acks), and per input one small event published through JetStream with
+/// its ack awaited in a window, like the daemon's; nothing is judged,
+/// nothing is checkpointed. What the daemon adds over it is judging and its
+/// bookkeeping.
 pub async fn passthrough(config: Config) -> Result<(), BenchError> {
     let client = nats_conn::connect(&config.nats).await?;
     nats_conn::check_server(&client)?;
-    let setup = nats::setup(&client, &config).await?;
-    let consumer = setup.consumer.clone().ok_or(BenchError::Clustered)?;
-    let mut senders = Vec::new();
+    let setup = setup::setup(&client, &config).await?;
+    let input_client = nats_conn::connect(&config.nats).await?;
+    let input_js = jetstream::new(input_client.clone());
+    let window = config.publish_window;
     let mut workers = Vec::new();
-    for _ in 0..config.shards {
-        let (tx, mut rx) = mpsc::channel::<jetstream::Message>(config.shard_queue);
-        senders.push(tx);
+    for p in 0..setup.partitions {
         let js = setup.js.clone();
-        let subject = subject::violation(&config.streams, "bench", "passthrough");
-        // Like the daemon's shards: publish, hand the ack wait to an acker
-        // task, take the next message.
-        let (ack_tx, mut ack_rx) = mpsc::channel::<(
-            jetstream::Message,
-            Option<jetstream::context::PublishAckFuture>,
-        )>(config.shard_queue);
+        let input_js = input_js.clone();
+        let streams = config.streams.clone();
         workers.push(tokio::spawn(async move {
-            while let Some((m, ack)) = ack_rx.recv().await {
-                let stored = match ack {
-                    Some(a) => a.await.is_ok(),
-                    None => false,
-                };
-                let kind = if stored {
-                    AckKind::Ack
-                } else {
-                    AckKind::Nak(None)
-                };
-                let _ = m.ack_with(kind).await;
-            }
-        }));
-        workers.push(tokio::spawn(async move {
-            while let Some(m) = rx.recv().await {
-                // 0, which no stream sequence is, when the message has no
-                // JetStream info: the bench counts such a reply as
-                // undecodable and its input as lost, nothing is hidden.
-                let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", format!("pt.{seq}").as_str());
-                let payload = format!("{{\"type\":\"passthrough\",\"input_seq\":{seq}}}");
-                let ack = js
-                    .publish_with_headers(subject.clone(), headers, payload.into())
-                    .await
-                    .ok();
-                if ack_tx.send((m, ack)).await.is_err() {
-                    break;
+            let subject = subject::violation(&streams, "bench", "passthrough");
+            let stream = input_js
+                .get_stream(&streams.input_stream)
+                .await
+                .map_err(|e| BenchError::nats("cannot get the input stream", e))?;
+            let consumer = stream
+                .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                    filter_subject: subject::partition_all(&streams, p),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| BenchError::nats("cannot create a partition consumer", e))?;
+            let mut messages = consumer
+                .messages()
+                .await
+                .map_err(|e| BenchError::nats("cannot read a partition", e))?;
+            let mut acks = futures_util::stream::FuturesUnordered::new();
+            loop {
+                tokio::select! {
+                    Some(_) = acks.next(), if !acks.is_empty() => {}
+                    m = messages.next(), if acks.len() < window => {
+                        let Some(Ok(m)) = m else { break };
+                        // 0, which no stream sequence is, when the message
+                        // has no JetStream info: the bench counts such a
+                        // reply as undecodable, nothing is hidden.
+                        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert("Nats-Msg-Id", format!("pt.{seq}").as_str());
+                        let payload = format!("{{\"type\":\"passthrough\",\"input_seq\":{seq}}}");
+                        if let Ok(ack) = js
+                            .publish_with_headers(subject.clone(), headers, payload.into())
+                            .await
+                        {
+                            acks.push(ack.into_future());
+                        }
+                    }
                 }
             }
+            Ok::<(), BenchError>(())
         }));
     }
-    // One signal stream for the whole run: a SIGTERM that arrives while a
-    // batch is being read must not be missed.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(BenchError::Signal)?;
-    loop {
-        let mut batch = tokio::select! {
-            _ = term.recv() => break,
-            b = consumer.batch().max_messages(256).expires(Duration::from_millis(500)).messages() => {
-                b.map_err(|e| BenchError::nats("cannot pull a batch from the consumer", e))?
-            }
-        };
-        while let Some(Ok(msg)) = batch.next().await {
-            let shard = daemon::shard_of_subject(
-                msg.message.subject.as_str(),
-                &config.streams,
-                senders.len(),
-            );
-            if senders[shard].send(msg).await.is_err() {
-                break;
-            }
-        }
-    }
-    drop(senders);
+    term.recv().await;
     for w in workers {
-        let _ = w.await;
+        w.abort();
     }
     let _ = client.drain().await;
+    let _ = input_client.drain().await;
     Ok(())
 }
 
@@ -196,7 +180,6 @@ pub struct BenchOptions {
     pub agent_turns: usize,
     /// Segments per second; 0 = as fast as JetStream acks allow.
     pub rate: f64,
-    pub shards: usize,
     pub modes: Vec<String>,
     /// Phrases of an extra generated rule added to a copy of the lexicon.
     pub extra_phrases: usize,
@@ -339,10 +322,9 @@ fn config_text(opts: &BenchOptions, metrics_port: u16, shadow: bool) -> String {
         String::new()
     };
     format!(
-        "[nats]\nurl = \"{}\"\n[engine]\nlexicons = \"{}\"\nshards = {}\nreload_poll_ms = 100\n[metrics]\naddr = \"127.0.0.1:{metrics_port}\"\n[console]\naddr = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n{shadow}",
+        "[nats]\nurl = \"{}\"\n[engine]\nlexicons = \"{}\"\nreload_poll_ms = 100\n[metrics]\naddr = \"127.0.0.1:{metrics_port}\"\n[console]\naddr = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n{shadow}",
         opts.nats_url,
         opts.lexicons.display(),
-        opts.shards
     )
 }
 
@@ -772,19 +754,15 @@ async fn start_child(
     let child = KillOnDrop(child);
     let ready_by = Instant::now() + Duration::from_secs(30);
     loop {
-        // Partitioned (the default): the daemon holds its partitions; the
-        // pass-through and an unpartitioned stream: the durable consumer.
-        if metric_value(metrics_port, "zhijian_partitions_owned")
-            .await
-            .is_some_and(|n| n > 0.0)
-        {
-            break;
-        }
-        if let Ok(s) = js.get_stream("TRANSCRIPTS").await
-            && s.get_consumer::<jetstream::consumer::pull::Config>("zhijian")
-                .await
-                .is_ok()
-        {
+        // The daemon: its first `/readyz` 200 (every partition judging),
+        // where the latency is measured from. The pass-through: a consumer
+        // on each partition.
+        let ready = if sub == "run" {
+            readyz_ok(metrics_port).await
+        } else {
+            passthrough_ready(&js).await
+        };
+        if ready {
             break;
         }
         if Instant::now() > ready_by {
@@ -792,7 +770,7 @@ async fn start_child(
             let _ = std::fs::remove_dir_all(&dir);
             return Err(BenchError::NotReady(sub.to_string()));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(Child {
         client,
@@ -801,6 +779,33 @@ async fn start_child(
         child,
         dir,
     })
+}
+
+/// `/readyz` answers 200.
+async fn readyz_ok(port: u16) -> bool {
+    let read = tokio::task::spawn_blocking(move || -> Option<bool> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(s, "GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        Some(buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200"))
+    })
+    .await;
+    matches!(read, Ok(Some(true)))
+}
+
+/// The input stream has a consumer on each of its partitions.
+async fn passthrough_ready(js: &jetstream::Context) -> bool {
+    let Ok(mut s) = js.get_stream("TRANSCRIPTS").await else {
+        return false;
+    };
+    let Ok(info) = s.info().await else {
+        return false;
+    };
+    let partitions = crate::daemon::membership::partitions_of(&info.config).unwrap_or(1);
+    info.state.consumer_count >= partitions as usize
 }
 
 /// A child process killed when the bench returns early.
@@ -853,7 +858,6 @@ pub struct SoakOptions {
     pub rate: f64,
     /// Conversations in progress at any time.
     pub open: usize,
-    pub shards: usize,
     /// Sample the daemon's RSS this often.
     pub sample_every: Duration,
 }
@@ -905,7 +909,6 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, BenchError> {
         open: opts.open,
         agent_turns: 6,
         rate: opts.rate,
-        shards: opts.shards,
         modes: Vec::new(),
         extra_phrases: 0,
         reload_every: None,

@@ -47,7 +47,6 @@ pub struct Metrics {
     pub deadlettered: IntCounterVec,
     pub publish_failures: IntCounterVec,
     pub publish_retries: IntCounter,
-    pub naks: IntCounterVec,
     pub scan_seconds: Histogram,
     pub latency_seconds: HistogramVec,
     pub open_conversations: IntGauge,
@@ -58,23 +57,30 @@ pub struct Metrics {
     pub lexicon_reloads: IntCounterVec,
     pub nats_connected: IntGauge,
     pub nats_disconnects: IntCounter,
+    /// `zhijian_nats_reader_disconnects_total{connection}`: input, console.
+    pub reader_disconnects: IntCounterVec,
     pub consumer_pending: IntGauge,
-    pub consumer_ack_pending: IntGauge,
-    pub consumer_redelivered: IntGauge,
-    pub stream_restarts: IntCounterVec,
-    pub state_saved: IntCounter,
     pub state_restored: IntCounter,
+    /// Events an earlier holder had stored, not stored again on replay.
+    pub replay_skipped: IntCounter,
+    /// Take-overs whose scan of what was stored found events removed by
+    /// retention (a replay may then store some again).
+    pub replay_incomplete: IntCounter,
+    /// Restored conversations judged on by another lexicon version than
+    /// the one that opened them.
+    pub lexicon_fallbacks: IntCounter,
     pub console_clients: IntGauge,
     pub console_events: IntCounter,
     pub console_bad_events: IntCounter,
     pub console_lagged: IntCounter,
     pub console_alert_actions: IntCounter,
     pub output_pending: IntGauge,
+    pub output_oldest_unstored: prometheus::Gauge,
     pub output_stalled: IntGauge,
     pub output_stalls: IntCounter,
     pub limits: IntCounterVec,
     pub poison_removed: IntCounter,
-    /// Several instances: see `daemon::cluster`.
+    /// Partitions, leases, checkpoints: see `daemon::membership`.
     pub cluster: ClusterMetrics,
 }
 
@@ -82,6 +88,8 @@ pub struct Metrics {
 pub struct ClusterMetrics {
     pub members: IntGauge,
     pub partitions_owned: IntGauge,
+    /// Partitions the assignment gives this instance.
+    pub partitions_assigned: IntGauge,
     /// `zhijian_partition_handovers_total{event}`: acquired (a free or
     /// released partition), failover (taken from a member whose lease
     /// expired), released, lost.
@@ -169,7 +177,12 @@ impl ClusterMetrics {
             partitions_owned: gauge(
                 r,
                 "zhijian_partitions_owned",
-                "Partitions of the input stream this instance judges now.",
+                "Partitions of the input stream this instance holds the lease of now.",
+            ),
+            partitions_assigned: gauge(
+                r,
+                "zhijian_partitions_assigned",
+                "Partitions the assignment of the live members gives this instance (it is ready when it judges all of them).",
             ),
             handovers,
             checkpoints,
@@ -185,7 +198,7 @@ impl ClusterMetrics {
             replayed: counter(
                 r,
                 "zhijian_replayed_messages_total",
-                "Inputs judged again from a checkpoint when a partition was taken (what waited, and what the former holder judged after its last checkpoint).",
+                "Inputs judged again after a take-over or restart: inputs after the partition's checkpoint that an earlier holder had judged (it had stored events of them or of later inputs). A backlog never judged is not counted.",
             ),
         }
     }
@@ -322,24 +335,10 @@ impl Metrics {
             "JetStream publishes that failed (each attempt), by kind of message.",
             &["kind"],
         );
-        let naks = counter_vec(
-            &r,
-            "zhijian_naks_total",
-            "Input messages negatively acknowledged for redelivery, by reason.",
-            &["reason"],
-        );
         // Every series an alert or dashboard looks at exists from start-up
         // (at 0), so `increase()` sees the first event.
         for kind in ["violation", "summary", "deadletter"] {
             publish_failures.with_label_values(&[kind]);
-        }
-        for reason in [
-            "in_flight",
-            "publish_failed",
-            "deadletter_failed",
-            "shutdown",
-        ] {
-            naks.with_label_values(&[reason]);
         }
         let scan_seconds = Histogram::with_opts(
             HistogramOpts::new(
@@ -407,15 +406,6 @@ impl Metrics {
         for result in ["success", "failure"] {
             lexicon_reloads.with_label_values(&[result]);
         }
-        let stream_restarts = counter_vec(
-            &r,
-            "zhijian_consumer_stream_restarts_total",
-            "Pull-consumer message streams recreated, by reason (stall, error).",
-            &["reason"],
-        );
-        for reason in ["stall", "error"] {
-            stream_restarts.with_label_values(&[reason]);
-        }
         let build = IntGaugeVec::new(
             Opts::new("zhijian_build_info", "Build information (value 1)."),
             &["version"],
@@ -453,7 +443,6 @@ impl Metrics {
                 "zhijian_publish_retries_total",
                 "JetStream publishes retried.",
             ),
-            naks,
             scan_seconds,
             latency_seconds,
             open_conversations: gauge(
@@ -475,31 +464,42 @@ impl Metrics {
                 "zhijian_nats_disconnects_total",
                 "Disconnections from NATS.",
             ),
+            reader_disconnects: {
+                let v = counter_vec(
+                    &r,
+                    "zhijian_nats_reader_disconnects_total",
+                    "Disconnections of the connections that read input, by connection (input: the partitions' consumers; console). A subject that is not UTF-8 costs the input connection one.",
+                    &["connection"],
+                );
+                for c in ["input", "console"] {
+                    v.with_label_values(&[c]);
+                }
+                v
+            },
             consumer_pending: gauge(
                 &r,
                 "zhijian_consumer_pending_messages",
-                "Messages in the input stream not yet delivered to the consumer.",
-            ),
-            consumer_ack_pending: gauge(
-                &r,
-                "zhijian_consumer_ack_pending_messages",
-                "Messages delivered and not yet acknowledged.",
-            ),
-            consumer_redelivered: gauge(
-                &r,
-                "zhijian_consumer_redelivered_messages",
-                "Messages delivered more than once and not yet acknowledged.",
-            ),
-            stream_restarts,
-            state_saved: counter(
-                &r,
-                "zhijian_state_saved_conversations_total",
-                "Open conversations saved to the key-value bucket at shutdown.",
+                "Inputs of the partitions held here not yet judged.",
             ),
             state_restored: counter(
                 &r,
                 "zhijian_state_restored_conversations_total",
-                "Open conversations restored from the key-value bucket at start.",
+                "Open conversations restored from partition checkpoints.",
+            ),
+            replay_skipped: counter(
+                &r,
+                "zhijian_replay_skipped_events_total",
+                "Events of replayed inputs that an earlier holder of the partition had stored already, not stored again.",
+            ),
+            replay_incomplete: counter(
+                &r,
+                "zhijian_replay_incomplete_total",
+                "Take-overs that found events stored since the partition's checkpoint removed by the stream's retention: a replay may store those again.",
+            ),
+            lexicon_fallbacks: counter(
+                &r,
+                "zhijian_lexicon_fallbacks_total",
+                "Restored conversations whose lexicon version could not be had: judged on by the current version (their summary names both).",
             ),
             console_clients: gauge(
                 &r,
@@ -529,12 +529,21 @@ impl Metrics {
             output_pending: gauge(
                 &r,
                 "zhijian_output_pending_events",
-                "Output events handed to the publishers and not yet stored or given up.",
+                "Output events and dead letters sent and not yet stored.",
             ),
+            output_oldest_unstored: {
+                let g = prometheus::Gauge::new(
+                    "zhijian_output_oldest_unstored_seconds",
+                    "How long the oldest event not yet stored has waited (0: none waits).",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone())).expect("unique metric name");
+                g
+            },
             output_stalled: gauge(
                 &r,
                 "zhijian_output_stalled",
-                "1 while work is pending and nothing was stored for [daemon] watchdog_s (then /readyz fails), else 0.",
+                "1 while an event has waited longer than [daemon] watchdog_s to be stored (then /readyz fails), else 0.",
             ),
             output_stalls: counter(
                 &r,

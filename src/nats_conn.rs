@@ -45,15 +45,32 @@ pub(crate) async fn connect(config: &NatsSettings) -> Result<async_nats::Client,
     connect_with(config, |_| {}).await
 }
 
-/// Connects, logging connection events and passing each to `on_event`
-/// (the daemon tracks its readiness and metrics with it).
+/// Connects, logging connection events and passing each to `on_event`.
 pub(crate) async fn connect_with(
     n: &NatsSettings,
     on_event: impl Fn(&Event) + Send + Sync + 'static,
 ) -> Result<async_nats::Client, ConnectError> {
+    connect_tuned(n, &n.name, None, on_event).await
+}
+
+/// How often the daemon's connections ping the server: a server that stops
+/// answering is left after two unanswered pings (async-nats's default, one
+/// minute, would keep a hung server for minutes).
+const DAEMON_PING: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`connect_with`] under a connection `name`, with a reconnect delay of
+/// its own (`None`: async-nats's), for the daemon's connections (see
+/// `daemon::conn`).
+pub(crate) async fn connect_tuned(
+    n: &NatsSettings,
+    name: &str,
+    reconnect_delay: Option<fn(usize) -> std::time::Duration>,
+    on_event: impl Fn(&Event) + Send + Sync + 'static,
+) -> Result<async_nats::Client, ConnectError> {
     let on_event = Arc::new(on_event);
     let mut opts = ConnectOptions::new()
-        .name(&n.name)
+        .name(name)
+        .ping_interval(DAEMON_PING)
         .connection_timeout(n.connect_timeout)
         // Keep reconnecting forever: an outage must not end the daemon.
         .max_reconnects(None)
@@ -99,6 +116,9 @@ pub(crate) async fn connect_with(
     }
     if n.tls_required {
         opts = opts.require_tls(true);
+    }
+    if let Some(delay) = reconnect_delay {
+        opts = opts.reconnect_delay_callback(delay);
     }
     // The URL may hold credentials (nats://user:pass@host): never log it.
     // A comma-separated list: every server of a cluster to start from.

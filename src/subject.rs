@@ -3,16 +3,17 @@
 //!
 //! | what | subject |
 //! |---|---|
-//! | input | `<input_prefix>.<tenant>.<conversation_id>` |
-//! | input, partitioned (`[cluster]`) | `<input_prefix>.<partition>.<tenant>.<conversation_id>` |
+//! | input | `<input_prefix>.<tenant>.<conversation token>` |
+//! | input as stored (partitioned) | `<input_prefix>.<partition>.<tenant>.<conversation token>` |
 //! | violation | `<violations_prefix>.<tenant>.<category>` |
 //! | summary | `<summaries_prefix>.<tenant>` |
 //! | dead letter | `<deadletter_subject>` |
 //! | shadow output | `<shadow prefix>.<one of the output subjects>` |
 //!
-//! A tenant is one subject token; a conversation id may hold `.` (it is the
-//! rest of the subject after the tenant). The checks of tokens are in
-//! [`token`], which depends on nothing.
+//! A tenant is one subject token, and so is a conversation's token: its id
+//! with every `.` written `%2E` ([`id_token`]), since the partition is
+//! computed from exactly two tokens. The payload carries the real id. The
+//! checks of tokens are in [`token`], which depends on nothing.
 
 use crate::config::StreamsConfig;
 
@@ -26,10 +27,10 @@ pub const SUBJECT_MISMATCH: &str = "subject_mismatch";
 /// receive the message (see `daemon::poison`).
 pub const INVALID_SUBJECT: &str = "invalid_subject";
 
-/// Dead-letter reason: on a partitioned input stream, a subject below the
-/// input prefix that is not `<prefix>.<tenant>.<id>` of one token each (a
-/// conversation id holding `.`, or no id), which the partitioned stream
-/// cannot take (see [`input_unroutable`]).
+/// Dead-letter reason: a subject below the input prefix that is not
+/// `<prefix>.<tenant>.<token>` of one token each (a conversation id with an
+/// unescaped `.`, or no id), which the partitioned stream cannot take (see
+/// [`input_unroutable`]).
 pub const UNROUTABLE_SUBJECT: &str = "unroutable_subject";
 
 /// Every subject below `prefix`: `<prefix>.>`.
@@ -49,28 +50,35 @@ pub fn inputs(s: &StreamsConfig) -> String {
 
 /// The input subject of a conversation.
 pub fn input(s: &StreamsConfig, tenant: &str, conversation_id: &str) -> String {
-    format!("{}.{tenant}.{conversation_id}", s.input_prefix)
+    format!("{}.{tenant}.{}", s.input_prefix, id_token(conversation_id))
 }
 
-/// The stored subjects of a conversation's inputs in a partitioned stream
-/// (`[cluster]`), whatever its partition: `<prefix>.*.<tenant>.<id>`.
+/// A conversation id as one subject token: `.` written `%2E` (an id holds
+/// no whitespace, `*` or `>`: see [`token::is_literal_tail`]). Not meant to
+/// be read back: the payload names the conversation, and two ids that give
+/// one token only share a partition.
+pub fn id_token(conversation_id: &str) -> std::borrow::Cow<'_, str> {
+    if conversation_id.contains('.') {
+        std::borrow::Cow::Owned(conversation_id.replace('.', "%2E"))
+    } else {
+        std::borrow::Cow::Borrowed(conversation_id)
+    }
+}
+
+/// The stored subjects of a conversation's inputs, whatever its partition:
+/// `<prefix>.*.<tenant>.<token>`.
 pub fn input_partitioned(s: &StreamsConfig, tenant: &str, conversation_id: &str) -> String {
-    format!("{}.*.{tenant}.{conversation_id}", s.input_prefix)
+    format!(
+        "{}.*.{tenant}.{}",
+        s.input_prefix,
+        id_token(conversation_id)
+    )
 }
 
 /// Where `zhijian publish` puts line `line` (1-based) of a file when it is
 /// not valid input, for the daemon to dead-letter.
 pub fn input_invalid_line(s: &StreamsConfig, line: usize) -> String {
     format!("{}.invalid.line-{line}", s.input_prefix)
-}
-
-/// `(tenant, conversation_id)` of an input subject (the id is everything
-/// after the tenant); None for a subject not below the input prefix.
-pub fn parse_input<'a>(s: &StreamsConfig, subject: &'a str) -> Option<(&'a str, &'a str)> {
-    subject
-        .strip_prefix(s.input_prefix.as_str())?
-        .strip_prefix('.')?
-        .split_once('.')
 }
 
 /// The input subjects a cluster's stream accepts: `<input_prefix>.*.*`.
@@ -114,9 +122,8 @@ pub fn partition_all(s: &StreamsConfig, p: u32) -> String {
     format!("{}.{p}.>", s.input_prefix)
 }
 
-/// `(partition, tenant, conversation_id)` of a stored input subject of a
-/// partitioned stream, `<input_prefix>.<p>.<tenant>.<id>`; None for any
-/// other subject.
+/// `(partition, tenant, conversation token)` of a stored input subject,
+/// `<input_prefix>.<p>.<tenant>.<token>`; None for any other subject.
 pub fn parse_partitioned_input<'a>(
     s: &StreamsConfig,
     subject: &'a str,
@@ -156,11 +163,14 @@ mod tests {
     #[test]
     fn subjects_are_built_and_parsed_back() {
         let s = StreamsConfig::default();
-        let subject = input(&s, "acme", "c.1");
-        assert_eq!(subject, "transcripts.acme.c.1");
-        assert_eq!(parse_input(&s, &subject), Some(("acme", "c.1")));
-        assert_eq!(parse_input(&s, "transcriptsX.acme.c"), None);
-        assert_eq!(parse_input(&s, "transcripts.acme"), None);
+        assert_eq!(input(&s, "acme", "c1"), "transcripts.acme.c1");
+        // An id with '.' is one token in the subject.
+        assert_eq!(input(&s, "acme", "c.1.x"), "transcripts.acme.c%2E1%2Ex");
+        assert_eq!(
+            input_partitioned(&s, "acme", "c.1"),
+            "transcripts.*.acme.c%2E1"
+        );
+        assert_eq!(id_token("a%2Eb"), "a%2Eb");
         assert_eq!(
             violation(&s, "acme", "forbidden"),
             "violations.acme.forbidden"

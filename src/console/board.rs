@@ -391,13 +391,17 @@ impl Board {
 
 /// Follows the input stream into the board, from [`LOOKBACK`] ago but at
 /// most `max_replay` messages back ([`MAX_REPLAY`]), then after the last
-/// message seen when the consumer fails.
+/// message seen when the consumer fails. The input stream may hold a
+/// message whose subject the client cannot receive (see `daemon::poison`):
+/// when the console's connection drops the consumer goes with it, and the
+/// next one starts after such a message, which the daemon removes.
 pub async fn follow_input(
     js: jetstream::Context,
     stream: String,
     subjects: String,
     board: Arc<Board>,
     max_replay: u64,
+    link: Option<crate::daemon::conn::Link>,
     stop: watch::Receiver<bool>,
 ) {
     let what = Following {
@@ -411,6 +415,7 @@ pub async fn follow_input(
         js,
         what,
         move |payload, at_ms| board.on_input(payload, at_ms),
+        link,
         stop,
     )
     .await
@@ -429,17 +434,39 @@ pub struct Following {
 
 /// Hands every message of a stream to `on_message` (payload, when it was
 /// stored in ms), from the lookback on, then live; after a failure, from
-/// the message after the last one seen.
+/// the message after the last one seen. With a `link`, a drop of the
+/// connection ends the consumer at once, and undecodable subjects are
+/// skipped before the next one starts.
 pub async fn follow_stream(
     js: jetstream::Context,
     what: Following,
     on_message: impl Fn(&[u8], u64),
+    mut link: Option<crate::daemon::conn::Link>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut next: Option<u64> = None;
     loop {
+        if let (Some(l), Some(n)) = (link.as_mut(), next.as_mut()) {
+            tokio::select! {
+                _ = l.connected() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            *n = skip_undecodable(&js, &what.stream, *n).await;
+        }
+        let dropped = async {
+            match link.as_mut() {
+                Some(l) => loop {
+                    l.changed().await;
+                    if !l.state().connected {
+                        return;
+                    }
+                },
+                None => std::future::pending().await,
+            }
+        };
         let followed = tokio::select! {
             r = follow_once(&js, &what, &on_message, &mut next) => r,
+            _ = dropped => Err("the connection dropped".into()),
             _ = stop.wait_for(|s| *s) => return,
         };
         match followed {
@@ -454,6 +481,22 @@ pub async fn follow_stream(
             _ = stop.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// The first sequence from `from` on whose message has a subject the
+/// client can receive (the JetStream API shows invalid bytes as U+FFFD).
+async fn skip_undecodable(js: &jetstream::Context, stream: &str, from: u64) -> u64 {
+    let Ok(s) = js.get_stream(stream).await else {
+        return from;
+    };
+    let mut next = from;
+    for _ in 0..1024 {
+        match s.get_raw_message(next).await {
+            Ok(m) if m.subject.as_str().contains('\u{FFFD}') => next += 1,
+            _ => break,
+        }
+    }
+    next
 }
 
 async fn follow_once(

@@ -239,8 +239,6 @@ struct AppState {
     js: jetstream::Context,
     input_stream: String,
     streams: Arc<crate::config::StreamsConfig>,
-    /// The input stream is partitioned.
-    partitioned: bool,
     metrics: Arc<Metrics>,
     /// `Basic <base64(user:password)>`, precomputed.
     basic: Option<String>,
@@ -259,13 +257,14 @@ impl Console {
 }
 
 /// Binds the console's address, starts following the output stream and
-/// serves until stopped. `partitioned`: the input stream stores segments
-/// under their partition.
+/// serves until stopped. `js` is on the console's own connection, whose
+/// state `link` tells (the board drops its input consumer when it goes:
+/// see `daemon::conn`).
 pub(crate) async fn start(
     config: &Config,
     console: ConsoleConfig,
     js: jetstream::Context,
-    partitioned: bool,
+    link: crate::daemon::conn::Link,
     metrics: Arc<Metrics>,
 ) -> Result<Console, crate::listen::ListenError> {
     let (listener, addr) = crate::listen::bind(console.addr, "the console").await?;
@@ -286,6 +285,7 @@ pub(crate) async fn start(
         subject::inputs(&config.streams),
         Arc::clone(&board),
         board::MAX_REPLAY,
+        Some(link),
         stopped.clone(),
     ));
     let shift = Arc::new(shift::Shift::default());
@@ -300,6 +300,7 @@ pub(crate) async fn start(
             description: "zhijian console shift",
         },
         move |payload, at_ms| counted.on_output(payload, at_ms),
+        None,
         stopped.clone(),
     ));
     tokio::spawn(follow(
@@ -325,7 +326,6 @@ pub(crate) async fn start(
         js,
         input_stream: config.streams.input_stream.clone(),
         streams: Arc::new(config.streams.clone()),
-        partitioned,
         metrics,
         basic,
     };
@@ -814,12 +814,8 @@ async fn conversation(
             "invalid tenant or conversation id\n".into(),
         ));
     }
-    // Stored under their partition when the input is partitioned.
-    let subject = if s.partitioned {
-        subject::input_partitioned(&s.streams, &tenant, &id)
-    } else {
-        subject::input(&s.streams, &tenant, &id)
-    };
+    // Stored under their partition.
+    let subject = subject::input_partitioned(&s.streams, &tenant, &id);
     let (segments, ended, truncated) =
         read_segments(&s, &tenant, &id, &subject)
             .await

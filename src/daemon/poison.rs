@@ -1,134 +1,105 @@
 //! Input the client cannot even receive. nats-server passes any bytes in a
-//! subject, but async-nats refuses a subject that is not UTF-8 by dropping
-//! the connection (nats-io/nats.rs#1572 turned a panic into that error). Such
-//! a message never reaches a shard to be dead-lettered: it is redelivered
-//! every `ack_wait`, and every delivery drops the connection, forever.
+//! subject, but async-nats 0.51 refuses a subject that is not UTF-8 by
+//! dropping the whole connection (nats-io/nats.rs#1573 turned a panic into
+//! that error; see `docs/upstream/async-nats-non-utf8-subject.md`). Such a
+//! message never reaches a worker to be dead-lettered, and whoever reads it
+//! again drops the connection again.
 //!
-//! The sweeper finds it from the server's side. After a disconnect (and once
-//! at start) it reads the consumer's first unacknowledged messages by stream
-//! sequence — the JetStream API returns the subject inside JSON, where the
-//! server writes invalid bytes as U+FFFD — and a message whose subject is
-//! not UTF-8 is copied to the dead-letter stream (reason `invalid_subject`,
-//! with its original sequence) and deleted from the input stream, which ends
-//! its redeliveries. Normal messages are never touched: a valid subject is
-//! left for the shards, which dead-letter a wrong one themselves.
+//! Why it used to cost hundreds of reconnects: every partition read through
+//! an ordered consumer, which makes itself again at once after a
+//! reconnect, from the last message it delivered, so it delivered the same
+//! message again before any sweep could run; and the sweep itself was
+//! cut off by the next drop. Now readers drop their consumer when their
+//! connection goes (`conn`), and a worker makes its next consumer only after
+//! [`sweep_partition`] has looked, from the server's side, at every input
+//! the old consumer may have delivered — the JetStream API returns a
+//! subject inside JSON, where the server writes invalid bytes as U+FFFD —
+//! and moved any undecodable one to the dead letters (reason
+//! `invalid_subject`, with its original sequence) and out of the input
+//! stream. Each such message costs the input connection one reconnect;
+//! publishes, leases and checkpoints are on another connection and do not
+//! notice.
 
-use crate::daemon::Shared;
-use crate::daemon::http::Status;
-use crate::daemon::shard::{DeadLetter, publish_dead_letter};
+use super::Shared;
+use super::conn::Link;
+use super::deadletter::{self, DeadLetter};
 use crate::subject::{INVALID_SUBJECT, UNROUTABLE_SUBJECT};
+use async_nats::HeaderMap;
 use async_nats::jetstream::{consumer::PullConsumer, stream::Stream};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Unacknowledged messages looked at per sweep, from the ack floor: the
-/// poison message holds the floor down, so it is among the first.
-const WINDOW: u64 = 32;
+/// Inputs looked at per sweep at most: what a consumer can have in flight.
+const MAX_SWEEP: usize = 1024;
 
-pub async fn sweeper(
-    shared: Arc<Shared>,
-    consumer: PullConsumer,
-    input: Stream,
-    status: Arc<Status>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Start with a sweep: a poison message may have dropped the previous
-    // instance's connection.
-    let mut seen_disconnects = u64::MAX;
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tick.tick() => {}
-        }
-        let disconnects = shared.metrics.nats_disconnects.get();
-        if disconnects == seen_disconnects || !status.connected.load(Ordering::Relaxed) {
-            continue;
-        }
-        match sweep(&shared, &consumer, &input).await {
-            Ok(removed) => {
-                seen_disconnects = disconnects;
-                if removed > 0 {
-                    tracing::warn!(
-                        removed,
-                        "undecodable input messages dead-lettered and removed"
-                    );
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "poison sweep failed; will retry"),
-        }
-    }
-}
-
-/// One sweep; returns how many messages were removed.
-async fn sweep(
+/// Sweeps partition `p`'s inputs (`filter`) from sequence `from` up to
+/// `delivered` (what the old consumer had sent; None: only the first):
+/// undecodable ones are dead-lettered and removed. Returns how many.
+pub async fn sweep_partition(
     shared: &Shared,
-    consumer: &PullConsumer,
     input: &Stream,
+    filter: &str,
+    p: u32,
+    from: u64,
+    delivered: Option<u64>,
 ) -> Result<u64, async_nats::Error> {
-    let mut consumer = consumer.clone();
-    let info = consumer.info().await?;
-    let floor = info.ack_floor.stream_sequence;
-    let last = info.delivered.stream_sequence.min(floor + WINDOW);
+    let until = delivered.unwrap_or(from).max(from);
+    let mut next = from;
     let mut removed = 0;
-    for seq in floor + 1..=last {
-        let msg = match input.get_raw_message(seq).await {
+    for _ in 0..MAX_SWEEP {
+        if next > until {
+            break;
+        }
+        let msg = match input
+            .raw_message_builder()
+            .sequence(next)
+            .next_by_subject(filter)
+            .send()
+            .await
+        {
             Ok(m) => m,
-            // Deleted or acked and gone: nothing to do.
-            Err(_) => continue,
+            // Nothing there (yet): nothing to do. Any other error (a
+            // disconnect, a timeout) is one: the sweep is tried again.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
+                ) =>
+            {
+                break;
+            }
+            Err(e) => return Err(e.into()),
         };
-        if remove_if_undecodable(shared, input, seq, msg).await? {
+        next = msg.sequence + 1;
+        if msg.sequence > until {
+            break;
+        }
+        if remove_if_undecodable(shared, input, Some(p), msg).await? {
             removed += 1;
         }
     }
     Ok(removed)
 }
 
-/// The first message of `filter` (a partition's subjects) from `from` on,
-/// removed if its subject is not UTF-8 (see [`remove_if_undecodable`]).
-pub async fn sweep_partition(
-    shared: &Shared,
-    input: &Stream,
-    filter: &str,
-    from: u64,
-) -> Result<bool, async_nats::Error> {
-    let msg = match input
-        .raw_message_builder()
-        .sequence(from)
-        .next_by_subject(filter)
-        .send()
-        .await
-    {
-        Ok(m) => m,
-        // Nothing there (yet): nothing to do. Any other error (a
-        // disconnect, a timeout) is one: the sweep is tried again.
-        Err(e)
-            if matches!(
-                e.kind(),
-                async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
-            ) =>
-        {
-            return Ok(false);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let seq = msg.sequence;
-    remove_if_undecodable(shared, input, seq, msg).await
-}
-
-/// Dead-letters and deletes message `seq` if its subject is not UTF-8 (the
+/// Dead-letters and deletes a message if its subject is not UTF-8 (the
 /// server shows the invalid bytes as U+FFFD); false for any other message.
+/// The dead letter is stored before the message is deleted: a crash in
+/// between leaves it to the next sweep, never loses it.
 async fn remove_if_undecodable(
     shared: &Shared,
     input: &Stream,
-    seq: u64,
+    partition: Option<u32>,
     msg: async_nats::jetstream::message::StreamMessage,
 ) -> Result<bool, async_nats::Error> {
     if !msg.subject.as_str().contains('\u{FFFD}') {
         return Ok(false);
+    }
+    let seq = msg.sequence;
+    let mut headers = HeaderMap::new();
+    if let Some(p) = partition {
+        headers.insert(super::replay::PARTITION, p.to_string().as_str());
+        headers.insert(super::replay::INPUT_SEQ, seq.to_string().as_str());
     }
     let letter = DeadLetter {
         // The input stream, or the stream of what a partitioned one cannot
@@ -138,9 +109,9 @@ async fn remove_if_undecodable(
         subject: msg.subject.as_str(),
         code: INVALID_SUBJECT,
         detail: "the subject is not UTF-8 (invalid bytes shown as U+FFFD); the message was removed from the input stream",
-        payload: msg.payload,
+        payload: msg.payload.clone(),
     };
-    publish_dead_letter(shared, letter).await?;
+    deadletter::store(shared, letter.item(shared, headers, seq)).await?;
     input
         .delete_message(seq)
         .await
@@ -150,25 +121,50 @@ async fn remove_if_undecodable(
     Ok(true)
 }
 
-/// Dead-letters what a partitioned input stream cannot take (kept by
-/// `subject::unroutable_stream`: a conversation id holding `.`, or none):
-/// each message is copied to the dead letters (reason `unroutable_subject`,
-/// with its subject and sequence) and then acknowledged. Every instance
-/// runs one on the same durable consumer; a redelivered message's dead
-/// letter has the same `Nats-Msg-Id`, so it is stored once.
+/// Dead-letters what the partitioned input stream cannot take (kept by
+/// `subject::unroutable_stream`: a subject without a conversation id, or
+/// with more tokens than `<prefix>.<tenant>.<id>`): each message is copied
+/// to the dead letters (reason `unroutable_subject`, with its subject and
+/// sequence) and then acknowledged. Every instance runs one on the same
+/// durable consumer; a redelivered message's dead letter has the same
+/// `Nats-Msg-Id`, so it is stored once. Before each pull after a reconnect
+/// of the input connection, the messages not yet acknowledged are swept for
+/// undecodable subjects, like a partition's.
 pub async fn unroutable(
     shared: Arc<Shared>,
+    stream: Stream,
     consumer: PullConsumer,
+    mut link: Link,
     mut stop: watch::Receiver<bool>,
 ) {
     let streams = &shared.config.streams;
-    let stream = crate::subject::unroutable_stream(streams);
+    let name = crate::subject::unroutable_stream(streams);
     let detail = format!(
-        "the input stream is partitioned: the subject must be {}.<tenant>.<conversation_id>, \
-         each one token (no '.' in the conversation id)",
+        "the input stream is partitioned: the subject must be {}.<tenant>.<conversation token>, \
+         one token each (a '.' in a conversation id is written %2E: see docs/events.md)",
         streams.input_prefix
     );
+    let mut swept_generation = 0;
     loop {
+        let state = link.state();
+        if !state.connected {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = link.connected() => continue,
+            }
+        }
+        if state.generation != swept_generation {
+            match sweep_unacked(&shared, &consumer, &stream).await {
+                Ok(_) => swept_generation = state.generation,
+                Err(e) => {
+                    tracing::debug!(error = %e, "poison sweep of the unroutable inputs failed; retrying");
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            }
+        }
         let batch = consumer
             .fetch()
             .max_messages(64)
@@ -188,6 +184,8 @@ pub async fn unroutable(
         loop {
             let next = tokio::select! {
                 _ = stop.changed() => return,
+                // Dropped with the connection (see `conn`).
+                _ = link.changed() => break,
                 m = futures_util::StreamExt::next(&mut batch) => m,
             };
             let msg = match next {
@@ -202,8 +200,9 @@ pub async fn unroutable(
             let seq = info.stream_sequence;
             let mut delay = Duration::from_millis(100);
             loop {
-                let letter = DeadLetter::of(&msg, &stream, seq, UNROUTABLE_SUBJECT, &detail);
-                match publish_dead_letter(&shared, letter).await {
+                let letter = DeadLetter::of(&msg, &name, seq, UNROUTABLE_SUBJECT, &detail);
+                let item = letter.item(&shared, HeaderMap::new(), seq);
+                match deadletter::store(&shared, item).await {
                     Ok(()) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot dead-letter an unroutable input; retrying");
@@ -226,4 +225,29 @@ pub async fn unroutable(
             }
         }
     }
+}
+
+/// The durable consumer's unacknowledged messages (from its ack floor, at
+/// most [`MAX_SWEEP`]), swept like a partition's.
+async fn sweep_unacked(
+    shared: &Shared,
+    consumer: &PullConsumer,
+    stream: &Stream,
+) -> Result<u64, async_nats::Error> {
+    let mut consumer = consumer.clone();
+    let info = consumer.info().await?;
+    let floor = info.ack_floor.stream_sequence;
+    let last = info.delivered.stream_sequence.min(floor + MAX_SWEEP as u64);
+    let mut removed = 0;
+    for seq in floor + 1..=last {
+        let msg = match stream.get_raw_message(seq).await {
+            Ok(m) => m,
+            // Deleted or acked and gone: nothing to do.
+            Err(_) => continue,
+        };
+        if remove_if_undecodable(shared, stream, None, msg).await? {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }

@@ -211,12 +211,11 @@ async function main() {
   const config = path.join(dir, 'zhijian.toml');
   fs.writeFileSync(config, [
     '[nats]', `url = "${natsUrl}"`,
-    '[engine]', `lexicons = "${path.join(ROOT, 'lexicons')}"`, 'shards = 2',
+    '[engine]', `lexicons = "${path.join(ROOT, 'lexicons')}"`,
     '[daemon]', 'shutdown_grace_s = 10',
     '[metrics]', `addr = "127.0.0.1:${metricsPort}"`,
     '[console]', `addr = "127.0.0.1:${consolePort}"`, 'history = 20000',
-    // Two instances share the work (steps 10 and 11): partitions. (Without
-    // them a second instance on the same consumer waits as a standby.)
+    // Two instances share the work (steps 10 and 11): the partitions.
     '[cluster]', 'partitions = 2', 'instance = "a"', 'heartbeat_ms = 100', 'lease_ms = 400', 'checkpoint_ms = 100',
     '[log]', 'level = "warn"', '',
   ].join('\n'));

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 use zhijian::config::{Overrides, RawConfig};
-use zhijian::daemon::cluster::assignment;
+use zhijian::daemon::assignment;
 use zhijian::event::Event;
 
 const PARTITIONS: u32 = 8;

@@ -1167,6 +1167,7 @@ async fn the_board_replays_at_most_its_limit_of_the_input_stream() {
         "bt.>".into(),
         std::sync::Arc::clone(&board),
         10,
+        None,
         stopped,
     ));
     let now = || {

@@ -19,10 +19,6 @@ use zhijian::synth::{self, Mix};
 
 pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
 
-/// The extra configuration of an unpartitioned input stream (as an older
-/// version made it): one durable consumer, one judging instance.
-pub(crate) const UNPARTITIONED: &str = "[cluster]\npartitions = 0\n";
-
 pub(crate) fn lexicons() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("lexicons")
 }
@@ -36,7 +32,7 @@ pub(crate) fn config_toml(
     extra: &str,
 ) -> String {
     format!(
-        "[nats]\nurl = \"{}\"\n[streams]\nack_wait_s = 2\nduplicate_window_s = 600\n[engine]\nlexicons = \"{}\"\nshards = 3\nreload_poll_ms = 100\n[daemon]\nshutdown_grace_s = 15\nnak_delay_ms = 200\nstall_timeout_s = 5\n[metrics]\naddr = \"127.0.0.1:{metrics_port}\"\n[console]\naddr = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n{extra}",
+        "[nats]\nurl = \"{}\"\n[streams]\nack_wait_s = 2\nduplicate_window_s = 600\n[engine]\nlexicons = \"{}\"\nreload_poll_ms = 100\n[daemon]\nshutdown_grace_s = 15\n[metrics]\naddr = \"127.0.0.1:{metrics_port}\"\n[console]\naddr = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n{extra}",
         nats.url(),
         lexicons.display()
     )
@@ -166,10 +162,8 @@ pub(crate) async fn output_events(js: &jetstream::Context) -> Vec<Event> {
         .collect()
 }
 
-/// Waits until `n` summaries are stored and every input is judged: on a
-/// partitioned input stream (the default), each partition's checkpoint
-/// covers its last input; on an unpartitioned one, the durable consumer
-/// has nothing pending or unacknowledged.
+/// Waits until `n` summaries are stored and every input is judged (each
+/// partition's checkpoint covers its last input).
 pub(crate) async fn wait_done(js: &jetstream::Context, summaries: usize) -> Vec<Event> {
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -203,16 +197,11 @@ pub(crate) async fn input_partitions(js: &jetstream::Context) -> u32 {
         .unwrap_or(0)
 }
 
-/// Every input stored so far is judged and its events stored.
+/// Every input stored so far is judged and its events stored: each
+/// partition's checkpoint covers its last input.
 pub(crate) async fn all_judged(js: &jetstream::Context) -> bool {
     let partitions = input_partitions(js).await;
     let stream = js.get_stream("TRANSCRIPTS").await.expect("input stream");
-    if partitions == 0 {
-        let mut c: jetstream::consumer::PullConsumer =
-            stream.get_consumer("zhijian").await.expect("consumer");
-        let info = c.info().await.expect("consumer info");
-        return info.num_pending == 0 && info.num_ack_pending == 0;
-    }
     let Ok(kv) = js.get_key_value("zhijian_cluster").await else {
         return false;
     };
@@ -513,51 +502,82 @@ async fn garbage_goes_to_the_dead_letter_subject_and_the_next_message_is_process
     daemon.stop().await;
 }
 
-/// Two instances without `[cluster]` on one consumer would judge half of
-/// every conversation: the second waits as a standby (not ready), takes
-/// over when the first stops, and the verdicts are those of one instance.
+/// More instances than partitions: the one the assignment gives nothing
+/// is a hot standby, ready (its `/readyz` says so, and that it holds no
+/// partition), and takes the partition over when its holder stops; the
+/// verdicts are those of one instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_instance_waits_as_a_standby_and_takes_over() {
+async fn an_instance_without_partitions_is_a_ready_standby_that_takes_over() {
     let nats = NatsServer::start();
-    let first = Daemon::start(config(&nats, &lexicons(), UNPARTITIONED)).await;
-    let cfg = config(&nats, &lexicons(), UNPARTITIONED);
-    let port = cfg.metrics_addr.port();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let second = tokio::spawn(zhijian::daemon::run(cfg, async {
-        let _ = stopped.await;
-    }));
-    let ready = || async move {
-        tokio::task::spawn_blocking(move || http_get(port, "/readyz"))
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|(code, _)| code == 200)
+    let cluster =
+        "[cluster]\npartitions = 1\nheartbeat_ms = 100\nlease_ms = 400\ncheckpoint_ms = 100\n";
+    let first = Daemon::start(config(
+        &nats,
+        &lexicons(),
+        &format!("{cluster}instance = \"a\"\n"),
+    ))
+    .await;
+    let second = Daemon::start(config(
+        &nats,
+        &lexicons(),
+        &format!("{cluster}instance = \"b\"\n"),
+    ))
+    .await;
+    let (a, b) = (first.metrics_port, second.metrics_port);
+    wait_until("both members, one holding the partition", async || {
+        metric(a, "zhijian_cluster_members").await == 2.0
+            && metric(b, "zhijian_cluster_members").await == 2.0
+            && metric(a, "zhijian_partitions_owned").await
+                + metric(b, "zhijian_partitions_owned").await
+                == 1.0
+    })
+    .await;
+    let (holder, standby) = if metric(a, "zhijian_partitions_owned").await == 1.0 {
+        (first, second)
+    } else {
+        (second, first)
     };
-    let lines = traffic(40, 11);
-    let (a, b) = lines.split_at(lines.len() / 2);
-    publish(&nats, a).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(
-        !ready().await,
-        "the standby is ready while the first judges"
+    // Ready, and holding nothing because nothing is assigned to it.
+    let body = ready_body(standby.metrics_port).await;
+    assert!(body.contains("partitions_judging true"), "{body}");
+    assert_eq!(
+        metric(standby.metrics_port, "zhijian_partitions_assigned").await,
+        0.0
     );
-    first.stop().await;
-    let deadline = Instant::now() + DEADLINE;
-    while !ready().await {
-        assert!(Instant::now() < deadline, "the standby never took over");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    publish(&nats, b).await;
+    let lines = traffic(40, 11);
+    let (x, y) = lines.split_at(lines.len() / 2);
+    publish(&nats, x).await;
+    holder.stop().await;
+    let port = standby.metrics_port;
+    wait_until("the standby holds the partition", async || {
+        metric(port, "zhijian_partitions_owned").await == 1.0
+    })
+    .await;
+    publish(&nats, y).await;
     let js = js(&nats).await;
     let got = wait_done(&js, summaries_in(&lines)).await;
     assert_no_duplicate_ids(&got);
-    assert_same(&got, &scan(&lines), "one instance, then its standby");
-    let _ = stop.send(());
-    let stopped = tokio::time::timeout(DEADLINE, second).await;
-    assert!(
-        matches!(stopped, Ok(Ok(Ok(())))),
-        "the standby did not stop cleanly: {stopped:?}"
-    );
+    assert_same(&got, &scan(&lines), "one instance, then the standby");
+    standby.stop().await;
+}
+
+/// `/readyz`'s body (its checks by name).
+pub(crate) async fn ready_body(port: u16) -> String {
+    tokio::task::spawn_blocking(move || http_get(port, "/readyz"))
+        .await
+        .ok()
+        .flatten()
+        .map(|(_, b)| b)
+        .unwrap_or_default()
+}
+
+/// Waits until `check` holds (at most [`DEADLINE`]).
+pub(crate) async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -749,6 +769,15 @@ pub(crate) struct ChildDaemon {
     metrics_port: u16,
 }
 
+/// The binary the child daemons run: `$ZJ_BIN` when set (to run these
+/// tests against another build, such as an older one, to see which fail),
+/// else this build's.
+pub(crate) fn zj_bin() -> PathBuf {
+    std::env::var_os("ZJ_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_zhijian")))
+}
+
 /// A child daemon's files: its temporary directory (removed when dropped),
 /// config file and metrics port, for starting it again.
 pub(crate) struct ChildFiles {
@@ -786,7 +815,7 @@ impl ChildDaemon {
     }
 
     pub(crate) async fn start(config_file: &Path, metrics_port: u16) -> ChildDaemon {
-        let child = Command::new(env!("CARGO_BIN_EXE_zhijian"))
+        let child = Command::new(zj_bin())
             .args(["run", "--config"])
             .arg(config_file)
             .stdout(Stdio::null())
@@ -872,78 +901,35 @@ async fn sigterm_mid_stream_then_restart_loses_and_duplicates_nothing() {
     assert!(daemon.wait().await.success());
 }
 
+/// `kill -9` while the input is judged, then a new instance: it replays
+/// from the last checkpoints, and the result equals `scan`'s, each event
+/// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_no_state_and_duplicates_nothing() {
-    sigkill_mid_stream("", true).await;
-}
-
-/// On an unpartitioned stream (an older version's), state is saved only at
-/// shutdown: after `kill -9` the unacked inputs come back, and every
-/// per-segment verdict is there, but a conversation's window state is lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unpartitioned_sigkill_mid_stream_redelivers_without_duplicate_events() {
-    sigkill_mid_stream(UNPARTITIONED, false).await;
-}
-
-/// `kill -9` while the input is judged, then a new instance. With
-/// partitions (`keeps_state`), the result equals `scan`'s.
-async fn sigkill_mid_stream(extra: &str, keeps_state: bool) {
     let nats = NatsServer::start();
     let lines = traffic(60, 4);
-    let (files, daemon) = ChildDaemon::with_config(&nats, "sigkill", extra, 15).await;
+    let (files, daemon) = ChildDaemon::with_config(&nats, "sigkill", "", 15).await;
     let (cfg, metrics_port) = (&files.cfg, files.metrics_port);
     publish(&nats, &lines).await;
     daemon.signal("-KILL");
     let _ = daemon.wait().await;
-    // Partitions: the new instance replays from the last checkpoints.
-    // Unpartitioned: unacked messages come back after ack_wait (2 s).
     let daemon = ChildDaemon::start(cfg, metrics_port).await;
     let js = js(&nats).await;
     let want = scan(&lines);
-    let got = if keeps_state {
-        let summaries = want
-            .iter()
-            .filter(|e| matches!(e, Event::Summary(_)))
-            .count();
-        wait_done(&js, summaries).await
-    } else {
-        wait_done(&js, 0).await
-    };
+    let summaries = want
+        .iter()
+        .filter(|e| matches!(e, Event::Summary(_)))
+        .count();
+    let got = wait_done(&js, summaries).await;
     assert_no_duplicate_ids(&got);
-    if keeps_state {
-        assert_same(&got, &want, "after kill -9 and a new instance");
-        assert_eq!(got.len(), want.len(), "each event stored once");
-    } else {
-        // Per-segment verdicts never depend on the lost state: all are
-        // there.
-        let phrase = |events: &[Event]| -> Vec<String> {
-            let mut v: Vec<String> = events
-                .iter()
-                .filter_map(|e| match e {
-                    Event::Violation(v) if v.matched.is_some() => Some(v.id.clone()),
-                    _ => None,
-                })
-                .collect();
-            v.sort();
-            v
-        };
-        assert_eq!(phrase(&got), phrase(&want));
-        // Summaries: a subset of the expected ones (a conversation wholly
-        // processed before the crash has none: documented).
-        let want_ids: std::collections::HashSet<&str> = want.iter().map(Event::id).collect();
-        assert!(
-            got.iter()
-                .all(|e| want_ids.contains(e.id()) || matches!(e, Event::Violation(_)))
-        );
-    }
+    assert_same(&got, &want, "after kill -9 and a new instance");
+    assert_eq!(got.len(), want.len(), "each event stored once");
     daemon.signal("-TERM");
     assert!(daemon.wait().await.success());
 }
 
 /// The partition count is the input stream's: chosen once when it is
-/// created, read back by every instance whatever it is configured with; an
-/// unpartitioned stream (an older version's) keeps its one durable
-/// consumer; a setting that contradicts the stream refuses start-up.
+/// created, read back by every instance whatever it is configured with.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_partition_count_is_the_input_streams() {
     let lines = vec![
@@ -971,39 +957,10 @@ async fn the_partition_count_is_the_input_streams() {
         daemon.stop().await;
     }
     assert_eq!(input_partitions(&js4).await, 4);
-    let err = zhijian::daemon::run(
-        config(&nats, &lexicons(), UNPARTITIONED),
-        std::future::pending::<()>(),
-    )
-    .await
-    .expect_err("partitions = 0 on a partitioned stream");
-    assert!(err.to_string().contains("has 4 partitions"), "{err}");
     publish(&nats, &lines).await;
     let daemon = Daemon::start(config(&nats, &lexicons(), "")).await;
     assert_same(&wait_done(&js4, 1).await, &scan(&lines), "partitioned");
     daemon.stop().await;
-
-    // An unpartitioned stream: the durable consumer, by default too.
-    let nats = NatsServer::start();
-    let first = Daemon::start(config(&nats, &lexicons(), UNPARTITIONED)).await;
-    first.stop().await;
-    let js = js(&nats).await;
-    publish(&nats, &lines).await;
-    let daemon = Daemon::start(config(&nats, &lexicons(), "")).await;
-    assert_same(&wait_done(&js, 1).await, &scan(&lines), "unpartitioned");
-    assert_eq!(input_partitions(&js).await, 0);
-    assert_eq!(
-        metric(daemon.metrics_port, "zhijian_partitions_owned").await,
-        0.0
-    );
-    daemon.stop().await;
-    let err = zhijian::daemon::run(
-        config(&nats, &lexicons(), "[cluster]\npartitions = 4\n"),
-        std::future::pending::<()>(),
-    )
-    .await
-    .expect_err("partitions on an unpartitioned stream");
-    assert!(err.to_string().contains("is not partitioned"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1031,49 +988,6 @@ async fn a_bad_lexicon_refuses_start_up_as_a_config_error() {
         .expect_err("must refuse to start");
     assert!(matches!(err, DaemonError::Config(_)), "{err:?}");
     assert!(err.to_string().contains("a.toml"), "{err}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_publish_naks_the_input_and_loses_nothing() {
-    let nats = NatsServer::start();
-    let daemon = Daemon::start(config(&nats, &lexicons(), "")).await;
-    let js = js(&nats).await;
-    // Take the output stream away: every publish of an event now fails.
-    js.delete_stream("VIOLATIONS")
-        .await
-        .expect("delete output stream");
-    let lines = vec![
-        r#"{"conversation_id":"c9","tenant":"acme","seq":0,"speaker":"agent","text":"您好，急什么"}"#.to_string(),
-        r#"{"conversation_id":"c9","tenant":"acme","seq":1,"speaker":"agent","text":"不关我的事，再见"}"#.to_string(),
-        r#"{"conversation_id":"c9","tenant":"acme","type":"end"}"#.to_string(),
-    ];
-    publish(&nats, &lines).await;
-    let deadline = Instant::now() + DEADLINE;
-    while !daemon
-        .metrics()
-        .contains("zhijian_naks_total{reason=\"publish_failed\"}")
-    {
-        assert!(Instant::now() < deadline, "no Nak after failed publishes");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Bring it back: the redelivered inputs publish the kept events.
-    js.create_stream(jetstream::stream::Config {
-        name: "VIOLATIONS".into(),
-        subjects: vec!["violations.>".into(), "summaries.>".into()],
-        duplicate_window: Duration::from_secs(600),
-        ..Default::default()
-    })
-    .await
-    .expect("recreate output stream");
-    let got = wait_done(&js, 1).await;
-    assert_no_duplicate_ids(&got);
-    assert_same(&got, &scan(&lines), "after failed publishes");
-    assert!(
-        daemon
-            .metrics()
-            .contains("zhijian_publish_failures_total{kind=\"violation\"}")
-    );
-    daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

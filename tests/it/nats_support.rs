@@ -44,16 +44,56 @@ impl NatsServer {
         NatsServer::start_at(free_port(), free_port(), store)
     }
 
+    /// A server that syncs every JetStream write to disk before it
+    /// acknowledges it, so that a `kill -9` of it loses nothing it
+    /// acknowledged (the default syncs every two minutes).
+    pub fn start_durable() -> NatsServer {
+        let store = std::sync::Arc::new(tempdir("nats"));
+        NatsServer::start_with(free_port(), free_port(), store, true)
+    }
+
     /// Starts on given ports and store (a restart reuses both).
     pub fn start_at(
         port: u16,
         monitor: u16,
         store: std::sync::Arc<crate::support::TempDir>,
     ) -> NatsServer {
+        NatsServer::start_with(port, monitor, store, false)
+    }
+
+    /// Starts on given ports and store; `durable`: see [`Self::start_durable`].
+    pub fn start_with(
+        port: u16,
+        monitor: u16,
+        store: std::sync::Arc<crate::support::TempDir>,
+        durable: bool,
+    ) -> NatsServer {
         let bin = nats_server_bin();
-        let child = Command::new(&bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor.to_string(), "-js", "-sd"])
-            .arg(store.as_os_str())
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-m",
+            &monitor.to_string(),
+            "-js",
+        ]);
+        if durable {
+            let conf = store.join("durable.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+                    store.join("js").display()
+                ),
+            )
+            .expect("server config");
+            cmd.arg("-c").arg(conf);
+        } else {
+            cmd.arg("-sd").arg(store.as_os_str());
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -106,6 +146,21 @@ impl NatsServer {
         }
     }
 
+    /// Sends a signal to the server (`-STOP`: it hangs, holding its
+    /// connections; `-CONT`: it goes on).
+    pub fn signal(&self, sig: &str) {
+        assert!(self.try_signal(sig), "kill {sig} nats-server failed");
+    }
+
+    fn try_signal(&self, sig: &str) -> bool {
+        self.child.as_ref().is_some_and(|c| {
+            Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    }
+
     /// Kills the server (the store stays for a restart).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -117,6 +172,9 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
+        // A stopped (SIGSTOP) server would not die of SIGKILL before it
+        // is continued on every system: continue it first.
+        self.try_signal("-CONT");
         self.stop();
     }
 }

@@ -1,46 +1,16 @@
-//! The NATS side of the daemon: its connection state, and creating or
-//! checking the streams, the consumer and the state bucket. Connecting
-//! itself is [`crate::nats_conn`]'s.
+//! The streams and buckets the daemon uses, created (`[streams] create`)
+//! or checked at start. The input stream must be partitioned (see
+//! `membership`): one made by a version before the one runtime is refused,
+//! with the way to move it in `docs/operations.md`.
 
-use super::http::Status;
 use crate::config::{Config, DEFAULT_PARTITIONS};
-use crate::metrics::Metrics;
-use crate::nats_conn::{self, ConnectError};
 use crate::subject;
-use async_nats::Event;
 use async_nats::jetstream::context::{
     CreateKeyValueError, CreateStreamError, GetStreamError, KeyValueError,
 };
 use async_nats::jetstream::stream::ConsumerError;
 use async_nats::jetstream::{self, consumer::pull, kv, stream};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-/// Connects, tracking the connection state in `status` and `metrics`.
-pub async fn connect(
-    config: &Config,
-    status: Arc<Status>,
-    metrics: Arc<Metrics>,
-) -> Result<async_nats::Client, ConnectError> {
-    nats_conn::connect_with(&config.nats, move |event| match event {
-        Event::Connected => {
-            status.connected.store(true, Ordering::Relaxed);
-            metrics.nats_connected.set(1);
-        }
-        Event::Disconnected => {
-            status.connected.store(false, Ordering::Relaxed);
-            metrics.nats_connected.set(0);
-            metrics.nats_disconnects.inc();
-        }
-        Event::Closed => {
-            status.connected.store(false, Ordering::Relaxed);
-            metrics.nats_connected.set(0);
-        }
-        _ => {}
-    })
-    .await
-}
 
 /// Why the streams, the consumer or a bucket are not there to use.
 #[derive(Debug, thiserror::Error)]
@@ -84,38 +54,29 @@ pub enum SetupError {
     )]
     MissingBucket { name: String, source: KeyValueError },
     #[error(
-        "input stream {name:?} is not partitioned (no subject transform with partition()) \
-         but [cluster] partitions is set: see the README's \"Many instances\" for the migration"
+        "input stream {name:?} is not partitioned: it was made by a version before the one \
+         runtime (one durable consumer, standbys), which is gone. Move it as \
+         docs/operations.md \"An unpartitioned input stream\" says"
     )]
-    NotPartitioned { name: String },
-    #[error(
-        "input stream {name:?} has {partitions} partitions but [cluster] partitions = 0: \
-         remove the setting (the stream's count is used)"
-    )]
-    Partitioned { name: String, partitions: u32 },
+    Unpartitioned { name: String },
 }
 
 /// Everything the daemon uses on the server.
 pub struct Setup {
     pub js: jetstream::Context,
-    /// The input stream (the poison sweeper reads and deletes by sequence).
+    /// The input stream (read and swept by sequence through the JetStream
+    /// API).
     pub input: jetstream::stream::Stream,
-    /// The durable consumer of an unpartitioned stream's one judging
-    /// instance (None on a partitioned stream, whose partitions are read by
-    /// ordered consumers).
-    pub consumer: Option<jetstream::consumer::PullConsumer>,
-    pub state: kv::Store,
-    /// On a partitioned stream: the bucket of members, leases and
-    /// checkpoints, and the stream's partition count.
-    pub cluster: Option<(kv::Store, u32)>,
-    /// On a partitioned stream: the durable consumer of the stream that
-    /// keeps what the partitioned one cannot take (see
+    /// Its partition count (read back from its transform).
+    pub partitions: u32,
+    /// The bucket of members, leases, checkpoints and lexicon sources.
+    pub kv: kv::Store,
+    /// The stream that keeps what the partitioned one cannot take (see
     /// `subject::input_unroutable`), when there is one.
-    pub unroutable: Option<(jetstream::stream::Stream, jetstream::consumer::PullConsumer)>,
+    pub unroutable: Option<jetstream::stream::Stream>,
 }
 
-/// Creates (when `streams.create`) or checks the streams, the consumer and
-/// the state bucket.
+/// Creates (when `streams.create`) or checks the streams and the bucket.
 pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup, SetupError> {
     let s = &config.streams;
     let c = &config.cluster;
@@ -127,76 +88,49 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
     // The partition count is the input stream's: chosen when it is created,
     // read back from its transform by every instance.
     let create_partitions = c.partitions.unwrap_or(DEFAULT_PARTITIONS);
-    let (input, partitions) = {
-        let js = jetstream::new(client.clone());
-        let input = if create_partitions == 0 {
-            ensure_stream(
-                &js,
-                create,
-                &s.input_stream,
-                vec![subject::inputs(s)],
-                &shape,
-                None,
-            )
-            .await?
-        } else {
-            // Only `<prefix>.<tenant>.<id>` is accepted, and stored under
-            // its partition: `<prefix>.<p>.<tenant>.<id>`.
-            ensure_stream(
-                &js,
-                create,
-                &s.input_stream,
-                vec![subject::input_unpartitioned(s)],
-                &shape,
-                Some(crate::daemon::cluster::transform(s, create_partitions)),
-            )
-            .await?
-        };
-        let info = retried("reading the input stream's info", || {
-            let mut probe = input.clone();
-            async move { probe.info().await.cloned() }
-        })
-        .await
-        .map_err(|source| SetupError::StreamInfo {
-            name: s.input_stream.clone(),
-            source,
-        })?;
-        let partitions = crate::daemon::cluster::partitions_of(&info.config).unwrap_or(0);
-        match (partitions, c.partitions) {
-            (0, Some(wanted)) if wanted > 0 => {
-                return Err(SetupError::NotPartitioned {
-                    name: info.config.name.clone(),
-                });
-            }
-            (p, Some(0)) if p > 0 => {
-                return Err(SetupError::Partitioned {
-                    name: info.config.name.clone(),
-                    partitions: p,
-                });
-            }
-            (0, _) => tracing::warn!(
-                stream = %info.config.name,
-                "the input stream is not partitioned: one instance judges, others stand by, \
-                 and open conversations are saved only at shutdown (see the README's \
-                 \"Many instances\" for the migration)"
-            ),
-            (p, Some(wanted)) if p != wanted => tracing::warn!(
-                stream = %info.config.name,
-                stream_partitions = p,
-                configured = wanted,
-                "the input stream's partition count wins over [cluster] partitions"
-            ),
-            _ => {}
-        }
-        (input, partitions)
+    let js = jetstream::new(client.clone());
+    // Only `<prefix>.<tenant>.<token>` is accepted, and stored under its
+    // partition: `<prefix>.<p>.<tenant>.<token>`.
+    let input = ensure_stream(
+        &js,
+        create,
+        &s.input_stream,
+        vec![subject::input_unpartitioned(s)],
+        &shape,
+        Some(super::membership::transform(s, create_partitions)),
+    )
+    .await?;
+    let info = retried("reading the input stream's info", || {
+        let mut probe = input.clone();
+        async move { probe.info().await.cloned() }
+    })
+    .await
+    .map_err(|source| SetupError::StreamInfo {
+        name: s.input_stream.clone(),
+        source,
+    })?;
+    let Some(partitions) = super::membership::partitions_of(&info.config) else {
+        return Err(SetupError::Unpartitioned {
+            name: info.config.name.clone(),
+        });
     };
-    // Room for every shard's (or partition's) publish window plus dead
-    // letters and state: a publish then never waits for a permit that only
-    // acks it has not awaited yet could free (see shard.rs).
-    let writers = config.shards.max(partitions as usize);
-    let inflight = writers * config.publish_window + 1024;
+    if let Some(wanted) = c.partitions.filter(|w| *w != partitions) {
+        tracing::warn!(
+            stream = %info.config.name,
+            stream_partitions = partitions,
+            configured = wanted,
+            "the input stream's partition count wins over [cluster] partitions"
+        );
+    }
+    // Room for every partition's publish window twice over (the acks of an
+    // earlier send of an event sent again hold their permit until they time
+    // out) plus dead letters: a publish then never waits for a permit that
+    // only acks it has not awaited yet could free.
+    let inflight = 2 * partitions as usize * config.publish_window + 1024;
     let js = jetstream::context::ContextBuilder::new()
         .max_ack_inflight(inflight)
+        // Dropped acks release their permit after this (default 30 s).
+        .ack_timeout(Duration::from_secs(5))
         .build(client.clone());
     let outputs = subject::outputs(s);
     ensure_stream(&js, create, &s.output_stream, outputs, &shape, None).await?;
@@ -220,43 +154,20 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
         )
         .await?;
     }
-
-    let consumer = match partitions {
-        0 => Some(durable_consumer(&input, config).await?),
-        _ => None,
-    };
-    let state = bucket(
+    let unroutable = unroutable(&js, config, &shape).await?;
+    let kv = bucket(
         &js,
         create,
-        &s.state_bucket,
-        "zhijian: open conversations across restarts",
-        1,
+        &c.bucket,
+        "zhijian: members, partition leases, checkpoints and lexicon sources",
+        c.replicas,
     )
     .await?;
-    let unroutable = match partitions {
-        0 => None,
-        _ => unroutable(&js, config, &shape).await?,
-    };
-    let cluster = match partitions {
-        0 => None,
-        p => {
-            let kv = bucket(
-                &js,
-                create,
-                &c.bucket,
-                "zhijian: members, partition leases and checkpoints",
-                c.replicas,
-            )
-            .await?;
-            Some((kv, p))
-        }
-    };
     Ok(Setup {
         js,
         input,
-        consumer,
-        state,
-        cluster,
+        partitions,
+        kv,
         unroutable,
     })
 }
@@ -269,7 +180,7 @@ async fn unroutable(
     js: &jetstream::Context,
     config: &Config,
     shape: &Shape,
-) -> Result<Option<(stream::Stream, jetstream::consumer::PullConsumer)>, SetupError> {
+) -> Result<Option<stream::Stream>, SetupError> {
     let s = &config.streams;
     let name = subject::unroutable_stream(s);
     let consumer_config = pull::Config {
@@ -282,10 +193,10 @@ async fn unroutable(
     if !s.create {
         let found = match js.get_stream(&name).await {
             Ok(stream) => stream
-                .get_consumer(&s.consumer)
+                .get_consumer::<pull::Config>(&s.consumer)
                 .await
                 .ok()
-                .map(|c| (stream, c)),
+                .map(|_| stream),
             Err(_) => None,
         };
         if found.is_none() {
@@ -313,48 +224,12 @@ async fn unroutable(
         stream.get_or_create_consumer(&s.consumer, consumer_config.clone())
     })
     .await
-    .map(|c| Some((stream, c)))
+    .map(|_| Some(stream))
     .map_err(|source| SetupError::CreateConsumer {
         consumer: s.consumer.clone(),
         stream: name,
         source,
     })
-}
-
-async fn durable_consumer(
-    input: &jetstream::stream::Stream,
-    config: &Config,
-) -> Result<jetstream::consumer::PullConsumer, SetupError> {
-    let s = &config.streams;
-    let consumer_config = pull::Config {
-        durable_name: Some(s.consumer.clone()),
-        description: Some("zhijian: judges transcript segments".into()),
-        ack_policy: jetstream::consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(s.ack_wait_s),
-        max_ack_pending: s.max_ack_pending,
-        filter_subject: subject::inputs(s),
-        ..Default::default()
-    };
-    if s.create {
-        retried("creating a consumer", || {
-            input.get_or_create_consumer(&s.consumer, consumer_config.clone())
-        })
-        .await
-        .map_err(|source| SetupError::CreateConsumer {
-            consumer: s.consumer.clone(),
-            stream: s.input_stream.clone(),
-            source,
-        })
-    } else {
-        input
-            .get_consumer(&s.consumer)
-            .await
-            .map_err(|source| SetupError::MissingConsumer {
-                consumer: s.consumer.clone(),
-                stream: s.input_stream.clone(),
-                source,
-            })
-    }
 }
 
 /// Gets a key-value bucket (history 1, file storage), creating it when

@@ -1,0 +1,836 @@
+//! A partition's checkpoints in the cluster bucket: what its open
+//! conversations were after some input, so that the next holder (or this
+//! instance after a `kill -9`) goes on from there.
+//!
+//! ```text
+//! ckpt.<p>             the head: epoch, input seq, output marks, base and deltas
+//! chunk.<p>.<gen>.<i>  open conversations (a base) or what changed (a delta)
+//! ```
+//!
+//! A checkpoint is written in two steps. The worker takes a [`Snapshot`]
+//! (the conversations serialised, a few milliseconds) and goes on judging;
+//! a task of its own then waits until every event of the inputs the
+//! snapshot covers is stored ([`super::window::Window::stored_through`]),
+//! writes the chunks, and only then the head, with a revision check (a
+//! former holder can never overwrite a newer head) while the lease surely
+//! holds. A head therefore never covers an input whose events are not
+//! stored: a crash at any point loses nothing, the next holder replays from
+//! the head's sequence.
+//!
+//! A head also names the output marks: the last sequence of the output
+//! and dead-letter streams this holder had seen acknowledged before the
+//! snapshot. Every event of an input after the head's sequence is stored
+//! after those marks, so a new holder reads what was stored since (see
+//! `replay`) and does not store it again, however long ago that was.
+
+use super::lease::Lease;
+use crate::engine::{Conversation, Engine};
+use crate::event::Event;
+use crate::metrics::ClusterMetrics;
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Heads without deltas are written as version 1 (what builds before deltas
+/// read); with deltas as 2, which those builds refuse rather than misread.
+/// The output marks are a field of their own, which earlier builds ignore.
+const HEAD_VERSION: u32 = 2;
+
+/// A checkpoint's head: what the chunks hold and up to which input.
+#[derive(Debug, Serialize, Deserialize)]
+struct Head {
+    version: u32,
+    /// The lease revision of the holder that wrote it.
+    epoch: u64,
+    /// Every input of the partition up to this stream sequence is judged
+    /// and its events stored.
+    seq: u64,
+    generation: String,
+    chunks: u32,
+    /// Open conversations it restores.
+    conversations: u64,
+    /// Bytes of the base and the deltas.
+    bytes: u64,
+    written_ms: u64,
+    /// Changes since the base, oldest first (version 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    deltas: Vec<Part>,
+    /// When the input stream it covers was created (nanoseconds since the
+    /// epoch): a stream deleted and made again starts its sequences anew,
+    /// and a checkpoint of the old one must not skip the new one's inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stream_created: Option<String>,
+    /// See [`Marks`]; absent in heads of builds before them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    marks: Option<Marks>,
+}
+
+/// The last sequence of the output and dead-letter streams a holder had
+/// seen acknowledged before a snapshot: events of later inputs are stored
+/// after them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Marks {
+    pub output: u64,
+    pub deadletter: u64,
+}
+
+impl Head {
+    /// The base, then the deltas.
+    fn parts(&self) -> Vec<Part> {
+        let base = Part {
+            generation: self.generation.clone(),
+            chunks: self.chunks,
+            bytes: self
+                .bytes
+                .saturating_sub(self.deltas.iter().map(|d| d.bytes).sum()),
+        };
+        std::iter::once(base)
+            .chain(self.deltas.iter().cloned())
+            .collect()
+    }
+}
+
+/// Chunks of one generation: a base or a delta.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Part {
+    generation: String,
+    chunks: u32,
+    bytes: u64,
+}
+
+/// An open conversation in a base.
+#[derive(Debug, Serialize, Deserialize)]
+struct Saved {
+    tenant: String,
+    conversation_id: String,
+    state: Conversation,
+}
+
+/// An entry of a delta: a conversation's state, or None when it closed.
+#[derive(Debug, Serialize, Deserialize)]
+struct DeltaEntry {
+    tenant: String,
+    conversation_id: String,
+    state: Option<Conversation>,
+}
+
+/// A checkpoint chunk that cannot be loaded (its conversations go on
+/// without state).
+#[derive(Debug, thiserror::Error)]
+enum ChunkError {
+    #[error("missing")]
+    Missing,
+    #[error("unreadable: {0}")]
+    Decode(serde_json::Error),
+}
+
+/// Why a partition's checkpoint cannot be used or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{what}: {source}")]
+    Nats {
+        what: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("checkpoint head of partition {partition} is unreadable: {source}")]
+    Head {
+        partition: u32,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "checkpoint of partition {partition} has version {found}, this build reads 1 to {HEAD_VERSION}"
+    )]
+    Version { partition: u32, found: u32 },
+    #[error(
+        "checkpoint of partition {partition} was written by a newer holder (epoch {head_epoch}, this one {epoch})"
+    )]
+    Superseded {
+        partition: u32,
+        head_epoch: u64,
+        epoch: u64,
+    },
+    #[error("cannot encode the checkpoint head: {0}")]
+    Encode(serde_json::Error),
+}
+
+fn nats(what: impl Into<String>, source: impl Into<async_nats::Error>) -> CheckpointError {
+    CheckpointError::Nats {
+        what: what.into(),
+        source: source.into(),
+    }
+}
+
+/// The head as this holder last read or wrote it.
+#[derive(Debug, Default)]
+pub struct HeadState {
+    revision: Option<u64>,
+    /// The base and deltas it names (their chunks go when a new base
+    /// replaces them).
+    parts: Vec<Part>,
+    /// The next checkpoint writes a base: the head loaded belongs to an
+    /// earlier stream of the same name, so no delta may build on it.
+    base_next: bool,
+    /// Chunks of earlier epochs were purged after this holder's first head.
+    swept_earlier_epochs: bool,
+    /// The generation counter of this holder's chunks.
+    generation: u64,
+}
+
+/// What a partition's checkpoint restores.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub conversations: Vec<(String, String, Conversation)>,
+    /// The sequence the head covers (0: judge from the first input).
+    pub seq: u64,
+    /// The head's output marks (None: no head, or one of a build before
+    /// them).
+    pub marks: Option<Marks>,
+    /// A head was there.
+    pub found: bool,
+}
+
+/// One partition's checkpoints.
+pub struct Checkpoints {
+    p: u32,
+    epoch: u64,
+    kv: kv::Store,
+    /// When the input stream was created (see [`Head::stream_created`]).
+    stream_created: String,
+    max_deltas: usize,
+    /// Chunks stay this far below the server's largest message.
+    max_chunk: usize,
+    /// None while a write is under way (the task holds it).
+    head: Option<HeadState>,
+    /// The last sequence a written head covers.
+    pub seq: u64,
+    pub written_at: Instant,
+    /// The marks of the last head (carried into the next when nothing was
+    /// acknowledged since).
+    pub marks: Marks,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// A snapshot, to be written once its events are stored.
+pub struct Snapshot {
+    seq: u64,
+    base: bool,
+    generation: String,
+    chunks: Vec<Vec<u8>>,
+    conversations: u64,
+    marks: Marks,
+    /// The conversations a delta holds: back into the worker's set when the
+    /// write fails, so the next delta holds them again.
+    pub changed: Changed,
+}
+
+/// How a write ended.
+pub enum Written {
+    Ok,
+    /// A newer holder's head is there: the partition is lost.
+    Fenced,
+    /// Not written (NATS failed, or the lease lapsed): tried again later.
+    Failed(String),
+}
+
+impl Checkpoints {
+    pub fn new(
+        p: u32,
+        epoch: u64,
+        kv: kv::Store,
+        stream_created: String,
+        max_deltas: usize,
+        max_payload: usize,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Checkpoints {
+        Checkpoints {
+            p,
+            epoch,
+            kv,
+            stream_created,
+            max_deltas,
+            max_chunk: max_payload.saturating_sub(4096).max(16 * 1024),
+            head: Some(HeadState::default()),
+            seq: 0,
+            written_at: Instant::now(),
+            marks: Marks::default(),
+            metrics,
+        }
+    }
+
+    fn head_key(&self) -> String {
+        format!("ckpt.{}", self.p)
+    }
+
+    fn cluster_metrics(&self) -> &ClusterMetrics {
+        &self.metrics.cluster
+    }
+
+    /// A write is under way.
+    pub fn writing(&self) -> bool {
+        self.head.is_none()
+    }
+
+    /// Reads the partition's checkpoint.
+    pub async fn load(&mut self) -> Result<Loaded, CheckpointError> {
+        let entry = self
+            .kv
+            .entry(self.head_key())
+            .await
+            .map_err(|e| nats("reading the checkpoint head", e))?;
+        let Some(entry) = entry else {
+            return Ok(Loaded::default());
+        };
+        let state = self.head.get_or_insert_with(HeadState::default);
+        state.revision = Some(entry.revision);
+        if entry.value.is_empty() {
+            return Ok(Loaded::default());
+        }
+        let head: Head =
+            serde_json::from_slice(&entry.value).map_err(|source| CheckpointError::Head {
+                partition: self.p,
+                source,
+            })?;
+        if !(1..=HEAD_VERSION).contains(&head.version) {
+            return Err(CheckpointError::Version {
+                partition: self.p,
+                found: head.version,
+            });
+        }
+        if head.epoch > self.epoch {
+            return Err(CheckpointError::Superseded {
+                partition: self.p,
+                head_epoch: head.epoch,
+                epoch: self.epoch,
+            });
+        }
+        let mut loaded = Loaded {
+            found: true,
+            marks: head.marks,
+            ..Loaded::default()
+        };
+        if let Some(m) = head.marks {
+            self.marks = m;
+        }
+        if head
+            .stream_created
+            .as_ref()
+            .is_some_and(|c| *c != self.stream_created)
+        {
+            // The stream was deleted and made again: its sequences start
+            // anew. Judged from its first input; the old chunks go when
+            // this holder's first checkpoint replaces the head.
+            self.cluster_metrics()
+                .checkpoints
+                .with_label_values(&["other_stream"])
+                .inc();
+            tracing::warn!(
+                partition = self.p,
+                checkpoint_seq = head.seq,
+                "the checkpoint belongs to an earlier input stream of this name; \
+                 judging this stream's partition from its first input"
+            );
+            let state = self.head.get_or_insert_with(HeadState::default);
+            state.parts = head.parts();
+            state.base_next = true;
+            // Its marks are of events of the old stream's inputs: nothing
+            // of this stream was judged.
+            loaded.marks = None;
+            return Ok(loaded);
+        }
+        // The base, then each delta over it.
+        let mut open: HashMap<(String, String), Conversation> = HashMap::new();
+        let parts = head.parts();
+        for (i, part) in parts.iter().enumerate() {
+            if i == 0 {
+                for c in self.read_part::<Saved>(part).await? {
+                    open.insert((c.tenant, c.conversation_id), c.state);
+                }
+            } else {
+                for d in self.read_part::<DeltaEntry>(part).await? {
+                    let key = (d.tenant, d.conversation_id);
+                    match d.state {
+                        Some(state) => open.insert(key, state),
+                        None => open.remove(&key),
+                    };
+                }
+            }
+        }
+        loaded.conversations = open
+            .into_iter()
+            .map(|((tenant, id), state)| (tenant, id, state))
+            .collect();
+        loaded.seq = head.seq;
+        self.seq = head.seq;
+        self.purge_older_than(&head.generation).await;
+        if let Some(state) = self.head.as_mut() {
+            state.parts = parts;
+        }
+        tracing::info!(
+            partition = self.p,
+            seq = head.seq,
+            conversations = loaded.conversations.len(),
+            previous_epoch = head.epoch,
+            "checkpoint loaded"
+        );
+        Ok(loaded)
+    }
+
+    /// The entries of a checkpoint part's chunks. A chunk missing or
+    /// unreadable is counted and skipped: its conversations go on without
+    /// their window state (as if first seen mid-way: no greeting verdict is
+    /// made up); stopping here would stall the partition for good.
+    async fn read_part<T: serde::de::DeserializeOwned>(
+        &self,
+        part: &Part,
+    ) -> Result<Vec<T>, CheckpointError> {
+        let mut entries = Vec::new();
+        for i in 0..part.chunks {
+            let key = format!("chunk.{}.{}.{i}", self.p, part.generation);
+            let read = match self.kv.get(&key).await {
+                Ok(Some(bytes)) => {
+                    serde_json::from_slice::<Vec<T>>(&bytes).map_err(ChunkError::Decode)
+                }
+                Ok(None) => Err(ChunkError::Missing),
+                Err(e) => return Err(nats(format!("reading checkpoint chunk {key}"), e)),
+            };
+            match read {
+                Ok(mut chunk) => entries.append(&mut chunk),
+                Err(e) => {
+                    self.cluster_metrics()
+                        .checkpoints
+                        .with_label_values(&["unreadable"])
+                        .inc();
+                    tracing::error!(partition = self.p, chunk = %key, error = %e, "checkpoint chunk unreadable; its conversations continue without their state");
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Takes a snapshot of the engine after input `seq`: every open
+    /// conversation (a base) when due, else what `changed` names (a
+    /// delta). Call only when no write is under way.
+    pub fn snapshot(
+        &mut self,
+        engine: &Engine,
+        changed: Changed,
+        seq: u64,
+        marks: Marks,
+    ) -> Snapshot {
+        let max_deltas = self.max_deltas;
+        let state = self.head.get_or_insert_with(HeadState::default);
+        state.generation += 1;
+        let generation = format!("{}-{}", self.epoch, state.generation);
+        let delta_bytes: u64 = state.parts.iter().skip(1).map(|d| d.bytes).sum();
+        let base_bytes = state.parts.first().map_or(0, |b| b.bytes);
+        let mut base = state.base_next || state.parts.is_empty() || state.parts.len() > max_deltas;
+        let mut chunks = Vec::new();
+        if !base {
+            chunks = chunked(
+                changed.iter().map(|(tenant, id)| DeltaEntry {
+                    state: engine.export_one(tenant, id),
+                    tenant: tenant.to_string(),
+                    conversation_id: id.to_string(),
+                }),
+                self.max_chunk,
+            );
+            // Deltas that would outgrow their base: a base instead (the
+            // next holder reads less, and the old chunks go).
+            let this: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+            base = delta_bytes + this > base_bytes;
+        }
+        if base {
+            chunks = chunked(
+                engine.export().map(|(tenant, id, state)| Saved {
+                    tenant: tenant.to_string(),
+                    conversation_id: id.to_string(),
+                    state,
+                }),
+                self.max_chunk,
+            );
+        }
+        Snapshot {
+            seq,
+            base,
+            generation,
+            chunks,
+            conversations: engine.open_conversations() as u64,
+            marks,
+            changed,
+        }
+    }
+
+    /// Writes `snap` once `stored` (the worker's stored-through sequence)
+    /// covers it: a task of its own, so the worker judges meanwhile. The
+    /// head state comes back with the outcome through [`Checkpoints::done`].
+    pub fn write(
+        &mut self,
+        snap: Snapshot,
+        stored: watch::Receiver<u64>,
+        lease: Arc<Lease>,
+    ) -> tokio::task::JoinHandle<(HeadState, Snapshot, Written)> {
+        let state = self.head.take().unwrap_or_default();
+        let job = Job {
+            p: self.p,
+            epoch: self.epoch,
+            kv: self.kv.clone(),
+            head_key: self.head_key(),
+            stream_created: self.stream_created.clone(),
+            metrics: Arc::clone(&self.metrics),
+        };
+        tokio::spawn(async move {
+            let mut state = state;
+            let written = job.run(&mut state, &snap, stored, &lease).await;
+            (state, snap, written)
+        })
+    }
+
+    /// Takes the head state back from a finished write.
+    pub fn done(&mut self, state: HeadState, snap: &Snapshot, written: &Written) {
+        self.head = Some(state);
+        if matches!(written, Written::Ok) {
+            self.seq = snap.seq;
+            self.marks = snap.marks;
+            self.written_at = Instant::now();
+        }
+    }
+
+    /// Once per take-over: chunks of generations before `generation` (the
+    /// head just loaded) are left by a checkpoint cut short (a crash
+    /// between the chunks and the head) and can never be referenced again:
+    /// a head is written with a revision check, and a holder that wrote an
+    /// older generation has lost that race. Later generations are left
+    /// alone (a former holder may be writing them; it purges its own when
+    /// its head is refused).
+    async fn purge_older_than(&self, generation: &str) {
+        if let Some(current) = generation_order(generation) {
+            purge_chunks(&self.kv, self.p, |g| g < current).await;
+        }
+    }
+}
+
+/// What a write task needs of its partition.
+struct Job {
+    p: u32,
+    epoch: u64,
+    kv: kv::Store,
+    head_key: String,
+    stream_created: String,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Job {
+    async fn run(
+        &self,
+        state: &mut HeadState,
+        snap: &Snapshot,
+        mut stored: watch::Receiver<u64>,
+        lease: &Lease,
+    ) -> Written {
+        // Nothing is covered before its events are stored.
+        if stored.wait_for(|s| *s >= snap.seq).await.is_err() {
+            return Written::Failed("the worker stopped before the events were stored".into());
+        }
+        let started = Instant::now();
+        let m = &self.metrics.cluster;
+        let mut bytes_total = 0u64;
+        for (i, c) in snap.chunks.iter().enumerate() {
+            bytes_total += c.len() as u64;
+            let key = format!("chunk.{}.{}.{i}", self.p, snap.generation);
+            if let Err(e) = self.kv.put(&key, Bytes::from(c.clone())).await {
+                purge_generation(&self.kv, self.p, &snap.generation).await;
+                return Written::Failed(format!("chunk not written: {e}"));
+            }
+        }
+        let part = Part {
+            generation: snap.generation.clone(),
+            chunks: snap.chunks.len() as u32,
+            bytes: bytes_total,
+        };
+        let parts: Vec<Part> = if snap.base {
+            vec![part]
+        } else if part.chunks == 0 {
+            // Nothing changed, only the sequence moved (bad input, repeats).
+            state.parts.clone()
+        } else {
+            state.parts.iter().cloned().chain([part]).collect()
+        };
+        let head = Head {
+            version: if parts.len() > 1 { HEAD_VERSION } else { 1 },
+            epoch: self.epoch,
+            seq: snap.seq,
+            generation: parts[0].generation.clone(),
+            chunks: parts[0].chunks,
+            conversations: snap.conversations,
+            bytes: parts.iter().map(|p| p.bytes).sum(),
+            written_ms: super::now_ms(),
+            deltas: parts[1..].to_vec(),
+            stream_created: Some(self.stream_created.clone()),
+            marks: Some(snap.marks),
+        };
+        let head_bytes = match serde_json::to_vec(&head) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                purge_generation(&self.kv, self.p, &snap.generation).await;
+                return Written::Failed(CheckpointError::Encode(e).to_string());
+            }
+        };
+        // The write that counts, only while the lease surely holds.
+        if lease.hold().await.is_err() {
+            purge_generation(&self.kv, self.p, &snap.generation).await;
+            return Written::Fenced;
+        }
+        let written = match state.revision {
+            Some(rev) => self
+                .kv
+                .update(&self.head_key, head_bytes, rev)
+                .await
+                .map_err(|e| {
+                    (
+                        e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                        e.to_string(),
+                    )
+                }),
+            None => self
+                .kv
+                .create(&self.head_key, head_bytes)
+                .await
+                .map_err(|e| {
+                    (
+                        e.kind() == kv::CreateErrorKind::AlreadyExists,
+                        e.to_string(),
+                    )
+                }),
+        };
+        // A write that failed without a verdict (a timeout) may still have
+        // been stored: then the head names this generation, and its chunks
+        // must stay.
+        let written = match written {
+            Err((false, e)) => match self.kv.entry(&self.head_key).await {
+                Ok(Some(entry)) if names_generation(&entry.value, &snap.generation) => {
+                    Ok(entry.revision)
+                }
+                _ => Err((false, e)),
+            },
+            other => other,
+        };
+        match written {
+            Ok(rev) => {
+                state.revision = Some(rev);
+                m.checkpoint_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                m.set_checkpoint_bytes(self.p, bytes_total);
+                m.checkpoint_written
+                    .with_label_values(&[if snap.base { "base" } else { "delta" }])
+                    .inc_by(bytes_total);
+                state.base_next = false;
+                // A new base replaces the chunks of the old head, exactly:
+                // never a listing, which could take a newer holder's fresh
+                // chunks.
+                let replaced = std::mem::replace(&mut state.parts, parts);
+                if snap.base {
+                    for old in replaced {
+                        if old.generation != snap.generation {
+                            purge_generation(&self.kv, self.p, &old.generation).await;
+                        }
+                    }
+                }
+                if !state.swept_earlier_epochs {
+                    state.swept_earlier_epochs = true;
+                    self.purge_earlier_epochs(&state.parts).await;
+                }
+                Written::Ok
+            }
+            Err((true, e)) => {
+                tracing::warn!(partition = self.p, error = %e, "checkpoint fenced: another member holds the partition");
+                purge_generation(&self.kv, self.p, &snap.generation).await;
+                lease.lose();
+                Written::Fenced
+            }
+            Err((false, e)) => {
+                purge_generation(&self.kv, self.p, &snap.generation).await;
+                Written::Failed(format!("head not written: {e}"))
+            }
+        }
+    }
+
+    /// Once this holder's head is written, no head of an earlier holder can
+    /// be (their revision checks fail), so every chunk of an earlier epoch
+    /// that this head does not build on (its base and deltas may be an
+    /// earlier holder's) is garbage: left by a holder that died between its
+    /// chunks and its head, or fenced. A later epoch's chunks (a newer
+    /// holder's) are never touched.
+    async fn purge_earlier_epochs(&self, parts: &[Part]) {
+        let kept: Vec<(u64, u64)> = parts
+            .iter()
+            .filter_map(|p| generation_order(&p.generation))
+            .collect();
+        let epoch = self.epoch;
+        purge_chunks(&self.kv, self.p, |g| g.0 < epoch && !kept.contains(&g)).await;
+    }
+}
+
+async fn purge_generation(kv: &kv::Store, p: u32, generation: &str) {
+    let keys = format!("chunk.{p}.{generation}.>");
+    if let Err(e) = super::remove_keys(kv, &keys).await {
+        tracing::debug!(partition = p, error = %e, "checkpoint chunks not removed");
+    }
+}
+
+/// Purges partition `p`'s chunks whose generation `(epoch, n)` is `stale`
+/// (one listing of the bucket's keys).
+async fn purge_chunks(kv: &kv::Store, p: u32, stale: impl Fn((u64, u64)) -> bool) {
+    let prefix = format!("chunk.{p}.");
+    let Ok(mut keys) = kv.keys().await else {
+        return;
+    };
+    let mut found = Vec::new();
+    while let Some(k) = keys.next().await {
+        let Ok(k) = k else { continue };
+        if k.strip_prefix(&prefix)
+            .and_then(|rest| rest.rsplit_once('.'))
+            .and_then(|(g, _)| generation_order(g))
+            .is_some_and(&stale)
+        {
+            found.push(k);
+        }
+    }
+    for k in found {
+        let _ = super::remove_keys(kv, &k).await;
+    }
+}
+
+/// A stored head whose base or a delta is `generation`.
+fn names_generation(head: &[u8], generation: &str) -> bool {
+    serde_json::from_slice::<Head>(head)
+        .is_ok_and(|h| h.parts().iter().any(|p| p.generation == generation))
+}
+
+/// A checkpoint generation `<epoch>-<n>` as comparable numbers.
+fn generation_order(generation: &str) -> Option<(u64, u64)> {
+    let (epoch, n) = generation.split_once('-')?;
+    Some((epoch.parse().ok()?, n.parse().ok()?))
+}
+
+/// JSON arrays of `items`, each at most about `max` bytes (one item more
+/// when a single one is larger).
+fn chunked<T: Serialize>(items: impl Iterator<Item = T>, max: usize) -> Vec<Vec<u8>> {
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    let mut chunk = b"[".to_vec();
+    for item in items {
+        let Ok(bytes) = serde_json::to_vec(&item) else {
+            tracing::error!("cannot encode conversation state; left out of the checkpoint");
+            continue;
+        };
+        if chunk.len() > 1 && chunk.len() + bytes.len() + 2 > max {
+            chunk.push(b']');
+            chunks.push(std::mem::replace(&mut chunk, b"[".to_vec()));
+        }
+        if chunk.len() > 1 {
+            chunk.push(b',');
+        }
+        chunk.extend_from_slice(&bytes);
+    }
+    if chunk.len() > 1 {
+        chunk.push(b']');
+        chunks.push(chunk);
+    }
+    chunks
+}
+
+/// Conversations changed or closed since the last checkpoint, by tenant,
+/// looked up without allocating (most inputs are of a conversation already
+/// marked since the last checkpoint).
+#[derive(Debug, Default)]
+pub struct Changed(HashMap<String, HashSet<String>>);
+
+impl Changed {
+    pub fn mark(&mut self, tenant: &str, id: &str) {
+        match self.0.get_mut(tenant) {
+            Some(ids) if ids.contains(id) => {}
+            Some(ids) => {
+                ids.insert(id.to_string());
+            }
+            None => {
+                self.0
+                    .insert(tenant.to_string(), HashSet::from([id.to_string()]));
+            }
+        }
+    }
+
+    /// Conversations closed (a summary: ended, idle, or closed to make
+    /// room for another).
+    pub fn mark_closed(&mut self, events: &[Event]) {
+        for e in events {
+            if let Event::Summary(s) = e {
+                self.mark(&s.tenant, &s.conversation_id);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds what `other` names (a delta that was not written).
+    pub fn merge(&mut self, other: Changed) {
+        for (tenant, ids) in other.0 {
+            self.0.entry(tenant).or_default().extend(ids);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0
+            .iter()
+            .flat_map(|(t, ids)| ids.iter().map(move |id| (t.as_str(), id.as_str())))
+    }
+}
+
+/// How long to wait for a write task at most when it must be joined (at
+/// shutdown the deadline is the caller's).
+pub const WRITE_PATIENCE: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generations_order_by_epoch_then_number() {
+        assert_eq!(generation_order("12-3"), Some((12, 3)));
+        assert!(generation_order("9-10") < generation_order("12-1"));
+        assert!(generation_order("12-2") < generation_order("12-10"));
+        assert_eq!(generation_order("x-1"), None);
+        assert_eq!(generation_order("12"), None);
+    }
+
+    #[test]
+    fn chunks_stay_near_their_limit_and_hold_every_item() {
+        let items: Vec<String> = (0..100).map(|i| format!("item-{i:03}")).collect();
+        let chunks = chunked(items.iter(), 64);
+        assert!(chunks.len() > 10, "{}", chunks.len());
+        let back: Vec<String> = chunks
+            .iter()
+            .flat_map(|c| serde_json::from_slice::<Vec<String>>(c).expect("a JSON array"))
+            .collect();
+        assert_eq!(back, items);
+        assert!(
+            chunks.iter().all(|c| c.len() <= 64),
+            "a chunk past its limit"
+        );
+    }
+
+    #[test]
+    fn heads_without_marks_still_load() {
+        let old = r#"{"version":2,"epoch":3,"seq":10,"generation":"3-1","chunks":1,"conversations":2,"bytes":100,"written_ms":1}"#;
+        let head: Head = serde_json::from_str(old).expect("an older head");
+        assert_eq!(head.marks, None);
+        assert_eq!(head.parts().len(), 1);
+    }
+}
