@@ -345,6 +345,8 @@ enum DiffFormat {
 enum ChannelArg {
     Call,
     Chat,
+    Social,
+    Email,
 }
 
 impl From<ChannelArg> for crate::event::Channel {
@@ -352,6 +354,8 @@ impl From<ChannelArg> for crate::event::Channel {
         match c {
             ChannelArg::Call => crate::event::Channel::Call,
             ChannelArg::Chat => crate::event::Channel::Chat,
+            ChannelArg::Social => crate::event::Channel::Social,
+            ChannelArg::Email => crate::event::Channel::Email,
         }
     }
 }

@@ -635,7 +635,7 @@ impl Engine {
         );
         // The buffer goes back for the next conversation.
         self.found = found;
-        let (greeted, closed) = book.greeted_closed(lexicon, &conv.states);
+        let (greeted, closed) = book.greeted_closed(lexicon, &conv.states, conv.channel);
         let deducted: f64 = conv
             .deducted
             .iter()

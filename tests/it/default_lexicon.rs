@@ -136,10 +136,14 @@ fn typical_agent_utterances() {
     let mut scratch = Scratch::default();
     for (name, text, want) in cases {
         scanner.scan(text, Speaker::Agent, &mut scratch);
+        // As judged in calls and chat (and without a channel): the rules
+        // for written service are tested in lexicons/tests/written.toml.
         let got: Vec<&str> = scratch
             .hits
             .iter()
-            .map(|h| scanner.hit_rule(h).id.as_str())
+            .map(|h| scanner.hit_rule(h))
+            .filter(|r| r.applies_on(None))
+            .map(|r| r.id.as_str())
             .collect();
         assert_eq!(got, *want, "case {name}: {text}");
     }
@@ -275,7 +279,13 @@ fn synthetic_traffic_hits_exactly_what_it_injected() {
     for c in &convs {
         for t in c.turns.iter().filter(|t| t.speaker == Speaker::Agent) {
             scanner.scan(&t.text, Speaker::Agent, &mut scratch);
-            for h in &scratch.hits {
+            // Synthetic traffic has no channel: the rules for written
+            // service only (written.toml) do not judge it.
+            for h in scratch
+                .hits
+                .iter()
+                .filter(|h| scanner.hit_rule(h).applies_on(None))
+            {
                 match scanner.category_id(scanner.hit_rule(h)) {
                     "forbidden" => forbidden += 1,
                     "filler" => fillers += 1,
@@ -291,4 +301,57 @@ fn synthetic_traffic_hits_exactly_what_it_injected() {
         "{want_forbidden} {want_fillers}"
     );
     assert_eq!((forbidden, fillers), (want_forbidden, want_fillers));
+}
+
+/// The readings reviewers disagree on are alert-only by default; one line
+/// in a tenant's overlay turns the strict ones on (issue 26).
+#[test]
+fn one_overlay_line_turns_the_strict_readings_on() {
+    let dir = crate::support::tempdir("strict-readings");
+    let lexicons = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lexicons");
+    for e in std::fs::read_dir(&lexicons).expect("lexicons/") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            std::fs::copy(&p, dir.join(p.file_name().expect("name"))).expect("copy");
+        }
+    }
+    std::fs::create_dir_all(dir.join("tenants/strict")).expect("mkdir");
+    std::fs::write(
+        dir.join("tenants/strict/strict.toml"),
+        "enable = [\"forbidden.policy_limit\", \"forbidden.referral\"]\n",
+    )
+    .expect("overlay");
+    let judge = |tenant: &str, text: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_zhijian"))
+            .args(["lexicon", "test", "--lexicons"])
+            .arg(&*dir)
+            .args(["--tenant", tenant, text])
+            .output()
+            .expect("zhijian lexicon test");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        stdout
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("VIOLATION "))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .filter(|r| !r.starts_with("greeting.") && !r.starts_with("closing."))
+            .collect::<Vec<_>>()
+    };
+    let cases = [
+        (
+            "default",
+            "没有办法修改地址哦",
+            vec!["policy.limit_explained"],
+        ),
+        (
+            "strict",
+            "没有办法修改地址哦",
+            vec!["forbidden.policy_limit"],
+        ),
+        ("default", "建议您咨询购买点", vec!["referral.elsewhere"]),
+        ("strict", "建议您咨询购买点", vec!["forbidden.referral"]),
+        ("strict", "这个我们也没有办法", vec!["forbidden.shirking"]),
+    ];
+    for (tenant, text, want) in cases {
+        assert_eq!(judge(tenant, text), want, "{tenant}: {text}");
+    }
 }
