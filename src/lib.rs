@@ -83,6 +83,7 @@ pub mod normalize;
 pub mod rules;
 pub mod scan;
 pub(crate) mod subject;
+pub mod suggest;
 pub mod suite;
 pub mod synth;
 mod unicode_tables;

@@ -355,3 +355,86 @@ fn one_overlay_line_turns_the_strict_readings_on() {
         assert_eq!(judge(tenant, text), want, "{tenant}: {text}");
     }
 }
+
+/// `lexicon suggest` (issue 26): false alarms that share their wording
+/// become an exception, misses that share a piece become a phrase (never
+/// the whole utterance), and the overlay it writes loads as a tenant's.
+#[test]
+fn suggest_learns_exceptions_and_phrases_from_labels() {
+    let dir = crate::support::tempdir("suggest");
+    let mut input = String::new();
+    let mut labels = String::new();
+    // (id, agent text, reviewer's categories): texts written for the test.
+    let cases = [
+        ("s1", "不知道多少钱的话先按三十收", "[]"),
+        ("s2", "因为不知道多少钱，先收您三十", "[]"),
+        ("s3", "这种事情我们管不着的，您去问物业", "[\"forbidden\"]"),
+        ("s4", "我们管不着的啦", "[\"forbidden\"]"),
+        ("s5", "您好，请问有什么可以帮您", "[]"),
+    ];
+    for (id, text, cats) in cases {
+        input.push_str(&format!(
+            "{{\"conversation_id\":\"{id}\",\"seq\":0,\"speaker\":\"agent\",\"text\":\"{text}\",\"channel\":\"chat\"}}\n\
+             {{\"conversation_id\":\"{id}\",\"type\":\"end\",\"seq\":1}}\n"
+        ));
+        labels.push_str(&format!(
+            "{{\"conversation_id\":\"{id}\",\"seq\":0,\"categories\":{cats}}}\n"
+        ));
+    }
+    std::fs::write(dir.join("in.jsonl"), &input).expect("input");
+    std::fs::write(dir.join("labels.jsonl"), &labels).expect("labels");
+    let lexicons = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lexicons");
+    let overlay = dir.join("suggested.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zhijian"))
+        .args(["lexicon", "suggest", "--learn", "all", "--lexicons"])
+        .arg(&lexicons)
+        .arg("--labels")
+        .arg(dir.join("labels.jsonl"))
+        .arg("--out")
+        .arg(&overlay)
+        .arg(dir.join("in.jsonl"))
+        .output()
+        .expect("zhijian lexicon suggest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.len() > 2 && (w[1] == "exception" || w[1] == "phrase"))
+        .collect();
+    let exception = lines
+        .iter()
+        .find(|w| w[1] == "exception")
+        .unwrap_or_else(|| panic!("no exception suggested:\n{stdout}"));
+    assert_eq!(exception[0], "forbidden.ignorance", "{stdout}");
+    assert!(
+        exception.last().is_some_and(|e| e.contains("不知道")),
+        "{stdout}"
+    );
+    let phrase = lines
+        .iter()
+        .find(|w| w[1] == "phrase")
+        .unwrap_or_else(|| panic!("no phrase suggested:\n{stdout}"));
+    let piece = phrase.last().copied().unwrap_or_default();
+    assert!(
+        piece.starts_with("管不") || piece.contains("管不着"),
+        "{stdout}"
+    );
+    assert!(!["这种事情我们管不着的", "我们管不着的啦"].contains(&piece));
+    // The overlay is a tenant's, and loads.
+    let tenant = dir.join("lex");
+    std::fs::create_dir_all(tenant.join("tenants/t")).expect("mkdir");
+    for e in std::fs::read_dir(&lexicons).expect("lexicons/") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            std::fs::copy(&p, tenant.join(p.file_name().expect("name"))).expect("copy");
+        }
+    }
+    std::fs::copy(&overlay, tenant.join("tenants/t/suggested.toml")).expect("overlay");
+    let set = zhijian::lexicon::load_set(&tenant).expect("the overlay loads");
+    assert!(set.tenants.contains_key("t"));
+}
