@@ -27,6 +27,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Label a sample of conversations in the terminal (digits masked),
+    /// in the format `lexicon eval` reads (docs/labelling.md); resumes
+    /// where an earlier session stopped.
+    Label {
+        /// The labels file: appended to, its conversations skipped.
+        #[arg(long)]
+        out: PathBuf,
+        /// Label at most N conversations, in a fixed sample order.
+        #[arg(long)]
+        sample: Option<usize>,
+        /// The transcripts (JSONL).
+        input: PathBuf,
+    },
     /// Judge a JSONL file of input events offline; output events go to
     /// stdout as JSONL, bad lines to stderr.
     Scan {
@@ -410,6 +423,7 @@ impl From<SpeakerArg> for Speaker {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Label { out, sample, input } => cmd_label(&out, sample, &input),
         Command::Scan {
             lexicons,
             file,
@@ -795,6 +809,42 @@ fn cmd_eval(lexicons: &Path, labels: &Path, input: &Path, misses: bool) -> Resul
         labels.conversation_count()
     )?;
     write!(out, "{}", report.render(misses))?;
+    Ok(())
+}
+
+fn cmd_label(out: &Path, sample: Option<usize>, input: &Path) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(input)
+        .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", input.display())))?;
+    let existing = match std::fs::read_to_string(out) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(Failure::Runtime(format!(
+                "cannot read {}: {e}",
+                out.display()
+            )));
+        }
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out)?;
+    let summary = crate::label::run(
+        &text,
+        &existing,
+        sample,
+        &mut io::stdin().lock(),
+        &mut io::stdout().lock(),
+        &mut file,
+    )
+    .map_err(|e| Failure::Runtime(e.to_string()))?;
+    eprintln!(
+        "zhijian: {} conversation(s) labelled, {} skipped, {} labelled before; labels in {}",
+        summary.labelled,
+        summary.skipped,
+        summary.already,
+        out.display()
+    );
     Ok(())
 }
 

@@ -72,6 +72,7 @@ pub mod eval;
 pub mod event;
 pub mod filter;
 pub mod invariants;
+pub mod label;
 pub mod lexicon;
 pub mod listen;
 #[cfg(feature = "bench-tools")]
