@@ -782,7 +782,7 @@ fn judge(
     explain: Option<&mut Explain>,
 ) {
     let text = cx.segment.text.as_ref();
-    scanner.scan(text, cx.segment.speaker, scratch);
+    scanner.scan_on(text, cx.segment.speaker, cx.channel, scratch);
     let ts_ms = cx.input.ts_ms.unwrap_or(cx.now_ms);
     let seg = rules::Seg {
         seq: cx.segment.seq,

@@ -438,3 +438,41 @@ fn suggest_learns_exceptions_and_phrases_from_labels() {
     let set = zhijian::lexicon::load_set(&tenant).expect("the overlay loads");
     assert!(set.tenants.contains_key("t"));
 }
+
+/// The scanner skips the phrase lists of rules that do not judge the
+/// conversation's channel (a rule for written service costs a call
+/// nothing), and an unknown channel is judged as a call or chat.
+#[test]
+fn the_scanner_looks_only_at_the_rules_of_the_channel() {
+    use zhijian::event::Channel;
+    let scanner = default_scanner();
+    let mut scratch = Scratch::default();
+    let text = "这个是可以的啊，谢谢";
+    let cases: &[(&str, Option<Channel>, &[&str])] = &[
+        ("chat", Some(Channel::Chat), &[]),
+        ("call", Some(Channel::Call), &[]),
+        ("unknown", None, &[]),
+        (
+            "social",
+            Some(Channel::Social),
+            &["filler.written", "closing.written"],
+        ),
+        (
+            "email",
+            Some(Channel::Email),
+            &["filler.written", "closing.written"],
+        ),
+    ];
+    for (name, channel, want) in cases {
+        scanner.scan_on(text, Speaker::Agent, *channel, &mut scratch);
+        let got: Vec<&str> = scratch
+            .hits
+            .iter()
+            .map(|h| scanner.hit_rule(h).id.as_str())
+            .collect();
+        assert_eq!(got, *want, "{name}");
+    }
+    // Without a channel given, every list is looked at (lexicon test).
+    scanner.scan(text, Speaker::Agent, &mut scratch);
+    assert_eq!(scratch.hits.len(), 2);
+}
