@@ -27,6 +27,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Label a sample of conversations in the terminal (digits masked),
+    /// in the format `lexicon eval` reads (docs/labelling.md); resumes
+    /// where an earlier session stopped.
+    Label {
+        /// The labels file: appended to, its conversations skipped.
+        #[arg(long)]
+        out: PathBuf,
+        /// Label at most N conversations, in a fixed sample order.
+        #[arg(long)]
+        sample: Option<usize>,
+        /// The transcripts (JSONL).
+        input: PathBuf,
+    },
     /// Judge a JSONL file of input events offline; output events go to
     /// stdout as JSONL, bad lines to stderr.
     Scan {
@@ -306,6 +319,35 @@ enum LexiconCommand {
         /// The transcripts (JSONL).
         input: PathBuf,
     },
+    /// A candidate tenant overlay from reviewer labels and the desk's
+    /// false-alarm marks: exceptions for wording that is mostly false
+    /// alarms, phrase variants and gap patterns for labelled misses, each
+    /// with what it fixes. Learns from one half of the labelled
+    /// conversations (a fixed hash of the id) and reports precision,
+    /// recall and agreement before and after on the other half.
+    Suggest {
+        #[arg(long, default_value = "lexicons")]
+        lexicons: PathBuf,
+        /// Reviewer labels (the format of `lexicon eval`, docs/labelling.md).
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// The desk's false alarms (`zhijian false-alarms --format csv`).
+        #[arg(long)]
+        false_alarms: Option<PathBuf>,
+        /// Learn from half `a` or `b` (evaluated on the other), or `all`.
+        #[arg(long, value_enum, default_value = "a")]
+        learn: LearnArg,
+        /// How many conversations must show a wording before it is
+        /// suggested (1 learns from single cases: expect it to overfit).
+        #[arg(long, default_value_t = 2)]
+        min_support: usize,
+        /// Write the overlay here (e.g. lexicons/tenants/<tenant>/suggested.toml);
+        /// without it, it is printed.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The transcripts (JSONL).
+        input: PathBuf,
+    },
     /// Precision and recall against reviewer labels: judge INPUT (JSONL,
     /// as `scan` does) and compare with LABELS (see src/eval.rs); print the
     /// tables and every miss and false alarm with its text.
@@ -321,6 +363,13 @@ enum LexiconCommand {
         /// The transcripts (JSONL).
         input: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LearnArg {
+    A,
+    B,
+    All,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -341,6 +390,8 @@ enum DiffFormat {
 enum ChannelArg {
     Call,
     Chat,
+    Social,
+    Email,
 }
 
 impl From<ChannelArg> for crate::event::Channel {
@@ -348,6 +399,8 @@ impl From<ChannelArg> for crate::event::Channel {
         match c {
             ChannelArg::Call => crate::event::Channel::Call,
             ChannelArg::Chat => crate::event::Channel::Chat,
+            ChannelArg::Social => crate::event::Channel::Social,
+            ChannelArg::Email => crate::event::Channel::Email,
         }
     }
 }
@@ -366,6 +419,7 @@ impl From<SpeakerArg> for Speaker {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Label { out, sample, input } => cmd_label(&out, sample, &input),
         Command::Scan {
             lexicons,
             file,
@@ -420,6 +474,26 @@ pub fn main() -> ExitCode {
                     input,
                 },
         } => cmd_eval(&lexicons, &labels, &input, !summary_only),
+        Command::Lexicon {
+            command:
+                LexiconCommand::Suggest {
+                    lexicons,
+                    labels,
+                    false_alarms,
+                    learn,
+                    min_support,
+                    out,
+                    input,
+                },
+        } => cmd_suggest(
+            &lexicons,
+            labels.as_deref(),
+            false_alarms.as_deref(),
+            learn,
+            min_support,
+            out.as_deref(),
+            &input,
+        ),
         Command::Lexicon {
             command:
                 LexiconCommand::Audit {
@@ -715,6 +789,9 @@ fn cmd_eval(lexicons: &Path, labels: &Path, input: &Path, misses: bool) -> Resul
     let mut engine = Engine::with_scanners(Arc::clone(&scanners), EngineConfig::default());
     let report = crate::eval::evaluate(&mut engine, &input, &labels)
         .map_err(|e| Failure::Runtime(e.to_string()))?;
+    if let Some(w) = report.warning(&labels) {
+        eprintln!("zhijian: {w}");
+    }
     let mut out = io::stdout().lock();
     writeln!(
         out,
@@ -725,6 +802,177 @@ fn cmd_eval(lexicons: &Path, labels: &Path, input: &Path, misses: bool) -> Resul
     )?;
     write!(out, "{}", report.render(misses))?;
     Ok(())
+}
+
+fn cmd_label(out: &Path, sample: Option<usize>, input: &Path) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(input)
+        .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", input.display())))?;
+    let existing = match std::fs::read_to_string(out) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(Failure::Runtime(format!(
+                "cannot read {}: {e}",
+                out.display()
+            )));
+        }
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out)?;
+    let summary = crate::label::run(
+        &text,
+        &existing,
+        sample,
+        &mut io::stdin().lock(),
+        &mut io::stdout().lock(),
+        &mut file,
+    )
+    .map_err(|e| Failure::Runtime(e.to_string()))?;
+    eprintln!(
+        "zhijian: {} conversation(s) labelled, {} skipped, {} labelled before; labels in {}",
+        summary.labelled,
+        summary.skipped,
+        summary.already,
+        out.display()
+    );
+    Ok(())
+}
+
+fn cmd_suggest(
+    lexicons: &Path,
+    labels: Option<&Path>,
+    false_alarms: Option<&Path>,
+    learn: LearnArg,
+    min_support: usize,
+    out_path: Option<&Path>,
+    input: &Path,
+) -> Result<(), Failure> {
+    use crate::suggest::{Half, Suggestion};
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", p.display())))
+    };
+    let all = match labels {
+        Some(p) => crate::eval::Labels::parse(&read(p)?).map_err(Failure::Config)?,
+        None => crate::eval::Labels::default(),
+    };
+    let mut marks = match false_alarms {
+        Some(p) => crate::suggest::parse_false_alarms_csv(&read(p)?)
+            .map_err(|e| Failure::Config(e.to_string()))?,
+        None => Vec::new(),
+    };
+    let half = match learn {
+        LearnArg::A => Some(Half::A),
+        LearnArg::B => Some(Half::B),
+        LearnArg::All => None,
+    };
+    let mut train = all.clone();
+    if let Some(h) = half {
+        train.retain(|c| Half::of(c) == h);
+        marks.retain(|m| Half::of(&m.conversation_id) == h);
+    }
+    let input = read(input)?;
+    let scanners = Arc::new(Scanners::load(lexicons)?);
+    let lexicon = scanners.base().lexicon();
+    let mut engine = Engine::with_scanners(Arc::clone(&scanners), EngineConfig::default());
+    let (events, _, _) = scan::judge_text(&mut engine, &input);
+    let mut suggestions =
+        crate::suggest::suggest(lexicon, &events, &input, &train, &marks, min_support);
+    let note = match half {
+        Some(Half::A) => "learnt from half a of the labelled conversations",
+        Some(Half::B) => "learnt from half b of the labelled conversations",
+        None => "learnt from every labelled conversation",
+    };
+    // The overlay must load: a suggestion the lexicon refuses (a piece
+    // that repeats a phrase after normalisation…) is dropped, and said so.
+    let work = std::env::temp_dir().join(format!("zhijian-suggest-{}", std::process::id()));
+    let candidate = (|| -> Result<Option<Arc<Scanners>>, Failure> {
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(work.join("tenants/default"))?;
+        for e in std::fs::read_dir(lexicons)? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "toml")
+                && let Some(name) = p.file_name()
+            {
+                std::fs::copy(&p, work.join(name))?;
+            }
+        }
+        for _ in 0..8 {
+            let toml = crate::suggest::overlay_toml(lexicon, &suggestions, note);
+            std::fs::write(work.join("tenants/default/suggested.toml"), &toml)?;
+            match Scanners::load(&work) {
+                Ok(s) => return Ok(Some(Arc::new(s))),
+                Err(e) => {
+                    let why = e.to_string();
+                    let before = suggestions.len();
+                    suggestions.retain(|x: &Suggestion| {
+                        let refused = why.contains(&format!("{:?}", x.text));
+                        if refused {
+                            eprintln!(
+                                "zhijian: dropped {:?} for {}: refused by the lexicon",
+                                x.text, x.rule
+                            );
+                        }
+                        !refused
+                    });
+                    if suggestions.len() == before {
+                        eprintln!("zhijian: the candidate overlay does not load: {why}");
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        Ok(None)
+    })();
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "lexicon {}; {note}: {} labelled segments, {} false-alarm marks\n",
+        scanners.base().version(),
+        train.segment_count(),
+        marks.len()
+    )?;
+    for x in &suggestions {
+        let what = match x.change {
+            crate::suggest::Change::Exception => {
+                format!("exception  removes {} false alarm(s)", x.fixes)
+            }
+            crate::suggest::Change::Phrase => {
+                format!("phrase     finds {} labelled miss(es)", x.fixes)
+            }
+        };
+        writeln!(out, "  {:<26} {what:<36} {}", x.rule, x.text)?;
+    }
+    let toml = crate::suggest::overlay_toml(lexicon, &suggestions, note);
+    match out_path {
+        Some(p) => {
+            std::fs::write(p, &toml)?;
+            writeln!(out, "\noverlay written to {}", p.display())?;
+        }
+        None => writeln!(out, "\n{toml}")?,
+    }
+    if let (Some(h), Ok(Some(after))) = (half, &candidate) {
+        let mut test = all.clone();
+        test.retain(|c| Half::of(c) == h.other());
+        let run = |s: &Arc<Scanners>| {
+            let mut engine = Engine::with_scanners(Arc::clone(s), EngineConfig::default());
+            crate::eval::evaluate(&mut engine, &input, &test)
+        };
+        let before = run(&scanners)?;
+        let after = run(after)?;
+        let other = if h == Half::A { "b" } else { "a" };
+        writeln!(
+            out,
+            "\nOn half {other} (not learnt from: {} labelled segments, {} conversations):\n",
+            test.segment_count(),
+            test.conversation_count()
+        )?;
+        write!(out, "{}", crate::eval::before_after(&before, &after))?;
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    candidate.map(|_| ())
 }
 
 fn cmd_audit(

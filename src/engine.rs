@@ -717,7 +717,7 @@ impl Engine {
         );
         // The buffer goes back for the next conversation.
         self.found = found;
-        let (greeted, closed) = book.greeted_closed(lexicon, &conv.states);
+        let (greeted, closed) = book.greeted_closed(lexicon, &conv.states, conv.channel);
         let deducted: f64 = conv
             .deducted
             .iter()
@@ -900,7 +900,7 @@ fn judge(
     explain: Option<&mut Explain>,
 ) {
     let text = cx.segment.text.as_ref();
-    scanner.scan(text, cx.segment.speaker, scratch);
+    scanner.scan_on(text, cx.segment.speaker, cx.channel, scratch);
     let ts_ms = cx.input.ts_ms.unwrap_or(cx.now_ms);
     let seg = rules::Seg {
         seq: cx.segment.seq,

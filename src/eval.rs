@@ -27,6 +27,10 @@ use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
+/// The categories every labels file measures (docs/labelling.md); others
+/// only when a label names them.
+const MEASURED: [&str; 4] = ["forbidden", "filler", "pii", "escalation"];
+
 /// One line of a labels file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,6 +135,39 @@ impl Labels {
     pub fn conversation_count(&self) -> usize {
         self.conversations.len()
     }
+
+    /// Keeps the labels of the conversations `keep` says yes to (a split).
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.segments.retain(|(_, c, _), _| keep(c));
+        self.conversations.retain(|(_, c), _| keep(c));
+    }
+
+    /// Every labelled `(tenant, conversation)`, segment labels included.
+    pub fn conversation_keys(&self) -> BTreeSet<(&str, &str)> {
+        self.segments
+            .keys()
+            .map(|(t, c, _)| (t.as_str(), c.as_str()))
+            .chain(
+                self.conversations
+                    .keys()
+                    .map(|(t, c)| (t.as_str(), c.as_str())),
+            )
+            .collect()
+    }
+
+    /// The categories these labels measure: the format's own
+    /// ([`MEASURED`]) and any a label names.
+    pub fn measured_categories(&self) -> BTreeSet<&str> {
+        MEASURED
+            .into_iter()
+            .chain(self.segments.values().flatten().map(String::as_str))
+            .collect()
+    }
+
+    /// Labelled segments: `(tenant, conversation, seq)` → categories.
+    pub fn segments(&self) -> &BTreeMap<(String, String, u64), BTreeSet<String>> {
+        &self.segments
+    }
 }
 
 /// Counts of one category or rule.
@@ -166,6 +203,19 @@ impl Agreement {
     pub fn rate(&self) -> Option<f64> {
         (self.labelled > 0).then(|| self.agreed as f64 / self.labelled as f64)
     }
+
+    /// Agreement on the conversations the reviewer could judge (`true` or
+    /// `false`): in a corpus of excerpts most labels are `null`, and
+    /// whether zhijian also declines to judge them is a different question
+    /// from whether it judges a greeting right.
+    pub fn judged(&self) -> (usize, usize) {
+        self.confusion
+            .iter()
+            .filter(|((label, _), _)| label != "not judged")
+            .fold((0, 0), |(n, agreed), ((label, verdict), k)| {
+                (n + k, agreed + if label == verdict { *k } else { 0 })
+            })
+    }
 }
 
 /// One disagreement, for people.
@@ -190,6 +240,10 @@ pub struct Report {
     pub misses: Vec<Miss>,
     /// Labelled segments or conversations not found in the input.
     pub not_in_input: usize,
+    /// Labelled conversations that are in the input: 0 means the labels
+    /// are for another corpus (or lost their source prefix), and every
+    /// table is empty for that reason alone.
+    pub shared_conversations: usize,
 }
 
 /// Runs `engine` over the JSONL `input` (as `zhijian scan` does) and
@@ -235,18 +289,33 @@ pub fn evaluate(engine: &mut Engine, input: &str, labels: &Labels) -> std::io::R
         }
     }
     let mut report = Report::default();
+    let in_input: BTreeSet<(&str, &str)> = texts
+        .keys()
+        .map(|(t, c, _)| (t.as_str(), c.as_str()))
+        .collect();
+    report.shared_conversations = labels
+        .conversation_keys()
+        .iter()
+        .filter(|k| in_input.contains(k))
+        .count();
     let text_of = |key: &(String, String, u64)| {
         texts
             .get(key)
             .map(|(sp, t)| format!("{}: {t}", sp.as_str()))
             .unwrap_or_default()
     };
+    // The categories this file measures: those of the label format from
+    // the start, and any other a label names. A category no label names
+    // (policy_limit in a file labelled before it existed) was not looked
+    // for, so its hits are neither confirmed nor false.
+    let measured = labels.measured_categories();
     for (key, want) in &labels.segments {
         if !texts.contains_key(key) {
             report.not_in_input += 1;
             continue;
         }
-        let got = predicted.get(key).cloned().unwrap_or_default();
+        let mut got = predicted.get(key).cloned().unwrap_or_default();
+        got.retain(|c, _| measured.contains(c.as_str()));
         let categories: BTreeSet<&String> = want.iter().chain(got.keys()).collect();
         for c in categories {
             let tally = report.by_category.entry(c.clone()).or_default();
@@ -330,7 +399,65 @@ fn pct(x: Option<f64>) -> String {
     x.map_or("-".into(), |x| format!("{:.1}%", x * 100.0))
 }
 
+/// Two reports of the same labels side by side (`lexicon suggest`).
+pub fn before_after(before: &Report, after: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "| measure | before | after |");
+    let _ = writeln!(s, "|---|---|---|");
+    let categories: BTreeSet<&String> = before
+        .by_category
+        .keys()
+        .chain(after.by_category.keys())
+        .collect();
+    for c in categories {
+        let (b, a) = (
+            before.by_category.get(c).copied().unwrap_or_default(),
+            after.by_category.get(c).copied().unwrap_or_default(),
+        );
+        let show = |t: Tally| {
+            format!(
+                "P {} R {} ({} found, {} false, {} missed)",
+                pct(t.precision()),
+                pct(t.recall()),
+                t.true_pos,
+                t.false_pos,
+                t.false_neg
+            )
+        };
+        let _ = writeln!(s, "| {c} | {} | {} |", show(b), show(a));
+    }
+    for (name, b, a) in [
+        ("greeting", &before.greeting, &after.greeting),
+        ("closing", &before.closing, &after.closing),
+    ] {
+        let _ = writeln!(
+            s,
+            "| {name} agreement | {} of {} ({}) | {} of {} ({}) |",
+            b.agreed,
+            b.labelled,
+            pct(b.rate()),
+            a.agreed,
+            a.labelled,
+            pct(a.rate())
+        );
+    }
+    s
+}
+
 impl Report {
+    /// A warning for people when the labels and the input share no
+    /// conversation (`None` when they do, or when there are no labels).
+    pub fn warning(&self, labels: &Labels) -> Option<String> {
+        let labelled = labels.conversation_keys().len();
+        (labelled > 0 && self.shared_conversations == 0).then(|| {
+            format!(
+                "warning: the labels and the input share no conversation ({labelled} labelled \
+                 conversation(s), none in the input): are they for another corpus, or \
+                 without their source prefix (jddc-, mobilecs-…)?"
+            )
+        })
+    }
+
     /// The tables and the list of disagreements, as text.
     pub fn render(&self, list_misses: bool) -> String {
         let mut s = String::new();
@@ -364,16 +491,19 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\n| verdict | conversations labelled | agreed | agreement |"
+            "\n| verdict | conversations labelled | agreed | agreement | where the reviewer judged |"
         );
-        let _ = writeln!(s, "|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|");
         for (name, a) in [("greeting", &self.greeting), ("closing", &self.closing)] {
+            let (n, agreed) = a.judged();
+            let judged = (n > 0).then(|| agreed as f64 / n as f64);
             let _ = writeln!(
                 s,
-                "| {name} | {} | {} | {} |",
+                "| {name} | {} | {} | {} | {agreed} of {n} ({}) |",
                 a.labelled,
                 a.agreed,
-                pct(a.rate())
+                pct(a.rate()),
+                pct(judged)
             );
             for ((label, verdict), n) in &a.confusion {
                 if label != verdict {
@@ -452,5 +582,41 @@ mod tests {
         };
         assert_eq!((t.precision(), t.recall()), (Some(0.8), Some(0.5)));
         assert_eq!(Tally::default().precision(), None);
+    }
+
+    #[test]
+    fn labels_for_another_corpus_are_warned_about() {
+        let scanners = std::sync::Arc::new(
+            crate::matcher::Scanners::load(std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/lexicons"
+            )))
+            .expect("default lexicon"),
+        );
+        let input = "{\"conversation_id\":\"jddc-1\",\"seq\":0,\"speaker\":\"agent\",\"text\":\"您好\"}\n\
+                     {\"conversation_id\":\"jddc-1\",\"type\":\"end\",\"seq\":1}\n";
+        for (labels, shared, warned) in [
+            (
+                "{\"conversation_id\":\"jddc-1\",\"seq\":0,\"categories\":[]}",
+                1,
+                false,
+            ),
+            // The same id without its source prefix.
+            (
+                "{\"conversation_id\":\"1\",\"seq\":0,\"categories\":[]}",
+                0,
+                true,
+            ),
+            ("", 0, false),
+        ] {
+            let labels = Labels::parse(labels).expect("labels");
+            let mut engine = crate::engine::Engine::with_scanners(
+                std::sync::Arc::clone(&scanners),
+                crate::engine::EngineConfig::default(),
+            );
+            let report = evaluate(&mut engine, input, &labels).expect("evaluate");
+            assert_eq!(report.shared_conversations, shared, "{labels:?}");
+            assert_eq!(report.warning(&labels).is_some(), warned, "{labels:?}");
+        }
     }
 }

@@ -51,14 +51,42 @@ pub enum Channel {
     Call,
     /// Typed online chat.
     Chat,
+    /// Written, asynchronous service in public or semi-public threads: a
+    /// brand's replies on social media (Weibo, WeChat official accounts,
+    /// review replies). Openers and closers are those of letters, and a
+    /// thread often continues in private messages.
+    Social,
+    /// Written, asynchronous service by e-mail or ticket.
+    Email,
 }
 
 impl Channel {
+    /// Every channel, in the order of their names in error messages.
+    pub const ALL: [Channel; 4] = [
+        Channel::Call,
+        Channel::Chat,
+        Channel::Social,
+        Channel::Email,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Call => "call",
             Channel::Chat => "chat",
+            Channel::Social => "social",
+            Channel::Email => "email",
         }
+    }
+
+    /// Written and asynchronous (`social`, `email`): the agent could edit
+    /// the reply before sending it, and nobody waits on the line.
+    pub fn is_written(self) -> bool {
+        matches!(self, Channel::Social | Channel::Email)
+    }
+
+    /// The channel named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.as_str() == name)
     }
 }
 
@@ -279,14 +307,15 @@ fn from_wire(w: Wire<'_>, max_text_bytes: usize) -> Result<Input<'_>, InputError
 
     let channel = match w.channel.as_deref() {
         None => None,
-        Some("call") => Some(Channel::Call),
-        Some("chat") => Some(Channel::Chat),
-        Some(other) => {
-            return Err(InputError::InvalidField {
-                field: "channel",
-                reason: format!("{other:?} is not \"call\" or \"chat\""),
-            });
-        }
+        Some(name) => match Channel::from_name(name) {
+            Some(c) => Some(c),
+            None => {
+                return Err(InputError::InvalidField {
+                    field: "channel",
+                    reason: format!("{name:?} is not \"call\", \"chat\", \"social\" or \"email\""),
+                });
+            }
+        },
     };
 
     let kind = match w.kind.as_deref() {

@@ -42,7 +42,8 @@ pub struct Rule {
     /// such as `response`, keep theirs in `spec`).
     pub speakers: Vec<Speaker>,
     /// The channels the rule applies to; empty: every channel. A
-    /// conversation whose channel is not known is judged by every rule.
+    /// conversation whose channel is not known is judged by every rule
+    /// except those for written channels only (see [`Rule::applies_on`]).
     pub channels: Vec<Channel>,
     pub description: Option<String>,
     /// Where the rule came from, e.g. the service standard it implements.
@@ -74,10 +75,17 @@ impl Rule {
     }
 
     /// Whether the rule applies in a conversation on `channel`.
+    ///
+    /// A conversation whose channel is not known is judged as before
+    /// written channels existed: by every rule that is not limited to
+    /// written channels (`social`, `email`). A rule for written service
+    /// only is a genre's variant of a spoken or chat rule (its greeting,
+    /// its closing); judging an unlabelled call by both would give it two
+    /// verdicts.
     pub fn applies_on(&self, channel: Option<Channel>) -> bool {
         match channel {
             Some(c) => self.channels.is_empty() || self.channels.contains(&c),
-            None => true,
+            None => self.channels.is_empty() || self.channels.iter().any(|c| !c.is_written()),
         }
     }
 }
@@ -216,6 +224,11 @@ struct RawFile {
     /// Overlays only: base rules this tenant does not use.
     #[serde(default)]
     disable: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Overlays only: base rules that are off by default (`enabled =
+    /// false`) and this tenant uses: the strict reading of a rule that
+    /// reviewers disagree on is one line, `enable = ["…"]`.
+    #[serde(default)]
+    enable: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Clone, Deserialize)]
@@ -441,6 +454,7 @@ struct RawLexicon {
     rules: Vec<At<Table>>,
     overrides: Vec<At<Table>>,
     disable: Vec<At<String>>,
+    enable: Vec<At<String>>,
 }
 
 fn parse_files(files: &[SourceFile]) -> Result<RawLexicon, LexiconError> {
@@ -452,6 +466,7 @@ fn parse_files(files: &[SourceFile]) -> Result<RawLexicon, LexiconError> {
         rules: Vec::new(),
         overrides: Vec::new(),
         disable: Vec::new(),
+        enable: Vec::new(),
     };
     for (i, f) in files.iter().enumerate() {
         match toml::from_str::<RawFile>(&f.text) {
@@ -472,6 +487,10 @@ fn parse_files(files: &[SourceFile]) -> Result<RawLexicon, LexiconError> {
                 if let Some(d) = r.disable {
                     raw.disable
                         .extend(d.into_inner().into_iter().map(|v| At::of(i, v)));
+                }
+                if let Some(e) = r.enable {
+                    raw.enable
+                        .extend(e.into_inner().into_iter().map(|v| At::of(i, v)));
                 }
             }
             Err(e) => {
@@ -546,6 +565,22 @@ fn apply_overlay(
             );
         }
     }
+    for e in &overlay.enable {
+        match rules
+            .iter_mut()
+            .find(|r| rule_id(&r.value).as_deref() == Some(e.value.as_str()))
+        {
+            Some(target) => {
+                target.value.insert("enabled".into(), Value::Boolean(true));
+            }
+            None => v.at(
+                &files[e.file + offset],
+                e.span.clone(),
+                Some(format!("enable {:?}", e.value)),
+                "no base rule has this id (or it is disabled)".into(),
+            ),
+        }
+    }
     for o in overlay.overrides {
         let file = &files[o.file + offset];
         let Some(id) = rule_id(&o.value) else {
@@ -605,6 +640,7 @@ fn apply_overlay(
         rules,
         overrides: Vec::new(),
         disable: Vec::new(),
+        enable: Vec::new(),
     })
 }
 
@@ -632,6 +668,14 @@ fn build(
                 d.span.clone(),
                 None,
                 "disable belongs in a tenant overlay; in the base, set enabled = false".into(),
+            );
+        }
+        for e in &raw.enable {
+            v.at(
+                &files[e.file],
+                e.span.clone(),
+                None,
+                "enable belongs in a tenant overlay; in the base, set enabled = true".into(),
             );
         }
     }
@@ -1189,12 +1233,12 @@ impl<'a> Fields<'a> {
         let names = self.strings(key)?;
         let mut out = Vec::new();
         for n in names {
-            match [Channel::Call, Channel::Chat]
-                .into_iter()
-                .find(|c| c.as_str() == n)
-            {
+            match Channel::from_name(&n) {
                 Some(c) => out.push(c),
-                None => self.error(key, format!("unknown channel {n:?} (call, chat)")),
+                None => self.error(
+                    key,
+                    format!("unknown channel {n:?} (call, chat, social, email)"),
+                ),
             }
         }
         out.sort_by_key(|c| *c as u8);
@@ -1511,7 +1555,7 @@ exceptions = ["暂时不知道您的问题"]
                 "unknown_channel",
                 GOOD.replace("deduct = 1", "deduct = 1\nchannels = [\"sms\"]"),
                 "channels",
-                "unknown channel \"sms\" (call, chat)",
+                "unknown channel \"sms\" (call, chat, social, email)",
             ),
             (
                 "missing_field",

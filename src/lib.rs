@@ -28,6 +28,10 @@
 //!   normalising.
 //! - [`engine`]: conversation state, verdicts and events.
 //! - [`scan`]: the offline JSONL runner behind `zhijian scan`.
+//! - [`eval`], [`suggest`], [`label`]: measuring a lexicon against reviewer
+//!   labels (`lexicon eval`), proposing a tenant overlay from them and from
+//!   the desk's false alarms (`lexicon suggest`), and labelling a sample in
+//!   the terminal (`zhijian label`); the format is in docs/labelling.md.
 //! - [`daemon`]: `zhijian run`: NATS JetStream in and out, shards with
 //!   bounded publishers, dead letters (also for messages the client cannot
 //!   decode), state across restarts, lexicon reload, watchdog, metrics and
@@ -72,6 +76,7 @@ pub mod eval;
 pub mod event;
 pub mod filter;
 pub mod invariants;
+pub mod label;
 pub mod lexicon;
 pub mod listen;
 #[cfg(feature = "bench-tools")]
@@ -83,6 +88,7 @@ pub mod normalize;
 pub mod rules;
 pub mod scan;
 pub(crate) mod subject;
+pub mod suggest;
 pub mod suite;
 pub mod synth;
 mod unicode_tables;

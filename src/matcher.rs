@@ -92,7 +92,18 @@ pub struct Scanner {
     judged_speakers: u8,
     /// Group index → bit per [`Speaker`] whose segments it is searched in.
     group_speakers: Vec<u8>,
+    /// Group index → bit per channel (see [`channel_bit`]) its rule judges:
+    /// a rule for written service only costs nothing in a call.
+    group_channels: Vec<u8>,
     segmenter: Arc<Jieba>,
+}
+
+/// A conversation's channel as a bit; an unknown channel has its own.
+fn channel_bit(channel: Option<crate::event::Channel>) -> u8 {
+    match channel {
+        Some(c) => 1 << (c as u8),
+        None => 1 << 7,
+    }
 }
 
 /// A hit that survived every filter.
@@ -203,6 +214,7 @@ struct Parts {
     book: Book,
     judged_speakers: u8,
     group_speakers: Vec<u8>,
+    group_channels: Vec<u8>,
 }
 
 impl Parts {
@@ -213,7 +225,17 @@ impl Parts {
         let (book, defs) = Book::new(&lexicon)?;
         let mut groups = Vec::with_capacity(defs.len());
         let mut group_speakers = Vec::with_capacity(defs.len());
+        let mut group_channels = Vec::with_capacity(defs.len());
         for (gi, def) in defs.iter().enumerate() {
+            let rule = &lexicon.rules[usize::from(def.rule)];
+            group_channels.push(
+                crate::event::Channel::ALL
+                    .into_iter()
+                    .map(Some)
+                    .chain([None])
+                    .filter(|c| rule.applies_on(*c))
+                    .fold(0u8, |m, c| m | channel_bit(c)),
+            );
             let group = u16::try_from(gi).map_err(|_| "too many phrase lists".to_string())?;
             groups.push(Group {
                 boundary: def.list.boundary,
@@ -278,6 +300,7 @@ impl Parts {
             book,
             judged_speakers,
             group_speakers,
+            group_channels,
         })
     }
 
@@ -300,6 +323,7 @@ impl Parts {
             patterns,
             judged_speakers: self.judged_speakers,
             group_speakers: self.group_speakers,
+            group_channels: self.group_channels,
             segmenter,
         }
     }
@@ -407,7 +431,19 @@ impl Scanner {
     /// Scans `text` spoken by `speaker`; the surviving hits are left in
     /// `scratch.hits`, ordered by start, then rule.
     pub fn scan(&self, text: &str, speaker: Speaker, scratch: &mut Scratch) {
-        self.scan_inner(text, speaker, scratch, None);
+        self.scan_inner(text, speaker, u8::MAX, scratch, None);
+    }
+
+    /// Like [`Scanner::scan`], for a conversation on `channel`: phrase
+    /// lists of rules that do not judge that channel are not looked at.
+    pub fn scan_on(
+        &self,
+        text: &str,
+        speaker: Speaker,
+        channel: Option<crate::event::Channel>,
+        scratch: &mut Scratch,
+    ) {
+        self.scan_inner(text, speaker, channel_bit(channel), scratch, None);
     }
 
     /// Like [`Scanner::scan`], and also reports every dropped candidate and
@@ -419,7 +455,7 @@ impl Scanner {
         scratch: &mut Scratch,
     ) -> Vec<Suppressed> {
         let mut out = Vec::new();
-        self.scan_inner(text, speaker, scratch, Some(&mut out));
+        self.scan_inner(text, speaker, u8::MAX, scratch, Some(&mut out));
         out
     }
 
@@ -427,6 +463,7 @@ impl Scanner {
         &self,
         text: &str,
         speaker: Speaker,
+        channels: u8,
         scratch: &mut Scratch,
         mut explain: Option<&mut Vec<Suppressed>>,
     ) {
@@ -444,7 +481,8 @@ impl Scanner {
                 if u.at_start && u.rest == NO_REST && start != 0 {
                     continue;
                 }
-                if self.group_speakers[usize::from(u.group)] & bit != 0 {
+                let g = usize::from(u.group);
+                if self.group_speakers[g] & bit != 0 && self.group_channels[g] & channels != 0 {
                     any_phrase |= !u.exception;
                     candidates.push(Candidate {
                         group: u.group,

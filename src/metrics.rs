@@ -28,8 +28,8 @@ pub use crate::config::DEFAULT_MAX_TENANTS;
 pub struct Metrics {
     registry: Registry,
     /// `zhijian_segments_received_total`, resolved per
-    /// `[channel][speaker]`, channel index 2 = unknown.
-    segments_resolved: [[IntCounter; 3]; 3],
+    /// `[channel][speaker]`, channel index 4 = unknown.
+    segments_resolved: [[IntCounter; 3]; 5],
     /// `zhijian_input_events_total`, resolved per [`Outcome`].
     input_events: [IntCounter; 7],
     pub violations: IntCounterVec,
@@ -269,7 +269,7 @@ impl Metrics {
             "Transcript segments received, by channel and speaker.",
             &["channel", "speaker"],
         );
-        let channels = ["call", "chat", "unknown"];
+        let channels = ["call", "chat", "social", "email", "unknown"];
         let segments_resolved =
             channels.map(|c| Speaker::ALL.map(|s| segments.with_label_values(&[c, s.as_str()])));
         let input_events = counter_vec(
@@ -565,7 +565,9 @@ impl Metrics {
         let c = match channel {
             Some(Channel::Call) => 0,
             Some(Channel::Chat) => 1,
-            None => 2,
+            Some(Channel::Social) => 2,
+            Some(Channel::Email) => 3,
+            None => 4,
         };
         self.segments_resolved[c][speaker as usize].inc();
     }

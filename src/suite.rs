@@ -137,9 +137,10 @@ fn speaker(name: &str) -> Result<Speaker, String> {
 fn judge(case: &Case, scanners: &Arc<Scanners>) -> Result<Vec<Got>, String> {
     let channel = match case.channel.as_deref() {
         None => None,
-        Some("call") => Some(Channel::Call),
-        Some("chat") => Some(Channel::Chat),
-        Some(other) => return Err(format!("unknown channel {other:?} (call, chat)")),
+        Some(name) => Some(
+            Channel::from_name(name)
+                .ok_or_else(|| format!("unknown channel {name:?} (call, chat, social, email)"))?,
+        ),
     };
     let (utterances, close): (Vec<(Speaker, &str)>, bool) = match (&case.text, &case.conversation) {
         (Some(t), None) => {

@@ -280,6 +280,8 @@ pub async fn reloader(
         let built = tokio::task::spawn_blocking(move || load_tested(&d, requires_tests)).await;
         match built {
             Ok(Ok(scanners)) => {
+                // Swapped in before the metrics say so.
+                let _ = tx.send(Arc::clone(&scanners));
                 if let Some(m) = &metrics {
                     m.set_lexicon(scanners.base().version());
                     m.set_categories(&scanners);
@@ -294,7 +296,6 @@ pub async fn reloader(
                 if let Some(store) = &store {
                     store.publish(&dir, &scanners).await;
                 }
-                let _ = tx.send(scanners);
             }
             Ok(Err(e)) => {
                 if let Some(m) = &metrics {

@@ -827,12 +827,19 @@ impl Book {
         &self,
         lexicon: &Lexicon,
         states: &[State],
+        channel: Option<Channel>,
     ) -> (Option<bool>, Option<bool>) {
+        // The first rule of the category that judges this channel: a
+        // genre's own greeting (`channels = ["social"]`) stands for the
+        // conversation on that channel, the general one elsewhere.
         let verdict = |category: &str| {
             self.slots.iter().zip(states).find_map(|(&r, st)| {
                 let rule = &lexicon.rules[usize::from(r)];
                 match st {
-                    State::Required(st) if lexicon.categories[rule.category].id == category => {
+                    State::Required(st)
+                        if lexicon.categories[rule.category].id == category
+                            && rule.applies_on(channel) =>
+                    {
                         Some(st.verdict)
                     }
                     _ => None,

@@ -14,6 +14,12 @@
 //!
 //! No verdict is made on a conversation where the speaker never spoke, and
 //! no `start` verdict on one first seen mid-way.
+//!
+//! `continuation` says the contact goes on beyond the transcript: in the
+//! speaker's first segment for a `start` scope (the greeting happened in
+//! an earlier contact), in the speaker's last segment for an `end` scope
+//! (the matter moved elsewhere: 请私信…, 已私信您, 请拨打客服热线… and then
+//! nothing). Either way no verdict is made, as a reviewer would.
 
 use super::{Boundary, Close, Found, PhraseList, Position, RuleRef, Seg, Sink};
 use crate::lexicon::Fields;
@@ -47,6 +53,12 @@ pub struct Spec {
     /// question): then no verdict is made. Later segments do not count: a
     /// closing question in the second turn of an ungreeted conversation
     /// measured as a missed greeting, not a continuation.
+    ///
+    /// End scopes: phrases that, in the speaker's last segment, show the
+    /// matter continues elsewhere (a private message, a hotline): then,
+    /// unless a required phrase was said in the scope, no verdict is made.
+    /// Only the last segment counts: 请私信 early in a thread that the agent
+    /// then finished in public does not excuse a missing closing.
     pub continuation: Option<PhraseList>,
     /// Start scopes: phrases that, in a customer's segment before the
     /// speaker first spoke, show the conversation continues an earlier
@@ -133,7 +145,12 @@ pub fn parse(f: &mut Fields<'_>) -> Option<Spec> {
         Some(list) => Ok(list),
         None => Ok(None),
     };
-    let continuation = start_only(f, "continuation", continuation);
+    // `continuation` also fits an end scope (continued elsewhere); not a
+    // whole-conversation scope, which has no first or last segment to read.
+    let continuation = match continuation {
+        Some(Some(list)) if matches!(scope, Scope::End { .. }) => Ok(Some(list)),
+        other => start_only(f, "continuation", other),
+    };
     let continuation_before = start_only(f, "continuation_before", before);
     let (Ok(continuation), Ok(continuation_before)) = (continuation, continuation_before) else {
         return None;
@@ -212,8 +229,9 @@ pub struct State {
     /// The conversation time of the first event (start scope in seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_ts: Option<u64>,
-    /// The speaker's first segment continued an earlier contact: no
-    /// verdict (start scopes).
+    /// Start scopes: the speaker's first segment continued an earlier
+    /// contact, no verdict. End scopes: the speaker's latest segment moved
+    /// the matter elsewhere (no verdict if it stays the last).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub continued: bool,
 }
@@ -340,6 +358,12 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
                     "said here: satisfied if no more than the scope's segments follow".into()
                 });
             }
+            st.continued = spec.continuation.is_some() && r.hit(seg, 1);
+            if st.continued {
+                sink.explain(r.rule, || {
+                    "continued elsewhere: not judged if no segment of the speaker follows".into()
+                });
+            }
         }
         Scope::Conversation => {
             if hit && st.bits == 0 {
@@ -407,6 +431,10 @@ pub fn on_close(spec: &Spec, r: RuleRef<'_>, st: &mut State, close: &Close, sink
                 st.verdict = Some(true);
                 sink.explain(r.rule, || {
                     format!("satisfied: said in the last {segments} segment(s)")
+                });
+            } else if st.continued {
+                sink.explain(r.rule, || {
+                    "not judged: the last segment continues the matter elsewhere".into()
                 });
             } else {
                 violate(

@@ -136,10 +136,14 @@ fn typical_agent_utterances() {
     let mut scratch = Scratch::default();
     for (name, text, want) in cases {
         scanner.scan(text, Speaker::Agent, &mut scratch);
+        // As judged in calls and chat (and without a channel): the rules
+        // for written service are tested in lexicons/tests/written.toml.
         let got: Vec<&str> = scratch
             .hits
             .iter()
-            .map(|h| scanner.hit_rule(h).id.as_str())
+            .map(|h| scanner.hit_rule(h))
+            .filter(|r| r.applies_on(None))
+            .map(|r| r.id.as_str())
             .collect();
         assert_eq!(got, *want, "case {name}: {text}");
     }
@@ -275,7 +279,13 @@ fn synthetic_traffic_hits_exactly_what_it_injected() {
     for c in &convs {
         for t in c.turns.iter().filter(|t| t.speaker == Speaker::Agent) {
             scanner.scan(&t.text, Speaker::Agent, &mut scratch);
-            for h in &scratch.hits {
+            // Synthetic traffic has no channel: the rules for written
+            // service only (written.toml) do not judge it.
+            for h in scratch
+                .hits
+                .iter()
+                .filter(|h| scanner.hit_rule(h).applies_on(None))
+            {
                 match scanner.category_id(scanner.hit_rule(h)) {
                     "forbidden" => forbidden += 1,
                     "filler" => fillers += 1,
@@ -291,4 +301,178 @@ fn synthetic_traffic_hits_exactly_what_it_injected() {
         "{want_forbidden} {want_fillers}"
     );
     assert_eq!((forbidden, fillers), (want_forbidden, want_fillers));
+}
+
+/// The readings reviewers disagree on are alert-only by default; one line
+/// in a tenant's overlay turns the strict ones on (issue 26).
+#[test]
+fn one_overlay_line_turns_the_strict_readings_on() {
+    let dir = crate::support::tempdir("strict-readings");
+    let lexicons = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lexicons");
+    for e in std::fs::read_dir(&lexicons).expect("lexicons/") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            std::fs::copy(&p, dir.join(p.file_name().expect("name"))).expect("copy");
+        }
+    }
+    std::fs::create_dir_all(dir.join("tenants/strict")).expect("mkdir");
+    std::fs::write(
+        dir.join("tenants/strict/strict.toml"),
+        "enable = [\"forbidden.policy_limit\", \"forbidden.referral\"]\n",
+    )
+    .expect("overlay");
+    let judge = |tenant: &str, text: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_zhijian"))
+            .args(["lexicon", "test", "--lexicons"])
+            .arg(&*dir)
+            .args(["--tenant", tenant, text])
+            .output()
+            .expect("zhijian lexicon test");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        stdout
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("VIOLATION "))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .filter(|r| !r.starts_with("greeting.") && !r.starts_with("closing."))
+            .collect::<Vec<_>>()
+    };
+    let cases = [
+        (
+            "default",
+            "没有办法修改地址哦",
+            vec!["policy.limit_explained"],
+        ),
+        (
+            "strict",
+            "没有办法修改地址哦",
+            vec!["forbidden.policy_limit"],
+        ),
+        ("default", "建议您咨询购买点", vec!["referral.elsewhere"]),
+        ("strict", "建议您咨询购买点", vec!["forbidden.referral"]),
+        ("strict", "这个我们也没有办法", vec!["forbidden.shirking"]),
+    ];
+    for (tenant, text, want) in cases {
+        assert_eq!(judge(tenant, text), want, "{tenant}: {text}");
+    }
+}
+
+/// `lexicon suggest` (issue 26): false alarms that share their wording
+/// become an exception, misses that share a piece become a phrase (never
+/// the whole utterance), and the overlay it writes loads as a tenant's.
+#[test]
+fn suggest_learns_exceptions_and_phrases_from_labels() {
+    let dir = crate::support::tempdir("suggest");
+    let mut input = String::new();
+    let mut labels = String::new();
+    // (id, agent text, reviewer's categories): texts written for the test.
+    let cases = [
+        ("s1", "不知道多少钱的话先按三十收", "[]"),
+        ("s2", "因为不知道多少钱，先收您三十", "[]"),
+        ("s3", "这种事情我们管不着的，您去问物业", "[\"forbidden\"]"),
+        ("s4", "我们管不着的啦", "[\"forbidden\"]"),
+        ("s5", "您好，请问有什么可以帮您", "[]"),
+    ];
+    for (id, text, cats) in cases {
+        input.push_str(&format!(
+            "{{\"conversation_id\":\"{id}\",\"seq\":0,\"speaker\":\"agent\",\"text\":\"{text}\",\"channel\":\"chat\"}}\n\
+             {{\"conversation_id\":\"{id}\",\"type\":\"end\",\"seq\":1}}\n"
+        ));
+        labels.push_str(&format!(
+            "{{\"conversation_id\":\"{id}\",\"seq\":0,\"categories\":{cats}}}\n"
+        ));
+    }
+    std::fs::write(dir.join("in.jsonl"), &input).expect("input");
+    std::fs::write(dir.join("labels.jsonl"), &labels).expect("labels");
+    let lexicons = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lexicons");
+    let overlay = dir.join("suggested.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zhijian"))
+        .args(["lexicon", "suggest", "--learn", "all", "--lexicons"])
+        .arg(&lexicons)
+        .arg("--labels")
+        .arg(dir.join("labels.jsonl"))
+        .arg("--out")
+        .arg(&overlay)
+        .arg(dir.join("in.jsonl"))
+        .output()
+        .expect("zhijian lexicon suggest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.len() > 2 && (w[1] == "exception" || w[1] == "phrase"))
+        .collect();
+    let exception = lines
+        .iter()
+        .find(|w| w[1] == "exception")
+        .unwrap_or_else(|| panic!("no exception suggested:\n{stdout}"));
+    assert_eq!(exception[0], "forbidden.ignorance", "{stdout}");
+    assert!(
+        exception.last().is_some_and(|e| e.contains("不知道")),
+        "{stdout}"
+    );
+    let phrase = lines
+        .iter()
+        .find(|w| w[1] == "phrase")
+        .unwrap_or_else(|| panic!("no phrase suggested:\n{stdout}"));
+    let piece = phrase.last().copied().unwrap_or_default();
+    assert!(
+        piece.starts_with("管不") || piece.contains("管不着"),
+        "{stdout}"
+    );
+    assert!(!["这种事情我们管不着的", "我们管不着的啦"].contains(&piece));
+    // The overlay is a tenant's, and loads.
+    let tenant = dir.join("lex");
+    std::fs::create_dir_all(tenant.join("tenants/t")).expect("mkdir");
+    for e in std::fs::read_dir(&lexicons).expect("lexicons/") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            std::fs::copy(&p, tenant.join(p.file_name().expect("name"))).expect("copy");
+        }
+    }
+    std::fs::copy(&overlay, tenant.join("tenants/t/suggested.toml")).expect("overlay");
+    let set = zhijian::lexicon::load_set(&tenant).expect("the overlay loads");
+    assert!(set.tenants.contains_key("t"));
+}
+
+/// The scanner skips the phrase lists of rules that do not judge the
+/// conversation's channel (a rule for written service costs a call
+/// nothing), and an unknown channel is judged as a call or chat.
+#[test]
+fn the_scanner_looks_only_at_the_rules_of_the_channel() {
+    use zhijian::event::Channel;
+    let scanner = default_scanner();
+    let mut scratch = Scratch::default();
+    let text = "这个是可以的啊，谢谢";
+    let cases: &[(&str, Option<Channel>, &[&str])] = &[
+        ("chat", Some(Channel::Chat), &[]),
+        ("call", Some(Channel::Call), &[]),
+        ("unknown", None, &[]),
+        (
+            "social",
+            Some(Channel::Social),
+            &["filler.written", "closing.written"],
+        ),
+        (
+            "email",
+            Some(Channel::Email),
+            &["filler.written", "closing.written"],
+        ),
+    ];
+    for (name, channel, want) in cases {
+        scanner.scan_on(text, Speaker::Agent, *channel, &mut scratch);
+        let got: Vec<&str> = scratch
+            .hits
+            .iter()
+            .map(|h| scanner.hit_rule(h).id.as_str())
+            .collect();
+        assert_eq!(got, *want, "{name}");
+    }
+    // Without a channel given, every list is looked at (lexicon test).
+    scanner.scan(text, Speaker::Agent, &mut scratch);
+    assert_eq!(scratch.hits.len(), 2);
 }

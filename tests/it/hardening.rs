@@ -795,21 +795,25 @@ async fn with_partitions_a_checkpoint_writes_what_changed() {
         })
         .collect();
     publish(&nats, &lines).await;
-    let ok = "zhijian_checkpoints_total{outcome=\"ok\"}";
-    let bytes = "zhijian_checkpoint_bytes{partition=\"0\"}";
-    wait_for("the base", async || {
-        metric(metrics_port, "zhijian_open_conversations").await == N as f64
-            && metric(metrics_port, ok).await >= 1.0
-            && metric(metrics_port, bytes).await > 0.0
+    // Read from the checkpoint head itself: the conversations it covers,
+    // its bytes, and the bytes of each delta over its base.
+    let js = js(&nats).await;
+    let kv = js.get_key_value("zhijian_cluster").await.expect("bucket");
+    let head = async || -> serde_json::Value {
+        kv.get("ckpt.0")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|h| serde_json::from_slice(&h).ok())
+            .unwrap_or_default()
+    };
+    wait_for("a checkpoint of every conversation", async || {
+        head().await["conversations"].as_u64() == Some(N as u64)
     })
     .await;
-    // Every open conversation is in the base once it covers them all.
-    wait_for("a base of every conversation", async || {
-        metric(metrics_port, bytes).await > (N * 200) as f64
-    })
-    .await;
-    let base = metric(metrics_port, bytes).await;
-    let before = metric(metrics_port, ok).await;
+    let covered = head().await;
+    let total = covered["bytes"].as_u64().expect("bytes");
+    let deltas_before = covered["deltas"].as_array().map_or(0, Vec::len);
     let more = vec![
         r#"{"conversation_id":"d7","tenant":"acme","seq":1,"speaker":"agent","text":"不关我的事"}"#
             .to_string(),
@@ -817,13 +821,19 @@ async fn with_partitions_a_checkpoint_writes_what_changed() {
     ];
     publish(&nats, &more).await;
     wait_for("the delta", async || {
-        metric(metrics_port, ok).await > before
+        head().await["conversations"].as_u64() == Some(N as u64 - 1)
     })
     .await;
-    let delta = metric(metrics_port, bytes).await;
+    let after = head().await;
+    let deltas = after["deltas"].as_array().cloned().unwrap_or_default();
+    assert!(deltas.len() > deltas_before, "no delta written: {after}");
+    let delta = deltas
+        .last()
+        .and_then(|d| d["bytes"].as_u64())
+        .expect("delta bytes");
     assert!(
-        delta * 20.0 < base,
-        "a delta of 2 conversations wrote {delta} bytes, the base of {N} {base}"
+        delta * 20 < total,
+        "a delta of 2 conversations wrote {delta} bytes, the checkpoint of {N} {total}"
     );
     lines.extend(more);
     daemon.signal("-KILL");
@@ -844,7 +854,6 @@ async fn with_partitions_a_checkpoint_writes_what_changed() {
         .collect();
     publish(&nats, &ends).await;
     lines.extend(ends);
-    let js = js(&nats).await;
     let got = wait_done(&js, N).await;
     assert_no_duplicate_ids(&got);
     assert_same(&got, &scan(&lines), "after base, delta and kill -9");
