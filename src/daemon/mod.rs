@@ -48,6 +48,7 @@ mod lease;
 mod lexicons;
 pub(crate) mod membership;
 mod poison;
+mod reader;
 mod replay;
 pub(crate) mod setup;
 mod window;

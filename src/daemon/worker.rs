@@ -31,6 +31,7 @@ use super::health::PartitionHealth;
 use super::judge::{Shadow, judge};
 use super::lease::{Lease, Lost};
 use super::membership::Ctx;
+use super::reader::Reader;
 use super::replay::{self, Stored};
 use super::window::{Item, Settled, What, Window, count_stored};
 use crate::engine::Engine;
@@ -38,20 +39,14 @@ use crate::event::{Event, decode_limited};
 use crate::matcher::Scanners;
 use crate::subject;
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
-use futures_util::StreamExt;
+use async_nats::jetstream;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// How long a partition's consumer may deliver nothing while inputs wait
-/// before it is made again (a pull lost in a disconnect was seen to leave
-/// a consumer silent for good).
-const STALL: Duration = Duration::from_secs(3);
-
-/// How long one look at the stream (a sweep, a stall probe, creating the
-/// consumer) may take before it is tried again.
+/// How long one look at the stream (a sweep, creating the consumer) may
+/// take before it is tried again.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a worker ended.
@@ -81,20 +76,6 @@ impl From<Lost> for Exit {
 /// A stop request: a handover or the shutdown, and by when the worker must
 /// have stored and checkpointed what it can.
 pub type Stop = watch::Receiver<Option<tokio::time::Instant>>;
-
-/// The partition's consumer, while there is one.
-struct Reader {
-    messages: Option<pull::Stream>,
-    consumer: Option<jetstream::consumer::PullConsumer>,
-    /// The consumer sequence expected next (a gap means a message was
-    /// lost: the consumer is made again from the last input judged).
-    expect: u64,
-    /// The input connection's generation the consumer was made on.
-    generation: u64,
-    heard_at: Instant,
-    stall_checked_at: Instant,
-    made: u64,
-}
 
 pub struct Worker {
     ctx: Arc<Ctx>,
@@ -181,15 +162,7 @@ pub async fn work(
         stored_tx,
         acked: Marks::default(),
         already: Stored::default(),
-        reader: Reader {
-            messages: None,
-            consumer: None,
-            expect: 1,
-            generation: 0,
-            heard_at: Instant::now(),
-            stall_checked_at: Instant::now(),
-            made: 0,
-        },
+        reader: Reader::default(),
         events: Vec::new(),
         reported_open: 0,
         reported_pending: 0,
@@ -336,7 +309,7 @@ impl Worker {
         let mut tick = tokio::time::interval(self.ctx.cluster.checkpoint);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if self.reader.messages.is_none() {
+            if !self.reader.is_open() {
                 match self.open_reader(stop).await {
                     Ok(true) => {}
                     Ok(false) => return self.finish(stop).await,
@@ -352,7 +325,7 @@ impl Worker {
                 s = self.window.next(), if !self.window.is_empty() => Step::Settled(s),
                 w = join(&mut self.writing), if self.writing.is_some() => Step::Written(w),
                 _ = tick.tick() => Step::Tick,
-                m = next_message(&mut self.reader.messages), if read => Step::Message(m),
+                m = self.reader.next(), if read => Step::Message(m),
             };
             let done = match step {
                 Step::InputLink => {
@@ -434,85 +407,27 @@ impl Worker {
     }
 
     async fn make_reader(&mut self) -> Result<(), async_nats::Error> {
-        let streams = &self.ctx.shared.config.streams;
-        let filter = subject::partition_all(streams, self.p);
-        // What the old consumer had delivered (it may be what dropped the
-        // connection): swept before anything is read again.
-        let delivered = match self.reader.consumer.take() {
-            Some(mut c) => {
-                let name = c.cached_info().name.clone();
-                let delivered = c.info().await.ok().map(|i| i.delivered.stream_sequence);
-                let _ = self.ctx.input.delete_consumer(&name).await;
-                delivered
-            }
-            None => None,
-        };
-        super::poison::sweep_partition(
-            &self.ctx.shared,
-            &self.ctx.input,
-            &filter,
-            self.p,
-            self.seq + 1,
-            delivered,
-        )
-        .await?;
-        let deliver_policy = if self.seq == 0 {
-            DeliverPolicy::All
-        } else {
-            DeliverPolicy::ByStartSequence {
-                start_sequence: self.seq + 1,
-            }
-        };
-        self.reader.made += 1;
-        let stream = self.ctx.input_js.get_stream(&streams.input_stream).await?;
-        let consumer = stream
-            .create_consumer(pull::Config {
-                name: Some(format!(
-                    "zj-{}-p{}-e{}-{}",
-                    self.ctx.cluster.instance, self.p, self.epoch, self.reader.made
-                )),
-                description: Some(format!("zhijian partition {}", self.p)),
-                filter_subject: filter,
-                deliver_policy,
-                ack_policy: jetstream::consumer::AckPolicy::None,
-                inactive_threshold: Duration::from_secs(30),
-                memory_storage: true,
-                num_replicas: 1,
-                ..Default::default()
-            })
-            .await?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(256)
-            .heartbeat(Duration::from_secs(1))
-            .expires(Duration::from_secs(5))
-            .messages()
-            .await?;
-        self.reader.consumer = Some(consumer);
-        self.reader.messages = Some(messages);
-        self.reader.expect = 1;
-        self.reader.heard_at = Instant::now();
-        Ok(())
+        self.reader
+            .open(&self.ctx, self.p, self.epoch, self.seq)
+            .await
     }
 
     fn close_reader(&mut self) {
-        self.reader.messages = None;
+        self.reader.close();
     }
 
     /// Judges one input and hands its events to the window.
     async fn handle(&mut self, msg: jetstream::Message) -> Result<(), Exit> {
-        self.reader.heard_at = Instant::now();
         let Ok(info) = msg.info() else {
             return Ok(());
         };
-        if info.consumer_sequence != self.reader.expect {
+        if !self.reader.in_order(&info) {
             // A message was lost between the server and here: from the
             // last input judged again.
             tracing::debug!(partition = self.p, "consumer sequence gap; making it again");
             self.close_reader();
             return Ok(());
         }
-        self.reader.expect += 1;
         let seq = info.stream_sequence;
         if seq <= self.seq {
             return Ok(());
@@ -772,7 +687,7 @@ impl Worker {
         self.report_open(false);
         let m = &shared.metrics.cluster;
         m.observe_checkpoint_age(self.p, self.ckpt.written_at.elapsed());
-        if self.stalled().await {
+        if !self.window.is_full() && self.reader.stalled(&self.ctx, self.p, self.seq).await {
             self.close_reader();
         }
         if self.ckpt.writing() {
@@ -798,39 +713,6 @@ impl Worker {
             self.stored_tx.subscribe(),
             Arc::clone(&self.lease),
         ));
-    }
-
-    /// True when the consumer has delivered nothing for [`STALL`] while the
-    /// partition holds an input after `seq`. Asked of the server at most
-    /// once per [`STALL`].
-    async fn stalled(&mut self) -> bool {
-        let r = &mut self.reader;
-        if r.messages.is_none()
-            || self.window.is_full()
-            || r.heard_at.elapsed() < STALL
-            || r.stall_checked_at.elapsed() < STALL
-        {
-            return false;
-        }
-        r.stall_checked_at = Instant::now();
-        let filter = subject::partition_all(&self.ctx.shared.config.streams, self.p);
-        let probe = self
-            .ctx
-            .input
-            .raw_message_builder()
-            .sequence(self.seq + 1)
-            .next_by_subject(filter)
-            .send();
-        let waiting = matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(_)));
-        if waiting {
-            self.ctx.shared.metrics.cluster.consumer_restarts.inc();
-            tracing::warn!(
-                partition = self.p,
-                seq = self.seq,
-                "the partition's consumer delivered nothing while inputs wait; making a new one"
-            );
-        }
-        waiting
     }
 
     fn refresh_scanner(&mut self) {
@@ -935,15 +817,6 @@ enum Step {
     Written(Result<(HeadState, Snapshot, Written), tokio::task::JoinError>),
     Tick,
     Message(Option<Result<jetstream::Message, jetstream::consumer::pull::MessagesError>>),
-}
-
-async fn next_message(
-    messages: &mut Option<pull::Stream>,
-) -> Option<Result<jetstream::Message, jetstream::consumer::pull::MessagesError>> {
-    match messages.as_mut() {
-        Some(m) => m.next().await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn join<T>(
