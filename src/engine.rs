@@ -264,8 +264,12 @@ impl Conversation {
     }
 }
 
-/// What is remembered of a closed conversation.
-struct Tombstone {
+/// What is remembered of a closed conversation for
+/// [`EngineConfig::tombstone_ttl_ms`]: a late segment of it is judged by
+/// itself (phrases, patterns), never reopens it. Serializable so that a
+/// checkpoint keeps it across a take-over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tombstone {
     closed_at_ms: u64,
     /// Seqs seen, so a redelivered segment stays a duplicate after close.
     seen: SeqSet,
@@ -772,6 +776,30 @@ impl Engine {
     pub fn export_one(&self, tenant: &str, id: &str) -> Option<Conversation> {
         let c = self.open.get(&KeyRef { tenant, id })?;
         Some(self.saved(tenant, c))
+    }
+
+    /// Recently closed conversations, for saving across a take-over:
+    /// `(tenant, conversation id, tombstone)`.
+    pub fn export_closed(&self) -> impl Iterator<Item = (&str, &str, Tombstone)> {
+        self.closed
+            .iter()
+            .map(|(k, t)| (&*k.tenant, &*k.id, t.clone()))
+    }
+
+    /// One recently closed conversation's tombstone; None when it is not
+    /// closed (open, or forgotten).
+    pub fn export_closed_one(&self, tenant: &str, id: &str) -> Option<Tombstone> {
+        self.closed.get(&KeyRef { tenant, id }).cloned()
+    }
+
+    /// Restores a closed conversation's tombstone (an open conversation of
+    /// that key stays open). It is forgotten `tombstone_ttl_ms` after its
+    /// close, by this engine's clock.
+    pub fn import_closed(&mut self, tenant: &str, id: &str, tombstone: Tombstone) {
+        let key = KeyRef { tenant, id };
+        if !self.open.contains_key(&key) {
+            self.closed.insert(key.to_key(), tombstone);
+        }
     }
 
     /// A conversation's state to save: its rules' state keyed by rule id.

@@ -5,7 +5,13 @@
 //! ```text
 //! ckpt.<p>             the head: epoch, input seq, output marks, base and deltas
 //! chunk.<p>.<gen>.<i>  open conversations (a base) or what changed (a delta)
+//! chunk.<p>.<gen>.c<i> a base's recently closed conversations (tombstones)
 //! ```
+//!
+//! Closed conversations are kept as long as the engine remembers them
+//! (`tombstone_ttl_s`): a segment stored after its conversation's `end`
+//! (a publisher that sent it again after a failure) is late for the next
+//! holder too, and never opens the conversation again.
 //!
 //! A checkpoint is written in two steps. The worker takes a [`Snapshot`]
 //! (the conversations serialised, a few milliseconds) and goes on judging;
@@ -24,7 +30,7 @@
 //! `replay`) and does not store it again, however long ago that was.
 
 use super::lease::Lease;
-use crate::engine::{Conversation, Engine};
+use crate::engine::{Conversation, Engine, Tombstone};
 use crate::event::Event;
 use crate::metrics::ClusterMetrics;
 use async_nats::jetstream::kv;
@@ -68,6 +74,9 @@ struct Head {
     /// See [`Marks`]; absent in heads of builds before them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     marks: Option<Marks>,
+    /// The base's chunks of closed conversations.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    closed_chunks: u32,
 }
 
 /// The last sequence of the output and dead-letter streams a holder had
@@ -88,6 +97,7 @@ impl Head {
             bytes: self
                 .bytes
                 .saturating_sub(self.deltas.iter().map(|d| d.bytes).sum()),
+            closed: self.closed_chunks,
         };
         std::iter::once(base)
             .chain(self.deltas.iter().cloned())
@@ -101,6 +111,22 @@ struct Part {
     generation: String,
     chunks: u32,
     bytes: u64,
+    /// A base's chunks of closed conversations (`c<i>`); builds before them
+    /// ignore the field and never read those chunks.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    closed: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A recently closed conversation in a base.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedClosed {
+    tenant: String,
+    conversation_id: String,
+    closed: Tombstone,
 }
 
 /// An open conversation in a base.
@@ -111,12 +137,15 @@ struct Saved {
     state: Conversation,
 }
 
-/// An entry of a delta: a conversation's state, or None when it closed.
+/// An entry of a delta: a conversation's state, or None when it closed
+/// (then its tombstone, absent in deltas of builds before them).
 #[derive(Debug, Serialize, Deserialize)]
 struct DeltaEntry {
     tenant: String,
     conversation_id: String,
     state: Option<Conversation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    closed: Option<Tombstone>,
 }
 
 /// A checkpoint chunk that cannot be loaded (its conversations go on
@@ -187,6 +216,8 @@ pub struct HeadState {
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub conversations: Vec<(String, String, Conversation)>,
+    /// Recently closed conversations.
+    pub closed: Vec<(String, String, Tombstone)>,
     /// The sequence the head covers (0: judge from the first input).
     pub seq: u64,
     /// The head's output marks (None: no head, or one of a build before
@@ -223,6 +254,8 @@ pub struct Snapshot {
     base: bool,
     generation: String,
     chunks: Vec<Vec<u8>>,
+    /// A base's closed conversations.
+    closed_chunks: Vec<Vec<u8>>,
     conversations: u64,
     marks: Marks,
     /// The conversations a delta holds: back into the worker's set when the
@@ -346,18 +379,30 @@ impl Checkpoints {
         }
         // The base, then each delta over it.
         let mut open: HashMap<(String, String), Conversation> = HashMap::new();
+        let mut closed: HashMap<(String, String), Tombstone> = HashMap::new();
         let parts = head.parts();
         for (i, part) in parts.iter().enumerate() {
             if i == 0 {
-                for c in self.read_part::<Saved>(part).await? {
+                for c in self.read_part::<Saved>(part, "").await? {
                     open.insert((c.tenant, c.conversation_id), c.state);
                 }
+                for c in self.read_part::<SavedClosed>(part, "c").await? {
+                    closed.insert((c.tenant, c.conversation_id), c.closed);
+                }
             } else {
-                for d in self.read_part::<DeltaEntry>(part).await? {
+                for d in self.read_part::<DeltaEntry>(part, "").await? {
                     let key = (d.tenant, d.conversation_id);
                     match d.state {
-                        Some(state) => open.insert(key, state),
-                        None => open.remove(&key),
+                        Some(state) => {
+                            closed.remove(&key);
+                            open.insert(key, state);
+                        }
+                        None => {
+                            open.remove(&key);
+                            if let Some(t) = d.closed {
+                                closed.insert(key, t);
+                            }
+                        }
                     };
                 }
             }
@@ -366,11 +411,21 @@ impl Checkpoints {
             .into_iter()
             .map(|((tenant, id), state)| (tenant, id, state))
             .collect();
+        loaded.closed = closed
+            .into_iter()
+            .map(|((tenant, id), t)| (tenant, id, t))
+            .collect();
         loaded.seq = head.seq;
+        // Taken over in one step, with no await between: a stop at any
+        // await of this load leaves the head state untouched (see
+        // `Worker::finish`).
+        let state = self.head.get_or_insert_with(HeadState::default);
+        state.parts = parts;
         self.seq = head.seq;
-        self.purge_older_than(&head.generation).await;
-        if let Some(state) = self.head.as_mut() {
-            state.parts = parts;
+        // Chunks a cut-short checkpoint left: in the background.
+        if let Some(current) = generation_order(&head.generation) {
+            let (kv, p) = (self.kv.clone(), self.p);
+            tokio::spawn(async move { purge_chunks(&kv, p, |g| g < current).await });
         }
         tracing::info!(
             partition = self.p,
@@ -389,10 +444,16 @@ impl Checkpoints {
     async fn read_part<T: serde::de::DeserializeOwned>(
         &self,
         part: &Part,
+        kind: &str,
     ) -> Result<Vec<T>, CheckpointError> {
         let mut entries = Vec::new();
-        for i in 0..part.chunks {
-            let key = format!("chunk.{}.{}.{i}", self.p, part.generation);
+        let count = if kind.is_empty() {
+            part.chunks
+        } else {
+            part.closed
+        };
+        for i in 0..count {
+            let key = format!("chunk.{}.{}.{kind}{i}", self.p, part.generation);
             let read = match self.kv.get(&key).await {
                 Ok(Some(bytes)) => {
                     serde_json::from_slice::<Vec<T>>(&bytes).map_err(ChunkError::Decode)
@@ -434,10 +495,17 @@ impl Checkpoints {
         let mut chunks = Vec::new();
         if !base {
             chunks = chunked(
-                changed.iter().map(|(tenant, id)| DeltaEntry {
-                    state: engine.export_one(tenant, id),
-                    tenant: tenant.to_string(),
-                    conversation_id: id.to_string(),
+                changed.iter().map(|(tenant, id)| {
+                    let state = engine.export_one(tenant, id);
+                    DeltaEntry {
+                        closed: state
+                            .is_none()
+                            .then(|| engine.export_closed_one(tenant, id))
+                            .flatten(),
+                        state,
+                        tenant: tenant.to_string(),
+                        conversation_id: id.to_string(),
+                    }
                 }),
                 self.max_chunk,
             );
@@ -446,6 +514,7 @@ impl Checkpoints {
             let this: u64 = chunks.iter().map(|c| c.len() as u64).sum();
             base = delta_bytes + this > base_bytes;
         }
+        let mut closed_chunks = Vec::new();
         if base {
             chunks = chunked(
                 engine.export().map(|(tenant, id, state)| Saved {
@@ -455,12 +524,23 @@ impl Checkpoints {
                 }),
                 self.max_chunk,
             );
+            closed_chunks = chunked(
+                engine
+                    .export_closed()
+                    .map(|(tenant, id, closed)| SavedClosed {
+                        tenant: tenant.to_string(),
+                        conversation_id: id.to_string(),
+                        closed,
+                    }),
+                self.max_chunk,
+            );
         }
         Snapshot {
             seq,
             base,
             generation,
             chunks,
+            closed_chunks,
             conversations: engine.open_conversations() as u64,
             marks,
             changed,
@@ -501,19 +581,6 @@ impl Checkpoints {
             self.written_at = Instant::now();
         }
     }
-
-    /// Once per take-over: chunks of generations before `generation` (the
-    /// head just loaded) are left by a checkpoint cut short (a crash
-    /// between the chunks and the head) and can never be referenced again:
-    /// a head is written with a revision check, and a holder that wrote an
-    /// older generation has lost that race. Later generations are left
-    /// alone (a former holder may be writing them; it purges its own when
-    /// its head is refused).
-    async fn purge_older_than(&self, generation: &str) {
-        if let Some(current) = generation_order(generation) {
-            purge_chunks(&self.kv, self.p, |g| g < current).await;
-        }
-    }
 }
 
 /// What a write task needs of its partition.
@@ -541,9 +608,20 @@ impl Job {
         let started = Instant::now();
         let m = &self.metrics.cluster;
         let mut bytes_total = 0u64;
-        for (i, c) in snap.chunks.iter().enumerate() {
+        let all = snap
+            .chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("{i}"), c))
+            .chain(
+                snap.closed_chunks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (format!("c{i}"), c)),
+            );
+        for (name, c) in all {
             bytes_total += c.len() as u64;
-            let key = format!("chunk.{}.{}.{i}", self.p, snap.generation);
+            let key = format!("chunk.{}.{}.{name}", self.p, snap.generation);
             if let Err(e) = self.kv.put(&key, Bytes::from(c.clone())).await {
                 purge_generation(&self.kv, self.p, &snap.generation).await;
                 return Written::Failed(format!("chunk not written: {e}"));
@@ -553,10 +631,11 @@ impl Job {
             generation: snap.generation.clone(),
             chunks: snap.chunks.len() as u32,
             bytes: bytes_total,
+            closed: snap.closed_chunks.len() as u32,
         };
         let parts: Vec<Part> = if snap.base {
             vec![part]
-        } else if part.chunks == 0 {
+        } else if part.chunks == 0 && part.closed == 0 {
             // Nothing changed, only the sequence moved (bad input, repeats).
             state.parts.clone()
         } else {
@@ -574,6 +653,7 @@ impl Job {
             deltas: parts[1..].to_vec(),
             stream_created: Some(self.stream_created.clone()),
             marks: Some(snap.marks),
+            closed_chunks: parts[0].closed,
         };
         let head_bytes = match serde_json::to_vec(&head) {
             Ok(b) => Bytes::from(b),

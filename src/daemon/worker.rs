@@ -109,6 +109,10 @@ pub struct Worker {
     reported_pending: i64,
     /// A publish failure was logged since the last success.
     failing: bool,
+    /// The checkpoint is loaded and judging began: only then may this
+    /// worker write a checkpoint (one stopped while it was loading would
+    /// otherwise write its empty engine over the partition's state).
+    started: bool,
 }
 
 /// Runs partition `p` under `lease` until stopped, lost or failed.
@@ -167,12 +171,21 @@ pub async fn work(
         reported_open: 0,
         reported_pending: 0,
         failing: false,
+        started: false,
     };
     let exit = match w.start(&mut stop).await {
-        Ok(true) => w.run(&mut stop).await,
-        Ok(false) => w.finish(&stop).await,
+        Ok(true) => {
+            w.started = true;
+            w.run(&mut stop).await
+        }
+        // Stopped before judging: nothing to store, and the checkpoint as
+        // it was.
+        Ok(false) => Exit::Released,
         Err(exit) => exit,
     };
+    // Events still waiting are no longer this instance's to store (the next
+    // holder replays their inputs).
+    ctx.shared.metrics.output_pending.sub(w.window.len() as i64);
     w.health.judging.store(false, Ordering::Relaxed);
     w.health.oldest_unstored_ms.store(0, Ordering::Relaxed);
     w.report_open(true);
@@ -217,6 +230,9 @@ impl Worker {
         }
         for (tenant, id, state) in loaded.conversations {
             self.engine.import(&tenant, &id, state);
+        }
+        for (tenant, id, closed) in loaded.closed {
+            self.engine.import_closed(&tenant, &id, closed);
         }
         self.seq = loaded.seq;
         self.stored_tx.send_replace(self.seq);
@@ -704,6 +720,18 @@ impl Worker {
 
     /// Takes a snapshot and starts its write.
     fn start_checkpoint(&mut self) {
+        if !self.started || self.seq < self.ckpt.seq {
+            // A head behind the one loaded would make the next holder judge
+            // again what was judged; one of a worker that never started,
+            // write its empty engine over the partition's state.
+            tracing::error!(
+                partition = self.p,
+                seq = self.seq,
+                checkpoint_seq = self.ckpt.seq,
+                "checkpoint not taken: the worker is behind its checkpoint"
+            );
+            return;
+        }
         let changed = std::mem::take(&mut self.changed);
         let snap = self
             .ckpt

@@ -739,3 +739,71 @@ async fn conversation_ids_with_dots_are_judged() {
     assert!(stream_messages(&js, "ZHIJIAN_DEADLETTER").await.is_empty());
     drop(daemon);
 }
+
+/// Found by the fault soak: a segment stored after its conversation's `end`
+/// (a publisher sent it again after a server failure) was late for the
+/// instance that had closed the conversation, but opened it again for the
+/// next holder, which knew only open conversations: an idle close later
+/// gave verdicts `scan` never gives and the summary's id again. Closed
+/// conversations are now part of the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_after_the_end_stays_late_after_a_take_over() {
+    let nats = NatsServer::start();
+    let mut lines = vec![
+        r#"{"conversation_id":"late","tenant":"acme","seq":0,"ts_ms":0,"speaker":"agent","text":"您好，请问有什么可以帮您"}"#.to_string(),
+        r#"{"conversation_id":"late","tenant":"acme","seq":1,"ts_ms":1000,"speaker":"agent","text":"感谢来电，再见"}"#.to_string(),
+        r#"{"conversation_id":"late","tenant":"acme","type":"end","ts_ms":2000}"#.to_string(),
+    ];
+    let cluster = format!("{}\n", fast_partitions(1));
+    let (files, daemon) = ChildDaemon::with_config(&nats, "late-after-end", &cluster, 5).await;
+    let port = files.metrics_port;
+    // Idle conversations close after a second: a conversation opened again
+    // would close (and be judged) within the test.
+    let text = std::fs::read_to_string(&files.cfg)
+        .expect("config")
+        .replace("[engine]\n", "[engine]\nidle_timeout_s = 1\n");
+    std::fs::write(&files.cfg, text).expect("config");
+    publish(&nats, &lines).await;
+    let js = js(&nats).await;
+    wait_done(&js, 1).await;
+    daemon.signal("-KILL");
+    let _ = daemon.wait().await;
+    let daemon = ChildDaemon::start(&files.cfg, port).await;
+    let after = vec![
+        r#"{"conversation_id":"late","tenant":"acme","seq":2,"ts_ms":1500,"speaker":"agent","text":"急什么"}"#.to_string(),
+    ];
+    publish(&nats, &after).await;
+    lines.extend(after);
+    wait_until("the late segment judged", async || {
+        metric(port, "zhijian_input_events_total{outcome=\"late\"}").await == 1.0
+    })
+    .await;
+    // A barrier instead of a sleep: a conversation opened after the late
+    // segment, left to close idle. Had the late segment opened `late` again,
+    // `late` would close idle no later than it.
+    let barrier = vec![
+        r#"{"conversation_id":"barrier","tenant":"acme","seq":0,"ts_ms":0,"speaker":"agent","text":"您好"}"#.to_string(),
+    ];
+    publish(&nats, &barrier).await;
+    lines.extend(barrier);
+    wait_until("the barrier closed idle", async || {
+        output_events(&js)
+            .await
+            .iter()
+            .any(|e| matches!(e, Event::Summary(s) if s.conversation_id == "barrier"))
+    })
+    .await;
+    assert_eq!(
+        metric(port, "zhijian_conversations_closed_total{reason=\"idle\"}").await,
+        1.0,
+        "the late segment opened the conversation again"
+    );
+    let got = wait_done(&js, 2).await;
+    assert_no_duplicate_ids(&got);
+    assert_same(
+        &got,
+        &scan(&lines),
+        "a segment after the end, after a take-over",
+    );
+    drop(daemon);
+}
