@@ -89,7 +89,7 @@ pub async fn publish(config: &Config, file: &Path, rate: f64) -> Result<u64, Cli
             .map(|d| d.as_nanos())
             .unwrap_or(0)
     );
-    let mut in_flight: VecDeque<(Outgoing, PublishAckFuture)> = VecDeque::new();
+    let mut in_flight = InFlight::default();
     let mut sent = 0u64;
     for (i, line) in reader.lines().enumerate() {
         let line = line.map_err(|source| ClientError::Read {
@@ -107,17 +107,24 @@ pub async fn publish(config: &Config, file: &Path, rate: f64) -> Result<u64, Cli
             let due = started + Duration::from_secs_f64(sent as f64 / rate);
             tokio::time::sleep_until(due.into()).await;
         }
+        // One line of a conversation in flight at a time: a line lost in a
+        // server failure is sent again before the conversation's next line
+        // is sent, so the stream stores each conversation in file order.
+        while in_flight.busy(&subject) || in_flight.len() >= 1024 {
+            in_flight.settle_oldest(&js).await?;
+        }
         let out = Outgoing {
             subject,
             id: format!("{run}-{i}"),
             payload: line.into_bytes().into(),
         };
         let ack = out.send(&js).await?;
-        in_flight.push_back((out, ack));
+        in_flight.push(out, ack);
         sent += 1;
-        settle(&js, &mut in_flight, 1024).await?;
     }
-    settle(&js, &mut in_flight, 0).await?;
+    while in_flight.len() > 0 {
+        in_flight.settle_oldest(&js).await?;
+    }
     client.flush().await.map_err(nats)?;
     Ok(sent)
 }
@@ -130,65 +137,82 @@ struct Outgoing {
 }
 
 impl Outgoing {
+    fn headers(&self) -> async_nats::HeaderMap {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", self.id.as_str());
+        headers
+    }
+
     async fn send(
         &self,
         js: &async_nats::jetstream::Context,
     ) -> Result<PublishAckFuture, ClientError> {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", self.id.as_str());
-        js.publish_with_headers(self.subject.clone(), headers, self.payload.clone())
+        js.publish_with_headers(self.subject.clone(), self.headers(), self.payload.clone())
             .await
             .map_err(ClientError::Publish)
     }
 }
 
-/// How long messages are sent again while acks fail without progress (a
-/// JetStream leader election takes a few seconds).
+/// How long a message is sent again while its ack fails (a JetStream
+/// leader election takes a few seconds).
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
 
-/// Waits for acks, oldest first, until at most `keep` are pending. When
-/// one fails, every pending message is sent again, in order, with the
-/// same ids (the stream stores each once), after a backoff.
-async fn settle(
-    js: &async_nats::jetstream::Context,
-    in_flight: &mut VecDeque<(Outgoing, PublishAckFuture)>,
-    keep: usize,
-) -> Result<(), ClientError> {
-    let mut delay = Duration::from_millis(100);
-    let mut failing_since: Option<Instant> = None;
-    while in_flight.len() > keep {
-        let Some((out, ack)) = in_flight.pop_front() else {
-            break;
-        };
-        match ack.await {
-            Ok(_) => {
-                failing_since = None;
-                delay = Duration::from_millis(100);
-            }
-            Err(e) => {
-                let since = *failing_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > PUBLISH_PATIENCE {
-                    return Err(ClientError::NotAcknowledged(e));
-                }
-                tracing::warn!(error = %e, pending = in_flight.len() + 1, "publish not acknowledged; sending the pending messages again");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-                let mut again = VecDeque::with_capacity(in_flight.len() + 1);
-                for out in std::iter::once(out).chain(in_flight.drain(..).map(|(o, _)| o)) {
-                    let ack = loop {
-                        match out.send(js).await {
-                            Ok(ack) => break ack,
-                            Err(e) if since.elapsed() > PUBLISH_PATIENCE => return Err(e),
-                            Err(_) => tokio::time::sleep(delay).await,
-                        }
-                    };
-                    again.push_back((out, ack));
-                }
-                *in_flight = again;
-            }
-        }
+/// Messages sent and not yet acknowledged, oldest first, and the subjects
+/// (conversations) they are on.
+#[derive(Default)]
+struct InFlight {
+    queue: VecDeque<(Outgoing, PublishAckFuture)>,
+    subjects: std::collections::HashSet<String>,
+}
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.queue.len()
     }
-    Ok(())
+
+    fn busy(&self, subject: &str) -> bool {
+        self.subjects.contains(subject)
+    }
+
+    fn push(&mut self, out: Outgoing, ack: PublishAckFuture) {
+        self.subjects.insert(out.subject.clone());
+        self.queue.push_back((out, ack));
+    }
+
+    /// Waits for the oldest message's ack; sends it again (same id: the
+    /// stream stores it once) until it is stored or the patience is out.
+    async fn settle_oldest(
+        &mut self,
+        js: &async_nats::jetstream::Context,
+    ) -> Result<(), ClientError> {
+        let Some((out, ack)) = self.queue.pop_front() else {
+            return Ok(());
+        };
+        let mut result = ack.await.map(|_| ());
+        let mut delay = Duration::from_millis(100);
+        let since = Instant::now();
+        loop {
+            let e = match result {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            if since.elapsed() > PUBLISH_PATIENCE {
+                return Err(ClientError::NotAcknowledged(e));
+            }
+            tracing::warn!(error = %e, "publish not acknowledged; sending it again");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+            result = match js
+                .publish_with_headers(out.subject.clone(), out.headers(), out.payload.clone())
+                .await
+            {
+                Ok(ack) => ack.await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+        }
+        self.subjects.remove(&out.subject);
+        Ok(())
+    }
 }
 
 /// How `zhijian tail` prints events.
