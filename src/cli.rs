@@ -149,6 +149,10 @@ enum Command {
         /// run, so the daemon reloads it under load (0: never).
         #[arg(long, default_value_t = 0)]
         reload_every_ms: u64,
+        /// Daemon mode: run this `zhijian` binary as the daemon (another
+        /// build, for an A/B in one run) instead of this one.
+        #[arg(long)]
+        daemon_bin: Option<PathBuf>,
     },
     #[cfg(feature = "bench-tools")]
     /// Soak: the daemon under steady load for a long time, with
@@ -580,6 +584,7 @@ pub fn main() -> ExitCode {
             modes,
             extra_phrases,
             reload_every_ms,
+            daemon_bin,
         } => cmd_bench(crate::loadgen::BenchOptions {
             nats_url,
             lexicons: std::fs::canonicalize(&lexicons).unwrap_or(lexicons),
@@ -591,6 +596,7 @@ pub fn main() -> ExitCode {
             extra_phrases,
             reload_every: (reload_every_ms > 0)
                 .then(|| std::time::Duration::from_millis(reload_every_ms)),
+            daemon_bin,
         }),
     };
     match result {

@@ -185,6 +185,8 @@ pub struct BenchOptions {
     pub extra_phrases: usize,
     /// Daemon mode: rewrite a lexicon file this often during the run.
     pub reload_every: Option<Duration>,
+    /// The daemon's binary (None: this one).
+    pub daemon_bin: Option<PathBuf>,
 }
 
 /// What one mode measured.
@@ -404,7 +406,11 @@ async fn run_mode(
                     } else {
                         format!("{}#{}", v.conversation_id, v.seq)
                     };
-                    (v.id, line_of.get(&k).copied())
+                    // Verdicts of `response` and `timing` rules wait by
+                    // design (for a reply within N segments or seconds):
+                    // received, not timed.
+                    let timed = !matches!(v.kind.as_str(), "response" | "timing");
+                    (v.id, line_of.get(&k).copied().filter(|_| timed))
                 }
                 Ok(Event::Summary(s)) => {
                     let k = format!("{}#end", s.conversation_id);
@@ -736,8 +742,12 @@ async fn start_child(
     let cfg = dir.join(format!("{sub}.toml"));
     std::fs::write(&cfg, config_text(opts, metrics_port, shadow))
         .map_err(|e| BenchError::io(format!("cannot write {}", cfg.display()), e))?;
-    let exe =
-        std::env::current_exe().map_err(|e| BenchError::io("cannot find this executable", e))?;
+    let exe = match (&opts.daemon_bin, sub) {
+        (Some(bin), "run") => bin.clone(),
+        _ => {
+            std::env::current_exe().map_err(|e| BenchError::io("cannot find this executable", e))?
+        }
+    };
     let child = std::process::Command::new(exe)
         .args([sub, "--config"])
         .arg(&cfg)
@@ -912,6 +922,7 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, BenchError> {
         modes: Vec::new(),
         extra_phrases: 0,
         reload_every: None,
+        daemon_bin: None,
     };
     let Child {
         client,
