@@ -6,7 +6,7 @@
 //! shard, the offline scanner one in total) and shares the compiled
 //! lexicons ([`Scanners`]: the base and one per tenant) behind an `Arc`.
 //! The engine knows no rule kind: it scans each segment once, hands it to
-//! the rules ([`crate::rules::Book`]) and turns what they report into
+//! the rules ([`crate::book::Book`]) and turns what they report into
 //! events.
 //!
 //! Semantics, in order of application to an input event:
@@ -184,7 +184,7 @@ pub struct Conversation {
     /// computed, so a lexicon reload that changes caps applies cleanly).
     pub deducted: Vec<(String, f64)>,
     /// The state of each stateful rule of the conversation's lexicon, in
-    /// the order of its [`rules::Book::slot_rules`]. In saved state it is
+    /// the order of its [`crate::book::Book::slot_rules`]. In saved state it is
     /// `rules`, keyed by rule id, so a restart with a changed lexicon keeps
     /// what still applies.
     #[serde(skip)]
@@ -841,7 +841,7 @@ impl Engine {
             if let Some(s) = take_named(&mut named, rule_id) {
                 return Some(s);
             }
-            rules::state_from_format_1(lexicon, rule_id, legacy, conv.agent_segments)
+            crate::book::state_from_format_1(lexicon, rule_id, legacy, conv.agent_segments)
         });
         conv.deadline = book.next_deadline(lexicon, &conv.states);
         self.open.insert(KeyRef { tenant, id }.to_key(), conv);

@@ -63,6 +63,7 @@
 //! processing goes on. Nothing on the input path panics.
 
 pub mod audit;
+pub mod book;
 pub mod chardfa;
 pub mod cli;
 pub mod client;
@@ -74,6 +75,7 @@ pub mod diff;
 pub mod engine;
 pub mod eval;
 pub mod event;
+pub mod fields;
 pub mod filter;
 pub mod invariants;
 pub mod label;

@@ -10,11 +10,13 @@
 //! hit belongs to a rule with `boundary = "word"` (running jieba on every
 //! utterance would cost 3–4× the whole pipeline).
 
+use crate::book::Book;
 use crate::chardfa::CharDfa;
 use crate::event::Speaker;
 use crate::lexicon::{Lexicon, LexiconError, LexiconSet, Rule};
 use crate::normalize::Normalized;
-use crate::rules::{Book, Boundary, Position};
+pub use crate::rules::Hit;
+use crate::rules::{Boundary, Position};
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use jieba_rs::Jieba;
 use std::collections::HashMap;
@@ -104,17 +106,6 @@ fn channel_bit(channel: Option<crate::event::Channel>) -> u8 {
         Some(c) => 1 << (c as u8),
         None => 1 << 7,
     }
-}
-
-/// A hit that survived every filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hit {
-    /// The phrase list (automaton group) that hit; [`Scanner::group_rule`]
-    /// gives its rule.
-    pub group: u16,
-    /// Byte range in the normalised text; `Normalized::original_range`
-    /// maps it back (only callers that need it pay for it).
-    pub norm: (usize, usize),
 }
 
 /// Why a candidate hit was dropped (reported by [`Scanner::scan_explained`]).

@@ -26,15 +26,12 @@
 //! round) and the rounds give way to shutdown at once. Renewals of the held
 //! leases go out together, not one after another.
 
-use super::Shared;
-use super::conn::Link;
+pub use super::ctx::Ctx;
 use super::lease::Lease;
-use super::lexicons::LexiconStore;
 use super::worker::{self, Exit};
-use crate::config::{ClusterConfig, StreamsConfig};
-use crate::matcher::Scanners;
+use crate::config::StreamsConfig;
 use crate::subject;
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
@@ -42,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// The partition NATS puts a conversation in: `{{partition(n,1,2)}}` of
@@ -142,35 +139,7 @@ struct LeaseValue {
     until_ms: u64,
 }
 
-/// Everything the coordinator and the workers share.
-pub struct Ctx {
-    pub shared: Arc<Shared>,
-    pub cluster: ClusterConfig,
-    pub partitions: u32,
-    pub kv: kv::Store,
-    /// The input stream through the output connection (JetStream API:
-    /// raw reads, deletes, consumer info).
-    pub input: jetstream::stream::Stream,
-    /// JetStream on the input connection: the partitions' consumers.
-    pub input_js: jetstream::Context,
-    pub input_link: Link,
-    pub output_link: Link,
-    pub scanners: watch::Receiver<Arc<Scanners>>,
-    /// The candidate lexicon in shadow mode.
-    pub shadow: Option<watch::Receiver<Arc<Scanners>>>,
-    pub lexicons: Arc<LexiconStore>,
-    pub clock: Instant,
-    /// This process's run (see [`LeaseValue::run`]).
-    pub run: u64,
-    /// When the input stream was created (see `checkpoint`).
-    pub stream_created: String,
-}
-
 impl Ctx {
-    fn now(&self) -> u64 {
-        self.clock.elapsed().as_millis() as u64
-    }
-
     /// How long a lease surely holds after it was asked for: a fifth of it
     /// is kept as margin for clock skew and delays (others count from
     /// their clocks when they read it).

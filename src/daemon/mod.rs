@@ -40,6 +40,7 @@
 
 mod checkpoint;
 pub(crate) mod conn;
+mod ctx;
 mod deadletter;
 mod health;
 mod http;
@@ -336,7 +337,7 @@ pub async fn run(
         .created
         .unix_timestamp_nanos()
         .to_string();
-    let ctx = Arc::new(membership::Ctx {
+    let ctx = Arc::new(ctx::Ctx {
         shared: Arc::clone(&shared),
         cluster: config.cluster.clone(),
         partitions: setup.partitions,

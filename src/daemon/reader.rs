@@ -4,7 +4,7 @@
 //! message is lost on the way (a gap in the consumer's sequence), or when it
 //! delivers nothing while inputs wait.
 
-use super::membership::Ctx;
+use super::ctx::Ctx;
 use crate::subject;
 use async_nats::jetstream::{
     self,

@@ -26,11 +26,11 @@
 
 use super::checkpoint::{Changed, Checkpoints, HeadState, Marks, Snapshot, Written};
 use super::conn::Link;
+use super::ctx::Ctx;
 use super::deadletter::DeadLetter;
 use super::health::PartitionHealth;
 use super::judge::{Shadow, judge};
 use super::lease::{Lease, Lost};
-use super::membership::Ctx;
 use super::reader::Reader;
 use super::replay::{self, Stored};
 use super::window::{Item, Settled, What, Window, count_stored};

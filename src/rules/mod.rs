@@ -3,10 +3,14 @@
 //! per-conversation state, and the hooks the engine calls: on every final
 //! segment, on the clock, and when the conversation closes.
 //!
-//! The engine knows no kind by name: it hands every segment to
-//! [`Book::on_segment`] and every close to [`Book::on_close`], and turns what
-//! the kinds report ([`Found`]) into events. Adding a kind is one module and
-//! one line in each `match` of this file (the registry).
+//! This module is the registry: [`Spec`] and [`State`] name every kind,
+//! [`parse`] reads a rule's fields by its kind, and the hook types ([`Seg`],
+//! [`Close`], [`Found`], [`Sink`]) are what the kinds see and report. It
+//! knows nothing of the lexicon that holds the rules: the lexicon calls
+//! [`parse`], and [`crate::book::Book`] (above both) runs the hooks. The
+//! engine knows no kind by name: it hands every segment to the book and
+//! turns what the kinds report into events. Adding a kind is one module
+//! here and one line in each `match` of this file and of `book.rs`.
 //!
 //! | kind | judges | state |
 //! |---|---|---|
@@ -25,11 +29,21 @@ pub mod response;
 pub mod timing;
 
 use crate::event::{Channel, Speaker};
-use crate::lexicon::{Fields, Lexicon, Rule};
-use crate::matcher::Hit;
+use crate::fields::Fields;
 use crate::normalize::Normalized;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+
+/// A hit that survived every filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    /// The phrase list (automaton group) that hit;
+    /// [`crate::matcher::Scanner::group_rule`] gives its rule.
+    pub group: u16,
+    /// Byte range in the normalised text; `Normalized::original_range`
+    /// maps it back (only callers that need it pay for it).
+    pub norm: (usize, usize),
+}
 
 /// A rule's kind-specific settings, as validated from the lexicon.
 #[derive(Debug, Clone, PartialEq)]
@@ -161,7 +175,7 @@ impl Spec {
     /// `deadline` is `None` for every other rule, whatever its state (a
     /// test checks), so the clock and [`Book::next_deadline`] only visit
     /// these.
-    fn has_deadline(&self) -> bool {
+    pub(crate) fn has_deadline(&self) -> bool {
         match self {
             Spec::Required(s) => matches!(
                 s.scope,
@@ -184,11 +198,11 @@ impl Spec {
     }
 
     /// Whether the rule keeps per-conversation state.
-    fn stateful(&self) -> bool {
+    pub(crate) fn stateful(&self) -> bool {
         self.initial_state().is_some()
     }
 
-    fn initial_state(&self) -> Option<State> {
+    pub(crate) fn initial_state(&self) -> Option<State> {
         match self {
             Spec::Phrase(_) | Spec::Pattern(_) => None,
             Spec::Required(_) => Some(State::Required(required::State::default())),
@@ -370,7 +384,11 @@ impl PhraseList {
 #[derive(Clone, Copy)]
 pub struct RuleRef<'a> {
     pub ix: u16,
-    pub rule: &'a Rule,
+    /// The rule's id and kind (for explanations).
+    pub id: &'a str,
+    pub kind: &'static str,
+    /// The speakers whose segments the rule judges.
+    pub speakers: &'a [Speaker],
     /// The automaton group of the rule's first phrase list; list `i` is
     /// group `first_group + i`.
     pub first_group: u16,
@@ -482,491 +500,9 @@ pub struct Sink<'a> {
 impl Sink<'_> {
     /// Records an explanation (only when one is asked for: the closure
     /// builds the text).
-    pub fn explain(&mut self, rule: &Rule, why: impl FnOnce() -> String) {
+    pub fn explain(&mut self, rule: RuleRef<'_>, why: impl FnOnce() -> String) {
         if let Some(e) = self.explain.as_deref_mut() {
-            e.push(format!("{:<28} {:<10} {}", rule.id, rule.kind(), why()));
-        }
-    }
-}
-
-/// The compiled rules of a lexicon: which rule each automaton group belongs
-/// to, which rules keep state, and the pattern set.
-#[derive(Debug)]
-pub struct Book {
-    /// Rule → its first automaton group.
-    first_group: Vec<u16>,
-    /// Group → the rule it belongs to.
-    group_rule: Vec<u16>,
-    /// Rule → its slot in a conversation's state vector.
-    slot: Vec<Option<u16>>,
-    /// Slot → rule: the stateful rules, which see every segment, in the
-    /// order of a conversation's state vector.
-    slots: Vec<u16>,
-    /// The stateful rules that can hold a deadline, `(slot, rule)`: the
-    /// only ones [`Book::next_deadline`] (after every segment) and
-    /// [`Book::on_clock`] need to visit.
-    timed: Vec<(usize, u16)>,
-    /// Per stateful rule (as `slots`): done once its verdict is made (a
-    /// required rule of a start or conversation scope), so later segments
-    /// need not visit it.
-    done_when_decided: Vec<bool>,
-    /// Per stateful rule (as `slots`): bits of the speakers whose segments
-    /// it acts on (all for response rules, which count every segment after
-    /// a trigger) and of the channels it applies to (0: every channel).
-    /// Checked before the rule itself is read.
-    gates: Vec<(u8, u8)>,
-    patterns: pattern::Set,
-}
-
-/// The automaton groups of a lexicon: each phrase list of each rule, with
-/// the speakers whose segments it is searched in.
-pub struct GroupDef<'a> {
-    pub rule: u16,
-    pub list: &'a PhraseList,
-    pub speakers: &'a [Speaker],
-}
-
-impl Book {
-    /// Compiles the rules of `lexicon`; also returns the phrase-list groups
-    /// for the automaton.
-    pub fn new(lexicon: &Lexicon) -> Result<(Book, Vec<GroupDef<'_>>), String> {
-        let mut groups = Vec::new();
-        let mut first_group = Vec::new();
-        let mut group_rule = Vec::new();
-        let mut slot = Vec::new();
-        let mut slots = Vec::new();
-        let mut timed = Vec::new();
-        let mut done_when_decided = Vec::new();
-        let mut gates = Vec::new();
-        for (i, rule) in lexicon.rules.iter().enumerate() {
-            let ix = u16::try_from(i).map_err(|_| "too many rules".to_string())?;
-            first_group.push(u16::try_from(groups.len()).map_err(|_| "too many phrase lists")?);
-            let lists = rule.spec.phrase_lists();
-            let speakers = rule.spec.list_speakers(&rule.speakers);
-            for (list, speakers) in lists.into_iter().zip(speakers) {
-                groups.push(GroupDef {
-                    rule: ix,
-                    list,
-                    speakers,
-                });
-                group_rule.push(ix);
-            }
-            if rule.spec.stateful() {
-                if rule.spec.has_deadline() {
-                    timed.push((slots.len(), ix));
-                }
-                slot.push(Some(slots.len() as u16));
-                slots.push(ix);
-                let speakers = match &rule.spec {
-                    Spec::Response(_) => 0xFF,
-                    _ => rule.speakers.iter().fold(0u8, |m, s| m | 1 << (*s as u8)),
-                };
-                let channels = rule.channels.iter().fold(0u8, |m, c| m | 1 << (*c as u8));
-                gates.push((speakers, channels));
-                done_when_decided.push(matches!(
-                    &rule.spec,
-                    Spec::Required(s) if !matches!(s.scope, required::Scope::End { .. })
-                ));
-            } else {
-                slot.push(None);
-            }
-        }
-        let patterns = pattern::Set::new(lexicon)?;
-        Ok((
-            Book {
-                first_group,
-                done_when_decided,
-                gates,
-                group_rule,
-                slot,
-                slots,
-                timed,
-                patterns,
-            },
-            groups,
-        ))
-    }
-
-    /// Fresh per-conversation state: one entry per stateful rule.
-    pub fn initial_states(&self, lexicon: &Lexicon) -> Vec<State> {
-        self.slots
-            .iter()
-            .filter_map(|&r| lexicon.rules[usize::from(r)].spec.initial_state())
-            .collect()
-    }
-
-    /// Rule ids of the state vector's entries, in order (saving state).
-    pub fn slot_rules(&self) -> &[u16] {
-        &self.slots
-    }
-
-    /// The state vector's index of a rule's state.
-    pub fn slot_of(&self, rule: u16) -> Option<usize> {
-        self.slot
-            .get(usize::from(rule))
-            .copied()
-            .flatten()
-            .map(usize::from)
-    }
-
-    pub fn group_rule(&self, group: u16) -> u16 {
-        self.group_rule[usize::from(group)]
-    }
-
-    fn rule_ref<'a>(&self, lexicon: &'a Lexicon, ix: u16) -> RuleRef<'a> {
-        RuleRef {
-            ix,
-            rule: &lexicon.rules[usize::from(ix)],
-            first_group: self.first_group[usize::from(ix)],
-        }
-    }
-
-    /// Runs every rule concerned by a segment: the rules whose phrase lists
-    /// hit it, the pattern rules whose patterns match it, and every stateful
-    /// rule. `states` is the conversation's state vector.
-    pub fn on_segment(
-        &self,
-        lexicon: &Lexicon,
-        states: &mut [State],
-        seg: &Seg<'_>,
-        pattern_scratch: &mut pattern::Scratch,
-        sink: &mut Sink<'_>,
-    ) {
-        // Stateless rules with hits (a stateful rule sees every segment
-        // below). Hits are ordered by start: collect the rules first.
-        let mut hit_rules: [u16; 8] = [u16::MAX; 8];
-        let mut n = 0;
-        let mut overflow: Vec<u16> = Vec::new();
-        for h in seg.hits {
-            let r = self.group_rule(h.group);
-            if self.slot[usize::from(r)].is_some()
-                || hit_rules[..n].contains(&r)
-                || overflow.contains(&r)
-            {
-                continue;
-            }
-            if n < hit_rules.len() {
-                hit_rules[n] = r;
-                n += 1;
-            } else {
-                overflow.push(r);
-            }
-        }
-        for &r in hit_rules[..n].iter().chain(&overflow) {
-            let rr = self.rule_ref(lexicon, r);
-            if !rr.rule.applies_on(seg.channel) {
-                continue;
-            }
-            if let Spec::Phrase(s) = &rr.rule.spec {
-                phrase::on_segment(s, rr, seg, sink);
-            }
-        }
-        if self.patterns.judges(seg.speaker) {
-            let explain = sink.explain.is_some();
-            self.patterns
-                .scan(seg, pattern_scratch, explain, |r, spans, count, reasons| {
-                    let rule = &lexicon.rules[usize::from(r)];
-                    if !rule.applies_on(seg.channel) {
-                        return;
-                    }
-                    for why in reasons {
-                        sink.explain(rule, || why);
-                    }
-                    if count > 0 {
-                        sink.found.push(Found::Spans {
-                            rule: r,
-                            spans,
-                            count,
-                        });
-                    }
-                });
-        }
-        let speaker_bit = 1u8 << (seg.speaker as u8);
-        let channel_bit = seg.channel.map_or(0, |c| 1u8 << (c as u8));
-        for (((&r, state), &done_when_decided), &(speakers, channels)) in self
-            .slots
-            .iter()
-            .zip(states.iter_mut())
-            .zip(&self.done_when_decided)
-            .zip(&self.gates)
-        {
-            // Not on this channel (an unknown channel is judged by all).
-            if channels != 0 && channel_bit != 0 && channels & channel_bit == 0 {
-                continue;
-            }
-            // Not this speaker's segment: nothing to do, except for a
-            // required rule whose scope has not started its clock yet.
-            if speakers & speaker_bit == 0
-                && !matches!(&*state, State::Required(st) if st.seen == 0 && !st.continued)
-            {
-                continue;
-            }
-            // A required rule with its verdict has nothing left to do here
-            // (nor at close: see `required::on_close`).
-            if done_when_decided
-                && let State::Required(st) = &*state
-                && st.verdict.is_some()
-            {
-                continue;
-            }
-            // A response rule that waits for nothing acts only on a segment
-            // holding its trigger (list 0): `response::on_segment` does
-            // nothing otherwise. Most segments of a large rulebook are such
-            // no-ops for most of its response rules; deciding here, from
-            // the state and the hits, spares loading the rule.
-            if let State::Response(st) = &*state
-                && st.waiting.is_none()
-                && !seg
-                    .hits
-                    .iter()
-                    .any(|h| h.group == self.first_group[usize::from(r)])
-            {
-                continue;
-            }
-            let rr = self.rule_ref(lexicon, r);
-            if !rr.rule.applies_on(seg.channel) {
-                continue;
-            }
-            match (&rr.rule.spec, state) {
-                (Spec::Required(s), State::Required(st)) => {
-                    required::on_segment(s, rr, st, seg, sink)
-                }
-                (Spec::Response(s), State::Response(st)) => {
-                    response::on_segment(s, rr, st, seg, sink)
-                }
-                (Spec::Timing(s), State::Timing(st)) => timing::on_segment(s, rr, st, seg, sink),
-                (Spec::Repetition(s), State::Repetition(st)) => {
-                    repetition::on_segment(s, rr, st, seg, sink)
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Deadlines passed by the clock: `now_ts` is the conversation's time.
-    pub fn on_clock(
-        &self,
-        lexicon: &Lexicon,
-        states: &mut [State],
-        channel: Option<Channel>,
-        now_ts: u64,
-        sink: &mut Sink<'_>,
-    ) {
-        for &(slot, r) in &self.timed {
-            let Some(state) = states.get_mut(slot) else {
-                continue;
-            };
-            let rr = self.rule_ref(lexicon, r);
-            if !rr.rule.applies_on(channel) {
-                continue;
-            }
-            match (&rr.rule.spec, state) {
-                (Spec::Required(s), State::Required(st)) => {
-                    required::on_clock(s, rr, st, now_ts, sink)
-                }
-                (Spec::Response(s), State::Response(st)) => {
-                    response::on_clock(s, rr, st, now_ts, sink)
-                }
-                (Spec::Timing(s), State::Timing(st)) => timing::on_clock(s, rr, st, now_ts, sink),
-                _ => {}
-            }
-        }
-    }
-
-    /// The earliest conversation time at which [`Book::on_clock`] can
-    /// report something (`u64::MAX`: never).
-    pub fn next_deadline(&self, lexicon: &Lexicon, states: &[State]) -> u64 {
-        let mut next = u64::MAX;
-        for &(slot, r) in &self.timed {
-            let Some(state) = states.get(slot) else {
-                continue;
-            };
-            let spec = &lexicon.rules[usize::from(r)].spec;
-            let d = match (spec, state) {
-                (Spec::Required(s), State::Required(st)) => required::deadline(s, st),
-                (Spec::Response(s), State::Response(st)) => response::deadline(s, st),
-                (Spec::Timing(s), State::Timing(st)) => timing::deadline(s, st),
-                _ => None,
-            };
-            next = next.min(d.unwrap_or(u64::MAX));
-        }
-        next
-    }
-
-    /// Close-time verdicts.
-    pub fn on_close(
-        &self,
-        lexicon: &Lexicon,
-        states: &mut [State],
-        channel: Option<Channel>,
-        close: &Close,
-        sink: &mut Sink<'_>,
-    ) {
-        for (&r, state) in self.slots.iter().zip(states.iter_mut()) {
-            let rr = self.rule_ref(lexicon, r);
-            if !rr.rule.applies_on(channel) {
-                continue;
-            }
-            match (&rr.rule.spec, state) {
-                (Spec::Required(s), State::Required(st)) => {
-                    required::on_close(s, rr, st, close, sink)
-                }
-                (Spec::Response(s), State::Response(st)) => {
-                    response::on_close(s, rr, st, close, sink)
-                }
-                (Spec::Timing(s), State::Timing(st)) => timing::on_close(s, rr, st, close, sink),
-                _ => {}
-            }
-        }
-    }
-
-    /// Contract v1's `greeted` and `closed`: the verdicts of the first
-    /// required rules of categories `missing_greeting` and
-    /// `missing_closing`.
-    pub fn greeted_closed(
-        &self,
-        lexicon: &Lexicon,
-        states: &[State],
-        channel: Option<Channel>,
-    ) -> (Option<bool>, Option<bool>) {
-        // The first rule of the category that judges this channel: a
-        // genre's own greeting (`channels = ["social"]`) stands for the
-        // conversation on that channel, the general one elsewhere.
-        let verdict = |category: &str| {
-            self.slots.iter().zip(states).find_map(|(&r, st)| {
-                let rule = &lexicon.rules[usize::from(r)];
-                match st {
-                    State::Required(st)
-                        if lexicon.categories[rule.category].id == category
-                            && rule.applies_on(channel) =>
-                    {
-                        Some(st.verdict)
-                    }
-                    _ => None,
-                }
-            })
-        };
-        (
-            verdict("missing_greeting").flatten(),
-            verdict("missing_closing").flatten(),
-        )
-    }
-
-    /// Moves state saved under rule ids into a state vector for this
-    /// lexicon: rules not in `saved` start fresh; saved state of a rule that
-    /// no longer exists or changed kind is dropped.
-    pub fn states_from(
-        &self,
-        lexicon: &Lexicon,
-        saved: &mut dyn FnMut(&str) -> Option<State>,
-    ) -> Vec<State> {
-        self.slots
-            .iter()
-            .filter_map(|&r| {
-                let rule = &lexicon.rules[usize::from(r)];
-                let fresh = rule.spec.initial_state()?;
-                match saved(&rule.id) {
-                    Some(s) if std::mem::discriminant(&s) == std::mem::discriminant(&fresh) => {
-                        Some(s)
-                    }
-                    _ => Some(fresh),
-                }
-            })
-            .collect()
-    }
-}
-
-/// State format 1 (before rule kinds) kept the greeting verdict and the
-/// closing window bits in the conversation: they become the state of the
-/// required rules of the v1 categories `missing_greeting` and
-/// `missing_closing`.
-pub fn state_from_format_1(
-    lexicon: &Lexicon,
-    rule_id: &str,
-    (greeted, closing_bits): (Option<bool>, Option<u32>),
-    agent_segments: u32,
-) -> Option<State> {
-    let rule = lexicon.rules.iter().find(|r| r.id == rule_id)?;
-    if !matches!(rule.spec, Spec::Required(_)) {
-        return None;
-    }
-    match lexicon.categories[rule.category].id.as_str() {
-        "missing_greeting" if greeted.is_some() || closing_bits.is_some() => {
-            Some(State::Required(required::State {
-                verdict: greeted,
-                seen: agent_segments,
-                ..Default::default()
-            }))
-        }
-        "missing_closing" if closing_bits.is_some() => Some(State::Required(required::State {
-            verdict: None,
-            seen: agent_segments,
-            bits: u64::from(closing_bits.unwrap_or(0)),
-            ..Default::default()
-        })),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    /// [`Spec::has_deadline`] is the kinds' `deadline` made static: every
-    /// rule of the default lexicon and of the generated rulebook, in a state
-    /// that waits for everything it can wait for, has a deadline exactly
-    /// when `has_deadline` says so.
-    #[test]
-    fn has_deadline_agrees_with_the_kinds() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("lexicons");
-        let (rulebook, _) = crate::synth::large_rulebook(1);
-        let lexicons = [
-            crate::lexicon::load_dir(&dir).expect("default lexicon"),
-            crate::lexicon::load_sources(rulebook).expect("rulebook"),
-        ];
-        let mut cases = std::collections::BTreeSet::new();
-        for rule in lexicons.iter().flat_map(|l| &l.rules) {
-            let deadline = match &rule.spec {
-                Spec::Required(s) => required::deadline(
-                    s,
-                    &required::State {
-                        verdict: None,
-                        seen: 1,
-                        bits: 0,
-                        start_ts: Some(5),
-                        continued: false,
-                    },
-                ),
-                Spec::Response(s) => response::deadline(
-                    s,
-                    &response::State {
-                        waiting: Some(response::Waiting {
-                            seq: 0,
-                            ts_ms: 5,
-                            after: 0,
-                            shown: Shown::default(),
-                        }),
-                    },
-                ),
-                Spec::Timing(s) => timing::deadline(
-                    s,
-                    &timing::State {
-                        waiting: Some((0, 5)),
-                        done: false,
-                        shown: None,
-                        last_ts: Some(5),
-                    },
-                ),
-                Spec::Phrase(_) | Spec::Pattern(_) | Spec::Repetition(_) => None,
-            };
-            assert_eq!(deadline.is_some(), rule.spec.has_deadline(), "{}", rule.id);
-            cases.insert((rule.kind(), rule.spec.has_deadline()));
-        }
-        // Both answers for every kind that can have a deadline.
-        for kind in ["required", "response", "timing"] {
-            assert!(cases.contains(&(kind, true)), "{kind} with a deadline");
-            assert!(cases.contains(&(kind, false)), "{kind} without");
+            e.push(format!("{:<28} {:<10} {}", rule.id, rule.kind, why()));
         }
     }
 }

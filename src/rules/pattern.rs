@@ -26,7 +26,7 @@
 use super::Seg;
 use crate::detect::{self, Detector};
 use crate::event::{MAX_SPANS, Speaker};
-use crate::lexicon::{Fields, Lexicon};
+use crate::fields::Fields;
 use regex::{Regex, RegexSet};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -167,18 +167,22 @@ fn speaker_bits(s: &[Speaker]) -> u8 {
 }
 
 impl Set {
-    pub fn new(lexicon: &Lexicon) -> Result<Set, String> {
+    /// Compiles the pattern rules among `rules` (`(id, speakers, spec)` of
+    /// every rule, in the lexicon's order).
+    pub fn new<'a>(
+        rules: impl IntoIterator<Item = (&'a str, &'a [Speaker], &'a super::Spec)>,
+    ) -> Result<Set, String> {
         let mut set = Set::default();
         let mut all = Vec::new();
-        for (i, rule) in lexicon.rules.iter().enumerate() {
-            let super::Spec::Pattern(spec) = &rule.spec else {
+        for (i, (id, speakers, spec)) in rules.into_iter().enumerate() {
+            let super::Spec::Pattern(spec) = spec else {
                 continue;
             };
             let build = |src: &String| {
                 regex::RegexBuilder::new(src)
                     .size_limit(REGEX_SIZE_LIMIT)
                     .build()
-                    .map_err(|e| format!("rule {}: {e}", rule.id))
+                    .map_err(|e| format!("rule {id}: {e}"))
             };
             let patterns = spec
                 .patterns
@@ -196,7 +200,7 @@ impl Set {
             }
             let detectors = spec.detectors.iter().fold(0u8, |m, d| m | 1 << (*d as u8));
             set.detectors |= detectors;
-            let speakers = speaker_bits(&rule.speakers);
+            let speakers = speaker_bits(speakers);
             set.speakers |= speakers;
             set.rules.push(Compiled {
                 rule: u16::try_from(i).map_err(|_| "too many rules")?,

@@ -18,7 +18,7 @@
 
 use super::{Boundary, Found, PhraseList, Position, RuleRef, Seg, Sink};
 use crate::event::MAX_SPANS;
-use crate::lexicon::Fields;
+use crate::fields::Fields;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spec {
@@ -49,7 +49,7 @@ pub fn on_segment(_spec: &Spec, r: RuleRef<'_>, seg: &Seg<'_>, sink: &mut Sink<'
         }
     }
     if count > 0 {
-        sink.explain(r.rule, || {
+        sink.explain(r, || {
             let shown: Vec<&str> = spans.iter().map(|&(s, e)| &seg.norm.text[s..e]).collect();
             format!("hit {count} time(s): {}", shown.join("、"))
         });

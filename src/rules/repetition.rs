@@ -21,7 +21,7 @@
 //! fingerprints), so memory per conversation is bounded.
 
 use super::{Found, RuleRef, Seg, Sink};
-use crate::lexicon::Fields;
+use crate::fields::Fields;
 use serde::{Deserialize, Serialize};
 
 /// Distinct texts remembered per conversation.
@@ -83,7 +83,7 @@ pub fn fingerprint(norm: &str) -> (u64, usize) {
 }
 
 pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, sink: &mut Sink<'_>) {
-    if !r.rule.speakers.contains(&seg.speaker) {
+    if !r.speakers.contains(&seg.speaker) {
         return;
     }
     let (fp, chars) = *seg.fingerprint.get_or_init(|| fingerprint(&seg.norm.text));
@@ -108,7 +108,7 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
     if seen == spec.times && !st.reported.contains(&fp) {
         st.reported.push(fp);
         let note = format!("the same text sent {seen} times");
-        sink.explain(r.rule, || format!("VIOLATED: {note}"));
+        sink.explain(r, || format!("VIOLATED: {note}"));
         sink.found.push(Found::Verdict {
             rule: r.ix,
             seq: seg.seq,
@@ -118,8 +118,6 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
             text: None,
         });
     } else if seen > 1 {
-        sink.explain(r.rule, || {
-            format!("seen {seen} time(s) (limit {})", spec.times)
-        });
+        sink.explain(r, || format!("seen {seen} time(s) (limit {})", spec.times));
     }
 }

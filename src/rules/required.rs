@@ -22,7 +22,7 @@
 //! nothing). Either way no verdict is made, as a reviewer would.
 
 use super::{Boundary, Close, Found, PhraseList, Position, RuleRef, Seg, Sink};
-use crate::lexicon::Fields;
+use crate::fields::Fields;
 use serde::{Deserialize, Serialize};
 
 /// End-scope windows are tracked as bits of a u64.
@@ -262,7 +262,7 @@ fn violate(
     sink: &mut Sink<'_>,
 ) {
     st.verdict = Some(false);
-    sink.explain(r.rule, || format!("VIOLATED: {note}"));
+    sink.explain(r, || format!("VIOLATED: {note}"));
     sink.found.push(Found::Verdict {
         rule: r.ix,
         seq,
@@ -279,14 +279,14 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
     if st.start_ts.is_none() {
         st.start_ts = Some(seg.ts_ms);
     }
-    if !r.rule.speakers.contains(&seg.speaker) {
+    if !r.speakers.contains(&seg.speaker) {
         if let Some(before) = spec.before_list()
             && st.seen == 0
             && !st.continued
             && r.hit(seg, before)
         {
             st.continued = true;
-            sink.explain(r.rule, || {
+            sink.explain(r, || {
                 "not judged: the customer's first words continue an earlier contact".into()
             });
         }
@@ -298,7 +298,7 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
         Scope::Start { segments, seconds } => {
             if st.seen == 1 && !hit && spec.continuation.is_some() && r.hit(seg, 1) {
                 st.continued = true;
-                sink.explain(r.rule, || {
+                sink.explain(r, || {
                     "not judged: the first segment continues an earlier contact".into()
                 });
             }
@@ -307,7 +307,7 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
             }
             if st.verdict.is_some() || seg.midway {
                 if seg.midway && st.verdict.is_none() {
-                    sink.explain(r.rule, || {
+                    sink.explain(r, || {
                         "not judged: the conversation was first seen mid-way".into()
                     });
                 }
@@ -319,7 +319,7 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
             });
             if hit && !late {
                 st.verdict = Some(true);
-                sink.explain(r.rule, || {
+                sink.explain(r, || {
                     format!("satisfied: said in segment {} of the scope", st.seen)
                 });
             } else if late {
@@ -346,7 +346,7 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
                     sink,
                 );
             } else {
-                sink.explain(r.rule, || {
+                sink.explain(r, || {
                     format!("open: not said yet ({} segment(s) into the scope)", st.seen)
                 });
             }
@@ -354,13 +354,13 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
         Scope::End { .. } => {
             st.bits = (st.bits << 1) | u64::from(hit);
             if hit {
-                sink.explain(r.rule, || {
+                sink.explain(r, || {
                     "said here: satisfied if no more than the scope's segments follow".into()
                 });
             }
             st.continued = spec.continuation.is_some() && r.hit(seg, 1);
             if st.continued {
-                sink.explain(r.rule, || {
+                sink.explain(r, || {
                     "continued elsewhere: not judged if no segment of the speaker follows".into()
                 });
             }
@@ -369,7 +369,7 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
             if hit && st.bits == 0 {
                 st.bits = 1;
                 st.verdict = Some(true);
-                sink.explain(r.rule, || "satisfied: said".into());
+                sink.explain(r, || "satisfied: said".into());
             }
         }
     }
@@ -400,7 +400,7 @@ pub fn on_close(spec: &Spec, r: RuleRef<'_>, st: &mut State, close: &Close, sink
         return;
     }
     if st.seen == 0 {
-        sink.explain(r.rule, || "not judged: the speaker never spoke".into());
+        sink.explain(r, || "not judged: the speaker never spoke".into());
         return;
     }
     let at = close.last_agent_seq.or(close.last_seq).unwrap_or(0);
@@ -429,11 +429,11 @@ pub fn on_close(spec: &Spec, r: RuleRef<'_>, st: &mut State, close: &Close, sink
             };
             if st.bits & mask != 0 {
                 st.verdict = Some(true);
-                sink.explain(r.rule, || {
+                sink.explain(r, || {
                     format!("satisfied: said in the last {segments} segment(s)")
                 });
             } else if st.continued {
-                sink.explain(r.rule, || {
+                sink.explain(r, || {
                     "not judged: the last segment continues the matter elsewhere".into()
                 });
             } else {

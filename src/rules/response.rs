@@ -23,7 +23,7 @@
 
 use super::{Boundary, Close, Found, PhraseList, Position, RuleRef, Seg, Shown, Sink};
 use crate::event::Speaker;
-use crate::lexicon::Fields;
+use crate::fields::Fields;
 use serde::{Deserialize, Serialize};
 
 /// One side of the rule: who says it and what.
@@ -137,7 +137,7 @@ fn missed(spec: &Spec, r: RuleRef<'_>, w: Waiting, ts_ms: u64, why: &str, sink: 
         w.seq,
         spec.expect.list.sample(3),
     );
-    sink.explain(r.rule, || format!("VIOLATED: {note}"));
+    sink.explain(r, || format!("VIOLATED: {note}"));
     sink.found.push(Found::Verdict {
         rule: r.ix,
         seq: w.seq,
@@ -160,7 +160,7 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
         if answered && !late_s {
             let seq = w.seq;
             st.waiting = None;
-            sink.explain(r.rule, || {
+            sink.explain(r, || {
                 format!("satisfied: the trigger at segment {seq} is answered here")
             });
             return;
@@ -176,15 +176,13 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
                 missed(spec, r, w, seg.ts_ms, &why, sink);
             }
         } else {
-            sink.explain(r.rule, || "waiting for the response".into());
+            sink.explain(r, || "waiting for the response".into());
             return;
         }
     }
     if triggered && st.waiting.is_none() {
         if answered {
-            sink.explain(r.rule, || {
-                "triggered and answered in the same segment".into()
-            });
+            sink.explain(r, || "triggered and answered in the same segment".into());
             return;
         }
         st.waiting = Some(Waiting {
@@ -193,7 +191,7 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
             after: 0,
             shown: Shown::of(seg.text, seg.excerpt_chars),
         });
-        sink.explain(r.rule, || "triggered: now waiting for the response".into());
+        sink.explain(r, || "triggered: now waiting for the response".into());
     }
 }
 
@@ -222,7 +220,7 @@ pub fn on_close(spec: &Spec, r: RuleRef<'_>, st: &mut State, close: &Close, sink
         return;
     };
     if w.after == 0 {
-        sink.explain(r.rule, || {
+        sink.explain(r, || {
             "not judged: the trigger was the conversation's last segment".into()
         });
         return;

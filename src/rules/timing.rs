@@ -23,7 +23,7 @@
 
 use super::{Close, Found, RuleRef, Seg, Shown, Sink};
 use crate::event::Speaker;
-use crate::lexicon::Fields;
+use crate::fields::Fields;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +118,7 @@ fn report(
     text: Option<Shown>,
     sink: &mut Sink<'_>,
 ) {
-    sink.explain(r.rule, || format!("VIOLATED: {note}"));
+    sink.explain(r, || format!("VIOLATED: {note}"));
     sink.found.push(Found::Verdict {
         rule: r.ix,
         seq,
@@ -131,7 +131,7 @@ fn report(
 
 pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, sink: &mut Sink<'_>) {
     // System notices are nobody's turn and nobody's silence.
-    if !r.rule.speakers.contains(&seg.speaker) {
+    if !r.speakers.contains(&seg.speaker) {
         return;
     }
     let limit = spec.limit_ms();
@@ -144,7 +144,7 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
                 Speaker::Customer if st.waiting.is_none() => {
                     st.waiting = Some((seg.seq, seg.ts_ms));
                     st.shown = Some(Shown::of(seg.text, seg.excerpt_chars));
-                    sink.explain(r.rule, || {
+                    sink.explain(r, || {
                         "the customer's first message: the clock starts".into()
                     });
                 }
@@ -169,7 +169,7 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
                                 sink,
                             );
                         } else {
-                            sink.explain(r.rule, || {
+                            sink.explain(r, || {
                                 format!("satisfied: first reply after {} s", took / 1000)
                             });
                         }
@@ -269,7 +269,7 @@ pub fn on_close(spec: &Spec, r: RuleRef<'_>, st: &mut State, close: &Close, sink
     match deadline(spec, st) {
         Some(d) if close.ts_ms > d => expire(spec, r, st, d, sink),
         Some(_) => {
-            sink.explain(r.rule, || {
+            sink.explain(r, || {
                 "not judged: the conversation ended before the limit".into()
             });
             st.waiting = None;
