@@ -3,31 +3,15 @@
 //! filler words used as interjections (语气词), and missing greetings
 //! (开头语) and closings (结束语), with a QA score per conversation.
 //!
-//! # Data flow
-//!
-//! ```text
-//! JSON input ─▶ event::decode ─▶ engine::Engine::handle ─▶ Vec<event::Event>
-//!                                  │
-//!                                  ├─ normalize  fold width/case/script, drop punctuation, keep offsets
-//!                                  ├─ matcher    one Aho-Corasick pass + exceptions, jieba boundaries, position
-//!                                  └─ engine     per-conversation state, windows, score
-//! ```
-//!
-//! The middle is synchronous and does no I/O: it takes the clock as an
-//! argument, which is what makes it testable without servers and fast
-//! without locks. The edges (`scan` for files, the daemon for NATS) are thin.
+//! The pure core (events, text folding, lexicon, rules, matcher, engine,
+//! scan) is the crate `zhijian-core` (`crates/zhijian-core`), re-exported
+//! here under the same module names; this crate is the product around it:
+//! the daemon, the console and the command line.
 //!
 //! # Modules
 //!
-//! - [`event`]: the input/output contract (v1.1), decoding and validation.
-//! - [`normalize`]: the text fold shared by lexicon phrases and utterances
-//!   (its Unicode tables are generated: `unicode_tables`).
-//! - [`lexicon`]: the TOML lexicon format and its strict validation.
-//! - [`matcher`]: the compiled lexicon ([`matcher::Scanner`]) and hit filters.
-//! - [`chardfa`]: the character-level automaton the matcher runs while
-//!   normalising.
-//! - [`engine`]: conversation state, verdicts and events.
-//! - [`scan`]: the offline JSONL runner behind `zhijian scan`.
+//! - [`event`], [`normalize`], [`lexicon`], [`rules`], [`book`], [`matcher`],
+//!   [`engine`], [`scan`], [`filter`] …: the core, from `zhijian-core`.
 //! - [`eval`], [`suggest`], [`label`]: measuring a lexicon against reviewer
 //!   labels (`lexicon eval`), proposing a tenant overlay from them and from
 //!   the desk's false alarms (`lexicon suggest`), and labelling a sample in
@@ -39,7 +23,6 @@
 //! - [`console`]: the live-alerts web console for QA supervisors: the feed,
 //!   the live conversations board (`console::board`) and the desk where
 //!   alerts are worked, shared through NATS (`console::desk`).
-//! - [`filter`]: which output events a supervisor wants to see.
 //! - [`config`]: the daemon's TOML configuration and its overrides.
 //! - `subject`: the NATS subjects, built and parsed in one place, and the
 //!   checks of the tokens that go into them.
@@ -63,35 +46,25 @@
 //! processing goes on. Nothing on the input path panics.
 
 pub mod audit;
-pub mod book;
-pub mod chardfa;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod console;
 pub mod daemon;
-pub mod detect;
 pub mod diff;
-pub mod engine;
 pub mod eval;
-pub mod event;
-pub mod fields;
-pub mod filter;
 pub mod invariants;
 pub mod label;
-pub mod lexicon;
 pub mod listen;
 #[cfg(feature = "bench-tools")]
 pub mod loadgen;
-pub mod matcher;
 pub mod metrics;
 pub mod nats_conn;
-pub mod normalize;
-pub mod rules;
-pub mod scan;
 pub(crate) mod subject;
 pub mod suggest;
-pub mod suite;
 pub mod synth;
-mod unicode_tables;
-pub mod wording;
+
+pub use zhijian_core::{
+    book, chardfa, detect, engine, event, fields, filter, lexicon, matcher, normalize, rules, scan,
+    suite, wording,
+};

@@ -344,3 +344,66 @@ pub fn staggered_jsonl(
     }
     out
 }
+
+#[cfg(test)]
+mod deadline_tests {
+    use crate::rules::{Shown, Spec, required, response, timing};
+    use std::path::Path;
+
+    /// [`Spec::has_deadline`] (`zhijian-core`) is the kinds' `deadline` made static: every
+    /// rule of the default lexicon and of the generated rulebook, in a state
+    /// that waits for everything it can wait for, has a deadline exactly
+    /// when `has_deadline` says so.
+    #[test]
+    fn has_deadline_agrees_with_the_kinds() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("lexicons");
+        let (rulebook, _) = super::large_rulebook(1);
+        let lexicons = [
+            crate::lexicon::load_dir(&dir).expect("default lexicon"),
+            crate::lexicon::load_sources(rulebook).expect("rulebook"),
+        ];
+        let mut cases = std::collections::BTreeSet::new();
+        for rule in lexicons.iter().flat_map(|l| &l.rules) {
+            let deadline = match &rule.spec {
+                Spec::Required(s) => required::deadline(
+                    s,
+                    &required::State {
+                        verdict: None,
+                        seen: 1,
+                        bits: 0,
+                        start_ts: Some(5),
+                        continued: false,
+                    },
+                ),
+                Spec::Response(s) => response::deadline(
+                    s,
+                    &response::State {
+                        waiting: Some(response::Waiting {
+                            seq: 0,
+                            ts_ms: 5,
+                            after: 0,
+                            shown: Shown::default(),
+                        }),
+                    },
+                ),
+                Spec::Timing(s) => timing::deadline(
+                    s,
+                    &timing::State {
+                        waiting: Some((0, 5)),
+                        done: false,
+                        shown: None,
+                        last_ts: Some(5),
+                    },
+                ),
+                Spec::Phrase(_) | Spec::Pattern(_) | Spec::Repetition(_) => None,
+            };
+            assert_eq!(deadline.is_some(), rule.spec.has_deadline(), "{}", rule.id);
+            cases.insert((rule.kind(), rule.spec.has_deadline()));
+        }
+        // Both answers for every kind that can have a deadline.
+        for kind in ["required", "response", "timing"] {
+            assert!(cases.contains(&(kind, true)), "{kind} with a deadline");
+            assert!(cases.contains(&(kind, false)), "{kind} without");
+        }
+    }
+}

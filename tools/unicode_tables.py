@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Generates src/unicode_tables.rs: the Unicode tables of the text fold
-(src/normalize.rs) and of console digit masking (src/console/mask.rs).
+"""Generates crates/zhijian-core/src/unicode_tables.rs: the Unicode tables of the text fold
+(crates/zhijian-core/src/normalize.rs) and of console digit masking (src/console/mask.rs).
 
 Standard library only: the data is Python's `unicodedata` (Unicode 14.0.0
 in Python 3.11), plus the short property lists `unicodedata` does not
@@ -8,7 +8,7 @@ expose, copied below from the UCD's PropList.txt.
 
 Regenerate (the output is committed; CI does not run this):
 
-    python3 tools/unicode_tables.py > src/unicode_tables.rs
+    python3 tools/unicode_tables.py > crates/zhijian-core/src/unicode_tables.rs
     cargo fmt
 
 A different Python may ship a newer Unicode version: the header of the
@@ -155,7 +155,7 @@ def main():
         f"(Unicode {unicodedata.unidata_version}). Do not edit by hand;",
         "// regenerate with:",
         "//",
-        "//     python3 tools/unicode_tables.py > src/unicode_tables.rs && cargo fmt",
+        "//     python3 tools/unicode_tables.py > crates/zhijian-core/src/unicode_tables.rs && cargo fmt",
         "",
         "//! Unicode tables of the text fold and of console masking (generated).",
         "//! Every table is sorted and its ranges are inclusive and disjoint.",

@@ -18,8 +18,7 @@
 //! four becomes `*`, one character for one character, so the offsets of
 //! highlighted words stay valid.
 
-use crate::normalize::{Class, classify, in_ranges};
-use crate::unicode_tables::DIGITS;
+use crate::normalize::{Class, classify, is_unicode_digit};
 
 /// Fewest digits of a masked run made of groups of 3+ (138-1234, 6222 0210).
 pub const MIN_DIGITS: usize = 7;
@@ -34,8 +33,7 @@ const KEEP: usize = 4;
 const MAX_SEPARATORS: usize = 2;
 
 fn is_digit(c: char) -> bool {
-    c.is_ascii_digit()
-        || (!c.is_ascii() && in_ranges(DIGITS, c))
+    is_unicode_digit(c)
         || matches!(
             c,
             '零' | '〇'

@@ -973,7 +973,7 @@ fn valid_id(id: &str) -> bool {
 
 /// Tenant directory names: what a tenant may be in an input event.
 fn valid_tenant(t: &str) -> bool {
-    t.chars().count() <= crate::event::MAX_TENANT_CHARS && crate::subject::token::is_token(t)
+    t.chars().count() <= crate::event::MAX_TENANT_CHARS && crate::token::is_token(t)
 }
 
 /// First 8 hex digits of the FNV-1a hash of every file's name and contents.

@@ -175,7 +175,7 @@ impl Spec {
     /// `deadline` is `None` for every other rule, whatever its state (a
     /// test checks), so the clock and [`Book::next_deadline`] only visit
     /// these.
-    pub(crate) fn has_deadline(&self) -> bool {
+    pub fn has_deadline(&self) -> bool {
         match self {
             Spec::Required(s) => matches!(
                 s.scope,

@@ -6,7 +6,7 @@
 //! snake_case string used as a metric label and in logs, and whose message
 //! says what is wrong in words a person can act on.
 
-use crate::subject::token::{is_blank_or_control, is_subject_special};
+use crate::token::{is_blank_or_control, is_subject_special};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
