@@ -353,7 +353,7 @@ enum LexiconCommand {
         input: PathBuf,
     },
     /// Precision and recall against reviewer labels: judge INPUT (JSONL,
-    /// as `scan` does) and compare with LABELS (see src/eval.rs); print the
+    /// as `scan` does) and compare with LABELS (format: docs/labelling.md); print the
     /// tables and every miss and false alarm with its text.
     Eval {
         #[arg(long, default_value = "lexicons")]
