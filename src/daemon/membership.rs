@@ -348,7 +348,12 @@ async fn round(ctx: &Arc<Ctx>, held: &mut HashMap<u32, Held>, first_round: bool)
 /// Says this member is alive; returns the live members (this one included).
 async fn heartbeat(ctx: &Ctx) -> Result<Vec<String>, async_nats::Error> {
     let me = &ctx.cluster.instance;
-    let ttl = ctx.cluster.heartbeat.as_millis() as u64 * 3;
+    // A member is seen alive for a lease and a heartbeat after it last
+    // said so: a dead member's partitions cannot be taken before its
+    // leases expire anyway, and a shorter life only makes a member that
+    // is late by a round under load (the keys and their values are read
+    // one by one) drop out and come back, moving partitions each time.
+    let ttl = (ctx.cluster.lease + ctx.cluster.heartbeat).as_millis() as u64;
     let value = serde_json::to_vec(&MemberValue {
         until_ms: super::now_ms() + ttl,
     })?;
