@@ -110,19 +110,24 @@ pub async fn publish(config: &Config, file: &Path, rate: f64) -> Result<u64, Cli
         // One line of a conversation in flight at a time: a line lost in a
         // server failure is sent again before the conversation's next line
         // is sent, so the stream stores each conversation in file order.
-        while in_flight.busy(&subject) || in_flight.len() >= 1024 {
+        // Lines of other conversations go on meanwhile (a conversation's
+        // next lines wait for it), up to a bound on what is held.
+        while in_flight.held() >= MAX_HELD {
             in_flight.settle_oldest(&js).await?;
         }
-        let out = Outgoing {
-            subject,
-            id: format!("{run}-{i}"),
-            payload: line.into_bytes().into(),
-        };
-        let ack = out.send(&js).await?;
-        in_flight.push(out, ack);
+        in_flight
+            .offer(
+                &js,
+                Outgoing {
+                    subject,
+                    id: format!("{run}-{i}"),
+                    payload: line.into_bytes().into(),
+                },
+            )
+            .await?;
         sent += 1;
     }
-    while in_flight.len() > 0 {
+    while in_flight.held() > 0 {
         in_flight.settle_oldest(&js).await?;
     }
     client.flush().await.map_err(nats)?;
@@ -157,30 +162,52 @@ impl Outgoing {
 /// leader election takes a few seconds).
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
 
-/// Messages sent and not yet acknowledged, oldest first, and the subjects
-/// (conversations) they are on.
+/// Lines `zhijian publish` holds at most: sent and not acknowledged, or
+/// waiting for their conversation's line in flight.
+const MAX_HELD: usize = 1024;
+
+/// Messages sent and not yet acknowledged, oldest first, the subjects
+/// (conversations) they are on, and per subject the lines that wait for it.
 #[derive(Default)]
 struct InFlight {
     queue: VecDeque<(Outgoing, PublishAckFuture)>,
     subjects: std::collections::HashSet<String>,
+    waiting: std::collections::HashMap<String, VecDeque<Outgoing>>,
+    waiting_len: usize,
 }
 
 impl InFlight {
-    fn len(&self) -> usize {
-        self.queue.len()
+    fn held(&self) -> usize {
+        self.queue.len() + self.waiting_len
     }
 
-    fn busy(&self, subject: &str) -> bool {
-        self.subjects.contains(subject)
-    }
-
-    fn push(&mut self, out: Outgoing, ack: PublishAckFuture) {
+    /// Sends `out`, or keeps it until its conversation's line in flight is
+    /// stored.
+    async fn offer(
+        &mut self,
+        js: &async_nats::jetstream::Context,
+        out: Outgoing,
+    ) -> Result<(), ClientError> {
+        if self.subjects.contains(&out.subject) {
+            self.waiting
+                .entry(out.subject.clone())
+                .or_default()
+                .push_back(out);
+            self.waiting_len += 1;
+            return Ok(());
+        }
+        let ack = out.send(js).await?;
         self.subjects.insert(out.subject.clone());
         self.queue.push_back((out, ack));
+        Ok(())
     }
 
-    /// Waits for the oldest message's ack; sends it again (same id: the
-    /// stream stores it once) until it is stored or the patience is out.
+    /// Waits for the oldest message's ack. When it fails (a server failing
+    /// over, a reconnect), every message in flight is sent again at once
+    /// (same ids: the stream stores each once), the oldest first: their
+    /// acks were as likely lost, and waiting out one ack timeout each, in
+    /// turn, would slow publishing to a trickle. Until it is stored or the
+    /// patience is out.
     async fn settle_oldest(
         &mut self,
         js: &async_nats::jetstream::Context,
@@ -191,26 +218,47 @@ impl InFlight {
         let mut result = ack.await.map(|_| ());
         let mut delay = Duration::from_millis(100);
         let since = Instant::now();
-        loop {
-            let e = match result {
-                Ok(()) => break,
-                Err(e) => e,
-            };
+        while let Err(e) = result {
             if since.elapsed() > PUBLISH_PATIENCE {
                 return Err(ClientError::NotAcknowledged(e));
             }
-            tracing::warn!(error = %e, "publish not acknowledged; sending it again");
+            tracing::warn!(
+                error = %e,
+                in_flight = self.queue.len() + 1,
+                "publish not acknowledged; sending every message in flight again"
+            );
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
-            result = match js
+            let again = js
                 .publish_with_headers(out.subject.clone(), out.headers(), out.payload.clone())
-                .await
-            {
+                .await;
+            for (o, a) in self.queue.iter_mut() {
+                // Not sent now (still disconnected): its old ack fails in
+                // turn and it is sent again then.
+                if let Ok(fresh) = o.send(js).await {
+                    *a = fresh;
+                }
+            }
+            result = match again {
                 Ok(ack) => ack.await.map(|_| ()),
                 Err(e) => Err(e),
             };
         }
         self.subjects.remove(&out.subject);
+        let next = match self.waiting.get_mut(&out.subject) {
+            Some(lines) => {
+                let next = lines.pop_front();
+                if lines.is_empty() {
+                    self.waiting.remove(&out.subject);
+                }
+                next
+            }
+            None => None,
+        };
+        if let Some(next) = next {
+            self.waiting_len -= 1;
+            self.offer(js, next).await?;
+        }
         Ok(())
     }
 }
