@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub use crate::support::tempdir;
@@ -22,6 +23,10 @@ pub fn nats_server_bin() -> PathBuf {
     }
     PathBuf::from("nats-server")
 }
+
+/// Each start's own ports file directory (a restart on the same store
+/// must not read its predecessor's file).
+static NEXT_START: AtomicUsize = AtomicUsize::new(0);
 
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
@@ -41,7 +46,7 @@ pub struct NatsServer {
 impl NatsServer {
     pub fn start() -> NatsServer {
         let store = std::sync::Arc::new(tempdir("nats"));
-        NatsServer::start_at(free_port(), free_port(), store)
+        NatsServer::start_at(0, 0, store)
     }
 
     /// A server that syncs every JetStream write to disk before it
@@ -49,7 +54,7 @@ impl NatsServer {
     /// acknowledged (the default syncs every two minutes).
     pub fn start_durable() -> NatsServer {
         let store = std::sync::Arc::new(tempdir("nats"));
-        NatsServer::start_with(free_port(), free_port(), store, true)
+        NatsServer::start_with(0, 0, store, true)
     }
 
     /// Starts on given ports and store (a restart reuses both).
@@ -62,6 +67,10 @@ impl NatsServer {
     }
 
     /// Starts on given ports and store; `durable`: see [`Self::start_durable`].
+    /// Port 0: the server picks a free one (`-p -1`, `-m -1`) and writes
+    /// what it picked to a ports file, read back here: no port is reserved
+    /// first and bound later (a race with every other process). A restart
+    /// on the same store passes the ports the first start got.
     pub fn start_with(
         port: u16,
         monitor: u16,
@@ -70,15 +79,29 @@ impl NatsServer {
     ) -> NatsServer {
         let bin = nats_server_bin();
         let mut cmd = Command::new(&bin);
+        let pick = |p: u16| {
+            if p == 0 {
+                "-1".to_string()
+            } else {
+                p.to_string()
+            }
+        };
+        let ports_dir = store.join(format!(
+            "ports-{}",
+            NEXT_START.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&ports_dir).expect("ports file directory");
         cmd.args([
             "-a",
             "127.0.0.1",
             "-p",
-            &port.to_string(),
+            &pick(port),
             "-m",
-            &monitor.to_string(),
+            &pick(monitor),
             "-js",
-        ]);
+        ])
+        .arg("--ports_file_dir")
+        .arg(&ports_dir);
         if durable {
             let conf = store.join("durable.conf");
             std::fs::write(
@@ -109,8 +132,41 @@ impl NatsServer {
             monitor,
             store,
         };
+        (s.port, s.monitor) = s.ports_from(&ports_dir);
         s.wait_ready();
         s
+    }
+
+    /// The client and monitoring ports the server wrote to its ports file
+    /// (`nats-server_<pid>.ports`, JSON) once it listens.
+    fn ports_from(&mut self, dir: &Path) -> (u16, u16) {
+        let pid = self.child.as_ref().map_or(0, Child::id);
+        let file = dir.join(format!("nats-server_{pid}.ports"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&file)
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            {
+                let port_of = |key: &str| {
+                    v[key][0]
+                        .as_str()
+                        .and_then(|u| u.rsplit(':').next())
+                        .and_then(|p| p.parse::<u16>().ok())
+                };
+                if let (Some(c), Some(m)) = (port_of("nats"), port_of("monitoring")) {
+                    return (c, m);
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("nats-server exited at start: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no ports file {} after 10 s",
+                file.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn url(&self) -> String {
