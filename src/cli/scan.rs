@@ -1,0 +1,42 @@
+//! `zhijian scan`: judge a JSONL file offline.
+
+use super::*;
+
+pub(super) fn cmd_scan(lexicons: &Path, file: &str, max_line_bytes: usize) -> Result<(), Failure> {
+    let scanners = Arc::new(Scanners::load(lexicons)?);
+    let mut engine = Engine::with_scanners(scanners, EngineConfig::default());
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let stderr = io::stderr();
+    let mut err = stderr.lock();
+    let stats = if file == "-" {
+        crate::scan::scan_limited(
+            &mut engine,
+            io::stdin().lock(),
+            &mut out,
+            &mut err,
+            max_line_bytes,
+        )?
+    } else {
+        if Path::new(file).is_dir() {
+            return Err(Failure::Runtime(format!(
+                "{file} is a directory: give a JSONL file, or - for standard input"
+            )));
+        }
+        let f = std::fs::File::open(file)
+            .map_err(|e| Failure::Runtime(format!("cannot open {file}: {e}")))?;
+        crate::scan::scan_limited(
+            &mut engine,
+            BufReader::with_capacity(1 << 16, f),
+            &mut out,
+            &mut err,
+            max_line_bytes,
+        )?
+    };
+    writeln!(
+        err,
+        "zhijian scan: {} lines, {} bad, {} segments judged, {} violations, {} summaries",
+        stats.lines, stats.bad_lines, stats.judged, stats.violations, stats.summaries
+    )?;
+    Ok(())
+}
