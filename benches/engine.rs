@@ -1,4 +1,4 @@
-//! Engine throughput on generated agent speech (see `zhijian::synth`):
+//! Engine throughput on generated agent speech (see `zhijian_tools::synth`):
 //! each stage alone, then the whole pipeline, with the default lexicon, with
 //! 20,000 extra phrases, and with a generated 200-rule rulebook of every
 //! kind and five tenant overlays (`synth::large_rulebook`). Every bench
@@ -17,7 +17,7 @@ use zhijian::event::{CloseReason, Event, Speaker, decode_str};
 use zhijian::lexicon;
 use zhijian::matcher::{Scanner, Scanners, Scratch, default_segmenter};
 use zhijian::normalize::Normalized;
-use zhijian::synth::{self, Mix};
+use zhijian_tools::synth::{self, Mix};
 
 const CONVERSATIONS: usize = 2_000;
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Peer comparison: zhijian's engine against what a team would write instead.
 
-The same generated corpus (`zhijian synth`) and the same forbidden phrases
+The same generated corpus (`zhijian-tools synth`) and the same forbidden phrases
 (`lexicons/*.toml`) through:
 
 - pyahocorasick: one automaton over the raw forbidden phrases, matching only
@@ -70,6 +70,7 @@ def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ap = argparse.ArgumentParser()
     ap.add_argument("--zhijian", default=os.path.join(root, "target/release/zhijian"))
+    ap.add_argument("--tools", default=os.path.join(root, "target/release/zhijian-tools"))
     ap.add_argument("--lexicons", default=os.path.join(root, "lexicons"))
     ap.add_argument("--conversations", type=int, default=2000)
     ap.add_argument("--passes", type=int, default=5)
@@ -84,7 +85,7 @@ def main():
     jieba.initialize()
 
     corpus = subprocess.run(
-        [args.zhijian, "synth", "--conversations", str(args.conversations)],
+        [args.tools, "synth", "--conversations", str(args.conversations)],
         check=True, capture_output=True, text=True).stdout
     path = os.path.join(root, ".local", "peers-corpus.jsonl")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -113,7 +114,7 @@ def main():
 
     rows = []
     zj = json.loads(subprocess.run(
-        [args.zhijian, "scan-bench", "--lexicons", args.lexicons, "--passes", str(args.passes * 4), path],
+        [args.tools, "scan-bench", "--lexicons", args.lexicons, "--passes", str(args.passes * 4), path],
         check=True, capture_output=True, text=True).stdout)
     aho_rate, aho_hits = timed(aho, texts, args.passes)
     jieba_rate, tokens = timed(seg, texts, max(1, args.passes // 5))
@@ -126,7 +127,7 @@ def main():
 
     # End to end: whole processes over a larger file.
     big = subprocess.run(
-        [args.zhijian, "synth", "--conversations", str(args.conversations * 50)],
+        [args.tools, "synth", "--conversations", str(args.conversations * 50)],
         check=True, capture_output=True, text=True).stdout
     big_path = os.path.join(root, ".local", "peers-corpus-big.jsonl")
     with open(big_path, "w") as f:

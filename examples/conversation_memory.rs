@@ -21,7 +21,7 @@ use zhijian::event::decode_str;
 use zhijian::lexicon;
 use zhijian::matcher::{Scanners, default_segmenter};
 use zhijian::rules::State;
-use zhijian::synth::{self, Mix};
+use zhijian_tools::synth::{self, Mix};
 
 const LEXICONS: [&str; 2] = ["default", "rules200_tenants5"];
 

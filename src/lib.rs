@@ -31,12 +31,10 @@
 //! - [`nats_conn`]: connecting to NATS (authentication, TLS, the server
 //!   check), for the daemon and every command that talks to the server.
 //! - [`client`]: `zhijian publish` and `zhijian tail`.
-//! - `loadgen` (feature `bench-tools`): `zhijian bench`, the load
-//!   generator and its pass-through baseline; `zhijian soak`.
-//! - [`synth`]: synthetic traffic for benchmarks, load tests and the demo.
 //! - [`cli`]: the command line.
-//! - [`invariants`]: what must hold for any input, checked by the fuzz
-//!   targets (`fuzz/`) and the seeded smoke test.
+//! - The load generator, the soak, synthetic traffic and the invariants the
+//!   fuzz targets check are the crate `zhijian-tools` (`crates/zhijian-tools`),
+//!   not in the product.
 //!
 //! # Errors
 //!
@@ -53,16 +51,12 @@ pub mod console;
 pub mod daemon;
 pub mod diff;
 pub mod eval;
-pub mod invariants;
 pub mod label;
 pub mod listen;
-#[cfg(feature = "bench-tools")]
-pub mod loadgen;
 pub mod metrics;
 pub mod nats_conn;
-pub(crate) mod subject;
+pub mod subject;
 pub mod suggest;
-pub mod synth;
 
 pub use zhijian_core::{
     book, chardfa, detect, engine, event, fields, filter, lexicon, matcher, normalize, rules, scan,

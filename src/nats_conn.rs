@@ -41,7 +41,7 @@ pub enum ConnectError {
 }
 
 /// Connects, logging connection events.
-pub(crate) async fn connect(config: &NatsSettings) -> Result<async_nats::Client, ConnectError> {
+pub async fn connect(config: &NatsSettings) -> Result<async_nats::Client, ConnectError> {
     connect_with(config, |_| {}).await
 }
 
@@ -154,7 +154,7 @@ pub(crate) fn redact_url(url: &str) -> String {
 
 /// Refuses servers older than [`MIN_SERVER`] or without JetStream; the
 /// server's version otherwise.
-pub(crate) fn check_server(client: &async_nats::Client) -> Result<String, ConnectError> {
+pub fn check_server(client: &async_nats::Client) -> Result<String, ConnectError> {
     let info = client.server_info();
     check_version(&info.version, info.jetstream)?;
     Ok(info.version)

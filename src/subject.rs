@@ -17,7 +17,7 @@
 
 use crate::config::StreamsConfig;
 
-pub(crate) use zhijian_core::token;
+pub use zhijian_core::token;
 
 /// Dead-letter reason: the subject does not name the payload's
 /// conversation.

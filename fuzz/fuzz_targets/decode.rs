@@ -1,8 +1,8 @@
-//! Input decoding: any bytes, checked by `zhijian::invariants::check_decode`.
+//! Input decoding: any bytes, checked by `zhijian_tools::invariants::check_decode`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    zhijian::invariants::check_decode(data);
+    zhijian_tools::invariants::check_decode(data);
 });

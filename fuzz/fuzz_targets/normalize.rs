@@ -1,11 +1,11 @@
 //! Normalisation: any UTF-8 text, checked by
-//! `zhijian::invariants::check_normalize` (offsets map back exactly).
+//! `zhijian_tools::invariants::check_normalize` (offsets map back exactly).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        zhijian::invariants::check_normalize(text);
+        zhijian_tools::invariants::check_normalize(text);
     }
 });

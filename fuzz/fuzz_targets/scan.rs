@@ -1,5 +1,5 @@
 //! Scanning: the input as JSONL lines, decoded and judged by a fresh engine
-//! with the default lexicon, checked by `zhijian::invariants::check_scan`
+//! with the default lexicon, checked by `zhijian_tools::invariants::check_scan`
 //! (spans within the text, unique event ids, one summary per conversation).
 #![no_main]
 
@@ -20,6 +20,6 @@ fn scanner() -> Arc<Scanner> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut engine = zhijian::invariants::engine_for_checks(scanner());
-    zhijian::invariants::check_scan(&mut engine, data.split(|&b| b == b'\n'));
+    let mut engine = zhijian_tools::invariants::engine_for_checks(scanner());
+    zhijian_tools::invariants::check_scan(&mut engine, data.split(|&b| b == b'\n'));
 });

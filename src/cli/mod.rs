@@ -13,26 +13,23 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-#[cfg(feature = "bench-tools")]
-mod bench;
 mod diff;
 mod false_alarms;
 mod label;
 mod lexicon;
 mod lexicon_test;
 mod publish;
-mod run;
+pub(crate) mod run;
 mod scan;
 mod tail;
 use self::scan::*;
-#[cfg(feature = "bench-tools")]
-use bench::*;
 use diff::*;
 use false_alarms::*;
 use label::*;
 use lexicon::*;
 use lexicon_test::*;
 use publish::*;
+pub use run::init_logging;
 use run::*;
 use tail::*;
 
@@ -134,100 +131,6 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
         /// JSONL file, or - for standard input.
-        file: PathBuf,
-    },
-    #[cfg(feature = "bench-tools")]
-    /// Load generator: drive the daemon and a pass-through consumer through
-    /// a real nats-server and report throughput, latency, loss, duplicates.
-    Bench {
-        /// NATS server (JetStream) to use; its zhijian streams are reset.
-        #[arg(long, default_value = "nats://127.0.0.1:4222")]
-        nats_url: String,
-        #[arg(long, default_value = "lexicons")]
-        lexicons: PathBuf,
-        /// Conversations in the run.
-        #[arg(long, default_value_t = 8000)]
-        conversations: usize,
-        /// Conversations in progress at any time (a new one starts when
-        /// one ends).
-        #[arg(long, default_value_t = 2000)]
-        open: usize,
-        /// Agent turns per conversation (plus as many customer turns).
-        #[arg(long, default_value_t = 6)]
-        agent_turns: usize,
-        /// Input segments per second (0: as fast as JetStream acks allow).
-        #[arg(long, default_value_t = 0.0)]
-        rate: f64,
-        /// Comma-separated: passthrough, daemon, daemon-shadow (the daemon
-        /// with the same lexicon as a shadow candidate: every segment
-        /// judged twice).
-        #[arg(long, default_value = "passthrough,daemon")]
-        modes: String,
-        /// Add a rule of this many generated phrases to (a copy of) the
-        /// lexicon.
-        #[arg(long, default_value_t = 0)]
-        extra_phrases: usize,
-        /// Daemon mode: change (a copy of) the lexicon this often during the
-        /// run, so the daemon reloads it under load (0: never).
-        #[arg(long, default_value_t = 0)]
-        reload_every_ms: u64,
-        /// Daemon mode: run this `zhijian` binary as the daemon (another
-        /// build, for an A/B in one run) instead of this one.
-        #[arg(long)]
-        daemon_bin: Option<PathBuf>,
-    },
-    #[cfg(feature = "bench-tools")]
-    /// Soak: the daemon under steady load for a long time, with
-    /// conversations opening and closing; its RSS sampled, loss and
-    /// duplicates counted.
-    Soak {
-        /// NATS server (JetStream) to use; its zhijian streams are reset.
-        #[arg(long, default_value = "nats://127.0.0.1:4222")]
-        nats_url: String,
-        #[arg(long, default_value = "lexicons")]
-        lexicons: PathBuf,
-        /// How long to publish (seconds).
-        #[arg(long, default_value_t = 1800)]
-        seconds: u64,
-        /// Input segments per second.
-        #[arg(long, default_value_t = 20_000.0)]
-        rate: f64,
-        /// Conversations in progress at any time.
-        #[arg(long, default_value_t = 2000)]
-        open: usize,
-        /// Sample the daemon's RSS this often (seconds).
-        #[arg(long, default_value_t = 10)]
-        sample_every_s: u64,
-    },
-    #[cfg(feature = "bench-tools")]
-    /// The pass-through consumer the bench compares against (consume,
-    /// publish one small event, ack; no scanning).
-    #[command(hide = true)]
-    Passthrough {
-        #[command(flatten)]
-        common: Common,
-    },
-    #[cfg(feature = "bench-tools")]
-    /// Write generated conversations as input JSONL to stdout (for
-    /// benchmarks and peer comparisons).
-    #[command(hide = true)]
-    Synth {
-        #[arg(long, default_value_t = 2000)]
-        conversations: usize,
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-    },
-    #[cfg(feature = "bench-tools")]
-    /// Time `Scanner::scan` over the agent segments of a JSONL file (one
-    /// thread, no JSON in the timed loop): the engine side of the peer
-    /// comparison in benches/peers.py.
-    #[command(hide = true)]
-    ScanBench {
-        #[arg(long, default_value = "lexicons")]
-        lexicons: PathBuf,
-        /// Timed passes over the file.
-        #[arg(long, default_value_t = 20)]
-        passes: usize,
         file: PathBuf,
     },
     /// Export the alerts supervisors marked as false alarms on the console
@@ -554,72 +457,6 @@ pub fn main() -> ExitCode {
             severity,
             color,
         } => cmd_tail(&common, [tenant, agent, category, severity], json, color),
-        #[cfg(feature = "bench-tools")]
-        Command::Passthrough { common } => cmd_passthrough(&common),
-        #[cfg(feature = "bench-tools")]
-        Command::Synth {
-            conversations,
-            seed,
-        } => {
-            let convs = crate::synth::conversations(
-                seed,
-                conversations,
-                "synth-",
-                &crate::synth::Mix::default(),
-            );
-            let mut out = io::stdout().lock();
-            crate::synth::jsonl(&convs, "bench", "call")
-                .iter()
-                .try_for_each(|l| writeln!(out, "{l}"))
-                .map_err(Failure::from)
-        }
-        #[cfg(feature = "bench-tools")]
-        Command::ScanBench {
-            lexicons,
-            passes,
-            file,
-        } => cmd_scan_bench(&lexicons, passes, &file),
-        #[cfg(feature = "bench-tools")]
-        Command::Soak {
-            nats_url,
-            lexicons,
-            seconds,
-            rate,
-            open,
-            sample_every_s,
-        } => cmd_soak(crate::loadgen::SoakOptions {
-            nats_url,
-            lexicons: std::fs::canonicalize(&lexicons).unwrap_or(lexicons),
-            seconds,
-            rate,
-            open,
-            sample_every: std::time::Duration::from_secs(sample_every_s.max(1)),
-        }),
-        #[cfg(feature = "bench-tools")]
-        Command::Bench {
-            nats_url,
-            lexicons,
-            conversations,
-            open,
-            agent_turns,
-            rate,
-            modes,
-            extra_phrases,
-            reload_every_ms,
-            daemon_bin,
-        } => cmd_bench(crate::loadgen::BenchOptions {
-            nats_url,
-            lexicons: std::fs::canonicalize(&lexicons).unwrap_or(lexicons),
-            conversations,
-            open,
-            agent_turns,
-            rate,
-            modes: modes.split(',').map(|m| m.trim().to_string()).collect(),
-            extra_phrases,
-            reload_every: (reload_every_ms > 0)
-                .then(|| std::time::Duration::from_millis(reload_every_ms)),
-            daemon_bin,
-        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -674,13 +511,6 @@ impl From<crate::nats_conn::ConnectError> for Failure {
 
 impl From<crate::console::desk::ReadError> for Failure {
     fn from(e: crate::console::desk::ReadError) -> Failure {
-        Failure::Runtime(e.to_string())
-    }
-}
-
-#[cfg(feature = "bench-tools")]
-impl From<crate::loadgen::BenchError> for Failure {
-    fn from(e: crate::loadgen::BenchError) -> Failure {
         Failure::Runtime(e.to_string())
     }
 }

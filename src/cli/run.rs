@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(super) fn init_logging(config: &Config) {
+pub fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;

@@ -12,27 +12,27 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 /// Everything the coordinator and the workers share.
-pub struct Ctx {
-    pub shared: Arc<Shared>,
-    pub cluster: ClusterConfig,
-    pub partitions: u32,
-    pub kv: kv::Store,
+pub(crate) struct Ctx {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) cluster: ClusterConfig,
+    pub(crate) partitions: u32,
+    pub(crate) kv: kv::Store,
     /// The input stream through the output connection (JetStream API:
     /// raw reads, deletes, consumer info).
-    pub input: jetstream::stream::Stream,
+    pub(crate) input: jetstream::stream::Stream,
     /// JetStream on the input connection: the partitions' consumers.
-    pub input_js: jetstream::Context,
-    pub input_link: Link,
-    pub output_link: Link,
-    pub scanners: watch::Receiver<Arc<Scanners>>,
+    pub(crate) input_js: jetstream::Context,
+    pub(crate) input_link: Link,
+    pub(crate) output_link: Link,
+    pub(crate) scanners: watch::Receiver<Arc<Scanners>>,
     /// The candidate lexicon in shadow mode.
-    pub shadow: Option<watch::Receiver<Arc<Scanners>>>,
-    pub lexicons: Arc<LexiconStore>,
-    pub clock: Instant,
+    pub(crate) shadow: Option<watch::Receiver<Arc<Scanners>>>,
+    pub(crate) lexicons: Arc<LexiconStore>,
+    pub(crate) clock: Instant,
     /// This process's run (see `membership::LeaseValue::run`).
-    pub run: u64,
+    pub(crate) run: u64,
     /// When the input stream was created (see `checkpoint`).
-    pub stream_created: String,
+    pub(crate) stream_created: String,
 }
 
 impl Ctx {

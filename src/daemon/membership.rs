@@ -26,7 +26,7 @@
 //! round) and the rounds give way to shutdown at once. Renewals of the held
 //! leases go out together, not one after another.
 
-pub use super::ctx::Ctx;
+pub(crate) use super::ctx::Ctx;
 use super::lease::Lease;
 use super::worker::{self, Exit};
 use crate::config::StreamsConfig;
@@ -67,7 +67,7 @@ pub(crate) fn transform(
 }
 
 /// The partition count of an input stream's transform, if it has one.
-pub(crate) fn partitions_of(config: &jetstream::stream::Config) -> Option<u32> {
+pub fn partitions_of(config: &jetstream::stream::Config) -> Option<u32> {
     subject::parse_partition_count(&config.subject_transform.as_ref()?.destination)
 }
 
@@ -190,7 +190,7 @@ pub struct Unclean(pub Vec<String>);
 /// leases, one worker per held partition. At shutdown every worker stores
 /// and checkpoints, every lease is released and the member leaves, all by
 /// `deadline(shutdown moment)`.
-pub async fn serve(
+pub(crate) async fn serve(
     ctx: Arc<Ctx>,
     shutdown: impl std::future::Future<Output = ()>,
     grace: Duration,

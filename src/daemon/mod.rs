@@ -47,11 +47,11 @@ mod http;
 mod judge;
 mod lease;
 mod lexicons;
-pub(crate) mod membership;
+pub mod membership;
 mod poison;
 mod reader;
 mod replay;
-pub(crate) mod setup;
+pub mod setup;
 mod window;
 mod worker;
 

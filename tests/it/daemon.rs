@@ -15,7 +15,7 @@ use zhijian::config::{Config, Overrides, RawConfig};
 use zhijian::daemon::DaemonError;
 use zhijian::engine::{Engine, EngineConfig};
 use zhijian::event::Event;
-use zhijian::synth::{self, Mix};
+use zhijian_tools::synth::{self, Mix};
 
 pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
 

@@ -267,7 +267,7 @@ fn evasions_are_caught_with_exact_offsets() {
 
 #[test]
 fn synthetic_traffic_hits_exactly_what_it_injected() {
-    use zhijian::synth::{Mix, conversations};
+    use zhijian_tools::synth::{Mix, conversations};
     let scanner = default_scanner();
     let mut scratch = Scratch::default();
     let mix = Mix {

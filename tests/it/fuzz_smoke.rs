@@ -1,7 +1,7 @@
 //! A seeded smoke run of what the cargo-fuzz targets (`fuzz/`) check, in
 //! the normal test suite: arbitrary bytes and JSON-ish lines through input
 //! decoding, normalisation and the engine with the default lexicon, with
-//! the invariants of `zhijian::invariants` (no panic, spans within the text,
+//! the invariants of `zhijian_tools::invariants` (no panic, spans within the text,
 //! `matched` equal to the span, unique event ids, one summary per
 //! conversation). Deterministic: the same cases every run
 //! (`PROPTEST_CASES` raises the count).
@@ -9,7 +9,7 @@
 use crate::support::default_scanner;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use zhijian::invariants::{check_decode, check_normalize, check_scan, engine_for_checks};
+use zhijian_tools::invariants::{check_decode, check_normalize, check_scan, engine_for_checks};
 
 /// Pieces of text that reach the rules: default-lexicon phrases and
 /// exceptions, their traditional and spaced forms, fillers, punctuation,

@@ -616,7 +616,7 @@ fn a_hit_padded_with_invisible_characters_carries_a_capped_match() {
 fn scan_output_does_not_depend_on_read_buffer_boundaries() {
     use std::io::BufReader;
     use zhijian::event::Event;
-    use zhijian::synth::{self, Mix};
+    use zhijian_tools::synth::{self, Mix};
     let convs = synth::conversations(7, 600, "buf-", &Mix::default());
     let mut lines = synth::interleaved_jsonl(&convs, "acme", "call");
     let odd = [

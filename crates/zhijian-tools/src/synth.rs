@@ -7,7 +7,7 @@
 //! The generator knows what it injected ([`Conversation::injected`]), so a
 //! benchmark can check its hit count exactly.
 
-use crate::event::Speaker;
+use zhijian::event::Speaker;
 
 pub mod rulebook;
 pub use rulebook::large_rulebook;
@@ -347,8 +347,8 @@ pub fn staggered_jsonl(
 
 #[cfg(test)]
 mod deadline_tests {
-    use crate::rules::{Shown, Spec, required, response, timing};
     use std::path::Path;
+    use zhijian::rules::{Shown, Spec, required, response, timing};
 
     /// [`Spec::has_deadline`] (`zhijian-core`) is the kinds' `deadline` made static: every
     /// rule of the default lexicon and of the generated rulebook, in a state
@@ -356,11 +356,11 @@ mod deadline_tests {
     /// when `has_deadline` says so.
     #[test]
     fn has_deadline_agrees_with_the_kinds() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("lexicons");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../lexicons");
         let (rulebook, _) = super::large_rulebook(1);
         let lexicons = [
-            crate::lexicon::load_dir(&dir).expect("default lexicon"),
-            crate::lexicon::load_sources(rulebook).expect("rulebook"),
+            zhijian::lexicon::load_dir(&dir).expect("default lexicon"),
+            zhijian::lexicon::load_sources(rulebook).expect("rulebook"),
         ];
         let mut cases = std::collections::BTreeSet::new();
         for rule in lexicons.iter().flat_map(|l| &l.rules) {

@@ -1,21 +1,15 @@
-//! `zhijian bench`: a load generator that drives the real daemon through a
+//! `zhijian-tools bench`: a load generator that drives the real daemon through a
 //! real nats-server and, in the same run, a pass-through consumer (consume,
 //! publish one small event per input, ack; no scanning), so the scanner's
 //! cost is a ratio measured on the same noisy machine, not an absolute.
 //!
 //! For each mode it resets the streams, starts the consumer as a child
-//! process (`zhijian run` / `zhijian passthrough`), publishes interleaved
+//! process (`zhijian run` / `zhijian-tools passthrough`), publishes interleaved
 //! synthetic conversations (thousands open at once) at a fixed rate or as
 //! fast as JetStream acks allow, receives the output events, and reports
 //! throughput, latency percentiles (input publish → output received),
 //! events lost and duplicated, and the child's peak RSS.
 
-use crate::config::{Config, StreamsConfig};
-use crate::daemon::setup;
-use crate::engine::{Engine, EngineConfig};
-use crate::event::Event;
-use crate::nats_conn;
-use crate::subject;
 use crate::synth::{self, Mix};
 use async_nats::jetstream;
 use futures_util::StreamExt;
@@ -24,6 +18,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use zhijian::config::{Config, StreamsConfig};
+use zhijian::daemon::setup;
+use zhijian::engine::{Engine, EngineConfig};
+use zhijian::event::Event;
+use zhijian::nats_conn;
+use zhijian::subject;
 
 /// Why a benchmark could not be run or finished, with its source.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +50,7 @@ pub enum BenchError {
         source: async_nats::Error,
     },
     #[error(transparent)]
-    Lexicon(#[from] crate::matcher::LoadError),
+    Lexicon(#[from] zhijian::matcher::LoadError),
     /// `zhijian scan` over the generated traffic, for the expected events.
     #[error("cannot judge the generated traffic: {0}")]
     Judge(#[source] std::io::Error),
@@ -72,7 +72,7 @@ pub enum BenchError {
     #[error("zhijian {0} not ready after 30 s")]
     NotReady(String),
     #[error("generated an invalid line: {0}")]
-    InvalidLine(#[source] crate::event::InputError),
+    InvalidLine(#[source] zhijian::event::InputError),
     #[error("an event id that is not 32 hex digits")]
     EventId,
     /// The output receiver task panicked or was cancelled.
@@ -98,7 +98,7 @@ impl BenchError {
     }
 }
 
-/// `zhijian passthrough`: the baseline consumer. The same partitioned
+/// `zhijian-tools passthrough`: the baseline consumer. The same partitioned
 /// stream read the way the daemon reads it (one consumer per partition, no
 /// acks), and per input one small event published through JetStream with
 /// its ack awaited in a window, like the daemon's; nothing is judged,
@@ -297,7 +297,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<Vec<ModeReport>, BenchError> {
     };
     let convs = synth::conversations(7, opts.conversations, "bench-", &mix);
     let lines = synth::staggered_jsonl(&convs, opts.open, "bench", "call");
-    let lexicon = Arc::new(crate::matcher::load_base(&opts.lexicons)?);
+    let lexicon = Arc::new(zhijian::matcher::load_base(&opts.lexicons)?);
     let out = judge_offline(&lexicon, &lines)?;
     let expected: Vec<Event> = out
         .split(|b| *b == b'\n')
@@ -355,12 +355,12 @@ async fn run_mode(
     // Which input line each output answers, to time it.
     let mut line_of: HashMap<String, usize> = HashMap::new();
     for (i, l) in lines.iter().enumerate() {
-        if let Ok(input) = crate::event::decode_str(l) {
+        if let Ok(input) = zhijian::event::decode_str(l) {
             let key = match &input.kind {
-                crate::event::InputKind::Segment(s) => {
+                zhijian::event::InputKind::Segment(s) => {
                     format!("{}#{}", input.conversation_id, s.seq)
                 }
-                crate::event::InputKind::End => format!("{}#end", input.conversation_id),
+                zhijian::event::InputKind::End => format!("{}#end", input.conversation_id),
             };
             line_of.insert(key, i);
         }
@@ -486,7 +486,7 @@ async fn run_mode(
                 tokio::time::sleep_until(due.into()).await;
             }
         }
-        let subject = match crate::event::decode_str(l) {
+        let subject = match zhijian::event::decode_str(l) {
             Ok(input) => subject::input(&streams, &input.tenant, &input.conversation_id),
             Err(_) => subject::input(&streams, "invalid", "x"),
         };
@@ -684,12 +684,12 @@ async fn publish_windowed(
 /// What `zhijian scan` outputs for these input lines (the events a run
 /// must produce), as JSON lines.
 fn judge_offline(
-    lexicon: &Arc<crate::matcher::Scanner>,
+    lexicon: &Arc<zhijian::matcher::Scanner>,
     lines: &[String],
 ) -> Result<Vec<u8>, BenchError> {
     let mut engine = Engine::new(Arc::clone(lexicon), EngineConfig::default());
     let mut out = Vec::new();
-    crate::scan::scan(
+    zhijian::scan::scan(
         &mut engine,
         lines.join("\n").as_bytes(),
         &mut out,
@@ -742,11 +742,15 @@ async fn start_child(
     let cfg = dir.join(format!("{sub}.toml"));
     std::fs::write(&cfg, config_text(opts, metrics_port, shadow))
         .map_err(|e| BenchError::io(format!("cannot write {}", cfg.display()), e))?;
+    let this =
+        std::env::current_exe().map_err(|e| BenchError::io("cannot find this executable", e))?;
+    // The daemon is the product binary (`zhijian`, beside this one in the
+    // same target directory, unless --daemon-bin names another build); the
+    // pass-through is this binary's own `passthrough`.
     let exe = match (&opts.daemon_bin, sub) {
         (Some(bin), "run") => bin.clone(),
-        _ => {
-            std::env::current_exe().map_err(|e| BenchError::io("cannot find this executable", e))?
-        }
+        (None, "run") => this.with_file_name("zhijian"),
+        _ => this,
     };
     let child = std::process::Command::new(exe)
         .args([sub, "--config"])
@@ -814,7 +818,7 @@ async fn passthrough_ready(js: &jetstream::Context) -> bool {
     let Ok(info) = s.info().await else {
         return false;
     };
-    let partitions = crate::daemon::membership::partitions_of(&info.config).unwrap_or(1);
+    let partitions = zhijian::daemon::membership::partitions_of(&info.config).unwrap_or(1);
     info.state.consumer_count >= partitions as usize
 }
 
@@ -858,7 +862,7 @@ fn status_mb(pid: u32, field: &str) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-/// `zhijian soak`: the daemon under steady live-like load for a long time.
+/// `zhijian-tools soak`: the daemon under steady live-like load for a long time.
 #[derive(Debug, Clone)]
 pub struct SoakOptions {
     pub nats_url: String,
@@ -1013,7 +1017,7 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, BenchError> {
         })
     };
 
-    let lexicon = Arc::new(crate::matcher::load_base(&opts.lexicons)?);
+    let lexicon = Arc::new(zhijian::matcher::load_base(&opts.lexicons)?);
     let mix = Mix::default();
     // About five seconds of traffic per round.
     let per_round = ((opts.rate * 5.0) / (2.0 * mix.agent_turns as f64 + 1.0)).max(100.0) as usize;
@@ -1036,7 +1040,7 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, BenchError> {
             if due > Instant::now() {
                 tokio::time::sleep_until(due.into()).await;
             }
-            let subject = match crate::event::decode_str(l) {
+            let subject = match zhijian::event::decode_str(l) {
                 Ok(input) => subject::input(&streams, &input.tenant, &input.conversation_id),
                 Err(e) => return Err(BenchError::InvalidLine(e)),
             };

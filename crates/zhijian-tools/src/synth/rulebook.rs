@@ -749,12 +749,12 @@ pub fn large_rulebook(seed: u64) -> (Files, Vec<(String, Files)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lexicon::{self, Lexicon};
-    use crate::matcher::{Scanners, default_segmenter};
-    use crate::normalize::normalize;
-    use crate::rules::Spec;
+    use zhijian::lexicon::{self, Lexicon};
+    use zhijian::matcher::{Scanners, default_segmenter};
+    use zhijian::normalize::normalize;
+    use zhijian::rules::Spec;
 
-    fn rule<'a>(lex: &'a Lexicon, id: &str) -> Option<&'a crate::lexicon::Rule> {
+    fn rule<'a>(lex: &'a Lexicon, id: &str) -> Option<&'a zhijian::lexicon::Rule> {
         lex.rules.iter().find(|r| r.id == id)
     }
 

@@ -4,15 +4,15 @@
 //! panics, naming the input, when an invariant does not hold; nothing here
 //! runs in the daemon.
 
-use crate::engine::{Engine, EngineConfig};
-use crate::event::{
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use zhijian::engine::{Engine, EngineConfig};
+use zhijian::event::{
     Event, Input, InputError, InputKind, MAX_AGENT_ID_CHARS, MAX_CONVERSATION_ID_CHARS,
     MAX_TENANT_CHARS, MAX_TEXT_BYTES, decode,
 };
-use crate::matcher::Scanner;
-use crate::normalize::{Normalized, normalize};
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use zhijian::matcher::Scanner;
+use zhijian::normalize::{Normalized, normalize};
 
 /// Decodes `bytes` as [`decode`] does and checks the result: an accepted
 /// event came from a JSON object and has fields within their limits; a
@@ -39,7 +39,7 @@ pub fn check_decode(bytes: &[u8]) -> Option<Input<'_>> {
                     && input.tenant.chars().count() <= MAX_TENANT_CHARS
                     && !input
                         .tenant
-                        .contains(crate::subject::token::is_subject_special),
+                        .contains(zhijian::subject::token::is_subject_special),
                 "tenant {:?}",
                 input.tenant
             );
@@ -223,7 +223,7 @@ pub fn check_scan<'a>(
             "a redelivered input produced events: {input:?} -> {events:?}"
         );
     }
-    engine.close_all(crate::event::CloseReason::Eof, now_ms, &mut events);
+    engine.close_all(zhijian::event::CloseReason::Eof, now_ms, &mut events);
     for e in events.drain(..) {
         check_event(&e, &mut ids, &mut summaries, &mut counts);
     }
@@ -234,8 +234,8 @@ pub fn check_scan<'a>(
 /// A phrase violation against the segment that produced it: its text is
 /// the segment or an excerpt of it, its spans lie in the segment in order,
 /// the first is `start..end`, and `matched` is that slice (capped).
-fn check_phrase_violation(v: &crate::event::Violation, seq: u64, segment: &str) {
-    let excerpt = crate::engine::EngineConfig::default().excerpt_chars;
+fn check_phrase_violation(v: &zhijian::event::Violation, seq: u64, segment: &str) {
+    let excerpt = zhijian::engine::EngineConfig::default().excerpt_chars;
     let chars: Vec<char> = segment.chars().collect();
     assert_eq!(v.seq, seq, "{v:?}");
     assert_eq!(v.text_chars, chars.len(), "{v:?}");
@@ -254,7 +254,7 @@ fn check_phrase_violation(v: &crate::event::Violation, seq: u64, segment: &str) 
     );
     assert_eq!(v.spans.first(), Some(&[start, end]), "{v:?}");
     assert!(
-        v.spans.len() <= crate::event::MAX_SPANS && v.spans.len() as u64 <= u64::from(v.count),
+        v.spans.len() <= zhijian::event::MAX_SPANS && v.spans.len() as u64 <= u64::from(v.count),
         "{v:?}"
     );
     assert!(
