@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Convert the E-commerce Dialogue Corpus sample (Taobao shop chat) into the
-JSONL transcript events of /work/shared/corpus (see its README).
+JSONL transcript events of $CORPUS (see its README).
 
 Reads the fetched repository by path (nothing of it is in this repository):
 
-    python3 eval/convert_ecd.py --git /work/.mirror/cooelf+DeepUtteranceAggregation/repo/.git \
-        --out /work/shared/corpus/ecd.jsonl
+    python3 eval/convert_ecd.py --git <git dir of cooelf/DeepUtteranceAggregation> \
+        --out $CORPUS/ecd.jsonl
 
 Source: cooelf/DeepUtteranceAggregation @ f2e15d6600ccda0db32eee98b2ca67c322071964,
 `ECD_sample/test` and `ECD_sample/train` (`valid` is the same blob as
