@@ -385,6 +385,9 @@ async fn run_mode(
     let pubs = Arc::clone(&published);
     let receiver = tokio::spawn(async move {
         let mut latencies = Vec::new();
+        // The same, by what was received (summary, or a violation's
+        // category and rule kind): where a tail comes from.
+        let mut by_kind: HashMap<String, Vec<f64>> = HashMap::new();
         let mut seen: HashMap<String, u32> = HashMap::new();
         let mut undecodable = 0usize;
         let mut last = Instant::now();
@@ -397,8 +400,10 @@ async fn run_mode(
             };
             let Some(msg) = msg else { break };
             let now = Instant::now();
+            let mut kind = "pass-through".to_string();
             let (id, line) = match serde_json::from_slice::<Event>(&msg.payload) {
                 Ok(Event::Violation(v)) => {
+                    kind = format!("{} ({})", v.category, v.kind);
                     // A missing closing is decided by the `end` event, though
                     // it points at the last agent segment: time it from `end`.
                     let k = if v.category == "missing_closing" {
@@ -413,6 +418,7 @@ async fn run_mode(
                     (v.id, line_of.get(&k).copied().filter(|_| timed))
                 }
                 Ok(Event::Summary(s)) => {
+                    kind = "summary".into();
                     let k = format!("{}#end", s.conversation_id);
                     (s.id, line_of.get(&k).copied())
                 }
@@ -442,8 +448,23 @@ async fn run_mode(
                 && let Ok(p) = pubs.lock()
                 && let Some(Some(t)) = p.get(i)
             {
-                latencies.push(now.duration_since(*t).as_secs_f64() * 1000.0);
+                let ms = now.duration_since(*t).as_secs_f64() * 1000.0;
+                latencies.push(ms);
+                by_kind.entry(kind).or_default().push(ms);
             }
+        }
+        let mut kinds: Vec<_> = by_kind.into_iter().collect();
+        kinds.sort_by(|a, b| a.0.cmp(&b.0));
+        for (kind, mut ms) in kinds {
+            ms.sort_by(|a, b| a.total_cmp(b));
+            let at = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+            eprintln!(
+                "  latency of {kind}: {} samples, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                ms.len(),
+                at(0.5),
+                at(0.99),
+                at(1.0)
+            );
         }
         (latencies, seen, last, undecodable)
     });
