@@ -71,7 +71,9 @@ fn words_with(text: &str, prefix: &str, upper: bool) -> Vec<String> {
         let tail = &rest[i..];
         let end = tail.find(|c: char| !ok(c)).unwrap_or(tail.len());
         // After `:`, a recording rule's name (`level:metric:operation`).
-        if !before.is_some_and(|c| ok(c) || c.is_ascii_alphanumeric() || c == ':') {
+        // Before `::`, a Rust path (`zhijian_core::engine`).
+        let path = tail[end..].starts_with("::");
+        if !path && !before.is_some_and(|c| ok(c) || c.is_ascii_alphanumeric() || c == ':') {
             out.push(tail[..end].trim_end_matches('_').to_string());
         }
         rest = &tail[end.max(1)..];
