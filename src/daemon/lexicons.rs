@@ -225,7 +225,7 @@ fn tenant_paths(
 fn compile(sources: Sources) -> Result<Scanners, String> {
     let set = lexicon::load_set_sources(paths(&sources.base), tenant_paths(&sources.tenants))
         .map_err(|e| e.to_string())?;
-    Scanners::new(set, default_segmenter())
+    Scanners::new(set, default_segmenter()).map_err(|e| e.to_string())
 }
 
 /// Reloads the lexicon on SIGHUP and when its files change (polled,

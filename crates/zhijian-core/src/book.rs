@@ -6,6 +6,7 @@
 
 use crate::event::{Channel, Speaker};
 use crate::lexicon::{Lexicon, Rule};
+use crate::matcher::BuildError;
 use crate::rules::{
     Close, Found, PhraseList, RuleRef, Seg, Sink, Spec, State, pattern, phrase, repetition,
     required, response, timing,
@@ -51,7 +52,7 @@ pub struct GroupDef<'a> {
 impl Book {
     /// Compiles the rules of `lexicon`; also returns the phrase-list groups
     /// for the automaton.
-    pub fn new(lexicon: &Lexicon) -> Result<(Book, Vec<GroupDef<'_>>), String> {
+    pub fn new(lexicon: &Lexicon) -> Result<(Book, Vec<GroupDef<'_>>), BuildError> {
         let mut groups = Vec::new();
         let mut first_group = Vec::new();
         let mut group_rule = Vec::new();
@@ -61,8 +62,10 @@ impl Book {
         let mut done_when_decided = Vec::new();
         let mut gates = Vec::new();
         for (i, rule) in lexicon.rules.iter().enumerate() {
-            let ix = u16::try_from(i).map_err(|_| "too many rules".to_string())?;
-            first_group.push(u16::try_from(groups.len()).map_err(|_| "too many phrase lists")?);
+            let ix = u16::try_from(i).map_err(|_| BuildError::TooMany("rules"))?;
+            first_group.push(
+                u16::try_from(groups.len()).map_err(|_| BuildError::TooMany("phrase lists"))?,
+            );
             let lists = rule.spec.phrase_lists();
             let speakers = rule.spec.list_speakers(&rule.speakers);
             for (list, speakers) in lists.into_iter().zip(speakers) {

@@ -65,13 +65,44 @@ enum Automaton {
     Bytes(AhoCorasick),
 }
 
-fn byte_automaton(patterns: &[String]) -> Result<AhoCorasick, String> {
+fn byte_automaton(patterns: &[String]) -> Result<AhoCorasick, BuildError> {
     let mut builder = AhoCorasick::builder();
     builder.match_kind(MatchKind::Standard);
     if patterns.len() <= DFA_MAX_PATTERNS {
         builder.kind(Some(AhoCorasickKind::DFA));
     }
-    builder.build(patterns).map_err(|e| e.to_string())
+    Ok(builder.build(patterns)?)
+}
+
+/// Why a validated lexicon does not compile.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// More of something than the compiled form can index.
+    #[error("too many {0} for one lexicon")]
+    TooMany(&'static str),
+    /// A phrase whose wording does not compile.
+    #[error("phrase {phrase:?} {reason}")]
+    Phrase { phrase: String, reason: String },
+    /// A pattern rule's regular expression.
+    #[error("rule {rule}: {source}")]
+    Pattern {
+        rule: String,
+        #[source]
+        source: Box<regex::Error>,
+    },
+    /// The patterns of every pattern rule, as one set.
+    #[error("the pattern set: {0}")]
+    PatternSet(#[source] Box<regex::Error>),
+    /// The phrase automaton.
+    #[error("the phrase automaton: {0}")]
+    Automaton(#[from] aho_corasick::BuildError),
+    /// A tenant overlay's lexicon.
+    #[error("tenant {tenant}: {source}")]
+    Tenant {
+        tenant: String,
+        #[source]
+        source: Box<BuildError>,
+    },
 }
 
 /// A compiled lexicon.
@@ -183,7 +214,7 @@ impl PatternTable {
         *self.index.entry(text).or_insert(next)
     }
 
-    fn build(self) -> Result<(Arc<Automaton>, Arc<Vec<String>>), String> {
+    fn build(self) -> Result<(Arc<Automaton>, Arc<Vec<String>>), BuildError> {
         let mut patterns = vec![String::new(); self.index.len()];
         for (text, id) in self.index {
             patterns[id] = text;
@@ -210,7 +241,7 @@ struct Parts {
 
 impl Parts {
     /// Compiles `lexicon`, adding its patterns to `table`.
-    fn new(lexicon: Lexicon, table: &mut PatternTable) -> Result<Parts, String> {
+    fn new(lexicon: Lexicon, table: &mut PatternTable) -> Result<Parts, BuildError> {
         let mut uses: Vec<Vec<Use>> = Vec::new();
         let mut rests: Vec<(usize, Vec<crate::wording::Piece>)> = Vec::new();
         let (book, defs) = Book::new(&lexicon)?;
@@ -227,7 +258,7 @@ impl Parts {
                     .filter(|c| rule.applies_on(*c))
                     .fold(0u8, |m, c| m | channel_bit(c)),
             );
-            let group = u16::try_from(gi).map_err(|_| "too many phrase lists".to_string())?;
+            let group = u16::try_from(gi).map_err(|_| BuildError::TooMany("phrase lists"))?;
             groups.push(Group {
                 boundary: def.list.boundary,
                 position: def.list.position,
@@ -243,7 +274,10 @@ impl Parts {
                 // Validated at load: a phrase that does not compile is not
                 // in a lexicon.
                 let variants =
-                    crate::wording::compile(text).map_err(|e| format!("phrase {text:?} {e}"))?;
+                    crate::wording::compile(text).map_err(|reason| BuildError::Phrase {
+                        phrase: text.to_string(),
+                        reason,
+                    })?;
                 for v in variants {
                     // The automaton looks for the anchor piece (a plain
                     // phrase is its own anchor).
@@ -255,7 +289,8 @@ impl Parts {
                         NO_REST
                     } else {
                         rests.push((anchor, v.pieces));
-                        u32::try_from(rests.len() - 1).map_err(|_| "too many phrases")?
+                        u32::try_from(rests.len() - 1)
+                            .map_err(|_| BuildError::TooMany("phrases"))?
                     };
                     let pid = table.id(first.text);
                     if uses.len() <= pid {
@@ -322,7 +357,7 @@ impl Parts {
 
 impl Scanner {
     /// Compiles a validated lexicon.
-    pub fn new(lexicon: Lexicon, segmenter: Arc<Jieba>) -> Result<Scanner, String> {
+    pub fn new(lexicon: Lexicon, segmenter: Arc<Jieba>) -> Result<Scanner, BuildError> {
         let mut table = PatternTable::default();
         let parts = Parts::new(lexicon, &mut table)?;
         let (automaton, patterns) = table.build()?;
@@ -368,7 +403,7 @@ impl Scanner {
     /// The same scanner matching with the byte automaton only (what large
     /// lexicons use): tests compare the two paths.
     #[doc(hidden)]
-    pub fn without_char_automaton(mut self) -> Result<Scanner, String> {
+    pub fn without_char_automaton(mut self) -> Result<Scanner, BuildError> {
         self.automaton = Arc::new(Automaton::Bytes(byte_automaton(&self.patterns)?));
         Ok(self)
     }
@@ -707,8 +742,8 @@ pub enum LoadError {
     NoDirectory { dir: PathBuf, cwd: String },
     #[error("invalid lexicon {}:\n{source}", dir.display())]
     Invalid { dir: PathBuf, source: LexiconError },
-    #[error("cannot compile lexicon {}: {reason}", dir.display())]
-    Compile { dir: PathBuf, reason: String },
+    #[error("cannot compile lexicon {}: {source}", dir.display())]
+    Compile { dir: PathBuf, source: BuildError },
 }
 
 /// Loads and compiles a lexicon directory's base lexicon (tools that do not
@@ -734,9 +769,9 @@ impl Scanners {
             dir: dir.to_path_buf(),
             source,
         })?;
-        Scanners::new(set, default_segmenter()).map_err(|reason| LoadError::Compile {
+        Scanners::new(set, default_segmenter()).map_err(|source| LoadError::Compile {
             dir: dir.to_path_buf(),
-            reason,
+            source,
         })
     }
 
@@ -744,12 +779,15 @@ impl Scanners {
     /// one automaton over all their patterns: overlays mostly repeat the
     /// base, and one table stays in the cache where one per tenant would
     /// not.
-    pub fn new(set: LexiconSet, segmenter: Arc<Jieba>) -> Result<Scanners, String> {
+    pub fn new(set: LexiconSet, segmenter: Arc<Jieba>) -> Result<Scanners, BuildError> {
         let mut table = PatternTable::default();
         let base = Parts::new(set.base, &mut table)?;
         let mut tenant_parts = Vec::new();
         for (tenant, lex) in set.tenants {
-            let p = Parts::new(lex, &mut table).map_err(|e| format!("tenant {tenant}: {e}"))?;
+            let p = Parts::new(lex, &mut table).map_err(|e| BuildError::Tenant {
+                tenant: tenant.clone(),
+                source: Box::new(e),
+            })?;
             tenant_parts.push((tenant, p));
         }
         let (automaton, patterns) = table.build()?;

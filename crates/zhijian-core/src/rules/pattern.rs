@@ -171,7 +171,7 @@ impl Set {
     /// every rule, in the lexicon's order).
     pub fn new<'a>(
         rules: impl IntoIterator<Item = (&'a str, &'a [Speaker], &'a super::Spec)>,
-    ) -> Result<Set, String> {
+    ) -> Result<Set, crate::matcher::BuildError> {
         let mut set = Set::default();
         let mut all = Vec::new();
         for (i, (id, speakers, spec)) in rules.into_iter().enumerate() {
@@ -182,7 +182,10 @@ impl Set {
                 regex::RegexBuilder::new(src)
                     .size_limit(REGEX_SIZE_LIMIT)
                     .build()
-                    .map_err(|e| format!("rule {id}: {e}"))
+                    .map_err(|e| crate::matcher::BuildError::Pattern {
+                        rule: id.to_string(),
+                        source: Box::new(e),
+                    })
             };
             let patterns = spec
                 .patterns
@@ -203,7 +206,7 @@ impl Set {
             let speakers = speaker_bits(speakers);
             set.speakers |= speakers;
             set.rules.push(Compiled {
-                rule: u16::try_from(i).map_err(|_| "too many rules")?,
+                rule: u16::try_from(i).map_err(|_| crate::matcher::BuildError::TooMany("rules"))?,
                 speakers,
                 patterns,
                 not,
@@ -215,7 +218,7 @@ impl Set {
                 regex::RegexSetBuilder::new(&all)
                     .size_limit(REGEX_SIZE_LIMIT * 8)
                     .build()
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| crate::matcher::BuildError::PatternSet(Box::new(e)))?,
             );
         }
         Ok(set)
