@@ -3,8 +3,8 @@
 //! the code that had it.
 
 use crate::daemon::{
-    ChildDaemon, DEADLINE, Daemon, assert_no_duplicate_ids, assert_same, config, config_toml, js,
-    lexicons, metric, output_events, publish, scan, stream_messages, wait_done,
+    ChildDaemon, Daemon, assert_no_duplicate_ids, assert_same, config, config_toml, js, lexicons,
+    metric, output_events, publish, scan, stream_messages, wait_done,
 };
 use crate::nats_support::{NatsServer, free_port, http_get, tempdir};
 use async_nats::jetstream;
@@ -20,13 +20,7 @@ pub(crate) fn fast_partitions(partitions: u32) -> String {
     )
 }
 
-pub(crate) async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub(crate) use zhijian_test_kit::wait::wait_for;
 
 pub(crate) async fn readyz(port: u16) -> u16 {
     tokio::task::spawn_blocking(move || http_get(port, "/readyz"))
