@@ -432,7 +432,22 @@ async fn scenario(cluster: &mut NatsCluster, k: usize, failure: Failure) {
             .block_on(zhijian::client::publish(&client_cfg, &input, 3000.0))
             .map_err(|e| e.to_string())
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The failure comes with the traffic under way.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored = match js.get_stream(format!("IN{k}")).await {
+            Ok(mut s) => s.info().await.map_or(0, |i| i.state.messages),
+            Err(_) => 0,
+        };
+        if stored >= 2_000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {stored} inputs stored after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let before = leases(&kv).await;
     let mut counts: HashMap<String, usize> = HashMap::new();

@@ -1184,13 +1184,12 @@ async fn the_board_replays_at_most_its_limit_of_the_input_stream() {
         ids.sort();
         ids
     };
+    let want: Vec<String> = (20..30).map(|i| format!("c{i:02}")).collect();
     let deadline = std::time::Instant::now() + crate::daemon::DEADLINE;
-    while ids(&board).len() < 10 {
+    while ids(&board) != want {
         assert!(std::time::Instant::now() < deadline, "{:?}", ids(&board));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let want: Vec<String> = (20..30).map(|i| format!("c{i:02}")).collect();
     assert_eq!(
         ids(&board),
         want,
@@ -1206,5 +1205,10 @@ async fn the_board_replays_at_most_its_limit_of_the_input_stream() {
         assert!(std::time::Instant::now() < deadline, "{:?}", ids(&board));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The live message came after the lookback's in the stream: nothing of
+    // the lookback beyond its last 10 arrived before it.
+    let mut with_live = want.clone();
+    with_live.push("c30".into());
+    assert_eq!(ids(&board), with_live);
     let _ = stop.send(true);
 }

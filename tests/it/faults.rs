@@ -663,9 +663,13 @@ async fn a_kill_while_the_output_refuses_events_loses_nothing() {
             && metric(port, "zhijian_publish_failures_total{kind=\"violation\"}").await >= 1.0
     })
     .await;
-    // Five checkpoint intervals pass while the events wait (a checkpoint
-    // written now would cover inputs whose events are not stored).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Checkpoint intervals pass while the events wait (a checkpoint written
+    // then would cover inputs whose events are not stored): the oldest
+    // unstored event has waited at least 0.6 s, six intervals.
+    wait_until("the oldest unstored event 0.6 s old", async || {
+        metric(port, "zhijian_output_oldest_unstored_seconds").await >= 0.6
+    })
+    .await;
     daemon.signal("-KILL");
     let _ = daemon.wait().await;
     output_refuses(&js, false).await;
