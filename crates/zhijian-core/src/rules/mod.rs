@@ -173,7 +173,7 @@ impl Spec {
 
     /// Whether the rule's state can ever hold a deadline: the kinds'
     /// `deadline` is `None` for every other rule, whatever its state (a
-    /// test checks), so the clock and [`Book::next_deadline`] only visit
+    /// test checks), so the clock and [`crate::book::Book::next_deadline`] only visit
     /// these.
     pub fn has_deadline(&self) -> bool {
         match self {
