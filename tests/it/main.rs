@@ -6,6 +6,7 @@ mod cluster;
 mod console;
 mod daemon;
 mod default_lexicon;
+mod desk;
 mod faults;
 mod fuzz_smoke;
 mod golden;
