@@ -251,7 +251,7 @@ impl RawConfig {
             ("summaries_prefix", &st.summaries_prefix),
             ("deadletter_subject", &st.deadletter_subject),
         ] {
-            if !crate::subject::token::is_literal_subject(token) {
+            if !zhijian_core::token::is_literal_subject(token) {
                 return Err(InvalidConfig::NotSubject {
                     key,
                     value: token.clone(),
@@ -262,8 +262,8 @@ impl RawConfig {
         let shadow = if self.shadow.lexicons.trim().is_empty() {
             None
         } else {
-            if !crate::subject::token::is_token(&self.shadow.prefix)
-                || !crate::subject::token::is_token(&self.shadow.stream)
+            if !zhijian_core::token::is_token(&self.shadow.prefix)
+                || !zhijian_core::token::is_token(&self.shadow.stream)
             {
                 return Err(InvalidConfig::ShadowTokens);
             }

@@ -4,9 +4,9 @@
 //! [`crate::rules`]. It sits above both the registry and the lexicon: the
 //! kinds know nothing of the lexicon, the lexicon nothing of the book.
 
+use crate::build_error::BuildError;
 use crate::event::{Channel, Speaker};
 use crate::lexicon::{Lexicon, Rule};
-use crate::matcher::BuildError;
 use crate::rules::{
     Close, Found, PhraseList, RuleRef, Seg, Sink, Spec, State, pattern, phrase, repetition,
     required, response, timing,
@@ -215,8 +215,8 @@ impl Book {
                     }
                 });
         }
-        let speaker_bit = 1u8 << (seg.speaker as u8);
-        let channel_bit = seg.channel.map_or(0, |c| 1u8 << (c as u8));
+        let speaker_mask = 1u8 << (seg.speaker as u8);
+        let channel_mask = seg.channel.map_or(0, |c| 1u8 << (c as u8));
         for (((&r, state), &done_when_decided), &(speakers, channels)) in self
             .slots
             .iter()
@@ -225,12 +225,12 @@ impl Book {
             .zip(&self.gates)
         {
             // Not on this channel (an unknown channel is judged by all).
-            if channels != 0 && channel_bit != 0 && channels & channel_bit == 0 {
+            if channels != 0 && channel_mask != 0 && channels & channel_mask == 0 {
                 continue;
             }
             // Not this speaker's segment: nothing to do, except for a
             // required rule whose scope has not started its clock yet.
-            if speakers & speaker_bit == 0
+            if speakers & speaker_mask == 0
                 && !matches!(&*state, State::Required(st) if st.seen == 0 && !st.continued)
             {
                 continue;

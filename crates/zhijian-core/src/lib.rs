@@ -24,7 +24,8 @@
 //! - [`event`]: the input/output contract (v1.1), decoding and validation.
 //! - [`normalize`] (its Unicode tables are generated: `unicode_tables`),
 //!   [`chardfa`], [`detect`] (numbers: phone, ID, bank card), [`wording`].
-//! - [`fields`]: a lexicon file's located problems and a rule's fields.
+//! - [`fields`]: a lexicon file's located problems and a rule's fields;
+//!   [`build_error`]: why a validated lexicon does not compile.
 //! - [`rules`]: the rule kinds, one file each, and their registry; they
 //!   know nothing of the lexicon.
 //! - [`lexicon`]: the TOML lexicon format and its strict validation.
@@ -36,6 +37,7 @@
 //!   supervisor wants to see.
 
 pub mod book;
+pub mod build_error;
 pub mod chardfa;
 pub mod detect;
 pub mod engine;

@@ -11,6 +11,7 @@
 //! utterance would cost 3–4× the whole pipeline).
 
 use crate::book::Book;
+pub use crate::build_error::BuildError;
 use crate::chardfa::CharDfa;
 use crate::event::Speaker;
 use crate::lexicon::{Lexicon, LexiconError, LexiconSet, Rule};
@@ -75,37 +76,6 @@ fn byte_automaton(patterns: &[String]) -> Result<AhoCorasick, BuildError> {
         builder.kind(Some(AhoCorasickKind::DFA));
     }
     Ok(builder.build(patterns)?)
-}
-
-/// Why a validated lexicon does not compile.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// More of something than the compiled form can index.
-    #[error("too many {0} for one lexicon")]
-    TooMany(&'static str),
-    /// A phrase whose wording does not compile.
-    #[error("phrase {phrase:?} {reason}")]
-    Phrase { phrase: String, reason: String },
-    /// A pattern rule's regular expression.
-    #[error("rule {rule}: {source}")]
-    Pattern {
-        rule: String,
-        #[source]
-        source: Box<regex::Error>,
-    },
-    /// The patterns of every pattern rule, as one set.
-    #[error("the pattern set: {0}")]
-    PatternSet(#[source] Box<regex::Error>),
-    /// The phrase automaton.
-    #[error("the phrase automaton: {0}")]
-    Automaton(#[from] aho_corasick::BuildError),
-    /// A tenant overlay's lexicon.
-    #[error("tenant {tenant}: {source}")]
-    Tenant {
-        tenant: String,
-        #[source]
-        source: Box<BuildError>,
-    },
 }
 
 /// A compiled lexicon.

@@ -171,7 +171,7 @@ impl Set {
     /// every rule, in the lexicon's order).
     pub fn new<'a>(
         rules: impl IntoIterator<Item = (&'a str, &'a [Speaker], &'a super::Spec)>,
-    ) -> Result<Set, crate::matcher::BuildError> {
+    ) -> Result<Set, crate::build_error::BuildError> {
         let mut set = Set::default();
         let mut all = Vec::new();
         for (i, (id, speakers, spec)) in rules.into_iter().enumerate() {
@@ -182,7 +182,7 @@ impl Set {
                 regex::RegexBuilder::new(src)
                     .size_limit(REGEX_SIZE_LIMIT)
                     .build()
-                    .map_err(|e| crate::matcher::BuildError::Pattern {
+                    .map_err(|e| crate::build_error::BuildError::Pattern {
                         rule: id.to_string(),
                         source: Box::new(e),
                     })
@@ -206,7 +206,8 @@ impl Set {
             let speakers = speaker_bits(speakers);
             set.speakers |= speakers;
             set.rules.push(Compiled {
-                rule: u16::try_from(i).map_err(|_| crate::matcher::BuildError::TooMany("rules"))?,
+                rule: u16::try_from(i)
+                    .map_err(|_| crate::build_error::BuildError::TooMany("rules"))?,
                 speakers,
                 patterns,
                 not,
@@ -218,7 +219,7 @@ impl Set {
                 regex::RegexSetBuilder::new(&all)
                     .size_limit(REGEX_SIZE_LIMIT * 8)
                     .build()
-                    .map_err(|e| crate::matcher::BuildError::PatternSet(Box::new(e)))?,
+                    .map_err(|e| crate::build_error::BuildError::PatternSet(Box::new(e)))?,
             );
         }
         Ok(set)
