@@ -185,15 +185,15 @@ enum ColorChoice {
     Never,
 }
 
-/// Flags shared by the commands that talk to NATS.
+/// Flags shared by the commands that talk to NATS (`zhijian-tools` too).
 #[derive(clap::Args)]
-struct Common {
+pub struct Common {
     /// Config file (TOML); see deploy/zhijian.toml.
     #[arg(long)]
-    config: Option<PathBuf>,
+    pub config: Option<PathBuf>,
     /// NATS server URL (overrides the config file and ZHIJIAN_NATS_URL).
     #[arg(long)]
-    nats_url: Option<String>,
+    pub nats_url: Option<String>,
 }
 
 #[derive(Subcommand)]

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use zhijian::cli::Common;
 use zhijian::config::{Config, Overrides, RawConfig};
 use zhijian::event::Speaker;
 use zhijian::matcher::Scratch;
@@ -20,16 +21,6 @@ use zhijian::matcher::Scratch;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(clap::Args)]
-struct Common {
-    /// Config file (TOML); see deploy/zhijian.toml.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// NATS server URL (overrides the config file and ZHIJIAN_NATS_URL).
-    #[arg(long)]
-    nats_url: Option<String>,
 }
 
 #[derive(Subcommand)]
