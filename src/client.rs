@@ -142,19 +142,15 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    fn headers(&self) -> async_nats::HeaderMap {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", self.id.as_str());
-        headers
-    }
-
-    async fn send(
+    /// Publishes it, with its id as `Nats-Msg-Id`; the ack is the future's.
+    async fn publish(
         &self,
         js: &async_nats::jetstream::Context,
-    ) -> Result<PublishAckFuture, ClientError> {
-        js.publish_with_headers(self.subject.clone(), self.headers(), self.payload.clone())
+    ) -> Result<PublishAckFuture, PublishError> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", self.id.as_str());
+        js.publish_with_headers(self.subject.clone(), headers, self.payload.clone())
             .await
-            .map_err(ClientError::Publish)
     }
 }
 
@@ -196,7 +192,7 @@ impl InFlight {
             self.waiting_len += 1;
             return Ok(());
         }
-        let ack = out.send(js).await?;
+        let ack = out.publish(js).await.map_err(ClientError::Publish)?;
         self.subjects.insert(out.subject.clone());
         self.queue.push_back((out, ack));
         Ok(())
@@ -229,13 +225,11 @@ impl InFlight {
             );
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
-            let again = js
-                .publish_with_headers(out.subject.clone(), out.headers(), out.payload.clone())
-                .await;
+            let again = out.publish(js).await;
             for (o, a) in self.queue.iter_mut() {
                 // Not sent now (still disconnected): its old ack fails in
                 // turn and it is sent again then.
-                if let Ok(fresh) = o.send(js).await {
+                if let Ok(fresh) = o.publish(js).await {
                     *a = fresh;
                 }
             }

@@ -111,10 +111,6 @@ pub struct Worker {
     reported_pending: i64,
     /// A publish failure was logged since the last success.
     failing: bool,
-    /// The checkpoint is loaded and judging began: only then may this
-    /// worker write a checkpoint (one stopped while it was loading would
-    /// otherwise write its empty engine over the partition's state).
-    started: bool,
 }
 
 /// Runs partition `p` under `lease` until stopped, lost or failed.
@@ -173,15 +169,12 @@ pub async fn work(
         reported_open: 0,
         reported_pending: 0,
         failing: false,
-        started: false,
     };
     let exit = match w.start(&mut stop).await {
-        Ok(true) => {
-            w.started = true;
-            w.run(&mut stop).await
-        }
+        Ok(true) => w.run(&mut stop).await,
         // Stopped before judging: nothing to store, and the checkpoint as
-        // it was.
+        // it was (`finish` would write this empty engine over the
+        // partition's state).
         Ok(false) => Exit::Released,
         Err(exit) => exit,
     };
@@ -596,10 +589,9 @@ impl Worker {
 
     /// Takes a snapshot and starts its write.
     fn start_checkpoint(&mut self) {
-        if !self.started || self.seq < self.ckpt.seq {
+        if self.seq < self.ckpt.seq {
             // A head behind the one loaded would make the next holder judge
-            // again what was judged; one of a worker that never started,
-            // write its empty engine over the partition's state.
+            // again what was judged.
             tracing::error!(
                 partition = self.p,
                 seq = self.seq,

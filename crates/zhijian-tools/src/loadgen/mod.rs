@@ -463,7 +463,7 @@ async fn run_mode(
         kinds.sort_by(|a, b| a.0.cmp(&b.0));
         for (kind, mut ms) in kinds {
             ms.sort_by(|a, b| a.total_cmp(b));
-            let at = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+            let at = |p: f64| percentile(&ms, p);
             eprintln!(
                 "  latency of {kind}: {} samples, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
                 ms.len(),
@@ -557,13 +557,7 @@ async fn run_mode(
     };
     let lost = want.iter().filter(|id| !seen.contains_key(*id)).count();
     latencies.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-        latencies[i.min(latencies.len() - 1)]
-    };
+    let pct = |p: f64| percentile(&latencies, p);
     eprintln!(
         "{mode}: published {} inputs in {published_in:.2} s, last output after {seconds:.2} s",
         lines.len()
@@ -724,4 +718,14 @@ fn judge_offline(
     )
     .map_err(BenchError::Judge)?;
     Ok(out)
+}
+
+/// The `p` quantile (0..=1) of sorted samples, nearest rank; NaN when there
+/// are none.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
 }
