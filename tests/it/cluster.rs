@@ -9,7 +9,7 @@
 //! two holders at once), and every orphaned partition produces again
 //! within 10 s.
 
-use crate::daemon::{assert_no_duplicate_ids, assert_same, lexicons, scan, traffic};
+use crate::daemon::{assert_no_duplicate_ids, assert_same, lexicons, metric_series, scan, traffic};
 use crate::nats_support::{free_port, http_get, nats_server_bin, tempdir};
 use crate::support::TempDir;
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
@@ -81,13 +81,19 @@ impl NatsCluster {
     }
 
     fn wait_ready(&self, i: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         let node = &self.nodes[i];
         loop {
             if http_get(node.monitor, "/healthz").is_some_and(|(code, _)| code == 200) {
                 return;
             }
-            assert!(Instant::now() < deadline, "{} not healthy", node.name);
+            assert!(
+                Instant::now() < deadline,
+                "{} not healthy after 60 s ({:?}):\n{}",
+                node.name,
+                http_get(node.monitor, "/healthz"),
+                node_log_tail(node)
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -176,9 +182,25 @@ fn spawn_node(node: &Node, routes: &[String]) -> Child {
         .args(["--cluster", &format!("nats://127.0.0.1:{}", node.route)])
         .args(["--routes", &routes.join(",")])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(node_log(node))
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+}
+
+/// The node's log, appended to across restarts, kept beside its store.
+fn node_log(node: &Node) -> Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(node.store.join("node.log"))
+        .map_or_else(|_| Stdio::null(), Stdio::from)
+}
+
+/// The last lines of a node's log (for failure messages).
+fn node_log_tail(node: &Node) -> String {
+    let text = std::fs::read_to_string(node.store.join("node.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// A zhijian instance, the real binary.
@@ -361,14 +383,49 @@ fn logs(dir: &Path) -> String {
     for i in 1..=4 {
         if let Ok(text) = std::fs::read_to_string(dir.join(format!("i{i}.log"))) {
             let lines: Vec<&str> = text.lines().collect();
+            let tail = lines.len().saturating_sub(15);
             out.push_str(&format!("--- i{i}\n"));
-            for l in &lines[lines.len().saturating_sub(15)..] {
+            // Warnings and errors first (the last 30 before the tail), then
+            // the tail.
+            let warned: Vec<&&str> = lines[..tail]
+                .iter()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                .collect();
+            for l in &warned[warned.len().saturating_sub(30)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+            out.push_str("...\n");
+            for l in &lines[tail..] {
                 out.push_str(l);
                 out.push('\n');
             }
         }
     }
     out
+}
+
+/// Waits until every running instance's partitions have a checkpoint
+/// younger than a second (they are written every 200 ms).
+async fn wait_checkpoints_fresh(instances: &[Instance], dir: &Path, failure: Failure) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut oldest = 0.0f64;
+        for i in instances {
+            if let Some(ages) = metric_series(i.metrics, "zhijian_checkpoint_age_seconds").await {
+                oldest = ages.into_iter().fold(oldest, f64::max);
+            }
+        }
+        if oldest < 1.0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{failure:?}: a checkpoint {oldest:.1} s old after {DEADLINE:?}:\n{}",
+            logs(dir)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn header(m: &jetstream::Message, name: &str) -> Option<u64> {
@@ -483,7 +540,11 @@ async fn scenario(cluster: &mut NatsCluster, k: usize, failure: Failure) {
             let clean = tokio::task::spawn_blocking(move || i.stop())
                 .await
                 .unwrap_or(false);
-            assert!(clean, "SIGTERM: {victim_name} did not exit cleanly");
+            assert!(
+                clean,
+                "SIGTERM: {victim_name} did not exit cleanly:\n{}",
+                logs(&dir)
+            );
         }
         Failure::Join => {
             instances.push(Instance::start(&dir, "i4", &toml));
@@ -600,6 +661,11 @@ async fn scenario(cluster: &mut NatsCluster, k: usize, failure: Failure) {
         lines.len(),
         events.len()
     );
+    // A clean stop is owed once the cluster has recovered: every partition's
+    // checkpoint is fresh again (after a server restart the state bucket
+    // may take seconds to elect a leader; a stop during that outage is
+    // honest about what it could not save, see faults.rs).
+    wait_checkpoints_fresh(&instances, &dir, failure).await;
     let stopped: Vec<bool> =
         tokio::task::spawn_blocking(move || instances.into_iter().map(Instance::stop).collect())
             .await
@@ -612,8 +678,9 @@ async fn scenario(cluster: &mut NatsCluster, k: usize, failure: Failure) {
     };
     assert!(
         clean >= expected_clean,
-        "{failure:?}: {clean} of {} instances stopped cleanly",
-        stopped.len()
+        "{failure:?}: {clean} of {} instances stopped cleanly:\n{}",
+        stopped.len(),
+        logs(&dir)
     );
 }
 

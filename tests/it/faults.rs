@@ -5,8 +5,8 @@
 
 use crate::daemon::{
     ChildDaemon, DEADLINE, assert_no_duplicate_ids, assert_same, config_toml, js, lexicons, metric,
-    output_events, publish, ready_body, scan, stream_messages, summaries_in, traffic, wait_done,
-    wait_until, zj_bin,
+    metric_series, output_events, publish, ready_body, scan, stream_messages, summaries_in,
+    traffic, wait_done, wait_until, zj_bin,
 };
 use crate::hardening::{fast_partitions, publish_raw_subject, readyz};
 use crate::nats_support::{NatsServer, free_port, http_get, tempdir};
@@ -45,21 +45,9 @@ pub(crate) async fn checkpoint_seq(kv: &jetstream::kv::Store, p: u32) -> u64 {
 
 /// The sum of every series of a metric.
 async fn metric_sum(port: u16, name: &str) -> f64 {
-    let prefix = name.to_string();
-    tokio::task::spawn_blocking(move || http_get(port, "/metrics"))
+    metric_series(port, name)
         .await
-        .ok()
-        .flatten()
-        .map(|(_, body)| {
-            body.lines()
-                .filter(|l| {
-                    l.strip_prefix(prefix.as_str())
-                        .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        })
-        .unwrap_or(0.0)
+        .map_or(0.0, |v| v.iter().sum())
 }
 
 /// Conversations that make many events each: a burst that fills every

@@ -482,3 +482,22 @@ pub async fn metric(port: u16, name: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// Every series' value of a metric of the daemon on `port`, or `None` when
+/// it does not answer.
+pub async fn metric_series(port: u16, name: &str) -> Option<Vec<f64>> {
+    let name = name.to_string();
+    let (_, body) = tokio::task::spawn_blocking(move || http_get(port, "/metrics"))
+        .await
+        .ok()
+        .flatten()?;
+    Some(
+        body.lines()
+            .filter(|l| {
+                l.strip_prefix(name.as_str())
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .collect(),
+    )
+}

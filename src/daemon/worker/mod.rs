@@ -674,19 +674,28 @@ impl Worker {
             let done = w.await;
             self.written(done)?;
         }
-        if self.seq != self.ckpt.seq || !self.changed.is_empty() {
+        // A write that fails (the state bucket electing a leader after a
+        // server restart, say) is tried again until the stop's deadline
+        // cuts it short.
+        let mut pause = Duration::from_millis(100);
+        while self.seq != self.ckpt.seq || !self.changed.is_empty() {
             self.start_checkpoint();
-            if let Some(w) = self.writing.as_mut() {
-                let done = w.await;
-                self.written(done)?;
-            }
+            let Some(w) = self.writing.as_mut() else {
+                break; // behind its checkpoint: logged, not written
+            };
+            let done = w.await;
+            self.written(done)?;
             if self.seq != self.ckpt.seq {
-                return Err(Exit::Unsaved {
-                    unstored: 0,
-                    checkpoint_seq: self.ckpt.seq,
-                    judged_seq: self.seq,
-                });
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
             }
+        }
+        if self.seq != self.ckpt.seq {
+            return Err(Exit::Unsaved {
+                unstored: 0,
+                checkpoint_seq: self.ckpt.seq,
+                judged_seq: self.seq,
+            });
         }
         Ok(())
     }
