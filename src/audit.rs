@@ -25,7 +25,7 @@ struct Tally {
 
 /// Runs the base lexicon of `scanner` over every final segment of the JSONL
 /// `input` and reports; `top` lines per table.
-pub fn audit(scanner: &Scanner, input: &str, labels: Option<&Labels>, top: usize) -> String {
+pub(crate) fn audit(scanner: &Scanner, input: &str, labels: Option<&Labels>, top: usize) -> String {
     let mut kept: HashMap<(String, String), Tally> = HashMap::new();
     let mut dropped: HashMap<(String, &'static str, String), Tally> = HashMap::new();
     let mut scratch = Scratch::default();

@@ -23,7 +23,7 @@ const EXAMPLES: usize = 3;
 
 /// One side's result.
 #[derive(Debug, Default, Serialize)]
-pub struct Side {
+pub(crate) struct Side {
     pub version: String,
     pub violations: usize,
     /// Violations per 1,000 conversations, by category.
@@ -35,7 +35,7 @@ pub struct Side {
 
 /// Changes of one rule.
 #[derive(Debug, Default, Serialize)]
-pub struct RuleChange {
+pub(crate) struct RuleChange {
     pub category: String,
     pub added: usize,
     pub removed: usize,
@@ -45,7 +45,7 @@ pub struct RuleChange {
 
 /// The whole comparison.
 #[derive(Debug, Default, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub conversations: usize,
     pub lines: usize,
     pub bad_lines: usize,
@@ -86,7 +86,7 @@ fn example(v: &Violation) -> String {
 }
 
 /// Judges `input` with both lexicons and compares.
-pub fn compare(old: Arc<Scanners>, new: Arc<Scanners>, input: &str) -> Report {
+pub(crate) fn compare(old: Arc<Scanners>, new: Arc<Scanners>, input: &str) -> Report {
     let mut report = Report::default();
     report.old.version = old.base().version().to_string();
     report.new.version = new.base().version().to_string();
@@ -187,7 +187,7 @@ impl Report {
     }
 
     /// For people, in a terminal.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -239,7 +239,7 @@ impl Report {
 
     /// A self-contained page (no scripts, no external assets); every text
     /// from the input is escaped.
-    pub fn html(&self) -> String {
+    pub(crate) fn html(&self) -> String {
         let e = escape;
         let mut s = String::from(
             "<!doctype html><html lang=\"zh-CN\"><head><meta charset=\"utf-8\">\

@@ -64,7 +64,7 @@ type Verdict = Option<Option<bool>>;
 
 /// Parsed labels.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Labels {
+pub(crate) struct Labels {
     /// `(tenant, conversation, seq)` → expected categories.
     segments: BTreeMap<(String, String, u64), BTreeSet<String>>,
     /// `(tenant, conversation)` → (greeting, closing) verdicts, each
@@ -74,7 +74,7 @@ pub struct Labels {
 
 impl Labels {
     /// Parses a labels file; errors name the line.
-    pub fn parse(text: &str) -> Result<Labels, String> {
+    pub(crate) fn parse(text: &str) -> Result<Labels, String> {
         let mut labels = Labels::default();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
@@ -123,27 +123,32 @@ impl Labels {
     }
 
     /// The categories a reviewer expects for one segment, when labelled.
-    pub fn segment(&self, tenant: &str, conversation: &str, seq: u64) -> Option<&BTreeSet<String>> {
+    pub(crate) fn segment(
+        &self,
+        tenant: &str,
+        conversation: &str,
+        seq: u64,
+    ) -> Option<&BTreeSet<String>> {
         self.segments
             .get(&(tenant.to_string(), conversation.to_string(), seq))
     }
 
-    pub fn segment_count(&self) -> usize {
+    pub(crate) fn segment_count(&self) -> usize {
         self.segments.len()
     }
 
-    pub fn conversation_count(&self) -> usize {
+    pub(crate) fn conversation_count(&self) -> usize {
         self.conversations.len()
     }
 
     /// Keeps the labels of the conversations `keep` says yes to (a split).
-    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
         self.segments.retain(|(_, c, _), _| keep(c));
         self.conversations.retain(|(_, c), _| keep(c));
     }
 
     /// Every labelled `(tenant, conversation)`, segment labels included.
-    pub fn conversation_keys(&self) -> BTreeSet<(&str, &str)> {
+    pub(crate) fn conversation_keys(&self) -> BTreeSet<(&str, &str)> {
         self.segments
             .keys()
             .map(|(t, c, _)| (t.as_str(), c.as_str()))
@@ -157,7 +162,7 @@ impl Labels {
 
     /// The categories these labels measure: the format's own
     /// ([`MEASURED`]) and any a label names.
-    pub fn measured_categories(&self) -> BTreeSet<&str> {
+    pub(crate) fn measured_categories(&self) -> BTreeSet<&str> {
         MEASURED
             .into_iter()
             .chain(self.segments.values().flatten().map(String::as_str))
@@ -165,26 +170,26 @@ impl Labels {
     }
 
     /// Labelled segments: `(tenant, conversation, seq)` → categories.
-    pub fn segments(&self) -> &BTreeMap<(String, String, u64), BTreeSet<String>> {
+    pub(crate) fn segments(&self) -> &BTreeMap<(String, String, u64), BTreeSet<String>> {
         &self.segments
     }
 }
 
 /// Counts of one category or rule.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Tally {
+pub(crate) struct Tally {
     pub true_pos: usize,
     pub false_pos: usize,
     pub false_neg: usize,
 }
 
 impl Tally {
-    pub fn precision(&self) -> Option<f64> {
+    pub(crate) fn precision(&self) -> Option<f64> {
         let n = self.true_pos + self.false_pos;
         (n > 0).then(|| self.true_pos as f64 / n as f64)
     }
 
-    pub fn recall(&self) -> Option<f64> {
+    pub(crate) fn recall(&self) -> Option<f64> {
         let n = self.true_pos + self.false_neg;
         (n > 0).then(|| self.true_pos as f64 / n as f64)
     }
@@ -192,7 +197,7 @@ impl Tally {
 
 /// Agreement of one conversation verdict (greeting or closing).
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Agreement {
+pub(crate) struct Agreement {
     pub labelled: usize,
     pub agreed: usize,
     /// `(label, verdict)` → conversations.
@@ -200,7 +205,7 @@ pub struct Agreement {
 }
 
 impl Agreement {
-    pub fn rate(&self) -> Option<f64> {
+    pub(crate) fn rate(&self) -> Option<f64> {
         (self.labelled > 0).then(|| self.agreed as f64 / self.labelled as f64)
     }
 
@@ -208,7 +213,7 @@ impl Agreement {
     /// `false`): in a corpus of excerpts most labels are `null`, and
     /// whether zhijian also declines to judge them is a different question
     /// from whether it judges a greeting right.
-    pub fn judged(&self) -> (usize, usize) {
+    pub(crate) fn judged(&self) -> (usize, usize) {
         self.confusion
             .iter()
             .filter(|((label, _), _)| label != "not judged")
@@ -220,7 +225,7 @@ impl Agreement {
 
 /// One disagreement, for people.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Miss {
+pub(crate) struct Miss {
     /// "miss" (expected, not found) or "false alarm".
     pub what: &'static str,
     pub category: String,
@@ -232,7 +237,7 @@ pub struct Miss {
 
 /// The result of an evaluation.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Report {
+pub(crate) struct Report {
     pub by_category: BTreeMap<String, Tally>,
     pub by_rule: BTreeMap<String, Tally>,
     pub greeting: Agreement,
@@ -248,7 +253,11 @@ pub struct Report {
 
 /// Runs `engine` over the JSONL `input` (as `zhijian scan` does) and
 /// compares the events with `labels`.
-pub fn evaluate(engine: &mut Engine, input: &str, labels: &Labels) -> std::io::Result<Report> {
+pub(crate) fn evaluate(
+    engine: &mut Engine,
+    input: &str,
+    labels: &Labels,
+) -> std::io::Result<Report> {
     let (events, _, _) = crate::scan::judge_text(engine, input);
     // The texts, for the list of misses.
     let mut texts: HashMap<(String, String, u64), (Speaker, String)> = HashMap::new();
@@ -400,7 +409,7 @@ fn pct(x: Option<f64>) -> String {
 }
 
 /// Two reports of the same labels side by side (`lexicon suggest`).
-pub fn before_after(before: &Report, after: &Report) -> String {
+pub(crate) fn before_after(before: &Report, after: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "| measure | before | after |");
     let _ = writeln!(s, "|---|---|---|");
@@ -447,7 +456,7 @@ pub fn before_after(before: &Report, after: &Report) -> String {
 impl Report {
     /// A warning for people when the labels and the input share no
     /// conversation (`None` when they do, or when there are no labels).
-    pub fn warning(&self, labels: &Labels) -> Option<String> {
+    pub(crate) fn warning(&self, labels: &Labels) -> Option<String> {
         let labelled = labels.conversation_keys().len();
         (labelled > 0 && self.shared_conversations == 0).then(|| {
             format!(
@@ -459,7 +468,7 @@ impl Report {
     }
 
     /// The tables and the list of disagreements, as text.
-    pub fn render(&self, list_misses: bool) -> String {
+    pub(crate) fn render(&self, list_misses: bool) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,

@@ -16,7 +16,7 @@ use std::io::{BufRead, Write};
 
 /// Why labelling stopped early.
 #[derive(Debug, thiserror::Error)]
-pub enum LabelError {
+pub(crate) enum LabelError {
     #[error("cannot write: {0}")]
     Io(#[from] std::io::Error),
     #[error("the labels file: {0}")]
@@ -25,14 +25,14 @@ pub enum LabelError {
 
 /// What a session did.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub labelled: usize,
     pub skipped: usize,
     pub already: usize,
 }
 
 /// Every ASCII and full-width digit as `•`.
-pub fn mask_digits(text: &str) -> String {
+pub(crate) fn mask_digits(text: &str) -> String {
     text.chars()
         .map(|c| {
             if c.is_ascii_digit() || ('０'..='９').contains(&c) {
@@ -97,7 +97,7 @@ fn ask(
 /// `existing` (a labels file's text), at most `sample` of them, in sample
 /// order when `sample` is given (input order otherwise); appends each to
 /// `out`.
-pub fn run(
+pub(crate) fn run(
     input: &str,
     existing: &str,
     sample: Option<usize>,

@@ -12,22 +12,24 @@
 //!
 //! - [`event`], [`normalize`], [`lexicon`], [`rules`], [`book`], [`matcher`],
 //!   [`engine`], [`scan`], [`filter`] …: the core, from `zhijian-core`.
-//! - [`eval`], [`suggest`], [`label`]: measuring a lexicon against reviewer
+//! - `eval`, `suggest`, `label`: measuring a lexicon against reviewer
 //!   labels (`lexicon eval`), proposing a tenant overlay from them and from
 //!   the desk's false alarms (`lexicon suggest`), and labelling a sample in
 //!   the terminal (`zhijian label`); the format is in docs/labelling.md.
-//! - [`daemon`]: `zhijian run`: NATS JetStream in and out, shards with
-//!   bounded publishers, dead letters (also for messages the client cannot
-//!   decode), state across restarts, lexicon reload, watchdog, metrics and
-//!   health.
+//! - [`daemon`]: `zhijian run`: NATS JetStream in and out; a partitioned
+//!   input whose partitions are leased among the instances of a cluster
+//!   (one instance is a cluster of one); per partition a worker that judges,
+//!   stores its events through a bounded window and checkpoints only what
+//!   is stored; dead letters (also for messages the client cannot decode),
+//!   lexicon reload, watchdog, metrics and health.
 //! - [`console`]: the live-alerts web console for QA supervisors: the feed,
 //!   the live conversations board (`console::board`) and the desk where
 //!   alerts are worked, shared through NATS (`console::desk`).
 //! - [`config`]: the daemon's TOML configuration and its overrides.
 //! - `subject`: the NATS subjects, built and parsed in one place, and the
 //!   checks of the tokens that go into them.
-//! - [`metrics`]: the Prometheus metrics.
-//! - [`listen`]: binding the daemon's and the console's HTTP listeners.
+//! - `metrics`: the Prometheus metrics.
+//! - `listen`: binding the daemon's and the console's HTTP listeners.
 //! - [`nats_conn`]: connecting to NATS (authentication, TLS, the server
 //!   check), for the daemon and every command that talks to the server.
 //! - [`client`]: `zhijian publish` and `zhijian tail`.
@@ -43,20 +45,24 @@
 //! a stable error code, counted, reported with its line or message, and
 //! processing goes on. Nothing on the input path panics.
 
-pub mod audit;
+// Items are `pub(crate)` unless another crate (the tools, the tests) uses
+// them; the compiler says so of every `pub` nothing outside can reach.
+#![warn(unreachable_pub)]
+
+mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod console;
 pub mod daemon;
-pub mod diff;
-pub mod eval;
-pub mod label;
-pub mod listen;
-pub mod metrics;
+mod diff;
+mod eval;
+mod label;
+mod listen;
+mod metrics;
 pub mod nats_conn;
 pub mod subject;
-pub mod suggest;
+mod suggest;
 
 pub use zhijian_core::{
     book, chardfa, detect, engine, event, fields, filter, lexicon, matcher, normalize, rules, scan,

@@ -15,7 +15,7 @@ pub struct ListenError {
 
 /// Binds `addr` (port 0 picks a free port) for `what` ("metrics", "the
 /// console"); the listener and the address it is bound to.
-pub async fn bind(
+pub(crate) async fn bind(
     addr: SocketAddr,
     what: &'static str,
 ) -> Result<(TcpListener, SocketAddr), ListenError> {

@@ -19,13 +19,13 @@ use prometheus::{
 use std::sync::Mutex;
 
 /// The `tenant` label of tenants beyond the cap.
-pub const OTHER_TENANT: &str = "_other";
+pub(crate) const OTHER_TENANT: &str = "_other";
 
 /// Tenants with their own series by default (`[metrics] max_tenants`).
-pub use crate::config::DEFAULT_MAX_TENANTS;
+pub(crate) use crate::config::DEFAULT_MAX_TENANTS;
 
 /// Every metric the daemon exports.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// `zhijian_segments_received_total`, resolved per
     /// `[channel][speaker]`, channel index 4 = unknown.
@@ -85,7 +85,7 @@ pub struct Metrics {
 }
 
 /// Metrics of an instance in a cluster (`[cluster] partitions`).
-pub struct ClusterMetrics {
+pub(crate) struct ClusterMetrics {
     pub members: IntGauge,
     pub partitions_owned: IntGauge,
     /// Partitions the assignment gives this instance.
@@ -203,20 +203,20 @@ impl ClusterMetrics {
         }
     }
 
-    pub fn observe_checkpoint_age(&self, partition: u32, age: std::time::Duration) {
+    pub(crate) fn observe_checkpoint_age(&self, partition: u32, age: std::time::Duration) {
         self.checkpoint_age
             .with_label_values(&[&partition.to_string()])
             .set(age.as_secs_f64());
     }
 
-    pub fn set_checkpoint_bytes(&self, partition: u32, bytes: u64) {
+    pub(crate) fn set_checkpoint_bytes(&self, partition: u32, bytes: u64) {
         self.checkpoint_bytes
             .with_label_values(&[&partition.to_string()])
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// The partition is no longer held here: its series go.
-    pub fn forget(&self, partition: u32) {
+    pub(crate) fn forget(&self, partition: u32) {
         let p = partition.to_string();
         let _ = self.checkpoint_age.remove_label_values(&[&p]);
         let _ = self.checkpoint_bytes.remove_label_values(&[&p]);
@@ -250,18 +250,18 @@ impl Default for Metrics {
 /// The `limit` label values of `zhijian_limits_applied_total`.
 /// (The conversation limits close conversations with reason `limit`:
 /// `zhijian_conversations_closed_total{reason="limit"}`.)
-pub const LIMITS: [&str; 3] = ["excerpt", "repeated_hits", "deadletter_truncated"];
+pub(crate) const LIMITS: [&str; 3] = ["excerpt", "repeated_hits", "deadletter_truncated"];
 
 impl Metrics {
     /// Registers every metric, with the default tenant cap.
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         Metrics::with_max_tenants(DEFAULT_MAX_TENANTS)
     }
 
     /// Registers every metric (definitions are static: a failure here is a
     /// programming error, caught by the tests); at most `max_tenants`
     /// tenants get their own `zhijian_tenant_violations_total` series.
-    pub fn with_max_tenants(max_tenants: usize) -> Metrics {
+    pub(crate) fn with_max_tenants(max_tenants: usize) -> Metrics {
         let r = Registry::new();
         let segments = counter_vec(
             &r,
@@ -561,7 +561,7 @@ impl Metrics {
     }
 
     /// Counts a received segment.
-    pub fn segment(&self, channel: Option<Channel>, speaker: Speaker) {
+    pub(crate) fn segment(&self, channel: Option<Channel>, speaker: Speaker) {
         let c = match channel {
             Some(Channel::Call) => 0,
             Some(Channel::Chat) => 1,
@@ -574,7 +574,7 @@ impl Metrics {
 
     /// Counts a published violation of `tenant`, under [`OTHER_TENANT`]
     /// once `max_tenants` other tenants have their own series.
-    pub fn tenant_violation(&self, tenant: &str, category: &str) {
+    pub(crate) fn tenant_violation(&self, tenant: &str, category: &str) {
         let own = {
             // A poisoned lock only means another thread panicked mid-insert;
             // the set is still usable.
@@ -597,12 +597,12 @@ impl Metrics {
             .inc();
     }
 
-    pub fn outcome(&self, outcome: Outcome) {
+    pub(crate) fn outcome(&self, outcome: Outcome) {
         self.input_events[outcome as usize].inc();
     }
 
     /// Marks `version` as the lexicon in use (and no other).
-    pub fn set_lexicon(&self, version: &str) {
+    pub(crate) fn set_lexicon(&self, version: &str) {
         self.lexicon_info.reset();
         self.lexicon_info.with_label_values(&[version]).set(1);
     }
@@ -610,7 +610,7 @@ impl Metrics {
     /// Publishes the categories of the base lexicon and of every tenant
     /// lexicon as `zhijian_category_info{category,name} 1` (and no others:
     /// categories removed by a reload disappear).
-    pub fn set_categories(&self, scanners: &Scanners) {
+    pub(crate) fn set_categories(&self, scanners: &Scanners) {
         let lexicons = std::iter::once(scanners.base())
             .chain(scanners.tenants().map(|(_, s)| s))
             .map(|s| s.lexicon());
@@ -625,7 +625,10 @@ impl Metrics {
     /// for it: two tenants that define the same new id with different names
     /// must not give one id two series, or a dashboard's join on `category`
     /// would match many-to-many and fail.
-    pub fn set_category_names<'a>(&self, categories: impl IntoIterator<Item = (&'a str, &'a str)>) {
+    pub(crate) fn set_category_names<'a>(
+        &self,
+        categories: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) {
         self.category_info.reset();
         let mut seen = HashSet::new();
         for (id, name) in categories {
@@ -636,7 +639,7 @@ impl Metrics {
     }
 
     /// The exposition in Prometheus text format.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut buf = Vec::new();
         // Fails only for a metric family the registry itself refuses to
         // hold (e.g. clashing labels): said, and what was encoded served.

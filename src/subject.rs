@@ -21,17 +21,17 @@ pub use zhijian_core::token;
 
 /// Dead-letter reason: the subject does not name the payload's
 /// conversation.
-pub const SUBJECT_MISMATCH: &str = "subject_mismatch";
+pub(crate) const SUBJECT_MISMATCH: &str = "subject_mismatch";
 
 /// Dead-letter reason: the subject is not UTF-8, so the client cannot even
 /// receive the message (see `daemon::poison`).
-pub const INVALID_SUBJECT: &str = "invalid_subject";
+pub(crate) const INVALID_SUBJECT: &str = "invalid_subject";
 
 /// Dead-letter reason: a subject below the input prefix that is not
 /// `<prefix>.<tenant>.<token>` of one token each (a conversation id with an
 /// unescaped `.`, or no id), which the partitioned stream cannot take (see
 /// [`input_unroutable`]).
-pub const UNROUTABLE_SUBJECT: &str = "unroutable_subject";
+pub(crate) const UNROUTABLE_SUBJECT: &str = "unroutable_subject";
 
 /// Every subject below `prefix`: `<prefix>.>`.
 pub fn all(prefix: &str) -> String {
@@ -57,7 +57,7 @@ pub fn input(s: &StreamsConfig, tenant: &str, conversation_id: &str) -> String {
 /// no whitespace, `*` or `>`: see [`token::is_literal_tail`]). Not meant to
 /// be read back: the payload names the conversation, and two ids that give
 /// one token only share a partition.
-pub fn id_token(conversation_id: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn id_token(conversation_id: &str) -> std::borrow::Cow<'_, str> {
     if conversation_id.contains('.') {
         std::borrow::Cow::Owned(conversation_id.replace('.', "%2E"))
     } else {
@@ -67,7 +67,7 @@ pub fn id_token(conversation_id: &str) -> std::borrow::Cow<'_, str> {
 
 /// The stored subjects of a conversation's inputs, whatever its partition:
 /// `<prefix>.*.<tenant>.<token>`.
-pub fn input_partitioned(s: &StreamsConfig, tenant: &str, conversation_id: &str) -> String {
+pub(crate) fn input_partitioned(s: &StreamsConfig, tenant: &str, conversation_id: &str) -> String {
     format!(
         "{}.*.{tenant}.{}",
         s.input_prefix,
@@ -77,18 +77,18 @@ pub fn input_partitioned(s: &StreamsConfig, tenant: &str, conversation_id: &str)
 
 /// Where `zhijian publish` puts line `line` (1-based) of a file when it is
 /// not valid input, for the daemon to dead-letter.
-pub fn input_invalid_line(s: &StreamsConfig, line: usize) -> String {
+pub(crate) fn input_invalid_line(s: &StreamsConfig, line: usize) -> String {
     format!("{}.invalid.line-{line}", s.input_prefix)
 }
 
 /// The input subjects a cluster's stream accepts: `<input_prefix>.*.*`.
-pub fn input_unpartitioned(s: &StreamsConfig) -> String {
+pub(crate) fn input_unpartitioned(s: &StreamsConfig) -> String {
     format!("{}.*.*", s.input_prefix)
 }
 
 /// What a partitioned input stream cannot take, kept by a stream of its
 /// own to be dead-lettered: `<input_prefix>.*` and `<input_prefix>.*.*.>`.
-pub fn input_unroutable(s: &StreamsConfig) -> Vec<String> {
+pub(crate) fn input_unroutable(s: &StreamsConfig) -> Vec<String> {
     vec![
         format!("{}.*", s.input_prefix),
         format!("{}.*.*.>", s.input_prefix),
@@ -96,14 +96,14 @@ pub fn input_unroutable(s: &StreamsConfig) -> Vec<String> {
 }
 
 /// The stream of [`input_unroutable`]: `<input_stream>_UNROUTABLE`.
-pub fn unroutable_stream(s: &StreamsConfig) -> String {
+pub(crate) fn unroutable_stream(s: &StreamsConfig) -> String {
     format!("{}_UNROUTABLE", s.input_stream)
 }
 
 /// Where the stream transform stores `<input_prefix>.<tenant>.<id>`: under
 /// its partition, `<input_prefix>.<p>.<tenant>.<id>`, NATS computing `p`
 /// from the two tokens.
-pub fn partition_destination(s: &StreamsConfig, partitions: u32) -> String {
+pub(crate) fn partition_destination(s: &StreamsConfig, partitions: u32) -> String {
     format!(
         "{}.{{{{partition({partitions},1,2)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}",
         s.input_prefix
@@ -112,7 +112,7 @@ pub fn partition_destination(s: &StreamsConfig, partitions: u32) -> String {
 
 /// The partition count of a transform destination made by
 /// [`partition_destination`].
-pub fn parse_partition_count(destination: &str) -> Option<u32> {
+pub(crate) fn parse_partition_count(destination: &str) -> Option<u32> {
     let inner = destination.split("{{partition(").nth(1)?;
     inner.split(',').next()?.trim().parse().ok()
 }
@@ -124,7 +124,7 @@ pub fn partition_all(s: &StreamsConfig, p: u32) -> String {
 
 /// `(partition, tenant, conversation token)` of a stored input subject,
 /// `<input_prefix>.<p>.<tenant>.<token>`; None for any other subject.
-pub fn parse_partitioned_input<'a>(
+pub(crate) fn parse_partitioned_input<'a>(
     s: &StreamsConfig,
     subject: &'a str,
 ) -> Option<(u32, &'a str, &'a str)> {

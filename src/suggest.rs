@@ -35,13 +35,13 @@ use std::fmt::Write as _;
 /// conversation id: even is half `a`, odd is half `b`. Fixed here so that
 /// every run and every reader splits the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Half {
+pub(crate) enum Half {
     A,
     B,
 }
 
 impl Half {
-    pub fn of(conversation_id: &str) -> Half {
+    pub(crate) fn of(conversation_id: &str) -> Half {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in conversation_id.bytes() {
             h ^= u64::from(b);
@@ -54,7 +54,7 @@ impl Half {
         }
     }
 
-    pub fn other(self) -> Half {
+    pub(crate) fn other(self) -> Half {
         match self {
             Half::A => Half::B,
             Half::B => Half::A,
@@ -65,7 +65,7 @@ impl Half {
 /// A false alarm marked on the console desk: the rule's hit in that
 /// segment is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mark {
+pub(crate) struct Mark {
     pub tenant: String,
     pub conversation_id: String,
     pub seq: u64,
@@ -74,7 +74,7 @@ pub struct Mark {
 
 /// Why a false-alarm export could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum MarksError {
+pub(crate) enum MarksError {
     #[error("false alarms line {line}: {what}")]
     Line { line: usize, what: String },
     #[error("false alarms: no header with tenant, conversation_id, seq and rule_id")]
@@ -84,7 +84,7 @@ pub enum MarksError {
 /// Reads the desk's CSV export (RFC 4180, the columns of
 /// `console::desk::false_alarms_csv`; only tenant, conversation_id, seq
 /// and rule_id are used).
-pub fn parse_false_alarms_csv(text: &str) -> Result<Vec<Mark>, MarksError> {
+pub(crate) fn parse_false_alarms_csv(text: &str) -> Result<Vec<Mark>, MarksError> {
     let rows = csv_rows(text);
     let Some(header) = rows.first() else {
         return Ok(Vec::new());
@@ -147,7 +147,7 @@ fn csv_rows(text: &str) -> Vec<Vec<String>> {
 
 /// What a suggestion changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// A new exception: fewer false alarms.
     Exception,
     /// A new phrase (a variant or a gap pattern): fewer misses.
@@ -156,7 +156,7 @@ pub enum Change {
 
 /// One proposed change to one rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Suggestion {
+pub(crate) struct Suggestion {
     pub rule: String,
     pub change: Change,
     /// In the lexicon's phrase syntax.
@@ -221,7 +221,7 @@ const GAP: usize = 4;
 /// Proposes exceptions and phrases for the phrase rules of `lexicon` from
 /// the verdicts `events` on `input`, the reviewers' `labels` and the desk's
 /// `marks`.
-pub fn suggest(
+pub(crate) fn suggest(
     lexicon: &Lexicon,
     events: &[Event],
     input: &str,
@@ -482,7 +482,7 @@ fn closest_rule(lexicon: &Lexicon, category: &str, text: &str) -> Option<String>
 
 /// The suggestions as a tenant overlay: one `[[override]]` per rule, with
 /// the rule's lists and the additions, each commented with what it fixes.
-pub fn overlay_toml(lexicon: &Lexicon, suggestions: &[Suggestion], note: &str) -> String {
+pub(crate) fn overlay_toml(lexicon: &Lexicon, suggestions: &[Suggestion], note: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,

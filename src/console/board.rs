@@ -24,17 +24,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// How far back the board reads the input stream when it starts ...
-pub const LOOKBACK: Duration = Duration::from_secs(30 * 60);
+pub(super) const LOOKBACK: Duration = Duration::from_secs(30 * 60);
 /// ... but never more than this many messages back (20k segments/s over
 /// 30 minutes would be 36 M messages to read at every start).
-pub const MAX_REPLAY: u64 = 500_000;
+pub(super) const MAX_REPLAY: u64 = 500_000;
 /// How long a closed conversation stays on the board.
-pub const CLOSED_LINGER_MS: u64 = 5 * 60 * 1000;
+pub(super) const CLOSED_LINGER_MS: u64 = 5 * 60 * 1000;
 /// A conversation with no event for this long leaves the board (its
 /// summary never came: the daemon was down, the stream lost it).
-pub const STALE_MS: u64 = 2 * 3600 * 1000;
+pub(super) const STALE_MS: u64 = 2 * 3600 * 1000;
 /// Conversations held at most (the least recently active go first).
-pub const MAX_CONVERSATIONS: usize = 50_000;
+pub(super) const MAX_CONVERSATIONS: usize = 50_000;
 /// Alerts remembered per conversation.
 const MAX_ALERTS: usize = 500;
 /// How long a loaded scorecard is used before the lexicon is read again.
@@ -77,7 +77,7 @@ impl Conv {
 
 /// A scorecard section of a tenant's lexicon.
 #[derive(Debug, Clone)]
-pub struct SectionDef {
+pub(super) struct SectionDef {
     pub id: String,
     pub name: String,
     pub max_deduct: f64,
@@ -170,20 +170,20 @@ pub struct SectionScore {
 }
 
 /// The scorecard, read again from the lexicon directory when stale.
-pub struct Scorecards {
+pub(super) struct Scorecards {
     dir: PathBuf,
     loaded: Mutex<(Option<Instant>, Arc<Scorecard>)>,
 }
 
 impl Scorecards {
-    pub fn new(dir: PathBuf) -> Scorecards {
+    pub(super) fn new(dir: PathBuf) -> Scorecards {
         Scorecards {
             dir,
             loaded: Mutex::new((None, Arc::new(Scorecard::default()))),
         }
     }
 
-    pub fn get(&self) -> Arc<Scorecard> {
+    pub(super) fn get(&self) -> Arc<Scorecard> {
         let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
         if loaded.0.is_none_or(|at| at.elapsed() > SCORECARD_TTL) {
             // Reading a few small TOML files: a millisecond or two, once a
@@ -256,7 +256,7 @@ impl Board {
     }
 
     /// An input message stored at `at_ms`.
-    pub fn on_input(&self, payload: &[u8], at_ms: u64) {
+    pub(crate) fn on_input(&self, payload: &[u8], at_ms: u64) {
         let Ok(input) = decode(payload) else {
             return;
         };
@@ -277,7 +277,7 @@ impl Board {
     }
 
     /// An output event stored at `at_ms`.
-    pub fn on_event(&self, event: &Event, at_ms: u64) {
+    pub(crate) fn on_event(&self, event: &Event, at_ms: u64) {
         match event {
             Event::Violation(v) => self.with(&v.tenant, &v.conversation_id, |c| {
                 c.touch(at_ms);
@@ -422,7 +422,7 @@ pub async fn follow_input(
 }
 
 /// What [`follow_stream`] reads.
-pub struct Following {
+pub(super) struct Following {
     pub stream: String,
     pub subjects: String,
     /// From this long ago…
@@ -437,7 +437,7 @@ pub struct Following {
 /// the message after the last one seen. With a `link`, a drop of the
 /// connection ends the consumer at once, and undecodable subjects are
 /// skipped before the next one starts.
-pub async fn follow_stream(
+pub(super) async fn follow_stream(
     js: jetstream::Context,
     what: Following,
     on_message: impl Fn(&[u8], u64),

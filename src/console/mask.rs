@@ -21,10 +21,10 @@
 use crate::normalize::{Class, classify, is_unicode_digit};
 
 /// Fewest digits of a masked run made of groups of 3+ (138-1234, 6222 0210).
-pub const MIN_DIGITS: usize = 7;
+pub(crate) const MIN_DIGITS: usize = 7;
 
 /// Fewest digits of a masked run whatever its grouping (1 3 8 1 2 …).
-pub const LONG_DIGITS: usize = 11;
+pub(crate) const LONG_DIGITS: usize = 11;
 
 /// Digits kept visible at the end of a masked number.
 const KEEP: usize = 4;
@@ -92,7 +92,7 @@ fn is_invisible(c: char) -> bool {
 }
 
 /// `text` with every sensitive number masked; borrowed when nothing is.
-pub fn mask(text: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn mask(text: &str) -> std::borrow::Cow<'_, str> {
     let chars: Vec<char> = text.chars().collect();
     let mut out: Option<Vec<char>> = None;
     let mut i = 0;

@@ -32,12 +32,14 @@
 
 mod api;
 mod auth;
-pub mod board;
+mod board;
 pub(crate) mod desk;
 mod feed;
 pub(crate) mod mask;
 pub(crate) mod shift;
 mod views;
+
+pub use board::{Board, Scorecard, follow_input};
 
 use api::*;
 use auth::*;
@@ -95,7 +97,7 @@ pub(crate) struct Console {
 }
 
 impl Console {
-    pub fn stop(self) {
+    pub(crate) fn stop(self) {
         let _ = self.stop.send(true);
     }
 }

@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How far back the counts reach (the longest shift asked for is 24 h).
-pub const KEEP: Duration = Duration::from_secs(25 * 3600);
+pub(crate) const KEEP: Duration = Duration::from_secs(25 * 3600);
 
 /// Events read back at start, at most.
-pub const MAX_REPLAY: u64 = 5_000_000;
+pub(crate) const MAX_REPLAY: u64 = 5_000_000;
 
 const HOUR_MS: u64 = 3_600_000;
 
@@ -28,7 +28,7 @@ struct Hour {
 
 /// What an agent did since a time.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Totals {
+pub(crate) struct Totals {
     pub alerts: u64,
     pub by_severity: BTreeMap<&'static str, u64>,
     pub closed: u64,
@@ -36,7 +36,7 @@ pub struct Totals {
 }
 
 #[derive(Default)]
-pub struct Shift {
+pub(crate) struct Shift {
     /// (tenant, agent) → hour (ms since the epoch / 1 h) → counts.
     hours: Mutex<HashMap<(String, String), BTreeMap<u64, Hour>>>,
     /// When the oldest event counted was stored (0: none yet).
@@ -55,14 +55,14 @@ fn severity_index(s: Severity) -> usize {
 impl Shift {
     /// Counts one output event stored at `at_ms` (a payload that is not an
     /// event is the feed's to report; it is skipped here).
-    pub fn on_output(&self, payload: &[u8], at_ms: u64) {
+    pub(crate) fn on_output(&self, payload: &[u8], at_ms: u64) {
         let Ok(event) = serde_json::from_slice::<Event>(payload) else {
             return;
         };
         self.record(&event, at_ms);
     }
 
-    pub fn record(&self, event: &Event, at_ms: u64) {
+    pub(crate) fn record(&self, event: &Event, at_ms: u64) {
         let (tenant, agent) = match event {
             Event::Violation(v) => (&v.tenant, &v.agent_id),
             Event::Summary(s) => (&s.tenant, &s.agent_id),
@@ -93,7 +93,7 @@ impl Shift {
 
     /// The agent's totals in the hours from `since_ms` on (whole hours:
     /// the hour `since_ms` falls in counts whole), all tenants or one.
-    pub fn totals(&self, agent: &str, tenant: Option<&str>, since_ms: u64) -> Totals {
+    pub(crate) fn totals(&self, agent: &str, tenant: Option<&str>, since_ms: u64) -> Totals {
         let mut t = Totals::default();
         let mut counts = [0u64; 4];
         let mut score_sum = 0.0;
@@ -123,7 +123,7 @@ impl Shift {
     }
 
     /// When the oldest event counted was stored (None: nothing yet).
-    pub fn counted_since_ms(&self) -> Option<u64> {
+    pub(crate) fn counted_since_ms(&self) -> Option<u64> {
         Some(self.from_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0)
     }
 }

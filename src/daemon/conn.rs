@@ -86,17 +86,17 @@ impl Link {
 const READER_FIRST_RECONNECT: Duration = Duration::from_millis(300);
 
 /// The sending side of a [`Link`], given to the connection it reports on.
-pub struct LinkSender(Arc<watch::Sender<LinkState>>);
+pub(crate) struct LinkSender(Arc<watch::Sender<LinkState>>);
 
 /// A link, not connected yet, and its sender.
-pub fn link() -> (LinkSender, Link) {
+pub(crate) fn link() -> (LinkSender, Link) {
     let (tx, rx) = watch::channel(LinkState::default());
     (LinkSender(Arc::new(tx)), Link(rx))
 }
 
 /// The three connections (their links are made before, so that the health
 /// endpoints can answer while they connect).
-pub struct Connections {
+pub(crate) struct Connections {
     pub output: async_nats::Client,
     pub input: async_nats::Client,
     /// Present when the console is on.
@@ -104,7 +104,7 @@ pub struct Connections {
 }
 
 /// The senders of the three connections' links.
-pub struct LinkSenders {
+pub(crate) struct LinkSenders {
     pub output: LinkSender,
     pub input: LinkSender,
     pub console: Option<LinkSender>,
@@ -119,7 +119,7 @@ enum Role {
 }
 
 /// Connects the three clients (the console's only when it is on).
-pub async fn connect(
+pub(crate) async fn connect(
     config: &Config,
     metrics: &Arc<Metrics>,
     probe_ok: &Arc<AtomicBool>,
@@ -234,7 +234,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// output connection: two questions unanswered within [`PROBE_TIMEOUT`]
 /// in a row and `probe_ok` goes false (the daemon counts as disconnected)
 /// until one is answered again.
-pub async fn probe(
+pub(crate) async fn probe(
     js: async_nats::jetstream::Context,
     link: Link,
     probe_ok: Arc<AtomicBool>,

@@ -9,7 +9,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 
 /// What a dead letter carries.
-pub struct DeadLetter<'a> {
+pub(super) struct DeadLetter<'a> {
     /// The stream the bad input was in, and its sequence there (the dead
     /// letter's id: a redelivery is stored once).
     pub stream: &'a str,
@@ -22,7 +22,7 @@ pub struct DeadLetter<'a> {
 
 impl<'a> DeadLetter<'a> {
     /// The dead letter of input message `msg`, sequence `seq` of `stream`.
-    pub fn of(
+    pub(super) fn of(
         msg: &'a jetstream::Message,
         stream: &'a str,
         seq: u64,
@@ -42,7 +42,7 @@ impl<'a> DeadLetter<'a> {
     /// The message to store: the payload (cut to fit the server's largest
     /// message, with `Zhijian-Truncated` giving the original length) and
     /// the reason, subject and original sequence in headers.
-    pub fn item(self, shared: &Shared, headers: HeaderMap, input_seq: u64) -> Item {
+    pub(super) fn item(self, shared: &Shared, headers: HeaderMap, input_seq: u64) -> Item {
         let mut headers = headers;
         headers.insert(
             "Nats-Msg-Id",
@@ -107,7 +107,10 @@ fn header_bytes(headers: &HeaderMap) -> usize {
 
 /// Stores a dead letter and waits for its ack (the sweeps of undecodable
 /// input, which must store it before deleting the input).
-pub async fn store(shared: &Shared, item: Item) -> Result<(), jetstream::context::PublishError> {
+pub(super) async fn store(
+    shared: &Shared,
+    item: Item,
+) -> Result<(), jetstream::context::PublishError> {
     let code = match item.what {
         What::DeadLetter(code) => code,
         What::Event(_) => "",

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 /// One held partition as the health checks see it; shared with its worker.
 #[derive(Debug, Default)]
-pub struct PartitionHealth {
+pub(crate) struct PartitionHealth {
     /// The checkpoint is loaded and the consumer reads.
     pub judging: AtomicBool,
     /// Milliseconds (on [`Health::clock`]) since which the oldest event not
@@ -35,7 +35,7 @@ pub struct PartitionHealth {
 
 /// The daemon's state, as `/readyz` and the watchdog read it.
 #[derive(Debug)]
-pub struct Health {
+pub(crate) struct Health {
     pub lexicon_loaded: AtomicBool,
     /// NATS answered the last probe (see `conn::probe`).
     pub probe_ok: Arc<AtomicBool>,
@@ -54,7 +54,7 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn new(
+    pub(crate) fn new(
         probe_ok: Arc<AtomicBool>,
         output: super::conn::Link,
         input: super::conn::Link,
@@ -74,12 +74,12 @@ impl Health {
     }
 
     /// Milliseconds on the health clock (never 0: 0 means "none").
-    pub fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.clock.elapsed().as_millis() as u64 + 1
     }
 
     /// A partition taken: its worker reports through the returned handle.
-    pub fn hold(&self, p: u32) -> Arc<PartitionHealth> {
+    pub(crate) fn hold(&self, p: u32) -> Arc<PartitionHealth> {
         let h = Arc::new(PartitionHealth::default());
         // A std Mutex: held for a map operation, never across an await.
         if let Ok(mut m) = self.partitions.lock() {
@@ -88,14 +88,14 @@ impl Health {
         h
     }
 
-    pub fn release(&self, p: u32) {
+    pub(crate) fn release(&self, p: u32) {
         if let Ok(mut m) = self.partitions.lock() {
             m.remove(&p);
         }
     }
 
     /// Whether each of `assigned` is held and judging.
-    pub fn judging_all(&self, assigned: &[u32]) -> bool {
+    pub(crate) fn judging_all(&self, assigned: &[u32]) -> bool {
         let Ok(m) = self.partitions.lock() else {
             return false;
         };
@@ -122,7 +122,7 @@ impl Health {
     }
 
     /// What `/readyz` checks, by name, in order.
-    pub fn checks(&self) -> [(&'static str, bool); 7] {
+    pub(crate) fn checks(&self) -> [(&'static str, bool); 7] {
         let r = Ordering::Relaxed;
         [
             ("lexicon_loaded", self.lexicon_loaded.load(r)),
@@ -142,7 +142,7 @@ impl Health {
 /// Sets `output_stalled` while an event has waited longer than `limit` to
 /// be stored: a daemon that judges but cannot store must be seen (and, in
 /// Kubernetes, taken out of service), not look healthy.
-pub async fn watchdog(
+pub(super) async fn watchdog(
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     limit: Duration,

@@ -14,13 +14,13 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// A running HTTP server.
-pub struct Http {
+pub(super) struct Http {
     pub addr: SocketAddr,
     stop: oneshot::Sender<()>,
 }
 
 impl Http {
-    pub fn stop(self) {
+    pub(super) fn stop(self) {
         let _ = self.stop.send(());
     }
 }
@@ -33,7 +33,7 @@ struct AppState {
 
 /// Binds `addr` (port 0 picks a free port; the bound address is logged) and
 /// serves until stopped.
-pub async fn serve(
+pub(super) async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     health: Arc<Health>,

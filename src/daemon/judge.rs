@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 /// with the shadow (shadow mode) at the same `now`; counts the segment,
 /// the time it took since `received` and the hits dropped (by rule and
 /// reason).
-pub fn judge(
+pub(super) fn judge(
     engine: &mut Engine,
     shadow: Option<&mut Shadow>,
     shared: &Shared,
@@ -51,7 +51,7 @@ pub fn judge(
 /// (kept by the shadow stream): the live path never waits for it (a full
 /// queue drops and counts) and never sees its events. Its conversations
 /// are not checkpointed: after a take-over it judges from there.
-pub struct Shadow {
+pub(super) struct Shadow {
     engine: Engine,
     rx: watch::Receiver<Arc<Scanners>>,
     events: Vec<Event>,
@@ -66,7 +66,7 @@ const SHADOW_QUEUE: usize = 4096;
 impl Shadow {
     /// A shadow engine with the candidate lexicon of `rx`, holding at most
     /// `max_open` conversations.
-    pub fn new(
+    pub(super) fn new(
         rx: &watch::Receiver<Arc<Scanners>>,
         shared: &Arc<Shared>,
         max_open: usize,
@@ -117,7 +117,7 @@ impl Shadow {
 
     /// Closes idle conversations as the live engine did (`live`: its
     /// closing events).
-    pub fn close_idle(&mut self, shared: &Shared, now: u64, idle_ms: u64, live: &[Event]) {
+    pub(super) fn close_idle(&mut self, shared: &Shared, now: u64, idle_ms: u64, live: &[Event]) {
         self.refresh();
         self.engine.close_idle(now, idle_ms, &mut self.events);
         self.report(shared, live);

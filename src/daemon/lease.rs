@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 /// The lease was taken by another member: nothing more may be published
 /// or written under it.
 #[derive(Debug)]
-pub struct Lost;
+pub(super) struct Lost;
 
 #[derive(Debug)]
-pub struct Lease {
+pub(super) struct Lease {
     /// Monotonic ms (since `clock`) until which the lease surely holds.
     valid_until: AtomicU64,
     lost: AtomicBool,
@@ -21,7 +21,7 @@ pub struct Lease {
 
 impl Lease {
     /// A lease asked for at `asked` ms on `clock`, held for `hold_ms`.
-    pub fn new(clock: Instant, asked: u64, hold_ms: u64) -> Lease {
+    pub(super) fn new(clock: Instant, asked: u64, hold_ms: u64) -> Lease {
         Lease {
             valid_until: AtomicU64::new(asked + hold_ms),
             lost: AtomicBool::new(false),
@@ -30,27 +30,27 @@ impl Lease {
     }
 
     /// Renewed at `asked` ms: it holds `hold_ms` more from then.
-    pub fn renewed(&self, asked: u64, hold_ms: u64) {
+    pub(super) fn renewed(&self, asked: u64, hold_ms: u64) {
         self.valid_until.store(asked + hold_ms, Ordering::Release);
     }
 
-    pub fn lose(&self) {
+    pub(super) fn lose(&self) {
         self.lost.store(true, Ordering::Release);
     }
 
-    pub fn is_lost(&self) -> bool {
+    pub(super) fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Acquire)
     }
 
     /// Not lost, and within its time.
-    pub fn valid(&self) -> bool {
+    pub(super) fn valid(&self) -> bool {
         !self.is_lost()
             && (self.clock.elapsed().as_millis() as u64) < self.valid_until.load(Ordering::Acquire)
     }
 
     /// Waits until the lease surely holds (a renewal may be late); Err once
     /// it is lost.
-    pub async fn hold(&self) -> Result<(), Lost> {
+    pub(super) async fn hold(&self) -> Result<(), Lost> {
         loop {
             if self.is_lost() {
                 return Err(Lost);

@@ -36,7 +36,7 @@ struct Sources {
 }
 
 /// Lexicon sources in the cluster bucket, and those compiled here.
-pub struct LexiconStore {
+pub(crate) struct LexiconStore {
     kv: kv::Store,
     /// Compiled sets by base version (shared by every partition here).
     /// A std Mutex: never held across an await.
@@ -55,7 +55,7 @@ fn key(base_version: &str) -> String {
 }
 
 impl LexiconStore {
-    pub fn new(kv: kv::Store, metrics: Arc<Metrics>) -> LexiconStore {
+    pub(crate) fn new(kv: kv::Store, metrics: Arc<Metrics>) -> LexiconStore {
         LexiconStore {
             kv,
             compiled: Mutex::new(HashMap::new()),
@@ -66,7 +66,7 @@ impl LexiconStore {
     /// Puts the files of `dir` into the bucket, if they are the lexicon
     /// `scanners` was compiled from (the files may have changed since: then
     /// the next reload puts them).
-    pub async fn publish(&self, dir: &Path, scanners: &Arc<Scanners>) {
+    pub(crate) async fn publish(&self, dir: &Path, scanners: &Arc<Scanners>) {
         let version = scanners.base().version().to_string();
         if let Ok(mut c) = self.compiled.lock() {
             c.insert(version.clone(), Arc::clone(scanners));
@@ -104,7 +104,7 @@ impl LexiconStore {
     /// Makes the lexicon versions of restored conversations known to
     /// `engine`, fetching and compiling those it lacks; counts those it
     /// cannot have. Returns how many versions it added.
-    pub async fn register_versions_of(
+    pub(crate) async fn register_versions_of(
         &self,
         engine: &mut Engine,
         conversations: &[(String, String, Conversation)],
@@ -231,7 +231,7 @@ fn compile(sources: Sources) -> Result<Scanners, String> {
 /// Reloads the lexicon on SIGHUP and when its files change (polled,
 /// debounced by one poll interval); swaps it in atomically. A bad lexicon is
 /// rejected and the current one keeps serving.
-pub async fn reloader(
+pub(super) async fn reloader(
     dir: PathBuf,
     poll: Option<Duration>,
     requires_tests: bool,
@@ -353,7 +353,7 @@ enum ReloadError {
 }
 
 /// One log line per lexicon: the base and each tenant's.
-pub fn log_lexicons(scanners: &Scanners, dir: &Path, what: &str) {
+pub(super) fn log_lexicons(scanners: &Scanners, dir: &Path, what: &str) {
     tracing::info!(lexicon = %scanners.base().version(), dir = %dir.display(), "{what}");
     for (tenant, s) in scanners.tenants() {
         tracing::info!(tenant, lexicon = %s.version(), rules = s.rules().len(), "{what} (tenant overlay)");

@@ -47,11 +47,11 @@ mod http;
 mod judge;
 mod lease;
 mod lexicons;
-pub mod membership;
+mod membership;
 mod poison;
 mod reader;
 mod replay;
-pub mod setup;
+mod setup;
 mod window;
 mod worker;
 
@@ -71,7 +71,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
-pub use membership::assignment;
+pub use membership::{Unclean, assignment, partitions_of};
+pub use setup::{Setup, SetupError, setup};
 
 /// Why the daemon could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +124,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Subject, headers (`Nats-Msg-Id` = event id) and payload of an event.
-    pub fn encode(&self, event: &Event) -> Result<(String, HeaderMap, Bytes), EncodeError> {
+    pub(crate) fn encode(&self, event: &Event) -> Result<(String, HeaderMap, Bytes), EncodeError> {
         let s = &self.config.streams;
         let subject = match event {
             Event::Violation(v) => subject::violation(s, &v.tenant, &v.category),

@@ -36,7 +36,7 @@ const MAX_SWEEP: usize = 1024;
 /// Sweeps partition `p`'s inputs (`filter`) from sequence `from` up to
 /// `delivered` (what the old consumer had sent; None: only the first):
 /// undecodable ones are dead-lettered and removed. Returns how many.
-pub async fn sweep_partition(
+pub(super) async fn sweep_partition(
     shared: &Shared,
     input: &Stream,
     filter: &str,
@@ -130,7 +130,7 @@ async fn remove_if_undecodable(
 /// `Nats-Msg-Id`, so it is stored once. Before each pull after a reconnect
 /// of the input connection, the messages not yet acknowledged are swept for
 /// undecodable subjects, like a partition's.
-pub async fn unroutable(
+pub(super) async fn unroutable(
     shared: Arc<Shared>,
     stream: Stream,
     consumer: PullConsumer,

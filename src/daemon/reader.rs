@@ -22,7 +22,7 @@ const STALL: Duration = Duration::from_secs(3);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The partition's consumer, while there is one.
-pub struct Reader {
+pub(super) struct Reader {
     messages: Option<pull::Stream>,
     consumer: Option<jetstream::consumer::PullConsumer>,
     /// The consumer sequence expected next.
@@ -50,18 +50,18 @@ impl Default for Reader {
 }
 
 impl Reader {
-    pub fn is_open(&self) -> bool {
+    pub(super) fn is_open(&self) -> bool {
         self.messages.is_some()
     }
 
     /// Drops the consumer's stream (and so its subscription); the consumer
     /// itself is looked at and deleted by the next [`Reader::open`].
-    pub fn close(&mut self) {
+    pub(super) fn close(&mut self) {
         self.messages = None;
     }
 
     /// The next message; never resolves while closed.
-    pub async fn next(&mut self) -> Option<Result<jetstream::Message, pull::MessagesError>> {
+    pub(super) async fn next(&mut self) -> Option<Result<jetstream::Message, pull::MessagesError>> {
         match self.messages.as_mut() {
             Some(m) => m.next().await,
             None => std::future::pending().await,
@@ -70,7 +70,7 @@ impl Reader {
 
     /// Whether a delivered message comes right after the one before (the
     /// consumer's own sequence has no gap).
-    pub fn in_order(&mut self, info: &jetstream::message::Info<'_>) -> bool {
+    pub(super) fn in_order(&mut self, info: &jetstream::message::Info<'_>) -> bool {
         self.heard_at = Instant::now();
         if info.consumer_sequence != self.expect {
             return false;
@@ -81,7 +81,7 @@ impl Reader {
 
     /// Makes the consumer of partition `p` from the input after `seq`,
     /// sweeping first what the one before may have delivered.
-    pub async fn open(
+    pub(super) async fn open(
         &mut self,
         ctx: &Ctx,
         p: u32,
@@ -145,7 +145,7 @@ impl Reader {
     /// True when the consumer has delivered nothing for [`STALL`] while
     /// partition `p` holds an input after `seq`. Asked of the server at most
     /// once per [`STALL`].
-    pub async fn stalled(&mut self, ctx: &Ctx, p: u32, seq: u64) -> bool {
+    pub(super) async fn stalled(&mut self, ctx: &Ctx, p: u32, seq: u64) -> bool {
         if self.messages.is_none()
             || self.heard_at.elapsed() < STALL
             || self.stall_checked_at.elapsed() < STALL

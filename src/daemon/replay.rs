@@ -25,15 +25,15 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 /// Header: the partition an event's input came from.
-pub const PARTITION: &str = "Zhijian-Partition";
+pub(super) const PARTITION: &str = "Zhijian-Partition";
 /// Header: the holder's epoch (lease revision).
-pub const EPOCH: &str = "Zhijian-Epoch";
+pub(super) const EPOCH: &str = "Zhijian-Epoch";
 /// Header: the input sequence an event came from.
-pub const INPUT_SEQ: &str = "Zhijian-Input-Seq";
+pub(super) const INPUT_SEQ: &str = "Zhijian-Input-Seq";
 
 /// What an earlier holder stored after a checkpoint.
 #[derive(Debug, Default)]
-pub struct Stored {
+pub(super) struct Stored {
     ids: HashSet<String>,
     /// The highest input sequence among them: inputs up to it were judged
     /// before (what `zhijian_replayed_messages_total` counts).
@@ -43,23 +43,23 @@ pub struct Stored {
 impl Stored {
     /// Whether an event of this id was stored already; each id answers yes
     /// once (its replay is the only one that finds it).
-    pub fn take(&mut self, id: &str) -> bool {
+    pub(super) fn take(&mut self, id: &str) -> bool {
         self.ids.remove(id)
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.ids.len()
     }
 
     /// Forgets what is left once the replay is past it.
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.ids = HashSet::new();
     }
 }
 
 /// Reads what was stored for partition `p` after `marks` in the output and
 /// dead-letter streams.
-pub async fn stored_since(
+pub(super) async fn stored_since(
     js: &jetstream::Context,
     streams: [&str; 2],
     marks: Marks,

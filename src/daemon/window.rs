@@ -38,14 +38,14 @@ use std::time::Duration;
 // even the sizes would allocate once more per event.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-pub enum What {
+pub(super) enum What {
     Event(Event),
     DeadLetter(&'static str),
 }
 
 /// One message to store: where, what, and the input it came from.
 #[derive(Debug)]
-pub struct Item {
+pub(super) struct Item {
     pub subject: String,
     pub headers: HeaderMap,
     pub payload: Bytes,
@@ -82,7 +82,7 @@ type Ack = Pin<Box<dyn Future<Output = (u64, u32, Result<PublishAck, PublishErro
 /// What [`Window::next`] saw.
 // `Stored` moves its item out once; the others are rare.
 #[allow(clippy::large_enum_variant)]
-pub enum Settled {
+pub(super) enum Settled {
     /// Stored by the stream (`duplicate`: it had been already; `resent`:
     /// this worker sent it more than once, so a duplicate is its own
     /// earlier send, stored with its ack lost, and is counted now).
@@ -102,7 +102,7 @@ pub enum Settled {
     RetryDue,
 }
 
-pub struct Window {
+pub(super) struct Window {
     js: jetstream::Context,
     capacity: usize,
     next_no: u64,
@@ -117,7 +117,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Window {
-    pub fn new(js: jetstream::Context, capacity: usize) -> Window {
+    pub(super) fn new(js: jetstream::Context, capacity: usize) -> Window {
         Window {
             js,
             capacity: capacity.max(1),
@@ -130,22 +130,22 @@ impl Window {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.pending.len()
     }
 
     /// No more may be sent until some are stored.
-    pub fn is_full(&self) -> bool {
+    pub(super) fn is_full(&self) -> bool {
         self.pending.len() >= self.capacity
     }
 
     /// Every input up to this sequence has all its items stored (`judged`:
     /// the last input judged, when nothing waits).
-    pub fn stored_through(&self, judged: u64) -> u64 {
+    pub(super) fn stored_through(&self, judged: u64) -> u64 {
         self.pending
             .values()
             .next()
@@ -154,12 +154,12 @@ impl Window {
 
     /// When the oldest item waiting was first sent (the health clock's
     /// ms), 0 when none waits.
-    pub fn oldest_since_ms(&self) -> u64 {
+    pub(super) fn oldest_since_ms(&self) -> u64 {
         self.pending.values().next().map_or(0, |p| p.since_ms)
     }
 
     /// Sends an item; its ack is awaited by [`Window::next`].
-    pub async fn send(&mut self, item: Item, now_ms: u64) {
+    pub(super) async fn send(&mut self, item: Item, now_ms: u64) {
         let no = self.next_no;
         self.next_no += 1;
         let sent = publish(&self.js, &item).await;
@@ -187,7 +187,7 @@ impl Window {
 
     /// The next ack (or failure) of an item, or that failed items are due
     /// again. Cancel-safe: it only waits. Never resolves when nothing waits.
-    pub async fn next(&mut self) -> Settled {
+    pub(super) async fn next(&mut self) -> Settled {
         loop {
             let retry_at = self.retry_at;
             let done = tokio::select! {
@@ -235,7 +235,7 @@ impl Window {
 
     /// Every item still waiting is to be sent again now (the connection
     /// came back: acks in flight were likely lost with the old one).
-    pub fn retry_all(&mut self) {
+    pub(super) fn retry_all(&mut self) {
         if self.pending.is_empty() {
             return;
         }
@@ -244,7 +244,7 @@ impl Window {
     }
 
     /// Sends the failed items again, oldest first; returns how many.
-    pub async fn resend(&mut self) -> usize {
+    pub(super) async fn resend(&mut self) -> usize {
         let todo = std::mem::take(&mut self.retry);
         let n = todo.len();
         for no in todo {
@@ -284,7 +284,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 /// Counts a stored item (not a duplicate): violations by category, rule and
 /// severity, closes by reason, dead letters by reason, and the end-to-end
 /// latency of events that have an input.
-pub fn count_stored(metrics: &Metrics, item: &Item) {
+pub(super) fn count_stored(metrics: &Metrics, item: &Item) {
     let m = metrics;
     let (kind, arrived) = match &item.what {
         What::Event(Event::Violation(v)) => {

@@ -457,7 +457,7 @@ async fn an_agents_shift_counts_more_than_the_history_holds() {
 /// replay limit of messages back, then follows it live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_board_replays_at_most_its_limit_of_the_input_stream() {
-    use zhijian::console::board::{Board, Scorecard, follow_input};
+    use zhijian::console::{Board, Scorecard, follow_input};
     let nats = NatsServer::start();
     let js = js(&nats).await;
     js.create_stream(async_nats::jetstream::stream::Config {

@@ -1,6 +1,7 @@
 //! The integration tests, as one binary (one link step instead of one per
 //! file). They use only fixtures under `tests/fixtures/`, never `../shared`.
 
+mod checkpoints;
 mod cli;
 mod cluster;
 mod console;
@@ -17,3 +18,4 @@ mod properties;
 mod rules;
 mod semantics;
 mod support;
+mod upgrade;

@@ -43,7 +43,7 @@ pub struct Book {
 
 /// The automaton groups of a lexicon: each phrase list of each rule, with
 /// the speakers whose segments it is searched in.
-pub struct GroupDef<'a> {
+pub(crate) struct GroupDef<'a> {
     pub rule: u16,
     pub list: &'a PhraseList,
     pub speakers: &'a [Speaker],
@@ -52,7 +52,7 @@ pub struct GroupDef<'a> {
 impl Book {
     /// Compiles the rules of `lexicon`; also returns the phrase-list groups
     /// for the automaton.
-    pub fn new(lexicon: &Lexicon) -> Result<(Book, Vec<GroupDef<'_>>), BuildError> {
+    pub(crate) fn new(lexicon: &Lexicon) -> Result<(Book, Vec<GroupDef<'_>>), BuildError> {
         let mut groups = Vec::new();
         let mut first_group = Vec::new();
         let mut group_rule = Vec::new();
@@ -118,7 +118,7 @@ impl Book {
     }
 
     /// Fresh per-conversation state: one entry per stateful rule.
-    pub fn initial_states(&self, lexicon: &Lexicon) -> Vec<State> {
+    pub(crate) fn initial_states(&self, lexicon: &Lexicon) -> Vec<State> {
         self.slots
             .iter()
             .filter_map(|&r| lexicon.rules[usize::from(r)].spec.initial_state())
@@ -126,17 +126,8 @@ impl Book {
     }
 
     /// Rule ids of the state vector's entries, in order (saving state).
-    pub fn slot_rules(&self) -> &[u16] {
+    pub(crate) fn slot_rules(&self) -> &[u16] {
         &self.slots
-    }
-
-    /// The state vector's index of a rule's state.
-    pub fn slot_of(&self, rule: u16) -> Option<usize> {
-        self.slot
-            .get(usize::from(rule))
-            .copied()
-            .flatten()
-            .map(usize::from)
     }
 
     pub fn group_rule(&self, group: u16) -> u16 {
@@ -158,7 +149,7 @@ impl Book {
     /// Runs every rule concerned by a segment: the rules whose phrase lists
     /// hit it, the pattern rules whose patterns match it, and every stateful
     /// rule. `states` is the conversation's state vector.
-    pub fn on_segment(
+    pub(crate) fn on_segment(
         &self,
         lexicon: &Lexicon,
         states: &mut [State],
@@ -278,7 +269,7 @@ impl Book {
     }
 
     /// Deadlines passed by the clock: `now_ts` is the conversation's time.
-    pub fn on_clock(
+    pub(crate) fn on_clock(
         &self,
         lexicon: &Lexicon,
         states: &mut [State],
@@ -309,7 +300,7 @@ impl Book {
 
     /// The earliest conversation time at which [`Book::on_clock`] can
     /// report something (`u64::MAX`: never).
-    pub fn next_deadline(&self, lexicon: &Lexicon, states: &[State]) -> u64 {
+    pub(crate) fn next_deadline(&self, lexicon: &Lexicon, states: &[State]) -> u64 {
         let mut next = u64::MAX;
         for &(slot, r) in &self.timed {
             let Some(state) = states.get(slot) else {
@@ -328,7 +319,7 @@ impl Book {
     }
 
     /// Close-time verdicts.
-    pub fn on_close(
+    pub(crate) fn on_close(
         &self,
         lexicon: &Lexicon,
         states: &mut [State],
@@ -357,7 +348,7 @@ impl Book {
     /// Contract v1's `greeted` and `closed`: the verdicts of the first
     /// required rules of categories `missing_greeting` and
     /// `missing_closing`.
-    pub fn greeted_closed(
+    pub(crate) fn greeted_closed(
         &self,
         lexicon: &Lexicon,
         states: &[State],
@@ -389,7 +380,7 @@ impl Book {
     /// Moves state saved under rule ids into a state vector for this
     /// lexicon: rules not in `saved` start fresh; saved state of a rule that
     /// no longer exists or changed kind is dropped.
-    pub fn states_from(
+    pub(crate) fn states_from(
         &self,
         lexicon: &Lexicon,
         saved: &mut dyn FnMut(&str) -> Option<State>,
@@ -414,7 +405,7 @@ impl Book {
 /// closing window bits in the conversation: they become the state of the
 /// required rules of the v1 categories `missing_greeting` and
 /// `missing_closing`.
-pub fn state_from_format_1(
+pub(crate) fn state_from_format_1(
     lexicon: &Lexicon,
     rule_id: &str,
     (greeted, closing_bits): (Option<bool>, Option<u32>),

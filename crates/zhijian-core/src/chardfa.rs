@@ -17,7 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 
 /// Largest transition table built (cells of 2 bytes: 8 MiB).
-pub const MAX_CELLS: usize = 1 << 22;
+pub(crate) const MAX_CELLS: usize = 1 << 22;
 
 /// A state is its row index; this bit marks a state with outputs (some
 /// pattern ends there). Rows are u16 so the table is half the size (it has
@@ -166,7 +166,7 @@ impl CharDfa {
 
     /// Whether some pattern ends in `state`.
     #[inline]
-    pub fn is_match(state: u32) -> bool {
+    pub(crate) fn is_match(state: u32) -> bool {
         state & u32::from(MATCH) != 0
     }
 

@@ -55,7 +55,7 @@ impl SourceFile {
 /// response rule's `trigger`), for the kind modules to take and validate.
 /// Each field read is removed; [`Fields::finish`] reports the ones nobody
 /// took. Problems are located at the line of their key in the rule.
-pub struct Fields<'a> {
+pub(crate) struct Fields<'a> {
     table: Table,
     file: &'a SourceFile,
     /// The rule's byte range in the file.
@@ -150,7 +150,7 @@ impl<'a> Fields<'a> {
 
     /// The line of `value` written as a string literal inside the rule (for
     /// problems with one phrase of a list).
-    pub fn error_at_value(&self, key: &str, value: &str, message: String) {
+    pub(crate) fn error_at_value(&self, key: &str, value: &str, message: String) {
         let text = &self.file.text;
         let end = self.span.end.min(text.len());
         let start = self.span.start.min(end);
@@ -261,7 +261,7 @@ impl<'a> Fields<'a> {
     }
 
     /// A value from a fixed set of names.
-    pub fn choice<T: Copy>(&mut self, key: &str, choices: &[(&str, T)]) -> Option<T> {
+    pub(crate) fn choice<T: Copy>(&mut self, key: &str, choices: &[(&str, T)]) -> Option<T> {
         let s = self.string(key)?;
         match choices.iter().find(|(name, _)| *name == s) {
             Some((_, v)) => Some(*v),

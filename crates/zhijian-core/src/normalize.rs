@@ -175,7 +175,7 @@ fn full_class(c: char, ts: &HashMap<char, char>) -> Class {
 /// phrase catches both (measured on real chat: 其它 for 其他 about once in
 /// 70). Character for character, so offsets stay exact; the fold only
 /// feeds matching, events keep the original text.
-pub const VARIANTS: &[(char, char)] = &[
+pub(crate) const VARIANTS: &[(char, char)] = &[
     // Third-person pronouns: 其它/其她 → 其他, 找它 → 找他.
     ('它', '他'),
     ('她', '他'),
@@ -314,7 +314,7 @@ impl Normalized {
     /// (folded) character `c` as it is appended, `end` being the byte length
     /// of the text so far: the matcher runs its automaton in the same pass.
     #[inline]
-    pub fn fill_with(&mut self, src: &str, mut on_char: impl FnMut(char, usize)) {
+    pub(crate) fn fill_with(&mut self, src: &str, mut on_char: impl FnMut(char, usize)) {
         self.text.clear();
         self.breaks.clear();
         self.text.reserve(src.len());
@@ -371,13 +371,13 @@ impl Normalized {
 
     /// Whether the normalised byte offset `at` starts a clause: the start of
     /// the utterance, or right after dropped whitespace or punctuation.
-    pub fn is_clause_start(&self, at: usize) -> bool {
+    pub(crate) fn is_clause_start(&self, at: usize) -> bool {
         at == 0 || self.breaks.binary_search(&(at as u32)).is_ok()
     }
 
     /// Whether a clause break lies strictly inside the normalised byte range
     /// `start..end`.
-    pub fn spans_break(&self, start: usize, end: usize) -> bool {
+    pub(crate) fn spans_break(&self, start: usize, end: usize) -> bool {
         let i = self.breaks.partition_point(|&b| (b as usize) <= start);
         self.breaks.get(i).is_some_and(|&b| (b as usize) < end)
     }
@@ -392,7 +392,7 @@ impl Normalized {
     }
 
     /// Where the clause holding normalised byte offset `at` ends.
-    pub fn clause_end(&self, at: usize) -> usize {
+    pub(crate) fn clause_end(&self, at: usize) -> usize {
         let i = self.breaks.partition_point(|&b| (b as usize) <= at);
         self.breaks.get(i).map_or(self.text.len(), |&b| b as usize)
     }

@@ -381,7 +381,7 @@ pub fn judge_text(engine: &mut Engine, input: &str) -> (Vec<Event>, usize, usize
 
 /// What [`read_line_bounded`] read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LineRead {
+pub(crate) enum LineRead {
     /// End of input, nothing read.
     Eof,
     /// A line (without its newline) is in the buffer.
@@ -396,7 +396,7 @@ pub enum LineRead {
 /// its newline (or the end of input) chunk by chunk and reported as
 /// [`LineRead::TooLong`]. The memory used is `max` plus the reader's own
 /// buffer, however long the line.
-pub fn read_line_bounded<R: BufRead>(
+pub(crate) fn read_line_bounded<R: BufRead>(
     input: &mut R,
     buf: &mut Vec<u8>,
     max: usize,

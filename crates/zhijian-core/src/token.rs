@@ -8,7 +8,7 @@ pub fn is_subject_special(c: char) -> bool {
 }
 
 /// Whitespace or a control character: in no id, tenant or token.
-pub fn is_blank_or_control(c: char) -> bool {
+pub(crate) fn is_blank_or_control(c: char) -> bool {
     c.is_whitespace() || c.is_control()
 }
 

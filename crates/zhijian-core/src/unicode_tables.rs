@@ -8,7 +8,7 @@
 
 /// Default_Ignorable_Code_Point: invisible characters (zero-width,
 /// bidi controls, fillers such as U+3164, variation selectors, tags).
-pub const DEFAULT_IGNORABLE: &[(u32, u32)] = &[
+pub(crate) const DEFAULT_IGNORABLE: &[(u32, u32)] = &[
     (0x00AD, 0x00AD),
     (0x034F, 0x034F),
     (0x061C, 0x061C),
@@ -29,7 +29,7 @@ pub const DEFAULT_IGNORABLE: &[(u32, u32)] = &[
 ];
 
 /// General category Mn or Me: non-spacing and enclosing combining marks.
-pub const COMBINING_MARKS: &[(u32, u32)] = &[
+pub(crate) const COMBINING_MARKS: &[(u32, u32)] = &[
     (0x0300, 0x036F),
     (0x0483, 0x0489),
     (0x0591, 0x05BD),
@@ -368,7 +368,7 @@ pub const COMBINING_MARKS: &[(u32, u32)] = &[
 /// CJK compatibility ideographs, Kangxi radicals and CJK radicals
 /// supplement → the unified ideograph they normalise to (NFKC), sorted by
 /// the first. Radicals without a decomposition are not listed.
-pub const LOOKALIKE_IDEOGRAPHS: &[(u32, u32)] = &[
+pub(crate) const LOOKALIKE_IDEOGRAPHS: &[(u32, u32)] = &[
     (0x2E9F, 0x6BCD),
     (0x2EF3, 0x9F9F),
     (0x2F00, 0x4E00),
@@ -1592,7 +1592,7 @@ pub const LOOKALIKE_IDEOGRAPHS: &[(u32, u32)] = &[
 /// Characters with a digit value 0–9 (Numeric_Type Decimal or Digit) in
 /// any script or form: ASCII, full-width, Arabic-Indic, mathematical,
 /// circled ①, parenthesised ⑴, with full stop ⒈, superscript ¹ …
-pub const DIGITS: &[(u32, u32)] = &[
+pub(crate) const DIGITS: &[(u32, u32)] = &[
     (0x0030, 0x0039),
     (0x00B2, 0x00B3),
     (0x00B9, 0x00B9),

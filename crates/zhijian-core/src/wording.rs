@@ -26,9 +26,9 @@
 use crate::normalize::normalize;
 
 /// Plain phrases one written phrase may expand to.
-pub const MAX_VARIANTS: usize = 64;
+pub(crate) const MAX_VARIANTS: usize = 64;
 /// The longest gap, in characters.
-pub const MAX_GAP: u32 = 20;
+pub(crate) const MAX_GAP: u32 = 20;
 
 /// One piece of a variant: normalised text, after a gap of `gap.0..=gap.1`
 /// characters (`(0, 0)` for the first piece).
@@ -84,7 +84,7 @@ fn ascii_syntax(c: char) -> char {
 }
 
 /// Whether a phrase uses the syntax at all (plain phrases skip parsing).
-pub fn has_syntax(src: &str) -> bool {
+pub(crate) fn has_syntax(src: &str) -> bool {
     src.chars()
         .map(ascii_syntax)
         .any(|c| matches!(c, '[' | ']' | '(' | ')' | '{' | '}' | '|' | '^'))
@@ -261,7 +261,12 @@ fn parse(src: &str) -> Result<Vec<Item>, String> {
 /// `text`: the end of the last of them, or `None` when one is not within
 /// its gap. `clause_end` is where the clause ends (pieces never cross it).
 /// The earliest position of each piece is taken.
-pub fn match_rest(text: &str, end: usize, clause_end: usize, rest: &[Piece]) -> Option<usize> {
+pub(crate) fn match_rest(
+    text: &str,
+    end: usize,
+    clause_end: usize,
+    rest: &[Piece],
+) -> Option<usize> {
     let mut pos = end;
     for piece in rest {
         let (lo, hi) = piece.gap;
@@ -291,7 +296,7 @@ pub fn match_rest(text: &str, end: usize, clause_end: usize, rest: &[Piece]) -> 
 /// The piece of a variant the automaton looks for: the longest (as a rule
 /// the rarest: 查询不到 rather than 我), the last of equals. The others are
 /// checked only around its hits.
-pub fn anchor(v: &Variant) -> usize {
+pub(crate) fn anchor(v: &Variant) -> usize {
     let mut best = 0;
     for (i, p) in v.pieces.iter().enumerate() {
         if p.text.chars().count() >= v.pieces[best].text.chars().count() {
@@ -305,7 +310,7 @@ pub fn anchor(v: &Variant) -> usize {
 /// `start..end` of `text`, or `None` when another piece is not within its
 /// gap inside the clause `clause.0..clause.1`. Pieces after the anchor take
 /// their earliest position, pieces before it their nearest.
-pub fn match_around(
+pub(crate) fn match_around(
     text: &str,
     (start, end): (usize, usize),
     clause: (usize, usize),

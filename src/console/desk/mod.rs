@@ -27,17 +27,17 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
 /// Appended to `[streams] state_bucket` for the desk's bucket.
-pub const BUCKET_SUFFIX: &str = "_desk";
+pub(crate) const BUCKET_SUFFIX: &str = "_desk";
 /// Longest supervisor or assignee name, in characters.
-pub const MAX_NAME_CHARS: usize = 64;
+pub(crate) const MAX_NAME_CHARS: usize = 64;
 /// Longest note, in characters.
-pub const MAX_NOTE_CHARS: usize = 1000;
+pub(crate) const MAX_NOTE_CHARS: usize = 1000;
 /// Notes kept on one alert.
-pub const MAX_NOTES: usize = 50;
+pub(crate) const MAX_NOTES: usize = 50;
 /// Actions logged on one alert (the oldest go first).
-pub const MAX_LOG: usize = 100;
+pub(crate) const MAX_LOG: usize = 100;
 /// Largest action request body, in bytes.
-pub const MAX_BODY_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 8 * 1024;
 /// How long the bucket keeps an alert's state after its last change (every
 /// console holds the bucket in memory: export false alarms regularly).
 const MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -48,7 +48,7 @@ const ATTEMPTS: usize = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Status {
+pub(crate) enum Status {
     Open,
     Acknowledged,
     FalseAlarm,
@@ -56,7 +56,7 @@ pub enum Status {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Action {
+pub(crate) enum Action {
     Acknowledge,
     Assign,
     Note,
@@ -66,13 +66,13 @@ pub enum Action {
 
 /// Who did something, and when (epoch ms, the console's clock).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Mark {
+pub(crate) struct Mark {
     pub by: String,
     pub at_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Note {
+pub(crate) struct Note {
     pub by: String,
     pub at_ms: u64,
     pub text: String,
@@ -80,7 +80,7 @@ pub struct Note {
 
 /// One action, as logged on the alert.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Logged {
+pub(crate) struct Logged {
     pub action: Action,
     pub by: String,
     pub at_ms: u64,
@@ -92,7 +92,7 @@ pub struct Logged {
 /// The alert as the console showed it when it was first worked (masked
 /// when the console masks), for the page and the false-alarm export.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Raised {
+pub(crate) struct Raised {
     pub tenant: String,
     pub conversation_id: String,
     pub seq: u64,
@@ -113,7 +113,7 @@ pub struct Raised {
 }
 
 impl Raised {
-    pub fn of(v: &Violation) -> Raised {
+    pub(crate) fn of(v: &Violation) -> Raised {
         let spans = if v.spans.is_empty() {
             match (v.start, v.end) {
                 (Some(s), Some(e)) => vec![[s, e]],
@@ -144,7 +144,7 @@ impl Raised {
 
 /// The shared state of one alert (the value under its violation id).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AlertState {
+pub(crate) struct AlertState {
     /// The violation's event id (the key).
     pub id: String,
     pub status: Status,
@@ -162,7 +162,7 @@ pub struct AlertState {
 
 /// A validated action request.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Request {
+pub(crate) struct Request {
     pub action: Action,
     pub by: String,
     /// `assign`: the assignee; `None` unassigns.
@@ -174,7 +174,7 @@ pub struct Request {
 /// The body of `POST /api/alerts/{id}`, as sent.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRequest {
+pub(crate) struct RawRequest {
     pub action: String,
     pub by: String,
     #[serde(default)]
@@ -186,7 +186,7 @@ pub struct RawRequest {
 /// Why an action request is refused (`400 Bad Request`, the text its
 /// body).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
+pub(crate) enum RequestError {
     /// Its first 40 characters.
     #[error("unknown action {0:?} (acknowledge, assign, note, false_alarm, reopen)")]
     UnknownAction(String),
@@ -228,7 +228,7 @@ fn name(field: &'static str, raw: &str) -> Result<String, RequestError> {
 }
 
 impl RawRequest {
-    pub fn validate(self) -> Result<Request, RequestError> {
+    pub(crate) fn validate(self) -> Result<Request, RequestError> {
         let action = match self.action.as_str() {
             "acknowledge" => Action::Acknowledge,
             "assign" => Action::Assign,
@@ -293,7 +293,7 @@ impl RawRequest {
 }
 
 impl AlertState {
-    pub fn new(id: &str, alert: Raised) -> AlertState {
+    pub(crate) fn new(id: &str, alert: Raised) -> AlertState {
         AlertState {
             id: id.to_string(),
             status: Status::Open,
@@ -310,7 +310,7 @@ impl AlertState {
 
     /// Applies `req` at `now_ms`. Repeating what is already so (acknowledge
     /// an acknowledged alert) changes nothing and logs nothing.
-    pub fn apply(&mut self, req: &Request, now_ms: u64) -> bool {
+    pub(crate) fn apply(&mut self, req: &Request, now_ms: u64) -> bool {
         let mark = || Mark {
             by: req.by.clone(),
             at_ms: now_ms,
@@ -373,7 +373,7 @@ impl AlertState {
 }
 
 /// One state as the console holds and sends it.
-pub struct Shared {
+pub(crate) struct Shared {
     pub state: AlertState,
     /// The state as JSON, serialized once for every browser.
     pub json: String,
@@ -381,14 +381,14 @@ pub struct Shared {
 
 impl Shared {
     /// When it last changed (epoch ms).
-    pub fn changed_ms(&self) -> u64 {
+    pub(crate) fn changed_ms(&self) -> u64 {
         self.state.log.last().map_or(0, |l| l.at_ms)
     }
 }
 
 /// Why an action failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ActError {
+pub(crate) enum ActError {
     /// The bucket could not be reached or created.
     #[error("the key-value bucket {bucket:?} is not available (see the daemon's log)")]
     Unavailable { bucket: String },
@@ -410,7 +410,7 @@ pub enum ActError {
 }
 
 /// Every alert state, mirrored from the bucket.
-pub struct Desk {
+pub(crate) struct Desk {
     kv: Option<kv::Store>,
     bucket: String,
     states: Mutex<HashMap<String, Arc<Shared>>>,
@@ -420,7 +420,7 @@ pub struct Desk {
 impl Desk {
     /// Opens (creating it if missing) the bucket; without it the desk is
     /// read-only and says why.
-    pub async fn open(js: &jetstream::Context, bucket: String) -> Desk {
+    pub(crate) async fn open(js: &jetstream::Context, bucket: String) -> Desk {
         let kv = match js.get_key_value(&bucket).await {
             Ok(kv) => Some(kv),
             Err(_) => match js
@@ -473,24 +473,24 @@ impl Desk {
     }
 
     /// Every state known, and a receiver of the changes that follow.
-    pub fn subscribe(&self) -> (Vec<Arc<Shared>>, broadcast::Receiver<Arc<Shared>>) {
+    pub(crate) fn subscribe(&self) -> (Vec<Arc<Shared>>, broadcast::Receiver<Arc<Shared>>) {
         let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
         (states.values().cloned().collect(), self.live.subscribe())
     }
 
-    pub fn get(&self, id: &str) -> Option<Arc<Shared>> {
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<Shared>> {
         let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
         states.get(id).cloned()
     }
 
     /// The status of an alert (open when no one worked it).
-    pub fn status(&self, id: &str) -> Status {
+    pub(crate) fn status(&self, id: &str) -> Status {
         let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
         states.get(id).map_or(Status::Open, |s| s.state.status)
     }
 
     /// The false alarms, oldest mark first.
-    pub fn false_alarms(&self) -> Vec<Arc<Shared>> {
+    pub(crate) fn false_alarms(&self) -> Vec<Arc<Shared>> {
         let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<Arc<Shared>> = states
             .values()
@@ -503,7 +503,7 @@ impl Desk {
 
     /// Follows the bucket (every key's last value, then changes) until
     /// stopped, re-watching after an error.
-    pub async fn follow(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    pub(crate) async fn follow(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let Some(kv) = self.kv.clone() else {
             return;
         };
@@ -543,7 +543,7 @@ impl Desk {
     /// first time, from `raised` (the violation as the console shows it).
     /// Compare-and-set on the bucket's revision: of two supervisors acting
     /// at once, both actions land, one after the other.
-    pub async fn act(
+    pub(crate) async fn act(
         &self,
         id: &str,
         req: &Request,
@@ -624,7 +624,7 @@ pub enum ReadError {
 
 /// The false alarms in the bucket, read directly (`zhijian false-alarms`,
 /// for a QA lead without the console), oldest mark first.
-pub async fn read_false_alarms(
+pub(crate) async fn read_false_alarms(
     js: &jetstream::Context,
     bucket: &str,
 ) -> Result<Vec<Arc<Shared>>, ReadError> {
@@ -667,7 +667,7 @@ pub async fn read_false_alarms(
 
 /// The false alarms as CSV (RFC 4180; a cell a spreadsheet would take for
 /// a formula is prefixed with `'`).
-pub fn false_alarms_csv(states: &[Arc<Shared>]) -> String {
+pub(crate) fn false_alarms_csv(states: &[Arc<Shared>]) -> String {
     let mut out = String::from(
         "alert_id,tenant,conversation_id,seq,agent_id,rule_id,category,category_name,severity,lexicon_version,spans,matched,text,marked_by,marked_at_ms,notes\n",
     );
@@ -731,7 +731,7 @@ fn csv_cell(v: &str) -> String {
 }
 
 /// The false alarms as JSON lines (each an [`AlertState`]).
-pub fn false_alarms_jsonl(states: &[Arc<Shared>]) -> String {
+pub(crate) fn false_alarms_jsonl(states: &[Arc<Shared>]) -> String {
     let mut out = String::new();
     for s in states {
         out.push_str(&s.json);

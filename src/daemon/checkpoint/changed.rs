@@ -7,10 +7,10 @@ use super::*;
 /// looked up without allocating (most inputs are of a conversation already
 /// marked since the last checkpoint).
 #[derive(Debug, Default)]
-pub struct Changed(HashMap<String, HashSet<String>>);
+pub(crate) struct Changed(HashMap<String, HashSet<String>>);
 
 impl Changed {
-    pub fn mark(&mut self, tenant: &str, id: &str) {
+    pub(crate) fn mark(&mut self, tenant: &str, id: &str) {
         match self.0.get_mut(tenant) {
             Some(ids) if ids.contains(id) => {}
             Some(ids) => {
@@ -25,7 +25,7 @@ impl Changed {
 
     /// Conversations closed (a summary: ended, idle, or closed to make
     /// room for another).
-    pub fn mark_closed(&mut self, events: &[Event]) {
+    pub(crate) fn mark_closed(&mut self, events: &[Event]) {
         for e in events {
             if let Event::Summary(s) = e {
                 self.mark(&s.tenant, &s.conversation_id);
@@ -33,12 +33,12 @@ impl Changed {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     /// Adds what `other` names (a delta that was not written).
-    pub fn merge(&mut self, other: Changed) {
+    pub(crate) fn merge(&mut self, other: Changed) {
         for (tenant, ids) in other.0 {
             self.0.entry(tenant).or_default().extend(ids);
         }

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 mod changed;
-pub use changed::*;
+pub(super) use changed::*;
 
 mod write;
 use write::*;
@@ -89,7 +89,7 @@ struct Head {
 /// seen acknowledged before a snapshot: events of later inputs are stored
 /// after them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Marks {
+pub(super) struct Marks {
     pub output: u64,
     pub deadletter: u64,
 }
@@ -166,7 +166,7 @@ enum ChunkError {
 
 /// Why a partition's checkpoint cannot be used or written.
 #[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
+pub(super) enum CheckpointError {
     #[error("{what}: {source}")]
     Nats {
         what: String,
@@ -204,7 +204,7 @@ fn nats(what: impl Into<String>, source: impl Into<async_nats::Error>) -> Checkp
 
 /// The head as this holder last read or wrote it.
 #[derive(Debug, Default)]
-pub struct HeadState {
+pub(super) struct HeadState {
     revision: Option<u64>,
     /// The base and deltas it names (their chunks go when a new base
     /// replaces them).
@@ -220,7 +220,7 @@ pub struct HeadState {
 
 /// What a partition's checkpoint restores.
 #[derive(Debug, Default)]
-pub struct Loaded {
+pub(super) struct Loaded {
     pub conversations: Vec<(String, String, Conversation)>,
     /// Recently closed conversations.
     pub closed: Vec<(String, String, Tombstone)>,
@@ -234,7 +234,7 @@ pub struct Loaded {
 }
 
 /// One partition's checkpoints.
-pub struct Checkpoints {
+pub(super) struct Checkpoints {
     p: u32,
     epoch: u64,
     kv: kv::Store,
@@ -255,7 +255,7 @@ pub struct Checkpoints {
 }
 
 /// A snapshot, to be written once its events are stored.
-pub struct Snapshot {
+pub(super) struct Snapshot {
     seq: u64,
     base: bool,
     generation: String,
@@ -270,7 +270,7 @@ pub struct Snapshot {
 }
 
 /// How a write ended.
-pub enum Written {
+pub(super) enum Written {
     Ok,
     /// A newer holder's head is there: the partition is lost.
     Fenced,
@@ -279,7 +279,7 @@ pub enum Written {
 }
 
 impl Checkpoints {
-    pub fn new(
+    pub(super) fn new(
         p: u32,
         epoch: u64,
         kv: kv::Store,
@@ -312,12 +312,12 @@ impl Checkpoints {
     }
 
     /// A write is under way.
-    pub fn writing(&self) -> bool {
+    pub(super) fn writing(&self) -> bool {
         self.head.is_none()
     }
 
     /// Reads the partition's checkpoint.
-    pub async fn load(&mut self) -> Result<Loaded, CheckpointError> {
+    pub(super) async fn load(&mut self) -> Result<Loaded, CheckpointError> {
         let entry = self
             .kv
             .entry(self.head_key())
@@ -484,7 +484,7 @@ impl Checkpoints {
     /// Takes a snapshot of the engine after input `seq`: every open
     /// conversation (a base) when due, else what `changed` names (a
     /// delta). Call only when no write is under way.
-    pub fn snapshot(
+    pub(super) fn snapshot(
         &mut self,
         engine: &Engine,
         changed: Changed,
@@ -556,7 +556,7 @@ impl Checkpoints {
     /// Writes `snap` once `stored` (the worker's stored-through sequence)
     /// covers it: a task of its own, so the worker judges meanwhile. The
     /// head state comes back with the outcome through [`Checkpoints::done`].
-    pub fn write(
+    pub(super) fn write(
         &mut self,
         snap: Snapshot,
         stored: watch::Receiver<u64>,
@@ -579,7 +579,7 @@ impl Checkpoints {
     }
 
     /// Takes the head state back from a finished write.
-    pub fn done(&mut self, state: HeadState, snap: &Snapshot, written: &Written) {
+    pub(super) fn done(&mut self, state: HeadState, snap: &Snapshot, written: &Written) {
         self.head = Some(state);
         if matches!(written, Written::Ok) {
             self.seq = snap.seq;
@@ -629,7 +629,7 @@ fn chunked<T: Serialize>(items: impl Iterator<Item = T>, max: usize) -> Vec<Vec<
 
 /// How long to wait for a write task at most when it must be joined (at
 /// shutdown the deadline is the caller's).
-pub const WRITE_PATIENCE: Duration = Duration::from_secs(10);
+pub(super) const WRITE_PATIENCE: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

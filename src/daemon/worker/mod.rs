@@ -53,7 +53,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a worker ended.
 #[derive(Debug)]
-pub enum Exit {
+pub(super) enum Exit {
     /// Stopped on request, everything stored and checkpointed.
     Released,
     /// The lease or the checkpoint moved: another member holds it.
@@ -77,9 +77,9 @@ impl From<Lost> for Exit {
 
 /// A stop request: a handover or the shutdown, and by when the worker must
 /// have stored and checkpointed what it can.
-pub type Stop = watch::Receiver<Option<tokio::time::Instant>>;
+pub(super) type Stop = watch::Receiver<Option<tokio::time::Instant>>;
 
-pub struct Worker {
+pub(super) struct Worker {
     ctx: Arc<Ctx>,
     p: u32,
     epoch: u64,
@@ -114,7 +114,7 @@ pub struct Worker {
 }
 
 /// Runs partition `p` under `lease` until stopped, lost or failed.
-pub async fn work(
+pub(super) async fn work(
     ctx: Arc<Ctx>,
     p: u32,
     epoch: u64,

@@ -69,7 +69,7 @@ impl Detector {
     }
 
     /// The detector called `name` (as returned by [`Detector::name`]).
-    pub fn from_name(name: &str) -> Option<Detector> {
+    pub(crate) fn from_name(name: &str) -> Option<Detector> {
         Detector::ALL.into_iter().find(|d| d.name() == name)
     }
 
@@ -131,7 +131,7 @@ fn digit(c: char) -> Option<u8> {
 /// Cheap pre-check: false when `text` cannot hold any number (fewer than 11
 /// digit characters in total) — the hot path calls this on every agent
 /// segment.
-pub fn may_contain(text: &str) -> bool {
+pub(crate) fn may_contain(text: &str) -> bool {
     if text.len() < MIN_DIGITS {
         return false;
     }

@@ -177,7 +177,7 @@ pub struct Engine {
 }
 
 /// Which verdicts to explain (for `zhijian lexicon test`).
-pub type Explain = Vec<String>;
+pub(crate) type Explain = Vec<String>;
 
 impl Engine {
     /// An engine judging every tenant by one lexicon.
@@ -696,7 +696,7 @@ mod state;
 
 pub use conversation::{Conversation, Tombstone};
 use emit::*;
-pub use seqset::{FEW_RUNS, SeqSet};
+pub(crate) use seqset::SeqSet;
 
 #[cfg(test)]
 mod tests {

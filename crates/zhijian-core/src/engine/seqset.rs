@@ -22,7 +22,7 @@ pub struct SeqSet {
 }
 
 /// Runs held in a `Vec` at most; more move to a `BTreeMap`.
-pub const FEW_RUNS: usize = 8;
+pub(crate) const FEW_RUNS: usize = 8;
 
 #[derive(Debug, Clone)]
 enum Runs {

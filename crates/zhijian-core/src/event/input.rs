@@ -124,7 +124,10 @@ pub fn decode_limited(bytes: &[u8], max_text_bytes: usize) -> Result<Input<'_>, 
 /// it is `Some`, it is exactly what [`decode_limited`] (and [`decode_str`]
 /// on the text with its surrounding whitespace trimmed) returns for the
 /// same bytes; when it is `None`, those decoders say what the event is.
-pub fn decode_plain(bytes: &[u8], max_text_bytes: usize) -> Option<Result<Input<'_>, InputError>> {
+pub(crate) fn decode_plain(
+    bytes: &[u8],
+    max_text_bytes: usize,
+) -> Option<Result<Input<'_>, InputError>> {
     plain::wire(bytes).map(|w| from_wire(w, max_text_bytes))
 }
 
@@ -134,7 +137,7 @@ pub fn decode_str(s: &str) -> Result<Input<'_>, InputError> {
 }
 
 /// [`decode_str`] with another limit on `text`.
-pub fn decode_str_limited(s: &str, max_text_bytes: usize) -> Result<Input<'_>, InputError> {
+pub(crate) fn decode_str_limited(s: &str, max_text_bytes: usize) -> Result<Input<'_>, InputError> {
     if let Some(w) = plain::wire_str(s) {
         return from_wire(w, max_text_bytes);
     }

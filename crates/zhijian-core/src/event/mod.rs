@@ -80,12 +80,12 @@ impl Channel {
 
     /// Written and asynchronous (`social`, `email`): the agent could edit
     /// the reply before sending it, and nobody waits on the line.
-    pub fn is_written(self) -> bool {
+    pub(crate) fn is_written(self) -> bool {
         matches!(self, Channel::Social | Channel::Email)
     }
 
     /// The channel named `name`, if any.
-    pub fn from_name(name: &str) -> Option<Channel> {
+    pub(crate) fn from_name(name: &str) -> Option<Channel> {
         Channel::ALL.into_iter().find(|c| c.as_str() == name)
     }
 }
@@ -93,7 +93,8 @@ impl Channel {
 /// The categories of event contract v1. Categories are defined by the
 /// lexicon (any id); these four are the default lexicon's, and summaries
 /// always count them (v1 consumers read `counts.forbidden` and so on).
-pub const V1_CATEGORIES: [&str; 4] = ["forbidden", "filler", "missing_greeting", "missing_closing"];
+pub(crate) const V1_CATEGORIES: [&str; 4] =
+    ["forbidden", "filler", "missing_greeting", "missing_closing"];
 
 /// How serious a rule's violation is (set per rule in the lexicon).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

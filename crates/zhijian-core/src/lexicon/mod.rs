@@ -188,9 +188,9 @@ impl LexiconError {
 
 /// Categories become metric label values: a lexicon may define at most this
 /// many, so the series of a metric by category stay bounded.
-pub const MAX_CATEGORIES: usize = 64;
+pub(crate) const MAX_CATEGORIES: usize = 64;
 /// Rules per lexicon at most (rule ids are metric labels too).
-pub const MAX_RULES: usize = 4096;
+pub(crate) const MAX_RULES: usize = 4096;
 
 /// Loads and validates every `*.toml` file in `dir` (the base lexicon; a
 /// `tenants/` subdirectory is not read: see [`load_set`]).
@@ -207,7 +207,7 @@ pub fn load_set(dir: &Path) -> Result<LexiconSet, LexiconError> {
 
 /// The base files and tenant overlays of `dir` for [`load_set_sources`],
 /// as `(path, contents)`: what [`load_set`] reads.
-pub type SetFiles = (
+pub(crate) type SetFiles = (
     Vec<(PathBuf, String)>,
     Vec<(String, Vec<(PathBuf, String)>)>,
 );

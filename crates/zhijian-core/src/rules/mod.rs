@@ -68,7 +68,7 @@ pub const KINDS: [&str; 6] = [
 
 /// Reads the kind's fields of a rule; `None` (with the problems recorded)
 /// when they are invalid.
-pub fn parse(kind: &str, f: &mut Fields<'_>) -> Option<Spec> {
+pub(crate) fn parse(kind: &str, f: &mut Fields<'_>) -> Option<Spec> {
     match kind {
         "phrase" => phrase::parse(f).map(Spec::Phrase),
         "required" => required::parse(f).map(Spec::Required),
@@ -105,7 +105,7 @@ impl Spec {
 
     /// The phrase lists the automaton must find for this rule, in the order
     /// the kind refers to them (group 0, 1, …).
-    pub fn phrase_lists(&self) -> Vec<&PhraseList> {
+    pub(crate) fn phrase_lists(&self) -> Vec<&PhraseList> {
         match self {
             Spec::Phrase(s) => vec![&s.list],
             Spec::Required(s) => std::iter::once(&s.list)
@@ -119,7 +119,7 @@ impl Spec {
 
     /// The speakers whose segments carry each phrase list (same order as
     /// [`Spec::phrase_lists`]); `rule` gives the rule-level `speakers`.
-    pub fn list_speakers<'a>(&'a self, rule: &'a [Speaker]) -> Vec<&'a [Speaker]> {
+    pub(crate) fn list_speakers<'a>(&'a self, rule: &'a [Speaker]) -> Vec<&'a [Speaker]> {
         match self {
             Spec::Response(s) => vec![&s.trigger.speakers, &s.expect.speakers],
             Spec::Required(s) => std::iter::once(rule)
@@ -142,7 +142,7 @@ impl Spec {
     }
 
     /// Whether the rule-level `speakers` field applies to this kind.
-    pub fn takes_speakers(&self) -> bool {
+    pub(crate) fn takes_speakers(&self) -> bool {
         !matches!(self, Spec::Response(_) | Spec::Timing(_))
     }
 
@@ -163,7 +163,7 @@ impl Spec {
     /// Whether every violation of this rule is the agent's doing (only
     /// such rules may deduct points): what the agent alone said, or did
     /// not say or do.
-    pub fn judges_agent(&self, speakers: &[Speaker]) -> bool {
+    pub(crate) fn judges_agent(&self, speakers: &[Speaker]) -> bool {
         match self {
             Spec::Response(s) => s.expect.speakers == [Speaker::Agent],
             Spec::Timing(_) => true,
@@ -193,7 +193,7 @@ impl Spec {
     /// Whether the rule must see segments of every speaker, whoever it
     /// reads: a response rule counts every segment after its trigger, a
     /// required rule's clock starts at the conversation's first event.
-    pub fn reads_every_segment(&self) -> bool {
+    pub(crate) fn reads_every_segment(&self) -> bool {
         matches!(self, Spec::Response(_) | Spec::Required(_))
     }
 
@@ -270,7 +270,11 @@ pub struct PhraseList {
 
 impl PhraseList {
     /// Reads `phrases`, `exceptions`, `boundary` and `position` from `f`.
-    pub fn parse(f: &mut Fields<'_>, boundary: Boundary, position: Position) -> Option<PhraseList> {
+    pub(crate) fn parse(
+        f: &mut Fields<'_>,
+        boundary: Boundary,
+        position: Position,
+    ) -> Option<PhraseList> {
         let boundary = f
             .choice(
                 "boundary",
@@ -382,7 +386,7 @@ impl PhraseList {
 /// A rule as the kind hooks see it: its index and definition, and which
 /// automaton groups hold its phrase lists.
 #[derive(Clone, Copy)]
-pub struct RuleRef<'a> {
+pub(crate) struct RuleRef<'a> {
     pub ix: u16,
     /// The rule's id and kind (for explanations).
     pub id: &'a str,
@@ -479,7 +483,7 @@ pub struct Shown {
 
 impl Shown {
     /// Characters kept: state stays small per conversation.
-    pub const CHARS: usize = 64;
+    pub(crate) const CHARS: usize = 64;
 
     pub fn of(text: &str, excerpt_chars: usize) -> Shown {
         let (head, _) = crate::event::excerpt(text, 0, excerpt_chars.min(Shown::CHARS));
@@ -492,7 +496,7 @@ impl Shown {
 
 /// Where hooks report: what they found, and (for `zhijian lexicon test`)
 /// why they decided as they did.
-pub struct Sink<'a> {
+pub(crate) struct Sink<'a> {
     pub found: &'a mut Vec<Found>,
     pub explain: Option<&'a mut Vec<String>>,
 }

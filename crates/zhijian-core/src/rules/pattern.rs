@@ -67,7 +67,7 @@ fn compile(f: &Fields<'_>, key: &str, src: &str) -> Option<Regex> {
     }
 }
 
-pub fn parse(f: &mut Fields<'_>) -> Option<Spec> {
+pub(crate) fn parse(f: &mut Fields<'_>) -> Option<Spec> {
     let patterns = f.strings("patterns").unwrap_or_default();
     let not_patterns = f.strings("not_patterns").unwrap_or_default();
     let names = f.strings("detectors").unwrap_or_default();
@@ -138,7 +138,7 @@ struct Compiled {
 
 /// Every pattern rule of a lexicon.
 #[derive(Debug, Default)]
-pub struct Set {
+pub(crate) struct Set {
     rules: Vec<Compiled>,
     /// Every positive pattern, for the one-pass check: pattern i belongs to
     /// `rules[owner[i]]`.

@@ -25,7 +25,7 @@ pub struct Spec {
     pub list: PhraseList,
 }
 
-pub fn parse(f: &mut Fields<'_>) -> Option<Spec> {
+pub(crate) fn parse(f: &mut Fields<'_>) -> Option<Spec> {
     PhraseList::parse(f, Boundary::None, Position::Any).map(|list| Spec { list })
 }
 
@@ -39,7 +39,7 @@ impl Spec {
     }
 }
 
-pub fn on_segment(_spec: &Spec, r: RuleRef<'_>, seg: &Seg<'_>, sink: &mut Sink<'_>) {
+pub(crate) fn on_segment(_spec: &Spec, r: RuleRef<'_>, seg: &Seg<'_>, sink: &mut Sink<'_>) {
     let mut spans = Vec::new();
     let mut count = 0u32;
     for h in r.hits(seg, 0) {

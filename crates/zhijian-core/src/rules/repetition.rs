@@ -25,7 +25,7 @@ use crate::fields::Fields;
 use serde::{Deserialize, Serialize};
 
 /// Distinct texts remembered per conversation.
-pub const REMEMBERED: usize = 16;
+pub(crate) const REMEMBERED: usize = 16;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spec {
@@ -33,7 +33,7 @@ pub struct Spec {
     pub min_chars: usize,
 }
 
-pub fn parse(f: &mut Fields<'_>) -> Option<Spec> {
+pub(crate) fn parse(f: &mut Fields<'_>) -> Option<Spec> {
     let times = f.integer("times", 2..=100);
     if times.is_none() && !f.has("times") {
         f.error("times", "missing field `times` (2 or more)".into());
@@ -82,7 +82,13 @@ pub fn fingerprint(norm: &str) -> (u64, usize) {
     (h, n)
 }
 
-pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, sink: &mut Sink<'_>) {
+pub(crate) fn on_segment(
+    spec: &Spec,
+    r: RuleRef<'_>,
+    st: &mut State,
+    seg: &Seg<'_>,
+    sink: &mut Sink<'_>,
+) {
     if !r.speakers.contains(&seg.speaker) {
         return;
     }

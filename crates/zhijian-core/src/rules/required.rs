@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 /// End-scope windows are tracked as bits of a u64.
 pub const MAX_SEGMENTS: i64 = 64;
 /// A start deadline of a day at most.
-pub const MAX_SECONDS: i64 = 86_400;
+pub(crate) const MAX_SECONDS: i64 = 86_400;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -67,7 +67,7 @@ pub struct Spec {
     pub continuation_before: Option<PhraseList>,
 }
 
-pub fn parse(f: &mut Fields<'_>) -> Option<Spec> {
+pub(crate) fn parse(f: &mut Fields<'_>) -> Option<Spec> {
     #[derive(Clone, Copy)]
     enum S {
         Start,
@@ -275,7 +275,13 @@ fn violate(
     });
 }
 
-pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, sink: &mut Sink<'_>) {
+pub(crate) fn on_segment(
+    spec: &Spec,
+    r: RuleRef<'_>,
+    st: &mut State,
+    seg: &Seg<'_>,
+    sink: &mut Sink<'_>,
+) {
     if st.start_ts.is_none() {
         st.start_ts = Some(seg.ts_ms);
     }
@@ -375,7 +381,13 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
     }
 }
 
-pub fn on_clock(spec: &Spec, r: RuleRef<'_>, st: &mut State, now_ts: u64, sink: &mut Sink<'_>) {
+pub(crate) fn on_clock(
+    spec: &Spec,
+    r: RuleRef<'_>,
+    st: &mut State,
+    now_ts: u64,
+    sink: &mut Sink<'_>,
+) {
     if let Some(d) = deadline(spec, st)
         && now_ts > d
         && let Scope::Start {
@@ -395,7 +407,13 @@ pub fn on_clock(spec: &Spec, r: RuleRef<'_>, st: &mut State, now_ts: u64, sink: 
     }
 }
 
-pub fn on_close(spec: &Spec, r: RuleRef<'_>, st: &mut State, close: &Close, sink: &mut Sink<'_>) {
+pub(crate) fn on_close(
+    spec: &Spec,
+    r: RuleRef<'_>,
+    st: &mut State,
+    close: &Close,
+    sink: &mut Sink<'_>,
+) {
     if st.verdict.is_some() && !matches!(spec.scope, Scope::End { .. }) {
         return;
     }

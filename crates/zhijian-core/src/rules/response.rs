@@ -62,7 +62,7 @@ fn side(f: &mut Fields<'_>, key: &str, default_speaker: Speaker) -> Option<Side>
     })
 }
 
-pub fn parse(f: &mut Fields<'_>) -> Option<Spec> {
+pub(crate) fn parse(f: &mut Fields<'_>) -> Option<Spec> {
     let trigger = side(f, "trigger", Speaker::Agent);
     let expect = side(f, "expect", Speaker::Agent);
     let within_segments = f.integer("within_segments", 1..=1000).map(|n| n as u32);
@@ -148,7 +148,13 @@ fn missed(spec: &Spec, r: RuleRef<'_>, w: Waiting, ts_ms: u64, why: &str, sink: 
     });
 }
 
-pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, sink: &mut Sink<'_>) {
+pub(crate) fn on_segment(
+    spec: &Spec,
+    r: RuleRef<'_>,
+    st: &mut State,
+    seg: &Seg<'_>,
+    sink: &mut Sink<'_>,
+) {
     let answered = spec.expect.speakers.contains(&seg.speaker) && r.hit(seg, 1);
     let triggered = spec.trigger.speakers.contains(&seg.speaker) && r.hit(seg, 0);
     if let Some(w) = st.waiting.as_mut() {
@@ -195,7 +201,13 @@ pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, si
     }
 }
 
-pub fn on_clock(spec: &Spec, r: RuleRef<'_>, st: &mut State, now_ts: u64, sink: &mut Sink<'_>) {
+pub(crate) fn on_clock(
+    spec: &Spec,
+    r: RuleRef<'_>,
+    st: &mut State,
+    now_ts: u64,
+    sink: &mut Sink<'_>,
+) {
     if let Some(d) = deadline(spec, st)
         && now_ts > d
         && let Some(w) = st.waiting.take()
@@ -205,7 +217,13 @@ pub fn on_clock(spec: &Spec, r: RuleRef<'_>, st: &mut State, now_ts: u64, sink: 
     }
 }
 
-pub fn on_close(spec: &Spec, r: RuleRef<'_>, st: &mut State, close: &Close, sink: &mut Sink<'_>) {
+pub(crate) fn on_close(
+    spec: &Spec,
+    r: RuleRef<'_>,
+    st: &mut State,
+    close: &Close,
+    sink: &mut Sink<'_>,
+) {
     // The time limit passed before the close: missed, whatever followed
     // (the same verdict the clock would have given while nobody spoke).
     if let Some(d) = deadline(spec, st)

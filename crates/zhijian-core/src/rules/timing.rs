@@ -39,7 +39,7 @@ pub struct Spec {
     pub seconds: u64,
 }
 
-pub fn parse(f: &mut Fields<'_>) -> Option<Spec> {
+pub(crate) fn parse(f: &mut Fields<'_>) -> Option<Spec> {
     let measure = f.choice(
         "measure",
         &[
@@ -129,7 +129,13 @@ fn report(
     });
 }
 
-pub fn on_segment(spec: &Spec, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, sink: &mut Sink<'_>) {
+pub(crate) fn on_segment(
+    spec: &Spec,
+    r: RuleRef<'_>,
+    st: &mut State,
+    seg: &Seg<'_>,
+    sink: &mut Sink<'_>,
+) {
     // System notices are nobody's turn and nobody's silence.
     if !r.speakers.contains(&seg.speaker) {
         return;
@@ -257,7 +263,13 @@ fn expire(spec: &Spec, r: RuleRef<'_>, st: &mut State, ts_ms: u64, sink: &mut Si
     report(r, seq, ts_ms.max(t), key, note, shown, sink);
 }
 
-pub fn on_clock(spec: &Spec, r: RuleRef<'_>, st: &mut State, now_ts: u64, sink: &mut Sink<'_>) {
+pub(crate) fn on_clock(
+    spec: &Spec,
+    r: RuleRef<'_>,
+    st: &mut State,
+    now_ts: u64,
+    sink: &mut Sink<'_>,
+) {
     if let Some(d) = deadline(spec, st)
         && now_ts > d
     {
@@ -265,7 +277,13 @@ pub fn on_clock(spec: &Spec, r: RuleRef<'_>, st: &mut State, now_ts: u64, sink: 
     }
 }
 
-pub fn on_close(spec: &Spec, r: RuleRef<'_>, st: &mut State, close: &Close, sink: &mut Sink<'_>) {
+pub(crate) fn on_close(
+    spec: &Spec,
+    r: RuleRef<'_>,
+    st: &mut State,
+    close: &Close,
+    sink: &mut Sink<'_>,
+) {
     match deadline(spec, st) {
         Some(d) if close.ts_ms > d => expire(spec, r, st, d, sink),
         Some(_) => {

@@ -122,7 +122,7 @@ pub(super) async fn passthrough_ready(js: &jetstream::Context) -> bool {
     let Ok(info) = s.info().await else {
         return false;
     };
-    let partitions = zhijian::daemon::membership::partitions_of(&info.config).unwrap_or(1);
+    let partitions = zhijian::daemon::partitions_of(&info.config).unwrap_or(1);
     info.state.consumer_count >= partitions as usize
 }
 

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use zhijian::config::{Config, StreamsConfig};
-use zhijian::daemon::setup;
+use zhijian::daemon::{SetupError, setup};
 use zhijian::engine::{Engine, EngineConfig};
 use zhijian::event::Event;
 use zhijian::nats_conn;
@@ -37,7 +37,7 @@ pub enum BenchError {
     #[error(transparent)]
     Connect(#[from] nats_conn::ConnectError),
     #[error(transparent)]
-    Setup(#[from] setup::SetupError),
+    Setup(#[from] SetupError),
     #[error("cannot listen for SIGTERM: {0}")]
     Signal(#[source] std::io::Error),
     /// A file, a port or a process of the bench's own.
@@ -113,7 +113,7 @@ impl BenchError {
 pub async fn passthrough(config: Config) -> Result<(), BenchError> {
     let client = nats_conn::connect(&config.nats).await?;
     nats_conn::check_server(&client)?;
-    let setup = setup::setup(&client, &config).await?;
+    let setup = setup(&client, &config).await?;
     let input_client = nats_conn::connect(&config.nats).await?;
     let input_js = jetstream::new(input_client.clone());
     let window = config.publish_window;
