@@ -7,10 +7,7 @@
 use crate::build_error::BuildError;
 use crate::event::{Channel, Speaker};
 use crate::lexicon::{Lexicon, Rule};
-use crate::rules::{
-    Close, Found, PhraseList, RuleRef, Seg, Sink, Spec, State, pattern, phrase, repetition,
-    required, response, timing,
-};
+use crate::rules::{Close, Found, PhraseList, RuleRef, Seg, Sink, Spec, State, pattern, required};
 
 /// The compiled rules of a lexicon: which rule each automaton group belongs
 /// to, which rules keep state, and the pattern set.
@@ -82,16 +79,14 @@ impl Book {
                 }
                 slot.push(Some(slots.len() as u16));
                 slots.push(ix);
-                let speakers = match &rule.spec {
-                    Spec::Response(_) => 0xFF,
-                    _ => rule.speakers.iter().fold(0u8, |m, s| m | 1 << (*s as u8)),
+                let speakers = if rule.spec.hears_every_speaker() {
+                    0xFF
+                } else {
+                    rule.speakers.iter().fold(0u8, |m, s| m | 1 << (*s as u8))
                 };
                 let channels = rule.channels.iter().fold(0u8, |m, c| m | 1 << (*c as u8));
                 gates.push((speakers, channels));
-                done_when_decided.push(matches!(
-                    &rule.spec,
-                    Spec::Required(s) if !matches!(s.scope, required::Scope::End { .. })
-                ));
+                done_when_decided.push(rule.spec.done_when_decided());
             } else {
                 slot.push(None);
             }
@@ -182,9 +177,7 @@ impl Book {
             if !rule.applies_on(seg.channel) {
                 continue;
             }
-            if let Spec::Phrase(s) = &rule.spec {
-                phrase::on_segment(s, rr, seg, sink);
-            }
+            rule.spec.on_hit(rr, seg, sink);
         }
         if self.patterns.judges(seg.speaker) {
             let explain = sink.explain.is_some();
@@ -219,28 +212,22 @@ impl Book {
             if channels != 0 && channel_mask != 0 && channels & channel_mask == 0 {
                 continue;
             }
-            // Not this speaker's segment: nothing to do, except for a
-            // required rule whose scope has not started its clock yet.
-            if speakers & speaker_mask == 0
-                && !matches!(&*state, State::Required(st) if st.seen == 0 && !st.continued)
-            {
+            // Not this speaker's segment: nothing to do, unless the state
+            // says otherwise (a required rule whose clock has not started).
+            if speakers & speaker_mask == 0 && !state.hears_other_speakers() {
                 continue;
             }
-            // A required rule with its verdict has nothing left to do here
-            // (nor at close: see `required::on_close`).
-            if done_when_decided
-                && let State::Required(st) = &*state
-                && st.verdict.is_some()
-            {
+            // A rule with its verdict has nothing left to do here (nor at
+            // close: see `required::on_close`).
+            if done_when_decided && state.decided() {
                 continue;
             }
-            // A response rule that waits for nothing acts only on a segment
-            // holding its trigger (list 0): `response::on_segment` does
-            // nothing otherwise. Most segments of a large rulebook are such
-            // no-ops for most of its response rules; deciding here, from
-            // the state and the hits, spares loading the rule.
-            if let State::Response(st) = &*state
-                && st.waiting.is_none()
+            // A rule that waits for nothing acts only on a segment holding
+            // its trigger (list 0), a response rule for one. Most segments
+            // of a large rulebook are such no-ops for most of its response
+            // rules; deciding here, from the state and the hits, spares
+            // loading the rule.
+            if state.wants_only_its_trigger()
                 && !seg
                     .hits
                     .iter()
@@ -252,19 +239,7 @@ impl Book {
             if !rule.applies_on(seg.channel) {
                 continue;
             }
-            match (&rule.spec, state) {
-                (Spec::Required(s), State::Required(st)) => {
-                    required::on_segment(s, rr, st, seg, sink)
-                }
-                (Spec::Response(s), State::Response(st)) => {
-                    response::on_segment(s, rr, st, seg, sink)
-                }
-                (Spec::Timing(s), State::Timing(st)) => timing::on_segment(s, rr, st, seg, sink),
-                (Spec::Repetition(s), State::Repetition(st)) => {
-                    repetition::on_segment(s, rr, st, seg, sink)
-                }
-                _ => {}
-            }
+            rule.spec.on_segment(rr, state, seg, sink);
         }
     }
 
@@ -285,16 +260,7 @@ impl Book {
             if !rule.applies_on(channel) {
                 continue;
             }
-            match (&rule.spec, state) {
-                (Spec::Required(s), State::Required(st)) => {
-                    required::on_clock(s, rr, st, now_ts, sink)
-                }
-                (Spec::Response(s), State::Response(st)) => {
-                    response::on_clock(s, rr, st, now_ts, sink)
-                }
-                (Spec::Timing(s), State::Timing(st)) => timing::on_clock(s, rr, st, now_ts, sink),
-                _ => {}
-            }
+            rule.spec.on_clock(rr, state, now_ts, sink);
         }
     }
 
@@ -307,12 +273,7 @@ impl Book {
                 continue;
             };
             let spec = &lexicon.rules[usize::from(r)].spec;
-            let d = match (spec, state) {
-                (Spec::Required(s), State::Required(st)) => required::deadline(s, st),
-                (Spec::Response(s), State::Response(st)) => response::deadline(s, st),
-                (Spec::Timing(s), State::Timing(st)) => timing::deadline(s, st),
-                _ => None,
-            };
+            let d = spec.deadline(state);
             next = next.min(d.unwrap_or(u64::MAX));
         }
         next
@@ -332,16 +293,7 @@ impl Book {
             if !rule.applies_on(channel) {
                 continue;
             }
-            match (&rule.spec, state) {
-                (Spec::Required(s), State::Required(st)) => {
-                    required::on_close(s, rr, st, close, sink)
-                }
-                (Spec::Response(s), State::Response(st)) => {
-                    response::on_close(s, rr, st, close, sink)
-                }
-                (Spec::Timing(s), State::Timing(st)) => timing::on_close(s, rr, st, close, sink),
-                _ => {}
-            }
+            rule.spec.on_close(rr, state, close, sink);
         }
     }
 

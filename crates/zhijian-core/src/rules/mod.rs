@@ -10,7 +10,8 @@
 //! [`parse`], and [`crate::book::Book`] (above both) runs the hooks. The
 //! engine knows no kind by name: it hands every segment to the book and
 //! turns what the kinds report into events. Adding a kind is one module
-//! here and one line in each `match` of this file and of `book.rs`.
+//! here, whose `Spec` implements [`Kind`], and one line in the registry
+//! below.
 //!
 //! | kind | judges | state |
 //! |---|---|---|
@@ -45,195 +46,302 @@ pub struct Hit {
     pub norm: (usize, usize),
 }
 
-/// A rule's kind-specific settings, as validated from the lexicon.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Spec {
-    Phrase(phrase::Spec),
-    Required(required::Spec),
-    Response(response::Spec),
-    Pattern(pattern::Spec),
-    Timing(timing::Spec),
-    Repetition(repetition::Spec),
-}
+/// What a rule kind is to the registry and to the book: its name, its
+/// per-conversation state, what the automaton must find for it, and the
+/// hooks the book calls. The defaults fit a kind that searches phrase lists
+/// in the segments of the rule's speakers and keeps no state.
+pub(crate) trait Kind: Sized {
+    /// The kind's name in a lexicon (`kind = "…"`).
+    const NAME: &'static str;
+    /// Whether the kind keeps per-conversation state (in [`Kind::State`]).
+    const STATEFUL: bool;
+    /// The per-conversation state ([`NoState`] for a kind without).
+    type State: KindState + Default;
 
-/// Every kind's name, for messages.
-pub const KINDS: [&str; 6] = [
-    "phrase",
-    "required",
-    "response",
-    "pattern",
-    "timing",
-    "repetition",
-];
+    /// Reads the kind's fields; `None` (with the problems recorded) when
+    /// they are invalid.
+    fn parse(f: &mut Fields<'_>) -> Option<Self>;
 
-/// Reads the kind's fields of a rule; `None` (with the problems recorded)
-/// when they are invalid.
-pub(crate) fn parse(kind: &str, f: &mut Fields<'_>) -> Option<Spec> {
-    match kind {
-        "phrase" => phrase::parse(f).map(Spec::Phrase),
-        "required" => required::parse(f).map(Spec::Required),
-        "response" => response::parse(f).map(Spec::Response),
-        "pattern" => pattern::parse(f).map(Spec::Pattern),
-        "timing" => timing::parse(f).map(Spec::Timing),
-        "repetition" => repetition::parse(f).map(Spec::Repetition),
-        other => {
-            let hint = match other {
-                "forbidden" | "filler" => " (forbidden and filler rules are kind = \"phrase\")",
-                "greeting" | "closing" => " (greeting and closing rules are kind = \"required\")",
-                _ => "",
-            };
-            f.error(
-                "kind",
-                format!("unknown kind {other:?} (one of {KINDS:?}){hint}"),
-            );
-            None
-        }
-    }
-}
-
-impl Spec {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Spec::Phrase(_) => "phrase",
-            Spec::Required(_) => "required",
-            Spec::Response(_) => "response",
-            Spec::Pattern(_) => "pattern",
-            Spec::Timing(_) => "timing",
-            Spec::Repetition(_) => "repetition",
-        }
-    }
+    /// One line for people: what the rule checks.
+    fn describe(&self) -> String;
 
     /// The phrase lists the automaton must find for this rule, in the order
     /// the kind refers to them (group 0, 1, …).
-    pub(crate) fn phrase_lists(&self) -> Vec<&PhraseList> {
-        match self {
-            Spec::Phrase(s) => vec![&s.list],
-            Spec::Required(s) => std::iter::once(&s.list)
-                .chain(s.continuation.as_ref())
-                .chain(s.continuation_before.as_ref())
-                .collect(),
-            Spec::Response(s) => vec![&s.trigger.list, &s.expect.list],
-            Spec::Pattern(_) | Spec::Timing(_) | Spec::Repetition(_) => Vec::new(),
-        }
+    fn phrase_lists(&self) -> Vec<&PhraseList> {
+        Vec::new()
     }
 
     /// The speakers whose segments carry each phrase list (same order as
-    /// [`Spec::phrase_lists`]); `rule` gives the rule-level `speakers`.
-    pub(crate) fn list_speakers<'a>(&'a self, rule: &'a [Speaker]) -> Vec<&'a [Speaker]> {
-        match self {
-            Spec::Response(s) => vec![&s.trigger.speakers, &s.expect.speakers],
-            Spec::Required(s) => std::iter::once(rule)
-                .chain(s.continuation.as_ref().map(|_| rule))
-                .chain(
-                    s.continuation_before
-                        .as_ref()
-                        .map(|_| &[Speaker::Customer][..]),
-                )
-                .collect(),
-            _ => self.phrase_lists().iter().map(|_| rule).collect(),
-        }
+    /// [`Kind::phrase_lists`]); `rule` gives the rule-level `speakers`.
+    fn list_speakers<'a>(&'a self, rule: &'a [Speaker]) -> Vec<&'a [Speaker]> {
+        self.phrase_lists().iter().map(|_| rule).collect()
     }
 
-    pub fn phrase_count(&self) -> usize {
-        match self {
-            Spec::Pattern(s) => s.patterns.len() + s.detectors.len(),
-            _ => self.phrase_lists().iter().map(|l| l.phrases.len()).sum(),
-        }
+    fn phrase_count(&self) -> usize {
+        self.phrase_lists().iter().map(|l| l.phrases.len()).sum()
     }
 
     /// Whether the rule-level `speakers` field applies to this kind.
-    pub(crate) fn takes_speakers(&self) -> bool {
-        !matches!(self, Spec::Response(_) | Spec::Timing(_))
+    fn takes_speakers(&self) -> bool {
+        true
     }
 
-    pub fn default_speakers(&self) -> Vec<Speaker> {
-        match self {
-            Spec::Response(s) => {
-                let mut v = s.trigger.speakers.clone();
-                v.extend(&s.expect.speakers);
-                v.sort_by_key(|s| *s as u8);
-                v.dedup();
-                v
-            }
-            Spec::Timing(_) => vec![Speaker::Agent, Speaker::Customer],
-            _ => vec![Speaker::Agent],
-        }
+    fn default_speakers(&self) -> Vec<Speaker> {
+        vec![Speaker::Agent]
     }
 
     /// Whether every violation of this rule is the agent's doing (only
     /// such rules may deduct points): what the agent alone said, or did
     /// not say or do.
-    pub(crate) fn judges_agent(&self, speakers: &[Speaker]) -> bool {
-        match self {
-            Spec::Response(s) => s.expect.speakers == [Speaker::Agent],
-            Spec::Timing(_) => true,
-            _ => speakers == [Speaker::Agent],
-        }
+    fn judges_agent(&self, speakers: &[Speaker]) -> bool {
+        speakers == [Speaker::Agent]
     }
 
-    /// Whether the rule's state can ever hold a deadline: the kinds'
-    /// `deadline` is `None` for every other rule, whatever its state (a
-    /// test checks), so the clock and [`crate::book::Book::next_deadline`] only visit
-    /// these.
-    pub fn has_deadline(&self) -> bool {
-        match self {
-            Spec::Required(s) => matches!(
-                s.scope,
-                required::Scope::Start {
-                    seconds: Some(_),
-                    ..
-                }
-            ),
-            Spec::Response(s) => s.within_seconds.is_some(),
-            Spec::Timing(s) => s.measure != timing::Measure::Silence,
-            Spec::Phrase(_) | Spec::Pattern(_) | Spec::Repetition(_) => false,
-        }
+    /// Whether the rule's state can ever hold a deadline: `deadline` is
+    /// `None` for every other rule, whatever its state (a test checks), so
+    /// the clock and [`crate::book::Book::next_deadline`] only visit these.
+    fn has_deadline(&self) -> bool {
+        false
     }
 
     /// Whether the rule must see segments of every speaker, whoever it
-    /// reads: a response rule counts every segment after its trigger, a
-    /// required rule's clock starts at the conversation's first event.
-    pub(crate) fn reads_every_segment(&self) -> bool {
-        matches!(self, Spec::Response(_) | Spec::Required(_))
+    /// reads (a response rule counts every segment after its trigger, a
+    /// required rule's clock starts at the conversation's first event).
+    fn reads_every_segment(&self) -> bool {
+        false
     }
 
-    /// Whether the rule keeps per-conversation state.
-    pub(crate) fn stateful(&self) -> bool {
-        self.initial_state().is_some()
+    /// Whether the book hands the rule segments of every speaker, not only
+    /// of the rule's `speakers`.
+    fn hears_every_speaker(&self) -> bool {
+        false
     }
 
-    pub(crate) fn initial_state(&self) -> Option<State> {
-        match self {
-            Spec::Phrase(_) | Spec::Pattern(_) => None,
-            Spec::Required(_) => Some(State::Required(required::State::default())),
-            Spec::Response(_) => Some(State::Response(response::State::default())),
-            Spec::Timing(_) => Some(State::Timing(timing::State::default())),
-            Spec::Repetition(_) => Some(State::Repetition(repetition::State::default())),
-        }
+    /// Whether the rule has nothing left to do on segments once its
+    /// verdict is made ([`KindState::decided`]).
+    fn done_when_decided(&self) -> bool {
+        false
     }
 
-    /// One line for people: what the rule checks (`zhijian lexicon check`).
-    pub fn describe(&self) -> String {
-        match self {
-            Spec::Phrase(s) => s.describe(),
-            Spec::Required(s) => s.describe(),
-            Spec::Response(s) => s.describe(),
-            Spec::Pattern(s) => s.describe(),
-            Spec::Timing(s) => s.describe(),
-            Spec::Repetition(s) => s.describe(),
-        }
+    /// A stateless kind's hook: a segment in which one of its lists hit.
+    fn on_hit(&self, _r: RuleRef<'_>, _seg: &Seg<'_>, _sink: &mut Sink<'_>) {}
+
+    /// A stateful kind's hook: every segment the rule hears.
+    fn on_segment(
+        &self,
+        _r: RuleRef<'_>,
+        _st: &mut Self::State,
+        _seg: &Seg<'_>,
+        _sink: &mut Sink<'_>,
+    ) {
+    }
+
+    /// Deadlines passed by the clock (`now_ts`: the conversation's time).
+    fn on_clock(&self, _r: RuleRef<'_>, _st: &mut Self::State, _now_ts: u64, _sink: &mut Sink<'_>) {
+    }
+
+    /// The earliest conversation time at which `on_clock` can report.
+    fn deadline(&self, _st: &Self::State) -> Option<u64> {
+        None
+    }
+
+    /// Close-time verdicts.
+    fn on_close(
+        &self,
+        _r: RuleRef<'_>,
+        _st: &mut Self::State,
+        _close: &Close,
+        _sink: &mut Sink<'_>,
+    ) {
     }
 }
 
-/// The per-conversation state of one stateful rule. Saved across restarts
-/// (tagged by kind, keyed by rule id).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum State {
-    Required(required::State),
-    Response(response::State),
-    Timing(timing::State),
-    Repetition(repetition::State),
+/// What the book asks of a rule's state before it loads the rule: cheap
+/// answers that spare most of a large rulebook's hooks on most segments.
+pub(crate) trait KindState {
+    /// Whether a segment of a speaker the rule does not judge still matters
+    /// (a required rule whose clock has not started).
+    fn hears_other_speakers(&self) -> bool {
+        false
+    }
+
+    /// Whether the verdict is made (see [`Kind::done_when_decided`]).
+    fn decided(&self) -> bool {
+        false
+    }
+
+    /// Whether only a segment holding the rule's first phrase list can
+    /// change anything (a response rule waiting for no answer).
+    fn wants_only_its_trigger(&self) -> bool {
+        false
+    }
+}
+
+/// The state of a kind that keeps none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct NoState;
+
+impl KindState for NoState {}
+
+/// The registry: one line per kind, `Variant => module`, where the module
+/// has a `Spec` that implements [`Kind`] and its `State` type. It makes [`Spec`], [`State`],
+/// [`KINDS`], [`parse`] and the dispatch of every [`Kind`] method.
+macro_rules! registry {
+    ($($variant:ident => $kind:ident),+ $(,)?) => {
+        /// A rule's kind-specific settings, as validated from the lexicon.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Spec {
+            $($variant($kind::Spec),)+
+        }
+
+        /// The per-conversation state of one stateful rule. Saved across
+        /// restarts (tagged by kind, keyed by rule id).
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "kind", rename_all = "snake_case")]
+        pub enum State {
+            $($variant($kind::State),)+
+        }
+
+        /// Every kind's name, for messages.
+        pub const KINDS: &[&str] = &[$(<$kind::Spec as Kind>::NAME,)+];
+
+        fn parse_kind(kind: &str, f: &mut Fields<'_>) -> Option<Option<Spec>> {
+            $(
+                if kind == <$kind::Spec as Kind>::NAME {
+                    return Some(<$kind::Spec as Kind>::parse(f).map(Spec::$variant));
+                }
+            )+
+            None
+        }
+
+        impl Spec {
+            pub fn kind(&self) -> &'static str {
+                match self { $(Spec::$variant(_) => <$kind::Spec as Kind>::NAME,)+ }
+            }
+            /// See [`Kind::phrase_lists`].
+            pub(crate) fn phrase_lists(&self) -> Vec<&PhraseList> {
+                match self { $(Spec::$variant(s) => s.phrase_lists(),)+ }
+            }
+            /// See [`Kind::list_speakers`].
+            pub(crate) fn list_speakers<'a>(&'a self, rule: &'a [Speaker]) -> Vec<&'a [Speaker]> {
+                match self { $(Spec::$variant(s) => s.list_speakers(rule),)+ }
+            }
+            pub fn phrase_count(&self) -> usize {
+                match self { $(Spec::$variant(s) => Kind::phrase_count(s),)+ }
+            }
+            /// See [`Kind::takes_speakers`].
+            pub(crate) fn takes_speakers(&self) -> bool {
+                match self { $(Spec::$variant(s) => s.takes_speakers(),)+ }
+            }
+            pub fn default_speakers(&self) -> Vec<Speaker> {
+                match self { $(Spec::$variant(s) => s.default_speakers(),)+ }
+            }
+            /// See [`Kind::judges_agent`].
+            pub(crate) fn judges_agent(&self, speakers: &[Speaker]) -> bool {
+                match self { $(Spec::$variant(s) => s.judges_agent(speakers),)+ }
+            }
+            /// See [`Kind::has_deadline`].
+            pub fn has_deadline(&self) -> bool {
+                match self { $(Spec::$variant(s) => s.has_deadline(),)+ }
+            }
+            /// See [`Kind::reads_every_segment`].
+            pub(crate) fn reads_every_segment(&self) -> bool {
+                match self { $(Spec::$variant(s) => s.reads_every_segment(),)+ }
+            }
+            /// See [`Kind::hears_every_speaker`].
+            pub(crate) fn hears_every_speaker(&self) -> bool {
+                match self { $(Spec::$variant(s) => s.hears_every_speaker(),)+ }
+            }
+            /// See [`Kind::done_when_decided`].
+            pub(crate) fn done_when_decided(&self) -> bool {
+                match self { $(Spec::$variant(s) => s.done_when_decided(),)+ }
+            }
+            /// Whether the rule keeps per-conversation state.
+            pub(crate) fn stateful(&self) -> bool {
+                match self { $(Spec::$variant(_) => <$kind::Spec as Kind>::STATEFUL,)+ }
+            }
+            pub(crate) fn initial_state(&self) -> Option<State> {
+                match self {
+                    $(Spec::$variant(_) => <$kind::Spec as Kind>::STATEFUL
+                        .then(|| State::$variant(Default::default())),)+
+                }
+            }
+            /// One line for people: what the rule checks (`zhijian lexicon check`).
+            pub fn describe(&self) -> String {
+                match self { $(Spec::$variant(s) => Kind::describe(s),)+ }
+            }
+            pub(crate) fn on_hit(&self, r: RuleRef<'_>, seg: &Seg<'_>, sink: &mut Sink<'_>) {
+                match self { $(Spec::$variant(s) => s.on_hit(r, seg, sink),)+ }
+            }
+            pub(crate) fn on_segment(&self, r: RuleRef<'_>, state: &mut State, seg: &Seg<'_>, sink: &mut Sink<'_>) {
+                match (self, state) {
+                    $((Spec::$variant(s), State::$variant(st)) => s.on_segment(r, st, seg, sink),)+
+                    _ => {}
+                }
+            }
+            pub(crate) fn on_clock(&self, r: RuleRef<'_>, state: &mut State, now_ts: u64, sink: &mut Sink<'_>) {
+                match (self, state) {
+                    $((Spec::$variant(s), State::$variant(st)) => s.on_clock(r, st, now_ts, sink),)+
+                    _ => {}
+                }
+            }
+            pub(crate) fn deadline(&self, state: &State) -> Option<u64> {
+                match (self, state) {
+                    $((Spec::$variant(s), State::$variant(st)) => s.deadline(st),)+
+                    _ => None,
+                }
+            }
+            pub(crate) fn on_close(&self, r: RuleRef<'_>, state: &mut State, close: &Close, sink: &mut Sink<'_>) {
+                match (self, state) {
+                    $((Spec::$variant(s), State::$variant(st)) => s.on_close(r, st, close, sink),)+
+                    _ => {}
+                }
+            }
+        }
+
+        impl State {
+            /// See [`KindState::hears_other_speakers`].
+            pub(crate) fn hears_other_speakers(&self) -> bool {
+                match self { $(State::$variant(st) => st.hears_other_speakers(),)+ }
+            }
+            /// See [`KindState::decided`].
+            pub(crate) fn decided(&self) -> bool {
+                match self { $(State::$variant(st) => st.decided(),)+ }
+            }
+            /// See [`KindState::wants_only_its_trigger`].
+            pub(crate) fn wants_only_its_trigger(&self) -> bool {
+                match self { $(State::$variant(st) => st.wants_only_its_trigger(),)+ }
+            }
+        }
+    };
+}
+
+// Adding a kind: its module here, its line below.
+registry! {
+    Phrase => phrase,
+    Required => required,
+    Response => response,
+    Pattern => pattern,
+    Timing => timing,
+    Repetition => repetition,
+}
+
+/// Reads the kind's fields of a rule; `None` (with the problems recorded)
+/// when they are invalid.
+pub(crate) fn parse(kind: &str, f: &mut Fields<'_>) -> Option<Spec> {
+    if let Some(spec) = parse_kind(kind, f) {
+        return spec;
+    }
+    let hint = match kind {
+        "forbidden" | "filler" => " (forbidden and filler rules are kind = \"phrase\")",
+        "greeting" | "closing" => " (greeting and closing rules are kind = \"required\")",
+        _ => "",
+    };
+    f.error(
+        "kind",
+        format!("unknown kind {kind:?} (one of {KINDS:?}){hint}"),
+    );
+    None
 }
 
 /// Whether a hit must sit on word boundaries (jieba segmentation).

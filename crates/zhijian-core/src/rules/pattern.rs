@@ -67,64 +67,6 @@ fn compile(f: &Fields<'_>, key: &str, src: &str) -> Option<Regex> {
     }
 }
 
-pub(crate) fn parse(f: &mut Fields<'_>) -> Option<Spec> {
-    let patterns = f.strings("patterns").unwrap_or_default();
-    let not_patterns = f.strings("not_patterns").unwrap_or_default();
-    let names = f.strings("detectors").unwrap_or_default();
-    let mut ok = true;
-    for p in &patterns {
-        ok &= compile(f, "patterns", p).is_some();
-    }
-    for p in &not_patterns {
-        ok &= compile(f, "not_patterns", p).is_some();
-    }
-    let mut detectors = Vec::new();
-    for n in &names {
-        match Detector::from_name(n) {
-            Some(d) if !detectors.contains(&d) => detectors.push(d),
-            Some(_) => {}
-            None => {
-                let known: Vec<&str> = Detector::ALL.iter().map(|d| d.name()).collect();
-                f.error_at_value(
-                    "detectors",
-                    n,
-                    format!("unknown detector {n:?} (one of {known:?})"),
-                );
-                ok = false;
-            }
-        }
-    }
-    if patterns.is_empty() && detectors.is_empty() && ok {
-        f.error(
-            "",
-            "a pattern rule needs `patterns` or `detectors` (or both)".into(),
-        );
-        ok = false;
-    }
-    ok.then_some(Spec {
-        patterns,
-        not_patterns,
-        detectors,
-    })
-}
-
-impl Spec {
-    pub fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        if !self.detectors.is_empty() {
-            let d: Vec<&str> = self.detectors.iter().map(|d| d.name()).collect();
-            parts.push(format!("detectors {}", d.join(", ")));
-        }
-        if !self.patterns.is_empty() {
-            parts.push(format!("{} pattern(s)", self.patterns.len()));
-        }
-        if !self.not_patterns.is_empty() {
-            parts.push(format!("{} exclusion(s)", self.not_patterns.len()));
-        }
-        parts.join("; ")
-    }
-}
-
 /// One pattern rule, compiled.
 #[derive(Debug)]
 struct Compiled {
@@ -351,5 +293,76 @@ impl Set {
                 found(c.rule, kept, count, reasons);
             }
         }
+    }
+}
+
+/// The kind keeps no per-conversation state.
+pub type State = super::NoState;
+
+impl super::Kind for Spec {
+    const NAME: &'static str = "pattern";
+    const STATEFUL: bool = false;
+    type State = State;
+
+    fn parse(f: &mut Fields<'_>) -> Option<Spec> {
+        let patterns = f.strings("patterns").unwrap_or_default();
+        let not_patterns = f.strings("not_patterns").unwrap_or_default();
+        let names = f.strings("detectors").unwrap_or_default();
+        let mut ok = true;
+        for p in &patterns {
+            ok &= compile(f, "patterns", p).is_some();
+        }
+        for p in &not_patterns {
+            ok &= compile(f, "not_patterns", p).is_some();
+        }
+        let mut detectors = Vec::new();
+        for n in &names {
+            match Detector::from_name(n) {
+                Some(d) if !detectors.contains(&d) => detectors.push(d),
+                Some(_) => {}
+                None => {
+                    let known: Vec<&str> = Detector::ALL.iter().map(|d| d.name()).collect();
+                    f.error_at_value(
+                        "detectors",
+                        n,
+                        format!("unknown detector {n:?} (one of {known:?})"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if patterns.is_empty() && detectors.is_empty() && ok {
+            f.error(
+                "",
+                "a pattern rule needs `patterns` or `detectors` (or both)".into(),
+            );
+            ok = false;
+        }
+        ok.then_some(Spec {
+            patterns,
+            not_patterns,
+            detectors,
+        })
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.detectors.is_empty() {
+            let d: Vec<&str> = self.detectors.iter().map(|d| d.name()).collect();
+            parts.push(format!("detectors {}", d.join(", ")));
+        }
+        if !self.patterns.is_empty() {
+            parts.push(format!("{} pattern(s)", self.patterns.len()));
+        }
+        if !self.not_patterns.is_empty() {
+            parts.push(format!("{} exclusion(s)", self.not_patterns.len()));
+        }
+        parts.join("; ")
+    }
+
+    /// Its regular expressions and detectors, searched by [`Set`], not by
+    /// the automaton.
+    fn phrase_count(&self) -> usize {
+        self.patterns.len() + self.detectors.len()
     }
 }

@@ -25,38 +25,49 @@ pub struct Spec {
     pub list: PhraseList,
 }
 
-pub(crate) fn parse(f: &mut Fields<'_>) -> Option<Spec> {
-    PhraseList::parse(f, Boundary::None, Position::Any).map(|list| Spec { list })
-}
+/// The kind keeps no per-conversation state.
+pub type State = super::NoState;
 
-impl Spec {
-    pub fn describe(&self) -> String {
+impl super::Kind for Spec {
+    const NAME: &'static str = "phrase";
+    const STATEFUL: bool = false;
+    type State = State;
+
+    fn parse(f: &mut Fields<'_>) -> Option<Spec> {
+        PhraseList::parse(f, Boundary::None, Position::Any).map(|list| Spec { list })
+    }
+
+    fn describe(&self) -> String {
         format!(
             "{} phrase(s): {}",
             self.list.phrases.len(),
             self.list.sample(4)
         )
     }
-}
 
-pub(crate) fn on_segment(_spec: &Spec, r: RuleRef<'_>, seg: &Seg<'_>, sink: &mut Sink<'_>) {
-    let mut spans = Vec::new();
-    let mut count = 0u32;
-    for h in r.hits(seg, 0) {
-        count = count.saturating_add(1);
-        if spans.len() < MAX_SPANS {
-            spans.push(h.norm);
-        }
+    fn phrase_lists(&self) -> Vec<&PhraseList> {
+        vec![&self.list]
     }
-    if count > 0 {
-        sink.explain(r, || {
-            let shown: Vec<&str> = spans.iter().map(|&(s, e)| &seg.norm.text[s..e]).collect();
-            format!("hit {count} time(s): {}", shown.join("、"))
-        });
-        sink.found.push(Found::Spans {
-            rule: r.ix,
-            spans,
-            count,
-        });
+
+    fn on_hit(&self, r: RuleRef<'_>, seg: &Seg<'_>, sink: &mut Sink<'_>) {
+        let mut spans = Vec::new();
+        let mut count = 0u32;
+        for h in r.hits(seg, 0) {
+            count = count.saturating_add(1);
+            if spans.len() < MAX_SPANS {
+                spans.push(h.norm);
+            }
+        }
+        if count > 0 {
+            sink.explain(r, || {
+                let shown: Vec<&str> = spans.iter().map(|&(s, e)| &seg.norm.text[s..e]).collect();
+                format!("hit {count} time(s): {}", shown.join("、"))
+            });
+            sink.found.push(Found::Spans {
+                rule: r.ix,
+                spans,
+                count,
+            });
+        }
     }
 }

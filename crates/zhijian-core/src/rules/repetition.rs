@@ -33,28 +33,6 @@ pub struct Spec {
     pub min_chars: usize,
 }
 
-pub(crate) fn parse(f: &mut Fields<'_>) -> Option<Spec> {
-    let times = f.integer("times", 2..=100);
-    if times.is_none() && !f.has("times") {
-        f.error("times", "missing field `times` (2 or more)".into());
-    }
-    let min_chars = f.integer("min_chars", 1..=10_000).unwrap_or(6) as usize;
-    Some(Spec {
-        times: times? as u32,
-        min_chars,
-    })
-}
-
-impl Spec {
-    pub fn describe(&self) -> String {
-        format!(
-            "the same text ({}+ characters) at most {} time(s)",
-            self.min_chars,
-            self.times - 1
-        )
-    }
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     /// `(fingerprint, times seen)`, most recent last.
@@ -82,48 +60,70 @@ pub fn fingerprint(norm: &str) -> (u64, usize) {
     (h, n)
 }
 
-pub(crate) fn on_segment(
-    spec: &Spec,
-    r: RuleRef<'_>,
-    st: &mut State,
-    seg: &Seg<'_>,
-    sink: &mut Sink<'_>,
-) {
-    if !r.speakers.contains(&seg.speaker) {
-        return;
-    }
-    let (fp, chars) = *seg.fingerprint.get_or_init(|| fingerprint(&seg.norm.text));
-    if chars < spec.min_chars {
-        return;
-    }
-    let seen = match st.recent.iter().position(|(f, _)| *f == fp) {
-        Some(i) => {
-            let mut e = st.recent.remove(i);
-            e.1 = e.1.saturating_add(1);
-            st.recent.push(e);
-            e.1
+impl super::Kind for Spec {
+    const NAME: &'static str = "repetition";
+    const STATEFUL: bool = true;
+    type State = State;
+
+    fn parse(f: &mut Fields<'_>) -> Option<Spec> {
+        let times = f.integer("times", 2..=100);
+        if times.is_none() && !f.has("times") {
+            f.error("times", "missing field `times` (2 or more)".into());
         }
-        None => {
-            if st.recent.len() >= REMEMBERED {
-                st.recent.remove(0);
+        let min_chars = f.integer("min_chars", 1..=10_000).unwrap_or(6) as usize;
+        Some(Spec {
+            times: times? as u32,
+            min_chars,
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "the same text ({}+ characters) at most {} time(s)",
+            self.min_chars,
+            self.times - 1
+        )
+    }
+
+    fn on_segment(&self, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, sink: &mut Sink<'_>) {
+        if !r.speakers.contains(&seg.speaker) {
+            return;
+        }
+        let (fp, chars) = *seg.fingerprint.get_or_init(|| fingerprint(&seg.norm.text));
+        if chars < self.min_chars {
+            return;
+        }
+        let seen = match st.recent.iter().position(|(f, _)| *f == fp) {
+            Some(i) => {
+                let mut e = st.recent.remove(i);
+                e.1 = e.1.saturating_add(1);
+                st.recent.push(e);
+                e.1
             }
-            st.recent.push((fp, 1));
-            1
+            None => {
+                if st.recent.len() >= REMEMBERED {
+                    st.recent.remove(0);
+                }
+                st.recent.push((fp, 1));
+                1
+            }
+        };
+        if seen == self.times && !st.reported.contains(&fp) {
+            st.reported.push(fp);
+            let note = format!("the same text sent {seen} times");
+            sink.explain(r, || format!("VIOLATED: {note}"));
+            sink.found.push(Found::Verdict {
+                rule: r.ix,
+                seq: seg.seq,
+                ts_ms: seg.ts_ms,
+                key: format!("{fp:016x}"),
+                note,
+                text: None,
+            });
+        } else if seen > 1 {
+            sink.explain(r, || format!("seen {seen} time(s) (limit {})", self.times));
         }
-    };
-    if seen == spec.times && !st.reported.contains(&fp) {
-        st.reported.push(fp);
-        let note = format!("the same text sent {seen} times");
-        sink.explain(r, || format!("VIOLATED: {note}"));
-        sink.found.push(Found::Verdict {
-            rule: r.ix,
-            seq: seg.seq,
-            ts_ms: seg.ts_ms,
-            key: format!("{fp:016x}"),
-            note,
-            text: None,
-        });
-    } else if seen > 1 {
-        sink.explain(r, || format!("seen {seen} time(s) (limit {})", spec.times));
     }
 }
+
+impl super::KindState for State {}

@@ -39,45 +39,7 @@ pub struct Spec {
     pub seconds: u64,
 }
 
-pub(crate) fn parse(f: &mut Fields<'_>) -> Option<Spec> {
-    let measure = f.choice(
-        "measure",
-        &[
-            ("first_reply", Measure::FirstReply),
-            ("unanswered", Measure::Unanswered),
-            ("silence", Measure::Silence),
-        ],
-    );
-    if measure.is_none() && !f.has("measure") {
-        f.error(
-            "measure",
-            "missing field `measure` (\"first_reply\", \"unanswered\" or \"silence\")".into(),
-        );
-    }
-    let seconds = f.integer("seconds", 1..=86_400);
-    if seconds.is_none() && !f.has("seconds") {
-        f.error("seconds", "missing field `seconds`".into());
-    }
-    Some(Spec {
-        measure: measure?,
-        seconds: seconds? as u64,
-    })
-}
-
 impl Spec {
-    pub fn describe(&self) -> String {
-        let s = self.seconds;
-        match self.measure {
-            Measure::FirstReply => {
-                format!("the agent's first reply within {s} s of the customer's first message")
-            }
-            Measure::Unanswered => {
-                format!("every customer message answered by the agent within {s} s")
-            }
-            Measure::Silence => format!("no silence longer than {s} s between segments"),
-        }
-    }
-
     fn limit_ms(&self) -> u64 {
         self.seconds.saturating_mul(1000)
     }
@@ -129,113 +91,6 @@ fn report(
     });
 }
 
-pub(crate) fn on_segment(
-    spec: &Spec,
-    r: RuleRef<'_>,
-    st: &mut State,
-    seg: &Seg<'_>,
-    sink: &mut Sink<'_>,
-) {
-    // System notices are nobody's turn and nobody's silence.
-    if !r.speakers.contains(&seg.speaker) {
-        return;
-    }
-    let limit = spec.limit_ms();
-    match spec.measure {
-        Measure::FirstReply => {
-            if st.done {
-                return;
-            }
-            match seg.speaker {
-                Speaker::Customer if st.waiting.is_none() => {
-                    st.waiting = Some((seg.seq, seg.ts_ms));
-                    st.shown = Some(Shown::of(seg.text, seg.excerpt_chars));
-                    sink.explain(r, || {
-                        "the customer's first message: the clock starts".into()
-                    });
-                }
-                Speaker::Agent => {
-                    if let Some((_, t)) = st.waiting {
-                        st.done = true;
-                        st.waiting = None;
-                        st.shown = None;
-                        let took = seg.ts_ms.saturating_sub(t);
-                        if took > limit {
-                            report(
-                                r,
-                                seg.seq,
-                                seg.ts_ms,
-                                "first_reply".into(),
-                                format!(
-                                    "first reply after {} s (limit {} s)",
-                                    took / 1000,
-                                    spec.seconds
-                                ),
-                                None,
-                                sink,
-                            );
-                        } else {
-                            sink.explain(r, || {
-                                format!("satisfied: first reply after {} s", took / 1000)
-                            });
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        Measure::Unanswered => match seg.speaker {
-            Speaker::Customer if st.waiting.is_none() => {
-                st.waiting = Some((seg.seq, seg.ts_ms));
-                st.shown = Some(Shown::of(seg.text, seg.excerpt_chars));
-            }
-            Speaker::Agent => {
-                if let Some((seq, t)) = st.waiting.take() {
-                    let shown = st.shown.take();
-                    let took = seg.ts_ms.saturating_sub(t);
-                    if took > limit {
-                        report(
-                            r,
-                            seq,
-                            seg.ts_ms,
-                            seq.to_string(),
-                            format!(
-                                "customer message at segment {seq} answered after {} s (limit {} s)",
-                                took / 1000,
-                                spec.seconds
-                            ),
-                            shown,
-                            sink,
-                        );
-                    }
-                }
-            }
-            _ => {}
-        },
-        Measure::Silence => {
-            if let Some(prev) = st.last_ts {
-                let gap = seg.ts_ms.saturating_sub(prev);
-                if gap > limit {
-                    report(
-                        r,
-                        seg.seq,
-                        seg.ts_ms,
-                        seg.seq.to_string(),
-                        format!(
-                            "{} s of silence before this segment (limit {} s)",
-                            gap / 1000,
-                            spec.seconds
-                        ),
-                        None,
-                        sink,
-                    );
-                }
-            }
-            st.last_ts = Some(st.last_ts.map_or(seg.ts_ms, |p| p.max(seg.ts_ms)));
-        }
-    }
-}
-
 fn expire(spec: &Spec, r: RuleRef<'_>, st: &mut State, ts_ms: u64, sink: &mut Sink<'_>) {
     let Some((seq, t)) = st.waiting.take() else {
         return;
@@ -263,36 +118,192 @@ fn expire(spec: &Spec, r: RuleRef<'_>, st: &mut State, ts_ms: u64, sink: &mut Si
     report(r, seq, ts_ms.max(t), key, note, shown, sink);
 }
 
-pub(crate) fn on_clock(
-    spec: &Spec,
-    r: RuleRef<'_>,
-    st: &mut State,
-    now_ts: u64,
-    sink: &mut Sink<'_>,
-) {
-    if let Some(d) = deadline(spec, st)
-        && now_ts > d
-    {
-        expire(spec, r, st, d, sink);
+impl super::Kind for Spec {
+    const NAME: &'static str = "timing";
+    const STATEFUL: bool = true;
+    type State = State;
+
+    fn parse(f: &mut Fields<'_>) -> Option<Spec> {
+        let measure = f.choice(
+            "measure",
+            &[
+                ("first_reply", Measure::FirstReply),
+                ("unanswered", Measure::Unanswered),
+                ("silence", Measure::Silence),
+            ],
+        );
+        if measure.is_none() && !f.has("measure") {
+            f.error(
+                "measure",
+                "missing field `measure` (\"first_reply\", \"unanswered\" or \"silence\")".into(),
+            );
+        }
+        let seconds = f.integer("seconds", 1..=86_400);
+        if seconds.is_none() && !f.has("seconds") {
+            f.error("seconds", "missing field `seconds`".into());
+        }
+        Some(Spec {
+            measure: measure?,
+            seconds: seconds? as u64,
+        })
+    }
+
+    fn describe(&self) -> String {
+        let s = self.seconds;
+        match self.measure {
+            Measure::FirstReply => {
+                format!("the agent's first reply within {s} s of the customer's first message")
+            }
+            Measure::Unanswered => {
+                format!("every customer message answered by the agent within {s} s")
+            }
+            Measure::Silence => format!("no silence longer than {s} s between segments"),
+        }
+    }
+
+    fn takes_speakers(&self) -> bool {
+        false
+    }
+
+    fn default_speakers(&self) -> Vec<Speaker> {
+        vec![Speaker::Agent, Speaker::Customer]
+    }
+
+    /// Reply times and silences are the agent's to keep.
+    fn judges_agent(&self, _speakers: &[Speaker]) -> bool {
+        true
+    }
+
+    fn has_deadline(&self) -> bool {
+        self.measure != Measure::Silence
+    }
+
+    fn on_segment(&self, r: RuleRef<'_>, st: &mut State, seg: &Seg<'_>, sink: &mut Sink<'_>) {
+        // System notices are nobody's turn and nobody's silence.
+        if !r.speakers.contains(&seg.speaker) {
+            return;
+        }
+        let limit = self.limit_ms();
+        match self.measure {
+            Measure::FirstReply => {
+                if st.done {
+                    return;
+                }
+                match seg.speaker {
+                    Speaker::Customer if st.waiting.is_none() => {
+                        st.waiting = Some((seg.seq, seg.ts_ms));
+                        st.shown = Some(Shown::of(seg.text, seg.excerpt_chars));
+                        sink.explain(r, || {
+                            "the customer's first message: the clock starts".into()
+                        });
+                    }
+                    Speaker::Agent => {
+                        if let Some((_, t)) = st.waiting {
+                            st.done = true;
+                            st.waiting = None;
+                            st.shown = None;
+                            let took = seg.ts_ms.saturating_sub(t);
+                            if took > limit {
+                                report(
+                                    r,
+                                    seg.seq,
+                                    seg.ts_ms,
+                                    "first_reply".into(),
+                                    format!(
+                                        "first reply after {} s (limit {} s)",
+                                        took / 1000,
+                                        self.seconds
+                                    ),
+                                    None,
+                                    sink,
+                                );
+                            } else {
+                                sink.explain(r, || {
+                                    format!("satisfied: first reply after {} s", took / 1000)
+                                });
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Measure::Unanswered => match seg.speaker {
+                Speaker::Customer if st.waiting.is_none() => {
+                    st.waiting = Some((seg.seq, seg.ts_ms));
+                    st.shown = Some(Shown::of(seg.text, seg.excerpt_chars));
+                }
+                Speaker::Agent => {
+                    if let Some((seq, t)) = st.waiting.take() {
+                        let shown = st.shown.take();
+                        let took = seg.ts_ms.saturating_sub(t);
+                        if took > limit {
+                            report(
+                                r,
+                                seq,
+                                seg.ts_ms,
+                                seq.to_string(),
+                                format!(
+                                    "customer message at segment {seq} answered after {} s (limit {} s)",
+                                    took / 1000,
+                                    self.seconds
+                                ),
+                                shown,
+                                sink,
+                            );
+                        }
+                    }
+                }
+                _ => {}
+            },
+            Measure::Silence => {
+                if let Some(prev) = st.last_ts {
+                    let gap = seg.ts_ms.saturating_sub(prev);
+                    if gap > limit {
+                        report(
+                            r,
+                            seg.seq,
+                            seg.ts_ms,
+                            seg.seq.to_string(),
+                            format!(
+                                "{} s of silence before this segment (limit {} s)",
+                                gap / 1000,
+                                self.seconds
+                            ),
+                            None,
+                            sink,
+                        );
+                    }
+                }
+                st.last_ts = Some(st.last_ts.map_or(seg.ts_ms, |p| p.max(seg.ts_ms)));
+            }
+        }
+    }
+
+    fn on_clock(&self, r: RuleRef<'_>, st: &mut State, now_ts: u64, sink: &mut Sink<'_>) {
+        if let Some(d) = deadline(self, st)
+            && now_ts > d
+        {
+            expire(self, r, st, d, sink);
+        }
+    }
+
+    fn deadline(&self, st: &State) -> Option<u64> {
+        deadline(self, st)
+    }
+
+    fn on_close(&self, r: RuleRef<'_>, st: &mut State, close: &Close, sink: &mut Sink<'_>) {
+        match deadline(self, st) {
+            Some(d) if close.ts_ms > d => expire(self, r, st, d, sink),
+            Some(_) => {
+                sink.explain(r, || {
+                    "not judged: the conversation ended before the limit".into()
+                });
+                st.waiting = None;
+                st.shown = None;
+            }
+            None => {}
+        }
     }
 }
 
-pub(crate) fn on_close(
-    spec: &Spec,
-    r: RuleRef<'_>,
-    st: &mut State,
-    close: &Close,
-    sink: &mut Sink<'_>,
-) {
-    match deadline(spec, st) {
-        Some(d) if close.ts_ms > d => expire(spec, r, st, d, sink),
-        Some(_) => {
-            sink.explain(r, || {
-                "not judged: the conversation ended before the limit".into()
-            });
-            st.waiting = None;
-            st.shown = None;
-        }
-        None => {}
-    }
-}
+impl super::KindState for State {}
