@@ -1,7 +1,8 @@
 //! Checkpoints against a real nats-server: a missing or leftover chunk, a
 //! recreated stream, an output that refuses events, SIGTERM with 20k open
 //! conversations or with NATS gone, and a checkpoint that writes only what
-//! changed. Each test is named after the defect it pins.
+//! changed, and a checkpoint refused at shutdown. Each test is named
+//! after the defect it pins.
 
 use crate::daemon::{
     ChildDaemon, Daemon, assert_no_duplicate_ids, assert_same, config, js, lexicons, metric,
@@ -410,4 +411,83 @@ async fn with_partitions_a_checkpoint_writes_what_changed() {
     assert!(metric(metrics_port, "zhijian_checkpoints_total{outcome=\"ok\"}").await >= 1.0);
     daemon.signal("-TERM");
     assert!(daemon.wait().await.success());
+}
+
+/// Narrows the cluster bucket's subjects so that checkpoint writes (keys
+/// `ckpt.*` and `chunk.*`) find no stream while leases and members still
+/// do (`block`), or gives them back: a state bucket that refuses
+/// checkpoints for a while, as one electing a leader after a server
+/// restart does.
+async fn checkpoints_refused(js: &async_nats::jetstream::Context, block: bool) {
+    let mut stream = js
+        .get_stream("KV_zhijian_cluster")
+        .await
+        .expect("bucket stream");
+    let mut config = stream.info().await.expect("info").config.clone();
+    config.subjects = if block {
+        ["lease", "member", "lexicon"]
+            .iter()
+            .map(|k| format!("$KV.zhijian_cluster.{k}.>"))
+            .collect()
+    } else {
+        vec!["$KV.zhijian_cluster.>".into()]
+    };
+    js.update_stream(config).await.expect("update the bucket");
+}
+
+/// A checkpoint refused at shutdown (the state bucket unavailable for a
+/// moment) is tried again until the grace period ends: once the bucket
+/// takes writes again the instance saves everything and exits 0. It used
+/// to try once more and exit 1, leaving the next holder a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_refused_at_shutdown_is_tried_again_until_the_deadline() {
+    let nats = NatsServer::start();
+    let dir = crate::nats_support::tempdir("refused-at-shutdown");
+    let port = crate::nats_support::free_port();
+    let cfg = crate::faults::config_file(
+        &nats,
+        &dir,
+        &lexicons(),
+        port,
+        &format!("{}instance = \"one\"\n", fast_partitions(1)),
+        10,
+    );
+    // Info, for the line that says the signal came.
+    let toml = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(&cfg, toml.replace("level = \"warn\"", "level = \"info\"")).expect("config");
+    let log = dir.join("stderr.log");
+    let mut daemon = crate::faults::Logged::start(&cfg, port, log.clone()).await;
+    let open = |k: usize| {
+        format!(
+            r#"{{"conversation_id":"r{k}","tenant":"acme","seq":0,"speaker":"agent","text":"您好"}}"#
+        )
+    };
+    publish(&nats, &[open(0)]).await;
+    wait_for("a checkpoint", async || {
+        metric(port, "zhijian_checkpoints_total{outcome=\"ok\"}").await >= 1.0
+    })
+    .await;
+    let js = js(&nats).await;
+    checkpoints_refused(&js, true).await;
+    publish(&nats, &[open(1), open(2)]).await;
+    wait_for("a refused checkpoint", async || {
+        metric(port, "zhijian_checkpoints_total{outcome=\"failed\"}").await >= 1.0
+    })
+    .await;
+    let refused = |text: &str| text.matches("checkpoint not written").count();
+    daemon.signal("-TERM");
+    // The final checkpoint refused at least once, after the signal.
+    wait_for("a checkpoint refused after SIGTERM", async || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.split_once("SIGTERM received")
+            .is_some_and(|(_, after)| refused(after) >= 1)
+    })
+    .await;
+    checkpoints_refused(&js, false).await;
+    let (status, _, text) = daemon.exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{text}");
+    assert!(!text.contains("not saved at shutdown"), "{text}");
+    // The checkpoint covers every input: a restart replays nothing.
+    let kv = js.get_key_value("zhijian_cluster").await.expect("bucket");
+    assert_eq!(crate::faults::checkpoint_seq(&kv, 0).await, 3);
 }

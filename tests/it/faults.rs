@@ -66,13 +66,13 @@ fn burst(n: usize) -> Vec<String> {
 
 /// A child `zhijian run` whose stderr goes to a file, for tests that read
 /// its log.
-struct Logged {
+pub(crate) struct Logged {
     child: std::process::Child,
     log: std::path::PathBuf,
 }
 
 impl Logged {
-    async fn start(cfg: &Path, metrics_port: u16, log: std::path::PathBuf) -> Logged {
+    pub(crate) async fn start(cfg: &Path, metrics_port: u16, log: std::path::PathBuf) -> Logged {
         let child = Command::new(zj_bin())
             .args(["run", "--config"])
             .arg(cfg)
@@ -85,7 +85,7 @@ impl Logged {
         logged
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -95,7 +95,10 @@ impl Logged {
 
     /// Waits for the exit, at most `within` (a hang detector, not a timing:
     /// the exit is expected long before).
-    async fn exit(&mut self, within: Duration) -> (std::process::ExitStatus, Duration, String) {
+    pub(crate) async fn exit(
+        &mut self,
+        within: Duration,
+    ) -> (std::process::ExitStatus, Duration, String) {
         let started = Instant::now();
         let status = loop {
             if let Some(s) = self.child.try_wait().expect("try_wait") {
