@@ -65,6 +65,6 @@ pub mod subject;
 mod suggest;
 
 pub use zhijian_core::{
-    book, chardfa, detect, engine, event, fields, filter, lexicon, matcher, normalize, rules, scan,
-    suite, wording,
+    book, chardfa, detect, engine, event, fields, filter, lexicon, matcher, normalize, privacy,
+    rules, scan, suite, wording,
 };

@@ -52,6 +52,9 @@ pub(crate) struct Metrics {
     pub open_conversations: IntGauge,
     pub conversations_closed: IntCounterVec,
     pub lexicon_info: IntGaugeVec,
+    /// `zhijian_privacy_raw_tenants{tenant}`: 1 for each tenant whose
+    /// events carry personal numbers in clear (`*`: every tenant).
+    pub privacy_raw_tenants: IntGaugeVec,
     /// `zhijian_category_info{category,name}`: see [`Metrics::set_categories`].
     pub category_info: IntGaugeVec,
     pub lexicon_reloads: IntCounterVec,
@@ -377,6 +380,16 @@ impl Metrics {
         for reason in CloseReason::ALL {
             conversations_closed.with_label_values(&[reason.as_str()]);
         }
+        let privacy_raw_tenants = IntGaugeVec::new(
+            Opts::new(
+                "zhijian_privacy_raw_tenants",
+                "Tenants whose events carry personal numbers (mobile, identity card, bank card) in clear, by opt-in (value 1; tenant \"*\": every tenant). Absent: every event is masked.",
+            ),
+            &["tenant"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(privacy_raw_tenants.clone()))
+            .expect("unique metric name");
         let lexicon_info = IntGaugeVec::new(
             Opts::new(
                 "zhijian_lexicon_info",
@@ -452,6 +465,7 @@ impl Metrics {
             ),
             conversations_closed,
             lexicon_info,
+            privacy_raw_tenants,
             category_info,
             lexicon_reloads,
             nats_connected: gauge(

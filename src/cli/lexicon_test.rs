@@ -32,7 +32,10 @@ pub(super) fn cmd_test(
     let scanners = Arc::new(Scanners::load(lexicons)?);
     let tenant = opts.tenant.as_deref().unwrap_or("default");
     let scanner = Arc::clone(scanners.for_tenant(tenant));
-    let mut engine = Engine::with_scanners(Arc::clone(&scanners), EngineConfig::default());
+    // The text is the lead's own, typed here: shown as typed.
+    let mut config = EngineConfig::default();
+    config.privacy.raw_events = true;
+    let mut engine = Engine::with_scanners(Arc::clone(&scanners), config);
     let mut scratch = Scratch::default();
     let mut out = io::stdout().lock();
     writeln!(out, "lexicon:    {}", scanner.version())?;

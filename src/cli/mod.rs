@@ -74,6 +74,10 @@ enum Command {
         /// goes on. The default (1 MiB) is far above any valid event.
         #[arg(long, default_value_t = crate::scan::DEFAULT_MAX_LINE_BYTES, value_name = "BYTES")]
         max_line_bytes: usize,
+        /// Events carry personal numbers (mobile, identity card, bank card)
+        /// as said; by default every digit of one but the last four is `*`.
+        #[arg(long)]
+        raw_events: bool,
     },
     /// What a lexicon change does: judge the same JSONL conversations with
     /// the old and the new lexicon and report, per rule and category, the
@@ -353,7 +357,8 @@ pub fn main() -> ExitCode {
             lexicons,
             file,
             max_line_bytes,
-        } => cmd_scan(&lexicons, &file, max_line_bytes),
+            raw_events,
+        } => cmd_scan(&lexicons, &file, max_line_bytes, raw_events),
         Command::Diff {
             old,
             new,

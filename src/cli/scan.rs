@@ -2,9 +2,16 @@
 
 use super::*;
 
-pub(super) fn cmd_scan(lexicons: &Path, file: &str, max_line_bytes: usize) -> Result<(), Failure> {
+pub(super) fn cmd_scan(
+    lexicons: &Path,
+    file: &str,
+    max_line_bytes: usize,
+    raw_events: bool,
+) -> Result<(), Failure> {
     let scanners = Arc::new(Scanners::load(lexicons)?);
-    let mut engine = Engine::with_scanners(scanners, EngineConfig::default());
+    let mut config = EngineConfig::default();
+    config.privacy.raw_events = raw_events;
+    let mut engine = Engine::with_scanners(scanners, config);
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let stderr = io::stderr();

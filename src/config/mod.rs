@@ -40,6 +40,7 @@ pub struct RawConfig {
     pub shadow: ShadowSection,
     pub cluster: ClusterSection,
     pub log: LogSection,
+    pub privacy: PrivacySection,
 }
 
 /// Validated configuration.
@@ -71,6 +72,8 @@ pub struct Config {
     pub deprecated: Vec<&'static str>,
     pub log_json: bool,
     pub log_level: String,
+    /// Whose events carry personal numbers in clear (`[privacy]`).
+    pub privacy: crate::privacy::Privacy,
 }
 
 /// Flags that override the file and the environment.
@@ -327,6 +330,10 @@ impl RawConfig {
             console,
             log_json,
             log_level: self.log.level,
+            privacy: crate::privacy::Privacy {
+                raw_events: self.privacy.raw_events,
+                raw_tenants: self.privacy.raw_tenants.into_iter().collect(),
+            },
             nats,
             streams: self.streams,
         })

@@ -261,3 +261,16 @@ impl Default for LogSection {
         }
     }
 }
+
+/// `[privacy]`: personal numbers (mobile, identity card, bank card) found
+/// in a segment are masked in every event (all but the last four digits
+/// become `*`). The raw text is an explicit opt-in, for every tenant or for
+/// some.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacySection {
+    /// Every tenant's events carry the text as said.
+    pub raw_events: bool,
+    /// Tenants whose events carry the text as said.
+    pub raw_tenants: Vec<String>,
+}

@@ -164,6 +164,24 @@ pub(crate) async fn remove_keys(
         .map(|_| ())
 }
 
+/// Says at start, in the log and in `/metrics`, whose events carry
+/// personal numbers in clear (an opt-in; by default no one's).
+fn report_privacy(privacy: &crate::privacy::Privacy, metrics: &Metrics) {
+    if privacy.raw_events {
+        tracing::warn!(
+            "[privacy] raw_events: every tenant's events carry personal numbers in clear"
+        );
+        metrics.privacy_raw_tenants.with_label_values(&["*"]).set(1);
+    }
+    for tenant in &privacy.raw_tenants {
+        tracing::warn!(%tenant, "[privacy] raw_tenants: this tenant's events carry personal numbers in clear");
+        metrics
+            .privacy_raw_tenants
+            .with_label_values(&[tenant])
+            .set(1);
+    }
+}
+
 /// The engine settings of the configuration, for an engine holding at most
 /// `max_open` open conversations (a partition's share).
 pub(crate) fn engine_config(config: &Config, max_open: usize) -> EngineConfig {
@@ -172,6 +190,7 @@ pub(crate) fn engine_config(config: &Config, max_open: usize) -> EngineConfig {
         excerpt_chars: config.excerpt_chars,
         max_open: max_open.max(1),
         max_segments: config.max_segments_per_conversation,
+        privacy: config.privacy.clone(),
     }
 }
 
@@ -182,6 +201,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::with_max_tenants(config.max_tenants));
+    report_privacy(&config.privacy, &metrics);
     for key in &config.deprecated {
         tracing::warn!(
             key,

@@ -433,3 +433,24 @@ async fn dashboard_and_rules_name_only_metrics_the_daemon_exports() {
     }
     assert!(rule_files > 0, "no rule files in {}", rules_dir.display());
 }
+
+/// Raw events are an opt-in the daemon shows: `zhijian_privacy_raw_tenants`
+/// has a series for each tenant whose events carry personal numbers in
+/// clear, and none for anyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_opted_in_to_raw_events_are_shown_in_metrics() {
+    let nats = NatsServer::start();
+    let extra = "[privacy]\nraw_tenants = [\"lab\"]\n";
+    let daemon = Daemon::start(config(&nats, &lexicons(), extra)).await;
+    let text = daemon.metrics();
+    daemon.stop().await;
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("zhijian_privacy_raw_tenants{"))
+        .collect();
+    assert_eq!(
+        series,
+        ["zhijian_privacy_raw_tenants{tenant=\"lab\"} 1"],
+        "{text}"
+    );
+}

@@ -47,6 +47,7 @@ pub mod filter;
 pub mod lexicon;
 pub mod matcher;
 pub mod normalize;
+pub mod privacy;
 pub mod rules;
 pub mod scan;
 pub mod suite;

@@ -164,7 +164,10 @@ fn judge(case: &Case, scanners: &Arc<Scanners>) -> Result<Vec<Got>, String> {
         return Err(format!("tenant {tenant:?} has no overlay under tenants/"));
     }
     let step = case.gap.unwrap_or(5).saturating_mul(1000);
-    let mut engine = Engine::with_scanners(Arc::clone(scanners), EngineConfig::default());
+    // The cases are the lead's own text: matches compare as said.
+    let mut config = EngineConfig::default();
+    config.privacy.raw_events = true;
+    let mut engine = Engine::with_scanners(Arc::clone(scanners), config);
     let mut events = Vec::new();
     let input = |seq: usize, kind: InputKind<'static>| Input {
         conversation_id: "case".into(),

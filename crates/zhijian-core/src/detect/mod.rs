@@ -128,6 +128,16 @@ fn digit(c: char) -> Option<u8> {
     Some(d)
 }
 
+/// Whether `c` (folded) is a digit character of a number.
+pub(crate) fn is_digit_char(c: char) -> bool {
+    digit(c).is_some()
+}
+
+/// Every number any detector finds in the normalised `text`, in order.
+pub(crate) fn find_all(text: &str, out: &mut Vec<Found>) {
+    find(text, ALL_BITS, out);
+}
+
 /// Cheap pre-check: false when `text` cannot hold any number (fewer than 11
 /// digit characters in total) — the hot path calls this on every agent
 /// segment.

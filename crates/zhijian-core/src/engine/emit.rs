@@ -11,6 +11,8 @@ pub(super) struct Ctx<'a, 'i> {
     pub(super) segment: &'a Segment<'i>,
     pub(super) channel: Option<Channel>,
     pub(super) excerpt_chars: usize,
+    /// Personal numbers are masked in the events ([`crate::privacy`]).
+    pub(super) mask: bool,
     pub(super) now_ms: u64,
 }
 
@@ -28,8 +30,17 @@ pub(super) fn judge(
     out: &mut Vec<Event>,
     explain: Option<&mut Explain>,
 ) {
-    let text = cx.segment.text.as_ref();
-    scanner.scan_on(text, cx.segment.speaker, cx.channel, scratch);
+    let said = cx.segment.text.as_ref();
+    scanner.scan_on(said, cx.segment.speaker, cx.channel, scratch);
+    // What events and state keep of the segment: the text with personal
+    // numbers masked (same characters, so the same offsets), unless the
+    // tenant opted in to the raw text.
+    let masked = if cx.mask {
+        crate::privacy::mask(said, &scratch.norm, &mut Vec::new())
+    } else {
+        std::borrow::Cow::Borrowed(said)
+    };
+    let text = masked.as_ref();
     let ts_ms = cx.input.ts_ms.unwrap_or(cx.now_ms);
     let seg = rules::Seg {
         seq: cx.segment.seq,
@@ -60,15 +71,7 @@ pub(super) fn judge(
         c.deadline = scanner.book().next_deadline(lexicon, &c.states);
     }
     if !found.is_empty() {
-        emit_spans(
-            scanner,
-            cx,
-            &scratch.norm,
-            found,
-            conv.as_deref_mut(),
-            ts_ms,
-            out,
-        );
+        emit_spans(scanner, cx, &seg, found, conv.as_deref_mut(), out);
         if let Some(c) = conv.as_deref_mut() {
             let current = Some((cx.segment.seq, text));
             emit_verdicts(
@@ -138,15 +141,17 @@ pub(super) struct SpanReport {
 /// the most severe rule (then the larger deduction, then file order) keeps
 /// the span and names the others in `also`. Span reports are removed from
 /// `found`; verdicts stay.
+/// `seg.text` is the text events show (masked, see [`crate::privacy`]);
+/// offsets are counted in the segment as said (the same characters).
 pub(super) fn emit_spans(
     scanner: &Scanner,
     cx: &Ctx<'_, '_>,
-    norm: &crate::normalize::Normalized,
+    seg: &rules::Seg<'_>,
     found: &mut Vec<Found>,
     mut conv: Option<&mut Conversation>,
-    ts_ms: u64,
     out: &mut Vec<Event>,
 ) {
+    let (shown_text, norm, ts_ms) = (seg.text, seg.norm, seg.ts_ms);
     let mut spans: Vec<SpanReport> = Vec::new();
     // Move the span reports out, keep the verdicts in order (no clones).
     let mut i = 0;
@@ -237,7 +242,7 @@ pub(super) fn emit_spans(
         }
         let char_spans: Vec<(usize, usize, usize, usize)> =
             list.iter().map(|&sp| char_span(text, norm, sp)).collect();
-        let (start, end, os, oe) = char_spans[0];
+        let (start, end, _, _) = char_spans[0];
         let (s, e) = (start.to_string(), end.to_string());
         let id = event_id(&[
             cx.tenant.as_bytes(),
@@ -247,7 +252,14 @@ pub(super) fn emit_spans(
             s.as_bytes(),
             e.as_bytes(),
         ]);
-        let (shown, text_start) = excerpt(text, start, cx.excerpt_chars);
+        let (shown, text_start) = excerpt(shown_text, start, cx.excerpt_chars);
+        // The match as shown (masked like the text): the same characters.
+        let matched: String = shown_text
+            .chars()
+            .skip(start)
+            .take(end - start)
+            .take(cx.excerpt_chars)
+            .collect();
         out.push(Event::Violation(Violation {
             id,
             conversation_id: cx.id.to_string(),
@@ -263,7 +275,7 @@ pub(super) fn emit_spans(
             deduct: r.deduct * f64::from(count),
             // A hit can span any number of dropped characters
             // (zero-width, marks): `matched` is capped like `text`.
-            matched: Some(excerpt(&text[os..oe], 0, cx.excerpt_chars).0.to_string()),
+            matched: Some(matched),
             start: Some(start),
             end: Some(end),
             count,

@@ -120,7 +120,7 @@ impl Outcome {
 }
 
 /// Engine settings that are not part of the lexicon.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// How long a closed conversation is remembered, so that late or
     /// redelivered events for it are ignored instead of reopening it.
@@ -135,6 +135,9 @@ pub struct EngineConfig {
     /// Final segments per conversation at most; the conversation is closed
     /// (reason `limit`) when it reaches this, bounding its seq bookkeeping.
     pub max_segments: u32,
+    /// Whose events carry personal numbers in clear: by default no one's
+    /// ([`crate::privacy`]).
+    pub privacy: crate::privacy::Privacy,
 }
 
 impl Default for EngineConfig {
@@ -144,6 +147,7 @@ impl Default for EngineConfig {
             excerpt_chars: 256,
             max_open: 1_000_000,
             max_segments: 20_000,
+            privacy: crate::privacy::Privacy::default(),
         }
     }
 }
@@ -354,6 +358,7 @@ impl Engine {
                             segment,
                             channel,
                             excerpt_chars: self.config.excerpt_chars,
+                            mask: self.config.privacy.masks(key.tenant),
                             now_ms,
                         };
                         // No state: only what a segment shows by itself
@@ -422,6 +427,7 @@ impl Engine {
                 segment,
                 channel: input.channel.or(conv.channel),
                 excerpt_chars: self.config.excerpt_chars,
+                mask: self.config.privacy.masks(key.tenant),
                 now_ms,
             };
             judge(
