@@ -74,6 +74,8 @@ pub struct Config {
     pub log_level: String,
     /// Whose events carry personal numbers in clear (`[privacy]`).
     pub privacy: crate::privacy::Privacy,
+    /// Dead letters keep raw payloads (`[privacy] deadletter_raw`).
+    pub deadletter_raw: bool,
 }
 
 /// Flags that override the file and the environment.
@@ -261,6 +263,21 @@ impl RawConfig {
                 });
             }
         }
+        // JetStream takes no retention shorter than the de-duplication
+        // window.
+        for (key, hours) in [
+            ("input_max_age_h", st.input_max_age_h),
+            ("output_max_age_h", st.output_max_age_h),
+            ("deadletter_max_age_h", st.deadletter_max_age_h),
+        ] {
+            if hours != 0 && hours.saturating_mul(3600) < st.duplicate_window_s {
+                return Err(InvalidConfig::Bound {
+                    section: "streams",
+                    key,
+                    bound: "0 (kept) or at least duplicate_window_s in hours",
+                });
+            }
+        }
         let console = self.console.validate()?;
         let shadow = if self.shadow.lexicons.trim().is_empty() {
             None
@@ -330,6 +347,7 @@ impl RawConfig {
             console,
             log_json,
             log_level: self.log.level,
+            deadletter_raw: self.privacy.deadletter_raw,
             privacy: crate::privacy::Privacy {
                 raw_events: self.privacy.raw_events,
                 raw_tenants: self.privacy.raw_tenants.into_iter().collect(),

@@ -19,7 +19,8 @@ pub struct StreamsConfig {
     pub violations_prefix: String,
     /// Summaries go to `<summaries_prefix>.<tenant>`.
     pub summaries_prefix: String,
-    /// Bad input is republished here untouched, the reason in a header.
+    /// Bad input is republished here (masked, see `[privacy]`), the reason
+    /// in a header.
     pub deadletter_subject: String,
     /// Stream that keeps dead letters for a person to inspect.
     pub deadletter_stream: String,
@@ -32,6 +33,15 @@ pub struct StreamsConfig {
     /// The unroutable stream's consumer redelivers a message not
     /// acknowledged within this time.
     pub ack_wait_s: u64,
+    /// Retention of the streams this daemon creates, in hours (0: kept
+    /// until deleted by hand). Transcripts are raw personal data: kept
+    /// long enough to replay after an outage, then gone. Set when a stream
+    /// is created; an existing stream keeps its own.
+    pub input_max_age_h: u64,
+    /// Violations and summaries (masked, see `[privacy]`).
+    pub output_max_age_h: u64,
+    /// Dead letters, and inputs no partition can take.
+    pub deadletter_max_age_h: u64,
 }
 
 impl Default for StreamsConfig {
@@ -50,6 +60,9 @@ impl Default for StreamsConfig {
             duplicate_window_s: 600,
             max_ack_pending: None,
             ack_wait_s: 30,
+            input_max_age_h: 7 * 24,
+            output_max_age_h: 30 * 24,
+            deadletter_max_age_h: 14 * 24,
         }
     }
 }
@@ -273,4 +286,8 @@ pub struct PrivacySection {
     pub raw_events: bool,
     /// Tenants whose events carry the text as said.
     pub raw_tenants: Vec<String>,
+    /// Dead letters keep the payload as it came; by default their text is
+    /// masked, and a payload that is not UTF-8 is replaced by its length
+    /// and digest.
+    pub deadletter_raw: bool,
 }

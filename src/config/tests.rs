@@ -10,6 +10,17 @@ fn defaults_validate() {
     assert_eq!(c.metrics_addr.to_string(), "127.0.0.1:9464");
     assert_eq!(c.idle_timeout, Duration::from_secs(300));
     assert!(c.streams.create);
+    // Personal data is kept for a documented while, masked by default.
+    let st = &c.streams;
+    assert_eq!(
+        (
+            st.input_max_age_h,
+            st.output_max_age_h,
+            st.deadletter_max_age_h
+        ),
+        (168, 720, 336)
+    );
+    assert!(c.privacy.masks("acme") && !c.deadletter_raw);
 }
 
 #[test]
@@ -151,6 +162,15 @@ fn invalid_configs_are_typed_with_the_same_words() {
                 bound: "1..=1000000 events",
             },
             "[console] history must be 1..=1000000 events",
+        ),
+        (
+            "[streams]\nduplicate_window_s = 7200\ninput_max_age_h = 1\n",
+            InvalidConfig::Bound {
+                section: "streams",
+                key: "input_max_age_h",
+                bound: "0 (kept) or at least duplicate_window_s in hours",
+            },
+            "[streams] input_max_age_h must be 0 (kept) or at least duplicate_window_s in hours",
         ),
         (
             "[log]\nformat = \"xml\"\n",

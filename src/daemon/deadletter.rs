@@ -66,7 +66,11 @@ impl<'a> DeadLetter<'a> {
             .collect();
         headers.insert("Zhijian-Original-Subject", original.as_str());
         headers.insert("Zhijian-Original-Sequence", self.seq.to_string().as_str());
-        let mut payload = self.payload;
+        let mut payload = if shared.config.deadletter_raw {
+            self.payload
+        } else {
+            minimised(self.payload, &mut headers)
+        };
         // The input was at most the server's limit, but its dead letter
         // adds headers: cut the payload so the letter fits (with room for
         // the protocol line), and say so.
@@ -89,6 +93,31 @@ impl<'a> DeadLetter<'a> {
             input_seq,
             arrived_ms: None,
             what: What::DeadLetter(self.code),
+        }
+    }
+}
+
+/// A dead letter's payload without personal numbers: text with what the
+/// detectors find masked (`Zhijian-Masked: true` when something was);
+/// bytes that are not UTF-8 (nothing to mask them by) replaced by nothing,
+/// with their length and FNV-1a 128 digest in headers to find the input by
+/// (`[privacy] deadletter_raw = true` keeps every payload as it came).
+fn minimised(payload: bytes::Bytes, headers: &mut HeaderMap) -> bytes::Bytes {
+    match std::str::from_utf8(&payload) {
+        Ok(text) => match crate::privacy::mask_text(text) {
+            std::borrow::Cow::Borrowed(_) => payload,
+            std::borrow::Cow::Owned(masked) => {
+                headers.insert("Zhijian-Masked", "true");
+                bytes::Bytes::from(masked)
+            }
+        },
+        Err(_) => {
+            headers.insert("Zhijian-Payload-Bytes", payload.len().to_string().as_str());
+            headers.insert(
+                "Zhijian-Payload-Fnv128",
+                crate::event::event_id(&[&payload]).as_str(),
+            );
+            bytes::Bytes::new()
         }
     }
 }

@@ -97,6 +97,7 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
         &s.input_stream,
         vec![subject::input_unpartitioned(s)],
         &shape,
+        s.input_max_age_h,
         Some(super::membership::transform(s, create_partitions)),
     )
     .await?;
@@ -133,13 +134,23 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
         .ack_timeout(Duration::from_secs(5))
         .build(client.clone());
     let outputs = subject::outputs(s);
-    ensure_stream(&js, create, &s.output_stream, outputs, &shape, None).await?;
+    ensure_stream(
+        &js,
+        create,
+        &s.output_stream,
+        outputs,
+        &shape,
+        s.output_max_age_h,
+        None,
+    )
+    .await?;
     ensure_stream(
         &js,
         create,
         &s.deadletter_stream,
         vec![subject::deadletter(s).to_string()],
         &shape,
+        s.deadletter_max_age_h,
         None,
     )
     .await?;
@@ -150,6 +161,7 @@ pub async fn setup(client: &async_nats::Client, config: &Config) -> Result<Setup
             &shadow.stream,
             vec![subject::all(&shadow.prefix)],
             &shape,
+            s.output_max_age_h,
             None,
         )
         .await?;
@@ -216,7 +228,7 @@ async fn unroutable(
         storage: stream::StorageType::File,
         duplicate_window: shape.duplicate_window,
         num_replicas: shape.replicas,
-        max_age: Duration::from_secs(7 * 24 * 3600),
+        max_age: hours(s.deadletter_max_age_h),
         ..Default::default()
     };
     let stream = create_stream(js, config).await?;
@@ -308,6 +320,11 @@ async fn create_stream(
     })
 }
 
+/// A retention in hours (0: none, which JetStream writes as zero).
+fn hours(h: u64) -> Duration {
+    Duration::from_secs(h.saturating_mul(3600))
+}
+
 /// How this daemon creates streams.
 struct Shape {
     duplicate_window: Duration,
@@ -322,6 +339,7 @@ async fn ensure_stream(
     name: &str,
     subjects: Vec<String>,
     shape: &Shape,
+    max_age_h: u64,
     subject_transform: Option<stream::SubjectTransform>,
 ) -> Result<stream::Stream, SetupError> {
     if create {
@@ -331,6 +349,7 @@ async fn ensure_stream(
             storage: stream::StorageType::File,
             duplicate_window: shape.duplicate_window,
             num_replicas: shape.replicas,
+            max_age: hours(max_age_h),
             subject_transform,
             ..Default::default()
         };

@@ -103,7 +103,7 @@ async fn garbage_goes_to_the_dead_letter_subject_and_the_next_message_is_process
         .expect("ack");
     js.publish(
         "transcripts.acme.c1",
-        r#"{"conversation_id":"c1","tenant":"acme","seq":0}"#.into(),
+        r#"{"conversation_id":"c1","tenant":"acme","seq":0,"text":"我的手机13812345678"}"#.into(),
     )
     .await
     .expect("publish")
@@ -150,7 +150,33 @@ async fn garbage_goes_to_the_dead_letter_subject_and_the_next_message_is_process
         .iter()
         .find(|m| reason(m) == "invalid_utf8")
         .expect("the garbage was dead-lettered");
-    assert_eq!(bad_utf8.payload.to_vec(), garbage, "payload untouched");
+    // No personal data leaves in a dead letter: bytes that are not text
+    // are replaced by their length and digest, text is masked.
+    let header = |m: &async_nats::Message, name: &str| {
+        m.headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_string())
+    };
+    assert!(bad_utf8.payload.is_empty(), "{:?}", bad_utf8.payload);
+    assert_eq!(
+        header(bad_utf8, "Zhijian-Payload-Bytes"),
+        Some(garbage.len().to_string())
+    );
+    assert_eq!(
+        header(bad_utf8, "Zhijian-Payload-Fnv128"),
+        Some(zhijian::event::event_id(&[&garbage]))
+    );
+    let missing = dead
+        .iter()
+        .find(|m| reason(m) == "missing_field")
+        .expect("the line without a speaker was dead-lettered");
+    let text = String::from_utf8_lossy(&missing.payload);
+    assert!(
+        text.contains("我的手机*******5678") && !text.contains("13812345678"),
+        "{text}"
+    );
+    assert_eq!(header(missing, "Zhijian-Masked").as_deref(), Some("true"));
     assert!(
         !got.iter()
             .any(|e| matches!(e, Event::Violation(v) if v.seq == 5)),

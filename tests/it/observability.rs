@@ -454,3 +454,22 @@ async fn tenants_opted_in_to_raw_events_are_shown_in_metrics() {
         "{text}"
     );
 }
+
+/// Every stream the daemon creates has a retention: transcripts 7 days,
+/// events 30, dead letters 14 (`[streams] *_max_age_h`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_streams_the_daemon_creates_keep_data_for_a_set_time() {
+    let nats = NatsServer::start();
+    let mut cfg = config(&nats, &lexicons(), "");
+    cfg.streams.output_max_age_h = 48;
+    let daemon = Daemon::start(cfg).await;
+    let js = js(&nats).await;
+    let mut ages = Vec::new();
+    for name in ["TRANSCRIPTS", "VIOLATIONS", "ZHIJIAN_DEADLETTER"] {
+        let mut stream = js.get_stream(name).await.expect("stream");
+        let info = stream.info().await.expect("info");
+        ages.push(info.config.max_age.as_secs() / 3600);
+    }
+    daemon.stop().await;
+    assert_eq!(ages, [168, 48, 336]);
+}
