@@ -86,6 +86,11 @@ pub fn mask<'t>(text: &'t str, norm: &Normalized, found: &mut Vec<detect::Found>
 /// detectors (`13812345678一直` is one run of 12, no number), which judging
 /// accepts as the price of whole runs; masking does not.
 fn find_numbers(text: &str, found: &mut Vec<detect::Found>) {
+    // Most segments hold too few digits for any number: stop before any
+    // work (this runs on every segment).
+    if !detect::may_contain(text) {
+        return;
+    }
     detect::find_all(text, found);
     let script = |c: char| {
         if c.is_ascii_digit() {
