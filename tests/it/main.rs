@@ -14,6 +14,7 @@ mod golden;
 mod hardening;
 mod nats_support;
 mod observability;
+mod privacy;
 mod properties;
 mod rules;
 mod semantics;
