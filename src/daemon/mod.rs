@@ -132,6 +132,18 @@ impl Shared {
         };
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", event.id());
+        headers.insert("Zhijian-Contract", crate::event::CONTRACT_VERSION);
+        // CloudEvents 1.0, NATS protocol binding, binary mode: the
+        // attributes in `ce-` headers, the payload unchanged.
+        let (kind, tenant) = match event {
+            Event::Violation(v) => ("io.zhijian.violation.v1", v.tenant.as_str()),
+            Event::Summary(x) => ("io.zhijian.summary.v1", x.tenant.as_str()),
+        };
+        headers.insert("ce-specversion", "1.0");
+        headers.insert("ce-id", event.id());
+        headers.insert("ce-type", kind);
+        headers.insert("ce-source", format!("/zhijian/{tenant}").as_str());
+        headers.insert("content-type", "application/json");
         // Our own event types serialize; were one not to, nothing is sent
         // (never an empty payload) and the caller treats it as a failure.
         let payload = serde_json::to_vec(event).map_err(|source| EncodeError {

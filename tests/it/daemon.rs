@@ -756,3 +756,57 @@ async fn diff_reads_the_last_minutes_of_the_transcripts_stream() {
     }
     daemon.stop().await;
 }
+
+/// Every stored event says its contract version and carries the
+/// CloudEvents attributes (NATS binding, binary mode): `ce-id` is the
+/// event id, `ce-type` its kind, `ce-source` its tenant; the payload is the
+/// event, unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_events_carry_the_contract_version_and_cloudevents_headers() {
+    let nats = NatsServer::start();
+    let daemon = Daemon::start(config(&nats, &lexicons(), "")).await;
+    let lines = vec![
+        r#"{"conversation_id":"ce","tenant":"acme","seq":0,"speaker":"agent","text":"急什么"}"#
+            .to_string(),
+        r#"{"conversation_id":"ce","tenant":"acme","type":"end"}"#.to_string(),
+    ];
+    publish(&nats, &lines).await;
+    let js = js(&nats).await;
+    wait_done(&js, 1).await;
+    let stored = stream_messages(&js, "VIOLATIONS").await;
+    daemon.stop().await;
+    assert!(stored.len() >= 2, "{stored:?}");
+    for m in &stored {
+        let event: Event = serde_json::from_slice(&m.payload).expect("an event");
+        let header = |name: &str| {
+            m.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default()
+        };
+        let kind = match event {
+            Event::Violation(_) => "io.zhijian.violation.v1",
+            Event::Summary(_) => "io.zhijian.summary.v1",
+        };
+        assert_eq!(
+            [
+                header("Zhijian-Contract"),
+                header("ce-specversion"),
+                header("ce-id"),
+                header("ce-type"),
+                header("ce-source"),
+                header("content-type"),
+            ],
+            [
+                zhijian::event::CONTRACT_VERSION,
+                "1.0",
+                event.id(),
+                kind,
+                "/zhijian/acme",
+                "application/json"
+            ]
+            .map(String::from)
+        );
+    }
+}

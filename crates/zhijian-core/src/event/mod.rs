@@ -131,5 +131,9 @@ mod plain;
 pub use input::*;
 pub use output::*;
 
+/// The event contract's version (docs/events.md), on the wire as the
+/// `Zhijian-Contract` header.
+pub const CONTRACT_VERSION: &str = "1.2";
+
 #[cfg(test)]
 mod tests;
