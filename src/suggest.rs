@@ -85,6 +85,8 @@ pub(crate) enum MarksError {
 /// `console::desk::false_alarms_csv`; only tenant, conversation_id, seq
 /// and rule_id are used).
 pub(crate) fn parse_false_alarms_csv(text: &str) -> Result<Vec<Mark>, MarksError> {
+    // The export starts with a byte order mark (for Excel).
+    let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     let rows = csv_rows(text);
     let Some(header) = rows.first() else {
         return Ok(Vec::new());
@@ -545,7 +547,7 @@ mod tests {
 
     #[test]
     fn the_desk_csv_is_read_by_its_header() {
-        let csv = "alert_id,tenant,conversation_id,seq,rule_id,text\n\
+        let csv = "\u{FEFF}alert_id,tenant,conversation_id,seq,rule_id,text\n\
                    x,acme,c1,4,forbidden.a,\"说的是\"\"急\"\",\n不是骂人\"\n";
         let m = parse_false_alarms_csv(csv).expect("csv");
         assert_eq!(

@@ -587,3 +587,15 @@ fn lexicon_audit_lists_kept_and_dropped_hits_and_suggests_exceptions() {
         assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
     }
 }
+
+/// A mistyped command names the one that was meant.
+#[test]
+fn a_mistyped_command_suggests_the_right_one() {
+    let out = zhijian().arg("lexcon").output().expect("run zhijian");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("a similar subcommand exists: 'lexicon'"),
+        "{err}"
+    );
+}

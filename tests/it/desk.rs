@@ -282,7 +282,8 @@ async fn the_desk_is_shared_by_every_instance_and_survives_restarts() {
     assert_eq!(got, 200);
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(rows.len(), 2, "{csv}");
-    assert!(rows[0].starts_with("alert_id,tenant,conversation_id,seq,agent_id,rule_id"));
+    // With a byte order mark, so that Excel on a Chinese Windows reads UTF-8.
+    assert!(rows[0].starts_with("\u{FEFF}alert_id,tenant,conversation_id,seq,agent_id,rule_id"));
     let rude_event = events
         .iter()
         .find_map(|e| match e {

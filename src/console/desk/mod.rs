@@ -668,8 +668,10 @@ pub(crate) async fn read_false_alarms(
 /// The false alarms as CSV (RFC 4180; a cell a spreadsheet would take for
 /// a formula is prefixed with `'`).
 pub(crate) fn false_alarms_csv(states: &[Arc<Shared>]) -> String {
+    // A UTF-8 byte order mark first: Excel on a Chinese Windows reads a
+    // CSV without one as GBK and shows the Chinese as mojibake.
     let mut out = String::from(
-        "alert_id,tenant,conversation_id,seq,agent_id,rule_id,category,category_name,severity,lexicon_version,spans,matched,text,marked_by,marked_at_ms,notes\n",
+        "\u{FEFF}alert_id,tenant,conversation_id,seq,agent_id,rule_id,category,category_name,severity,lexicon_version,spans,matched,text,marked_by,marked_at_ms,notes\n",
     );
     for s in states {
         let st = &s.state;
