@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 mod diff;
 mod false_alarms;
+mod healthcheck;
 mod label;
 mod lexicon;
 mod lexicon_test;
@@ -25,6 +26,7 @@ mod tail;
 use self::scan::*;
 use diff::*;
 use false_alarms::*;
+use healthcheck::*;
 use label::*;
 use lexicon::*;
 use lexicon_test::*;
@@ -147,6 +149,17 @@ enum Command {
         /// jsonl (one alert state a line).
         #[arg(long, value_enum, default_value = "csv")]
         format: ExportFormat,
+    },
+    /// Ask a running daemon (its `[metrics] addr`, from the config file and
+    /// ZHIJIAN_METRICS_ADDR) whether it is alive, or with --ready whether it
+    /// is judging: exit 0 on 200, 1 otherwise. For container health checks.
+    Healthcheck {
+        #[command(flatten)]
+        common: Common,
+        /// Ask /readyz (judging every assigned partition) instead of
+        /// /healthz (alive).
+        #[arg(long)]
+        ready: bool,
     },
     /// Print violations and summaries from NATS as they are published.
     Tail {
@@ -453,6 +466,7 @@ pub fn main() -> ExitCode {
         ),
         Command::Publish { common, rate, file } => cmd_publish(&common, rate, &file),
         Command::FalseAlarms { common, format } => cmd_false_alarms(&common, format),
+        Command::Healthcheck { common, ready } => cmd_healthcheck(&common, ready),
         Command::Tail {
             common,
             json,

@@ -473,3 +473,29 @@ async fn the_streams_the_daemon_creates_keep_data_for_a_set_time() {
     daemon.stop().await;
     assert_eq!(ages, [168, 48, 336]);
 }
+
+/// `zhijian healthcheck` asks the daemon its config names: 0 while it is
+/// alive (and, with --ready, judging), 1 once it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_says_alive_and_ready_then_gone() {
+    let nats = NatsServer::start();
+    let (files, daemon) =
+        crate::daemon::ChildDaemon::with_config(&nats, "healthcheck", "", 5).await;
+    let check = |ready: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_zhijian"));
+        cmd.arg("healthcheck").arg("--config").arg(&files.cfg);
+        if ready {
+            cmd.arg("--ready");
+        }
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run zhijian healthcheck")
+            .code()
+    };
+    assert_eq!(check(false), Some(0));
+    assert_eq!(check(true), Some(0));
+    daemon.signal("-TERM");
+    assert!(daemon.wait().await.success());
+    assert_eq!(check(false), Some(1));
+}
