@@ -80,6 +80,10 @@ enum Command {
         /// as said; by default every digit of one but the last four is `*`.
         #[arg(long)]
         raw_events: bool,
+        /// Exit 1 when a violation of this severity or above was found
+        /// (low, medium, high, critical): for CI jobs that judge a sample.
+        #[arg(long, value_enum, value_name = "SEVERITY")]
+        fail_on: Option<SeverityArg>,
     },
     /// What a lexicon change does: judge the same JSONL conversations with
     /// the old and the new lexicon and report, per rule and category, the
@@ -211,6 +215,27 @@ pub struct Common {
     /// NATS server URL (overrides the config file and ZHIJIAN_NATS_URL).
     #[arg(long)]
     pub nats_url: Option<String>,
+}
+
+/// A severity on the command line.
+#[derive(Clone, Copy, ValueEnum)]
+enum SeverityArg {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl SeverityArg {
+    fn severity(self) -> crate::event::Severity {
+        use crate::event::Severity;
+        match self {
+            SeverityArg::Low => Severity::Low,
+            SeverityArg::Medium => Severity::Medium,
+            SeverityArg::High => Severity::High,
+            SeverityArg::Critical => Severity::Critical,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -371,7 +396,14 @@ pub fn main() -> ExitCode {
             file,
             max_line_bytes,
             raw_events,
-        } => cmd_scan(&lexicons, &file, max_line_bytes, raw_events),
+            fail_on,
+        } => cmd_scan(
+            &lexicons,
+            &file,
+            max_line_bytes,
+            raw_events,
+            fail_on.map(SeverityArg::severity),
+        ),
         Command::Diff {
             old,
             new,

@@ -7,6 +7,7 @@ pub(super) fn cmd_scan(
     file: &str,
     max_line_bytes: usize,
     raw_events: bool,
+    fail_on: Option<crate::event::Severity>,
 ) -> Result<(), Failure> {
     let scanners = Arc::new(Scanners::load(lexicons)?);
     let mut config = EngineConfig::default();
@@ -45,5 +46,14 @@ pub(super) fn cmd_scan(
         "zhijian scan: {} lines, {} bad, {} segments judged, {} violations, {} summaries",
         stats.lines, stats.bad_lines, stats.judged, stats.violations, stats.summaries
     )?;
+    if let Some(worst) = fail_on {
+        let n: u64 = stats.by_severity[worst as usize..].iter().sum();
+        if n > 0 {
+            return Err(Failure::Runtime(format!(
+                "{n} violation(s) of severity {} or above (--fail-on)",
+                worst.as_str()
+            )));
+        }
+    }
     Ok(())
 }

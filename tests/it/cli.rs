@@ -599,3 +599,28 @@ fn a_mistyped_command_suggests_the_right_one() {
         "{err}"
     );
 }
+
+/// `scan --fail-on SEVERITY` exits 1 when a violation of that severity or
+/// above was found, 0 otherwise; the events are written either way.
+#[test]
+fn scan_fail_on_exits_1_at_or_above_the_severity() {
+    let dir = tempdir("fail-on");
+    let file = dir.join("in.jsonl");
+    std::fs::write(
+        &file,
+        r#"{"conversation_id":"f","seq":0,"speaker":"agent","text":"您好，急什么"}"#,
+    )
+    .expect("write");
+    let run = |severity: &str| {
+        zhijian()
+            .args(["scan", "--fail-on", severity])
+            .arg(&file)
+            .output()
+            .expect("run zhijian scan")
+    };
+    let high = run("high");
+    assert_eq!(high.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&high.stdout).contains("\"severity\":\"high\""));
+    assert!(String::from_utf8_lossy(&high.stderr).contains("severity high or above"));
+    assert_eq!(run("critical").status.code(), Some(0));
+}

@@ -22,6 +22,9 @@ pub struct ScanStats {
     pub judged: u64,
     pub violations: u64,
     pub summaries: u64,
+    /// Violations by severity, in [`crate::event::Severity`] order (low
+    /// first).
+    pub by_severity: [u64; 4],
 }
 
 /// Default longest input line, in bytes (without its newline): far above
@@ -226,7 +229,10 @@ fn judge_batches(
 fn encode(events: &mut Vec<Event>, out: &mut Vec<u8>, stats: &mut ScanStats) -> io::Result<()> {
     for e in events.drain(..) {
         match e {
-            Event::Violation(_) => stats.violations += 1,
+            Event::Violation(ref v) => {
+                stats.violations += 1;
+                stats.by_severity[v.severity as usize] += 1;
+            }
             Event::Summary(_) => stats.summaries += 1,
         }
         serde_json::to_writer(&mut *out, &e).map_err(io::Error::other)?;
