@@ -84,6 +84,10 @@ enum Command {
         /// (low, medium, high, critical): for CI jobs that judge a sample.
         #[arg(long, value_enum, value_name = "SEVERITY")]
         fail_on: Option<SeverityArg>,
+        /// json (default: one event a line, the contract) or text (one
+        /// readable line an event, as `zhijian tail` prints them).
+        #[arg(long, value_enum, default_value = "json")]
+        format: ScanFormat,
     },
     /// What a lexicon change does: judge the same JSONL conversations with
     /// the old and the new lexicon and report, per rule and category, the
@@ -215,6 +219,13 @@ pub struct Common {
     /// NATS server URL (overrides the config file and ZHIJIAN_NATS_URL).
     #[arg(long)]
     pub nats_url: Option<String>,
+}
+
+/// What `zhijian scan` writes.
+#[derive(Clone, Copy, ValueEnum)]
+enum ScanFormat {
+    Json,
+    Text,
 }
 
 /// A severity on the command line.
@@ -397,12 +408,14 @@ pub fn main() -> ExitCode {
             max_line_bytes,
             raw_events,
             fail_on,
+            format,
         } => cmd_scan(
             &lexicons,
             &file,
             max_line_bytes,
             raw_events,
             fail_on.map(SeverityArg::severity),
+            matches!(format, ScanFormat::Text),
         ),
         Command::Diff {
             old,

@@ -624,3 +624,30 @@ fn scan_fail_on_exits_1_at_or_above_the_severity() {
     assert!(String::from_utf8_lossy(&high.stderr).contains("severity high or above"));
     assert_eq!(run("critical").status.code(), Some(0));
 }
+
+/// `scan --format text` prints what `zhijian tail` prints: one readable
+/// line an event, the match in 【】.
+#[test]
+fn scan_format_text_prints_what_tail_prints() {
+    let dir = tempdir("format-text");
+    let file = dir.join("in.jsonl");
+    std::fs::write(
+        &file,
+        r#"{"conversation_id":"f","seq":0,"speaker":"agent","text":"您好，急什么"}"#,
+    )
+    .expect("write");
+    let out = zhijian()
+        .args(["scan", "--format", "text"])
+        .arg(&file)
+        .output()
+        .expect("run zhijian scan");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].starts_with("VIOLATION high") && lines[0].ends_with("您好，【急什么】"),
+        "{text}"
+    );
+    assert!(lines[2].starts_with("SUMMARY"), "{text}");
+}
