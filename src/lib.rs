@@ -61,6 +61,7 @@ mod label;
 mod listen;
 mod metrics;
 pub mod nats_conn;
+mod process_metrics;
 pub mod subject;
 mod suggest;
 

@@ -570,7 +570,11 @@ impl Metrics {
                 "zhijian_undecodable_messages_removed_total",
                 "Input messages the client cannot decode (a subject that is not UTF-8), copied to the dead-letter stream by sequence and deleted from the input stream.",
             ),
-            registry: r,
+            registry: {
+                r.register(Box::new(crate::process_metrics::ProcessCollector::new()))
+                    .expect("unique metric name");
+                r
+            },
         }
     }
 

@@ -45,6 +45,15 @@ async fn daemon_matches_scan_and_ignores_duplicate_publishes() {
             })
             .sum()
     };
+    // The process's own figures, as Prometheus clients export them.
+    for name in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_cpu_seconds_total",
+        "process_start_time_seconds",
+    ] {
+        assert!(value(name, &[]) > 0.0, "{name} in:\n{text}");
+    }
     let segments = lines
         .iter()
         .filter(|l| !l.contains("\"type\":\"end\""))
