@@ -600,17 +600,24 @@ fn a_mistyped_command_suggests_the_right_one() {
     );
 }
 
-/// `scan --fail-on SEVERITY` exits 1 when a violation of that severity or
-/// above was found, 0 otherwise; the events are written either way.
-#[test]
-fn scan_fail_on_exits_1_at_or_above_the_severity() {
-    let dir = tempdir("fail-on");
+/// One agent segment with a high-severity forbidden phrase, as a file in
+/// `dir`.
+fn impatient_agent(dir: &std::path::Path) -> std::path::PathBuf {
     let file = dir.join("in.jsonl");
     std::fs::write(
         &file,
         r#"{"conversation_id":"f","seq":0,"speaker":"agent","text":"您好，急什么"}"#,
     )
     .expect("write");
+    file
+}
+
+/// `scan --fail-on SEVERITY` exits 1 when a violation of that severity or
+/// above was found, 0 otherwise; the events are written either way.
+#[test]
+fn scan_fail_on_exits_1_at_or_above_the_severity() {
+    let dir = tempdir("fail-on");
+    let file = impatient_agent(&dir);
     let run = |severity: &str| {
         zhijian()
             .args(["scan", "--fail-on", severity])
@@ -630,12 +637,7 @@ fn scan_fail_on_exits_1_at_or_above_the_severity() {
 #[test]
 fn scan_format_text_prints_what_tail_prints() {
     let dir = tempdir("format-text");
-    let file = dir.join("in.jsonl");
-    std::fs::write(
-        &file,
-        r#"{"conversation_id":"f","seq":0,"speaker":"agent","text":"您好，急什么"}"#,
-    )
-    .expect("write");
+    let file = impatient_agent(&dir);
     let out = zhijian()
         .args(["scan", "--format", "text"])
         .arg(&file)
