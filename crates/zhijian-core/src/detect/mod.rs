@@ -106,11 +106,44 @@ const MIN_DIGITS: usize = 11;
 /// The longest number (a 19-digit bank card); longer runs are not numbers.
 const MAX_DIGITS: usize = 19;
 
+/// The Chinese digit characters (see the module's documentation).
+const CHINESE_DIGITS: [char; 22] = [
+    '零', '〇', '一', '幺', '壹', '二', '两', '贰', '三', '叁', '四', '肆', '五', '伍', '六', '陆',
+    '七', '柒', '八', '捌', '九', '玖',
+];
+/// The span of code points holding them (〇 U+3007 … 零 U+96F6).
+const CHINESE_LO: u32 = 0x3007;
+const CHINESE_HI: u32 = 0x96F6;
+/// One bit per code point of the span: set for a Chinese digit character.
+/// Nearly every character of a Chinese sentence is in the span and none of
+/// them is a digit: one load and a shift say so, where the `match` below
+/// would compare it with each digit in turn.
+static CHINESE_BITS: [u64; ((CHINESE_HI - CHINESE_LO) / 64 + 1) as usize] = chinese_bits();
+
+const fn chinese_bits() -> [u64; ((CHINESE_HI - CHINESE_LO) / 64 + 1) as usize] {
+    let mut bits = [0u64; ((CHINESE_HI - CHINESE_LO) / 64 + 1) as usize];
+    let mut i = 0;
+    while i < CHINESE_DIGITS.len() {
+        let at = CHINESE_DIGITS[i] as u32 - CHINESE_LO;
+        bits[(at / 64) as usize] |= 1 << (at % 64);
+        i += 1;
+    }
+    bits
+}
+
 /// The value of a digit character, or `None`.
 #[inline(always)]
 fn digit(c: char) -> Option<u8> {
     if c.is_ascii() {
         return (c as u8).checked_sub(b'0').filter(|&d| d <= 9);
+    }
+    let u = c as u32;
+    if !(CHINESE_LO..=CHINESE_HI).contains(&u) {
+        return None;
+    }
+    let at = u - CHINESE_LO;
+    if CHINESE_BITS[(at / 64) as usize] & (1 << (at % 64)) == 0 {
+        return None;
     }
     let d = match c {
         '零' | '〇' => 0,

@@ -625,3 +625,17 @@ fn find_is_total_and_ranges_are_sound() {
         })
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// The bitset that rejects most characters early agrees with the digit
+/// table on every code point of its span.
+#[test]
+fn the_quick_rejection_keeps_every_chinese_digit() {
+    let mut n = 0;
+    for u in CHINESE_LO..=CHINESE_HI {
+        let Some(c) = char::from_u32(u) else { continue };
+        let listed = CHINESE_DIGITS.contains(&c);
+        assert_eq!(digit(c).is_some(), listed, "{c}");
+        n += usize::from(listed);
+    }
+    assert_eq!(n, CHINESE_DIGITS.len());
+}
