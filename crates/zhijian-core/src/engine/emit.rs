@@ -16,6 +16,29 @@ pub(super) struct Ctx<'a, 'i> {
     pub(super) now_ms: u64,
 }
 
+impl<'a, 'i> Ctx<'a, 'i> {
+    /// The context of `segment` of `input`, judged on `channel`.
+    pub(super) fn new(
+        config: &EngineConfig,
+        key: &KeyRef<'a>,
+        input: &'a Input<'i>,
+        segment: &'a Segment<'i>,
+        channel: Option<Channel>,
+        now_ms: u64,
+    ) -> Ctx<'a, 'i> {
+        Ctx {
+            tenant: key.tenant,
+            id: key.id,
+            input,
+            segment,
+            channel,
+            excerpt_chars: config.excerpt_chars,
+            mask: config.privacy.masks(key.tenant),
+            now_ms,
+        }
+    }
+}
+
 /// Scans a segment, runs the rules on it and emits their violations.
 /// `conv` is `None` for a late segment (no state: phrase and pattern rules
 /// only).

@@ -351,16 +351,7 @@ impl Engine {
                     }
                     if scanner.judges(segment.speaker) {
                         let channel = input.channel.or(t.channel);
-                        let cx = Ctx {
-                            tenant: key.tenant,
-                            id: key.id,
-                            input,
-                            segment,
-                            channel,
-                            excerpt_chars: self.config.excerpt_chars,
-                            mask: self.config.privacy.masks(key.tenant),
-                            now_ms,
-                        };
+                        let cx = Ctx::new(&self.config, &key, input, segment, channel, now_ms);
                         // No state: only what a segment shows by itself
                         // (phrases, patterns) is judged.
                         judge(
@@ -420,16 +411,8 @@ impl Engine {
             conv.agent_id = Some(a.to_string());
         }
         let outcome = if scanner.judges(segment.speaker) {
-            let cx = Ctx {
-                tenant: key.tenant,
-                id: key.id,
-                input,
-                segment,
-                channel: input.channel.or(conv.channel),
-                excerpt_chars: self.config.excerpt_chars,
-                mask: self.config.privacy.masks(key.tenant),
-                now_ms,
-            };
+            let channel = input.channel.or(conv.channel);
+            let cx = Ctx::new(&self.config, &key, input, segment, channel, now_ms);
             judge(
                 scanner,
                 &mut self.scratch,

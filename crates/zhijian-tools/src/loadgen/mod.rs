@@ -380,14 +380,7 @@ async fn run_mode(
 
     // The child runs with the default subjects.
     let streams = StreamsConfig::default();
-    let mut outputs = client
-        .subscribe(subject::all(&streams.violations_prefix))
-        .await
-        .map_err(|e| BenchError::nats("cannot subscribe to the violations", e))?;
-    let mut summaries = client
-        .subscribe(subject::all(&streams.summaries_prefix))
-        .await
-        .map_err(|e| BenchError::nats("cannot subscribe to the summaries", e))?;
+    let (mut outputs, mut summaries) = subscribe_outputs(&client).await?;
     let pubs = Arc::clone(&published);
     let receiver = tokio::spawn(async move {
         let mut latencies = Vec::new();
@@ -590,6 +583,23 @@ async fn run_mode(
 }
 
 /// `zhijian_lexicon_reloads_total{result="success"}` of the daemon.
+/// Subscriptions to the child daemon's violations and summaries (it runs
+/// with the default subjects).
+async fn subscribe_outputs(
+    client: &async_nats::Client,
+) -> Result<(async_nats::Subscriber, async_nats::Subscriber), BenchError> {
+    let streams = StreamsConfig::default();
+    let outputs = client
+        .subscribe(subject::all(&streams.violations_prefix))
+        .await
+        .map_err(|e| BenchError::nats("cannot subscribe to the violations", e))?;
+    let summaries = client
+        .subscribe(subject::all(&streams.summaries_prefix))
+        .await
+        .map_err(|e| BenchError::nats("cannot subscribe to the summaries", e))?;
+    Ok((outputs, summaries))
+}
+
 async fn reload_count(metrics_port: u16) -> u64 {
     metric_value(
         metrics_port,

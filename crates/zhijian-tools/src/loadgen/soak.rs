@@ -89,14 +89,7 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, BenchError> {
     let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
     // The child runs with the default subjects.
     let streams = StreamsConfig::default();
-    let mut outputs = client
-        .subscribe(subject::all(&streams.violations_prefix))
-        .await
-        .map_err(|e| BenchError::nats("cannot subscribe to the violations", e))?;
-    let mut summaries = client
-        .subscribe(subject::all(&streams.summaries_prefix))
-        .await
-        .map_err(|e| BenchError::nats("cannot subscribe to the summaries", e))?;
+    let (mut outputs, mut summaries) = subscribe_outputs(&client).await?;
     let (seen_rx, received_rx, undecodable_rx) = (
         Arc::clone(&seen),
         Arc::clone(&received),
